@@ -1,0 +1,184 @@
+"""One client connection: frames in, replies out.
+
+A connection is served by one task. Bad frames get an error reply and the
+connection goes on (the frame boundary is intact); an oversize frame gets an
+error and the connection is closed (the boundary is lost). Nothing a peer
+sends can disturb another connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import msgspec
+import trio
+
+from unitsync.client import __version__
+from unitsync.client.protocol import (
+    HEADER,
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    Complete,
+    Error,
+    Fail,
+    FrameTooLarge,
+    Hello,
+    Ping,
+    Reset,
+    Start,
+    Status,
+    Waiting,
+    Want,
+    Watch,
+    Welcome,
+    request_decoder,
+)
+from unitsync.client.trio_stream import FrameStream, PeerGone
+
+from .graph import Refused
+from .listener import peer_uid
+from .service import Service, refusal
+
+log = logging.getLogger("unitsync.agent")
+
+GOODBYE_TIMEOUT = 1.0
+"""How long a shutting-down agent spends telling a waiter why it goes."""
+SHUTTING_DOWN = Error(
+    "shutting_down", "the agent is shutting down; a waiting start reconnects to the next one"
+)
+
+
+async def serve_connection(service: Service, stream: trio.SocketStream) -> None:
+    """Handle one client from hello to hang-up."""
+    frames = FrameStream(stream)
+    async with stream:
+        try:
+            if not await _admit_peer(frames) or not await _handshake(frames):
+                return
+            while (body := await frames.receive()) is not None:
+                await _serve_frame(service, frames, body)
+        except FrameTooLarge as exc:
+            await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
+        except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _admit_peer(frames: FrameStream) -> bool:
+    uid = peer_uid(frames.stream.socket)
+    if uid == os.getuid():
+        return True
+    log.warning("refused a connection from uid %d (the agent runs as uid %d)", uid, os.getuid())
+    await _send_quietly(
+        frames,
+        Error("protocol", f"uid {uid} may not use this agent; it serves uid {os.getuid()} only"),
+    )
+    return False
+
+
+async def _handshake(frames: FrameStream) -> bool:
+    body = await frames.receive()
+    if body is None:
+        return False
+    try:
+        hello = request_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        hello = exc
+    if not isinstance(hello, Hello):
+        await frames.send(Error("protocol", "the first frame must be a hello stating the version"))
+        return False
+    if hello.version != PROTOCOL_VERSION:
+        await frames.send(
+            Error(
+                "protocol",
+                f"protocol version {hello.version} is not supported; this agent "
+                f"({__version__}) speaks version {PROTOCOL_VERSION}: use a matching unitsync",
+            )
+        )
+        return False
+    await frames.send(Welcome(PROTOCOL_VERSION, __version__, os.getpid()))
+    return True
+
+
+async def _serve_frame(service: Service, frames: FrameStream, body: bytes) -> None:
+    try:
+        request = request_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        await frames.send(Error("protocol", f"invalid request: {exc}"))
+        return
+    try:
+        reply = await _dispatch(service, frames, request)
+    except Refused as exc:
+        reply = refusal(exc)
+    await frames.send(reply)
+
+
+async def _dispatch(service: Service, frames: FrameStream, request: object) -> msgspec.Struct:
+    match request:
+        case Ping():
+            return service.ping()
+        case Want():
+            return await service.want(request)
+        case Start():
+            return await _start(service, frames, request)
+        case Complete():
+            return await service.complete(request)
+        case Fail():
+            return await service.fail(request)
+        case Reset():
+            return await service.reset(request)
+        case Status():
+            return await service.status(request)
+        case Watch():
+            return Error("protocol", "watch is not supported by this agent yet")
+        case Hello():
+            return Error("protocol", "hello may only be sent once, as the first frame")
+    return Error("protocol", f"unexpected request {type(request).__name__}")
+
+
+async def _start(service: Service, frames: FrameStream, request: Start) -> msgspec.Struct:
+    """Wait for the start while watching the socket: a peer that hangs up stops waiting."""
+
+    async def progress(event: Waiting) -> None:
+        await frames.send(event)
+
+    result: msgspec.Struct | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            nonlocal result
+            try:
+                result = await service.start(request, progress)
+            except Refused as exc:
+                result = refusal(exc)
+            except trio.Cancelled:
+                if not nursery.cancel_scope.cancel_called:  # not our hang-up: the agent stops
+                    await _say_goodbye(frames)
+                raise
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait)
+        await _watch_hangup(frames)
+        nursery.cancel_scope.cancel()
+    if result is None:
+        raise PeerGone("hung up while waiting to start")
+    return result
+
+
+async def _say_goodbye(frames: FrameStream) -> None:
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + GOODBYE_TIMEOUT):
+        await _send_quietly(frames, SHUTTING_DOWN)
+
+
+async def _watch_hangup(frames: FrameStream) -> None:
+    """Return when the peer hangs up; keep what it pipelines (up to one frame) for later."""
+    while len(frames.buffer) <= HEADER.size + MAX_FRAME:
+        if not await frames.read_more():
+            return
+    await trio.sleep_forever()
+
+
+async def _send_quietly(frames: FrameStream, message: msgspec.Struct) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await frames.send(message)

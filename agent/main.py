@@ -1,0 +1,52 @@
+"""`unitsync agent`: run the agent in the foreground until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import trio
+
+from .journal import JournalError
+from .listener import SetupError
+from .server import AgentConfig, run_agent
+
+log = logging.getLogger("unitsync.agent")
+
+
+def main(config: AgentConfig, log_level: str = "info") -> int:
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        trio.run(_until_signalled, config)
+    except (SetupError, JournalError) as exc:
+        print(f"unitsync agent: {exc}", file=sys.stderr)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+async def _until_signalled(config: AgentConfig) -> None:
+    """Run the agent; the first SIGINT/SIGTERM stops it in order, a second one forces exit."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            agent_scope = trio.CancelScope()
+
+            async def agent(task_status: trio.TaskStatus[None]) -> None:
+                with agent_scope:
+                    await run_agent(config, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(agent)
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if agent_scope.cancel_called:
+                    log.warning("second %s: exiting at once", name)
+                    os._exit(128 + signum)
+                log.info("%s received: shutting down", name)
+                agent_scope.cancel()

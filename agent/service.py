@@ -1,0 +1,187 @@
+"""What the agent does with each request: the graph, made durable and awaitable.
+
+`commit` is the one seam through which every change flows: the graph has
+already applied the records; here they are journaled, the waiters they concern
+are woken, and the caller waits until they are on disk before it answers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from unitsync.client import __version__
+from unitsync.client.protocol import (
+    Complete,
+    Error,
+    Fail,
+    Ok,
+    Pong,
+    Reset,
+    Start,
+    Started,
+    Status,
+    StatusReply,
+    UnitView,
+    Waiting,
+    Want,
+)
+
+from .graph import Graph, Refused
+from .records import Edge, Move, Record
+from .waiters import Waiters
+
+
+class Journal(Protocol):
+    def append(self, records: list[Record]) -> int: ...
+    async def durable(self, seq: int) -> None: ...
+
+
+Progress = Callable[[Waiting], Awaitable[None]]
+
+
+class Service:
+    def __init__(
+        self,
+        graph: Graph,
+        journal: Journal,
+        *,
+        socket: Path,
+        state_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.graph = graph
+        self.journal = journal
+        self.socket = socket
+        self.state_dir = state_dir
+        self.clock = clock
+        self.waiters = Waiters()
+        self.waiting: Counter[str] = Counter()
+        """Units with a `start` in progress, and how many."""
+        self.started_at = time.monotonic()
+        self.observers: list[Callable[[list[Record]], None]] = []
+        """Called with every committed batch, in order (the watch hub hangs here)."""
+
+    async def commit(self, records: list[Record]) -> None:
+        """Journal records the graph has applied, wake whoever they concern, wait for fsync."""
+        seq = self.journal.append(records)
+        if records:
+            self.waiters.notify({r.unit for r in records if isinstance(r, Edge | Move)})
+            for observer in self.observers:
+                observer(records)
+        # Shielded: once appended, the change will be on disk; the reply must not claim otherwise.
+        with trio.CancelScope(shield=True):
+            await self.journal.durable(seq)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def ping(self) -> Pong:
+        return Pong(
+            agent=__version__,
+            pid=os.getpid(),
+            uptime=time.monotonic() - self.started_at,
+            socket=str(self.socket),
+            state_dir=str(self.state_dir or ""),
+        )
+
+    async def want(self, request: Want) -> Ok:
+        records, notes = self.graph.want(request.unit, request.deps, self.clock())
+        await self.commit(records)
+        added = sum(isinstance(r, Edge) for r in records)
+        message = (
+            f"{request.unit} now wants {', '.join(request.deps)}"
+            if added
+            else f"{request.unit} already wants {', '.join(request.deps)}"
+        )
+        return Ok(unit=request.unit, message=message, notes=notes)
+
+    async def complete(self, request: Complete) -> Ok:
+        records = self.graph.complete(request.unit, request.force, self.clock())
+        await self.commit(records)
+        return Ok(unit=request.unit, message=_moved(request.unit, records, "completed"))
+
+    async def fail(self, request: Fail) -> Ok:
+        records = self.graph.fail(request.unit, request.reason, self.clock())
+        await self.commit(records)
+        return Ok(unit=request.unit, message=f"{request.unit} failed")
+
+    async def reset(self, request: Reset) -> Ok:
+        records = self.graph.reset(request.unit, self.clock())
+        await self.commit(records)
+        count = sum(isinstance(r, Move) for r in records)
+        what = request.unit or "every unit"
+        return Ok(unit=request.unit, message=f"reset {what} ({count} changed)")
+
+    async def status(self, request: Status) -> StatusReply:
+        names = [request.unit] if request.unit is not None else list(self.graph.units)
+        views = [self.view(name) for name in names]
+        # What we show must be on disk, even if another request changed it a moment ago.
+        await self.commit([])
+        return StatusReply(units=views, at=self.clock())
+
+    def view(self, name: str) -> UnitView:
+        waiters = self.waiting[name]
+        pending = list(self.graph.readiness(name).pending) if waiters else []
+        return self.graph.view(name, waiting_on=pending, waiters=waiters)
+
+    async def start(self, request: Start, progress: Progress) -> Started | Error:
+        """Wait until the unit is ready, then start it; fail it if a dependency failed."""
+        name, graph = request.unit, self.graph
+        unit = graph.units.get(name)
+        if request.token and unit and unit.status == "started" and unit.token == request.token:
+            return Started(name, at=unit.since, waited=0.0)  # a retry of a start we acknowledged
+        await self.commit(graph.admit(name, request.rerun, self.clock()))
+        began = self.clock()
+        self.waiting[name] += 1
+        try:
+            return await self._wait_and_start(request, began, progress)
+        finally:
+            self.waiting[name] -= 1
+            if not self.waiting[name]:
+                del self.waiting[name]
+
+    async def _wait_and_start(
+        self, request: Start, began: float, progress: Progress
+    ) -> Started | Error:
+        name, graph = request.unit, self.graph
+        told: tuple[str, ...] | None = None
+        while True:
+            readiness = graph.readiness(name)
+            if readiness.failed is not None:
+                return await self._dependency_failed(name, readiness.failed)
+            if readiness.ready:
+                now = self.clock()
+                await self.commit(graph.start(name, request.rerun, now, token=request.token))
+                return Started(name, at=now, waited=now - began)
+            # Register before telling the client, so a change during the send is not missed.
+            with self.waiters.watching([name, *readiness.pending]) as changed:
+                if readiness.pending != told:
+                    told = readiness.pending
+                    await progress(Waiting(name, list(told), since=began))
+                await changed.wait()
+
+    async def _dependency_failed(self, name: str, dep: str) -> Error:
+        dep_reason = self.graph.units[dep].reason
+        records = self.graph.fail(name, f"dependency {dep} failed", self.clock())
+        await self.commit(records)
+        because = f" ({dep_reason})" if dep_reason else ""
+        return Error(
+            "dependency_failed",
+            f"cannot start {name}: dependency {dep} failed{because}; {name} is now failed too",
+            unit=name,
+            dependency=dep,
+        )
+
+
+def _moved(name: str, records: list[Record], state: str) -> str:
+    return f"{name} {state}" if records else f"{name} was already {state}"
+
+
+def refusal(exc: Refused) -> Error:
+    return Error(exc.code, exc.message, unit=exc.unit, dependency=exc.dependency)

@@ -1,0 +1,3 @@
+from unitsync.cli.app import main
+
+main()

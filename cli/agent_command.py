@@ -1,0 +1,39 @@
+"""`unitsync agent`, loaded only when used: it is the one command that needs trio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cyclopts import Parameter
+
+from unitsync.client.paths import SOCKET_ENV, default_socket, default_state_dir
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def agent(
+    *,
+    socket: Annotated[Path | None, Parameter(env_var=SOCKET_ENV, help="Where to listen.")] = None,
+    state_dir: Annotated[
+        Path | None, Parameter(help="Where the journal lives (default: the user state dir).")
+    ] = None,
+    log_level: LogLevel = "info",
+    salvage: Annotated[
+        bool,
+        Parameter(
+            help="If the journal is damaged before its tail, keep the valid prefix and move "
+            "the damaged file aside instead of refusing to start."
+        ),
+    ] = False,
+) -> int:
+    """Run the agent in the foreground until SIGINT or SIGTERM."""
+    from unitsync.agent.main import main
+    from unitsync.agent.server import AgentConfig
+
+    config = AgentConfig(
+        socket=socket or default_socket(),
+        state_dir=state_dir or default_state_dir(),
+        salvage=salvage,
+    )
+    return main(config, log_level)

@@ -1,0 +1,198 @@
+"""The `unitsync` command line: a thin face on the blocking client.
+
+Start-up time is a feature (scripts call this many times): this module imports
+cyclopts, msgspec and the client only. The agent command and the renderers are
+loaded when used.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cyclopts import App, Parameter
+
+from unitsync.client import __version__
+from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.paths import SOCKET_ENV
+
+from .durations import parse_duration
+from .progress import StartProgress
+
+app = App(
+    name="unitsync",
+    help="Start the scripts of a workspace in the right order.",
+    version=__version__,
+    help_format="plaintext",
+)
+sync = App(name="sync", help="Declare, wait for and report units (talks to the agent).")
+app.command(sync)
+app.command("unitsync.cli.agent_command:agent", name="agent")
+
+SocketOption = Annotated[
+    Path | None,
+    Parameter(name="--socket", env_var=SOCKET_ENV, help="The agent's socket."),
+]
+Output = Literal["table", "json", "dot", "mermaid"]
+
+
+def _fail(exc: UnitsyncError) -> int:
+    print(f"unitsync: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
+def _say(message: str, notes: list[str] = ()) -> None:  # type: ignore[assignment]
+    if message:
+        print(message)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+@sync.command
+def ping(*, socket: SocketOption = None) -> int:
+    """Check that the agent answers; print its version and uptime."""
+    from .durations import format_duration
+
+    try:
+        with Client(socket, name="cli") as client:
+            pong = client.ping()
+    except UnitsyncError as exc:
+        return _fail(exc)
+    print(
+        f"unitsync agent {pong.agent} (pid {pong.pid}) at {pong.socket}, "
+        f"up {format_duration(pong.uptime)}"
+    )
+    return 0
+
+
+@sync.command
+def want(unit: str, dep: str, *deps: str, socket: SocketOption = None) -> int:
+    """Declare that UNIT may start only after every DEP is completed."""
+    try:
+        with Client(socket, name="cli") as client:
+            reply = client.want(unit, dep, *deps)
+    except UnitsyncError as exc:
+        return _fail(exc)
+    _say(reply.message, reply.notes)
+    return 0
+
+
+@sync.command
+def start(
+    unit: str,
+    *,
+    timeout: Annotated[str, Parameter(help="How long to wait: 30s, 5m, 1h30m; 0 forever.")] = "5m",
+    rerun: Annotated[bool, Parameter(help="Start a new run even if UNIT is started.")] = False,
+    socket: SocketOption = None,
+) -> int:
+    """Wait until every dependency of UNIT is completed, then mark UNIT started."""
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        print(f"unitsync: --timeout: {exc}", file=sys.stderr)
+        return 2
+    progress = StartProgress(unit, sys.stderr)
+    try:
+        with Client(socket, name="cli") as client:
+            started = client.start(
+                unit,
+                rerun=rerun,
+                timeout=seconds,
+                on_progress=progress.update,
+                tick=1.0 if progress.live else None,
+            )
+    except UnitsyncError as exc:
+        progress.clear()
+        return _fail(exc)
+    progress.done(started)
+    return 0
+
+
+@sync.command
+def complete(
+    unit: str,
+    *,
+    force: Annotated[bool, Parameter(help="Complete UNIT even if it was never started.")] = False,
+    socket: SocketOption = None,
+) -> int:
+    """Mark UNIT completed, releasing every unit that waits for it."""
+    try:
+        with Client(socket, name="cli") as client:
+            reply = client.complete(unit, force=force)
+    except UnitsyncError as exc:
+        return _fail(exc)
+    _say(reply.message, reply.notes)
+    return 0
+
+
+@sync.command
+def fail(
+    unit: str,
+    *,
+    reason: Annotated[str, Parameter(help="Why it failed (shown to waiters).")] = "",
+    socket: SocketOption = None,
+) -> int:
+    """Mark UNIT failed; every start waiting on it ends with an error."""
+    try:
+        with Client(socket, name="cli") as client:
+            reply = client.fail(unit, reason)
+    except UnitsyncError as exc:
+        return _fail(exc)
+    _say(reply.message, reply.notes)
+    return 0
+
+
+@sync.command
+def reset(
+    unit: str | None = None,
+    *,
+    all: Annotated[bool, Parameter(name="--all", help="Reset every unit.")] = False,
+    socket: SocketOption = None,
+) -> int:
+    """Put UNIT (or, with --all, every unit) back to pending; dependencies are kept."""
+    if (unit is None) == (not all):
+        print("unitsync: reset needs a UNIT or --all (not both)", file=sys.stderr)
+        return 2
+    try:
+        with Client(socket, name="cli") as client:
+            reply = client.reset(unit)
+    except UnitsyncError as exc:
+        return _fail(exc)
+    _say(reply.message, reply.notes)
+    return 0
+
+
+@sync.command
+def status(
+    unit: str | None = None,
+    *,
+    output: Annotated[Output, Parameter(alias="-o", help="Output format.")] = "table",
+    socket: SocketOption = None,
+) -> int:
+    """Show UNIT in detail, or every unit when none is named."""
+    try:
+        with Client(socket, name="cli") as client:
+            units = client.status(unit)
+    except UnitsyncError as exc:
+        return _fail(exc)
+    from . import render
+
+    now = time.time()
+    if output == "json":
+        text = render.to_json_one(units[0]) if unit is not None else render.to_json(units)
+    elif output == "dot":
+        text = render.render_dot(units)
+    elif output == "mermaid":
+        text = render.render_mermaid(units)
+    elif unit is not None:
+        text = render.render_unit(units[0], now)
+    else:
+        text = render.render_table(units, now)
+    print(text.rstrip("\n"))
+    return 0
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,41 @@
+"""Durations for `--timeout` and for display: `30s`, `5m`, `1h30m`; 0 means forever."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+EXAMPLES = "e.g. 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 to wait forever"
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds for `text`, or None for `0` (no limit)."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = _parse_units(text)
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {text!r} ({EXAMPLES})")
+    return None if seconds == 0 else seconds
+
+
+def _parse_units(text: str) -> float:
+    parts = _PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r} ({EXAMPLES})")
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """Compact and readable: 850ms, 4.2s, 3m05s, 1h02m."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

@@ -1,0 +1,61 @@
+"""What `start` shows while it waits (SPEC §2).
+
+On a terminal: one line, redrawn in place, naming what it waits for and for how
+long. Otherwise (logs, CI): one line when waiting begins, one when it proceeds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from unitsync.client.client import UnitsyncError
+from unitsync.client.protocol import Started, Waiting
+
+from .durations import format_duration
+
+CLEAR_LINE = "\r\x1b[K"
+
+
+class StartProgress:
+    def __init__(self, unit: str, stream: TextIO) -> None:
+        self.unit = unit
+        self.stream = stream
+        self.live = stream.isatty()
+        self.began = time.monotonic()
+        self.waiting: Waiting | None = None
+        self.unreachable: UnitsyncError | None = None
+
+    def update(self, event: Waiting | UnitsyncError) -> None:
+        if isinstance(event, Waiting):
+            first = self.waiting is None
+            self.waiting, self.unreachable = event, None
+            if self.live:
+                self._draw(f"{self.unit}: waiting for {', '.join(event.on)}")
+            elif first:
+                self._line(f"{self.unit}: waiting for {', '.join(event.on)}")
+        else:
+            if self.live:
+                self._draw(f"{self.unit}: agent unreachable, reconnecting ({event})")
+            elif self.unreachable is None:
+                self._line(f"{self.unit}: agent unreachable, reconnecting: {event}")
+            self.unreachable = event
+
+    def done(self, started: Started) -> None:
+        self.clear()
+        waited = f" after waiting {format_duration(started.waited)}" if self.waiting else ""
+        self._line(f"{self.unit}: started{waited}")
+
+    def clear(self) -> None:
+        if self.live and (self.waiting or self.unreachable):
+            self.stream.write(CLEAR_LINE)
+            self.stream.flush()
+
+    def _draw(self, text: str) -> None:
+        elapsed = format_duration(time.monotonic() - self.began)
+        self.stream.write(f"{CLEAR_LINE}{text} ({elapsed})")
+        self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()

@@ -1,0 +1,33 @@
+"""Where the agent listens and keeps its state when nobody says otherwise (SPEC §2)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+APP = "unitsync"
+SOCKET_ENV = "UNITSYNC_SOCKET"
+
+
+def default_socket() -> Path:
+    """$UNITSYNC_SOCKET, else the user's runtime dir, else a private folder under the temp dir."""
+    if env := os.environ.get(SOCKET_ENV):
+        return Path(env)
+    import platformdirs  # only needed here; keeps `--socket` calls fast
+
+    with warnings.catch_warnings():
+        # platformdirs warns and falls back to /tmp/runtime-UID when XDG_RUNTIME_DIR is unset;
+        # we choose our own fallback below instead.
+        warnings.simplefilter("ignore")
+        runtime = Path(platformdirs.user_runtime_dir(APP))
+    if os.environ.get("XDG_RUNTIME_DIR") and runtime.parent.is_dir():
+        return runtime / "agent.sock"
+    return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}" / "agent.sock"
+
+
+def default_state_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir(APP))
