@@ -144,6 +144,7 @@ async def _start(service: Service, frames: FrameStream, request: Start) -> msgsp
         await frames.send(event)
 
     result: msgspec.Struct | None = None
+    hung_up = False
     async with trio.open_nursery() as nursery:
 
         async def wait() -> None:
@@ -153,13 +154,14 @@ async def _start(service: Service, frames: FrameStream, request: Start) -> msgsp
             except Refused as exc:
                 result = refusal(exc)
             except trio.Cancelled:
-                if not nursery.cancel_scope.cancel_called:  # not our hang-up: the agent stops
+                if not hung_up and result is None:  # cancelled from outside: the agent stops
                     await _say_goodbye(frames)
                 raise
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(wait)
         await _watch_hangup(frames)
+        hung_up = True
         nursery.cancel_scope.cancel()
     if result is None:
         raise PeerGone("hung up while waiting to start")

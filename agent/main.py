@@ -9,8 +9,8 @@ import sys
 
 import trio
 
+from .files import SetupError
 from .journal import JournalError
-from .listener import SetupError
 from .server import AgentConfig, run_agent
 
 log = logging.getLogger("unitsync.agent")

@@ -19,8 +19,9 @@ from typing import Any
 import trio
 
 from .connection import serve_connection
+from .files import ensure_private_dir, exclusive_lock
 from .journal import Journal
-from .listener import bound_socket, ensure_private_dir, exclusive_lock
+from .listener import bound_socket
 from .service import Service
 
 log = logging.getLogger("unitsync.agent")

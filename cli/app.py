@@ -83,7 +83,9 @@ def want(unit: str, dep: str, *deps: str, socket: SocketOption = None) -> int:
 def start(
     unit: str,
     *,
-    timeout: Annotated[str, Parameter(help="How long to wait: 30s, 5m, 1h30m; 0 forever.")] = "5m",
+    timeout: Annotated[
+        str, Parameter(metavar="DURATION", help="How long to wait: 30s, 5m, 1h30m; 0 forever.")
+    ] = "5m",
     rerun: Annotated[bool, Parameter(help="Start a new run even if UNIT is started.")] = False,
     socket: SocketOption = None,
 ) -> int:

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from unitsync.agent.listener import SetupError
+from unitsync.agent.files import SetupError
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient

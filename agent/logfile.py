@@ -1,0 +1,140 @@
+"""The on-disk format of the journal and the snapshot. Pure: bytes in, records out.
+
+    log file:  header  = b"USJ1" | generation u64 | crc32 of the 12 bytes before (u32)
+               entries = length u32 | crc32(body) u32 | body (msgpack array of records)
+    snapshot:  b"USS1" | generation u64 | length u32 | crc32(body) u32 | body (array of units)
+
+One entry holds the records of one accepted command, so a command is all or
+nothing on disk. The generation ties a log to the snapshot it continues.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from .records import Record, UnitImage
+
+LOG_MAGIC = b"USJ1"
+SNAPSHOT_MAGIC = b"USS1"
+LOG_HEADER = struct.Struct(">4sQI")
+ENTRY_HEADER = struct.Struct(">II")
+SNAPSHOT_HEADER = struct.Struct(">4sQII")
+MAX_ENTRY = 64 << 20
+
+_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(list[Record])
+_snapshot_decoder = msgspec.msgpack.Decoder(list[UnitImage])
+
+
+class Damaged(Exception):
+    """Bytes that a crash cannot explain: a bad entry with valid data after it."""
+
+    def __init__(self, offset: int, why: str) -> None:
+        super().__init__(f"{why} at byte offset {offset}")
+        self.offset = offset
+        self.why = why
+
+
+def log_header(generation: int) -> bytes:
+    head = struct.pack(">4sQ", LOG_MAGIC, generation)
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def entry(records: list[Record]) -> bytes:
+    body = _encoder.encode(records)
+    return ENTRY_HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+def snapshot(generation: int, images: list[UnitImage]) -> bytes:
+    body = _encoder.encode(images)
+    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, generation, len(body), zlib.crc32(body)) + body
+
+
+def read_snapshot(data: bytes) -> tuple[int, list[UnitImage]]:
+    if len(data) < SNAPSHOT_HEADER.size:
+        raise Damaged(0, "snapshot shorter than its header")
+    magic, generation, length, crc = SNAPSHOT_HEADER.unpack_from(data)
+    body = memoryview(data)[SNAPSHOT_HEADER.size :]
+    if magic != SNAPSHOT_MAGIC:
+        raise Damaged(0, "not a unitsync snapshot (bad magic)")
+    if len(body) != length or zlib.crc32(body) != crc:
+        raise Damaged(SNAPSHOT_HEADER.size, "snapshot body fails its checksum")
+    return generation, _snapshot_decoder.decode(body)
+
+
+def read_log_header(data: bytes) -> int:
+    if len(data) < LOG_HEADER.size:
+        raise Damaged(0, "journal shorter than its header")
+    magic, generation, crc = LOG_HEADER.unpack_from(data)
+    if magic != LOG_MAGIC or zlib.crc32(data[:12]) != crc:
+        raise Damaged(0, "not a unitsync journal (bad header)")
+    return generation
+
+
+@dataclass
+class Scan:
+    """Where the valid entries end, and why reading stopped there (None: clean end)."""
+
+    end: int
+    count: int = 0
+    torn: str | None = None
+
+
+def entries(data: bytes, scan: Scan) -> Iterator[list[Record]]:
+    """Decode entries after the header, updating `scan`; raise Damaged for mid-file damage.
+
+    A bad entry is a torn tail (a crash mid-write) when no valid entry follows it.
+    """
+    view = memoryview(data)
+    offset = LOG_HEADER.size
+    size = len(data)
+    while offset < size:
+        records = _entry_at(view, offset)
+        if records is None:
+            why = _what_is_wrong(view, offset)
+            if _valid_entry_after(view, offset + 1):
+                raise Damaged(offset, why)
+            scan.torn = f"{why} at byte offset {offset} ({size - offset} bytes cut off)"
+            return
+        length = ENTRY_HEADER.unpack_from(view, offset)[0]
+        offset += ENTRY_HEADER.size + length
+        scan.end = offset
+        scan.count += len(records)
+        yield records
+
+
+def _entry_at(view: memoryview, offset: int) -> list[Record] | None:
+    if offset + ENTRY_HEADER.size > len(view):
+        return None
+    length, crc = ENTRY_HEADER.unpack_from(view, offset)
+    start = offset + ENTRY_HEADER.size
+    if not 0 < length <= MAX_ENTRY or start + length > len(view):
+        return None
+    body = view[start : start + length]
+    if zlib.crc32(body) != crc:
+        return None
+    try:
+        return _entry_decoder.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _what_is_wrong(view: memoryview, offset: int) -> str:
+    if offset + ENTRY_HEADER.size > len(view):
+        return "incomplete entry header"
+    length, _crc = ENTRY_HEADER.unpack_from(view, offset)
+    if not 0 < length <= MAX_ENTRY:
+        return f"impossible entry length {length}"
+    if offset + ENTRY_HEADER.size + length > len(view):
+        return "entry runs past the end of the file"
+    return "entry fails its checksum"
+
+
+def _valid_entry_after(view: memoryview, offset: int) -> bool:
+    """Is there any intact entry after `offset`? Only run on the (rare) error path."""
+    return any(_entry_at(view, at) is not None for at in range(offset, len(view)))

@@ -1,0 +1,170 @@
+"""`status` output: a table, one unit in detail, JSON, Graphviz dot and Mermaid.
+
+Pure functions from views to text; loaded only by `status`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import msgspec
+
+from unitsync.client.protocol import Transition, UnitView
+
+from .durations import format_duration
+
+
+def render_table(units: list[UnitView], now: float) -> str:
+    if not units:
+        return "no units yet: `unitsync sync want` or `start` names the first one"
+    rows = [["UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "REASON"]]
+    for unit in sorted(units, key=lambda u: u.name):
+        rows.append(
+            [
+                unit.name,
+                unit.status,
+                "yes" if unit.ready else "no",
+                ", ".join(_blocking(unit)) or "-",
+                _clock(unit.since),
+                format_duration(now - unit.since),
+                unit.reason or "-",
+            ]
+        )
+    return _columns(rows)
+
+
+def render_unit(unit: UnitView, now: float) -> str:
+    lines = [
+        f"unit:       {unit.name}",
+        f"status:     {unit.status} since {_clock(unit.since)}"
+        f" ({format_duration(now - unit.since)})",
+        f"ready:      {'yes' if unit.ready else 'no'}",
+    ]
+    if unit.reason:
+        lines.append(f"reason:     {unit.reason}")
+    if unit.waiters:
+        lines.append(f"waiting:    {unit.waiters} start(s), on {', '.join(unit.waiting_on) or '-'}")
+    lines += _run_times(unit.history, unit.status, now)
+    lines.append(f"dependents: {', '.join(unit.dependents) or '-'}")
+    if unit.dependencies:
+        lines += ["", "dependencies:"]
+        rows = [["UNIT", "REQUIRED", "CURRENT", "SATISFIED"]]
+        rows += [
+            [d.unit, d.required, d.current, "yes" if d.satisfied else "no"]
+            for d in unit.dependencies
+        ]
+        lines += ["  " + line for line in _columns(rows).splitlines()]
+    if unit.history:
+        lines += ["", "history:"]
+        rows = [["TIME", "FROM", "TO", "REASON"]]
+        rows += [[_clock(t.at), t.from_, t.to, t.reason or "-"] for t in unit.history]
+        lines += ["  " + line for line in _columns(rows).splitlines()]
+    return "\n".join(lines)
+
+
+def _run_times(history: list[Transition], status: str, now: float) -> list[str]:
+    """How long the latest run waited (pending -> started) and ran (started -> end)."""
+    starts = [i for i, t in enumerate(history) if t.to == "started"]
+    if not starts:
+        return []
+    i = starts[-1]
+    began = history[i].at
+    lines = []
+    if i > 0 and history[i - 1].to == "pending":
+        lines.append(f"waited:     {format_duration(began - history[i - 1].at)}")
+    end = history[i + 1].at if i + 1 < len(history) else now
+    ongoing = " so far" if status == "started" else ""
+    lines.append(f"ran:        {format_duration(end - began)}{ongoing}")
+    return lines
+
+
+def to_json(units: list[UnitView]) -> str:
+    """Every unit: {"units": [...]} with the fields of UnitView, history as objects."""
+    return json.dumps({"units": [_plain(u) for u in units]}, indent=2, ensure_ascii=False)
+
+
+def to_json_one(unit: UnitView) -> str:
+    return json.dumps(_plain(unit), indent=2, ensure_ascii=False)
+
+
+def _plain(unit: UnitView) -> dict[str, object]:
+    data = msgspec.to_builtins(unit)
+    data["history"] = [
+        {"at": t.at, "from": t.from_, "to": t.to, "reason": t.reason} for t in unit.history
+    ]
+    return data
+
+
+_COLORS = {"pending": "gray", "started": "dodgerblue", "completed": "forestgreen", "failed": "red"}
+
+
+def render_dot(units: list[UnitView]) -> str:
+    """A Graphviz digraph; an edge points from a unit to what it wants."""
+    ids = _node_ids(units)
+    lines = ["digraph unitsync {", "  rankdir=LR;", "  node [shape=box, style=rounded];"]
+    for unit in units:
+        label = _dot_quote(f"{unit.name}\n{unit.status}")
+        lines.append(f"  {ids[unit.name]} [label={label}, color={_COLORS[unit.status]}];")
+    for name, node in ids.items():
+        if name not in {u.name for u in units}:
+            lines.append(f"  {node} [label={_dot_quote(name)}, style=dashed];")
+    for unit in units:
+        for dep in unit.dependencies:
+            lines.append(f"  {ids[unit.name]} -> {ids[dep.unit]};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def render_mermaid(units: list[UnitView]) -> str:
+    ids = _node_ids(units)
+    known = {u.name: u for u in units}
+    lines = ["graph TD"]
+    for name, node in ids.items():
+        unit = known.get(name)
+        label = _mermaid_text(name) + (f"<br/>{unit.status}" if unit else "")
+        lines.append(f'  {node}["{label}"]')
+        if unit:
+            lines.append(f"  class {node} {unit.status}")
+    for unit in units:
+        for dep in unit.dependencies:
+            lines.append(f"  {ids[unit.name]} --> {ids[dep.unit]}")
+    lines += [f"  classDef {state} stroke:{color}" for state, color in _COLORS.items()]
+    return "\n".join(lines)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _blocking(unit: UnitView) -> list[str]:
+    return unit.waiting_on or [d.unit for d in unit.dependencies if not d.satisfied]
+
+
+def _clock(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S")
+
+
+def _columns(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _node_ids(units: list[UnitView]) -> dict[str, str]:
+    """Safe node ids (n0, n1...) for every unit and every dependency named."""
+    names = [u.name for u in units] + [d.unit for u in units for d in u.dependencies]
+    return {name: f"n{i}" for i, name in enumerate(dict.fromkeys(names))}
+
+
+def _dot_quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _mermaid_text(text: str) -> str:
+    """Mermaid entity codes, so quotes and angle brackets in names stay text."""
+    return (
+        text.replace("#", "#35;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+    )
