@@ -152,13 +152,12 @@ class Graph:
 
     def start(self, name: str, rerun: bool, now: float, token: str = "") -> list[Record]:
         """Mark a ready unit started (the last step of `start`)."""
-        self.admit(name, rerun, now)
         readiness = self.readiness(name)
         if not readiness.ready:
             raise AssertionError(f"start of {name!r} before it is ready: {readiness}")
-        unit = self.units[name]
-        reason = "" if unit.status == "pending" else "new run"
-        return self._commit([Move(name, "started", now, reason, token)])
+        known = self.admit(name, rerun, now)
+        reason = "" if self.units[name].status == "pending" else "new run"
+        return known + self._commit([Move(name, "started", now, reason, token)])
 
     def complete(self, name: str, force: bool, now: float) -> list[Record]:
         check_name(name)

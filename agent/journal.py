@@ -147,10 +147,11 @@ class Journal:
                     self._work = trio.Event()
                     await self._work.wait()
                 await self._flush()
-        finally:
+        except trio.Cancelled:  # an orderly stop: nothing accepted may stay behind
             with trio.CancelScope(shield=True):
                 while self._pending:
                     await self._flush()
+            raise
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -159,7 +160,8 @@ class Journal:
         # Taken now, the images hold exactly what this batch ends with.
         images = list(self.graph.images()) if self._compaction_due(records) else None
         data = b"".join(batch)
-        await trio.to_thread.run_sync(self._write, data)
+        with trio.CancelScope(shield=True):  # a batch taken must be written, even at shutdown
+            await trio.to_thread.run_sync(self._write, data)
         self._log_bytes += len(data)
         self._log_records += records
         self._durable = upto

@@ -1,0 +1,289 @@
+"""The journal on real files: what was acknowledged comes back, damage is caught."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from unitsync.agent import files, logfile
+from unitsync.agent.graph import Graph
+from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
+from unitsync.agent.records import UnitImage
+
+
+def images(graph: Graph) -> list[UnitImage]:
+    return sorted(graph.images(), key=lambda image: image.name)
+
+
+def scripted(graph: Graph, step: int) -> list:
+    """A varied command for step `step`, returning the records it applied."""
+    name, dep = f"unit-{step % 7}", f"dep-{step % 3}"
+    match step % 6:
+        case 0:
+            return graph.want(name, [dep], 1000.0 + step)[0]
+        case 1:
+            return graph.admit(name, True, 1000.0 + step) + graph.start(dep, True, 1000.0 + step)
+        case 2:
+            return graph.complete(dep, True, 1000.0 + step)
+        case 3:
+            return graph.fail(name, f"exit status {step}", 1000.0 + step)
+        case 4:
+            return graph.reset(name, 1000.0 + step)
+        case _:
+            return graph.complete(name, True, 1000.0 + step)
+
+
+async def run_commands(journal: Journal, graph: Graph, steps: range) -> None:
+    """Apply and journal each step, waiting for it to be durable, as the agent does."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for step in steps:
+            await journal.durable(journal.append(scripted(graph, step)))
+        nursery.cancel_scope.cancel()
+
+
+def reopen(state_dir: Path, **kw: object) -> Graph:
+    journal, graph = Journal.open(state_dir, **kw)  # type: ignore[arg-type]
+    journal.close()
+    return graph
+
+
+async def test_everything_acknowledged_comes_back(tmp_path: Path) -> None:
+    journal, graph = Journal.open(tmp_path)
+    await run_commands(journal, graph, range(60))
+    journal.close()
+    recovered = reopen(tmp_path)
+    assert images(recovered) == images(graph)
+    unit = recovered.units["unit-3"]
+    assert unit.history and unit.history[-1].at == unit.since
+
+
+async def test_concurrent_changes_share_fsyncs_and_wait_for_them(tmp_path: Path) -> None:
+    journal, graph = Journal.open(tmp_path)
+    acknowledged: list[str] = []
+
+    async def client(i: int) -> None:
+        records = graph.want(f"client-{i}", [f"base-{i % 4}"], float(i))[0]
+        await journal.durable(journal.append(records))
+        acknowledged.append(f"client-{i}")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        async with trio.open_nursery() as clients:
+            for i in range(200):
+                clients.start_soon(client, i)
+        nursery.cancel_scope.cancel()
+    journal.close()
+    assert len(acknowledged) == 200
+    assert journal.fsyncs < 200 / 4, f"{journal.fsyncs} fsyncs for 200 appends"
+    assert set(acknowledged) <= set(reopen(tmp_path).units)
+
+
+async def test_durable_returns_only_after_the_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal, graph = Journal.open(tmp_path)
+    synced_sizes: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced_sizes.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for i in range(5):
+            await journal.durable(journal.append(graph.want(f"a{i}", ["b"], 1.0)[0]))
+            assert synced_sizes and synced_sizes[-1] == (tmp_path / LOG_NAME).stat().st_size
+        nursery.cancel_scope.cancel()
+    journal.close()
+
+
+async def test_cancelling_the_writer_flushes_what_is_buffered(tmp_path: Path) -> None:
+    journal, graph = Journal.open(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        journal.append(graph.want("late", ["x"], 1.0)[0])  # appended, never awaited
+        nursery.cancel_scope.cancel()
+    journal.close()
+    assert "late" in reopen(tmp_path).units
+
+
+async def test_a_torn_tail_is_cut_at_every_byte_of_the_last_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "source"
+    journal, graph = Journal.open(source)
+    await run_commands(journal, graph, range(12))
+    before = images(graph)
+    last_start = (source / LOG_NAME).stat().st_size
+    await run_commands(journal, graph, range(12, 13))
+    journal.close()
+    data = (source / LOG_NAME).read_bytes()
+    assert len(data) > last_start
+    for cut in range(last_start + 1, len(data)):
+        state_dir = tmp_path / f"cut-{cut}"
+        state_dir.mkdir(mode=0o700)
+        (state_dir / LOG_NAME).write_bytes(data[:cut])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="unitsync.journal"):
+            assert images(reopen(state_dir)) == before, f"cut at {cut}"
+        assert f"at byte offset {last_start}" in caplog.text
+        assert (state_dir / LOG_NAME).stat().st_size == last_start
+
+
+async def test_damage_before_the_tail_stops_recovery_and_changes_nothing(tmp_path: Path) -> None:
+    journal, graph = Journal.open(tmp_path)
+    await run_commands(journal, graph, range(30))
+    journal.close()
+    path = tmp_path / LOG_NAME
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle] ^= 0x10
+    path.write_bytes(bytes(data))
+
+    def listing() -> dict[str, tuple[bytes, int]]:
+        """Every file but the lock (which records the pid of whoever tried last)."""
+        return {
+            p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in tmp_path.iterdir()
+            if p.name != "lock"
+        }
+
+    before = listing()
+    with pytest.raises(JournalError) as caught:
+        Journal.open(tmp_path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "byte offset" in message and "--salvage" in message
+    offset = int(message.split("byte offset ")[1].split(";")[0])
+    assert offset <= middle
+    assert listing() == before
+
+
+async def test_salvage_keeps_the_valid_prefix_and_moves_the_damage_aside(tmp_path: Path) -> None:
+    journal, graph = Journal.open(tmp_path)
+    await run_commands(journal, graph, range(10))
+    prefix = images(graph)
+    cut = (tmp_path / LOG_NAME).stat().st_size
+    await run_commands(journal, graph, range(10, 20))
+    journal.close()
+    path = tmp_path / LOG_NAME
+    data = bytearray(path.read_bytes())
+    data[cut + 10] ^= 0xFF  # inside the first entry after the prefix
+    path.write_bytes(bytes(data))
+    assert images(reopen(tmp_path, salvage=True)) == prefix
+    [aside] = tmp_path.glob(f"{LOG_NAME}.damaged-*")
+    assert aside.read_bytes() == bytes(data)
+    assert images(reopen(tmp_path)) == prefix  # and the kept prefix is a clean journal
+
+
+def crash_at_hook(step: str) -> Callable[[pytest.MonkeyPatch], None]:
+    def install(monkeypatch: pytest.MonkeyPatch) -> None:
+        def crash(self: Journal, at: str) -> None:
+            if at == step:
+                raise SystemExit(f"crash injected at {step}")
+
+        monkeypatch.setattr(Journal, "_crash_point", crash)
+
+    return install
+
+
+def crash_at_rename(nth: int) -> Callable[[pytest.MonkeyPatch], None]:
+    """Crash after a temp file is written and fsynced but before its rename."""
+
+    def install(monkeypatch: pytest.MonkeyPatch) -> None:
+        calls = []
+        real = os.replace
+
+        def replace(src: object, dst: object) -> None:
+            calls.append(dst)
+            if len(calls) == nth:
+                raise SystemExit(f"crash injected before rename #{nth}")
+            real(src, dst)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(files.os, "replace", replace)
+
+    return install
+
+
+@pytest.mark.parametrize(
+    "inject",
+    [
+        crash_at_hook("batch-written"),
+        crash_at_rename(1),  # snapshot.tmp written, not renamed
+        crash_at_hook("snapshot-written"),
+        crash_at_rename(2),  # journal.tmp written, not renamed
+        crash_at_hook("log-replaced"),
+    ],
+    ids=["batch", "snapshot-tmp", "snapshot", "log-tmp", "log"],
+)
+async def test_a_crash_between_compaction_steps_recovers_the_same_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inject: Callable[[pytest.MonkeyPatch], None]
+) -> None:
+    journal, graph = Journal.open(tmp_path, compact_ratio=0.0, compact_min_records=20)
+    inject(monkeypatch)
+    acknowledged = images(graph)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            for step in range(40):
+                await journal.durable(journal.append(scripted(graph, step)))
+                acknowledged = images(graph)
+    assert caught.group_contains(SystemExit, match="crash injected", depth=None)
+    journal.close()
+    monkeypatch.undo()
+    assert images(reopen(tmp_path)) == acknowledged
+    assert not list(tmp_path.glob("*.tmp"))
+    assert images(reopen(tmp_path)) == acknowledged  # and again, after the cleanup
+
+
+async def test_compaction_keeps_state_and_shrinks_the_log(tmp_path: Path) -> None:
+    journal, graph = Journal.open(tmp_path, compact_ratio=0.0, compact_min_records=50)
+    await run_commands(journal, graph, range(400))
+    journal.close()
+    assert (tmp_path / SNAPSHOT_NAME).exists()
+    assert journal.generation > 1
+    assert (tmp_path / LOG_NAME).stat().st_size < 50 * 100
+    assert images(reopen(tmp_path)) == images(graph)
+
+
+def test_a_log_newer_than_its_snapshot_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    (tmp_path / LOG_NAME).write_bytes(logfile.log_header(3))
+    with pytest.raises(JournalError, match="snapshot is missing"):
+        Journal.open(tmp_path)
+
+
+def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    data = bytearray(logfile.snapshot(1, [UnitImage("a", "pending", 1.0, "", [], [])]))
+    data[-1] ^= 1
+    (tmp_path / SNAPSHOT_NAME).write_bytes(bytes(data))
+    with pytest.raises(JournalError, match=f"{SNAPSHOT_NAME} is damaged"):
+        Journal.open(tmp_path)
+
+
+def test_one_agent_per_state_dir(tmp_path: Path) -> None:
+    journal, _graph = Journal.open(tmp_path)
+    try:
+        with pytest.raises(JournalError, match=f"pid {os.getpid()}"):
+            Journal.open(tmp_path)
+    finally:
+        journal.close()
+    reopen(tmp_path)  # released on close
+
+
+def test_state_dir_and_files_are_private(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    reopen(state_dir)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    for path in state_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
