@@ -24,11 +24,21 @@ def main(config: AgentConfig, log_level: str = "info") -> int:
     )
     try:
         trio.run(_until_signalled, config)
-    except (SetupError, JournalError) as exc:
-        print(f"unitsync agent: {exc}", file=sys.stderr)
+    except (SetupError, JournalError, BaseExceptionGroup) as exc:
+        reason = _setup_failure(exc)
+        if reason is None:
+            raise
+        print(f"unitsync agent: {reason}", file=sys.stderr)
         return 1
     log.info("stopped")
     return 0
+
+
+def _setup_failure(exc: BaseException) -> BaseException | None:
+    """The setup error inside `exc` (nurseries wrap it in groups), if that is all it is."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, SetupError | JournalError) else None
 
 
 async def _until_signalled(config: AgentConfig) -> None:

@@ -143,4 +143,28 @@ def test_a_second_agent_process_refuses_to_start(
     other = AgentConfig(socket=agent_process.config.socket, state_dir=short_tmp / "s2")
     result = run_cli("agent", "--socket", str(other.socket), "--state-dir", str(other.state_dir))
     assert result.code == 1
-    assert f"another unitsync agent (pid {agent_process.proc.pid})" in result.err
+    assert result.err.startswith(
+        f"unitsync agent: another unitsync agent (pid {agent_process.proc.pid})"
+    )
+    assert "Traceback" not in result.err
+
+
+def test_a_damaged_journal_stops_the_agent_with_file_and_offset(short_tmp: Path) -> None:
+    config = AgentConfig(socket=short_tmp / "run" / "agent.sock", state_dir=short_tmp / "state")
+    agent = AgentProcess(config).start()
+    run_cli("sync", "want", "a", "b", socket=config.socket)
+    run_cli("sync", "fail", "b", socket=config.socket)
+    agent.stop()
+    journal = config.state_dir / "journal.log"
+    data = bytearray(journal.read_bytes())
+    data[20] ^= 0xFF  # inside the first entry, with valid entries after it
+    journal.write_bytes(bytes(data))
+    args = ("agent", "--socket", str(config.socket), "--state-dir", str(config.state_dir))
+    refused = run_cli(*args, timeout=30)
+    assert refused.code == 1
+    assert refused.err.startswith(f"unitsync agent: {journal} is damaged")
+    assert "byte offset 16" in refused.err and "--salvage" in refused.err
+    assert "Traceback" not in refused.err
+    salvaged = AgentProcess(config, extra=("--salvage",)).start()
+    assert run_cli("sync", "ping", socket=config.socket).code == 0
+    salvaged.stop()
