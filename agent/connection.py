@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import msgspec
 import trio
@@ -20,6 +23,7 @@ from unitsync.client.protocol import (
     HEADER,
     MAX_FRAME,
     PROTOCOL_VERSION,
+    Changed,
     Complete,
     Error,
     Fail,
@@ -27,6 +31,7 @@ from unitsync.client.protocol import (
     Hello,
     Ping,
     Reset,
+    Snapshot,
     Start,
     Status,
     Waiting,
@@ -40,6 +45,7 @@ from unitsync.client.trio_stream import FrameStream, PeerGone
 from .graph import Refused
 from .listener import peer_uid
 from .service import Service, refusal
+from .watch import Watcher
 
 log = logging.getLogger("unitsync.agent")
 
@@ -131,7 +137,7 @@ async def _dispatch(service: Service, frames: FrameStream, request: object) -> m
         case Status():
             return await service.status(request)
         case Watch():
-            return Error("protocol", "watch is not supported by this agent yet")
+            return await _watch(service, frames, request)
         case Hello():
             return Error("protocol", "hello may only be sent once, as the first frame")
     return Error("protocol", f"unexpected request {type(request).__name__}")
@@ -143,28 +149,68 @@ async def _start(service: Service, frames: FrameStream, request: Start) -> msgsp
     async def progress(event: Waiting) -> None:
         await frames.send(event)
 
+    async def start() -> msgspec.Struct:
+        try:
+            return await service.start(request, progress)
+        except Refused as exc:
+            return refusal(exc)
+
+    result = await _until_hangup(frames, start)
+    if result is None:
+        raise PeerGone("hung up while waiting to start")
+    return result
+
+
+async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoReturn:
+    """Turn the connection into a stream of events until the peer hangs up."""
+    wanted = service.watch_filter(request.unit)
+    watcher = Watcher(wanted)
+    service.hub.watchers.add(watcher)
+    try:
+
+        async def stream() -> None:
+            await service.commit([])  # what the snapshot shows is on disk
+            await frames.send(Snapshot(service.views(wanted), at=time.time()))
+            while True:
+                views = await watcher.next()
+                if views is None:  # fell behind: start again from the present
+                    await frames.send(Snapshot(service.views(wanted), at=time.time()))
+                for view in views or ():
+                    await frames.send(Changed(view, at=time.time()))
+
+        await _until_hangup(frames, stream)
+    finally:
+        service.hub.watchers.discard(watcher)
+    raise PeerGone("stopped watching")
+
+
+async def _until_hangup(
+    frames: FrameStream, work: Callable[[], Awaitable[msgspec.Struct | None]]
+) -> msgspec.Struct | None:
+    """Run `work` while watching for hang-up; None if the peer hung up first.
+
+    If the agent is shutting down (an outside cancellation), the peer is told why.
+    """
     result: msgspec.Struct | None = None
     hung_up = False
     async with trio.open_nursery() as nursery:
 
-        async def wait() -> None:
-            nonlocal result
+        async def run() -> None:
+            nonlocal result, hung_up
             try:
-                result = await service.start(request, progress)
-            except Refused as exc:
-                result = refusal(exc)
+                result = await work()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                hung_up = True  # found out by writing rather than by reading
             except trio.Cancelled:
-                if not hung_up and result is None:  # cancelled from outside: the agent stops
+                if not hung_up:
                     await _say_goodbye(frames)
                 raise
             nursery.cancel_scope.cancel()
 
-        nursery.start_soon(wait)
+        nursery.start_soon(run)
         await _watch_hangup(frames)
         hung_up = True
         nursery.cancel_scope.cancel()
-    if result is None:
-        raise PeerGone("hung up while waiting to start")
     return result
 
 

@@ -132,6 +132,11 @@ class Journal:
             self._work.set()
         return self._appended
 
+    @property
+    def durable_seq(self) -> int:
+        """Every append up to this sequence number is on disk."""
+        return self._durable
+
     async def durable(self, seq: int) -> None:
         while self._durable < seq:
             await self._flushed.wait()

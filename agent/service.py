@@ -36,9 +36,12 @@ from unitsync.client.protocol import (
 from .graph import Graph, Refused
 from .records import Edge, Move, Record
 from .waiters import Waiters
+from .watch import Hub
 
 
 class Journal(Protocol):
+    @property
+    def durable_seq(self) -> int: ...
     def append(self, records: list[Record]) -> int: ...
     async def durable(self, seq: int) -> None: ...
 
@@ -65,19 +68,43 @@ class Service:
         self.waiting: Counter[str] = Counter()
         """Units with a `start` in progress, and how many."""
         self.started_at = time.monotonic()
-        self.observers: list[Callable[[list[Record]], None]] = []
-        """Called with every committed batch, in order (the watch hub hangs here)."""
+        self.hub = Hub()
 
     async def commit(self, records: list[Record]) -> None:
         """Journal records the graph has applied, wake whoever they concern, wait for fsync."""
         seq = self.journal.append(records)
         if records:
-            self.waiters.notify({r.unit for r in records if isinstance(r, Edge | Move)})
-            for observer in self.observers:
-                observer(records)
+            changed = {r.unit for r in records if isinstance(r, Edge | Move)}
+            self.waiters.notify(changed)
+            self._stage(seq, [r.unit for r in records], moved=changed)
         # Shielded: once appended, the change will be on disk; the reply must not claim otherwise.
         with trio.CancelScope(shield=True):
             await self.journal.durable(seq)
+        self.hub.release(self.journal.durable_seq)
+
+    def _stage(self, seq: int, units: list[str], moved: set[str] = frozenset()) -> None:
+        """Views for watchers: the changed units, then dependents whose readiness may follow."""
+        if not self.hub.watchers:
+            return
+        names = dict.fromkeys(units)
+        for name in moved:
+            names.update(dict.fromkeys(sorted(self.graph.units[name].dependents)))
+        self.hub.stage(seq, [self.view(name) for name in names])
+
+    def _waiting_changed(self, name: str) -> None:
+        """A start began or stopped waiting: not a journaled change, but watchers show it."""
+        self._stage(self.journal.append([]), [name])
+        self.hub.release(self.journal.durable_seq)
+
+    def watch_filter(self, unit: str | None) -> Callable[[str], bool]:
+        """Which units a watcher sees: every unit, or one unit and its dependencies."""
+        if unit is None:
+            return lambda _name: True
+        deps = self.graph.get(unit).deps
+        return lambda name: name == unit or name in deps
+
+    def views(self, wanted: Callable[[str], bool]) -> list[UnitView]:
+        return [self.view(name) for name in self.graph.units if wanted(name)]
 
     # --- requests --------------------------------------------------------------------------
 
@@ -137,28 +164,28 @@ class Service:
         if request.token and unit and unit.status == "started" and unit.token == request.token:
             return Started(name, at=unit.since, waited=0.0)  # a retry of a start we acknowledged
         await self.commit(graph.admit(name, request.rerun, self.clock()))
-        began = self.clock()
-        self.waiting[name] += 1
+        blocked = _Blocked(self, name)
         try:
-            return await self._wait_and_start(request, began, progress)
+            return await self._wait_and_start(request, self.clock(), progress, blocked)
         finally:
-            self.waiting[name] -= 1
-            if not self.waiting[name]:
-                del self.waiting[name]
+            blocked.end()
 
     async def _wait_and_start(
-        self, request: Start, began: float, progress: Progress
+        self, request: Start, began: float, progress: Progress, blocked: _Blocked
     ) -> Started | Error:
         name, graph = request.unit, self.graph
         told: tuple[str, ...] | None = None
         while True:
             readiness = graph.readiness(name)
             if readiness.failed is not None:
+                blocked.end()
                 return await self._dependency_failed(name, readiness.failed)
             if readiness.ready:
+                blocked.end()
                 now = self.clock()
                 await self.commit(graph.start(name, request.rerun, now, token=request.token))
                 return Started(name, at=now, waited=now - began)
+            blocked.begin()
             # Register before telling the client, so a change during the send is not missed.
             with self.waiters.watching([name, *readiness.pending]) as changed:
                 if readiness.pending != told:
@@ -177,6 +204,30 @@ class Service:
             unit=name,
             dependency=dep,
         )
+
+
+class _Blocked:
+    """Counts a start as waiting (for status and watchers) only while it is really blocked."""
+
+    def __init__(self, service: Service, name: str) -> None:
+        self.service = service
+        self.name = name
+        self.active = False
+
+    def begin(self) -> None:
+        if not self.active:
+            self.active = True
+            self.service.waiting[self.name] += 1
+            self.service._waiting_changed(self.name)
+
+    def end(self) -> None:
+        if self.active:
+            self.active = False
+            waiting = self.service.waiting
+            waiting[self.name] -= 1
+            if not waiting[self.name]:
+                del waiting[self.name]
+            self.service._waiting_changed(self.name)
 
 
 def _moved(name: str, records: list[Record], state: str) -> str:

@@ -29,7 +29,12 @@ app = App(
 )
 sync = App(name="sync", help="Declare, wait for and report units (talks to the agent).")
 app.command(sync)
-app.command("unitsync.cli.agent_command:agent", name="agent")
+app.command(
+    "unitsync.cli.agent_command:agent",
+    name="agent",
+    help="Run the agent in the foreground until SIGINT or SIGTERM.",
+)
+app.register_install_completion_command(add_to_startup=True)
 
 SocketOption = Annotated[
     Path | None,
@@ -170,30 +175,71 @@ def reset(
 def status(
     unit: str | None = None,
     *,
-    output: Annotated[Output, Parameter(alias="-o", help="Output format.")] = "table",
+    output: Annotated[Output | None, Parameter(alias="-o", help="Output format.")] = None,
+    watch: Annotated[bool, Parameter(help="Keep the view live until Ctrl-C.")] = False,
     socket: SocketOption = None,
 ) -> int:
     """Show UNIT in detail, or every unit when none is named."""
+    client = Client(socket, name="cli")
+    if watch:
+        from .watch import follow
+
+        if output not in (None, "table", "json"):
+            print("unitsync: --watch shows a table or JSON lines, not graphs", file=sys.stderr)
+            return 2
+        return follow(client, unit, live=output != "json" and sys.stdout.isatty())
     try:
-        with Client(socket, name="cli") as client:
+        with client:
             units = client.status(unit)
     except UnitsyncError as exc:
         return _fail(exc)
+    print(_render(units, unit, output or "table").rstrip("\n"))
+    return 0
+
+
+def _render(units: list, unit: str | None, output: Output) -> str:
     from . import render
 
-    now = time.time()
     if output == "json":
-        text = render.to_json_one(units[0]) if unit is not None else render.to_json(units)
-    elif output == "dot":
-        text = render.render_dot(units)
-    elif output == "mermaid":
-        text = render.render_mermaid(units)
-    elif unit is not None:
-        text = render.render_unit(units[0], now)
-    else:
-        text = render.render_table(units, now)
-    print(text.rstrip("\n"))
-    return 0
+        return render.to_json_one(units[0]) if unit is not None else render.to_json(units)
+    if output == "dot":
+        return render.render_dot(units)
+    if output == "mermaid":
+        return render.render_mermaid(units)
+    if unit is not None:
+        return render.render_unit(units[0], time.time())
+    return render.render_table(units, time.time())
+
+
+@sync.command(usage="Usage: unitsync sync run UNIT [--want DEP]... [--timeout D] -- COMMAND...")
+def run(
+    unit: str,
+    *command: str,
+    want: Annotated[
+        tuple[str, ...],
+        Parameter(negative=(), metavar="DEP", help="A dependency (repeat for more)."),
+    ] = (),
+    timeout: Annotated[
+        str, Parameter(metavar="DURATION", help="How long to wait: 30s, 5m, 1h30m; 0 forever.")
+    ] = "5m",
+    socket: SocketOption = None,
+) -> int:
+    """Wait for UNIT's dependencies, run COMMAND as UNIT, then complete or fail it.
+
+    Exits with COMMAND's status. If a dependency fails or the wait times out, COMMAND does not run.
+    """
+    if not command:
+        print("unitsync: run needs a command after `--`", file=sys.stderr)
+        return 2
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        print(f"unitsync: --timeout: {exc}", file=sys.stderr)
+        return 2
+    from .run import run_unit
+
+    with Client(socket, name="cli") as client:
+        return run_unit(client, unit, command, want, seconds)
 
 
 def main() -> None:

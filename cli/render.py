@@ -81,14 +81,15 @@ def _run_times(history: list[Transition], status: str, now: float) -> list[str]:
 
 def to_json(units: list[UnitView]) -> str:
     """Every unit: {"units": [...]} with the fields of UnitView, history as objects."""
-    return json.dumps({"units": [_plain(u) for u in units]}, indent=2, ensure_ascii=False)
+    return json.dumps({"units": [plain(u) for u in units]}, indent=2, ensure_ascii=False)
 
 
 def to_json_one(unit: UnitView) -> str:
-    return json.dumps(_plain(unit), indent=2, ensure_ascii=False)
+    return json.dumps(plain(unit), indent=2, ensure_ascii=False)
 
 
-def _plain(unit: UnitView) -> dict[str, object]:
+def plain(unit: UnitView) -> dict[str, object]:
+    """A unit as JSON-ready builtins, with history entries as {at, from, to, reason}."""
     data = msgspec.to_builtins(unit)
     data["history"] = [
         {"at": t.at, "from": t.from_, "to": t.to, "reason": t.reason} for t in unit.history

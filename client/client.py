@@ -7,10 +7,11 @@ within its timeout.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +22,7 @@ from .paths import default_socket
 from .protocol import (
     HEADER,
     PROTOCOL_VERSION,
+    Changed,
     Complete,
     Error,
     Fail,
@@ -31,6 +33,7 @@ from .protocol import (
     Reply,
     Request,
     Reset,
+    Snapshot,
     Start,
     Started,
     Status,
@@ -38,6 +41,7 @@ from .protocol import (
     UnitView,
     Waiting,
     Want,
+    Watch,
     Welcome,
     body_length,
     encode,
@@ -312,6 +316,60 @@ class Client:
                 raise error_from(reply)
             else:
                 raise AgentGone(f"unexpected {type(reply).__name__} while waiting to start")
+
+    # --- higher level ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def unit(
+        self, name: str, *, wants: list[str] | tuple[str, ...] = (), timeout: float | None = 300.0
+    ) -> Iterator[Started]:
+        """Run a block as unit `name`: declare `wants`, wait and start, then complete it.
+
+        If the block raises, the unit is marked failed with the exception as reason
+        (and the exception goes on), so whatever waits on it stops waiting.
+        """
+        if wants:
+            self.want(name, *wants)
+        started = self.start(name, timeout=timeout)
+        try:
+            yield started
+        except BaseException as exc:
+            self.fail(
+                name, reason=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            )
+            raise
+        self.complete(name)
+
+    def watch(
+        self,
+        unit: str | None = None,
+        *,
+        on_unreachable: Callable[[UnitsyncError], None] | None = None,
+    ) -> Iterator[Snapshot | Changed]:
+        """Every acknowledged change, starting with a snapshot; reconnects if the agent restarts.
+
+        A new snapshot follows each reconnection (and any time this client fell behind).
+        """
+        backoff = _Backoff()
+        connected_once = False
+        while True:
+            try:
+                with contextlib.closing(Connection(self.path, self.name)) as conn:
+                    conn.send(Watch(unit))
+                    connected_once = True
+                    while True:
+                        event = conn.receive(timeout=None)
+                        if isinstance(event, Error):
+                            raise error_from(event)
+                        if isinstance(event, Snapshot | Changed):
+                            backoff = _Backoff()
+                            yield event
+            except AgentUnavailable as exc:
+                if not connected_once:
+                    raise
+                if on_unreachable:
+                    on_unreachable(exc)
+                backoff.sleep(None, unit or "", None)
 
 
 class _Backoff:
