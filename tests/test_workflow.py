@@ -1,0 +1,155 @@
+"""`run`, `status --watch` and the Python API, as people use them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unitsync.client.client import Client, DependencyFailed
+
+from conftest import AgentProcess, run_cli, spawn_cli
+
+
+def sock(agent: AgentProcess) -> Path:
+    return agent.config.socket
+
+
+def unit_status(agent: AgentProcess, name: str) -> tuple[str, str]:
+    with Client(sock(agent)) as client:
+        [view] = client.status(name)
+    return view.status, view.reason
+
+
+@pytest.mark.parametrize("code", [0, 3, 42])
+def test_run_exits_with_the_commands_status_and_records_it(
+    agent_process: AgentProcess, code: int
+) -> None:
+    result = run_cli(
+        "sync", "run", "job", "--", "sh", "-c", f"exit {code}", socket=sock(agent_process)
+    )
+    assert result.code == code
+    expected = ("completed", "") if code == 0 else ("failed", f"exit status {code}")
+    assert unit_status(agent_process, "job") == expected
+
+
+def test_run_waits_for_its_wants_and_passes_output_through(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    s = sock(agent_process)
+    waiter = spawn_cli("sync", "run", "app", "--want", "db", "--", "echo", "app ran", socket=s)
+    assert waiter.stderr is not None
+    assert waiter.stderr.readline().strip() == "app: waiting for db"
+    assert unit_status(agent_process, "app")[0] == "pending"
+    run_cli("sync", "run", "db", "--", "true", socket=s)
+    out, _err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0
+    assert out == "app ran\n"
+    assert unit_status(agent_process, "app")[0] == "completed"
+
+
+def test_run_does_not_run_the_command_when_a_dependency_failed(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    s = sock(agent_process)
+    marker = tmp_path / "ran"
+    run_cli("sync", "fail", "db", "--reason", "no disk", socket=s)
+    result = run_cli("sync", "run", "app", "--want", "db", "--", "touch", str(marker), socket=s)
+    assert result.code == 4
+    assert "no disk" in result.err and "not running touch" in result.err
+    assert not marker.exists()
+    timed_out = run_cli(
+        "sync",
+        "run",
+        "slow",
+        "--want",
+        "never",
+        "--timeout",
+        "1s",
+        "--",
+        "touch",
+        str(marker),
+        socket=s,
+    )
+    assert timed_out.code == 5
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_run_passes_signals_to_the_command(
+    agent_process: AgentProcess, tmp_path: Path, signum: signal.Signals
+) -> None:
+    ready = tmp_path / "ready"
+    script = f"touch {ready}; exec sleep 60"
+    proc = spawn_cli("sync", "run", "server", "--", "sh", "-c", script, socket=sock(agent_process))
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    assert unit_status(agent_process, "server") == ("failed", f"killed by signal {signum.name}")
+
+
+def test_run_of_a_missing_command_fails_the_unit(agent_process: AgentProcess) -> None:
+    result = run_cli("sync", "run", "x", "--", "no-such-command-here", socket=sock(agent_process))
+    assert result.code == 127
+    assert unit_status(agent_process, "x") == ("failed", "command not found: no-such-command-here")
+
+
+def test_run_needs_a_command(agent_process: AgentProcess) -> None:
+    assert run_cli("sync", "run", "x", socket=sock(agent_process)).code == 2
+
+
+def test_watch_prints_one_json_object_per_event_and_stops_on_ctrl_c(
+    agent_process: AgentProcess,
+) -> None:
+    s = sock(agent_process)
+    run_cli("sync", "want", "claude", "git", socket=s)
+    watcher = spawn_cli("sync", "status", "--watch", "-o", "json", socket=s)
+    assert watcher.stdout is not None
+    snapshot = json.loads(watcher.stdout.readline())
+    assert snapshot["event"] == "snapshot"
+    assert sorted(u["name"] for u in snapshot["units"]) == ["claude", "git"]
+    run_cli("sync", "start", "git", socket=s)
+    event = json.loads(watcher.stdout.readline())
+    assert (event["event"], event["unit"]["name"], event["unit"]["status"]) == (
+        "changed",
+        "git",
+        "started",
+    )
+    assert event["unit"]["history"][-1]["from"] == "pending"
+    watcher.send_signal(signal.SIGINT)
+    watcher.communicate(timeout=30)
+    assert watcher.returncode == 0
+
+
+def test_the_python_context_manager_completes_or_fails_the_unit(
+    agent_process: AgentProcess,
+) -> None:
+    with Client(sock(agent_process)) as client:
+        client.start("git")
+        client.complete("git")
+        with client.unit("claude", wants=["git"]) as started:
+            assert started.unit == "claude"
+            assert client.status("claude")[0].status == "started"
+        assert client.status("claude")[0].status == "completed"
+
+        with pytest.raises(RuntimeError), client.unit("flaky"):
+            raise RuntimeError("disk full")
+        [flaky] = client.status("flaky")
+        assert (flaky.status, flaky.reason) == ("failed", "RuntimeError: disk full")
+
+        with pytest.raises(DependencyFailed), client.unit("after-flaky", wants=["flaky"]):
+            pytest.fail("the block must not run when a dependency failed")
+
+
+def test_importing_the_client_and_cli_does_not_import_trio() -> None:
+    import subprocess
+
+    code = "import sys, unitsync.client.client, unitsync.cli.app; sys.exit('trio' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
