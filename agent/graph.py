@@ -96,9 +96,9 @@ class Graph:
             case Edge(unit=name, dep=dep):
                 self.units[name].deps[dep] = None
                 self.units[dep].dependents.add(name)
-            case Move(unit=name, to=to, at=at, reason=reason, token=token):
+            case Move(unit=name, to=to, at=at, reason=reason, token=token, waited=waited):
                 unit = self.units[name]
-                unit.history.append(Transition(at=at, from_=unit.status, to=to, reason=reason))
+                unit.history.append(Transition(at, unit.status, to, reason, waited))
                 unit.status, unit.since, unit.reason = to, at, reason
                 if to == "started":
                     unit.token = token
@@ -150,14 +150,16 @@ class Graph:
             )
         return []
 
-    def start(self, name: str, rerun: bool, now: float, token: str = "") -> list[Record]:
+    def start(
+        self, name: str, rerun: bool, now: float, token: str = "", waited: float | None = None
+    ) -> list[Record]:
         """Mark a ready unit started (the last step of `start`)."""
         readiness = self.readiness(name)
         if not readiness.ready:
             raise AssertionError(f"start of {name!r} before it is ready: {readiness}")
         known = self.admit(name, rerun, now)
         reason = "" if self.units[name].status == "pending" else "new run"
-        return known + self._commit([Move(name, "started", now, reason, token)])
+        return known + self._commit([Move(name, "started", now, reason, token, waited)])
 
     def complete(self, name: str, force: bool, now: float) -> list[Record]:
         check_name(name)

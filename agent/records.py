@@ -35,6 +35,8 @@ class Move(msgspec.Struct, tag="move", array_like=True):
     reason: str = ""
     token: str = ""
     """For a start: the client's token, so a retried start is recognised as the same run."""
+    waited: float | None = None
+    """For a start: how long it waited for its dependencies."""
 
 
 Record = Known | Edge | Move

@@ -183,8 +183,9 @@ class Service:
             if readiness.ready:
                 blocked.end()
                 now = self.clock()
-                await self.commit(graph.start(name, request.rerun, now, token=request.token))
-                return Started(name, at=now, waited=now - began)
+                waited = now - began
+                await self.commit(graph.start(name, request.rerun, now, request.token, waited))
+                return Started(name, at=now, waited=waited)
             blocked.begin()
             # Register before telling the client, so a change during the send is not missed.
             with self.waiters.watching([name, *readiness.pending]) as changed:

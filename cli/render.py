@@ -57,22 +57,25 @@ def render_unit(unit: UnitView, now: float) -> str:
         lines += ["  " + line for line in _columns(rows).splitlines()]
     if unit.history:
         lines += ["", "history:"]
-        rows = [["TIME", "FROM", "TO", "REASON"]]
-        rows += [[_clock(t.at), t.from_, t.to, t.reason or "-"] for t in unit.history]
+        rows = [["TIME", "FROM", "TO", "WAITED", "REASON"]]
+        rows += [
+            [_clock(t.at), t.from_, t.to, _maybe_duration(t.waited), t.reason or "-"]
+            for t in unit.history
+        ]
         lines += ["  " + line for line in _columns(rows).splitlines()]
     return "\n".join(lines)
 
 
 def _run_times(history: list[Transition], status: str, now: float) -> list[str]:
-    """How long the latest run waited (pending -> started) and ran (started -> end)."""
+    """How long the latest run waited for its dependencies and ran (started -> its end)."""
     starts = [i for i, t in enumerate(history) if t.to == "started"]
     if not starts:
         return []
     i = starts[-1]
     began = history[i].at
     lines = []
-    if i > 0 and history[i - 1].to == "pending":
-        lines.append(f"waited:     {format_duration(began - history[i - 1].at)}")
+    if history[i].waited is not None:
+        lines.append(f"waited:     {format_duration(history[i].waited)}")
     end = history[i + 1].at if i + 1 < len(history) else now
     ongoing = " so far" if status == "started" else ""
     lines.append(f"ran:        {format_duration(end - began)}{ongoing}")
@@ -90,11 +93,7 @@ def to_json_one(unit: UnitView) -> str:
 
 def plain(unit: UnitView) -> dict[str, object]:
     """A unit as JSON-ready builtins, with history entries as {at, from, to, reason}."""
-    data = msgspec.to_builtins(unit)
-    data["history"] = [
-        {"at": t.at, "from": t.from_, "to": t.to, "reason": t.reason} for t in unit.history
-    ]
-    return data
+    return msgspec.to_builtins(unit)
 
 
 _COLORS = {"pending": "gray", "started": "dodgerblue", "completed": "forestgreen", "failed": "red"}
@@ -139,6 +138,10 @@ def render_mermaid(units: list[UnitView]) -> str:
 
 def _blocking(unit: UnitView) -> list[str]:
     return unit.waiting_on or [d.unit for d in unit.dependencies if not d.satisfied]
+
+
+def _maybe_duration(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(seconds)
 
 
 def _clock(at: float) -> str:

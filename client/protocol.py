@@ -83,12 +83,14 @@ Request = Hello | Ping | Want | Start | Complete | Fail | Reset | Status | Watch
 # --- views of the agent's state ------------------------------------------------------------
 
 
-class Transition(msgspec.Struct, frozen=True, array_like=True):
+class Transition(msgspec.Struct, frozen=True):
     at: float
     """Unix time of the change."""
     from_: State = msgspec.field(name="from")
     to: State
     reason: str = ""
+    waited: float | None = None
+    """For a move to `started`: how long that start waited for its dependencies (seconds)."""
 
 
 class Dependency(msgspec.Struct):

@@ -1,0 +1,100 @@
+"""What `status` prints, and the durations `--timeout` accepts."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from unitsync.agent.graph import Graph
+from unitsync.cli import render
+from unitsync.cli.durations import format_duration, parse_duration
+from unitsync.client.protocol import UnitView
+
+
+def views() -> list[UnitView]:
+    graph = Graph()
+    graph.want("claude code", ["git", 'we"ird <name>'], 100.0)
+    graph.start("git", False, 101.0)
+    graph.complete("git", False, 103.0)
+    graph.fail('we"ird <name>', "exit status 2", 104.0)
+    graph.units["claude code"].deps.pop('we"ird <name>')  # so that it can start
+    graph.start("claude code", False, 110.0, waited=9.5)
+    return [graph.view(name) for name in graph.units]
+
+
+def test_the_table_has_aligned_columns_sorted_by_name() -> None:
+    lines = render.render_table(views(), now=120.0).splitlines()
+    assert lines[0].split()[:3] == ["UNIT", "STATUS", "READY"]
+    assert [line.split()[0] for line in lines[1:]] == ["claude", "git", 'we"ird']
+    status_column = lines[0].index("STATUS")
+    assert all(line[status_column - 2 : status_column] == "  " for line in lines[1:])
+    assert "exit status 2" in lines[3]
+    assert render.render_table([], now=0).startswith("no units yet")
+
+
+def test_one_unit_shows_its_wait_its_run_and_its_history() -> None:
+    text = render.render_unit(views()[0], now=125.0)
+    assert "waited:     9.5s" in text
+    assert "ran:        15.0s so far" in text
+    assert "pending  started" in text.replace("  9.5s", "")
+
+
+@pytest.mark.parametrize("fmt", ["dot", "mermaid"])
+def test_graphs_escape_names_and_draw_every_edge(fmt: str) -> None:
+    text = getattr(render, f"render_{fmt}")(views())
+    if fmt == "dot":
+        assert text.startswith("digraph unitsync {") and text.endswith("}")
+        assert r"we\"ird <name>" in text
+        assert text.count("->") == 1
+    else:
+        assert text.startswith("graph TD")
+        assert "we#quot;ird #lt;name#gt;" in text
+        assert text.count("-->") == 1
+
+
+def test_json_is_stable_and_round_trips() -> None:
+    data = json.loads(render.to_json(views()))
+    claude = data["units"][0]
+    assert set(claude) == set(UnitView.__struct_fields__)
+    assert claude["history"][-1] == {
+        "at": 110.0,
+        "from": "pending",
+        "to": "started",
+        "reason": "",
+        "waited": 9.5,
+    }
+    assert msgspec.convert(claude, UnitView).name == "claude code"
+    assert json.loads(render.to_json_one(views()[1]))["name"] == "git"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0", None),
+        ("30", 30.0),
+        ("1.5", 1.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("2m30s", 150.0),
+        ("0s", None),
+    ],
+)
+def test_durations(text: str, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5 m", "m5", "-3", "1d", "5m30"])
+def test_bad_durations_show_examples(text: str) -> None:
+    with pytest.raises(ValueError, match=r"e\.g\. 30s, 5m, 1h30m"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.85, "850ms"), (4.2, "4.2s"), (185, "3m05s"), (3720, "1h02m")]
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
