@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 import msgspec
@@ -56,19 +57,62 @@ SHUTTING_DOWN = Error(
 )
 
 
-async def serve_connection(service: Service, stream: trio.SocketStream) -> None:
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may cost the agent. Waits and watches are never timed out."""
+
+    hello_timeout: float = 10.0
+    """From connecting to a complete hello."""
+    frame_timeout: float = 10.0
+    """From a frame's first byte to its last: a peer stalling mid-frame is dropped."""
+    idle_timeout: float = 600.0
+    """Between requests: an idle connection is closed (clients reconnect)."""
+    max_connections: int = 16_384
+
+
+class Stalled(Exception):
+    """The peer stopped in the middle of a frame, or never said hello."""
+
+
+async def serve_connection(service: Service, stream: trio.SocketStream, limits: Limits) -> None:
     """Handle one client from hello to hang-up."""
     frames = FrameStream(stream)
     async with stream:
         try:
-            if not await _admit_peer(frames) or not await _handshake(frames):
+            if not await _admit_peer(frames) or not await _handshake(frames, limits):
                 return
-            while (body := await frames.receive()) is not None:
+            while (body := await _next_frame(frames, limits)) is not None:
                 await _serve_frame(service, frames, body)
         except FrameTooLarge as exc:
             await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
+        except Stalled as exc:
+            await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
         except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+async def refuse_busy(stream: trio.SocketStream, limits: Limits) -> None:
+    """Past the connection cap: say so at once instead of leaving the client hanging."""
+    async with stream:
+        message = (
+            f"the agent is serving its limit of {limits.max_connections} connections; "
+            "retry later, or raise --max-connections"
+        )
+        with trio.move_on_after(limits.frame_timeout):
+            await _send_quietly(FrameStream(stream), Error("busy", message))
+
+
+async def _next_frame(frames: FrameStream, limits: Limits) -> bytes | None:
+    """The next request: idle for up to idle_timeout, then whole within frame_timeout."""
+    if not frames.buffer:
+        with trio.move_on_after(limits.idle_timeout):
+            if not await frames.read_more():
+                return None
+        if not frames.buffer:
+            raise PeerGone(f"idle for {limits.idle_timeout:g}s")
+    with trio.move_on_after(limits.frame_timeout):
+        return await frames.receive()
+    raise Stalled(f"incomplete frame: nothing more arrived for {limits.frame_timeout:g}s")
 
 
 async def _admit_peer(frames: FrameStream) -> bool:
@@ -83,10 +127,16 @@ async def _admit_peer(frames: FrameStream) -> bool:
     return False
 
 
-async def _handshake(frames: FrameStream) -> bool:
-    body = await frames.receive()
-    if body is None:
-        return False
+async def _handshake(frames: FrameStream, limits: Limits) -> bool:
+    with trio.move_on_after(limits.hello_timeout):
+        body = await frames.receive()
+        if body is None:
+            return False
+        return await _greet(frames, body)
+    raise Stalled(f"no hello within {limits.hello_timeout:g}s of connecting")
+
+
+async def _greet(frames: FrameStream, body: bytes) -> bool:
     try:
         hello = request_decoder.decode(body)
     except msgspec.DecodeError as exc:

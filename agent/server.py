@@ -11,14 +11,16 @@ Shutdown is cancellation of `run_agent`: connections stop first (a waiting
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .connection import serve_connection
+from .connection import Limits, refuse_busy, serve_connection
 from .files import ensure_private_dir, exclusive_lock
 from .journal import Journal
 from .listener import bound_socket
@@ -33,6 +35,7 @@ class AgentConfig:
     state_dir: Path
     salvage: bool = False
     """Keep the valid prefix of a damaged journal instead of refusing to start."""
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
 
 async def run_agent(
@@ -55,7 +58,8 @@ async def run_agent(
                 config.state_dir,
                 len(graph.units),
             )
-            await _serve(service, journal, trio.SocketListener(sock), task_status)
+            limits = _fit_to_open_file_limit(config.limits)
+            await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
         finally:
             journal.close()
 
@@ -64,14 +68,16 @@ async def _serve(
     service: Service,
     journal: Journal,
     listener: trio.SocketListener,
+    limits: Limits,
     task_status: trio.TaskStatus[Service],
 ) -> None:
+    gate = _Gate(limits)
     async with trio.open_nursery() as nursery:
         journal_scope = trio.CancelScope(shield=True)
         nursery.start_soon(_run_in, journal_scope, journal.run)
         try:
             await trio.serve_listeners(
-                lambda stream: _connection(service, stream),
+                lambda stream: gate.serve(service, stream),
                 [listener],
                 task_status=_Relay(task_status, service),
             )
@@ -84,12 +90,54 @@ async def _run_in(scope: trio.CancelScope, fn: Any) -> None:
         await fn()
 
 
-async def _connection(service: Service, stream: trio.SocketStream) -> None:
-    try:
-        await serve_connection(service, stream)
-    except Exception:
-        # A bug in serving one client must not take the agent down for everyone.
-        log.exception("error while serving a connection; it was closed")
+class _Gate:
+    """Counts connections and turns away those past the cap."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.open = 0
+        self.refused = 0
+
+    async def serve(self, service: Service, stream: trio.SocketStream) -> None:
+        if self.open >= self.limits.max_connections:
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                log.warning(
+                    "refused a connection: %d open is the limit (%d refused so far)",
+                    self.open,
+                    self.refused,
+                )
+            await refuse_busy(stream, self.limits)
+            return
+        self.open += 1
+        try:
+            await serve_connection(service, stream, self.limits)
+        except Exception:
+            # A bug in serving one client must not take the agent down for everyone.
+            log.exception("error while serving a connection; it was closed")
+        finally:
+            self.open -= 1
+
+
+RESERVED_FILES = 64
+"""Descriptors kept for the journal, the listener and refusing connections politely."""
+
+
+def _fit_to_open_file_limit(limits: Limits) -> Limits:
+    """Raise the soft open-file limit to the hard one; cap connections below it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("raised the open-file limit from %d to %d", soft, hard)
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    room = soft - RESERVED_FILES
+    if room < limits.max_connections:
+        log.info("serving at most %d connections (open-file limit %d)", room, soft)
+        return dataclasses.replace(limits, max_connections=max(room, 1))
+    return limits
 
 
 class _Relay:

@@ -26,8 +26,12 @@ def agent(
             "the damaged file aside instead of refusing to start."
         ),
     ] = False,
+    max_connections: Annotated[
+        int, Parameter(help="Most connections served at once; the rest are refused at once.")
+    ] = 16_384,
 ) -> int:
     """Run the agent in the foreground until SIGINT or SIGTERM."""
+    from unitsync.agent.connection import Limits
     from unitsync.agent.main import main
     from unitsync.agent.server import AgentConfig
 
@@ -35,5 +39,6 @@ def agent(
         socket=socket or default_socket(),
         state_dir=state_dir or default_state_dir(),
         salvage=salvage,
+        limits=Limits(max_connections=max_connections),
     )
     return main(config, log_level)

@@ -219,10 +219,21 @@ class Client:
         return self._call(Status(unit), StatusReply).units
 
     def _call(self, request: Request, expect: type[R]) -> R:
+        reused = self._conn is not None
         conn = self._connection()
         try:
-            conn.send(request)
-            reply = conn.receive()
+            try:
+                conn.send(request)
+                reply = conn.receive()
+            except AgentGone:
+                if not reused or conn.buffer:
+                    raise
+                # The agent closes idle connections between requests, never during one:
+                # a reused connection found closed never carried this request. Once more.
+                self.close()
+                conn = self._connection()
+                conn.send(request)
+                reply = conn.receive()
         except TimeoutError:
             self.close()
             raise AgentUnavailable(

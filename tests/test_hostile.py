@@ -1,0 +1,149 @@
+"""Broken and hostile peers: each is dealt with, and none of them delays anyone else."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from unitsync.agent.connection import Limits
+from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.client.async_client import AsyncClient
+from unitsync.client.client import AgentUnavailable, Client
+from unitsync.client.protocol import PROTOCOL_VERSION, Error, Hello, Ping, encode, reply_decoder
+
+LIMITS = Limits(hello_timeout=0.5, frame_timeout=0.5, idle_timeout=1.0, max_connections=8)
+
+
+@pytest.fixture
+async def strict(
+    nursery: trio.Nursery, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[AgentConfig]:
+    """An agent with short timeouts and a small connection cap; no tracebacks allowed."""
+    config = AgentConfig(short_tmp / "run" / "agent.sock", short_tmp / "state", limits=LIMITS)
+    with caplog.at_level(logging.INFO):
+        await nursery.start(run_agent, config)
+        yield config
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+class Peer:
+    """A raw socket that misbehaves on purpose."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.path = str(config.socket)
+
+    async def connect(self) -> Peer:
+        await self.sock.connect(self.path)
+        return self
+
+    async def hello(self) -> Peer:
+        await self.sock.send(encode(Hello(PROTOCOL_VERSION)))
+        await self.frame()
+        return self
+
+    async def frame(self) -> object | None:
+        """The next frame from the agent, or None once it closed the connection."""
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = await self.sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        return reply_decoder.decode(data[4:])
+
+
+async def ping_works(config: AgentConfig) -> bool:
+    async with await AsyncClient.connect(config.socket) as client:
+        return (await client.ping()).pid > 0
+
+
+async def test_a_silent_peer_is_dropped_after_the_hello_timeout(strict: AgentConfig) -> None:
+    silent = await Peer(strict).connect()
+    assert await ping_works(strict)  # served while the silent peer still hangs on
+    error = await silent.frame()
+    assert isinstance(error, Error) and "no hello within 0.5s" in error.message
+    assert await silent.frame() is None
+
+
+async def test_a_peer_stalling_mid_frame_is_dropped_and_delays_nobody(strict: AgentConfig) -> None:
+    staller = await (await Peer(strict).connect()).hello()
+    await staller.sock.send(encode(Ping())[:3])  # half a header, then nothing
+    assert await ping_works(strict)
+    error = await staller.frame()
+    assert isinstance(error, Error) and "incomplete frame" in error.message
+    assert await staller.frame() is None
+
+
+async def test_a_peer_that_never_reads_its_replies_blocks_only_itself(
+    strict: AgentConfig,
+) -> None:
+    hoarder = await (await Peer(strict).connect()).hello()
+    hoarder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with trio.move_on_after(2):
+        for _ in range(20_000):  # pipelined requests, no reads: its replies pile up
+            await hoarder.sock.send(encode(Ping()))
+    assert await ping_works(strict)
+    hoarder.sock.close()
+    assert await ping_works(strict)
+
+
+async def test_a_peer_that_hangs_up_mid_request_leaves_nothing_behind(
+    strict: AgentConfig, nursery: trio.Nursery
+) -> None:
+    for cut in range(1, 12):
+        quitter = await (await Peer(strict).connect()).hello()
+        await quitter.sock.send(encode(Ping())[:cut])
+        quitter.sock.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert await ping_works(strict)
+
+
+async def test_idle_connections_are_closed_and_the_client_reconnects(strict: AgentConfig) -> None:
+    idle = await (await Peer(strict).connect()).hello()
+    assert await idle.frame() is None  # closed after idle_timeout, silently
+    client = Client(strict.socket)
+    await trio.to_thread.run_sync(client.want, "a", "b")
+    await trio.sleep(LIMITS.idle_timeout * 2)  # the agent closes the client's idle connection
+    await trio.to_thread.run_sync(client.want, "c", "d")  # and the client just reconnects
+    client.close()
+
+
+async def test_past_the_connection_cap_clients_are_refused_clearly(strict: AgentConfig) -> None:
+    held = [await (await Peer(strict).connect()).hello() for _ in range(LIMITS.max_connections)]
+    refused = await Peer(strict).connect()
+    error = await refused.frame()
+    assert isinstance(error, Error) and error.code == "busy"
+    assert "limit of 8 connections" in error.message
+    with pytest.raises(AgentUnavailable, match="limit of 8"):
+        await trio.to_thread.run_sync(Client(strict.socket).ping)
+    held.pop().sock.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert await ping_works(strict)
+
+
+async def test_a_long_wait_is_not_an_idle_connection(
+    strict: AgentConfig, nursery: trio.Nursery
+) -> None:
+    async with await AsyncClient.connect(strict.socket) as admin:
+        await admin.want("app", "db")
+    waiter = await AsyncClient.connect(strict.socket)
+    done = trio.Event()
+
+    async def wait() -> None:
+        assert (await waiter.start("app")).unit == "app"
+        done.set()
+
+    nursery.start_soon(wait)
+    await trio.sleep(LIMITS.idle_timeout * 2)  # longer than any idle timeout
+    async with await AsyncClient.connect(strict.socket) as admin:
+        await admin.start("db")
+        await admin.complete("db")
+    await done.wait()
