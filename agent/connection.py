@@ -35,10 +35,13 @@ from unitsync.client.protocol import (
     Snapshot,
     Start,
     Status,
+    StatusReply,
+    UnitView,
     Waiting,
     Want,
     Watch,
     Welcome,
+    chunked,
     request_decoder,
 )
 from unitsync.client.trio_stream import FrameStream, PeerGone
@@ -167,7 +170,19 @@ async def _serve_frame(service: Service, frames: FrameStream, body: bytes) -> No
         reply = await _dispatch(service, frames, request)
     except Refused as exc:
         reply = refusal(exc)
-    await frames.send(reply)
+    if isinstance(reply, StatusReply):
+        await _send_units(frames, StatusReply, reply.units, reply.at)
+    else:
+        await frames.send(reply)
+
+
+async def _send_units(
+    frames: FrameStream, kind: type[StatusReply | Snapshot], units: list[UnitView], at: float
+) -> None:
+    """A list of units as one or more frames, each under the frame limit."""
+    parts = chunked(units)
+    for i, part in enumerate(parts):
+        await frames.send(kind(part, at, more=i < len(parts) - 1))
 
 
 async def _dispatch(service: Service, frames: FrameStream, request: object) -> msgspec.Struct:
@@ -220,11 +235,11 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
 
         async def stream() -> None:
             await service.commit([])  # what the snapshot shows is on disk
-            await frames.send(Snapshot(service.views(wanted), at=time.time()))
+            await _send_units(frames, Snapshot, service.views(wanted), time.time())
             while True:
                 views = await watcher.next()
                 if views is None:  # fell behind: start again from the present
-                    await frames.send(Snapshot(service.views(wanted), at=time.time()))
+                    await _send_units(frames, Snapshot, service.views(wanted), time.time())
                 for view in views or ():
                     await frames.send(Changed(view, at=time.time()))
 

@@ -20,6 +20,8 @@ from .records import Edge, Known, Move, Record, UnitImage
 
 HISTORY_LIMIT = 100
 MAX_NAME_BYTES = 255
+MAX_REASON_BYTES = 4096
+"""Keeps a unit's view (100 transitions with reasons) far below one frame."""
 
 
 class Refused(Exception):
@@ -180,6 +182,13 @@ class Graph:
 
     def fail(self, name: str, reason: str, now: float) -> list[Record]:
         check_name(name)
+        if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
+            raise Refused(
+                "invalid",
+                f"the reason is longer than {MAX_REASON_BYTES} bytes; shorten it "
+                "(put long logs in a file and name the file)",
+                unit=name,
+            )
         records: list[Record] = [] if name in self.units else [Known(name, now)]
         return self._commit([*records, Move(name, "failed", now, reason)])
 

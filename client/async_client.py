@@ -124,7 +124,14 @@ class AsyncClient:
         return await self._call(Reset(unit), Ok)
 
     async def status(self, unit: str | None = None) -> list[UnitView]:
-        return (await self._call(Status(unit), StatusReply)).units
+        reply = await self._call(Status(unit), StatusReply)
+        units = list(reply.units)
+        while reply.more:
+            reply = await self.receive()
+            if not isinstance(reply, StatusReply):
+                raise AgentGone(f"expected more units, got {type(reply).__name__}")
+            units += reply.units
+        return units
 
     async def start(
         self,
@@ -147,9 +154,16 @@ class AsyncClient:
     async def watch(self, unit: str | None = None) -> AsyncIterator[Snapshot | Changed]:
         """Every change, as it is acknowledged; starts with a snapshot of the view."""
         await self.send(Watch(unit))
+        parts: list[UnitView] = []
         while True:
             reply = await self.receive()
             if isinstance(reply, Error):
                 raise error_from(reply)
+            if isinstance(reply, Snapshot):
+                parts += reply.units
+                if reply.more:
+                    continue
+                reply = Snapshot(parts, reply.at)
+                parts = []
             if isinstance(reply, Snapshot | Changed):
                 yield reply

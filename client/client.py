@@ -216,7 +216,25 @@ class Client:
         return self._call(Reset(unit), Ok)
 
     def status(self, unit: str | None = None) -> list[UnitView]:
-        return self._call(Status(unit), StatusReply).units
+        reply = self._call(Status(unit), StatusReply)
+        units = list(reply.units)
+        while reply.more:
+            reply = self._next(StatusReply)
+            units += reply.units
+        return units
+
+    def _next(self, expect: type[R]) -> R:
+        """A further frame of a reply that came in several."""
+        assert self._conn is not None
+        try:
+            reply = self._conn.receive()
+        except (TimeoutError, AgentGone):
+            self.close()
+            raise AgentGone(f"the agent at {self.path} stopped in the middle of a reply") from None
+        if not isinstance(reply, expect):
+            self.close()
+            raise AgentGone(f"expected more {expect.__name__}, got {type(reply).__name__}")
+        return reply
 
     def _call(self, request: Request, expect: type[R]) -> R:
         reused = self._conn is not None
@@ -368,10 +386,17 @@ class Client:
                 with contextlib.closing(Connection(self.path, self.name)) as conn:
                     conn.send(Watch(unit))
                     connected_once = True
+                    parts: list[UnitView] = []
                     while True:
                         event = conn.receive(timeout=None)
                         if isinstance(event, Error):
                             raise error_from(event)
+                        if isinstance(event, Snapshot):
+                            parts += event.units
+                            if event.more:
+                                continue
+                            event = Snapshot(parts, event.at)
+                            parts = []
                         if isinstance(event, Snapshot | Changed):
                             backoff = _Backoff()
                             yield event

@@ -179,6 +179,8 @@ class Error(Base, tag="error"):
 class StatusReply(Base, tag="status"):
     units: list[UnitView]
     at: float
+    more: bool = False
+    """More units follow in the next frame (a long list is split to fit the frame limit)."""
 
 
 class Snapshot(Base, tag="snapshot"):
@@ -186,6 +188,8 @@ class Snapshot(Base, tag="snapshot"):
 
     units: list[UnitView]
     at: float
+    more: bool = False
+    """More units follow in the next frame (a long list is split to fit the frame limit)."""
 
 
 class Changed(Base, tag="changed"):
@@ -227,6 +231,19 @@ def body_length(header: bytes) -> int:
     return size
 
 
-def describe_decode_error(exc: msgspec.DecodeError) -> str:
-    """Turn a msgspec error into a sentence that tells the sender what to fix."""
-    return f"invalid frame: {exc}; expected a msgpack map with an 'op' field naming a request"
+CHUNK_BUDGET = MAX_FRAME // 2
+"""Bytes of unit views per frame, leaving ample room for the rest of the frame."""
+
+
+def chunked(views: list[UnitView]) -> list[list[UnitView]]:
+    """Split views into lists whose frames stay under the limit (always at least one list)."""
+    chunks: list[list[UnitView]] = [[]]
+    size = 0
+    for view in views:
+        cost = len(_encoder.encode(view))
+        if chunks[-1] and size + cost > CHUNK_BUDGET:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(view)
+        size += cost
+    return chunks

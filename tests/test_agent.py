@@ -16,7 +16,7 @@ from unitsync.agent.files import SetupError
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import AgentGone, DependencyFailed, Refused
+from unitsync.client.client import AgentGone, Client, DependencyFailed, Refused
 from unitsync.client.protocol import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -345,3 +345,25 @@ async def test_shutdown_tells_waiters_and_removes_the_socket(config: AgentConfig
         agent_scope.cancel()
     assert errors
     assert not config.socket.exists()
+
+
+async def test_a_status_larger_than_one_frame_arrives_whole(
+    agent: Service, config: AgentConfig
+) -> None:
+    reason = "r" * 4000
+    async with await connect(config) as client:
+        for i in range(400):  # 400 units x 4 KB of reason: well over the 1 MiB frame limit
+            await client.fail(f"unit-{i}", reason)
+        views = await client.status()
+        assert len(views) == 400 and all(v.reason == reason for v in views)
+        watch = client.watch()
+        snapshot = await watch.__anext__()
+        assert len(snapshot.units) == 400
+    blocking = await trio.to_thread.run_sync(lambda: Client(config.socket).status())
+    assert len(blocking) == 400
+
+
+async def test_an_overlong_reason_is_refused(agent: Service, config: AgentConfig) -> None:
+    async with await connect(config) as client:
+        with pytest.raises(Refused, match="longer than 4096 bytes"):
+            await client.fail("a", "x" * 4097)

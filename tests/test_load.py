@@ -1,0 +1,102 @@
+"""Load on a real agent process: 10,000 blocked waiters, 1,000 concurrent clients.
+
+The agent runs in its own process (each side then holds one descriptor per
+connection), the clients are trio tasks here. Correctness only: speed is
+measured by `bench/`, never asserted in a test.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import trio
+
+from unitsync.client.async_client import AsyncClient
+from unitsync.client.protocol import Started, Waiting
+
+from conftest import AgentProcess
+
+WAITERS = 10_000
+CLIENTS = 1_000
+
+
+def _needs_descriptors(count: int) -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < count:
+        pytest.skip(f"needs {count} open files; the hard limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def connect_all(agent: AgentProcess, count: int) -> list[AsyncClient]:
+    """Open `count` connections, a few hundred at a time (the listen backlog is finite)."""
+    clients: list[AsyncClient] = []
+    limiter = trio.CapacityLimiter(200)
+
+    async def one() -> None:
+        async with limiter:
+            clients.append(await AsyncClient.connect(agent.config.socket))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    return clients
+
+
+async def test_one_completion_releases_ten_thousand_waiters(agent_process: AgentProcess) -> None:
+    _needs_descriptors(WAITERS + 1_000)
+    clients = await connect_all(agent_process, WAITERS)
+    blocked = trio.Semaphore(0)
+    started: list[Started] = []
+
+    async def waiter(i: int, client: AsyncClient) -> None:
+        await client.want(f"w{i}", "gate")
+
+        async def on_wait(event: Waiting) -> None:
+            assert event.on == ["gate"]
+            blocked.release()
+
+        started.append(await client.start(f"w{i}", on_progress=on_wait))
+
+    async with trio.open_nursery() as nursery:
+        for i, client in enumerate(clients):
+            nursery.start_soon(waiter, i, client)
+        for _ in range(WAITERS):
+            await blocked.acquire()  # every one of them is blocked in start
+        async with await AsyncClient.connect(agent_process.config.socket) as admin:
+            assert {v.name: v.waiters for v in await admin.status("w0")} == {"w0": 1}
+            await admin.start("gate")
+            await admin.complete("gate")
+    assert sorted(s.unit for s in started) == sorted(f"w{i}" for i in range(WAITERS))
+    async with await AsyncClient.connect(agent_process.config.socket) as admin:
+        views = await admin.status()
+    assert sum(v.status == "started" for v in views) == WAITERS
+    for client in clients:
+        await client.aclose()
+
+
+async def test_a_thousand_concurrent_clients_all_get_correct_answers(
+    agent_process: AgentProcess,
+) -> None:
+    _needs_descriptors(CLIENTS + 1_000)
+    clients = await connect_all(agent_process, CLIENTS)
+
+    async def chain(i: int, client: AsyncClient) -> None:
+        """Each client runs its own three-step chain, interleaved with everyone else's."""
+        a, b, c = f"c{i}-a", f"c{i}-b", f"c{i}-c"
+        await client.want(c, b)
+        await client.want(b, a)
+        for unit in (a, b, c):
+            await client.start(unit)
+            await client.complete(unit)
+        assert [v.status for v in await client.status(c)] == ["completed"]
+
+    async with trio.open_nursery() as nursery:
+        for i, client in enumerate(clients):
+            nursery.start_soon(chain, i, client)
+    async with await AsyncClient.connect(agent_process.config.socket) as admin:
+        views = await admin.status()
+    assert len(views) == 3 * CLIENTS
+    assert all(v.status == "completed" and len(v.history) == 2 for v in views)
+    for client in clients:
+        await client.aclose()
