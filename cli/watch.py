@@ -31,10 +31,16 @@ def follow(client: Client, unit: str | None, live: bool) -> int:
 
 
 def _json_lines(client: Client, unit: str | None) -> None:
+    outage = False
+
     def unreachable(exc: UnitsyncError) -> None:
-        print(f"unitsync: agent unreachable, reconnecting: {exc}", file=sys.stderr)
+        nonlocal outage
+        if not outage:  # one line per outage, not one per retry
+            print(f"unitsync: agent unreachable, reconnecting: {exc}", file=sys.stderr)
+        outage = True
 
     for event in client.watch(unit, on_unreachable=unreachable):
+        outage = False
         if isinstance(event, Snapshot):
             line = {"event": "snapshot", "at": event.at, "units": [plain(u) for u in event.units]}
         else:

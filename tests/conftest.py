@@ -120,11 +120,11 @@ def run_cli(*args: str, socket: Path | None = None, timeout: float = 60, **kw: o
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def spawn_cli(*args: str, socket: Path) -> subprocess.Popen[str]:
+def spawn_cli(*args: str, socket: Path, stdout: object = subprocess.PIPE) -> subprocess.Popen[str]:
     env = dict(os.environ, UNITSYNC_SOCKET=str(socket))
     return subprocess.Popen(
         [sys.executable, "-m", "unitsync.cli", *args],
-        stdout=subprocess.PIPE,
+        stdout=stdout,  # type: ignore[arg-type]
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -1,0 +1,93 @@
+"""SIGTERM while clients wait, watch and write; a second signal forces the exit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket as sockets
+import threading
+from pathlib import Path
+
+from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.protocol import PROTOCOL_VERSION, Hello, Watch, encode
+
+from conftest import AgentProcess, spawn_cli
+
+
+def test_sigterm_under_load_keeps_every_acknowledged_change(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    path = agent_process.config.socket
+    with Client(path) as client:
+        client.want("app", "db")
+    waiter = spawn_cli("sync", "start", "app", "--timeout", "60s", socket=path)
+    events = tmp_path / "events.jsonl"
+    with events.open("w") as out:
+        watcher = spawn_cli("sync", "status", "--watch", "-o", "json", socket=path, stdout=out)
+    assert waiter.stderr is not None and watcher.stderr is not None
+    waiter.stderr.readline()  # app: waiting for db
+
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def writer(n: int) -> None:
+        with Client(path) as client:
+            for i in range(100_000):
+                if stop.is_set():
+                    return
+                try:
+                    client.fail(f"w{n}-{i}", "written")
+                except UnitsyncError:
+                    return
+                acknowledged.append(f"w{n}-{i}")
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in writers:
+        thread.start()
+    while len(acknowledged) < 200:
+        threading.Event().wait(0.01)
+    code, log = agent_process.stop(signal.SIGTERM)
+    stop.set()
+    for thread in writers:
+        thread.join(timeout=30)
+    assert code == 0, log
+    assert not path.exists(), "the socket file should be gone"
+    assert "shutting down" in waiter.stderr.readline()  # told, and reconnecting
+
+    agent_process.start()
+    with Client(path) as client:
+        known = {view.name for view in client.status()}
+        assert set(acknowledged) <= known, "an acknowledged change was lost"
+        client.start("db")
+        client.complete("db")
+    _out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+    watcher.send_signal(signal.SIGINT)
+    _out, err = watcher.communicate(timeout=30)
+    assert err.count("agent unreachable, reconnecting") == 1
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert kinds[0] == "snapshot" and kinds.count("snapshot") == 2  # again after reconnecting
+    assert "changed" in kinds
+
+
+def test_a_second_sigint_forces_the_exit(agent_process: AgentProcess) -> None:
+    path = agent_process.config.socket
+    with Client(path) as client:
+        for i in range(300):
+            client.fail(f"unit-{i}", "x" * 4000)  # a snapshot of well over a megabyte
+    stuck = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    stuck.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
+    stuck.connect(str(path))
+    stuck.sendall(encode(Hello(PROTOCOL_VERSION)) + encode(Watch()))  # and never reads
+    proc = agent_process.proc
+    assert proc is not None and proc.stderr is not None
+    threading.Event().wait(0.5)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stderr:
+        if "SIGINT received" in line:
+            break
+    proc.send_signal(signal.SIGINT)  # while it waits on the stuck watcher's goodbye
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert "second SIGINT: exiting at once" in err
+    stuck.close()
