@@ -1,0 +1,169 @@
+"""Protocol fuzzing against a live agent process, interleaved with a well-behaved client.
+
+Whatever a peer sends, the agent answers each complete frame with a reply (an
+error for anything invalid) or closes the connection; it never dies, never logs
+a traceback, and the well-behaved client's answers stay right.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from unitsync.agent.server import AgentConfig
+from unitsync.client.client import Client
+from unitsync.client.protocol import MAX_FRAME, PROTOCOL_VERSION, Error, Hello, Ping, encode
+from unitsync.client.protocol import reply_decoder as decoder
+
+from conftest import AgentProcess
+
+OPS = ["hello", "ping", "want", "start", "complete", "fail", "reset", "status", "watch", "bogus"]
+FIELDS = ["unit", "deps", "rerun", "force", "reason", "token", "version", "client", "extra"]
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+requests = st.fixed_dictionaries({"op": st.sampled_from(OPS)}) | st.dictionaries(
+    st.sampled_from(["op", *FIELDS]), values, max_size=5
+)
+bodies = (
+    requests.map(msgspec.msgpack.encode)
+    | st.builds(
+        lambda op, fields: msgspec.msgpack.encode({"op": op, **fields}),
+        st.sampled_from(OPS),
+        st.dictionaries(st.sampled_from(FIELDS), values, max_size=4),
+    )
+    | st.binary(min_size=1, max_size=64)
+)
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+actions = st.one_of(
+    st.tuples(st.just("frame"), bodies),  # a complete frame with any content
+    st.tuples(st.just("truncated"), bodies, st.integers(1, 8)),  # part of a frame, then hang up
+    st.tuples(st.just("oversize"), st.integers(MAX_FRAME + 1, 2**32 - 1)),
+    st.tuples(st.just("hello"), st.integers(0, 3)),  # right or wrong version, maybe twice
+)
+
+
+class BadPeer:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(2)
+        self.sock.connect(str(path))
+        self.buffer = b""
+
+    def reply(self) -> object | None:
+        """The next reply; None if the agent closed the connection or is rightly waiting.
+
+        A random frame can be a valid `start` that waits or a `watch` that streams.
+        """
+        while (
+            len(self.buffer) < 4 or len(self.buffer) < 4 + struct.unpack(">I", self.buffer[:4])[0]
+        ):
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except (ConnectionResetError, TimeoutError):
+                return None
+            if not chunk:
+                return None
+            self.buffer += chunk
+        size = struct.unpack(">I", self.buffer[:4])[0]
+        body, self.buffer = self.buffer[4 : 4 + size], self.buffer[4 + size :]
+        return decoder.decode(body)  # the agent's own frames always decode
+
+    def act(self, action: tuple) -> bool:
+        """Do one thing; False once the connection is over."""
+        kind = action[0]
+        try:
+            if kind == "frame":
+                self.sock.sendall(frame(action[1]))
+            elif kind == "hello":
+                self.sock.sendall(encode(Hello(PROTOCOL_VERSION + action[1] % 2)))
+            elif kind == "truncated":
+                self.sock.sendall(frame(action[1])[: action[2]])
+                return False
+            else:
+                self.sock.sendall(struct.pack(">I", action[1]))
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        reply = self.reply()
+        if reply is None:
+            return False
+        if kind == "oversize":
+            assert isinstance(reply, Error) and "limit" in reply.message
+        return True
+
+
+@pytest.fixture(scope="module")
+def live_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="us-fuzz-"))
+    agent = AgentProcess(AgentConfig(base / "run" / "agent.sock", base / "state")).start()
+    yield agent
+    code, log = agent.stop()
+    assert code == 0
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+counter = itertools.count()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same examples on every run: CI failures reproduce
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(script=st.lists(actions, min_size=1, max_size=6))
+def test_bad_peers_never_disturb_the_agent_or_anyone_else(
+    live_agent: AgentProcess, script: list[tuple]
+) -> None:
+    path = live_agent.config.socket
+    peer = BadPeer(path)
+    try:
+        for action in script:
+            if not peer.act(action):
+                break
+            with Client(path) as good:  # a well-behaved client, between every bad step
+                n = next(counter)
+                good.want(f"good-{n}", "base")
+                [view] = good.status(f"good-{n}")
+                assert [d.unit for d in view.dependencies] == ["base"]
+    finally:
+        peer.sock.close()
+    assert live_agent.proc is not None and live_agent.proc.poll() is None, "the agent died"
+    with Client(path) as good:
+        assert good.ping().pid == live_agent.proc.pid
+
+
+def test_requests_before_the_hello_are_refused(live_agent: AgentProcess) -> None:
+    peer = BadPeer(live_agent.config.socket)
+    peer.sock.sendall(encode(Ping()))
+    error = peer.reply()
+    assert isinstance(error, Error) and "hello" in error.message
+    assert peer.reply() is None
