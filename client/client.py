@@ -8,7 +8,7 @@ within its timeout.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -293,7 +293,7 @@ class Client:
         answer is not repeated.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
         backoff = _Backoff()
         connected_once = False
         while True:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
-import warnings
 from pathlib import Path
 
 APP = "unitsync"
@@ -15,6 +13,9 @@ def default_socket() -> Path:
     """$UNITSYNC_SOCKET, else the user's runtime dir, else a private folder under the temp dir."""
     if env := os.environ.get(SOCKET_ENV):
         return Path(env)
+    import tempfile
+    import warnings
+
     import platformdirs  # only needed here; keeps `--socket` calls fast
 
     with warnings.catch_warnings():
