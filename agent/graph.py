@@ -92,18 +92,21 @@ class Graph:
     # --- the one mutation path ------------------------------------------------------------
 
     def apply(self, record: Record) -> None:
-        match record:
-            case Known(unit=name, at=at):
-                self.units.setdefault(name, Unit(name, since=at))
-            case Edge(unit=name, dep=dep):
-                self.units[name].deps[dep] = None
-                self.units[dep].dependents.add(name)
-            case Move(unit=name, to=to, at=at, reason=reason, token=token, waited=waited):
-                unit = self.units[name]
-                unit.history.append(Transition(at, unit.status, to, reason, waited))
-                unit.status, unit.since, unit.reason = to, at, reason
-                if to == "started":
-                    unit.token = token
+        # Dispatch on the exact type: replay runs this a million times at start-up.
+        kind = type(record)
+        if kind is Move:
+            unit = self.units[record.unit]
+            unit.history.append(
+                Transition(record.at, unit.status, record.to, record.reason, record.waited)
+            )
+            unit.status, unit.since, unit.reason = record.to, record.at, record.reason
+            if record.to == "started":
+                unit.token = record.token
+        elif kind is Edge:
+            self.units[record.unit].deps[record.dep] = None
+            self.units[record.dep].dependents.add(record.unit)
+        elif record.unit not in self.units:  # Known
+            self.units[record.unit] = Unit(record.unit, since=record.at)
 
     def _commit(self, records: list[Record]) -> list[Record]:
         for record in records:

@@ -28,6 +28,9 @@ MAX_ENTRY = 64 << 20
 
 _encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(list[Record])
+_decode_entry = _entry_decoder.decode
+_unpack_header = ENTRY_HEADER.unpack_from
+_crc32 = zlib.crc32
 _snapshot_decoder = msgspec.msgpack.Decoder(list[UnitImage])
 
 
@@ -92,36 +95,23 @@ def entries(data: bytes, scan: Scan) -> Iterator[list[Record]]:
     """
     view = memoryview(data)
     offset = LOG_HEADER.size
-    size = len(data)
-    while offset < size:
-        records = _entry_at(view, offset)
-        if records is None:
-            why = _what_is_wrong(view, offset)
-            if _valid_entry_after(view, offset + 1):
-                raise Damaged(offset, why)
-            scan.torn = f"{why} at byte offset {offset} ({size - offset} bytes cut off)"
+    while offset < len(view):
+        entry = _entry_at(view, offset)
+        if entry is None:
+            _stop(view, offset, scan)
             return
-        length = ENTRY_HEADER.unpack_from(view, offset)[0]
-        offset += ENTRY_HEADER.size + length
+        records, offset = entry
         scan.end = offset
         scan.count += len(records)
         yield records
 
 
-def _entry_at(view: memoryview, offset: int) -> list[Record] | None:
-    if offset + ENTRY_HEADER.size > len(view):
-        return None
-    length, crc = ENTRY_HEADER.unpack_from(view, offset)
-    start = offset + ENTRY_HEADER.size
-    if not 0 < length <= MAX_ENTRY or start + length > len(view):
-        return None
-    body = view[start : start + length]
-    if zlib.crc32(body) != crc:
-        return None
-    try:
-        return _entry_decoder.decode(body)
-    except msgspec.DecodeError:
-        return None
+def _stop(view: memoryview, offset: int, scan: Scan) -> None:
+    """A bad entry at `offset`: a torn tail if nothing valid follows, damage otherwise."""
+    why = _what_is_wrong(view, offset)
+    if _valid_entry_after(view, offset + 1):
+        raise Damaged(offset, why)
+    scan.torn = f"{why} at byte offset {offset} ({len(view) - offset} bytes cut off)"
 
 
 def _what_is_wrong(view: memoryview, offset: int) -> str:
@@ -133,6 +123,21 @@ def _what_is_wrong(view: memoryview, offset: int) -> str:
     if offset + ENTRY_HEADER.size + length > len(view):
         return "entry runs past the end of the file"
     return "entry fails its checksum"
+
+
+def _entry_at(view: memoryview, offset: int) -> tuple[list[Record], int] | None:
+    """The intact entry at `offset` and where it ends, or None."""
+    end = offset + ENTRY_HEADER.size
+    if end > len(view):
+        return None
+    length, crc = _unpack_header(view, offset)
+    body = view[end : end + length]
+    if not 0 < length <= MAX_ENTRY or len(body) != length or _crc32(body) != crc:
+        return None
+    try:
+        return _decode_entry(body), end + length
+    except msgspec.DecodeError:
+        return None
 
 
 def _valid_entry_after(view: memoryview, offset: int) -> bool:
