@@ -209,21 +209,22 @@ async def _dispatch(service: Service, frames: FrameStream, request: object) -> m
 
 
 async def _start(service: Service, frames: FrameStream, request: Start) -> msgspec.Struct:
-    """Wait for the start while watching the socket: a peer that hangs up stops waiting."""
+    """Wait for the start in this task, reading the socket meanwhile to notice a hang-up."""
 
     async def progress(event: Waiting) -> None:
         await frames.send(event)
 
-    async def start() -> msgspec.Struct:
-        try:
-            return await service.start(request, progress)
-        except Refused as exc:
-            return refusal(exc)
-
-    result = await _until_hangup(frames, start)
-    if result is None:
+    async def idle() -> None:
+        await _watch_hangup(frames)
         raise PeerGone("hung up while waiting to start")
-    return result
+
+    try:
+        return await service.start(request, progress, idle)
+    except Refused as exc:
+        return refusal(exc)
+    except trio.Cancelled:  # the agent is shutting down: say so, then go
+        await _say_goodbye(frames)
+        raise
 
 
 async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoReturn:

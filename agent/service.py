@@ -47,6 +47,8 @@ class Journal(Protocol):
 
 
 Progress = Callable[[Waiting], Awaitable[None]]
+Idle = Callable[[], Awaitable[None]]
+"""What a blocked start does until woken: the connection watches its socket for a hang-up."""
 
 
 class Service:
@@ -157,7 +159,9 @@ class Service:
         pending = list(self.graph.readiness(name).pending) if waiters else []
         return self.graph.view(name, waiting_on=pending, waiters=waiters)
 
-    async def start(self, request: Start, progress: Progress) -> Started | Error:
+    async def start(
+        self, request: Start, progress: Progress, idle: Idle = trio.sleep_forever
+    ) -> Started | Error:
         """Wait until the unit is ready, then start it; fail it if a dependency failed."""
         name, graph = request.unit, self.graph
         unit = graph.units.get(name)
@@ -166,12 +170,12 @@ class Service:
         await self.commit(graph.admit(name, request.rerun, self.clock()))
         blocked = _Blocked(self, name)
         try:
-            return await self._wait_and_start(request, self.clock(), progress, blocked)
+            return await self._wait_and_start(request, self.clock(), progress, idle, blocked)
         finally:
             blocked.end()
 
     async def _wait_and_start(
-        self, request: Start, began: float, progress: Progress, blocked: _Blocked
+        self, request: Start, began: float, progress: Progress, idle: Idle, blocked: _Blocked
     ) -> Started | Error:
         name, graph = request.unit, self.graph
         told: tuple[str, ...] | None = None
@@ -187,12 +191,14 @@ class Service:
                 await self.commit(graph.start(name, request.rerun, now, request.token, waited))
                 return Started(name, at=now, waited=waited)
             blocked.begin()
-            # Register before telling the client, so a change during the send is not missed.
-            with self.waiters.watching([name, *readiness.pending]) as changed:
+            # Registered before telling the client, so a change during the send is not missed;
+            # the send itself is outside the scope, so a wake-up never cuts a frame in half.
+            with self.waiters.watching([name, *readiness.pending]) as woken:
                 if readiness.pending != told:
                     told = readiness.pending
                     await progress(Waiting(name, list(told), since=began))
-                await changed.wait()
+                with woken:
+                    await idle()
 
     async def _dependency_failed(self, name: str, dep: str) -> Error:
         dep_reason = self.graph.units[dep].reason

@@ -9,31 +9,32 @@ import trio
 
 
 class Waiters:
-    """Each blocked `start` registers one Event under every unit it depends on.
+    """Each blocked `start` registers one cancel scope under every unit it depends on.
 
-    A change to a unit sets exactly the Events registered under it, so one
-    completion wakes its waiters at once without scanning anybody else.
+    A change to a unit cancels exactly the scopes registered under it, so one
+    completion wakes its waiters at once without scanning anybody else. A scope
+    cancelled before its waiter enters it fires on entry: no wake-up is lost.
     """
 
     def __init__(self) -> None:
-        self._by_unit: dict[str, set[trio.Event]] = {}
+        self._by_unit: dict[str, set[trio.CancelScope]] = {}
 
     @contextlib.contextmanager
-    def watching(self, units: Iterable[str]) -> Iterator[trio.Event]:
-        event = trio.Event()
+    def watching(self, units: Iterable[str]) -> Iterator[trio.CancelScope]:
+        scope = trio.CancelScope()
         units = list(units)
         for unit in units:
-            self._by_unit.setdefault(unit, set()).add(event)
+            self._by_unit.setdefault(unit, set()).add(scope)
         try:
-            yield event
+            yield scope
         finally:
             for unit in units:
-                events = self._by_unit[unit]
-                events.discard(event)
-                if not events:
+                scopes = self._by_unit[unit]
+                scopes.discard(scope)
+                if not scopes:
                     del self._by_unit[unit]
 
     def notify(self, units: Iterable[str]) -> None:
         for unit in units:
-            for event in self._by_unit.get(unit, ()):
-                event.set()
+            for scope in self._by_unit.get(unit, ()):
+                scope.cancel()

@@ -1,0 +1,468 @@
+"""Every SPEC §6 figure, measured on real agents, printed next to its target.
+
+    python bench/run.py            # the SPEC §6 figures (about a minute)
+    python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
+
+Medians (and p99 for latencies) from one run; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from unitsync.agent import logfile
+from unitsync.agent.graph import Graph
+from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal
+from unitsync.agent.records import Known, Move
+from unitsync.client.async_client import AsyncClient
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITSYNC = Path(sys.executable).with_name("unitsync")
+
+
+@dataclass
+class Figure:
+    name: str
+    measured: str
+    target: str
+    met: bool | None
+    note: str = ""
+
+
+# --- a real agent --------------------------------------------------------------------------
+
+
+@contextmanager
+def agent(state_dir: Path | None = None) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A real agent process on a private socket; yields (socket, process)."""
+    base = Path(tempfile.mkdtemp(prefix="us-bench-"))
+    socket = base / "run" / "agent.sock"
+    proc = subprocess.Popen(
+        [
+            str(UNITSYNC),
+            "agent",
+            "--socket",
+            str(socket),
+            "--state-dir",
+            str(state_dir or base / "state"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "listening on" in line:
+            break
+    else:
+        raise RuntimeError("the agent did not start")
+    try:
+        yield socket, proc
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def connect_many(socket: Path, count: int) -> list[AsyncClient]:
+    clients: list[AsyncClient] = []
+    limiter = trio.CapacityLimiter(200)
+
+    async def one() -> None:
+        async with limiter:
+            clients.append(await AsyncClient.connect(socket))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    return clients
+
+
+class Waiters:
+    """N clients blocked in `start`, each on its own unit wanting `gate`."""
+
+    def __init__(self, clients: list[AsyncClient], gate: str, prefix: str) -> None:
+        self.clients, self.gate, self.prefix = clients, gate, prefix
+        self.returned: list[float] = []
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        blocked = trio.Semaphore(0)
+
+        async def one(i: int, client: AsyncClient) -> None:
+            await client.want(f"{self.prefix}{i}", self.gate)
+
+            async def on_wait(_event: object) -> None:
+                blocked.release()
+
+            await client.start(f"{self.prefix}{i}", on_progress=on_wait)
+            self.returned.append(time.perf_counter())
+
+        async with trio.open_nursery() as nursery:
+            for i, client in enumerate(self.clients):
+                nursery.start_soon(one, i, client)
+            for _ in self.clients:
+                await blocked.acquire()
+            task_status.started()
+
+
+async def release(socket: Path, gate: str) -> float:
+    """Complete `gate`; the moment its acknowledgement arrives."""
+    async with await AsyncClient.connect(socket) as admin:
+        await admin.start(gate)
+        await admin.complete(gate)
+        return time.perf_counter()
+
+
+# --- the figures ---------------------------------------------------------------------------
+
+
+def cli_ping(runs: int = 30) -> Figure:
+    compileall.compile_dir(ROOT, quiet=1, rx=__import__("re").compile(r"/(\.venv|tests|bench)/"))
+    base = [sys.executable, "-c", "import cyclopts, msgspec"]
+    with agent() as (socket, _proc):
+        ping = [str(UNITSYNC), "sync", "ping", "--socket", str(socket)]
+        times: dict[str, list[float]] = {"base": [], "ping": []}
+        for _ in range(runs):  # interleaved, so drift in the machine hits both alike
+            for name, command in (("base", base), ("ping", ping)):
+                started = time.perf_counter()
+                subprocess.run(command, capture_output=True, check=True)
+                times[name].append(time.perf_counter() - started)
+    b, p = statistics.median(times["base"]), statistics.median(times["ping"])
+    return Figure(
+        "CLI `sync ping` / `import cyclopts, msgspec`",
+        f"{p / b:.2f}x ({p * 1000:.1f} ms / {b * 1000:.1f} ms)",
+        "<= 1.25x",
+        p / b <= 1.25,
+        f"median of {runs} interleaved runs each, bytecode compiled as by pip install",
+    )
+
+
+def wake_one(rounds: int = 300) -> Figure:
+    async def main(socket: Path) -> list[float]:
+        async with (
+            await AsyncClient.connect(socket) as waiter,
+            await AsyncClient.connect(socket) as admin,
+        ):
+            return [await one_wake(admin, waiter, f"w{i}", f"d{i}") for i in range(rounds)]
+
+    with agent() as (socket, _proc):
+        latencies = trio.run(main, socket)
+    p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 99) * 1000
+    return Figure(
+        "wake-up, 1 waiter: `complete` acked -> `start` returns",
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+        "p99 < 5 ms",
+        p99 < 5,
+        f"{rounds} rounds; includes the fsync of the started unit's own record",
+    )
+
+
+async def one_wake(admin: AsyncClient, waiter: AsyncClient, unit: str, dep: str) -> float:
+    """Block `unit` on `dep`, complete `dep`: seconds from that ack to `start` returning."""
+    await admin.want(unit, dep)
+    await admin.start(dep)
+    blocked, returned = trio.Event(), []
+
+    async def on_wait(_event: object) -> None:
+        blocked.set()
+
+    async def wait() -> None:
+        await waiter.start(unit, on_progress=on_wait)
+        returned.append(time.perf_counter())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await blocked.wait()
+        await admin.complete(dep)
+        acknowledged = time.perf_counter()
+    return returned[0] - acknowledged
+
+
+def wake_many(waiters: int = 1000, rounds: int = 5) -> Figure:
+    spans = [release_span(waiters) for _ in range(rounds)]
+    worst, median = max(spans) * 1000, statistics.median(spans) * 1000
+    return Figure(
+        f"wake-up, {waiters} waiters released by one `complete`",
+        f"all back in: median {median:.1f} ms, worst {worst:.1f} ms",
+        "< 100 ms",
+        worst < 100,
+        f"{rounds} rounds; from the ack of `complete` to the last `start` returning",
+    )
+
+
+def release_span(waiters: int) -> float:
+    async def main(socket: Path) -> float:
+        clients = await connect_many(socket, waiters)
+        group = Waiters(clients, "gate", "w")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(group.run)
+            acknowledged = await release(socket, "gate")
+        for client in clients:
+            await client.aclose()
+        return max(group.returned) - acknowledged
+
+    _raise_open_file_limit()
+    with agent() as (socket, _proc):
+        return trio.run(main, socket)
+
+
+def throughput(clients: int = 64, seconds: float = 3.0) -> list[Figure]:
+    async def main(socket: Path) -> int:
+        connections = await connect_many(socket, clients)
+        done = 0
+
+        async def loop(i: int, client: AsyncClient) -> None:
+            nonlocal done
+            n = 0
+            while trio.current_time() < deadline:
+                await client.fail(f"t{i}", f"round {n}")  # one acknowledged transition
+                n += 1
+            done += n
+
+        deadline = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            for i, client in enumerate(connections):
+                nursery.start_soon(loop, i, client)
+        return done
+
+    with agent() as (socket, _proc):
+        started = time.perf_counter()
+        count = trio.run(main, socket)
+        rate = count / (time.perf_counter() - started)
+        fsyncs = raw_fsync_rate(socket.parent)
+    return [
+        Figure(
+            f"durable transitions/s, {clients} concurrent clients",
+            f"{rate:,.0f}/s",
+            ">= 10,000/s",
+            rate >= 10_000,
+            "each fsynced before its ack; the clients share the machine's 2 cores with the agent",
+        ),
+        Figure(
+            "raw fsync rate of the same disk",
+            f"{fsyncs:,.0f}/s",
+            "(reference)",
+            None,
+            "write 64 B + fsync, 1 s",
+        ),
+    ]
+
+
+def raw_fsync_rate(folder: Path, seconds: float = 1.0) -> float:
+    path = folder / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    count, deadline = 0, time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        os.write(fd, b"x" * 64)
+        os.fsync(fd)
+        count += 1
+    os.close(fd)
+    path.unlink()
+    return count / (time.perf_counter() - started)
+
+
+def write_journal(state_dir: Path, records: int, units: int = 1000) -> None:
+    state_dir.mkdir(mode=0o700, parents=True)
+    parts = [logfile.log_header(0)]
+    parts += [logfile.entry([Known(f"unit-{u}", 1.0)]) for u in range(units)]
+    states = ("started", "completed", "pending")
+    parts += [
+        logfile.entry([Move(f"unit-{i % units}", states[(i // units) % 3], 2.0 + i)])
+        for i in range(records - units)
+    ]
+    (state_dir / LOG_NAME).write_bytes(b"".join(parts))
+
+
+def write_snapshot(state_dir: Path, units: int) -> None:
+    graph = Graph()
+    for u in range(units):
+        graph.want(f"u{u}", [f"u{u + 1}"] if u + 1 < units else ["root"], 1.0)
+    for u in range(units):
+        graph.fail(f"u{u}", "first", 2.0)
+        graph.reset(f"u{u}", 3.0)
+    state_dir.mkdir(mode=0o700, parents=True)
+    (state_dir / SNAPSHOT_NAME).write_bytes(logfile.snapshot(1, list(graph.images())))
+    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1))
+
+
+def recovery_seconds(state_dir: Path, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        journal, _graph = Journal.open(state_dir)
+        times.append(time.perf_counter() - started)
+        journal.close()
+    return statistics.median(times)
+
+
+def restart() -> list[Figure]:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_journal(Path(tmp) / "log", 1_000_000)
+        replay = recovery_seconds(Path(tmp) / "log")
+        write_snapshot(Path(tmp) / "snap", 10_000)
+        snapshot = recovery_seconds(Path(tmp) / "snap", repeat=5)
+        started = time.perf_counter()
+        with agent(Path(tmp) / "snap"):
+            whole = time.perf_counter() - started
+    return [
+        Figure(
+            "restart: replay a 1,000,000-record journal",
+            f"{replay * 1000:.0f} ms",
+            "< 2 s",
+            replay < 2,
+        ),
+        Figure(
+            "restart: compacted 10,000-unit state",
+            f"{snapshot * 1000:.0f} ms",
+            "< 300 ms",
+            snapshot < 0.3,
+            f"whole agent process, start to listening: {whole * 1000:.0f} ms",
+        ),
+    ]
+
+
+def rss(waiters: int = 10_000) -> Figure:
+    async def main(socket: Path, pid: int) -> tuple[int, int]:
+        idle = _rss_kib(pid)
+        clients = await connect_many(socket, waiters)
+        group = Waiters(clients, "gate", "w")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(group.run)
+            loaded = _rss_kib(pid)
+            await release(socket, "gate")
+        for client in clients:
+            await client.aclose()
+        assert len(group.returned) == waiters
+        return idle, loaded
+
+    _raise_open_file_limit()
+    with agent() as (socket, proc):
+        idle, loaded = trio.run(main, socket, proc.pid)
+    return Figure(
+        f"agent RSS with {waiters:,} clients blocked in `start`",
+        f"{loaded / 1024:.0f} MB",
+        "< 200 MB",
+        loaded / 1024 < 200,
+        f"idle: {idle / 1024:.0f} MB; none refused, all released afterwards",
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _raise_open_file_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# --- scaling -------------------------------------------------------------------------------
+
+
+def scaling() -> list[tuple[str, list[tuple[str, str]]]]:
+    tables = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for records in (100_000, 300_000, 1_000_000):
+            write_journal(Path(tmp) / f"log{records}", records)
+            rows.append(
+                (
+                    f"{records:,} records",
+                    f"{recovery_seconds(Path(tmp) / f'log{records}') * 1000:.0f} ms",
+                )
+            )
+        tables.append(("journal replay time vs journal length", rows))
+        rows = []
+        for units in (1_000, 10_000, 30_000):
+            write_snapshot(Path(tmp) / f"snap{units}", units)
+            rows.append(
+                (
+                    f"{units:,} units",
+                    f"{recovery_seconds(Path(tmp) / f'snap{units}') * 1000:.0f} ms",
+                )
+            )
+        tables.append(("snapshot load time vs live units", rows))
+    rows = []
+    for waiters in (100, 1_000, 5_000):
+        rows.append((f"{waiters:,} waiters", f"{release_span(waiters) * 1000:.1f} ms"))
+    tables.append(("time for one `complete` to release every waiter", rows))
+    rows = [(f"{n:,} waiters", rss(n).measured) for n in (1_000, 5_000, 10_000)]
+    tables.append(("agent RSS vs blocked waiters", rows))
+    return tables
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {system}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scaling", action="store_true", help="also measure how costs grow")
+    args = parser.parse_args()
+    print(machine(), flush=True)
+    steps: list[Callable[[], Figure | list[Figure]]] = [
+        cli_ping,
+        wake_one,
+        wake_many,
+        throughput,
+        restart,
+        rss,
+    ]
+    figures: list[Figure] = []
+    for step in steps:
+        result = step()
+        for figure in result if isinstance(result, list) else [result]:
+            figures.append(figure)
+            verdict = {True: "met", False: "NOT MET", None: ""}[figure.met]
+            print(
+                f"  {figure.name:<58} {figure.measured:<38} target {figure.target:<12} {verdict}",
+                flush=True,
+            )
+            if figure.note:
+                print(f"      {figure.note}", flush=True)
+    if args.scaling:
+        for title, rows in scaling():
+            print(f"\n{title}")
+            for label, value in rows:
+                print(f"  {label:<18} {value}")
+    missed = [f.name for f in figures if f.met is False]
+    print(
+        f"\n{len([f for f in figures if f.met])} targets met, {len(missed)} not met"
+        + (f": {', '.join(missed)}" if missed else "")
+    )
+
+
+if __name__ == "__main__":
+    main()
