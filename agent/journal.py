@@ -20,9 +20,11 @@ replaced by an empty log of the snapshot's generation.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -99,7 +101,8 @@ class Journal:
             lock.close()
             raise JournalError(str(exc)) from None
         try:
-            recovered = _Recovery(state_dir, salvage).run()
+            with _collector_paused():  # recovery builds only acyclic data: nothing to collect
+                recovered = _Recovery(state_dir, salvage).run()
             journal = cls(
                 state_dir,
                 recovered.graph,
@@ -212,6 +215,18 @@ class Journal:
 
     def _crash_point(self, step: str) -> None:
         """Tests replace this to stop compaction between two steps, as a crash would."""
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Without this, loading 30,000 units spends two thirds of its time in the cyclic GC."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _fresh_log(state_dir: Path, generation: int) -> int:

@@ -12,6 +12,7 @@ Shutdown is cancellation of `run_agent`: connections stop first (a waiting
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import resource
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ async def run_agent(
     ):
         # Bound before the journal loads: clients that connect meanwhile wait in the backlog.
         journal, graph = Journal.open(config.state_dir, salvage=config.salvage)
+        gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
         try:
             service = Service(graph, journal, socket=config.socket, state_dir=config.state_dir)
             log.info(
