@@ -8,6 +8,7 @@ loaded when used.
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +17,7 @@ from cyclopts import App, Parameter
 from unitsync.client import __version__
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.client.paths import SOCKET_ENV
+from unitsync.client.protocol import Ok
 
 from .durations import parse_duration
 from .progress import StartProgress
@@ -51,11 +53,18 @@ def _fail(exc: UnitsyncError) -> int:
     return exc.exit_code
 
 
-def _say(message: str, notes: list[str] = ()) -> None:  # type: ignore[assignment]
-    if message:
-        print(message)
-    for note in notes:
+def _change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
+    """Send one change; print what the agent said (notes on stderr), exit as SPEC §2 says."""
+    try:
+        with Client(socket, name="cli") as client:
+            reply = call(client)
+    except UnitsyncError as exc:
+        return _fail(exc)
+    if reply.message:
+        print(reply.message)
+    for note in reply.notes:
         print(f"note: {note}", file=sys.stderr)
+    return 0
 
 
 @sync.command
@@ -78,13 +87,7 @@ def ping(*, socket: SocketOption = None) -> int:
 @sync.command
 def want(unit: str, dep: str, *deps: str, socket: SocketOption = None) -> int:
     """Declare that UNIT may start only after every DEP is completed."""
-    try:
-        with Client(socket, name="cli") as client:
-            reply = client.want(unit, dep, *deps)
-    except UnitsyncError as exc:
-        return _fail(exc)
-    _say(reply.message, reply.notes)
-    return 0
+    return _change(socket, lambda client: client.want(unit, dep, *deps))
 
 
 @sync.command
@@ -128,13 +131,7 @@ def complete(
     socket: SocketOption = None,
 ) -> int:
     """Mark UNIT completed, releasing every unit that waits for it."""
-    try:
-        with Client(socket, name="cli") as client:
-            reply = client.complete(unit, force=force)
-    except UnitsyncError as exc:
-        return _fail(exc)
-    _say(reply.message, reply.notes)
-    return 0
+    return _change(socket, lambda client: client.complete(unit, force=force))
 
 
 @sync.command
@@ -145,13 +142,7 @@ def fail(
     socket: SocketOption = None,
 ) -> int:
     """Mark UNIT failed; every start waiting on it ends with an error."""
-    try:
-        with Client(socket, name="cli") as client:
-            reply = client.fail(unit, reason)
-    except UnitsyncError as exc:
-        return _fail(exc)
-    _say(reply.message, reply.notes)
-    return 0
+    return _change(socket, lambda client: client.fail(unit, reason))
 
 
 @sync.command
@@ -165,13 +156,7 @@ def reset(
     if (unit is None) == (not all):
         print("unitsync: reset needs a UNIT or --all (not both)", file=sys.stderr)
         return 2
-    try:
-        with Client(socket, name="cli") as client:
-            reply = client.reset(unit)
-    except UnitsyncError as exc:
-        return _fail(exc)
-    _say(reply.message, reply.notes)
-    return 0
+    return _change(socket, lambda client: client.reset(unit))
 
 
 @sync.command
