@@ -75,6 +75,7 @@ class Journal:
         self._durable = 0
         self._work = trio.Event()
         self._flushed = trio.Event()
+        self._broken: JournalError | None = None
         self.fsyncs = 0
         """How many fsyncs of the log so far (group commit makes it far fewer than appends)."""
 
@@ -142,6 +143,8 @@ class Journal:
 
     async def durable(self, seq: int) -> None:
         while self._durable < seq:
+            if self._broken is not None:
+                raise self._broken
             await self._flushed.wait()
 
     # --- the writer task ---------------------------------------------------------------------
@@ -160,6 +163,10 @@ class Journal:
                 while self._pending:
                     await self._flush()
             raise
+        except OSError as exc:  # disk full, I/O error: stop rather than acknowledge anything
+            self._broken = JournalError(f"cannot write {self.state_dir / LOG_NAME}: {exc}")
+            self._flushed.set()  # wake every waiter, to be told
+            raise self._broken from exc
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []

@@ -287,3 +287,24 @@ def test_state_dir_and_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
     for path in state_dir.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_a_write_failure_stops_acknowledgements_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal, graph = Journal.open(tmp_path)
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            seq = journal.append(graph.want("a", ["b"], 1.0)[0])
+            # Shielded, as the service waits: without the fix this would wait forever.
+            with trio.CancelScope(shield=True), trio.fail_after(10):
+                await journal.durable(seq)
+    assert caught.group_contains(JournalError, match="No space left on device", depth=None)
+    assert not caught.group_contains(trio.TooSlowError, depth=None)
+    journal.close()
