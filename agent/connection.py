@@ -250,23 +250,20 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
     raise PeerGone("stopped watching")
 
 
-async def _until_hangup(
-    frames: FrameStream, work: Callable[[], Awaitable[msgspec.Struct | None]]
-) -> msgspec.Struct | None:
-    """Run `work` while watching for hang-up; None if the peer hung up first.
+async def _until_hangup(frames: FrameStream, work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` until the peer hangs up (noticed by reading or by writing).
 
     If the agent is shutting down (an outside cancellation), the peer is told why.
     """
-    result: msgspec.Struct | None = None
     hung_up = False
     async with trio.open_nursery() as nursery:
 
         async def run() -> None:
-            nonlocal result, hung_up
+            nonlocal hung_up
             try:
-                result = await work()
+                await work()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                hung_up = True  # found out by writing rather than by reading
+                hung_up = True
             except trio.Cancelled:
                 if not hung_up:
                     await _say_goodbye(frames)
@@ -277,7 +274,6 @@ async def _until_hangup(
         await _watch_hangup(frames)
         hung_up = True
         nursery.cancel_scope.cancel()
-    return result
 
 
 async def _say_goodbye(frames: FrameStream) -> None:
