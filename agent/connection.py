@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -84,8 +85,7 @@ async def serve_connection(service: Service, stream: trio.SocketStream, limits: 
         try:
             if not await _admit_peer(frames) or not await _handshake(frames, limits):
                 return
-            while (body := await _next_frame(frames, limits)) is not None:
-                await _serve_frame(service, frames, body)
+            await _serve_requests(service, frames, limits)
         except FrameTooLarge as exc:
             await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
         except Stalled as exc:
@@ -105,17 +105,27 @@ async def refuse_busy(stream: trio.SocketStream, limits: Limits) -> None:
             await _send_quietly(FrameStream(stream), Error("busy", message))
 
 
-async def _next_frame(frames: FrameStream, limits: Limits) -> bytes | None:
-    """The next request: idle for up to idle_timeout, then whole within frame_timeout."""
-    if not frames.buffer:
-        with trio.move_on_after(limits.idle_timeout):
-            if not await frames.read_more():
-                return None
-        if not frames.buffer:
-            raise PeerGone(f"idle for {limits.idle_timeout:g}s")
-    with trio.move_on_after(limits.frame_timeout):
-        return await frames.receive()
-    raise Stalled(f"incomplete frame: nothing more arrived for {limits.frame_timeout:g}s")
+async def _serve_requests(service: Service, frames: FrameStream, limits: Limits) -> None:
+    """Requests until the peer hangs up or runs out of time.
+
+    One timer for the whole connection (a scope per request costs more than the request):
+    its deadline is the idle timeout between requests, the frame timeout within one, and
+    none while a request is served, so waits and watches are never cut short.
+    """
+    with trio.CancelScope() as timer:
+        while True:
+            timer.deadline = trio.current_time() + limits.idle_timeout
+            if not frames.buffer and not await frames.read_more():
+                return
+            timer.deadline = trio.current_time() + limits.frame_timeout
+            body = await frames.receive()
+            if body is None:
+                return
+            timer.deadline = math.inf
+            await _serve_frame(service, frames, body)
+    if frames.buffer:
+        raise Stalled(f"incomplete frame: nothing more arrived for {limits.frame_timeout:g}s")
+    raise PeerGone(f"idle for {limits.idle_timeout:g}s")
 
 
 async def _admit_peer(frames: FrameStream) -> bool:

@@ -79,9 +79,9 @@ class Service:
             changed = {r.unit for r in records if isinstance(r, Edge | Move)}
             self.waiters.notify(changed)
             self._stage(seq, [r.unit for r in records], moved=changed)
-        # Shielded: once appended, the change will be on disk; the reply must not claim otherwise.
-        with trio.CancelScope(shield=True):
-            await self.journal.durable(seq)
+        # If the agent stops meanwhile, the writer still flushes this; the client just gets
+        # no reply (a start's token makes its retry safe).
+        await self.journal.durable(seq)
         self.hub.release(self.journal.durable_seq)
 
     def _stage(self, seq: int, units: list[str], moved: set[str] = frozenset()) -> None:
