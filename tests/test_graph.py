@@ -1,331 +1,1159 @@
-"""The pure core against SPEC §1: examples for each rule, then a model-based state machine."""
+"""The pure core against SPEC §1.
+
+Three layers: an example for every rule the core owns, a replay/snapshot property, and a
+hypothesis state machine that checks the graph against a deliberately naive model.
+"""
 
 from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from unitsync.agent.graph import HISTORY_LIMIT, Graph, Refused, check_name
-from unitsync.agent.records import UnitImage
+from unitsync.agent.graph import (
+    HISTORY_LIMIT,
+    MAX_REASON_BYTES,
+    Graph,
+    Refused,
+    check_name,
+)
+from unitsync.agent.records import Edge, Known, Move, Record, UnitImage
+
+T0 = 1_700_000_000.0
+"""A fixed, realistic Unix time; tests add small offsets so every transition is distinct."""
 
 
-def refused(code: str, fn, *args) -> Refused:  # type: ignore[no-untyped-def]
+def refused(code: str, fn: Callable[..., Any], *args: Any) -> Refused:
+    """Run a command that must be refused with `code` and return the refusal."""
     with pytest.raises(Refused) as caught:
         fn(*args)
-    assert caught.value.code == code
+    assert caught.value.code == code, caught.value.message
     return caught.value
+
+
+def state(graph: Graph) -> list[tuple[Any, ...]]:
+    """Everything observable about every unit; unlike images() it includes dependents."""
+    return [
+        (
+            u.name,
+            u.status,
+            u.since,
+            u.reason,
+            u.token,
+            list(u.deps),
+            sorted(u.dependents),
+            list(u.history),
+        )
+        for u in graph.units.values()
+    ]
+
+
+def moves(graph: Graph, name: str) -> list[tuple[float, str, str, str]]:
+    """A unit's history as (time, from, to, reason), the columns `status` shows."""
+    return [(t.at, t.from_, t.to, t.reason) for t in graph.units[name].history]
+
+
+def run(graph: Graph, name: str, now: float, rerun: bool = False) -> list[Record]:
+    """What the agent does for `start` when the unit is already ready: admit, then start."""
+    records = graph.admit(name, rerun, now)
+    assert graph.readiness(name).ready
+    return records + graph.start(name, rerun, now)
+
+
+def clock(at: float) -> str:
+    """The local wall-clock time of day a user would recognise in a message."""
+    return datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S")
 
 
 # --- names ---------------------------------------------------------------------------------
 
+CONTROL_CHARS = [chr(c) for c in range(0x20)] + ["\x7f"]
 
-@pytest.mark.parametrize("name", ["git", "claude code", "ünït", "a" * 255, "é" * 127, "x/y:z"])
-def test_valid_names(name: str) -> None:
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "git",
+        "claude code",
+        "ünït",
+        "x/y:z.service@1",
+        " ",  # U+0020 is the first character after the control range
+        "~",  # U+007E is just below DEL
+        "a" * 255,
+        "é" * 127 + "a",  # 255 bytes
+        "😀" * 63 + "abc",  # 255 bytes
+    ],
+)
+def test_valid_names_are_accepted_everywhere(name: str) -> None:
+    """Names up to the limit, with spaces and non-ASCII, are usable by every command."""
     check_name(name)
+    graph = Graph()
+    graph.want(name, ["dep"], T0)
+    graph.complete("dep", True, T0)
+    run(graph, name, T0 + 1)
+    graph.complete(name, False, T0 + 2)
+    assert graph.view(name).status == "completed"
 
 
 @pytest.mark.parametrize(
     ("name", "rule"),
     [
         ("", "must not be empty"),
-        ("a" * 256, "limit is 255 bytes"),
-        ("é" * 128, "limit is 255 bytes"),  # 256 bytes in UTF-8
-        ("tab\there", "U+0009"),
-        ("nul\x00", "U+0000"),
-        ("esc\x1b", "U+001B"),
-        ("del\x7f", "U+007F"),
+        ("a" * 256, "256 bytes long; the limit is 255 bytes"),
+        ("é" * 128, "256 bytes long; the limit is 255 bytes"),
+        ("😀" * 64, "256 bytes long; the limit is 255 bytes"),
+        ("a" * 254 + "é", "256 bytes long; the limit is 255 bytes"),
         ("\ud800", "not valid UTF-8"),
     ],
 )
-def test_invalid_names_name_the_rule(name: str, rule: str) -> None:
+def test_bad_names_are_refused_naming_the_rule(name: str, rule: str) -> None:
+    """The message says which rule was broken, not just 'invalid'."""
     assert rule in refused("invalid", check_name, name).message
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARS, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_every_control_character_is_refused(char: str, where: str) -> None:
+    """U+0000-U+001F and U+007F are refused wherever they appear, and the message names them."""
+    name = {"start": char + "unit", "middle": "un" + char + "it", "end": "unit" + char}[where]
+    message = refused("invalid", check_name, name).message
+    assert f"U+{ord(char):04X}" in message
+    assert "control character" in message
+
+
+COMMANDS: dict[str, Callable[[Graph, str], Any]] = {
+    "want unit": lambda g, n: g.want(n, ["ok"], T0),
+    "want dep": lambda g, n: g.want("ok", ["fine", n], T0),
+    "admit": lambda g, n: g.admit(n, False, T0),
+    "start": lambda g, n: g.start(n, False, T0),
+    "complete": lambda g, n: g.complete(n, True, T0),
+    "fail": lambda g, n: g.fail(n, "why", T0),
+    "reset": lambda g, n: g.reset(n, T0),
+    "get": lambda g, n: g.get(n),
+    "view": lambda g, n: g.view(n),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("name", ["", "bad\nname", "x" * 256])
+def test_every_command_validates_names_and_registers_nothing(command: str, name: str) -> None:
+    """A bad name is refused by every command, before anything (even a good name) is known."""
+    graph = Graph()
+    graph.want("existing", ["other"], T0)
+    before = state(graph)
+    refused("invalid", COMMANDS[command], graph, name)
+    assert state(graph) == before
 
 
 # --- want ----------------------------------------------------------------------------------
 
 
-def test_want_makes_units_known_and_is_idempotent() -> None:
+def test_want_makes_every_named_unit_known_and_pending() -> None:
+    """Units first named as a unit or as a dependency become known, pending, since `now`."""
     graph = Graph()
-    records, notes = graph.want("claude", ["git", "node"], 1.0)
-    assert set(graph.units) == {"claude", "git", "node"}
-    assert len(records) == 5 and not notes
-    assert graph.want("claude", ["git"], 2.0) == ([], [])
+    records, notes = graph.want("claude", ["git", "node"], T0)
+    assert notes == []
+    assert records == [
+        Known("claude", T0),
+        Known("git", T0),
+        Known("node", T0),
+        Edge("claude", "git"),
+        Edge("claude", "node"),
+    ]
+    for name in ("claude", "git", "node"):
+        view = graph.view(name)
+        assert (view.status, view.since, view.history) == ("pending", T0, [])
     assert list(graph.units["claude"].deps) == ["git", "node"]
-    assert graph.units["git"].dependents == {"claude"}
+    assert graph.view("git").dependents == ["claude"]
 
 
-def test_want_self_is_refused() -> None:
-    assert "itself" in refused("invalid", Graph().want, "a", ["a"], 1.0).message
-
-
-def test_a_cycle_is_refused_with_its_whole_path() -> None:
+def test_want_only_adds_what_is_new() -> None:
+    """Known units are not re-registered; only the missing edges are added."""
     graph = Graph()
-    graph.want("a", ["b"], 1.0)
-    graph.want("b", ["c"], 1.0)
-    error = refused("cycle", graph.want, "c", ["a"], 1.0)
+    graph.want("a", ["b"], T0)
+    records, _ = graph.want("a", ["b", "c"], T0 + 1)
+    assert records == [Known("c", T0 + 1), Edge("a", "c")]
+    assert graph.units["b"].since == T0  # not re-registered
+    assert list(graph.units["a"].deps) == ["b", "c"]
+
+
+def test_declaring_the_same_edge_again_is_a_no_op_success() -> None:
+    """Repeating a want (or naming a dependency twice) changes nothing and returns no records."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    before = state(graph)
+    assert graph.want("a", ["b"], T0 + 1) == ([], [])
+    assert graph.want("a", ["b", "b"], T0 + 2) == ([], [])
+    assert state(graph) == before
+
+
+def test_a_dependency_named_twice_in_one_want_is_one_edge() -> None:
+    """`want a b b` declares a single edge."""
+    graph = Graph()
+    records, _ = graph.want("a", ["b", "b"], T0)
+    assert records.count(Edge("a", "b")) == 1
+    assert list(graph.units["a"].deps) == ["b"]
+
+
+def test_want_needs_a_dependency() -> None:
+    """An empty dependency list is an argument error, not a silent success."""
+    graph = Graph()
+    refused("invalid", graph.want, "a", [], T0)
+    assert graph.units == {}
+
+
+@pytest.mark.parametrize("deps", [["a"], ["b", "a"], ["a", "b"]])
+def test_a_unit_cannot_want_itself(deps: list[str]) -> None:
+    """`want A A` is refused, also inside a longer list, and nothing is registered."""
+    graph = Graph()
+    error = refused("invalid", graph.want, "a", deps, T0)
+    assert "itself" in error.message
+    assert graph.units == {}
+
+
+def test_a_two_unit_cycle_is_refused_with_its_path() -> None:
+    """The shortest cycle is named in full."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    error = refused("cycle", graph.want, "b", ["a"], T0)
+    assert "b -> a -> b" in error.message
+
+
+def test_a_cycle_is_refused_naming_the_whole_cycle() -> None:
+    """The message names every unit on the cycle, in dependency order: `c -> a -> b -> c`."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    graph.want("b", ["c"], T0)
+    error = refused("cycle", graph.want, "c", ["a"], T0)
     assert error.message.endswith("c -> a -> b -> c")
+    assert error.unit == "c"
+
+
+def test_the_cycle_path_follows_real_edges_only() -> None:
+    """With side branches around, the reported path is the actual cycle and nothing else."""
+    graph = Graph()
+    graph.want("a", ["x", "b"], T0)
+    graph.want("x", ["y"], T0)
+    graph.want("b", ["c", "z"], T0)
+    graph.want("c", ["d"], T0)
+    error = refused("cycle", graph.want, "d", ["a"], T0)
+    path = error.message.rsplit(": ", 1)[1]
+    assert path == "d -> a -> b -> c -> d"
 
 
 def test_a_multi_dependency_want_is_all_or_nothing() -> None:
+    """One bad dependency refuses the whole want: no new units, no new edges."""
     graph = Graph()
-    graph.want("a", ["b"], 1.0)
-    before = list(graph.images())
-    refused("cycle", graph.want, "b", ["fresh", "a"], 1.0)
-    refused("invalid", graph.want, "b", ["fresh", ""], 1.0)
-    assert list(graph.images()) == before
+    graph.want("a", ["b"], T0)
+    before = state(graph)
+    refused("cycle", graph.want, "b", ["fresh", "a"], T0 + 1)
+    assert state(graph) == before
+    refused("invalid", graph.want, "b", ["fresh", "bad\x00"], T0 + 1)
+    assert state(graph) == before
+    refused("invalid", graph.want, "new", ["fresh", ""], T0 + 1)
+    assert state(graph) == before
 
 
-def test_want_on_a_started_unit_applies_to_its_next_start() -> None:
+@pytest.mark.parametrize("status", ["started", "completed"])
+def test_want_on_a_running_or_done_unit_applies_to_its_next_start(status: str) -> None:
+    """The edge is accepted, the unit keeps its state, the command says so, and the next start
+    waits for the new dependency."""
     graph = Graph()
-    graph.admit("web", False, 1.0)
-    graph.start("web", False, 1.0)
-    _records, [note] = graph.want("web", ["cache"], 2.0)
-    assert "next start" in note
-    assert graph.units["web"].status == "started"
-    assert not graph.readiness("web").ready
+    run(graph, "web", T0)
+    if status == "completed":
+        graph.complete("web", False, T0 + 1)
+    _, notes = graph.want("web", ["cache"], T0 + 2)
+    assert len(notes) == 1
+    assert f"already {status}" in notes[0] and "next start" in notes[0]
+    assert graph.units["web"].status == status
+    graph.admit("web", True, T0 + 3)
+    assert graph.readiness("web").pending == ("cache",)
 
 
-# --- readiness, start ----------------------------------------------------------------------
-
-
-def test_readiness_lists_pending_dependencies_in_order_and_reports_failures() -> None:
+def test_want_on_a_pending_unit_or_a_repeated_edge_has_no_note() -> None:
+    """The note is only for a new edge that cannot affect the current run."""
     graph = Graph()
-    graph.want("app", ["db", "cache", "queue"], 1.0)
+    assert graph.want("a", ["b"], T0)[1] == []
+    run(graph, "c", T0)
+    graph.want("c", ["d"], T0)
+    assert graph.want("c", ["d"], T0 + 1) == ([], [])
+
+
+# --- readiness -----------------------------------------------------------------------------
+
+
+def test_readiness_lists_pending_dependencies_in_declaration_order() -> None:
+    """A waiter is told exactly what it still waits for, in the order it was declared."""
+    graph = Graph()
+    graph.want("app", ["db", "cache"], T0)
+    graph.want("app", ["queue"], T0)
     assert graph.readiness("app").pending == ("db", "cache", "queue")
-    graph.complete("cache", True, 2.0)
+    run(graph, "cache", T0 + 1)
+    assert graph.readiness("app").pending == ("db", "cache", "queue")  # started is not enough
+    graph.complete("cache", False, T0 + 2)
     assert graph.readiness("app").pending == ("db", "queue")
-    graph.fail("queue", "oom", 3.0)
-    assert graph.readiness("app").failed == "queue"
     assert not graph.readiness("app").ready
+    graph.complete("db", True, T0 + 3)
+    graph.complete("queue", True, T0 + 3)
+    readiness = graph.readiness("app")
+    assert readiness.ready and readiness.pending == () and readiness.failed is None
 
 
-def test_start_twice_is_refused_with_the_time_and_a_hint() -> None:
+def test_readiness_reports_a_failed_dependency() -> None:
+    """A failed dependency makes the unit not ready and is named, so the waiter can fail."""
     graph = Graph()
-    graph.start("a", False, 1.0)
-    error = refused("already_started", graph.admit, "a", False, 2.0)
-    assert "already started at" in error.message and "--rerun" in error.message
-    graph.start("a", True, 3.0)  # --rerun
-    assert [t.reason for t in graph.units["a"].history] == ["", "new run"]
+    graph.want("app", ["db", "queue"], T0)
+    graph.complete("db", True, T0)
+    graph.fail("queue", "oom", T0 + 1)
+    readiness = graph.readiness("app")
+    assert readiness.failed == "queue"
+    assert not readiness.ready
+
+
+def test_a_dependency_going_back_to_pending_makes_the_unit_wait_again() -> None:
+    """Readiness follows the current state of dependencies, not their past."""
+    graph = Graph()
+    graph.want("app", ["db"], T0)
+    graph.complete("db", True, T0)
+    assert graph.readiness("app").ready
+    graph.reset("db", T0 + 1)
+    assert graph.readiness("app").pending == ("db",)
+
+
+def test_a_unit_without_dependencies_is_ready() -> None:
+    """Nothing to wait for: ready at once, also before it is known."""
+    graph = Graph()
+    assert graph.readiness("anything").ready
+    graph.want("a", ["b"], T0)
+    assert graph.readiness("b").ready
+
+
+# --- admit and start -----------------------------------------------------------------------
+
+
+def test_start_registers_a_new_unit_and_records_the_transition() -> None:
+    """`start` on an unknown unit makes it known, then moves it pending -> started."""
+    graph = Graph()
+    records = graph.admit("a", False, T0)
+    assert records == [Known("a", T0)]
+    records = graph.start("a", False, T0 + 2, token="tok", waited=2.0)
+    assert records == [Move("a", "started", T0 + 2, "", "tok", 2.0)]
+    unit = graph.units["a"]
+    assert (unit.status, unit.since, unit.token) == ("started", T0 + 2, "tok")
+    [transition] = unit.history
+    assert (transition.from_, transition.to, transition.waited) == ("pending", "started", 2.0)
+
+
+def test_admit_of_a_known_unit_that_may_start_changes_nothing() -> None:
+    """Admission only registers; the transition happens in `start`."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    before = state(graph)
+    assert graph.admit("a", False, T0 + 1) == []
+    assert graph.admit("b", True, T0 + 1) == []
+    assert state(graph) == before
+
+
+def test_starting_a_started_unit_is_refused_with_its_start_time_and_a_hint() -> None:
+    """'already started at T' shows when it started (not now) and suggests --rerun."""
+    graph = Graph()
+    started_at = T0
+    run(graph, "a", started_at)
+    before = state(graph)
+    later = started_at + 5 * 3600 + 7
+    error = refused("already_started", graph.admit, "a", False, later)
+    assert "already started at" in error.message
+    assert clock(started_at) in error.message
+    assert clock(later) not in error.message
+    assert "--rerun" in error.message
+    assert error.unit == "a"
+    assert state(graph) == before
+
+
+def test_rerun_starts_a_new_run_of_a_started_unit() -> None:
+    """With --rerun a started unit starts again: a started -> started transition, new token."""
+    graph = Graph()
+    graph.admit("a", False, T0)
+    graph.start("a", False, T0, token="first")
+    graph.admit("a", True, T0 + 1)
+    graph.start("a", True, T0 + 1, token="second")
+    assert moves(graph, "a") == [
+        (T0, "pending", "started", ""),
+        (T0 + 1, "started", "started", "new run"),
+    ]
+    assert graph.units["a"].token == "second"
 
 
 @pytest.mark.parametrize("end", ["completed", "failed"])
 def test_start_after_the_end_begins_a_new_run(end: str) -> None:
+    """A completed or failed unit can be started again without --rerun."""
     graph = Graph()
-    graph.start("a", False, 1.0)
-    graph.complete("a", False, 2.0) if end == "completed" else graph.fail("a", "x", 2.0)
-    graph.admit("a", False, 3.0)
-    graph.start("a", False, 3.0)
+    run(graph, "a", T0)
+    if end == "completed":
+        graph.complete("a", False, T0 + 1)
+    else:
+        graph.fail("a", "crash", T0 + 1)
+    run(graph, "a", T0 + 2)
     assert graph.units["a"].status == "started"
+    assert moves(graph, "a")[-1] == (T0 + 2, end, "started", "new run")
 
 
-def test_start_before_ready_is_a_bug_not_a_refusal() -> None:
+def test_a_new_run_of_a_dependency_leaves_started_dependents_alone() -> None:
+    """Restarting `db` does not touch an `app` already running, but new starts wait again."""
     graph = Graph()
-    graph.want("a", ["b"], 1.0)
+    graph.want("app", ["db"], T0)
+    run(graph, "db", T0)
+    graph.complete("db", False, T0 + 1)
+    run(graph, "app", T0 + 2)
+    run(graph, "db", T0 + 3)
+    assert graph.units["app"].status == "started"
+    assert graph.readiness("app").pending == ("db",)
+
+
+def test_a_waiter_that_lost_the_race_is_refused_at_start() -> None:
+    """Two `start A` wait together; after the first proceeds, the second is refused."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    graph.admit("a", False, T0)  # first client waits
+    graph.admit("a", False, T0)  # second client waits too: a is still pending
+    graph.complete("b", True, T0 + 1)
+    graph.start("a", False, T0 + 1)
+    before = state(graph)
+    refused("already_started", graph.start, "a", False, T0 + 2)
+    assert state(graph) == before
+
+
+def test_the_agent_fails_a_unit_whose_dependency_failed() -> None:
+    """The agent's failure path: `dependency B failed` on A, which cascades to A's dependents."""
+    graph = Graph()
+    graph.want("app", ["db"], T0)
+    graph.want("web", ["app"], T0)
+    graph.admit("app", False, T0)
+    graph.fail("db", "disk full", T0 + 1)
+    failed = graph.readiness("app").failed
+    assert failed == "db"
+    graph.fail("app", f"dependency {failed} failed", T0 + 1)
+    assert graph.view("app").reason == "dependency db failed"
+    assert graph.readiness("web").failed == "app"
+
+
+def test_start_before_ready_is_a_programming_error_not_a_state_change() -> None:
+    """The agent must wait first; calling start early must not silently start the unit."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    before = state(graph)
     with pytest.raises(AssertionError):
-        graph.start("a", False, 1.0)
+        graph.start("a", False, T0)
+    assert state(graph) == before
 
 
-# --- complete, fail, reset -------------------------------------------------------------------
+# --- complete ------------------------------------------------------------------------------
 
 
-def test_complete_rules() -> None:
+def test_complete_a_started_unit() -> None:
+    """The normal path: started -> completed, reason empty."""
     graph = Graph()
-    assert "not known" in refused("not_started", graph.complete, "typo", False, 1.0).message
-    assert "typo" not in graph.units  # a refusal registers nothing
-    graph.want("a", ["b"], 1.0)
-    assert "--force" in refused("not_started", graph.complete, "b", False, 1.0).message
-    assert graph.complete("b", True, 2.0)[-1].reason == "forced"
-    assert graph.complete("b", False, 3.0) == []  # completing a completed unit: no-op
-    graph.complete("new", True, 4.0)
-    assert graph.units["new"].status == "completed"
+    run(graph, "a", T0)
+    assert graph.complete("a", False, T0 + 1) == [Move("a", "completed", T0 + 1)]
+    assert moves(graph, "a")[-1] == (T0 + 1, "started", "completed", "")
+
+
+def test_completing_a_completed_unit_is_a_no_op() -> None:
+    """No records, no history entry, even with --force."""
+    graph = Graph()
+    run(graph, "a", T0)
+    graph.complete("a", False, T0 + 1)
+    before = state(graph)
+    assert graph.complete("a", False, T0 + 2) == []
+    assert graph.complete("a", True, T0 + 3) == []
+    assert state(graph) == before
+
+
+def test_completing_a_never_started_unit_is_refused() -> None:
+    """A known but pending unit: refused, suggesting --force (it catches misspelt names)."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    before = state(graph)
+    error = refused("not_started", graph.complete, "b", False, T0 + 1)
+    assert "never started" in error.message and "--force" in error.message
+    assert state(graph) == before
+
+
+def test_completing_an_unknown_unit_is_refused_and_registers_nothing() -> None:
+    """A typo must not create a unit."""
+    graph = Graph()
+    graph.want("git", ["net"], T0)
+    error = refused("not_started", graph.complete, "gti", False, T0)
+    assert "not known" in error.message and "--force" in error.message
+    assert "gti" not in graph.units
+
+
+def test_force_completes_a_pending_unit() -> None:
+    """--force: pending -> completed with reason 'forced', waking its dependents."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    graph.complete("b", True, T0 + 1)
+    assert moves(graph, "b") == [(T0 + 1, "pending", "completed", "forced")]
+    assert graph.readiness("a").ready
+
+
+def test_force_completes_and_registers_an_unknown_unit() -> None:
+    """--force on an unknown unit registers it, then completes it."""
+    graph = Graph()
+    records = graph.complete("new", True, T0)
+    assert records == [Known("new", T0), Move("new", "completed", T0, "forced")]
+    assert graph.view("new").status == "completed"
+
+
+def test_a_failed_unit_can_be_completed() -> None:
+    """A failed run was started, so completing it needs no --force."""
+    graph = Graph()
+    run(graph, "a", T0)
+    graph.fail("a", "flaky", T0 + 1)
+    graph.complete("a", False, T0 + 2)
+    assert moves(graph, "a")[-1] == (T0 + 2, "failed", "completed", "")
+
+
+# --- fail ----------------------------------------------------------------------------------
 
 
 def test_fail_records_the_reason() -> None:
+    """The reason is on the unit, in its history and in its view."""
     graph = Graph()
-    graph.fail("db", "disk full", 1.0)
-    unit = graph.units["db"]
-    assert (unit.status, unit.reason, unit.history[-1].reason) == (
-        "failed",
-        "disk full",
-        "disk full",
-    )
+    run(graph, "db", T0)
+    assert graph.fail("db", "disk full", T0 + 1) == [Move("db", "failed", T0 + 1, "disk full")]
+    view = graph.view("db")
+    assert (view.status, view.reason, view.since) == ("failed", "disk full", T0 + 1)
+    assert moves(graph, "db")[-1] == (T0 + 1, "started", "failed", "disk full")
 
 
-def test_reset_keeps_edges() -> None:
+def test_fail_without_a_reason_and_of_an_unknown_unit() -> None:
+    """`fail` may name a new unit; the reason is optional."""
     graph = Graph()
-    graph.want("a", ["b"], 1.0)
-    graph.complete("b", True, 1.0)
-    graph.start("a", False, 2.0)
-    assert len(graph.reset(None, 3.0)) == 2
+    assert graph.fail("new", "", T0) == [Known("new", T0), Move("new", "failed", T0, "")]
+    assert graph.view("new").status == "failed"
+
+
+def test_reasons_are_bounded_in_bytes() -> None:
+    """A reason of 4096 UTF-8 bytes is kept; one byte more is refused without a change."""
+    graph = Graph()
+    longest = "é" * (MAX_REASON_BYTES // 2)
+    graph.fail("a", longest, T0)
+    assert graph.units["a"].reason == longest
+    before = state(graph)
+    error = refused("invalid", graph.fail, "a", longest + "x", T0 + 1)
+    assert str(MAX_REASON_BYTES) in error.message
+    assert state(graph) == before
+
+
+# --- reset ---------------------------------------------------------------------------------
+
+
+def test_reset_one_unit_back_to_pending_keeping_edges() -> None:
+    """Only the named unit moves; its edges in both directions stay."""
+    graph = Graph()
+    graph.want("app", ["db"], T0)
+    graph.want("web", ["app"], T0)
+    graph.complete("db", True, T0)
+    run(graph, "app", T0 + 1)
+    assert graph.reset("app", T0 + 2) == [Move("app", "pending", T0 + 2, "reset")]
+    assert moves(graph, "app")[-1] == (T0 + 2, "started", "pending", "reset")
+    assert graph.units["db"].status == "completed"
+    assert list(graph.units["app"].deps) == ["db"]
+    assert graph.view("app").dependents == ["web"]
+
+
+def test_reset_all_moves_every_unit_that_is_not_pending() -> None:
+    """`reset --all` leaves every unit pending and every edge in place."""
+    graph = Graph()
+    graph.want("a", ["b", "c"], T0)
+    graph.complete("b", True, T0)
+    graph.fail("c", "x", T0)
+    graph.want("d", ["a"], T0)
+    records = graph.reset(None, T0 + 1)
+    assert sorted(r.unit for r in records) == ["b", "c"]
+    assert all(isinstance(r, Move) and r.reason == "reset" for r in records)
     assert {u.status for u in graph.units.values()} == {"pending"}
-    assert list(graph.units["a"].deps) == ["b"]
-    assert graph.reset("a", 4.0) == []
+    assert {n: list(u.deps) for n, u in graph.units.items()} == {
+        "a": ["b", "c"],
+        "b": [],
+        "c": [],
+        "d": ["a"],
+    }
+    assert graph.reset(None, T0 + 2) == []
+    assert Graph().reset(None, T0) == []
 
 
-def test_history_keeps_the_newest_entries() -> None:
+def test_reset_of_a_pending_unit_is_a_no_op_and_of_an_unknown_unit_registers_it() -> None:
+    """No pending -> pending transitions; `reset` may name a new unit."""
     graph = Graph()
-    for i in range(HISTORY_LIMIT + 30):
-        graph.fail("a", f"attempt {i}", float(i))
-    history = graph.units["a"].history
-    assert len(history) == HISTORY_LIMIT
-    assert history[-1].reason == f"attempt {HISTORY_LIMIT + 29}"
-    assert history[0].reason == "attempt 30"
+    graph.want("a", ["b"], T0)
+    assert graph.reset("a", T0 + 1) == []
+    assert graph.units["a"].history.maxlen == HISTORY_LIMIT
+    assert list(graph.units["a"].history) == []
+    assert graph.reset("new", T0 + 2) == [Known("new", T0 + 2)]
+    assert graph.view("new").status == "pending"
 
 
-def test_view_shows_dependencies_and_dependents() -> None:
+def test_a_reset_unit_must_be_started_again_before_complete() -> None:
+    """After reset the unit is pending again, so the never-started guard applies."""
     graph = Graph()
-    graph.want("app", ["db"], 1.0)
-    graph.start("db", False, 2.0)
-    view = graph.view("app")
-    assert [(d.unit, d.required, d.current, d.satisfied) for d in view.dependencies] == [
-        ("db", "completed", "started", False)
+    run(graph, "a", T0)
+    graph.reset("a", T0 + 1)
+    refused("not_started", graph.complete, "a", False, T0 + 2)
+
+
+# --- history -------------------------------------------------------------------------------
+
+
+def test_history_records_every_transition_with_time_from_to_and_reason() -> None:
+    """The full life of a unit, as `status` would show it."""
+    graph = Graph()
+    run(graph, "a", T0)
+    graph.fail("a", "crash", T0 + 1)
+    run(graph, "a", T0 + 2)
+    graph.complete("a", False, T0 + 3)
+    graph.complete("a", False, T0 + 4)  # no-op: no entry
+    graph.reset("a", T0 + 5)
+    graph.complete("a", True, T0 + 6)
+    assert moves(graph, "a") == [
+        (T0, "pending", "started", ""),
+        (T0 + 1, "started", "failed", "crash"),
+        (T0 + 2, "failed", "started", "new run"),
+        (T0 + 3, "started", "completed", ""),
+        (T0 + 5, "completed", "pending", "reset"),
+        (T0 + 6, "pending", "completed", "forced"),
     ]
-    assert graph.view("db").dependents == ["app"]
-    assert "unknown unit" in refused("unknown_unit", graph.get, "ghost").message
+    assert graph.view("a").history == list(graph.units["a"].history)
 
 
-def test_records_replay_and_snapshots_round_trip() -> None:
-    graph, replica = Graph(), Graph()
-    log = []
-    log += graph.want("a", ["b", "c"], 1.0)[0]
-    log += graph.start("b", False, 2.0)
-    log += graph.complete("b", False, 3.0)
-    log += graph.fail("c", "boom", 4.0)
-    log += graph.reset(None, 5.0)
+def test_history_keeps_the_newest_100_entries() -> None:
+    """A long-lived unit does not grow without bound; the oldest entries go first."""
+    graph = Graph()
+    total = HISTORY_LIMIT + 37
+    for i in range(total):
+        graph.fail("a", f"attempt {i}", T0 + i)
+    history = graph.units["a"].history
+    assert HISTORY_LIMIT == 100
+    assert len(history) == 100
+    assert [t.reason for t in history] == [f"attempt {i}" for i in range(total - 100, total)]
+    assert history[-1].at == T0 + total - 1
+    # The cap survives a snapshot round trip and a replay.
+    restored = Graph.from_images(graph.images())
+    assert list(restored.units["a"].history) == list(history)
+    restored.fail("a", "one more", T0 + total)
+    assert len(restored.units["a"].history) == 100
+    assert restored.units["a"].history[0].reason == f"attempt {total - 99}"
+
+
+# --- view and get --------------------------------------------------------------------------
+
+
+def test_view_shows_status_dependencies_dependents_and_readiness() -> None:
+    """Everything `status UNIT` shows, for a unit in the middle of a graph."""
+    graph = Graph()
+    graph.want("app", ["db", "cache"], T0)
+    graph.want("web", ["app"], T0)
+    graph.want("worker", ["app"], T0)
+    run(graph, "db", T0 + 1)
+    graph.complete("cache", True, T0 + 2)
+    view = graph.view("app", waiting_on=["db"], waiters=2)
+    assert (view.name, view.status, view.ready, view.since) == ("app", "pending", False, T0)
+    assert [(d.unit, d.required, d.current, d.satisfied) for d in view.dependencies] == [
+        ("db", "completed", "started", False),
+        ("cache", "completed", "completed", True),
+    ]
+    assert view.dependents == ["web", "worker"]
+    assert (view.waiting_on, view.waiters) == (["db"], 2)
+    graph.complete("db", False, T0 + 3)
+    view = graph.view("app")
+    assert view.ready and all(d.satisfied for d in view.dependencies)
+    assert (view.waiting_on, view.waiters) == ([], 0)
+
+
+def test_view_of_a_unit_with_a_failed_dependency_is_not_ready() -> None:
+    """A failed dependency shows as unsatisfied with its current state."""
+    graph = Graph()
+    graph.want("app", ["db"], T0)
+    graph.fail("db", "x", T0)
+    view = graph.view("app")
+    assert not view.ready
+    assert [(d.current, d.satisfied) for d in view.dependencies] == [("failed", False)]
+
+
+def test_status_of_an_unknown_unit_is_an_error() -> None:
+    """`get`/`view` of a never-named unit: code unknown_unit, message 'unknown unit'."""
+    graph = Graph()
+    graph.want("a", ["b"], T0)
+    for fn in (graph.get, graph.view):
+        error = refused("unknown_unit", fn, "ghost")
+        assert "unknown unit" in error.message and "ghost" in error.message
+        assert error.unit == "ghost"
+    assert "ghost" not in graph.units
+    assert graph.get("b").name == "b"
+
+
+# --- refusals change nothing ---------------------------------------------------------------
+
+REFUSALS: dict[str, tuple[str, Callable[[Graph], Any]]] = {
+    "bad unit name": ("invalid", lambda g: g.want("x\x1f", ["app"], T0 + 9)),
+    "bad dep name": ("invalid", lambda g: g.want("app", ["new", ""], T0 + 9)),
+    "self dependency": ("invalid", lambda g: g.want("app", ["new", "app"], T0 + 9)),
+    "no dependency": ("invalid", lambda g: g.want("app", [], T0 + 9)),
+    "cycle": ("cycle", lambda g: g.want("db", ["new", "web"], T0 + 9)),
+    "already started": ("already_started", lambda g: g.admit("web", False, T0 + 9)),
+    "start already started": ("already_started", lambda g: g.start("solo", False, T0 + 9)),
+    "complete pending": ("not_started", lambda g: g.complete("app", False, T0 + 9)),
+    "complete unknown": ("not_started", lambda g: g.complete("new", False, T0 + 9)),
+    "long reason": ("invalid", lambda g: g.fail("new", "r" * 5000, T0 + 9)),
+    "bad reset name": ("invalid", lambda g: g.reset("\x7f", T0 + 9)),
+    "unknown status": ("unknown_unit", lambda g: g.view("new")),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_a_refused_command_leaves_the_graph_unchanged(refusal: str) -> None:
+    """All-or-nothing: a refusal neither adds units or edges nor moves anything."""
+    graph = Graph()
+    run(graph, "web", T0)
+    graph.want("web", ["app"], T0 + 1)
+    graph.want("app", ["db"], T0 + 1)
+    graph.complete("db", True, T0 + 2)
+    graph.fail("other", "x", T0 + 3)
+    run(graph, "solo", T0 + 4)
+    code, command = REFUSALS[refusal]
+    before, images = state(graph), list(graph.images())
+    refused(code, command, graph)
+    assert state(graph) == before
+    assert list(graph.images()) == images
+
+
+# --- replay and snapshots ------------------------------------------------------------------
+
+
+def _scripted(graph: Graph) -> list[Record]:
+    """A session touching every command and record kind; returns the records it applied."""
+    log: list[Record] = []
+    log += graph.want("app", ["db", "cache"], T0)[0]
+    log += graph.want("web", ["app"], T0 + 1)[0]
+    log += graph.admit("db", False, T0 + 2)
+    log += graph.start("db", False, T0 + 2, token="t1", waited=0.5)
+    log += graph.complete("db", False, T0 + 3)
+    log += graph.complete("cache", True, T0 + 4)
+    log += graph.admit("app", False, T0 + 5)
+    log += graph.start("app", False, T0 + 6, token="t2", waited=1.0)
+    log += graph.want("app", ["late"], T0 + 7)[0]
+    log += graph.fail("app", "boom", T0 + 8)
+    log += graph.admit("app", False, T0 + 9)
+    log += graph.fail("app", "dependency late failed", T0 + 9)
+    log += graph.reset("db", T0 + 10)
+    log += graph.admit("db", True, T0 + 11)
+    log += graph.start("db", True, T0 + 11, token="t3")
+    log += graph.admit("db", True, T0 + 12)
+    log += graph.start("db", True, T0 + 12, token="t4")
+    log += graph.fail("ghost", "never existed", T0 + 13)
+    log += graph.reset(None, T0 + 14)
+    log += graph.complete("late", True, T0 + 15)
+    return log
+
+
+def test_replaying_the_returned_records_rebuilds_the_same_graph() -> None:
+    """The journal is exactly the returned records: replay must reproduce every detail."""
+    graph = Graph()
+    log = _scripted(graph)
+    assert {type(r) for r in log} == {Known, Edge, Move}
+    replica = Graph()
     for record in log:
         replica.apply(record)
     assert list(replica.images()) == list(graph.images())
-    encoded = msgspec.msgpack.encode(list(graph.images()))
+    assert state(replica) == state(graph)
+
+
+def test_replay_through_msgpack_as_the_journal_stores_records() -> None:
+    """Records survive msgspec msgpack encoding and still replay to the same graph."""
+    graph = Graph()
+    log = _scripted(graph)
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(log), type=list[Record])
+    assert decoded == log
+    replica = Graph()
+    for record in decoded:
+        replica.apply(record)
+    assert state(replica) == state(graph)
+
+
+def test_snapshots_round_trip_through_msgpack() -> None:
+    """from_images(images()) restores units, edges, dependents, history and tokens exactly."""
+    graph = Graph()
+    _scripted(graph)
+    images = list(graph.images())
+    encoded = msgspec.msgpack.encode(images)
     decoded = msgspec.msgpack.decode(encoded, type=list[UnitImage])
-    assert list(Graph.from_images(decoded).images()) == list(graph.images())
+    assert decoded == images
+    restored = Graph.from_images(decoded)
+    assert list(restored.images()) == images
+    assert state(restored) == state(graph)
+    # The restored graph keeps working like the original.
+    assert restored.view("web") == graph.view("web")
+    for g in (graph, restored):
+        g.want("cache", ["extra"], T0 + 20)
+        refused("cycle", g.want, "late", ["web"], T0 + 21)
+    assert state(restored) == state(graph)
+
+
+def test_a_replay_continues_from_a_snapshot() -> None:
+    """Snapshot then the tail of the log gives the same graph as the whole log (compaction)."""
+    graph = Graph()
+    log = _scripted(graph)
+    partial = Graph()
+    for record in log[:12]:
+        partial.apply(record)
+    resumed = Graph.from_images(list(partial.images()))
+    for record in log[12:]:
+        resumed.apply(record)
+    assert state(resumed) == state(graph)
 
 
 # --- model-based: the graph against a deliberately simple model ------------------------------
 
-NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
+VALID = ["a", "b", "c", "d", "e"]
+INVALID = ["", "tab\there", "del\x7f", "é" * 128, "\ud800"]
+NAMES = st.sampled_from(VALID * 10 + INVALID)
+"""Mostly valid names, an invalid one about one time in eleven."""
+REASONS = st.sampled_from(["", "boom", "disk full", "é" * 2048, "é" * 2049])
+
+
+@dataclass
+class ModelUnit:
+    since: float
+    status: str = "pending"
+    reason: str = ""
+    token: str = ""
+    deps: list[str] = field(default_factory=list)
+    history: list[tuple[float, str, str, str, float | None]] = field(default_factory=list)
 
 
 class Model:
-    """Sets and dicts; cycles by transitive closure. Slow and obviously right."""
+    """Plain dicts and lists; cycles by transitive closure. Slow and obviously right."""
 
     def __init__(self) -> None:
-        self.status: dict[str, str] = {}
-        self.deps: dict[str, set[str]] = {}
+        self.units: dict[str, ModelUnit] = {}
 
-    def know(self, *names: str) -> None:
-        for name in names:
-            self.status.setdefault(name, "pending")
-            self.deps.setdefault(name, set())
+    def know(self, name: str, at: float) -> None:
+        if name not in self.units:
+            self.units[name] = ModelUnit(since=at)
 
-    def reachable(self, start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for dep in self.deps.get(todo.pop(), ()):
-                if dep not in seen:
-                    seen.add(dep)
-                    todo.append(dep)
+    def move(
+        self, name: str, to: str, at: float, reason: str = "", waited: float | None = None
+    ) -> None:
+        unit = self.units[name]
+        unit.history.append((at, unit.status, to, reason, waited))
+        unit.status, unit.since, unit.reason = to, at, reason
+
+    def status(self, name: str) -> str | None:
+        return self.units[name].status if name in self.units else None
+
+    def deps(self, name: str) -> list[str]:
+        return self.units[name].deps if name in self.units else []
+
+    def closure(self, start: str) -> set[str]:
+        """`start` and every unit it transitively wants."""
+        seen = {start}
+        changed = True
+        while changed:
+            changed = False
+            for node in list(seen):
+                for dep in self.deps(node):
+                    if dep not in seen:
+                        seen.add(dep)
+                        changed = True
         return seen
 
-    def ready(self, name: str) -> bool:
-        return all(self.status[d] == "completed" for d in self.deps.get(name, ()))
+    def failed_deps(self, name: str) -> list[str]:
+        return [d for d in self.deps(name) if self.units[d].status == "failed"]
 
-    def any_failed(self, name: str) -> bool:
-        return any(self.status[d] == "failed" for d in self.deps.get(name, ()))
+    def pending_deps(self, name: str) -> list[str]:
+        return [d for d in self.deps(name) if self.units[d].status != "completed"]
+
+
+def invalid(*names: str) -> bool:
+    return any(name in INVALID for name in names)
 
 
 class GraphMachine(RuleBasedStateMachine):
+    """Random commands against Graph and Model; refusals must agree, and so must the state."""
+
     def __init__(self) -> None:
         super().__init__()
         self.graph = Graph()
+        self.replica = Graph()
         self.model = Model()
-        self.clock = 0.0
+        self.clock = T0
+        self.tokens = 0
+        self.waiters: list[tuple[str, bool, float]] = []
+        """`start`s admitted and waiting: (unit, rerun, admitted at)."""
 
     def now(self) -> float:
         self.clock += 1.0
         return self.clock
 
-    def expect(self, code: str | None, fn, *args) -> None:  # type: ignore[no-untyped-def]
-        before = list(self.graph.images())
+    def expect(self, code: str | None, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a command; it must be refused exactly when the model says, with its code."""
+        before = state(self.graph)
         try:
-            fn(*args)
+            result = fn(*args)
         except Refused as exc:
-            assert exc.code == code, f"refused with {exc.code}, model expected {code}"
-            assert list(self.graph.images()) == before, "a refusal changed the graph"
-            return
-        assert code is None, f"accepted, model expected a refusal ({code})"
+            assert exc.code == code, f"refused with {exc.code} ({exc.message}); model: {code}"
+            assert state(self.graph) == before, "a refusal changed the graph"
+            return exc
+        assert code is None, f"accepted; the model expected a refusal ({code})"
+        records = result[0] if isinstance(result, tuple) else result
+        if isinstance(records, list):
+            # The journal path: encode, decode, apply to a second graph.
+            wire = msgspec.msgpack.encode(records)
+            for record in msgspec.msgpack.decode(wire, type=list[Record]):
+                self.replica.apply(record)
+        return result
 
-    @rule(unit=NAMES, deps=st.lists(NAMES, min_size=1, max_size=3))
+    @rule(unit=NAMES, deps=st.lists(NAMES, min_size=0, max_size=3))
     def want(self, unit: str, deps: list[str]) -> None:
         m = self.model
-        if unit in deps:
+        new = [d for d in dict.fromkeys(deps) if d not in m.deps(unit)]
+        if not deps or invalid(unit, *deps) or unit in deps:
             code = "invalid"
-        elif any(unit == d or unit in m.reachable(d) for d in deps):
+        elif any(unit in m.closure(d) for d in new):
             code = "cycle"
         else:
             code = None
-        self.expect(code, self.graph.want, unit, deps, self.now())
-        if code is None:
-            m.know(unit, *deps)
-            m.deps[unit].update(deps)
+        result = self.expect(code, self.graph.want, unit, deps, self.now())
+        if code == "cycle":
+            self.check_cycle_message(unit, deps, result.message)
+        if code is not None:
+            return
+        records, notes = result
+        status = m.status(unit)
+        assert bool(records) == (status is None or bool(new))
+        if new and status in ("started", "completed", "failed"):
+            assert len(notes) == 1 and f"already {status}" in notes[0]
+        else:
+            assert notes == []
+        for name in (unit, *deps):
+            m.know(name, self.clock)
+        m.units[unit].deps.extend(new)
+
+    def check_cycle_message(self, unit: str, deps: list[str], message: str) -> None:
+        """The message names a real cycle: the new edge, then existing edges back to `unit`."""
+        path = message.rsplit(": ", 1)[1].split(" -> ")
+        assert path[0] == unit == path[-1], message
+        assert path[1] in deps, message
+        for src, dst in pairwise(path[1:]):
+            assert dst in self.model.deps(src), f"{src} -> {dst} is not an edge: {message}"
+        assert len(set(path[:-1])) == len(path) - 1, f"path repeats a unit: {message}"
 
     @rule(unit=NAMES, rerun=st.booleans())
-    def start(self, unit: str, rerun: bool) -> None:
+    def admit(self, unit: str, rerun: bool) -> None:
         m = self.model
-        code = "already_started" if m.status.get(unit) == "started" and not rerun else None
-        self.expect(code, self.graph.admit, unit, rerun, self.now())
-        if code:
-            return
-        m.know(unit)
-        if m.ready(unit):
-            self.graph.start(unit, rerun, self.now())
-            m.status[unit] = "started"
-        elif m.any_failed(unit):  # what the agent does for a waiter on a failed dependency
-            self.graph.fail(unit, "dependency failed", self.now())
-            m.status[unit] = "failed"
+        if invalid(unit):
+            code = "invalid"
+        elif m.status(unit) == "started" and not rerun:
+            code = "already_started"
+        else:
+            code = None
+        result = self.expect(code, self.graph.admit, unit, rerun, self.now())
+        if code is None:
+            assert bool(result) == (m.status(unit) is None)
+            m.know(unit, self.clock)
+            self.waiters.append((unit, rerun, self.clock))
+
+    @precondition(lambda self: self.waiters)
+    @rule(index=st.integers(0, 7))
+    def proceed(self, index: int) -> None:
+        """The agent's side of a waiting `start`: fail, start, or keep waiting."""
+        m = self.model
+        unit, rerun, admitted = self.waiters[index % len(self.waiters)]
+        readiness = self.graph.readiness(unit)
+        failed, pending = m.failed_deps(unit), m.pending_deps(unit)
+        if failed:
+            assert readiness.failed in failed and not readiness.ready
+            reason = f"dependency {readiness.failed} failed"
+            self.expect(None, self.graph.fail, unit, reason, self.now())
+            m.move(unit, "failed", self.clock, reason)
+        elif pending:
+            assert readiness.failed is None and not readiness.ready
+            assert readiness.pending == tuple(pending)
+            return  # still waiting
+        else:
+            assert readiness.ready
+            code = "already_started" if m.status(unit) == "started" and not rerun else None
+            now = self.now()
+            self.tokens += 1
+            token = f"tok{self.tokens}"
+            self.expect(code, self.graph.start, unit, rerun, now, token, now - admitted)
+            if code is None:
+                reason = "" if m.status(unit) == "pending" else "new run"
+                m.move(unit, "started", now, reason, now - admitted)
+                m.units[unit].token = token
+        self.waiters.remove((unit, rerun, admitted))
 
     @rule(unit=NAMES, force=st.booleans())
     def complete(self, unit: str, force: bool) -> None:
         m = self.model
-        never_started = m.status.get(unit, "pending") == "pending"
-        code = "not_started" if never_started and not force else None
-        self.expect(code, self.graph.complete, unit, force, self.now())
+        status = m.status(unit)
+        if invalid(unit):
+            code = "invalid"
+        elif status in (None, "pending") and not force:
+            code = "not_started"
+        else:
+            code = None
+        result = self.expect(code, self.graph.complete, unit, force, self.now())
         if code is None:
-            m.know(unit)
-            m.status[unit] = "completed"
+            assert (result == []) == (status == "completed")
+            if status != "completed":
+                m.know(unit, self.clock)
+                m.move(
+                    unit, "completed", self.clock, "forced" if status in (None, "pending") else ""
+                )
 
-    @rule(unit=NAMES)
-    def fail(self, unit: str) -> None:
-        self.graph.fail(unit, "because", self.now())
-        self.model.know(unit)
-        self.model.status[unit] = "failed"
+    @rule(unit=NAMES, reason=REASONS)
+    def fail(self, unit: str, reason: str) -> None:
+        too_long = len(reason.encode()) > MAX_REASON_BYTES
+        code = "invalid" if invalid(unit) or too_long else None
+        self.expect(code, self.graph.fail, unit, reason, self.now())
+        if code is None:
+            self.model.know(unit, self.clock)
+            self.model.move(unit, "failed", self.clock, reason)
+
+    @rule(unit=st.sampled_from(VALID), count=st.integers(1, 60))
+    def fail_repeatedly(self, unit: str, count: int) -> None:
+        """A flapping unit: enough transitions to push its history past the cap."""
+        for i in range(count):
+            self.expect(None, self.graph.fail, unit, f"flap {i}", self.now())
+            self.model.know(unit, self.clock)
+            self.model.move(unit, "failed", self.clock, f"flap {i}")
 
     @rule(unit=st.none() | NAMES)
     def reset(self, unit: str | None) -> None:
-        self.graph.reset(unit, self.now())
-        if unit is not None:
-            self.model.know(unit)
-        for name in [unit] if unit else list(self.model.status):
-            self.model.status[name] = "pending"
+        m = self.model
+        code = "invalid" if unit is not None and invalid(unit) else None
+        result = self.expect(code, self.graph.reset, unit, self.now())
+        if code is not None:
+            return
+        names = list(m.units) if unit is None else [unit]
+        changes = [n for n in names if m.status(n) not in (None, "pending")]
+        if unit is not None and m.status(unit) is None:
+            changes.append(unit)
+            m.know(unit, self.clock)
+        assert bool(result) == bool(changes)
+        for name in names:
+            if m.units[name].status != "pending":
+                m.move(name, "pending", self.clock, "reset")
 
-    @rule(unit=st.sampled_from(["", "x\n", "y" * 256]))
-    def bad_name(self, unit: str) -> None:
-        self.expect("invalid", self.graph.fail, unit, "", self.now())
+    @rule(unit=NAMES)
+    def status(self, unit: str) -> None:
+        m = self.model
+        if invalid(unit):
+            code = "invalid"
+        elif unit not in m.units:
+            code = "unknown_unit"
+        else:
+            code = None
+        view = self.expect(code, self.graph.view, unit)
+        if code is not None:
+            return
+        expected = m.units[unit]
+        assert (view.name, view.status, view.since, view.reason) == (
+            unit,
+            expected.status,
+            expected.since,
+            expected.reason,
+        )
+        assert view.ready == (not m.pending_deps(unit))
+        assert [(d.unit, d.required, d.current, d.satisfied) for d in view.dependencies] == [
+            (d, "completed", m.units[d].status, m.units[d].status == "completed")
+            for d in expected.deps
+        ]
+        assert view.dependents == sorted(n for n, u in m.units.items() if unit in u.deps)
+        assert [(t.at, t.from_, t.to, t.reason, t.waited) for t in view.history] == (
+            expected.history[-HISTORY_LIMIT:]
+        )
+
+    # --- invariants, checked after every step ---
 
     @invariant()
-    def matches_the_model(self) -> None:
-        units = self.graph.units
-        assert {n: u.status for n, u in units.items()} == self.model.status
-        assert {n: set(u.deps) for n, u in units.items()} == self.model.deps
+    def statuses_match(self) -> None:
+        units, model = self.graph.units, self.model.units
+        assert {n: u.status for n, u in units.items()} == {n: u.status for n, u in model.items()}
         for name, unit in units.items():
-            assert name not in self.model.reachable(name), "the graph has a cycle"
+            expected = model[name]
+            assert (unit.since, unit.reason, unit.token) == (
+                expected.since,
+                expected.reason,
+                expected.token,
+            )
+
+    @invariant()
+    def edges_match(self) -> None:
+        assert {n: list(u.deps) for n, u in self.graph.units.items()} == {
+            n: u.deps for n, u in self.model.units.items()
+        }
+
+    @invariant()
+    def acyclic(self) -> None:
+        """Computed from the graph itself: no unit reaches itself through its dependencies."""
+        units = self.graph.units
+        for name in units:
+            seen: set[str] = set()
+            todo = list(units[name].deps)
+            while todo:
+                node = todo.pop()
+                assert node != name, f"cycle through {name}"
+                if node not in seen:
+                    seen.add(node)
+                    todo.extend(units[node].deps)
+
+    @invariant()
+    def dependents_are_the_reverse_of_deps(self) -> None:
+        units = self.graph.units
+        for name, unit in units.items():
             assert unit.dependents == {n for n, u in units.items() if name in u.deps}
-            assert len(unit.history) <= HISTORY_LIMIT
-            if unit.history:
-                assert unit.history[-1].to == unit.status
-            assert self.graph.readiness(name).ready == self.model.ready(name)
+
+    @invariant()
+    def history_is_bounded_and_current(self) -> None:
+        for name, unit in self.graph.units.items():
+            history = list(unit.history)
+            assert len(history) <= HISTORY_LIMIT
+            if history:
+                assert history[-1].to == unit.status
+                assert history[-1].at == unit.since
+            expected = self.model.units[name].history[-HISTORY_LIMIT:]
+            assert [(t.at, t.from_, t.to, t.reason, t.waited) for t in history] == expected
+
+    @invariant()
+    def readiness_matches(self) -> None:
+        for name in self.graph.units:
+            readiness = self.graph.readiness(name)
+            failed = self.model.failed_deps(name)
+            assert (readiness.failed is None) == (not failed)
+            if failed:
+                assert readiness.failed in failed
+            else:
+                assert readiness.pending == tuple(self.model.pending_deps(name))
+
+    @invariant()
+    def replay_and_snapshot_agree(self) -> None:
+        """The returned records replayed elsewhere, and a msgpack snapshot, give the same graph."""
+        current = state(self.graph)
+        assert state(self.replica) == current
+        wire = msgspec.msgpack.encode(list(self.graph.images()))
+        restored = Graph.from_images(msgspec.msgpack.decode(wire, type=list[UnitImage]))
+        assert state(restored) == current
 
 
 GraphMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
