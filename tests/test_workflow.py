@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -149,7 +153,59 @@ def test_the_python_context_manager_completes_or_fails_the_unit(
 
 
 def test_importing_the_client_and_cli_does_not_import_trio() -> None:
-    import subprocess
 
     code = "import sys, unitsync.client.client, unitsync.cli.app; sys.exit('trio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def on_a_terminal(*args: str, socket: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Run `unitsync ARGS` with stdout and stderr on a pseudo-terminal; returns (process, pty)."""
+    leader, follower = pty.openpty()
+    env = dict(os.environ, UNITSYNC_SOCKET=str(socket), COLUMNS="100", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+    )
+    os.close(follower)
+    return proc, leader
+
+
+def read_until(fd: int, needle: bytes, limit: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + limit
+    while needle not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # the other side closed
+                break
+    return seen
+
+
+def test_start_on_a_terminal_redraws_one_live_line(agent_process: AgentProcess) -> None:
+    s = sock(agent_process)
+    run_cli("sync", "want", "app", "db", socket=s)
+    proc, terminal = on_a_terminal("sync", "start", "app", socket=s)
+    shown = read_until(terminal, b"waiting for db (")
+    assert b"\r\x1b[Kapp: waiting for db (" in shown  # drawn in place, with the time waited
+    run_cli("sync", "start", "db", socket=s)
+    run_cli("sync", "complete", "db", socket=s)
+    shown = read_until(terminal, b"started after waiting")
+    assert proc.wait(timeout=30) == 0
+    assert b"app: started after waiting" in shown
+    os.close(terminal)
+
+
+def test_watch_on_a_terminal_is_a_live_table(agent_process: AgentProcess) -> None:
+    s = sock(agent_process)
+    run_cli("sync", "want", "claude", "git", socket=s)
+    proc, terminal = on_a_terminal("sync", "status", "--watch", socket=s)
+    assert b"unitsync: every unit" in read_until(terminal, b"Ctrl-C to stop")
+    run_cli("sync", "fail", "git", "--reason", "clone refused", socket=s)
+    assert b"clone refused" in read_until(terminal, b"clone refused")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    os.close(terminal)
