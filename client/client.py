@@ -126,7 +126,17 @@ class Connection:
         try:
             self.sock.sendall(frame)
         except OSError as exc:
-            raise AgentGone(f"lost the connection to the agent at {self.path}: {exc}") from None
+            raise self._why_closed(exc) from None
+
+    def _why_closed(self, exc: OSError) -> UnitsyncError:
+        """The agent may have turned us away and closed: its reason is waiting to be read."""
+        try:
+            reply = self._read(timeout=1.0)
+        except (TimeoutError, UnitsyncError, OSError):
+            return AgentGone(f"lost the connection to the agent at {self.path}: {exc}")
+        if isinstance(reply, Error):
+            return error_from(reply)
+        return AgentGone(f"lost the connection to the agent at {self.path}: {exc}")
 
     def receive(self, timeout: float | None = REPLY_TIMEOUT) -> Reply:
         """Next reply or event; raises TimeoutError when `timeout` seconds pass without one."""

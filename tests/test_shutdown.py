@@ -27,6 +27,7 @@ def test_sigterm_under_load_keeps_every_acknowledged_change(
         watcher = spawn_cli("sync", "status", "--watch", "-o", "json", socket=path, stdout=out)
     assert waiter.stderr is not None and watcher.stderr is not None
     waiter.stderr.readline()  # app: waiting for db
+    wait_for_snapshots(events, 1)  # the watcher is connected
 
     acknowledged: list[str] = []
     stop = threading.Event()
@@ -63,9 +64,7 @@ def test_sigterm_under_load_keeps_every_acknowledged_change(
         client.complete("db")
     _out, err = waiter.communicate(timeout=30)
     assert waiter.returncode == 0, err
-    deadline = time.monotonic() + 30
-    while snapshots(events) < 2 and time.monotonic() < deadline:  # its reconnection backoff
-        time.sleep(0.05)
+    wait_for_snapshots(events, 2)  # reconnected, after its backoff
     watcher.send_signal(signal.SIGINT)
     _out, err = watcher.communicate(timeout=30)
     assert err.count("agent unreachable, reconnecting") == 1
@@ -75,8 +74,15 @@ def test_sigterm_under_load_keeps_every_acknowledged_change(
     assert "changed" in kinds
 
 
-def snapshots(events: Path) -> int:
-    return sum(json.loads(line)["event"] == "snapshot" for line in events.read_text().splitlines())
+def wait_for_snapshots(events: Path, count: int) -> None:
+    """Until the watcher has printed `count` snapshots (bounded: 30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lines = events.read_text().split("\n")[:-1]  # complete lines only
+        if sum(json.loads(line)["event"] == "snapshot" for line in lines) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the watcher printed fewer than {count} snapshots")
 
 
 def test_a_second_sigint_forces_the_exit(agent_process: AgentProcess) -> None:
