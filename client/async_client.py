@@ -28,6 +28,7 @@ from .protocol import (
     Ok,
     Ping,
     Pong,
+    Reassembly,
     Reply,
     Request,
     Reset,
@@ -154,16 +155,10 @@ class AsyncClient:
     async def watch(self, unit: str | None = None) -> AsyncIterator[Snapshot | Changed]:
         """Every change, as it is acknowledged; starts with a snapshot of the view."""
         await self.send(Watch(unit))
-        parts: list[UnitView] = []
+        reassembly = Reassembly()
         while True:
             reply = await self.receive()
             if isinstance(reply, Error):
                 raise error_from(reply)
-            if isinstance(reply, Snapshot):
-                parts += reply.units
-                if reply.more:
-                    continue
-                reply = Snapshot(parts, reply.at)
-                parts = []
-            if isinstance(reply, Snapshot | Changed):
-                yield reply
+            if isinstance(reply, Snapshot | Changed) and (whole := reassembly.event(reply)):
+                yield whole

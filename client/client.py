@@ -30,6 +30,7 @@ from .protocol import (
     Ok,
     Ping,
     Pong,
+    Reassembly,
     Reply,
     Request,
     Reset,
@@ -396,20 +397,15 @@ class Client:
                 with contextlib.closing(Connection(self.path, self.name)) as conn:
                     conn.send(Watch(unit))
                     connected_once = True
-                    parts: list[UnitView] = []
+                    reassembly = Reassembly()
                     while True:
                         event = conn.receive(timeout=None)
                         if isinstance(event, Error):
                             raise error_from(event)
-                        if isinstance(event, Snapshot):
-                            parts += event.units
-                            if event.more:
-                                continue
-                            event = Snapshot(parts, event.at)
-                            parts = []
                         if isinstance(event, Snapshot | Changed):
                             backoff = _Backoff()
-                            yield event
+                            if whole := reassembly.event(event):
+                                yield whole
             except AgentUnavailable as exc:
                 if not connected_once:
                     raise

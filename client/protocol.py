@@ -235,6 +235,23 @@ CHUNK_BUDGET = MAX_FRAME // 2
 """Bytes of unit views per frame, leaving ample room for the rest of the frame."""
 
 
+class Reassembly:
+    """Puts back together a snapshot that came split over several frames (`more`)."""
+
+    def __init__(self) -> None:
+        self._units: list[UnitView] = []
+
+    def event(self, event: Snapshot | Changed) -> Snapshot | Changed | None:
+        """The event to hand on, or None while a split snapshot is still incomplete."""
+        if not isinstance(event, Snapshot):
+            return event
+        self._units += event.units
+        if event.more:
+            return None
+        whole, self._units = Snapshot(self._units, event.at), []
+        return whole
+
+
 def chunked(views: list[UnitView]) -> list[list[UnitView]]:
     """Split views into lists whose frames stay under the limit (always at least one list)."""
     chunks: list[list[UnitView]] = [[]]
