@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,9 +120,8 @@ class BadPeer:
 
 
 @pytest.fixture(scope="module")
-def live_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    import tempfile
-
+def live_agent() -> Iterator[AgentProcess]:
+    """One agent for every example (short socket path: mkdtemp, not pytest's long tmp)."""
     base = Path(tempfile.mkdtemp(prefix="us-fuzz-"))
     agent = AgentProcess(AgentConfig(base / "run" / "agent.sock", base / "state")).start()
     yield agent
