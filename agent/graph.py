@@ -173,7 +173,12 @@ class Graph:
         if status == "completed":
             return []
         if status in (None, "pending") and not force:
-            known = "was never started" if unit else "is not known to the agent"
+            if unit is None:
+                known = "is not known to the agent"
+            elif unit.history:
+                known = "has not been started since it was reset"
+            else:
+                known = "was never started"
             raise Refused(
                 "not_started",
                 f"unit {name!r} {known}; check the name, or use --force to complete it anyway",

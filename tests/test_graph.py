@@ -609,7 +609,8 @@ def test_a_reset_unit_must_be_started_again_before_complete() -> None:
     graph = Graph()
     run(graph, "a", T0)
     graph.reset("a", T0 + 1)
-    refused("not_started", graph.complete, "a", False, T0 + 2)
+    error = refused("not_started", graph.complete, "a", False, T0 + 2)
+    assert "has not been started since it was reset" in error.message
 
 
 # --- history -------------------------------------------------------------------------------
