@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import trio
 from unitsync.agent import files, logfile
 from unitsync.agent.graph import Graph
 from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
-from unitsync.agent.records import UnitImage
+from unitsync.agent.records import Known, UnitImage
 
 
 def images(graph: Graph) -> list[UnitImage]:
@@ -253,6 +254,40 @@ async def test_compaction_keeps_state_and_shrinks_the_log(tmp_path: Path) -> Non
     assert journal.generation > 1
     assert (tmp_path / LOG_NAME).stat().st_size < 50 * 100
     assert images(reopen(tmp_path)) == images(graph)
+
+
+def _entry_with_body(body: bytes) -> bytes:
+    return logfile.ENTRY_HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+BAD_ENTRIES = {
+    "impossible entry length 0": logfile.ENTRY_HEADER.pack(0, 0),
+    "entry fails its checksum": logfile.ENTRY_HEADER.pack(3, 12345) + b"abc",
+    "entry passes its checksum but does not decode": _entry_with_body(b"\x91\xc0"),
+}
+
+
+@pytest.mark.parametrize("why", BAD_ENTRIES)
+def test_damage_is_named_and_located(why: str) -> None:
+    good = logfile.entry([Known("a", 1.0)])
+    head = logfile.log_header(0)
+    data = head + good + BAD_ENTRIES[why] + good
+    with pytest.raises(logfile.Damaged) as caught:
+        list(logfile.entries(data, logfile.Scan(end=len(head))))
+    assert str(caught.value) == f"{why} at byte offset {len(head) + len(good)}"
+
+
+@pytest.mark.parametrize(
+    ("tail", "why"),
+    [(b"\x00\x00", "incomplete entry header"), (b"\x00\x00\x00\x09....", "runs past the end")],
+)
+def test_a_torn_tail_is_named_and_the_rest_is_kept(tail: bytes, why: str) -> None:
+    head = logfile.log_header(0)
+    good = logfile.entry([Known("a", 1.0)])
+    scan = logfile.Scan(end=len(head))
+    assert list(logfile.entries(head + good + tail, scan)) == [[Known("a", 1.0)]]
+    assert scan.end == len(head + good) and scan.count == 1
+    assert scan.torn is not None and why in scan.torn
 
 
 def test_a_log_newer_than_its_snapshot_is_refused(tmp_path: Path) -> None:
