@@ -109,23 +109,36 @@ async def _serve_requests(service: Service, frames: FrameStream, limits: Limits)
     """Requests until the peer hangs up or runs out of time.
 
     One timer for the whole connection (a scope per request costs more than the request):
-    its deadline is the idle timeout between requests, the frame timeout within one, and
-    none while a request is served, so waits and watches are never cut short.
+    its deadline is the idle timeout between requests, the frame timeout while a frame
+    arrives in pieces, and none while a `start` or `watch` is served, so they are never
+    cut short. Moving a deadline costs about as much as a small request, so a busy
+    connection moves its idle deadline only once it is 1% stale.
     """
     with trio.CancelScope() as timer:
         while True:
-            timer.deadline = trio.current_time() + limits.idle_timeout
+            _push_back(timer, limits.idle_timeout)
             if not frames.buffer and not await frames.read_more():
                 return
-            timer.deadline = trio.current_time() + limits.frame_timeout
+            in_pieces = not frames.holds_frame()
+            if in_pieces:
+                timer.deadline = trio.current_time() + limits.frame_timeout
             body = await frames.receive()
             if body is None:
                 return
-            timer.deadline = math.inf
-            await _serve_frame(service, frames, body)
+            request = _decode(body)
+            if in_pieces or isinstance(request, Start | Watch):
+                timer.deadline = math.inf
+            await _serve(service, frames, request)
     if frames.buffer:
         raise Stalled(f"incomplete frame: nothing more arrived for {limits.frame_timeout:g}s")
     raise PeerGone(f"idle for {limits.idle_timeout:g}s")
+
+
+def _push_back(timer: trio.CancelScope, seconds: float) -> None:
+    """Set the deadline `seconds` from now, unless it already is, give or take 1%."""
+    deadline = trio.current_time() + seconds
+    if not deadline - seconds / 100 <= timer.deadline <= deadline:
+        timer.deadline = deadline
 
 
 async def _admit_peer(frames: FrameStream) -> bool:
@@ -170,12 +183,15 @@ async def _greet(frames: FrameStream, body: bytes) -> bool:
     return True
 
 
-async def _serve_frame(service: Service, frames: FrameStream, body: bytes) -> None:
+def _decode(body: bytes) -> object:
+    """The request in a frame, or the error that answers a frame that is not one."""
     try:
-        request = request_decoder.decode(body)
+        return request_decoder.decode(body)
     except msgspec.DecodeError as exc:
-        await frames.send(Error("protocol", f"invalid request: {exc}"))
-        return
+        return Error("protocol", f"invalid request: {exc}")
+
+
+async def _serve(service: Service, frames: FrameStream, request: object) -> None:
     try:
         reply = await _dispatch(service, frames, request)
     except Refused as exc:
@@ -215,6 +231,8 @@ async def _dispatch(service: Service, frames: FrameStream, request: object) -> m
             return await _watch(service, frames, request)
         case Hello():
             return Error("protocol", "hello may only be sent once, as the first frame")
+        case Error():  # the frame did not decode
+            return request
     return Error("protocol", f"unexpected request {type(request).__name__}")
 
 

@@ -40,6 +40,12 @@ class FrameStream:
         del self.buffer[: HEADER.size + size]
         return body
 
+    def holds_frame(self) -> bool:
+        """Is a whole frame already buffered? Raises FrameTooLarge like `receive`."""
+        if len(self.buffer) < HEADER.size:
+            return False
+        return len(self.buffer) >= HEADER.size + body_length(bytes(self.buffer[: HEADER.size]))
+
     async def read_more(self) -> bool:
         """Read whatever arrives next into the buffer; False at end of stream."""
         chunk = await self.stream.receive_some(RECEIVE_SIZE)

@@ -16,7 +16,17 @@ from unitsync.agent.connection import Limits
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import AgentUnavailable, Client
-from unitsync.client.protocol import PROTOCOL_VERSION, Error, Hello, Ping, encode, reply_decoder
+from unitsync.client.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    Hello,
+    Ping,
+    Start,
+    Started,
+    Waiting,
+    encode,
+    reply_decoder,
+)
 
 LIMITS = Limits(hello_timeout=0.5, frame_timeout=0.5, idle_timeout=1.0, max_connections=8)
 
@@ -147,3 +157,30 @@ async def test_a_long_wait_is_not_an_idle_connection(
         await admin.start("db")
         await admin.complete("db")
     await done.wait()
+
+
+async def test_a_start_sent_in_pieces_still_waits_past_the_frame_timeout(
+    strict: AgentConfig,
+) -> None:
+    async with await AsyncClient.connect(strict.socket) as admin:
+        await admin.want("app", "db")
+    slow = await (await Peer(strict).connect()).hello()
+    frame = encode(Start("app"))
+    await slow.sock.send(frame[:5])
+    await trio.sleep(LIMITS.frame_timeout / 2)
+    await slow.sock.send(frame[5:])
+    assert isinstance(await slow.frame(), Waiting)
+    await trio.sleep(LIMITS.frame_timeout * 2)  # the wait outlasts the frame's timeout
+    async with await AsyncClient.connect(strict.socket) as admin:
+        await admin.start("db")
+        await admin.complete("db")
+    started = await slow.frame()
+    assert isinstance(started, Started) and started.unit == "app"
+
+
+async def test_a_busy_connection_is_never_idle(strict: AgentConfig) -> None:
+    async with await AsyncClient.connect(strict.socket) as client:
+        with trio.move_on_after(LIMITS.idle_timeout * 3):
+            while True:  # requests for longer than the idle timeout, none of them refused
+                assert (await client.ping()).pid > 0
+                await trio.sleep(LIMITS.idle_timeout / 10)
