@@ -86,10 +86,9 @@ async def serve_connection(service: Service, stream: trio.SocketStream, limits: 
             if not await _admit_peer(frames) or not await _handshake(frames, limits):
                 return
             await _serve_requests(service, frames, limits)
-        except FrameTooLarge as exc:
-            await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
-        except Stalled as exc:
-            await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
+        except (FrameTooLarge, Stalled) as exc:
+            with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
+                await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
         except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -111,9 +110,11 @@ async def _serve_requests(service: Service, frames: FrameStream, limits: Limits)
     One timer for the whole connection (a scope per request costs more than the request):
     its deadline is the idle timeout between requests, the frame timeout while a frame
     arrives in pieces, and none while a `start` or `watch` is served, so they are never
-    cut short. Moving a deadline costs about as much as a small request, so a busy
-    connection moves its idle deadline only once it is 1% stale.
+    cut short; a peer that does not read its replies for the idle timeout is dropped.
+    Moving a deadline costs about as much as a small request, so a busy connection
+    moves its idle deadline only once it is 1% stale.
     """
+    serving = False
     with trio.CancelScope() as timer:
         while True:
             _push_back(timer, limits.idle_timeout)
@@ -128,7 +129,11 @@ async def _serve_requests(service: Service, frames: FrameStream, limits: Limits)
             request = _decode(body)
             if in_pieces or isinstance(request, Start | Watch):
                 timer.deadline = math.inf
+            serving = True
             await _serve(service, frames, request)
+            serving = False
+    if serving:  # a reply may be half sent: the connection is beyond saving
+        raise PeerGone(f"no reply could be sent for {limits.idle_timeout:g}s")
     if frames.buffer:
         raise Stalled(f"incomplete frame: nothing more arrived for {limits.frame_timeout:g}s")
     raise PeerGone(f"idle for {limits.idle_timeout:g}s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -97,12 +98,27 @@ async def test_a_peer_that_never_reads_its_replies_blocks_only_itself(
 ) -> None:
     hoarder = await (await Peer(strict).connect()).hello()
     hoarder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    with trio.move_on_after(2):
-        for _ in range(20_000):  # pipelined requests, no reads: its replies pile up
+    sent = 0
+    with trio.move_on_after(LIMITS.idle_timeout / 2):
+        while True:  # pipelined requests, no reads: its replies pile up
             await hoarder.sock.send(encode(Ping()))
+            sent += 1
     assert await ping_works(strict)
-    hoarder.sock.close()
+    await trio.sleep(LIMITS.idle_timeout * 2)
     assert await ping_works(strict)
+    # Having read nothing for the idle timeout, it was dropped: its replies stop short.
+    received = b""
+    with trio.fail_after(LIMITS.idle_timeout * 5), contextlib.suppress(ConnectionResetError):
+        while chunk := await hoarder.sock.recv(65536):
+            received += chunk
+    assert complete_frames(received) < sent
+
+
+def complete_frames(data: bytes) -> int:
+    count = 0
+    while len(data) >= 4 and len(data) >= 4 + (size := struct.unpack(">I", data[:4])[0]):
+        data, count = data[4 + size :], count + 1
+    return count
 
 
 async def test_a_peer_that_hangs_up_mid_request_leaves_nothing_behind(
