@@ -12,6 +12,7 @@ import argparse
 import compileall
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -137,8 +138,27 @@ async def release(socket: Path, gate: str) -> float:
 # --- the figures ---------------------------------------------------------------------------
 
 
+def python_speed() -> Figure:
+    """A shared machine's speed drifts during a run: read the other figures beside this."""
+
+    def loop() -> float:
+        started, total = time.perf_counter(), 0
+        for i in range(1_000_000):
+            total += i
+        return time.perf_counter() - started
+
+    best = min(loop() for _ in range(5))
+    return Figure(
+        "pure-Python speed now: a 1,000,000-step loop",
+        f"{best * 1000:.0f} ms",
+        "(reference)",
+        None,
+        "best of 5",
+    )
+
+
 def cli_ping(runs: int = 30) -> Figure:
-    compileall.compile_dir(ROOT, quiet=1, rx=__import__("re").compile(r"/(\.venv|tests|bench)/"))
+    compileall.compile_dir(ROOT, quiet=1, rx=re.compile(r"/(\.venv|tests|bench)/"))
     base = [sys.executable, "-c", "import cyclopts, msgspec"]
     with agent() as (socket, _proc):
         ping = [str(UNITSYNC), "sync", "ping", "--socket", str(socket)]
@@ -447,12 +467,14 @@ def main() -> None:
     args = parser.parse_args()
     print(machine(), flush=True)
     steps: list[Callable[[], Figure | list[Figure]]] = [
+        python_speed,
         cli_ping,
         wake_one,
         wake_many,
         throughput,
         restart,
         rss,
+        python_speed,
     ]
     figures: list[Figure] = []
     for step in steps:
