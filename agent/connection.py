@@ -168,10 +168,7 @@ async def _handshake(frames: FrameStream, limits: Limits) -> bool:
 
 
 async def _greet(frames: FrameStream, body: bytes) -> bool:
-    try:
-        hello = request_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        hello = exc
+    hello = _decode(body)
     if not isinstance(hello, Hello):
         await frames.send(Error("protocol", "the first frame must be a hello stating the version"))
         return False
