@@ -83,7 +83,9 @@ Request = Hello | Ping | Want | Start | Complete | Fail | Reset | Status | Watch
 # --- views of the agent's state ------------------------------------------------------------
 
 
-class Transition(msgspec.Struct, frozen=True):
+class Transition(msgspec.Struct, frozen=True, gc=False):
+    """One entry of a unit's history: plain values, never in a cycle, so not GC-tracked."""
+
     at: float
     """Unix time of the change."""
     from_: State = msgspec.field(name="from")
