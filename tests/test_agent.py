@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -24,6 +25,7 @@ from unitsync.client.protocol import (
     Hello,
     Ping,
     Pong,
+    Snapshot,
     Start,
     Started,
     Waiting,
@@ -367,3 +369,30 @@ async def test_an_overlong_reason_is_refused(agent: Service, config: AgentConfig
     async with await connect(config) as client:
         with pytest.raises(Refused, match="longer than 4096 bytes"):
             await client.fail("a", "x" * 4097)
+
+
+async def test_a_start_given_up_leaves_the_async_client_usable(
+    agent: Service, config: AgentConfig
+) -> None:
+    async with await connect(config) as client:
+        await client.want("app", "db")
+        with trio.move_on_after(0.2) as gave_up:
+            await client.start("app")  # db never completes
+        assert gave_up.cancelled_caught
+        # The next call gets its own reply, not the abandoned start's; the agent forgot the wait.
+        assert (await client.complete("db", force=True)).message == "db completed"
+        await trio.testing.wait_all_tasks_blocked()
+        [app] = await client.status("app")
+        assert (app.status, app.waiters) == ("pending", 0)
+
+
+async def test_a_watch_left_early_leaves_the_async_client_usable(
+    agent: Service, config: AgentConfig
+) -> None:
+    async with await connect(config) as client:
+        await client.want("app", "db")
+        events = client.watch()
+        async with contextlib.aclosing(events):
+            assert isinstance(await anext(events), Snapshot)
+        assert (await client.ping()).pid == os.getpid()
+        assert (await client.want("app", "cache")).message == "app now wants cache"

@@ -200,3 +200,12 @@ async def test_a_busy_connection_is_never_idle(strict: AgentConfig) -> None:
             while True:  # requests for longer than the idle timeout, none of them refused
                 assert (await client.ping()).pid > 0
                 await trio.sleep(LIMITS.idle_timeout / 10)
+
+
+async def test_an_async_client_carries_on_after_its_idle_connection_is_closed(
+    strict: AgentConfig,
+) -> None:
+    async with await AsyncClient.connect(strict.socket) as client:
+        await client.want("a", "b")
+        await trio.sleep(LIMITS.idle_timeout * 2)  # the agent closes the idle connection
+        assert (await client.want("c", "d")).message == "c now wants d"
