@@ -1,6 +1,6 @@
 """Every SPEC §6 figure, measured on real agents, printed next to its target.
 
-    python bench/run.py            # the SPEC §6 figures (about a minute)
+    python bench/run.py            # the SPEC §6 figures (about two minutes)
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
 
 Medians (and p99 for latencies) from one run; nothing here is a test.
