@@ -44,6 +44,7 @@ from unitsync.client.protocol import (
     Welcome,
     chunked,
     request_decoder,
+    take_frame,
 )
 from unitsync.client.trio_stream import FrameStream, PeerGone
 
@@ -120,12 +121,13 @@ async def _serve_requests(service: Service, frames: FrameStream, limits: Limits)
             _push_back(timer, limits.idle_timeout)
             if not frames.buffer and not await frames.read_more():
                 return
-            in_pieces = not frames.holds_frame()
+            body = take_frame(frames.buffer)
+            in_pieces = body is None
             if in_pieces:
                 timer.deadline = trio.current_time() + limits.frame_timeout
-            body = await frames.receive()
-            if body is None:
-                return
+                body = await frames.receive()
+                if body is None:
+                    return
             request = _decode(body)
             if in_pieces or isinstance(request, Start | Watch):
                 timer.deadline = math.inf

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from unitsync.client.protocol import (
-    HEADER,
     PROTOCOL_VERSION,
     Fail,
     Hello,
@@ -21,6 +20,7 @@ from unitsync.client.protocol import (
     Welcome,
     encode,
     reply_decoder,
+    take_frame,
 )
 
 
@@ -56,14 +56,8 @@ class Connection:
         return acks
 
     def _next_reply(self) -> object | None:
-        if len(self.buffer) < HEADER.size:
-            return None
-        (size,) = HEADER.unpack_from(self.buffer)
-        if len(self.buffer) < HEADER.size + size:
-            return None
-        body = bytes(self.buffer[HEADER.size : HEADER.size + size])
-        del self.buffer[: HEADER.size + size]
-        return reply_decoder.decode(body)
+        body = take_frame(self.buffer)
+        return None if body is None else reply_decoder.decode(body)
 
 
 def fail_loop(path: Path, clients: int, seconds: float) -> int:

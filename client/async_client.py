@@ -65,8 +65,8 @@ class AsyncClient:
         self.welcome = Welcome(PROTOCOL_VERSION, "", 0)
         self._in_step = True
         """False from sending a request until its last reply has been read."""
-        self._served = False
-        """This connection has answered a request: the agent may since have closed it as idle."""
+        self._used = False
+        """This connection has carried a request: the agent may since have closed it as idle."""
 
     @classmethod
     async def connect(cls, socket_path: str | Path | None = None) -> AsyncClient:
@@ -97,7 +97,7 @@ class AsyncClient:
         await self.aclose()
         self.frames = FrameStream(await _open(self.path))
         await self._hello()
-        self._in_step, self._served = True, False
+        self._in_step, self._used = True, False
 
     # --- raw frames ------------------------------------------------------------------------
 
@@ -121,14 +121,14 @@ class AsyncClient:
     async def _request(self, request: Request) -> None:
         if not self._in_step:
             await self._reconnect()
-        self._in_step = False
+        self._in_step, self._used = False, True
         await self.send(request)
 
     async def _reply(self, expect: type[R] | UnionType) -> R:
         """The next reply of the exchange; an error reply ends the exchange and is raised."""
         reply = await self.receive()
         if isinstance(reply, Error):
-            self._in_step = self._served = True
+            self._in_step = True
             raise error_from(reply)
         if not isinstance(reply, expect):
             raise AgentGone(f"the agent sent an unexpected {type(reply).__name__}")
@@ -136,7 +136,7 @@ class AsyncClient:
 
     async def _call(self, request: Request, expect: type[R]) -> R:
         """One request and its reply (the first, if more follow: `more` continues it)."""
-        reused = self._in_step and self._served
+        reused = self._in_step and self._used
         try:
             await self._request(request)
             reply = await self._reply(expect)
@@ -149,7 +149,6 @@ class AsyncClient:
             await self._request(request)
             reply = await self._reply(expect)
         self._in_step = not getattr(reply, "more", False)
-        self._served = True
         return reply
 
     # --- requests --------------------------------------------------------------------------
@@ -190,7 +189,7 @@ class AsyncClient:
         while True:
             reply = await self._reply(Started | Waiting)
             if isinstance(reply, Started):
-                self._in_step, self._served = True, True
+                self._in_step = True
                 return reply
             if on_progress is not None:
                 await on_progress(reply)

@@ -20,7 +20,6 @@ import msgspec
 from . import __version__
 from .paths import default_socket
 from .protocol import (
-    HEADER,
     PROTOCOL_VERSION,
     Changed,
     Complete,
@@ -44,9 +43,9 @@ from .protocol import (
     Want,
     Watch,
     Welcome,
-    body_length,
     encode,
     reply_decoder,
+    take_frame,
 )
 
 CONNECT_TIMEOUT = 5.0
@@ -152,34 +151,30 @@ class Connection:
 
     def _read(self, timeout: float | None) -> Reply:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._fill(HEADER.size, deadline)
-        size = body_length(bytes(self.buffer[: HEADER.size]))
-        self._fill(HEADER.size + size, deadline)
-        body = bytes(self.buffer[HEADER.size : HEADER.size + size])
-        del self.buffer[: HEADER.size + size]
+        while (body := take_frame(self.buffer)) is None:
+            self._read_more(deadline)
         try:
             return reply_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise AgentGone(f"the agent sent a frame this client cannot read: {exc}") from None
 
-    def _fill(self, size: int, deadline: float | None) -> None:
-        while len(self.buffer) < size:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                self.sock.settimeout(remaining)
-            else:
-                self.sock.settimeout(None)
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                raise
-            except OSError as exc:
-                raise AgentGone(f"lost the connection to the agent at {self.path}: {exc}") from None
-            if not chunk:
-                raise AgentGone(f"the agent at {self.path} closed the connection")
-            self.buffer += chunk
+    def _read_more(self, deadline: float | None) -> None:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.sock.settimeout(remaining)
+        else:
+            self.sock.settimeout(None)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise AgentGone(f"lost the connection to the agent at {self.path}: {exc}") from None
+        if not chunk:
+            raise AgentGone(f"the agent at {self.path} closed the connection")
+        self.buffer += chunk
 
     def close(self) -> None:
         self.sock.close()

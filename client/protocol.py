@@ -225,12 +225,22 @@ def encode(message: msgspec.Struct) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def body_length(header: bytes) -> int:
-    """Length announced by a frame header; raises FrameTooLarge past the limit."""
-    (size,) = HEADER.unpack(header)
+def take_frame(buffer: bytearray) -> bytes | None:
+    """Remove the first whole frame from `buffer` and return its body; None until one is in.
+
+    Raises FrameTooLarge as soon as a header announces more than MAX_FRAME bytes.
+    """
+    if len(buffer) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack_from(buffer)
     if size > MAX_FRAME:
         raise FrameTooLarge(size)
-    return size
+    end = HEADER.size + size
+    if len(buffer) < end:
+        return None
+    body = bytes(buffer[HEADER.size : end])
+    del buffer[:end]
+    return body
 
 
 CHUNK_BUDGET = MAX_FRAME // 2

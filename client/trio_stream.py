@@ -15,7 +15,7 @@ import os
 import msgspec
 import trio
 
-from .protocol import HEADER, body_length, encode
+from .protocol import encode, take_frame
 
 RECEIVE_SIZE = 65536
 
@@ -41,22 +41,12 @@ class FrameStream:
 
         Raises FrameTooLarge when the header announces more than MAX_FRAME bytes.
         """
-        if not await self._fill(HEADER.size):
-            if self.buffer:
-                raise PeerGone("closed in the middle of a frame header")
-            return None
-        size = body_length(bytes(self.buffer[: HEADER.size]))
-        if not await self._fill(HEADER.size + size):
-            raise PeerGone("closed in the middle of a frame")
-        body = bytes(self.buffer[HEADER.size : HEADER.size + size])
-        del self.buffer[: HEADER.size + size]
+        while (body := take_frame(self.buffer)) is None:
+            if not await self.read_more():
+                if self.buffer:
+                    raise PeerGone("closed in the middle of a frame")
+                return None
         return body
-
-    def holds_frame(self) -> bool:
-        """Is a whole frame already buffered? Raises FrameTooLarge like `receive`."""
-        if len(self.buffer) < HEADER.size:
-            return False
-        return len(self.buffer) >= HEADER.size + body_length(bytes(self.buffer[: HEADER.size]))
 
     async def read_more(self) -> bool:
         """Read whatever arrives next into the buffer; False at end of stream.
@@ -103,9 +93,3 @@ class FrameStream:
         if fd < 0:
             raise trio.ClosedResourceError("the connection is closed")
         return fd
-
-    async def _fill(self, size: int) -> bool:
-        while len(self.buffer) < size:
-            if not await self.read_more():
-                return False
-        return True
