@@ -14,26 +14,32 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import NoReturn
 
 import msgspec
 import trio
 
-from unitsync.client import __version__
-from unitsync.client.protocol import (
+from unitsync.wire import __version__
+from unitsync.wire.errors import ProtocolError, UnitsyncError, to_reply
+from unitsync.wire.frame_stream import FrameStream, PeerGone
+from unitsync.wire.framing import (
     HEADER,
     MAX_FRAME,
+    FrameTooLarge,
+    chunked,
+    decode_request,
+    take_frame,
+)
+from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
     Changed,
     Complete,
     Error,
     Fail,
-    FrameTooLarge,
+    FullView,
     Hello,
     Ping,
     Reset,
-    Snapshot,
     Start,
     Status,
     StatusReply,
@@ -42,16 +48,12 @@ from unitsync.client.protocol import (
     Want,
     Watch,
     Welcome,
-    chunked,
-    request_decoder,
-    take_frame,
 )
-from unitsync.client.trio_stream import FrameStream, PeerGone
 
-from .graph import Refused
+from .broadcast import Watcher
+from .limits import Limits
 from .listener import peer_uid
-from .service import Service, refusal
-from .watch import Watcher
+from .service import Service
 
 log = logging.getLogger("unitsync.agent")
 
@@ -60,19 +62,6 @@ GOODBYE_TIMEOUT = 1.0
 SHUTTING_DOWN = Error(
     "shutting_down", "the agent is shutting down; a waiting start reconnects to the next one"
 )
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one connection may cost the agent. Waits and watches are never timed out."""
-
-    hello_timeout: float = 10.0
-    """From connecting to a complete hello."""
-    frame_timeout: float = 10.0
-    """From a frame's first byte to its last: a peer stalling mid-frame is dropped."""
-    idle_timeout: float = 600.0
-    """Between requests: an idle connection is closed (clients reconnect)."""
-    max_connections: int = 16_384
 
 
 class Stalled(Exception):
@@ -171,6 +160,9 @@ async def _handshake(frames: FrameStream, limits: Limits) -> bool:
 
 async def _greet(frames: FrameStream, body: bytes) -> bool:
     hello = _decode(body)
+    if isinstance(hello, Error):  # it did not decode: say why
+        await frames.send(hello)
+        return False
     if not isinstance(hello, Hello):
         await frames.send(Error("protocol", "the first frame must be a hello stating the version"))
         return False
@@ -190,16 +182,16 @@ async def _greet(frames: FrameStream, body: bytes) -> bool:
 def _decode(body: bytes) -> object:
     """The request in a frame, or the error that answers a frame that is not one."""
     try:
-        return request_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        return Error("protocol", f"invalid request: {exc}")
+        return decode_request(body)
+    except ProtocolError as exc:
+        return to_reply(exc)
 
 
 async def _serve(service: Service, frames: FrameStream, request: object) -> None:
     try:
         reply = await _dispatch(service, frames, request)
-    except Refused as exc:
-        reply = refusal(exc)
+    except UnitsyncError as exc:
+        reply = to_reply(exc)
     if isinstance(reply, StatusReply):
         await _send_units(frames, StatusReply, reply.units, reply.at)
     else:
@@ -207,7 +199,7 @@ async def _serve(service: Service, frames: FrameStream, request: object) -> None
 
 
 async def _send_units(
-    frames: FrameStream, kind: type[StatusReply | Snapshot], units: list[UnitView], at: float
+    frames: FrameStream, kind: type[StatusReply | FullView], units: list[UnitView], at: float
 ) -> None:
     """A list of units as one or more frames, each under the frame limit."""
     parts = chunked(units)
@@ -252,8 +244,6 @@ async def _start(service: Service, frames: FrameStream, request: Start) -> msgsp
 
     try:
         return await service.start(request, progress, idle)
-    except Refused as exc:
-        return refusal(exc)
     except trio.Cancelled:  # the agent is shutting down: say so, then go
         await _say_goodbye(frames)
         raise
@@ -268,11 +258,11 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
 
         async def stream() -> None:
             await service.commit([])  # what the snapshot shows is on disk
-            await _send_units(frames, Snapshot, service.views(wanted), time.time())
+            await _send_units(frames, FullView, service.views(wanted), time.time())
             while True:
                 views = await watcher.next()
                 if views is None:  # fell behind: start again from the present
-                    await _send_units(frames, Snapshot, service.views(wanted), time.time())
+                    await _send_units(frames, FullView, service.views(wanted), time.time())
                 for view in views or ():
                     await frames.send(Changed(view, at=time.time()))
 

@@ -1,61 +1,48 @@
-"""The unit graph and its state machine: plain Python, no I/O, no trio.
+"""The unit graph: plain Python, no I/O, no trio.
 
-Commands (`want`, `admit`, `start`, `complete`, `fail`, `reset`) validate their
-arguments against the current state, raise `Refused` without changing anything
-when they must, and otherwise return the records they applied. `apply` is the
-only place that mutates the graph, so replaying a journal and serving a live
-request go through exactly the same code.
+Commands (`want`, `admit`, `start`, `complete`, `fail`, `reset`) look up what they may
+do in the state machine's table (`machine.MOVES`), raise `Refused` without changing
+anything when they must, and otherwise return the records they applied. `apply` is the
+only place that mutates the graph, so replaying a journal and serving a live request
+go through exactly the same code. Making the records durable is the service's job.
 """
 
 from __future__ import annotations
 
-import datetime
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from unitsync.client.protocol import Dependency, ErrorCode, State, Transition, UnitView
+from unitsync.wire.errors import Refused
+from unitsync.wire.timefmt import timestamp
 
-from .records import Edge, Known, Move, Record, UnitImage
+from .machine import COMPLETE, FAIL, RESET, START, Command, Go, Refuse, State, Stay, outcome
+from .records import Edge, HistoryEntry, Known, Move, Record, UnitImage
 
 HISTORY_LIMIT = 100
+"""Transitions kept per unit: an agent that runs for months does not grow without bound."""
 MAX_NAME_BYTES = 255
 MAX_REASON_BYTES = 4096
 """Keeps a unit's view (100 transitions with reasons) far below one frame."""
 
 
-class Refused(Exception):
-    """A command the graph will not carry out; the message says what to do instead."""
-
-    def __init__(
-        self, code: ErrorCode, message: str, unit: str | None = None, dependency: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.unit = unit
-        self.dependency = dependency
-
-
 def check_name(name: str) -> None:
     """Enforce SPEC §1: non-empty UTF-8, at most 255 bytes, no control characters."""
     if not name:
-        raise Refused("invalid", "a unit name must not be empty")
+        raise Refused("a unit name must not be empty")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
-        raise Refused("invalid", f"unit name {name!r} is not valid UTF-8") from None
+        raise Refused(f"unit name {name!r} is not valid UTF-8") from None
     if size > MAX_NAME_BYTES:
         raise Refused(
-            "invalid",
-            f"unit name {name[:40]!r}... is {size} bytes long; the limit is {MAX_NAME_BYTES} bytes",
+            f"unit name {name[:40]!r}... is {size} bytes long; the limit is {MAX_NAME_BYTES} bytes"
         )
     for char in name:
         if ord(char) < 0x20 or ord(char) == 0x7F:
             raise Refused(
-                "invalid",
                 f"unit name {name!r} contains the control character U+{ord(char):04X}; "
-                "control characters (U+0000-U+001F, U+007F) are not allowed",
+                "control characters (U+0000-U+001F, U+007F) are not allowed"
             )
 
 
@@ -70,7 +57,7 @@ class Unit:
     deps: dict[str, None] = field(default_factory=dict)
     """Units this one wants, in declaration order (a dict used as an ordered set)."""
     dependents: set[str] = field(default_factory=set)
-    history: deque[Transition] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
+    history: deque[HistoryEntry] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
 
 
 @dataclass(frozen=True)
@@ -97,7 +84,7 @@ class Graph:
         if kind is Move:
             unit = self.units[record.unit]
             unit.history.append(
-                Transition(record.at, unit.status, record.to, record.reason, record.waited)
+                HistoryEntry(record.at, unit.status, record.to, record.reason, record.waited)
             )
             unit.status, unit.since, unit.reason = record.to, record.at, record.reason
             if record.to == "started":
@@ -108,7 +95,8 @@ class Graph:
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
 
-    def _commit(self, records: list[Record]) -> list[Record]:
+    def _applied(self, records: list[Record]) -> list[Record]:
+        """Apply `records` in memory and hand them back (for the service to make durable)."""
         for record in records:
             self.apply(record)
         return records
@@ -119,17 +107,17 @@ class Graph:
         """Declare that `name` depends on each of `deps`; all or nothing."""
         deps = list(dict.fromkeys(deps))
         if not deps:
-            raise Refused("invalid", "want needs at least one dependency", unit=name)
+            raise Refused("want needs at least one dependency", unit=name)
         for each in (name, *deps):
             check_name(each)
         if name in deps:
-            raise Refused("invalid", f"unit {name!r} cannot depend on itself", unit=name)
+            raise Refused(f"unit {name!r} cannot depend on itself", unit=name)
         new_edges = [dep for dep in deps if dep not in self._deps(name)]
         for dep in new_edges:
             cycle = self._path(dep, name)
             if cycle:
                 path = " -> ".join([name, *cycle])
-                raise Refused("cycle", f"dependency would close a cycle: {path}", unit=name)
+                raise Refused(f"dependency would close a cycle: {path}", code="cycle", unit=name)
         records: list[Record] = [Known(n, now) for n in (name, *new_edges) if n not in self.units]
         records += [Edge(name, dep) for dep in new_edges]
         notes = []
@@ -138,83 +126,78 @@ class Graph:
             notes.append(
                 f"{name} is already {unit.status}; the new dependencies apply to its next start"
             )
-        return self._commit(records), notes
+        return self._applied(records), notes
 
     def admit(self, name: str, rerun: bool, now: float) -> list[Record]:
-        """First step of `start`: register the unit and refuse a second concurrent run."""
-        check_name(name)
-        unit = self.units.get(name)
-        if unit is None:
-            return self._commit([Known(name, now)])
-        if unit.status == "started" and not rerun:
-            raise Refused(
-                "already_started",
-                f"unit {name!r} already started at {_clock(unit.since)}; "
-                "use --rerun to start a new run",
-                unit=name,
-            )
-        return []
+        """First step of `start`: register the unit, refuse a second concurrent run early."""
+        self._decide(name, START, {"rerun"} if rerun else set())
+        return self._applied(self._known(name, now))
 
     def start(
         self, name: str, rerun: bool, now: float, token: str = "", waited: float | None = None
     ) -> list[Record]:
-        """Mark a ready unit started (the last step of `start`)."""
+        """Last step of `start`, once the unit is ready; decided afresh, as another start
+        may have begun a run while this one waited."""
         readiness = self.readiness(name)
         if not readiness.ready:
             raise AssertionError(f"start of {name!r} before it is ready: {readiness}")
-        known = self.admit(name, rerun, now)
-        reason = "" if self.units[name].status == "pending" else "new run"
-        return known + self._commit([Move(name, "started", now, reason, token, waited)])
+        return self._move(name, START, {"rerun"} if rerun else set(), now, token, waited)
 
     def complete(self, name: str, force: bool, now: float) -> list[Record]:
-        check_name(name)
-        unit = self.units.get(name)
-        status = unit.status if unit else None
-        if status == "completed":
-            return []
-        if status in (None, "pending") and not force:
-            if unit is None:
-                known = "is not known to the agent"
-            elif unit.history:
-                known = "has not been started since it was reset"
-            else:
-                known = "was never started"
-            raise Refused(
-                "not_started",
-                f"unit {name!r} {known}; check the name, or use --force to complete it anyway",
-                unit=name,
-            )
-        records: list[Record] = [] if unit else [Known(name, now)]
-        reason = "forced" if status in (None, "pending") else ""
-        return self._commit([*records, Move(name, "completed", now, reason)])
+        return self._move(name, COMPLETE, {"force"} if force else set(), now)
 
     def fail(self, name: str, reason: str, now: float) -> list[Record]:
-        check_name(name)
         if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
+            check_name(name)
             raise Refused(
-                "invalid",
                 f"the reason is longer than {MAX_REASON_BYTES} bytes; shorten it "
                 "(put long logs in a file and name the file)",
                 unit=name,
             )
-        records: list[Record] = [] if name in self.units else [Known(name, now)]
-        return self._commit([*records, Move(name, "failed", now, reason)])
+        return self._move(name, FAIL, set(), now, reason=reason)
 
     def reset(self, name: str | None, now: float) -> list[Record]:
         """Back to pending, edges kept; `None` resets every unit."""
-        if name is None:
-            names: Iterable[str] = list(self.units)
-            records: list[Record] = []
-        else:
-            check_name(name)
-            names = [name]
-            records = [] if name in self.units else [Known(name, now)]
-        records += [
-            Move(n, "pending", now, "reset")
-            for n in names
-            if n in self.units and self.units[n].status != "pending"
-        ]
-        return self._commit(records)
+        if name is not None:
+            return self._move(name, RESET, set(), now)
+        return self._applied(
+            [
+                Move(n, "pending", now, "reset")
+                for n, unit in self.units.items()
+                if unit.status != "pending"
+            ]
+        )
+
+    # --- the table, applied ----------------------------------------------------------------
+
+    def _decide(self, name: str, command: Command, overrides: set[str]) -> Go | Stay:
+        """The table's outcome for `command` on `name`, or the refusal it calls for."""
+        check_name(name)
+        unit = self.units.get(name)
+        result = outcome(unit.status if unit else None, command, frozenset(overrides))
+        if isinstance(result, Refuse):
+            raise Refused(_refusal_message(name, unit, result), code=result.code, unit=name)
+        return result
+
+    def _move(
+        self,
+        name: str,
+        command: Command,
+        overrides: set[str],
+        now: float,
+        token: str = "",
+        waited: float | None = None,
+        reason: str | None = None,
+    ) -> list[Record]:
+        result = self._decide(name, command, overrides)
+        records = self._known(name, now)
+        if isinstance(result, Go):
+            why = result.reason if reason is None else reason
+            records.append(Move(name, result.to, now, why, token, waited))
+        return self._applied(records)
+
+    def _known(self, name: str, now: float) -> list[Record]:
+        return [] if name in self.units else [Known(name, now)]
 
     # --- queries -------------------------------------------------------------------------
 
@@ -234,28 +217,10 @@ class Graph:
             return self.units[name]
         except KeyError:
             raise Refused(
-                "unknown_unit",
                 f"unknown unit {name!r}: no command has named it yet",
+                code="unknown_unit",
                 unit=name,
             ) from None
-
-    def view(self, name: str, waiting_on: list[str] | None = None, waiters: int = 0) -> UnitView:
-        unit = self.get(name)
-        return UnitView(
-            name=name,
-            status=unit.status,
-            ready=self.readiness(name).ready,
-            since=unit.since,
-            reason=unit.reason,
-            waiting_on=waiting_on or [],
-            waiters=waiters,
-            dependencies=[
-                Dependency(dep, "completed", s := self.units[dep].status, s == "completed")
-                for dep in unit.deps
-            ],
-            dependents=sorted(unit.dependents),
-            history=list(unit.history),
-        )
 
     # --- snapshots -----------------------------------------------------------------------
 
@@ -308,5 +273,22 @@ class Graph:
         return None
 
 
-def _clock(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
+def _refusal_message(name: str, unit: Unit | None, refusal: Refuse) -> str:
+    """What a refused command says: what is wrong, and what to do instead."""
+    if refusal.code == "already_started":
+        assert unit is not None
+        return (
+            f"unit {name!r} already started at {timestamp(unit.since)}; "
+            "use --rerun to start a new run"
+        )
+    if refusal.code == "not_started":
+        if unit is None:
+            known = "is not known to the agent"
+        elif unit.history:
+            known = "has not been started since it was reset"
+        else:
+            known = "was never started"
+        return f"unit {name!r} {known}; check the name, or use --force to complete it anyway"
+    if refusal.code == "unknown_unit":
+        return f"unknown unit {name!r}: no command has named it yet; check the name"
+    raise AssertionError(f"no message for the refusal {refusal}")

@@ -57,12 +57,14 @@ class Journal:
         snapshot_bytes: int,
         compact_ratio: float,
         compact_min_records: int,
+        fd: int,
         lock: contextlib.ExitStack,
     ) -> None:
         self.state_dir = state_dir
         self.graph = graph
         self.generation = generation
-        self._fd = os.open(state_dir / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._fd = fd
+        """The log, open for appending; replaced by compaction, closed by `close`."""
         self._lock = lock
         self._log_bytes = log_bytes
         self._log_records = log_records
@@ -89,22 +91,27 @@ class Journal:
         salvage: bool = False,
         compact_ratio: float = 4.0,
         compact_min_records: int = 10_000,
-    ) -> tuple[Journal, Graph]:
-        """Lock the state dir and recover the acknowledged state from it."""
+    ) -> Journal:
+        """Lock the state dir and recover the acknowledged state from it (`journal.graph`).
+
+        The journal holds the lock and the log's descriptor until `close()`; use it as a
+        context manager.
+        """
         try:
             ensure_private_dir(state_dir)
         except SetupError as exc:
             raise JournalError(str(exc)) from None
-        lock = contextlib.ExitStack()
-        try:
-            lock.enter_context(exclusive_lock(state_dir / LOCK_NAME, f"the state dir {state_dir}"))
-        except SetupError as exc:
-            lock.close()
-            raise JournalError(str(exc)) from None
-        try:
+        with contextlib.ExitStack() as lock:
+            try:
+                lock.enter_context(
+                    exclusive_lock(state_dir / LOCK_NAME, f"the state dir {state_dir}")
+                )
+            except SetupError as exc:
+                raise JournalError(str(exc)) from None
             with _collector_paused():  # recovery builds only acyclic data: nothing to collect
                 recovered = _Recovery(state_dir, salvage).run()
-            journal = cls(
+            fd = os.open(state_dir / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            return cls(
                 state_dir,
                 recovered.graph,
                 recovered.generation,
@@ -113,14 +120,18 @@ class Journal:
                 snapshot_bytes=recovered.snapshot_bytes,
                 compact_ratio=compact_ratio,
                 compact_min_records=compact_min_records,
-                lock=lock,
+                fd=fd,
+                lock=lock.pop_all(),
             )
-        except BaseException:
-            lock.close()
-            raise
-        return journal, journal.graph
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
+        """Close the log and release the state dir's lock."""
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._lock.close()

@@ -1,8 +1,13 @@
-"""The records that change the unit graph.
+"""The records that change the unit graph: the journal's own types (its on-disk format).
 
 Every accepted command becomes a short list of records; the graph applies them
 and the journal stores them. Records describe effects, not requests, so replay
 needs no validation and does not depend on who was waiting at the time.
+
+These types belong to the agent alone: the wire has its own (`unitsync.wire.protocol`)
+and `views.py` converts between them, so a protocol change never changes what is on
+disk. `tests/test_journal.py` loads a journal and snapshot written by an earlier
+release (`tests/fixtures/`) to pin the format.
 
 Records hold plain values and can never be part of a reference cycle, so they are
 not tracked by the cyclic GC (`gc=False`): replay creates a million of them, and
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import msgspec
 
-from unitsync.client.protocol import State, Transition
+from .machine import State
 
 
 class Known(msgspec.Struct, tag="known", array_like=True, gc=False):
@@ -46,6 +51,16 @@ class Move(msgspec.Struct, tag="move", array_like=True, gc=False):
 Record = Known | Edge | Move
 
 
+class HistoryEntry(msgspec.Struct, frozen=True, gc=False):
+    """One transition of a unit, as the snapshot stores it (a map: fields may be added)."""
+
+    at: float
+    from_: State = msgspec.field(name="from")
+    to: State
+    reason: str = ""
+    waited: float | None = None
+
+
 class UnitImage(msgspec.Struct, array_like=True, gc=False):
     """Everything the graph holds about one unit: the unit of a snapshot."""
 
@@ -54,5 +69,5 @@ class UnitImage(msgspec.Struct, array_like=True, gc=False):
     since: float
     reason: str
     deps: list[str]
-    history: list[Transition]
+    history: list[HistoryEntry]
     token: str = ""

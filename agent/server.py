@@ -14,16 +14,19 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .connection import Limits, refuse_busy, serve_connection
+from .connection import refuse_busy, serve_connection
 from .files import ensure_private_dir, exclusive_lock
 from .journal import Journal
+from .limits import Limits
 from .listener import bound_socket
 from .service import Service
 
@@ -45,25 +48,22 @@ async def run_agent(
     """Serve until cancelled. Setup errors are raised before `task_status.started`."""
     ensure_private_dir(config.socket.parent)
     lock_path = config.socket.with_name(config.socket.name + ".lock")
+    # Bound before the journal loads: clients that connect meanwhile wait in the backlog.
     with (
         exclusive_lock(lock_path, f"the socket {config.socket}"),
         bound_socket(config.socket) as sock,
+        Journal.open(config.state_dir, salvage=config.salvage) as journal,
     ):
-        # Bound before the journal loads: clients that connect meanwhile wait in the backlog.
-        journal, graph = Journal.open(config.state_dir, salvage=config.salvage)
         gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
-        try:
-            service = Service(graph, journal, socket=config.socket, state_dir=config.state_dir)
-            log.info(
-                "listening on %s (state in %s, %d units)",
-                config.socket,
-                config.state_dir,
-                len(graph.units),
-            )
-            limits = _fit_to_open_file_limit(config.limits)
-            await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
-        finally:
-            journal.close()
+        service = Service(journal.graph, journal, socket=config.socket, state_dir=config.state_dir)
+        log.info(
+            "listening on %s (state in %s, %d units)",
+            config.socket,
+            config.state_dir,
+            len(journal.graph.units),
+        )
+        limits = _fit_to_open_file_limit(config.limits)
+        await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
 
 
 async def _serve(
@@ -78,11 +78,11 @@ async def _serve(
         journal_scope = trio.CancelScope(shield=True)
         nursery.start_soon(_run_in, journal_scope, journal.run)
         try:
-            await trio.serve_listeners(
-                lambda stream: gate.serve(service, stream),
-                [listener],
-                task_status=_Relay(task_status, service),
+            await nursery.start(
+                trio.serve_listeners, lambda stream: gate.serve(service, stream), [listener]
             )
+            task_status.started(service)  # accepting: report the service, not the listeners
+            await trio.sleep_forever()
         finally:
             journal_scope.cancel()
 
@@ -99,6 +99,7 @@ class _Gate:
         self.limits = limits
         self.open = 0
         self.refused = 0
+        self.faults = _FaultLog()
 
     async def serve(self, service: Service, stream: trio.SocketStream) -> None:
         if self.open >= self.limits.max_connections:
@@ -114,11 +115,42 @@ class _Gate:
         self.open += 1
         try:
             await serve_connection(service, stream, self.limits)
-        except Exception:
-            # A bug in serving one client must not take the agent down for everyone.
-            log.exception("error while serving a connection; it was closed")
+        except Exception as exc:
+            # A bug in serving one client must not take the agent down for everyone, nor
+            # may a peer that triggers it fill the log: one line, rate-limited.
+            self.faults.report(exc)
         finally:
             self.open -= 1
+
+
+FAULT_LOG_INTERVAL = 60.0
+"""At most one line per minute about connections that failed unexpectedly (plus a count)."""
+
+
+class _FaultLog:
+    """Logs an unexpected error while serving a connection: the first with its traceback,
+    then one line a minute at most, counting the rest, so no peer can flood the log."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.quiet_until = -math.inf
+        self.suppressed = 0
+
+    def report(self, exc: Exception) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now < self.quiet_until:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        self.quiet_until, self.suppressed = now + FAULT_LOG_INTERVAL, 0
+        log.error(
+            "a connection failed unexpectedly and was closed: %s: %s%s",
+            type(exc).__name__,
+            exc,
+            more,
+            exc_info=exc if self.count == 1 else None,
+        )
 
 
 RESERVED_FILES = 64
@@ -140,14 +172,3 @@ def _fit_to_open_file_limit(limits: Limits) -> Limits:
         log.info("serving at most %d connections (open-file limit %d)", room, soft)
         return dataclasses.replace(limits, max_connections=max(room, 1))
     return limits
-
-
-class _Relay:
-    """Report the service (not the listeners) once serve_listeners is accepting."""
-
-    def __init__(self, task_status: trio.TaskStatus[Service], service: Service) -> None:
-        self.task_status = task_status
-        self.service = service
-
-    def started(self, _value: object = None) -> None:
-        self.task_status.started(self.service)

@@ -1,8 +1,9 @@
 """What the agent does with each request: the graph, made durable and awaitable.
 
 `commit` is the one seam through which every change flows: the graph has
-already applied the records; here they are journaled, the waiters they concern
-are woken, and the caller waits until they are on disk before it answers.
+already applied the records (in memory); here they go to the store, the waiters
+they concern are woken, and the caller waits until they are durable before it
+answers. Views for clients are built by `views.py`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Protocol
 
 import trio
 
-from unitsync.client import __version__
-from unitsync.client.protocol import (
+from unitsync.wire import __version__
+from unitsync.wire.errors import DependencyFailed
+from unitsync.wire.protocol import (
     Complete,
-    Error,
     Fail,
     Ok,
     Pong,
@@ -33,17 +34,25 @@ from unitsync.client.protocol import (
     Want,
 )
 
-from .graph import Graph, Refused
+from .broadcast import Hub
+from .graph import Graph
 from .records import Edge, Move, Record
+from .views import unit_view
 from .waiters import Waiters
-from .watch import Hub
 
 
-class Journal(Protocol):
+class Store(Protocol):
+    """Where changes are made durable: the journal (`journal.Journal`) implements it."""
+
     @property
-    def durable_seq(self) -> int: ...
-    def append(self, records: list[Record]) -> int: ...
-    async def durable(self, seq: int) -> None: ...
+    def durable_seq(self) -> int:
+        """Every append up to this sequence number is durable."""
+
+    def append(self, records: list[Record]) -> int:
+        """Take one command's records; return the sequence number to wait `durable` for."""
+
+    async def durable(self, seq: int) -> None:
+        """Return once append `seq` is durable; raise if it never can be."""
 
 
 Progress = Callable[[Waiting], Awaitable[None]]
@@ -55,14 +64,14 @@ class Service:
     def __init__(
         self,
         graph: Graph,
-        journal: Journal,
+        store: Store,
         *,
         socket: Path,
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.graph = graph
-        self.journal = journal
+        self.store = store
         self.socket = socket
         self.state_dir = state_dir
         self.clock = clock
@@ -74,15 +83,15 @@ class Service:
 
     async def commit(self, records: list[Record]) -> None:
         """Journal records the graph has applied, wake whoever they concern, wait for fsync."""
-        seq = self.journal.append(records)
+        seq = self.store.append(records)
         if records:
             changed = {r.unit for r in records if isinstance(r, Edge | Move)}
             self.waiters.notify(changed)
             self._stage(seq, [r.unit for r in records], moved=changed)
         # If the agent stops meanwhile, the writer still flushes this; the client just gets
         # no reply (a start's token makes its retry safe).
-        await self.journal.durable(seq)
-        self.hub.release(self.journal.durable_seq)
+        await self.store.durable(seq)
+        self.hub.release(self.store.durable_seq)
 
     def _stage(self, seq: int, units: list[str], moved: set[str] = frozenset()) -> None:
         """Views for watchers: the changed units, then dependents whose readiness may follow."""
@@ -95,8 +104,8 @@ class Service:
 
     def _waiting_changed(self, name: str) -> None:
         """A start began or stopped waiting: not a journaled change, but watchers show it."""
-        self._stage(self.journal.append([]), [name])
-        self.hub.release(self.journal.durable_seq)
+        self._stage(self.store.append([]), [name])
+        self.hub.release(self.store.durable_seq)
 
     def watch_filter(self, unit: str | None) -> Callable[[str], bool]:
         """Which units a watcher sees: every unit, or one unit and its dependencies."""
@@ -157,11 +166,11 @@ class Service:
     def view(self, name: str) -> UnitView:
         waiters = self.waiting[name]
         pending = list(self.graph.readiness(name).pending) if waiters else []
-        return self.graph.view(name, waiting_on=pending, waiters=waiters)
+        return unit_view(self.graph, name, pending, waiters)
 
     async def start(
         self, request: Start, progress: Progress, idle: Idle = trio.sleep_forever
-    ) -> Started | Error:
+    ) -> Started:
         """Wait until the unit is ready, then start it; fail it if a dependency failed."""
         name, graph = request.unit, self.graph
         unit = graph.units.get(name)
@@ -176,14 +185,14 @@ class Service:
 
     async def _wait_and_start(
         self, request: Start, began: float, progress: Progress, idle: Idle, blocked: _Blocked
-    ) -> Started | Error:
+    ) -> Started:
         name, graph = request.unit, self.graph
         told: tuple[str, ...] | None = None
         while True:
             readiness = graph.readiness(name)
             if readiness.failed is not None:
                 blocked.end()
-                return await self._dependency_failed(name, readiness.failed)
+                raise await self._dependency_failed(name, readiness.failed)
             if readiness.ready:
                 blocked.end()
                 now = self.clock()
@@ -200,13 +209,12 @@ class Service:
                 with woken:
                     await idle()
 
-    async def _dependency_failed(self, name: str, dep: str) -> Error:
+    async def _dependency_failed(self, name: str, dep: str) -> DependencyFailed:
         dep_reason = self.graph.units[dep].reason
         records = self.graph.fail(name, f"dependency {dep} failed", self.clock())
         await self.commit(records)
         because = f" ({dep_reason})" if dep_reason else ""
-        return Error(
-            "dependency_failed",
+        return DependencyFailed(
             f"cannot start {name}: dependency {dep} failed{because}; {name} is now failed too",
             unit=name,
             dependency=dep,
@@ -239,7 +247,3 @@ class _Blocked:
 
 def _moved(name: str, records: list[Record], state: str) -> str:
     return f"{name} {state}" if records else f"{name} was already {state}"
-
-
-def refusal(exc: Refused) -> Error:
-    return Error(exc.code, exc.message, unit=exc.unit, dependency=exc.dependency)

@@ -12,16 +12,8 @@ import socket
 import time
 from pathlib import Path
 
-from unitsync.client.protocol import (
-    PROTOCOL_VERSION,
-    Fail,
-    Hello,
-    Ok,
-    Welcome,
-    encode,
-    reply_decoder,
-    take_frame,
-)
+from unitsync.wire.framing import decode_reply, encode, take_frame
+from unitsync.wire.protocol import PROTOCOL_VERSION, Fail, Hello, Ok, Welcome
 
 
 class Connection:
@@ -57,7 +49,7 @@ class Connection:
 
     def _next_reply(self) -> object | None:
         body = take_frame(self.buffer)
-        return None if body is None else reply_decoder.decode(body)
+        return None if body is None else decode_reply(body)
 
 
 def fail_loop(path: Path, clients: int, seconds: float) -> int:

@@ -344,7 +344,7 @@ def recovery_seconds(state_dir: Path, repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        journal, _graph = Journal.open(state_dir)
+        journal = Journal.open(state_dir)
         times.append(time.perf_counter() - started)
         journal.close()
     return statistics.median(times)

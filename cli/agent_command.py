@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
-from unitsync.client.paths import SOCKET_ENV, default_socket, default_state_dir
+from unitsync.agent.limits import DEFAULT_MAX_CONNECTIONS
+from unitsync.wire.paths import SOCKET_ENV, default_socket, default_state_dir
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -28,10 +29,10 @@ def agent(
     ] = False,
     max_connections: Annotated[
         int, Parameter(help="Most connections served at once; the rest are refused at once.")
-    ] = 16_384,
+    ] = DEFAULT_MAX_CONNECTIONS,
 ) -> int:
     """Run the agent in the foreground until SIGINT or SIGTERM."""
-    from unitsync.agent.connection import Limits
+    from unitsync.agent.limits import Limits
     from unitsync.agent.main import main
     from unitsync.agent.server import AgentConfig
 

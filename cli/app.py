@@ -14,10 +14,10 @@ from typing import Annotated, Literal
 
 from cyclopts import App, Parameter
 
-from unitsync.client import __version__
 from unitsync.client.client import Client, UnitsyncError
-from unitsync.client.paths import SOCKET_ENV
-from unitsync.client.protocol import Ok
+from unitsync.wire import __version__
+from unitsync.wire.paths import SOCKET_ENV
+from unitsync.wire.protocol import Ok
 
 from .durations import parse_duration
 from .progress import StartProgress
@@ -70,7 +70,7 @@ def _change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
 @sync.command
 def ping(*, socket: SocketOption = None) -> int:
     """Check that the agent answers; print its version and uptime."""
-    from .durations import format_duration
+    from unitsync.wire.timefmt import duration as format_duration
 
     try:
         with Client(socket, name="cli") as client:

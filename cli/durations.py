@@ -1,4 +1,7 @@
-"""Durations for `--timeout` and for display: `30s`, `5m`, `1h30m`; 0 means forever."""
+"""Durations as typed on the command line: `30s`, `5m`, `1h30m`; 0 means forever.
+
+(Writing durations for people is `unitsync.wire.timefmt.duration`.)
+"""
 
 from __future__ import annotations
 
@@ -26,16 +29,3 @@ def _parse_units(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r} ({EXAMPLES})")
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
-
-
-def format_duration(seconds: float) -> str:
-    """Compact and readable: 850ms, 4.2s, 3m05s, 1h02m."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

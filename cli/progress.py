@@ -10,9 +10,8 @@ import time
 from typing import TextIO
 
 from unitsync.client.client import UnitsyncError
-from unitsync.client.protocol import Started, Waiting
-
-from .durations import format_duration
+from unitsync.wire.protocol import Started, Waiting
+from unitsync.wire.timefmt import duration as format_duration
 
 CLEAR_LINE = "\r\x1b[K"
 

@@ -10,9 +10,8 @@ import json
 
 import msgspec
 
-from unitsync.client.protocol import Transition, UnitView
-
-from .durations import format_duration
+from unitsync.wire.protocol import Transition, UnitView
+from unitsync.wire.timefmt import duration as format_duration
 
 
 def render_table(units: list[UnitView], now: float) -> str:

@@ -7,9 +7,9 @@ import sys
 import time
 
 from unitsync.client.client import Client, UnitsyncError
-from unitsync.client.protocol import Changed, Snapshot, UnitView
+from unitsync.wire.protocol import Changed, FullView, UnitView
+from unitsync.wire.timefmt import duration as format_duration
 
-from .durations import format_duration
 from .render import plain
 
 STATUS_STYLE = {"pending": "dim", "started": "cyan", "completed": "green", "failed": "bold red"}
@@ -41,7 +41,7 @@ def _json_lines(client: Client, unit: str | None) -> None:
 
     for event in client.watch(unit, on_unreachable=unreachable):
         outage = False
-        if isinstance(event, Snapshot):
+        if isinstance(event, FullView):
             line = {"event": "snapshot", "at": event.at, "units": [plain(u) for u in event.units]}
         else:
             line = {"event": "changed", "at": event.at, "unit": plain(event.unit)}
@@ -56,8 +56,8 @@ class _Board:
         self.units: dict[str, UnitView] = {}
         self.note = ""
 
-    def apply(self, event: Snapshot | Changed) -> None:
-        if isinstance(event, Snapshot):
+    def apply(self, event: FullView | Changed) -> None:
+        if isinstance(event, FullView):
             self.units = {u.name: u for u in event.units}
         else:
             self.units[event.unit.name] = event.unit

@@ -1,3 +1,9 @@
-"""unitsync's client side: the wire protocol and a blocking client (no trio)."""
+"""unitsync's clients: one I/O-free session (`session`), two thin I/O loops around it.
 
-__version__ = "0.1.0"
+    client        the blocking `Client` (plain sockets; what the CLI uses; no trio)
+    async_client  the trio `AsyncClient` (imports trio: import it only from trio programs)
+    session       the protocol rules of one connection: trust, hello, replies, errors
+    retry         what a call does across connections: start tokens, backoff
+
+Importing this package, `client` or `session` never imports trio.
+"""

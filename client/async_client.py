@@ -1,40 +1,45 @@
-"""A trio client for trio programs (and for the agent's own in-process tests).
+"""The trio client, for trio programs (and for the agent's own in-process tests).
 
     async with await AsyncClient.connect(path) as client:
         await client.want("claude", "git")
-        await client.start("claude")
+        with trio.move_on_after(300):
+            await client.start("claude")
 
-Same requests, replies and errors as the blocking `Client`.
+All protocol rules are the `Session`'s (`session.py`), shared with the blocking
+`Client`: the same requests, replies, errors and messages. This module only moves
+bytes. Bound a wait with trio's own timeouts: a call cancelled half way leaves its
+session mid-exchange, and the next call opens a fresh connection, so no reply ever
+answers the wrong request. A waiting `start` and a watch reconnect with backoff if
+the agent restarts, as in the blocking client.
+
+Resource rules: an `AsyncClient` holds at most one socket, closed by `aclose()` (or the
+`async with` block); one task uses it at a time.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import UnionType
 from typing import TypeVar
 
 import trio
 
-from . import __version__
-from .client import AgentGone, AgentUnavailable, error_from
-from .paths import default_socket
-from .protocol import (
-    PROTOCOL_VERSION,
+from unitsync.wire.errors import AgentGone, AgentUnavailable, UnitsyncError
+from unitsync.wire.paths import default_socket
+from unitsync.wire.protocol import (
     Changed,
     Complete,
-    Error,
     Fail,
-    Hello,
+    FullView,
     Ok,
     Ping,
     Pong,
-    Reassembly,
     Reply,
     Request,
     Reset,
-    Snapshot,
-    Start,
     Started,
     Status,
     StatusReply,
@@ -42,37 +47,31 @@ from .protocol import (
     Waiting,
     Want,
     Watch,
-    Welcome,
-    reply_decoder,
 )
-from .trio_stream import FrameStream, PeerGone
+
+from .retry import Backoff, start_request
+from .session import NEED_DATA, Peer, Session, State, check_trust, unreachable
+
+RECEIVE_SIZE = 65536
+_PEERCRED = struct.Struct("3i")
 
 R = TypeVar("R")
 
 
 class AsyncClient:
-    """One connection to the agent, used by one task at a time.
+    """A connection to the agent, reopened as needed; used by one task at a time."""
 
-    A call cancelled half way (say by `trio.move_on_after` around `start`) leaves its reply
-    still to come; the next call drops that connection and opens a new one, so no reply
-    ever answers the wrong request. A connection the agent closed while it sat idle is
-    reopened the same way.
-    """
-
-    def __init__(self, path: Path, stream: trio.SocketStream) -> None:
+    def __init__(self, path: Path, *, name: str = "trio") -> None:
         self.path = path
-        self.frames = FrameStream(stream)
-        self.welcome = Welcome(PROTOCOL_VERSION, "", 0)
-        self._in_step = True
-        """False from sending a request until its last reply has been read."""
-        self._used = False
-        """This connection has carried a request: the agent may since have closed it as idle."""
+        self.name = name
+        self._stream: trio.SocketStream | None = None
+        self._session = Session(path, name)
 
     @classmethod
     async def connect(cls, socket_path: str | Path | None = None) -> AsyncClient:
-        path = Path(socket_path) if socket_path else default_socket()
-        client = cls(path, await _open(path))
-        await client._hello()
+        """A client whose first connection is open (and trusted): errors surface here."""
+        client = cls(Path(socket_path) if socket_path else default_socket())
+        await client._open()
         return client
 
     async def __aenter__(self) -> AsyncClient:
@@ -82,73 +81,65 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self.frames.stream.aclose()
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.aclose()
 
-    async def _hello(self) -> None:
-        await self.send(Hello(PROTOCOL_VERSION, f"trio/{__version__}"))
-        welcome = await self.receive()
-        if isinstance(welcome, Error):
-            await self.aclose()
-            raise error_from(welcome)
-        assert isinstance(welcome, Welcome)
-        self.welcome = welcome
+    # --- bytes in, bytes out ---------------------------------------------------------------
 
-    async def _reconnect(self) -> None:
+    async def _open(self) -> None:
         await self.aclose()
-        self.frames = FrameStream(await _open(self.path))
-        await self._hello()
-        self._in_step, self._used = True, False
-
-    # --- raw frames ------------------------------------------------------------------------
-
-    async def send(self, request: Request) -> None:
         try:
-            await self.frames.send(request)
+            stream = await trio.open_unix_socket(str(self.path))
+        except OSError as exc:
+            raise unreachable(self.path, exc) from None
+        try:
+            sock = stream.socket
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            folder = os.stat(self.path.parent)
+            check_trust(self.path, folder, Peer(*_PEERCRED.unpack(creds)), os.getuid())
+        except BaseException:
+            await stream.aclose()
+            raise
+        self._stream, self._session = stream, Session(self.path, self.name)
+
+    async def _send(self, request: Request) -> None:
+        """Send on the open connection if it is between exchanges, else on a new one."""
+        if self._stream is None or self._session.state not in (State.NEW, State.IDLE):
+            await self._open()
+        assert self._stream is not None
+        data = self._session.send(request)
+        try:
+            await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise AgentGone(f"lost the connection to the agent: {exc}") from None
+            # The agent may have turned us away and closed: its reason may be waiting.
+            with trio.move_on_after(1.0):
+                await self._receive()
+            raise self._session.connection_lost(exc) from None
 
-    async def receive(self) -> Reply:
-        try:
-            body = await self.frames.receive()
-        except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise AgentGone(f"lost the connection to the agent: {exc}") from None
-        if body is None:
-            raise AgentGone("the agent closed the connection")
-        return reply_decoder.decode(body)
-
-    # --- one exchange at a time ------------------------------------------------------------
-
-    async def _request(self, request: Request) -> None:
-        if not self._in_step:
-            await self._reconnect()
-        self._in_step, self._used = False, True
-        await self.send(request)
-
-    async def _reply(self, expect: type[R] | UnionType) -> R:
-        """The next reply of the exchange; an error reply ends the exchange and is raised."""
-        reply = await self.receive()
-        if isinstance(reply, Error):
-            self._in_step = True
-            raise error_from(reply)
-        if not isinstance(reply, expect):
-            raise AgentGone(f"the agent sent an unexpected {type(reply).__name__}")
-        return reply  # type: ignore[return-value]
+    async def _receive(self) -> Reply:
+        assert self._stream is not None
+        while (event := self._session.next_event()) is NEED_DATA:
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise self._session.connection_lost(exc) from None
+            self._session.receive_data(data)
+        return event  # type: ignore[return-value]
 
     async def _call(self, request: Request, expect: type[R]) -> R:
-        """One request and its reply (the first, if more follow: `more` continues it)."""
-        reused = self._in_step and self._used
+        """One request, its whole reply; once more on a new connection if that is safe."""
         try:
-            await self._request(request)
-            reply = await self._reply(expect)
+            await self._send(request)
+            reply = await self._receive()
         except AgentGone:
-            if not reused or self.frames.buffer:
+            if not self._session.retry_is_safe:
                 raise
-            # The agent closes idle connections between requests, never during one: a
-            # reused connection found closed before any reply never carried this request.
-            await self._reconnect()
-            await self._request(request)
-            reply = await self._reply(expect)
-        self._in_step = not getattr(reply, "more", False)
+            # A reused connection the agent closed as idle never carried this request.
+            await self._open()
+            await self._send(request)
+            reply = await self._receive()
+        assert isinstance(reply, expect)  # the session checked the reply's type
         return reply
 
     # --- requests --------------------------------------------------------------------------
@@ -169,46 +160,59 @@ class AsyncClient:
         return await self._call(Reset(unit), Ok)
 
     async def status(self, unit: str | None = None) -> list[UnitView]:
-        reply = await self._call(Status(unit), StatusReply)
-        units = list(reply.units)
-        while reply.more:
-            reply = await self._reply(StatusReply)
-            units += reply.units
-        self._in_step = True
-        return units
+        return (await self._call(Status(unit), StatusReply)).units
 
     async def start(
         self,
         unit: str,
         *,
         rerun: bool = False,
-        on_progress: Callable[[Waiting], Awaitable[None]] | None = None,
+        on_progress: Callable[[Waiting | UnitsyncError], Awaitable[None]] | None = None,
     ) -> Started:
-        """Wait for the dependencies, then start; bound it with `trio.move_on_after`."""
-        await self._request(Start(unit, rerun))
-        while True:
-            reply = await self._reply(Started | Waiting)
-            if isinstance(reply, Started):
-                self._in_step = True
-                return reply
-            if on_progress is not None:
-                await on_progress(reply)
+        """Wait for the dependencies, then start; bound it with `trio.move_on_after`.
 
-    async def watch(self, unit: str | None = None) -> AsyncIterator[Snapshot | Changed]:
-        """Every change, as it is acknowledged; starts with a snapshot of the view.
-
-        The connection stays a watch until the iteration ends; the next call opens another.
+        If the agent goes away meanwhile, reconnect with backoff and ask again with the
+        same token (`on_progress` hears of it), as the blocking client does.
         """
-        await self._request(Watch(unit))
-        reassembly = Reassembly()
+        request = start_request(unit, rerun)
+        backoff = Backoff()
+        connected_once = False
         while True:
-            reply = await self._reply(Snapshot | Changed)
-            if whole := reassembly.event(reply):
-                yield whole
+            try:
+                await self._send(request)
+                connected_once = True
+                while isinstance(reply := await self._receive(), Waiting):
+                    if on_progress is not None:
+                        await on_progress(reply)
+                assert isinstance(reply, Started)
+                return reply
+            except AgentUnavailable as exc:
+                await self.aclose()
+                if not connected_once:
+                    raise
+                if on_progress is not None:
+                    await on_progress(exc)
+                await trio.sleep(backoff.next_delay(None, unit, None))
 
+    async def watch(self, unit: str | None = None) -> AsyncIterator[FullView | Changed]:
+        """Every change, as it is acknowledged; starts with a full view of what is watched.
 
-async def _open(path: Path) -> trio.SocketStream:
-    try:
-        return await trio.open_unix_socket(str(path))
-    except OSError as exc:
-        raise AgentUnavailable(f"no agent is listening at {path}: {exc.strerror}") from None
+        Reconnects if the agent restarts (a new full view follows). The connection stays a
+        watch until the iteration ends; the next call opens another.
+        """
+        backoff = Backoff()
+        connected_once = False
+        while True:
+            try:
+                await self._send(Watch(unit))
+                connected_once = True
+                while True:
+                    event = await self._receive()
+                    assert isinstance(event, FullView | Changed)
+                    backoff = Backoff()
+                    yield event
+            except AgentUnavailable:
+                await self.aclose()
+                if not connected_once:
+                    raise
+                await trio.sleep(backoff.next_delay(None, unit or "", None))

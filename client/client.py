@@ -1,8 +1,13 @@
-"""A blocking client for the unitsync agent: plain sockets, no trio.
+"""The blocking client: plain sockets, no trio. The CLI uses it; so can any Python script.
 
-It is what the CLI uses, and what Python scripts can use directly. `start`
-survives an agent restart: it reconnects with backoff and keeps waiting
-within its timeout.
+All protocol rules are the `Session`'s (`session.py`); this module only connects,
+writes what the session gives it and feeds it what arrives. `start` and `watch`
+survive an agent restart: they reconnect with backoff and carry on (a `start` within
+its timeout, with the same token, so a start the old agent acknowledged is not repeated).
+
+Resource rules: a `Client` holds at most one socket, opened on first use and closed
+by `close()` (or the `with` block). A call that fails half way closes it, so the next
+call starts on a fresh connection.
 """
 
 from __future__ import annotations
@@ -10,31 +15,32 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import msgspec
-
-from . import __version__
-from .paths import default_socket
-from .protocol import (
-    PROTOCOL_VERSION,
+from unitsync.wire.errors import (
+    AgentGone,
+    AgentUnavailable,
+    DependencyFailed,
+    Refused,
+    UnitsyncError,
+    WaitTimeout,
+)
+from unitsync.wire.paths import default_socket
+from unitsync.wire.protocol import (
     Changed,
     Complete,
-    Error,
     Fail,
-    Hello,
+    FullView,
     Ok,
     Ping,
     Pong,
-    Reassembly,
     Reply,
     Request,
     Reset,
-    Snapshot,
-    Start,
     Started,
     Status,
     StatusReply,
@@ -42,123 +48,74 @@ from .protocol import (
     Waiting,
     Want,
     Watch,
-    Welcome,
-    encode,
-    reply_decoder,
-    take_frame,
 )
 
+from .retry import Backoff, start_request, timed_out
+from .session import NEED_DATA, Peer, Session, State, check_trust, unreachable
+
+__all__ = [
+    "AgentGone",
+    "AgentUnavailable",
+    "Client",
+    "DependencyFailed",
+    "Refused",
+    "UnitsyncError",
+    "WaitTimeout",
+]
+
 CONNECT_TIMEOUT = 5.0
-"""How long a connection attempt or a plain request may take before we call the agent hung."""
+"""A local agent accepts at once, even while it loads its journal (the backlog holds us):
+a connect that takes longer means the agent is hung."""
 REPLY_TIMEOUT = 30.0
+"""Every reply but a `start`'s or a watch's is computed at once and written after one fsync:
+thirty seconds without one means the agent (or its disk) is stuck, and a script should
+hear so rather than hang."""
+RECEIVE_SIZE = 65536
+_PEERCRED = struct.Struct("3i")
 
 R = TypeVar("R")
 
-
-class UnitsyncError(Exception):
-    """Base of every error the client raises; `exit_code` is the CLI's exit status (SPEC §2)."""
-
-    exit_code = 1
-
-
-class AgentUnavailable(UnitsyncError):
-    exit_code = 3
-
-
-class Refused(UnitsyncError):
-    """The agent refused the request; `code` is the protocol's error code."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(error.message)
-        self.code = error.code
-        self.unit = error.unit
-        self.dependency = error.dependency
-
-
-class DependencyFailed(Refused):
-    exit_code = 4
-
-
-class WaitTimeout(UnitsyncError):
-    exit_code = 5
-
-
-class AgentGone(AgentUnavailable):
-    """The connection broke or the agent is shutting down; a waiting `start` retries."""
-
-
-def error_from(reply: Error) -> UnitsyncError:
-    if reply.code == "dependency_failed":
-        return DependencyFailed(reply)
-    if reply.code == "shutting_down":
-        return AgentGone(reply.message)
-    if reply.code == "busy":
-        return AgentUnavailable(reply.message)
-    return Refused(reply)
+ProgressCallback = Callable[[Waiting | UnitsyncError], None]
+"""Told what a `start` waits for, and when the agent cannot be reached while waiting."""
 
 
 class Connection:
-    """One socket to the agent; the hello is sent together with the first request."""
+    """One socket and its session: the blocking I/O loop around `Session`."""
 
     def __init__(self, path: Path, client: str = "python") -> None:
-        self.path = path
-        self.client = client
+        self.session = Session(path, client)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(CONNECT_TIMEOUT)
-        self.buffer = bytearray()
-        self.welcome: Welcome | None = None
         try:
             self.sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            self.sock.close()
-            raise AgentUnavailable(
-                f"no agent is listening at {path}; start one with `unitsync agent` "
-                "(or point --socket / UNITSYNC_SOCKET at the right socket)"
-            ) from None
+            creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            check_trust(path, os.stat(path.parent), Peer(*_PEERCRED.unpack(creds)), os.getuid())
         except OSError as exc:
             self.sock.close()
-            raise AgentUnavailable(f"cannot reach the agent at {path}: {exc.strerror}") from None
-        self._pending_hello = encode(Hello(PROTOCOL_VERSION, f"{client}/{__version__}"))
+            raise unreachable(path, exc) from None
+        except UnitsyncError:
+            self.sock.close()
+            raise
 
     def send(self, request: Request) -> None:
-        frame = self._pending_hello + encode(request)
-        self._pending_hello = b""
+        data = self.session.send(request)
         try:
-            self.sock.sendall(frame)
+            self.sock.sendall(data)
         except OSError as exc:
-            raise self._why_closed(exc) from None
-
-    def _why_closed(self, exc: OSError) -> UnitsyncError:
-        """The agent may have turned us away and closed: its reason is waiting to be read."""
-        try:
-            reply = self._read(timeout=1.0)
-        except (TimeoutError, UnitsyncError, OSError):
-            return AgentGone(f"lost the connection to the agent at {self.path}: {exc}")
-        if isinstance(reply, Error):
-            return error_from(reply)
-        return AgentGone(f"lost the connection to the agent at {self.path}: {exc}")
+            # The agent may have turned us away and closed: its reason may be waiting.
+            self._drain(exc)
 
     def receive(self, timeout: float | None = REPLY_TIMEOUT) -> Reply:
-        """Next reply or event; raises TimeoutError when `timeout` seconds pass without one."""
-        while self.welcome is None:
-            reply = self._read(timeout)
-            if isinstance(reply, Error):
-                raise error_from(reply)
-            if not isinstance(reply, Welcome):
-                raise AgentGone(f"the agent answered {type(reply).__name__} before its welcome")
-            self.welcome = reply
-        return self._read(timeout)
-
-    def _read(self, timeout: float | None) -> Reply:
+        """The next reply or event; TimeoutError when `timeout` seconds pass without one."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (body := take_frame(self.buffer)) is None:
-            self._read_more(deadline)
-        try:
-            return reply_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise AgentGone(f"the agent sent a frame this client cannot read: {exc}") from None
+        while (event := self.session.next_event()) is NEED_DATA:
+            self._read(deadline)
+        return event  # type: ignore[return-value]
 
-    def _read_more(self, deadline: float | None) -> None:
+    def close(self) -> None:
+        self.sock.close()
+
+    def _read(self, deadline: float | None) -> None:
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -167,21 +124,18 @@ class Connection:
         else:
             self.sock.settimeout(None)
         try:
-            chunk = self.sock.recv(65536)
+            data = self.sock.recv(RECEIVE_SIZE)
         except TimeoutError:
             raise
         except OSError as exc:
-            raise AgentGone(f"lost the connection to the agent at {self.path}: {exc}") from None
-        if not chunk:
-            raise AgentGone(f"the agent at {self.path} closed the connection")
-        self.buffer += chunk
+            raise self.session.connection_lost(exc) from None
+        self.session.receive_data(data)
 
-    def close(self) -> None:
-        self.sock.close()
-
-
-ProgressCallback = Callable[[Waiting | UnitsyncError], None]
-"""Told what a `start` waits for, and when the agent cannot be reached while waiting."""
+    def _drain(self, exc: OSError) -> None:
+        """After a failed send: raise the agent's own reason if it sent one, else the loss."""
+        with contextlib.suppress(TimeoutError, OSError):
+            self.receive(timeout=1.0)
+        raise self.session.connection_lost(exc)
 
 
 class Client:
@@ -222,38 +176,18 @@ class Client:
         return self._call(Reset(unit), Ok)
 
     def status(self, unit: str | None = None) -> list[UnitView]:
-        reply = self._call(Status(unit), StatusReply)
-        units = list(reply.units)
-        while reply.more:
-            reply = self._next(StatusReply)
-            units += reply.units
-        return units
-
-    def _next(self, expect: type[R]) -> R:
-        """A further frame of a reply that came in several."""
-        assert self._conn is not None
-        try:
-            reply = self._conn.receive()
-        except (TimeoutError, AgentGone):
-            self.close()
-            raise AgentGone(f"the agent at {self.path} stopped in the middle of a reply") from None
-        if not isinstance(reply, expect):
-            self.close()
-            raise AgentGone(f"expected more {expect.__name__}, got {type(reply).__name__}")
-        return reply
+        return self._call(Status(unit), StatusReply).units
 
     def _call(self, request: Request, expect: type[R]) -> R:
-        reused = self._conn is not None
         conn = self._connection()
         try:
             try:
                 conn.send(request)
                 reply = conn.receive()
             except AgentGone:
-                if not reused or conn.buffer:
+                if not conn.session.retry_is_safe:
                     raise
-                # The agent closes idle connections between requests, never during one:
-                # a reused connection found closed never carried this request. Once more.
+                # A reused connection the agent closed as idle never carried this request.
                 self.close()
                 conn = self._connection()
                 conn.send(request)
@@ -263,18 +197,17 @@ class Client:
             raise AgentUnavailable(
                 f"the agent at {self.path} did not answer within {REPLY_TIMEOUT:.0f}s"
             ) from None
-        except AgentGone:
-            self.close()
+        except UnitsyncError:
+            if conn.session.state is not State.IDLE:
+                self.close()
             raise
-        if isinstance(reply, Error):
-            raise error_from(reply)
-        if not isinstance(reply, expect):
-            self.close()
-            got = type(reply).__name__
-            raise AgentGone(f"expected {expect.__name__} from the agent, got {got}")
+        assert isinstance(reply, expect)  # the session checked the reply's type
         return reply
 
     def _connection(self) -> Connection:
+        """The open connection if it is between exchanges, else a new one."""
+        if self._conn is not None and self._conn.session.state not in (State.NEW, State.IDLE):
+            self.close()  # a call given up half way: its reply must not answer the next
         if self._conn is None:
             self._conn = Connection(self.path, self.name)
         return self._conn
@@ -299,14 +232,13 @@ class Client:
         answer is not repeated.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        token = os.urandom(8).hex()
-        backoff = _Backoff()
+        request = start_request(unit, rerun)
+        backoff = Backoff()
         connected_once = False
         while True:
             try:
                 conn = self._connection()
                 connected_once = True
-                request = Start(unit, rerun, token)
                 return self._wait_started(conn, request, deadline, on_progress, tick)
             except AgentUnavailable as exc:
                 self.close()
@@ -314,17 +246,15 @@ class Client:
                     raise
                 if on_progress:
                     on_progress(exc)
-                backoff.sleep(_remaining(deadline), unit, timeout)
+                time.sleep(backoff.next_delay(_remaining(deadline), unit, timeout))
             except TimeoutError:
                 self.close()
-                raise WaitTimeout(
-                    f"timed out after {timeout:g}s waiting to start {unit!r}"
-                ) from None
+                raise timed_out(unit, timeout) from None
 
     def _wait_started(
         self,
         conn: Connection,
-        request: Start,
+        request: Request,
         deadline: float | None,
         on_progress: ProgressCallback | None,
         tick: float | None,
@@ -341,16 +271,12 @@ class Client:
                 if on_progress and latest:
                     on_progress(latest)
                 continue
-            if isinstance(reply, Waiting):
-                latest = reply
-                if on_progress:
-                    on_progress(reply)
-            elif isinstance(reply, Started):
+            if isinstance(reply, Started):
                 return reply
-            elif isinstance(reply, Error):
-                raise error_from(reply)
-            else:
-                raise AgentGone(f"unexpected {type(reply).__name__} while waiting to start")
+            assert isinstance(reply, Waiting)
+            latest = reply
+            if on_progress:
+                on_progress(reply)
 
     # --- higher level ------------------------------------------------------------------------
 
@@ -380,49 +306,29 @@ class Client:
         unit: str | None = None,
         *,
         on_unreachable: Callable[[UnitsyncError], None] | None = None,
-    ) -> Iterator[Snapshot | Changed]:
-        """Every acknowledged change, starting with a snapshot; reconnects if the agent restarts.
+    ) -> Iterator[FullView | Changed]:
+        """Every acknowledged change, starting with a full view; reconnects if the agent restarts.
 
-        A new snapshot follows each reconnection (and any time this client fell behind).
+        A new full view follows each reconnection (and any time this client fell behind).
         """
-        backoff = _Backoff()
+        backoff = Backoff()
         connected_once = False
         while True:
             try:
                 with contextlib.closing(Connection(self.path, self.name)) as conn:
                     conn.send(Watch(unit))
                     connected_once = True
-                    reassembly = Reassembly()
                     while True:
                         event = conn.receive(timeout=None)
-                        if isinstance(event, Error):
-                            raise error_from(event)
-                        if isinstance(event, Snapshot | Changed):
-                            backoff = _Backoff()
-                            if whole := reassembly.event(event):
-                                yield whole
+                        assert isinstance(event, FullView | Changed)
+                        backoff = Backoff()
+                        yield event
             except AgentUnavailable as exc:
                 if not connected_once:
                     raise
                 if on_unreachable:
                     on_unreachable(exc)
-                backoff.sleep(None, unit or "", None)
-
-
-class _Backoff:
-    """Exponential backoff for reconnects: 50 ms doubling up to 1 s."""
-
-    def __init__(self) -> None:
-        self.delay = 0.05
-
-    def sleep(self, remaining: float | None, unit: str, timeout: float | None) -> None:
-        if remaining is not None and remaining <= 0:
-            raise WaitTimeout(
-                f"timed out after {timeout:g}s waiting to start {unit!r} "
-                "(the agent was unreachable)"
-            )
-        time.sleep(self.delay if remaining is None else min(self.delay, remaining))
-        self.delay = min(self.delay * 2, 1.0)
+                time.sleep(backoff.next_delay(None, unit or "", None))
 
 
 def _shortest(*timeouts: float | None) -> float | None:

@@ -18,20 +18,17 @@ from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import AgentGone, Client, DependencyFailed, Refused
-from unitsync.client.protocol import (
-    MAX_FRAME,
+from unitsync.wire.framing import MAX_FRAME, decode_reply, encode
+from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
     Error,
+    FullView,
     Hello,
     Ping,
     Pong,
-    Snapshot,
-    Start,
     Started,
     Waiting,
     Welcome,
-    encode,
-    reply_decoder,
 )
 
 
@@ -109,9 +106,11 @@ async def test_a_client_that_hangs_up_while_waiting_is_forgotten(
     async with await connect(config) as admin:
         await admin.want("b", "a")
         quitter = await connect(config)
-        await quitter.send(Start("b"))
-        await trio.testing.wait_all_tasks_blocked()
-        assert agent.waiting == {"b": 1}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(quitter.start, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            assert agent.waiting == {"b": 1}
+            nursery.cancel_scope.cancel()
         await quitter.aclose()
         await trio.testing.wait_all_tasks_blocked()
         assert not agent.waiting
@@ -232,7 +231,7 @@ class RawPeer:
                 (size,) = struct.unpack(">I", self.buffer[:4])
                 if len(self.buffer) >= 4 + size:
                     body, self.buffer = self.buffer[4 : 4 + size], self.buffer[4 + size :]
-                    return reply_decoder.decode(body)
+                    return decode_reply(body)
             chunk = await self.sock.recv(65536)
             if not chunk:
                 return None
@@ -338,14 +337,22 @@ async def test_shutdown_tells_waiters_and_removes_the_socket(config: AgentConfig
         errors: list[Exception] = []
 
         async def wait() -> None:
-            with pytest.raises(AgentGone, match="shutting down") as caught:
-                await client.start("b")
-            errors.append(caught.value)
+            """The waiter is told why, then goes on trying to reach the next agent."""
+            with trio.CancelScope() as waiting:
+
+                async def progress(event: object) -> None:
+                    if isinstance(event, Exception):
+                        errors.append(event)
+                        waiting.cancel()
+
+                await client.start("b", on_progress=progress)
 
         outer.start_soon(wait)
         await trio.testing.wait_all_tasks_blocked()
         agent_scope.cancel()
-    assert errors
+    [told] = errors
+    assert isinstance(told, AgentGone)
+    assert "shutting down" in str(told)
     assert not config.socket.exists()
 
 
@@ -393,6 +400,6 @@ async def test_a_watch_left_early_leaves_the_async_client_usable(
         await client.want("app", "db")
         events = client.watch()
         async with contextlib.aclosing(events):
-            assert isinstance(await anext(events), Snapshot)
+            assert isinstance(await anext(events), FullView)
         assert (await client.ping()).pid == os.getpid()
         assert (await client.want("app", "cache")).message == "app now wants cache"

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from unitsync.agent.server import AgentConfig
 from unitsync.client.client import Client
-from unitsync.client.protocol import MAX_FRAME, PROTOCOL_VERSION, Error, Hello, Ping, encode
-from unitsync.client.protocol import reply_decoder as decoder
+from unitsync.wire.framing import MAX_FRAME, decode_reply, encode
+from unitsync.wire.protocol import PROTOCOL_VERSION, Error, Hello, Ping
 
 from conftest import AgentProcess
 
@@ -94,7 +94,7 @@ class BadPeer:
             self.buffer += chunk
         size = struct.unpack(">I", self.buffer[:4])[0]
         body, self.buffer = self.buffer[4 : 4 + size], self.buffer[4 + size :]
-        return decoder.decode(body)  # the agent's own frames always decode
+        return decode_reply(body)  # the agent's own frames always decode
 
     def act(self, action: tuple) -> bool:
         """Do one thing; False once the connection is over."""

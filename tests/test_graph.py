@@ -26,6 +26,7 @@ from unitsync.agent.graph import (
     check_name,
 )
 from unitsync.agent.records import Edge, Known, Move, Record, UnitImage
+from unitsync.agent.views import transition, unit_view
 
 T0 = 1_700_000_000.0
 """A fixed, realistic Unix time; tests add small offsets so every transition is distinct."""
@@ -100,7 +101,7 @@ def test_valid_names_are_accepted_everywhere(name: str) -> None:
     graph.complete("dep", True, T0)
     run(graph, name, T0 + 1)
     graph.complete(name, False, T0 + 2)
-    assert graph.view(name).status == "completed"
+    assert unit_view(graph, name).status == "completed"
 
 
 @pytest.mark.parametrize(
@@ -138,7 +139,7 @@ COMMANDS: dict[str, Callable[[Graph, str], Any]] = {
     "fail": lambda g, n: g.fail(n, "why", T0),
     "reset": lambda g, n: g.reset(n, T0),
     "get": lambda g, n: g.get(n),
-    "view": lambda g, n: g.view(n),
+    "view": lambda g, n: unit_view(g, n),
 }
 
 
@@ -169,10 +170,10 @@ def test_want_makes_every_named_unit_known_and_pending() -> None:
         Edge("claude", "node"),
     ]
     for name in ("claude", "git", "node"):
-        view = graph.view(name)
+        view = unit_view(graph, name)
         assert (view.status, view.since, view.history) == ("pending", T0, [])
     assert list(graph.units["claude"].deps) == ["git", "node"]
-    assert graph.view("git").dependents == ["claude"]
+    assert unit_view(graph, "git").dependents == ["claude"]
 
 
 def test_want_only_adds_what_is_new() -> None:
@@ -441,7 +442,7 @@ def test_the_agent_fails_a_unit_whose_dependency_failed() -> None:
     failed = graph.readiness("app").failed
     assert failed == "db"
     graph.fail("app", f"dependency {failed} failed", T0 + 1)
-    assert graph.view("app").reason == "dependency db failed"
+    assert unit_view(graph, "app").reason == "dependency db failed"
     assert graph.readiness("web").failed == "app"
 
 
@@ -510,7 +511,7 @@ def test_force_completes_and_registers_an_unknown_unit() -> None:
     graph = Graph()
     records = graph.complete("new", True, T0)
     assert records == [Known("new", T0), Move("new", "completed", T0, "forced")]
-    assert graph.view("new").status == "completed"
+    assert unit_view(graph, "new").status == "completed"
 
 
 def test_a_failed_unit_can_be_completed() -> None:
@@ -520,7 +521,7 @@ def test_a_failed_unit_can_be_completed() -> None:
     graph.fail("a", "flaky", T0 + 1)
     graph.complete("a", False, T0 + 2)
     assert moves(graph, "a")[-1] == (T0 + 2, "failed", "completed", "")
-    assert graph.view("a").reason == ""  # the old failure reason no longer shows
+    assert unit_view(graph, "a").reason == ""  # the old failure reason no longer shows
 
 
 # --- fail ----------------------------------------------------------------------------------
@@ -531,7 +532,7 @@ def test_fail_records_the_reason() -> None:
     graph = Graph()
     run(graph, "db", T0)
     assert graph.fail("db", "disk full", T0 + 1) == [Move("db", "failed", T0 + 1, "disk full")]
-    view = graph.view("db")
+    view = unit_view(graph, "db")
     assert (view.status, view.reason, view.since) == ("failed", "disk full", T0 + 1)
     assert moves(graph, "db")[-1] == (T0 + 1, "started", "failed", "disk full")
 
@@ -540,7 +541,7 @@ def test_fail_without_a_reason_and_of_an_unknown_unit() -> None:
     """`fail` may name a new unit; the reason is optional."""
     graph = Graph()
     assert graph.fail("new", "", T0) == [Known("new", T0), Move("new", "failed", T0, "")]
-    assert graph.view("new").status == "failed"
+    assert unit_view(graph, "new").status == "failed"
 
 
 def test_reasons_are_bounded_in_bytes() -> None:
@@ -569,7 +570,7 @@ def test_reset_one_unit_back_to_pending_keeping_edges() -> None:
     assert moves(graph, "app")[-1] == (T0 + 2, "started", "pending", "reset")
     assert graph.units["db"].status == "completed"
     assert list(graph.units["app"].deps) == ["db"]
-    assert graph.view("app").dependents == ["web"]
+    assert unit_view(graph, "app").dependents == ["web"]
 
 
 def test_reset_all_moves_every_unit_that_is_not_pending() -> None:
@@ -601,7 +602,7 @@ def test_reset_of_a_pending_unit_is_a_no_op_and_of_an_unknown_unit_registers_it(
     assert graph.units["a"].history.maxlen == HISTORY_LIMIT
     assert list(graph.units["a"].history) == []
     assert graph.reset("new", T0 + 2) == [Known("new", T0 + 2)]
-    assert graph.view("new").status == "pending"
+    assert unit_view(graph, "new").status == "pending"
 
 
 def test_a_reset_unit_must_be_started_again_before_complete() -> None:
@@ -634,7 +635,7 @@ def test_history_records_every_transition_with_time_from_to_and_reason() -> None
         (T0 + 5, "completed", "pending", "reset"),
         (T0 + 6, "pending", "completed", "forced"),
     ]
-    assert graph.view("a").history == list(graph.units["a"].history)
+    assert unit_view(graph, "a").history == [transition(e) for e in graph.units["a"].history]
 
 
 def test_history_keeps_the_newest_100_entries() -> None:
@@ -667,7 +668,7 @@ def test_view_shows_status_dependencies_dependents_and_readiness() -> None:
     graph.want("worker", ["app"], T0)
     run(graph, "db", T0 + 1)
     graph.complete("cache", True, T0 + 2)
-    view = graph.view("app", waiting_on=["db"], waiters=2)
+    view = unit_view(graph, "app", waiting_on=["db"], waiters=2)
     assert (view.name, view.status, view.ready, view.since) == ("app", "pending", False, T0)
     assert [(d.unit, d.required, d.current, d.satisfied) for d in view.dependencies] == [
         ("db", "completed", "started", False),
@@ -676,7 +677,7 @@ def test_view_shows_status_dependencies_dependents_and_readiness() -> None:
     assert view.dependents == ["web", "worker"]
     assert (view.waiting_on, view.waiters) == (["db"], 2)
     graph.complete("db", False, T0 + 3)
-    view = graph.view("app")
+    view = unit_view(graph, "app")
     assert view.ready and all(d.satisfied for d in view.dependencies)
     assert (view.waiting_on, view.waiters) == ([], 0)
 
@@ -686,7 +687,7 @@ def test_view_of_a_unit_with_a_failed_dependency_is_not_ready() -> None:
     graph = Graph()
     graph.want("app", ["db"], T0)
     graph.fail("db", "x", T0)
-    view = graph.view("app")
+    view = unit_view(graph, "app")
     assert not view.ready
     assert [(d.current, d.satisfied) for d in view.dependencies] == [("failed", False)]
 
@@ -695,7 +696,7 @@ def test_status_of_an_unknown_unit_is_an_error() -> None:
     """`get`/`view` of a never-named unit: code unknown_unit, message 'unknown unit'."""
     graph = Graph()
     graph.want("a", ["b"], T0)
-    for fn in (graph.get, graph.view):
+    for fn in (graph.get, lambda name: unit_view(graph, name)):
         error = refused("unknown_unit", fn, "ghost")
         assert "unknown unit" in error.message and "ghost" in error.message
         assert error.unit == "ghost"
@@ -717,7 +718,7 @@ REFUSALS: dict[str, tuple[str, Callable[[Graph], Any]]] = {
     "complete unknown": ("not_started", lambda g: g.complete("new", False, T0 + 9)),
     "long reason": ("invalid", lambda g: g.fail("new", "r" * 5000, T0 + 9)),
     "bad reset name": ("invalid", lambda g: g.reset("\x7f", T0 + 9)),
-    "unknown status": ("unknown_unit", lambda g: g.view("new")),
+    "unknown status": ("unknown_unit", lambda g: unit_view(g, "new")),
 }
 
 
@@ -803,7 +804,7 @@ def test_snapshots_round_trip_through_msgpack() -> None:
     assert list(restored.images()) == images
     assert state(restored) == state(graph)
     # The restored graph keeps working like the original.
-    assert restored.view("web") == graph.view("web")
+    assert unit_view(restored, "web") == unit_view(graph, "web")
     for g in (graph, restored):
         g.want("cache", ["extra"], T0 + 20)
         refused("cycle", g.want, "late", ["web"], T0 + 21)
@@ -1078,7 +1079,7 @@ class GraphMachine(RuleBasedStateMachine):
             code = "unknown_unit"
         else:
             code = None
-        view = self.expect(code, self.graph.view, unit)
+        view = self.expect(code, lambda name: unit_view(self.graph, name), unit)
         if code is not None:
             return
         expected = m.units[unit]

@@ -17,17 +17,8 @@ from unitsync.agent.connection import Limits
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import AgentUnavailable, Client
-from unitsync.client.protocol import (
-    PROTOCOL_VERSION,
-    Error,
-    Hello,
-    Ping,
-    Start,
-    Started,
-    Waiting,
-    encode,
-    reply_decoder,
-)
+from unitsync.wire.framing import decode_reply, encode
+from unitsync.wire.protocol import PROTOCOL_VERSION, Error, Hello, Ping, Start, Started, Waiting
 
 LIMITS = Limits(hello_timeout=0.5, frame_timeout=0.5, idle_timeout=1.0, max_connections=8)
 
@@ -68,7 +59,7 @@ class Peer:
             if not chunk:
                 return None
             data += chunk
-        return reply_decoder.decode(data[4:])
+        return decode_reply(data[4:])
 
 
 async def ping_works(config: AgentConfig) -> bool:

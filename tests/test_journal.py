@@ -50,13 +50,15 @@ async def run_commands(journal: Journal, graph: Graph, steps: range) -> None:
 
 
 def reopen(state_dir: Path, **kw: object) -> Graph:
-    journal, graph = Journal.open(state_dir, **kw)  # type: ignore[arg-type]
+    journal = Journal.open(state_dir, **kw)  # type: ignore[arg-type]
+    graph = journal.graph
     journal.close()
     return graph
 
 
 async def test_everything_acknowledged_comes_back(tmp_path: Path) -> None:
-    journal, graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
+    graph = journal.graph
     await run_commands(journal, graph, range(60))
     journal.close()
     recovered = reopen(tmp_path)
@@ -66,7 +68,8 @@ async def test_everything_acknowledged_comes_back(tmp_path: Path) -> None:
 
 
 async def test_concurrent_changes_share_fsyncs_and_wait_for_them(tmp_path: Path) -> None:
-    journal, graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
+    graph = journal.graph
     acknowledged: list[str] = []
 
     async def client(i: int) -> None:
@@ -89,7 +92,8 @@ async def test_concurrent_changes_share_fsyncs_and_wait_for_them(tmp_path: Path)
 async def test_durable_returns_only_after_the_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal, graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
+    graph = journal.graph
     synced_sizes: list[int] = []
     real_fsync = os.fsync
 
@@ -108,7 +112,8 @@ async def test_durable_returns_only_after_the_fsync(
 
 
 async def test_cancelling_the_writer_flushes_what_is_buffered(tmp_path: Path) -> None:
-    journal, graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
+    graph = journal.graph
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         journal.append(graph.want("late", ["x"], 1.0)[0])  # appended, never awaited
@@ -121,7 +126,8 @@ async def test_a_torn_tail_is_cut_at_every_byte_of_the_last_entry(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = tmp_path / "source"
-    journal, graph = Journal.open(source)
+    journal = Journal.open(source)
+    graph = journal.graph
     await run_commands(journal, graph, range(12))
     before = images(graph)
     last_start = (source / LOG_NAME).stat().st_size
@@ -141,7 +147,8 @@ async def test_a_torn_tail_is_cut_at_every_byte_of_the_last_entry(
 
 
 async def test_damage_before_the_tail_stops_recovery_and_changes_nothing(tmp_path: Path) -> None:
-    journal, graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
+    graph = journal.graph
     await run_commands(journal, graph, range(30))
     journal.close()
     path = tmp_path / LOG_NAME
@@ -170,7 +177,8 @@ async def test_damage_before_the_tail_stops_recovery_and_changes_nothing(tmp_pat
 
 
 async def test_salvage_keeps_the_valid_prefix_and_moves_the_damage_aside(tmp_path: Path) -> None:
-    journal, graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
+    graph = journal.graph
     await run_commands(journal, graph, range(10))
     prefix = images(graph)
     cut = (tmp_path / LOG_NAME).stat().st_size
@@ -229,7 +237,8 @@ def crash_at_rename(nth: int) -> Callable[[pytest.MonkeyPatch], None]:
 async def test_a_crash_between_compaction_steps_recovers_the_same_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inject: Callable[[pytest.MonkeyPatch], None]
 ) -> None:
-    journal, graph = Journal.open(tmp_path, compact_ratio=0.0, compact_min_records=20)
+    journal = Journal.open(tmp_path, compact_ratio=0.0, compact_min_records=20)
+    graph = journal.graph
     inject(monkeypatch)
     acknowledged = images(graph)
     with pytest.raises(BaseExceptionGroup) as caught:
@@ -247,7 +256,8 @@ async def test_a_crash_between_compaction_steps_recovers_the_same_state(
 
 
 async def test_compaction_keeps_state_and_shrinks_the_log(tmp_path: Path) -> None:
-    journal, graph = Journal.open(tmp_path, compact_ratio=0.0, compact_min_records=50)
+    journal = Journal.open(tmp_path, compact_ratio=0.0, compact_min_records=50)
+    graph = journal.graph
     await run_commands(journal, graph, range(400))
     journal.close()
     assert (tmp_path / SNAPSHOT_NAME).exists()
@@ -307,7 +317,7 @@ def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
 
 
 def test_one_agent_per_state_dir(tmp_path: Path) -> None:
-    journal, _graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
     try:
         with pytest.raises(JournalError, match=f"pid {os.getpid()}"):
             Journal.open(tmp_path)
@@ -327,7 +337,8 @@ def test_state_dir_and_files_are_private(tmp_path: Path) -> None:
 async def test_a_write_failure_stops_acknowledgements_instead_of_hanging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal, graph = Journal.open(tmp_path)
+    journal = Journal.open(tmp_path)
+    graph = journal.graph
 
     def disk_full(fd: int, data: object) -> int:
         raise OSError(28, "No space left on device")

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from unitsync.client.async_client import AsyncClient
-from unitsync.client.protocol import Started, Waiting
+from unitsync.wire.protocol import Started, Waiting
 
 from conftest import AgentProcess
 

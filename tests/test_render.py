@@ -8,9 +8,11 @@ import msgspec
 import pytest
 
 from unitsync.agent.graph import Graph
+from unitsync.agent.views import unit_view
 from unitsync.cli import render
-from unitsync.cli.durations import format_duration, parse_duration
-from unitsync.client.protocol import UnitView
+from unitsync.cli.durations import parse_duration
+from unitsync.wire.protocol import UnitView
+from unitsync.wire.timefmt import duration as format_duration
 
 
 def views() -> list[UnitView]:
@@ -21,7 +23,7 @@ def views() -> list[UnitView]:
     graph.fail('we"ird <name>', "exit status 2", 104.0)
     graph.units["claude code"].deps.pop('we"ird <name>')  # so that it can start
     graph.start("claude code", False, 110.0, waited=9.5)
-    return [graph.view(name) for name in graph.units]
+    return [unit_view(graph, name) for name in graph.units]
 
 
 def test_the_table_has_aligned_columns_sorted_by_name() -> None:

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from unitsync.client.client import Client, UnitsyncError
-from unitsync.client.protocol import PROTOCOL_VERSION, Hello, Watch, encode
+from unitsync.wire.framing import encode
+from unitsync.wire.protocol import PROTOCOL_VERSION, Hello, Watch
 
 from conftest import AgentProcess, spawn_cli
 

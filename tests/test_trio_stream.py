@@ -9,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from unitsync.client.protocol import Want, request_decoder
-from unitsync.client.trio_stream import FrameStream
+from unitsync.wire.frame_stream import FrameStream
+from unitsync.wire.framing import decode_request
+from unitsync.wire.protocol import Want
 
 BIG = Want("a", [f"dependency-{i}" for i in range(20_000)])
 """A frame far larger than a socket buffer: sending it blocks until the peer reads."""
@@ -29,9 +30,9 @@ async def test_frames_arrive_whole_in_order(pair: tuple[FrameStream, FrameStream
     sender, receiver = pair
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender.send, BIG)  # blocks until the receiver reads
-        assert request_decoder.decode(await receiver.receive()) == BIG
+        assert decode_request(await receiver.receive()) == BIG
     await sender.send(Want("b", ["c"]))
-    assert request_decoder.decode(await receiver.receive()) == Want("b", ["c"])
+    assert decode_request(await receiver.receive()) == Want("b", ["c"])
 
 
 async def test_a_second_sender_is_refused_rather_than_interleaved(
@@ -43,7 +44,7 @@ async def test_a_second_sender_is_refused_rather_than_interleaved(
         await trio.testing.wait_all_tasks_blocked()  # the first send is stuck half way
         with pytest.raises(trio.BusyResourceError, match="already sending"):
             await sender.send(Want("b", ["c"]))
-        assert request_decoder.decode(await receiver.receive()) == BIG
+        assert decode_request(await receiver.receive()) == BIG
 
 
 async def test_a_second_reader_is_refused(pair: tuple[FrameStream, FrameStream]) -> None:
@@ -64,7 +65,7 @@ async def test_one_task_may_read_while_another_sends(
         nursery.start_soon(left.receive)  # as a watch reads for a hang-up while it sends
         await trio.testing.wait_all_tasks_blocked()
         await left.send(Want("b", ["c"]))
-        assert request_decoder.decode(await right.receive()) == Want("b", ["c"])
+        assert decode_request(await right.receive()) == Want("b", ["c"])
         nursery.cancel_scope.cancel()
 
 

@@ -9,23 +9,16 @@ import pytest
 import trio
 import trio.testing
 
+from unitsync.agent.broadcast import QUEUE_LIMIT
 from unitsync.agent.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.agent.watch import QUEUE_LIMIT
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import Refused
-from unitsync.client.protocol import (
-    PROTOCOL_VERSION,
-    Changed,
-    Hello,
-    Snapshot,
-    Watch,
-    encode,
-    reply_decoder,
-)
+from unitsync.wire.framing import decode_reply, encode
+from unitsync.wire.protocol import PROTOCOL_VERSION, Changed, FullView, Hello, Watch
 
 
-async def collect(watch, count: int) -> list[Snapshot | Changed]:  # type: ignore[no-untyped-def]
+async def collect(watch, count: int) -> list[FullView | Changed]:  # type: ignore[no-untyped-def]
     events = []
     async for event in watch:
         events.append(event)
@@ -42,7 +35,7 @@ async def test_a_watcher_sees_a_snapshot_then_each_change(
         async with await AsyncClient.connect(config.socket) as watcher:
             stream = watcher.watch()
             first = await stream.__anext__()
-            assert isinstance(first, Snapshot)
+            assert isinstance(first, FullView)
             assert sorted(u.name for u in first.units) == ["claude", "git"]
             await admin.start("git")
             await admin.complete("git")
@@ -123,9 +116,9 @@ async def test_a_watcher_that_never_reads_costs_bounded_memory_and_slows_nobody(
             buffer += await stuck.recv(1 << 16)
             while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">I", buffer[:4])[0]:
                 size = struct.unpack(">I", buffer[:4])[0]
-                event = reply_decoder.decode(buffer[4 : 4 + size])
+                event = decode_reply(buffer[4 : 4 + size])
                 buffer = buffer[4 + size :]
-                snapshots += isinstance(event, Snapshot)
+                snapshots += isinstance(event, FullView)
     assert snapshots == 2, "expected the initial snapshot and a catch-up snapshot"
     last = {u.name: u.reason for u in event.units}
     assert last[f"unit-{(3 * QUEUE_LIMIT - 1) % 50}"].endswith(str(3 * QUEUE_LIMIT - 1))

@@ -32,3 +32,18 @@ def default_state_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_state_dir(APP))
+
+
+def private_socket_hint() -> str:
+    """A socket path in a folder only this user can write, to suggest when another is unsafe.
+
+    Never a shared folder like /tmp itself: `chmod 700 /tmp` would break the machine.
+    """
+    import getpass
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{tempfile.gettempdir()}/{user}-{APP}/agent.sock"

@@ -1,26 +1,23 @@
-"""The wire protocol shared by the agent and every client.
+"""The frame types of the wire protocol, shared by the agent and every client (SPEC §3).
 
-A frame is a 4-byte big-endian length followed by a msgpack body. Bodies are
-tagged msgspec structs: clients send `Request`s, the agent answers with
-`Reply`s (and, on a watching connection or while a `start` waits, with
-events). The first frame of every connection is a `Hello` stating the
-protocol version, so a mismatch is caught before anything else happens.
+Bodies are tagged msgspec structs: clients send `Request`s, the agent answers with
+`Reply`s (and, on a watching connection or while a `start` waits, with events). The
+first frame of every connection is a `Hello` stating the protocol version, so a
+mismatch is caught before anything else happens. How frames become bytes is
+`framing`'s business; what a refusal means is `errors`'.
 
-This module imports only msgspec: the CLI's start-up time depends on it.
+These types are the wire's alone: the agent's journal has its own record types and
+converts at one seam (`unitsync.agent.views`), so changing a frame never changes the
+on-disk format. This module imports only msgspec: the CLI's start-up time depends on it.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Literal
 
 import msgspec
 
 PROTOCOL_VERSION = 1
-MAX_FRAME = 1 << 20
-"""Largest frame body either side accepts (1 MiB)."""
-
-HEADER = struct.Struct(">I")
 
 State = Literal["pending", "started", "completed", "failed"]
 
@@ -185,8 +182,12 @@ class StatusReply(Base, tag="status"):
     """More units follow in the next frame (a long list is split to fit the frame limit)."""
 
 
-class Snapshot(Base, tag="snapshot"):
-    """Event: the whole watched view; sent first and whenever a watcher fell behind."""
+class FullView(Base, tag="snapshot"):
+    """Event: the whole watched view; sent first and whenever a watcher fell behind.
+
+    (On the wire its tag is `snapshot`, as in `status --watch -o json`; in the code it is
+    a full view, so it is never confused with the journal's snapshot file.)
+    """
 
     units: list[UnitView]
     at: float
@@ -201,78 +202,4 @@ class Changed(Base, tag="changed"):
     at: float
 
 
-Reply = Welcome | Pong | Ok | Waiting | Started | Error | StatusReply | Snapshot | Changed
-
-
-# --- framing -------------------------------------------------------------------------------
-
-_encoder = msgspec.msgpack.Encoder()
-request_decoder = msgspec.msgpack.Decoder(Request)
-reply_decoder = msgspec.msgpack.Decoder(Reply)
-
-
-class FrameTooLarge(ValueError):
-    def __init__(self, size: int) -> None:
-        super().__init__(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
-        self.size = size
-
-
-def encode(message: msgspec.Struct) -> bytes:
-    """Encode one message as a complete frame (header and body)."""
-    body = _encoder.encode(message)
-    if len(body) > MAX_FRAME:
-        raise FrameTooLarge(len(body))
-    return HEADER.pack(len(body)) + body
-
-
-def take_frame(buffer: bytearray) -> bytes | None:
-    """Remove the first whole frame from `buffer` and return its body; None until one is in.
-
-    Raises FrameTooLarge as soon as a header announces more than MAX_FRAME bytes.
-    """
-    if len(buffer) < HEADER.size:
-        return None
-    (size,) = HEADER.unpack_from(buffer)
-    if size > MAX_FRAME:
-        raise FrameTooLarge(size)
-    end = HEADER.size + size
-    if len(buffer) < end:
-        return None
-    body = bytes(buffer[HEADER.size : end])
-    del buffer[:end]
-    return body
-
-
-CHUNK_BUDGET = MAX_FRAME // 2
-"""Bytes of unit views per frame, leaving ample room for the rest of the frame."""
-
-
-class Reassembly:
-    """Puts back together a snapshot that came split over several frames (`more`)."""
-
-    def __init__(self) -> None:
-        self._units: list[UnitView] = []
-
-    def event(self, event: Snapshot | Changed) -> Snapshot | Changed | None:
-        """The event to hand on, or None while a split snapshot is still incomplete."""
-        if not isinstance(event, Snapshot):
-            return event
-        self._units += event.units
-        if event.more:
-            return None
-        whole, self._units = Snapshot(self._units, event.at), []
-        return whole
-
-
-def chunked(views: list[UnitView]) -> list[list[UnitView]]:
-    """Split views into lists whose frames stay under the limit (always at least one list)."""
-    chunks: list[list[UnitView]] = [[]]
-    size = 0
-    for view in views:
-        cost = len(_encoder.encode(view))
-        if chunks[-1] and size + cost > CHUNK_BUDGET:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(view)
-        size += cost
-    return chunks
+Reply = Welcome | Pong | Ok | Waiting | Started | Error | StatusReply | FullView | Changed

@@ -15,7 +15,7 @@ import os
 import msgspec
 import trio
 
-from .protocol import encode, take_frame
+from .framing import encode, take_frame
 
 RECEIVE_SIZE = 65536
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
-from unitsync.client.protocol import UnitView
+from unitsync.wire.protocol import UnitView
 
 QUEUE_LIMIT = 256
 """Unit views a watcher may have waiting before it is given a snapshot instead."""

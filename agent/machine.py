@@ -1,0 +1,105 @@
+"""The legal moves of a unit, as data: (status, command) -> outcome (SPEC §1).
+
+`MOVES` is the whole state machine. A command that is not refused also makes a
+unit no command had named known (pending) first. The graph's commands look their outcome up
+here and nowhere else; `tests/test_graph.py` iterates the same table, so a rule
+changed here is a rule changed (and tested) everywhere.
+
+    status \\ command  start              complete             fail      reset
+    (never named)      started            refused, or --force  failed    (no change)
+    pending            started            refused, or --force  failed    (no change)
+    started            refused, or rerun  completed            failed    pending
+    completed          started: new run   (no change)          failed    pending
+    failed             started: new run   completed            failed    pending
+
+`completed -> failed` is legal: a unit that was ready can stop being so (a service
+that died after it was ready, an operator who knows better), and its dependents'
+later starts must see it. `failed -> completed` is legal too: an operator who
+fixed by hand what a script could not says so with `complete`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+State = Literal["pending", "started", "completed", "failed"]
+"""A unit's status; the agent's own word for it (the wire has its own, converted in views)."""
+STATES: tuple[State, ...] = ("pending", "started", "completed", "failed")
+
+Status = State | None
+"""A unit's status, or None for a unit no command has named yet."""
+
+
+class Command(enum.Enum):
+    START = "start"
+    COMPLETE = "complete"
+    FAIL = "fail"
+    RESET = "reset"
+
+
+@dataclass(frozen=True)
+class Go:
+    """The command moves the unit to `to`, recording `reason`."""
+
+    to: State
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Stay:
+    """The command succeeds and changes nothing (it is already so)."""
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """The command is refused with `code`, unless the caller gives `override` (a flag
+    of the command, such as `--force`); then it does `then`."""
+
+    code: str
+    override: str | None = None
+    then: Go | None = None
+
+
+Outcome = Go | Stay | Refuse
+
+START, COMPLETE, FAIL, RESET = Command.START, Command.COMPLETE, Command.FAIL, Command.RESET
+
+NEW_RUN = "new run"
+FORCED = "forced"
+RESET_REASON = "reset"
+
+MOVES: dict[tuple[Status, Command], Outcome] = {
+    (None, START): Go("started"),
+    ("pending", START): Go("started"),
+    ("started", START): Refuse("already_started", "rerun", Go("started", NEW_RUN)),
+    ("completed", START): Go("started", NEW_RUN),
+    ("failed", START): Go("started", NEW_RUN),
+    (None, COMPLETE): Refuse("not_started", "force", Go("completed", FORCED)),
+    ("pending", COMPLETE): Refuse("not_started", "force", Go("completed", FORCED)),
+    ("started", COMPLETE): Go("completed"),
+    ("completed", COMPLETE): Stay(),
+    ("failed", COMPLETE): Go("completed"),
+    (None, FAIL): Go("failed"),
+    ("pending", FAIL): Go("failed"),
+    ("started", FAIL): Go("failed"),
+    ("completed", FAIL): Go("failed"),
+    ("failed", FAIL): Go("failed"),
+    (None, RESET): Stay(),
+    ("pending", RESET): Stay(),
+    ("started", RESET): Go("pending", RESET_REASON),
+    ("completed", RESET): Go("pending", RESET_REASON),
+    ("failed", RESET): Go("pending", RESET_REASON),
+}
+
+
+def outcome(status: Status, command: Command, overrides: frozenset[str] = frozenset()) -> Outcome:
+    """What `command` does to a unit in `status`, given the override flags the caller set.
+
+    A refusal the caller overrides becomes its `then`; any other refusal stays one.
+    """
+    result = MOVES[status, command]
+    if isinstance(result, Refuse) and result.override in overrides and result.then is not None:
+        return result.then
+    return result

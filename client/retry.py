@@ -1,0 +1,43 @@
+"""What a call does across connections, the same in both clients, with no I/O.
+
+A waiting `start` and a watch outlive an agent restart: the client reconnects with
+backoff and asks again. A `start` asks with the same token every time, so a start
+the old agent acknowledged just before it died is recognised, not repeated.
+"""
+
+from __future__ import annotations
+
+import os
+
+from unitsync.wire.errors import WaitTimeout
+from unitsync.wire.protocol import Start
+
+FIRST_DELAY = 0.05
+"""A restarting agent is back within tens of milliseconds: try soon."""
+MAX_DELAY = 1.0
+"""An agent that is down for longer is picked up within a second of its return."""
+
+
+def start_request(unit: str, rerun: bool = False) -> Start:
+    """A `start` with a fresh token: one token per call, reused by every retry of it."""
+    return Start(unit, rerun, token=os.urandom(8).hex())
+
+
+def timed_out(unit: str, timeout: float | None, *, unreachable: bool = False) -> WaitTimeout:
+    why = " (the agent was unreachable)" if unreachable else ""
+    return WaitTimeout(f"timed out after {timeout:g}s waiting to start {unit!r}{why}")
+
+
+class Backoff:
+    """Exponential backoff for reconnecting: FIRST_DELAY doubling up to MAX_DELAY."""
+
+    def __init__(self) -> None:
+        self.delay = FIRST_DELAY
+
+    def next_delay(self, remaining: float | None, unit: str, timeout: float | None) -> float:
+        """How long to sleep before the next try; WaitTimeout if no time is left."""
+        if remaining is not None and remaining <= 0:
+            raise timed_out(unit, timeout, unreachable=True)
+        delay = self.delay if remaining is None else min(self.delay, remaining)
+        self.delay = min(self.delay * 2, MAX_DELAY)
+        return delay

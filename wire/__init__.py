@@ -1,0 +1,13 @@
+"""What the agent and every client share: the wire vocabulary, framing, default paths, errors.
+
+    protocol      the frame types (requests, replies, events, unit views); msgspec only
+    framing       bytes <-> frames: the length prefix, the size limit, the one decode path
+    errors        every error unitsync reports, its wire code and its exit status
+    frame_stream  frames over a trio socket (the only module here that imports trio)
+    paths         where the agent listens and keeps its state by default
+    timefmt       how times and durations are written for people, on both sides
+
+Nothing here knows about the graph, the journal or the command line.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""Every error unitsync reports: the hierarchy, the wire mapping and the exit codes (SPEC §2).
+
+The agent raises these (the graph refuses a command with `Refused`) and answers with
+`to_reply(exc)`; every client turns an `Error` reply back with `from_reply`, so a script
+sees the same class, message and exit status whichever client it uses. The command line
+exits with `exc.exit_code`.
+
+    UnitsyncError                      exit 1
+    ├── Refused                        exit 1   the agent will not do it (cycle, name, state)
+    │   ├── DependencyFailed           exit 4
+    │   └── ProtocolError              exit 1   a frame that is not a valid message
+    ├── WaitTimeout                    exit 5
+    ├── UsageError                     exit 2   the command line itself is wrong
+    └── AgentUnavailable               exit 3   no (trustworthy) agent to talk to
+        ├── AgentBusy                           past the agent's connection cap
+        ├── AgentGone                           the connection broke, or the agent is stopping
+        └── AgentUntrusted                      the socket's folder or peer is not the user's
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .protocol import Error
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_DEPENDENCY_FAILED = 4
+EXIT_TIMED_OUT = 5
+
+
+class UnitsyncError(Exception):
+    """Base of every error unitsync reports; `exit_code` is the command line's exit status."""
+
+    exit_code: ClassVar[int] = EXIT_REFUSED
+    default_code: ClassVar[str] = "invalid"
+    """The wire's `ErrorCode` for errors the agent sends; a client-side name for the rest."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        unit: str | None = None,
+        dependency: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.unit = unit
+        self.dependency = dependency
+
+
+class Refused(UnitsyncError):
+    """The agent will not carry out the request; the message says what to do instead."""
+
+
+class DependencyFailed(Refused):
+    exit_code = EXIT_DEPENDENCY_FAILED
+    default_code = "dependency_failed"
+
+
+class ProtocolError(Refused):
+    """A frame that is not a valid message, or a conversation out of order."""
+
+    default_code = "protocol"
+
+
+class WaitTimeout(UnitsyncError):
+    exit_code = EXIT_TIMED_OUT
+    default_code = "timeout"
+
+
+class UsageError(UnitsyncError):
+    exit_code = EXIT_USAGE
+    default_code = "usage"
+
+
+class AgentUnavailable(UnitsyncError):
+    exit_code = EXIT_UNREACHABLE
+    default_code = "unavailable"
+
+
+class AgentBusy(AgentUnavailable):
+    default_code = "busy"
+
+
+class AgentGone(AgentUnavailable):
+    """The connection broke or the agent is shutting down; a waiting `start` reconnects."""
+
+    default_code = "shutting_down"
+
+
+class AgentUntrusted(AgentUnavailable):
+    """What listens at the socket may not be the user's own agent: nothing was sent to it."""
+
+    default_code = "untrusted"
+
+
+_BY_CODE: dict[str, type[UnitsyncError]] = {
+    "dependency_failed": DependencyFailed,
+    "protocol": ProtocolError,
+    "shutting_down": AgentGone,
+    "busy": AgentBusy,
+}
+"""Codes whose error is not a plain refusal; every other code is `Refused`."""
+
+
+def from_reply(reply: Error) -> UnitsyncError:
+    """The exception an `Error` reply stands for, the same in every client."""
+    kind = _BY_CODE.get(reply.code, Refused)
+    return kind(reply.message, code=reply.code, unit=reply.unit, dependency=reply.dependency)
+
+
+def to_reply(exc: UnitsyncError) -> Error:
+    """The `Error` reply the agent sends for `exc`."""
+    return Error(
+        exc.code,
+        exc.message,  # type: ignore[arg-type]
+        unit=exc.unit,
+        dependency=exc.dependency,
+    )
