@@ -10,6 +10,8 @@ exits with `exc.exit_code`.
     │   ├── DependencyFailed           exit 4
     │   └── ProtocolError              exit 1   a frame that is not a valid message
     ├── WaitTimeout                    exit 5
+    ├── NotDurable                     exit 6   the change could not be made durable: nothing
+    │                                           changed (disk full, store unreachable); retry
     ├── UsageError                     exit 2   the command line itself is wrong
     └── AgentUnavailable               exit 3   no (trustworthy) agent to talk to
         ├── AgentBusy                           past the agent's connection cap
@@ -29,6 +31,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_DEPENDENCY_FAILED = 4
 EXIT_TIMED_OUT = 5
+EXIT_NOT_DURABLE = 6
 
 
 class UnitsyncError(Exception):
@@ -73,6 +76,14 @@ class WaitTimeout(UnitsyncError):
     default_code = "timeout"
 
 
+class NotDurable(UnitsyncError):
+    """The agent could not make the change durable, so it did not make it at all (the disk
+    is full, the shared store is unreachable). Reads and waits go on; retry later."""
+
+    exit_code = EXIT_NOT_DURABLE
+    default_code = "not_durable"
+
+
 class UsageError(UnitsyncError):
     exit_code = EXIT_USAGE
     default_code = "usage"
@@ -104,6 +115,7 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
     "protocol": ProtocolError,
     "shutting_down": AgentGone,
     "busy": AgentBusy,
+    "not_durable": NotDurable,
 }
 """Codes whose error is not a plain refusal; every other code is `Refused`."""
 

@@ -164,6 +164,7 @@ ErrorCode = Literal[
     "dependency_failed",
     "shutting_down",
     "busy",  # the agent cannot take more connections
+    "not_durable",  # the change could not be made durable (disk full, store unreachable)
 ]
 
 
