@@ -90,6 +90,8 @@ class Transition(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
     waited: float | None = None
     """For a move to `started`: how long that start waited for its dependencies (seconds)."""
+    boot: int = 1
+    """The boot (1, 2, 3...) of the workspace this transition happened in (SPEC §7)."""
 
 
 class Dependency(msgspec.Struct):
