@@ -18,6 +18,8 @@ import trio
 from .files import SetupError
 
 BACKLOG = 4096
+"""Connections the kernel holds while the agent is busy or still loading its journal: a
+workspace's scripts all start at once, and none should see "connection refused"."""
 
 
 @contextlib.contextmanager

@@ -25,6 +25,10 @@ LOG_HEADER = struct.Struct(">4sQI")
 ENTRY_HEADER = struct.Struct(">II")
 SNAPSHOT_HEADER = struct.Struct(">4sQII")
 MAX_ENTRY = 64 << 20
+"""No entry is ever this large (one command's records, each under a frame): a header that
+says otherwise is damage, not a long entry, so a scan never trusts an absurd length."""
+_LOG_HEADER_CHECKED = LOG_HEADER.size - 4
+"""The log header's checksum covers everything before it."""
 
 _encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(list[Record])
@@ -74,7 +78,7 @@ def read_log_header(data: bytes) -> int:
     if len(data) < LOG_HEADER.size:
         raise Damaged(0, "journal shorter than its header")
     magic, generation, crc = LOG_HEADER.unpack_from(data)
-    if magic != LOG_MAGIC or zlib.crc32(data[:12]) != crc:
+    if magic != LOG_MAGIC or zlib.crc32(data[:_LOG_HEADER_CHECKED]) != crc:
         raise Damaged(0, "not a unitsync journal (bad header)")
     return generation
 

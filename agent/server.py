@@ -17,6 +17,7 @@ import logging
 import math
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,14 +132,15 @@ class _FaultLog:
     """Logs an unexpected error while serving a connection: the first with its traceback,
     then one line a minute at most, counting the rest, so no peer can flood the log."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.count = 0
         self.quiet_until = -math.inf
         self.suppressed = 0
 
     def report(self, exc: Exception) -> None:
         self.count += 1
-        now = time.monotonic()
+        now = self.clock()
         if now < self.quiet_until:
             self.suppressed += 1
             return

@@ -19,7 +19,7 @@ from unitsync.wire import __version__
 from unitsync.wire.paths import SOCKET_ENV
 from unitsync.wire.protocol import Ok
 
-from .durations import parse_duration
+from .durations import DEFAULT_TIMEOUT, duration_option
 from .progress import StartProgress
 
 app = App(
@@ -46,6 +46,17 @@ SocketOption = Annotated[
     Parameter(name="--socket", env_var=SOCKET_ENV, help="The agent's socket."),
 ]
 Output = Literal["table", "json", "dot", "mermaid"]
+TimeoutOption = Annotated[
+    float | None,
+    Parameter(
+        name="--timeout",
+        converter=duration_option,
+        metavar="DURATION",
+        show_default=False,
+        help="How long to wait for the dependencies: 30s, 5m, 1h30m; 0 waits forever "
+        "[default: 5m].",
+    ),
+]
 
 
 def _fail(exc: UnitsyncError) -> int:
@@ -94,25 +105,18 @@ def want(unit: str, dep: str, *deps: str, socket: SocketOption = None) -> int:
 def start(
     unit: str,
     *,
-    timeout: Annotated[
-        str, Parameter(metavar="DURATION", help="How long to wait: 30s, 5m, 1h30m; 0 forever.")
-    ] = "5m",
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
     rerun: Annotated[bool, Parameter(help="Start a new run even if UNIT is started.")] = False,
     socket: SocketOption = None,
 ) -> int:
     """Wait until every dependency of UNIT is completed, then mark UNIT started."""
-    try:
-        seconds = parse_duration(timeout)
-    except ValueError as exc:
-        print(f"unitsync: --timeout: {exc}", file=sys.stderr)
-        return 2
     progress = StartProgress(unit, sys.stderr)
     try:
         with Client(socket, name="cli") as client:
             started = client.start(
                 unit,
                 rerun=rerun,
-                timeout=seconds,
+                timeout=timeout,
                 on_progress=progress.update,
                 tick=1.0 if progress.live else None,
             )
@@ -207,9 +211,7 @@ def run(
         tuple[str, ...],
         Parameter(negative=(), metavar="DEP", help="A dependency (repeat for more)."),
     ] = (),
-    timeout: Annotated[
-        str, Parameter(metavar="DURATION", help="How long to wait: 30s, 5m, 1h30m; 0 forever.")
-    ] = "5m",
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, then complete or fail it.
@@ -219,15 +221,10 @@ def run(
     if not command:
         print("unitsync: run needs a command after `--`", file=sys.stderr)
         return 2
-    try:
-        seconds = parse_duration(timeout)
-    except ValueError as exc:
-        print(f"unitsync: --timeout: {exc}", file=sys.stderr)
-        return 2
     from .run import run_unit
 
     with Client(socket, name="cli") as client:
-        return run_unit(client, unit, command, want, seconds)
+        return run_unit(client, unit, command, want, timeout)
 
 
 def main() -> None:

@@ -6,10 +6,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cyclopts import Token
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 EXAMPLES = "e.g. 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 to wait forever"
+DEFAULT_TIMEOUT = 300.0
+"""How long `start` and `run` wait for their dependencies unless told (5m)."""
 
 
 def parse_duration(text: str) -> float | None:
@@ -29,3 +36,8 @@ def _parse_units(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r} ({EXAMPLES})")
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def duration_option(_hint: object, tokens: Sequence[Token]) -> float | None:
+    """cyclopts converter for `--timeout`: a ValueError becomes a usage error naming the flag."""
+    return parse_duration(tokens[0].value)

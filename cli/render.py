@@ -5,38 +5,43 @@ Pure functions from views to text; loaded only by `status`.
 
 from __future__ import annotations
 
-import datetime
 import json
 
 import msgspec
 
 from unitsync.wire.protocol import Transition, UnitView
+from unitsync.wire.timefmt import clock
 from unitsync.wire.timefmt import duration as format_duration
+
+TABLE_COLUMNS = ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "REASON")
+"""The columns of the every-unit table, the same in `status` and `status --watch`."""
 
 
 def render_table(units: list[UnitView], now: float) -> str:
     if not units:
         return "no units yet: `unitsync sync want` or `start` names the first one"
-    rows = [["UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "REASON"]]
-    for unit in sorted(units, key=lambda u: u.name):
-        rows.append(
-            [
-                unit.name,
-                unit.status,
-                "yes" if unit.ready else "no",
-                ", ".join(_blocking(unit)) or "-",
-                _clock(unit.since),
-                format_duration(now - unit.since),
-                unit.reason or "-",
-            ]
-        )
+    rows = [list(TABLE_COLUMNS)]
+    rows += [table_row(unit, now) for unit in sorted(units, key=lambda u: u.name)]
     return _columns(rows)
+
+
+def table_row(unit: UnitView, now: float) -> list[str]:
+    """One unit as the cells of TABLE_COLUMNS."""
+    return [
+        unit.name,
+        unit.status,
+        "yes" if unit.ready else "no",
+        ", ".join(_blocking(unit)) or "-",
+        clock(unit.since),
+        format_duration(now - unit.since),
+        unit.reason or "-",
+    ]
 
 
 def render_unit(unit: UnitView, now: float) -> str:
     lines = [
         f"unit:       {unit.name}",
-        f"status:     {unit.status} since {_clock(unit.since)}"
+        f"status:     {unit.status} since {clock(unit.since)}"
         f" ({format_duration(now - unit.since)})",
         f"ready:      {'yes' if unit.ready else 'no'}",
     ]
@@ -58,7 +63,7 @@ def render_unit(unit: UnitView, now: float) -> str:
         lines += ["", "history:"]
         rows = [["TIME", "FROM", "TO", "WAITED", "REASON"]]
         rows += [
-            [_clock(t.at), t.from_, t.to, _maybe_duration(t.waited), t.reason or "-"]
+            [clock(t.at), t.from_, t.to, _maybe_duration(t.waited), t.reason or "-"]
             for t in unit.history
         ]
         lines += ["  " + line for line in _columns(rows).splitlines()]
@@ -95,7 +100,14 @@ def plain(unit: UnitView) -> dict[str, object]:
     return msgspec.to_builtins(unit)
 
 
-_COLORS = {"pending": "gray", "started": "dodgerblue", "completed": "forestgreen", "failed": "red"}
+STATUS_STYLES = {
+    "pending": ("dim", "gray"),
+    "started": ("cyan", "dodgerblue"),
+    "completed": ("green", "forestgreen"),
+    "failed": ("bold red", "red"),
+}
+"""Each status's look: (rich style for terminals, colour name for Graphviz and Mermaid)."""
+_COLORS = {status: graph for status, (_term, graph) in STATUS_STYLES.items()}
 
 
 def render_dot(units: list[UnitView]) -> str:
@@ -141,10 +153,6 @@ def _blocking(unit: UnitView) -> list[str]:
 
 def _maybe_duration(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(seconds)
-
-
-def _clock(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S")
 
 
 def _columns(rows: list[list[str]]) -> str:

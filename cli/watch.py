@@ -8,11 +8,8 @@ import time
 
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.wire.protocol import Changed, FullView, UnitView
-from unitsync.wire.timefmt import duration as format_duration
 
-from .render import plain
-
-STATUS_STYLE = {"pending": "dim", "started": "cyan", "completed": "green", "failed": "bold red"}
+from .render import STATUS_STYLES, TABLE_COLUMNS, plain, table_row
 
 
 def follow(client: Client, unit: str | None, live: bool) -> int:
@@ -64,25 +61,19 @@ class _Board:
         self.note = ""
 
     def __rich__(self) -> object:
+        from rich.markup import escape
         from rich.table import Table
 
         now = time.time()
         title = f"{self.unit} and its dependencies" if self.unit else "every unit"
         caption = self.note or "Ctrl-C to stop"
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
-        for column in ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "REASON"):
+        for column in TABLE_COLUMNS:
             table.add_column(column, no_wrap=column != "REASON")
         for view in sorted(self.units.values(), key=lambda u: u.name):
-            blocking = view.waiting_on or [d.unit for d in view.dependencies if not d.satisfied]
-            table.add_row(
-                view.name,
-                f"[{STATUS_STYLE[view.status]}]{view.status}[/]",
-                "yes" if view.ready else "no",
-                ", ".join(blocking) or "-",
-                time.strftime("%H:%M:%S", time.localtime(view.since)),
-                format_duration(now - view.since),
-                view.reason or "-",
-            )
+            cells = [escape(cell) for cell in table_row(view, now)]  # names are not markup
+            cells[1] = f"[{STATUS_STYLES[view.status][0]}]{cells[1]}[/]"
+            table.add_row(*cells)
         return table
 
 

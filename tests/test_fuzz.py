@@ -2,7 +2,9 @@
 
 Whatever a peer sends, the agent answers each complete frame with a reply (an
 error for anything invalid) or closes the connection; it never dies, never logs
-a traceback, and the well-behaved client's answers stay right.
+a traceback, and the well-behaved client's answers stay right. Bodies include
+what msgspec's own encoder cannot produce: strings that are not UTF-8, truncated
+and overlong msgpack, wrong types and unknown tags.
 """
 
 from __future__ import annotations
@@ -47,8 +49,52 @@ values = st.recursive(
 requests = st.fixed_dictionaries({"op": st.sampled_from(OPS)}) | st.dictionaries(
     st.sampled_from(["op", *FIELDS]), values, max_size=5
 )
+
+
+def raw_str(data: bytes) -> bytes:
+    """A msgpack str holding `data` as is (msgspec would refuse to encode invalid UTF-8)."""
+    return bytes([0xDB]) + struct.pack(">I", len(data)) + data
+
+
+def raw_map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return bytes([0xDF]) + struct.pack(">I", len(pairs)) + b"".join(k + v for k, v in pairs)
+
+
+invalid_utf8 = st.sampled_from([b"\xff", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80", b"a\x80b"])
+"""Bytes no UTF-8 decoder accepts: a bad start byte, a bad continuation, a cut sequence,
+a surrogate, a lone continuation byte."""
+hostile_values = st.one_of(
+    invalid_utf8.map(raw_str),
+    values.map(msgspec.msgpack.encode),
+    st.lists(invalid_utf8.map(raw_str), min_size=1, max_size=3).map(
+        lambda items: bytes([0x90 | len(items)]) + b"".join(items)
+    ),
+)
+hostile_maps = st.builds(
+    lambda op, pairs: raw_map([(raw_str(b"op"), op), *pairs]),
+    st.sampled_from(OPS).map(lambda op: msgspec.msgpack.encode(op)) | invalid_utf8.map(raw_str),
+    st.lists(
+        st.tuples(
+            st.sampled_from(FIELDS).map(lambda f: msgspec.msgpack.encode(f))
+            | invalid_utf8.map(raw_str),
+            hostile_values,
+        ),
+        max_size=4,
+    ),
+)
+"""Requests with strings that are not UTF-8 anywhere: the tag, a key, a value, a list item."""
+mangled = st.builds(
+    lambda body, cut, extra: body[:cut] if cut < len(body) else body + extra,
+    requests.map(msgspec.msgpack.encode) | hostile_maps,
+    st.integers(0, 40),
+    st.binary(min_size=1, max_size=8),
+)
+"""Truncated bodies and bodies with bytes after their end (overlong)."""
+
 bodies = (
     requests.map(msgspec.msgpack.encode)
+    | hostile_maps
+    | mangled
     | st.builds(
         lambda op, fields: msgspec.msgpack.encode({"op": op, **fields}),
         st.sampled_from(OPS),
@@ -167,3 +213,51 @@ def test_requests_before_the_hello_are_refused(live_agent: AgentProcess) -> None
     error = peer.reply()
     assert isinstance(error, Error) and "hello" in error.message
     assert peer.reply() is None
+
+
+HOSTILE = {
+    "tag not UTF-8": raw_map([(raw_str(b"op"), raw_str(b"\xff"))]),
+    "unit not UTF-8": raw_map(
+        [
+            (raw_str(b"op"), raw_str(b"want")),
+            (raw_str(b"unit"), raw_str(b"\xc3\x28")),
+            (raw_str(b"deps"), msgspec.msgpack.encode(["a"])),
+        ]
+    ),
+    "key not UTF-8": raw_map(
+        [(raw_str(b"op"), raw_str(b"ping")), (raw_str(b"\xed\xa0\x80"), b"\x01")]
+    ),
+    "list item not UTF-8": raw_map(
+        [
+            (raw_str(b"op"), raw_str(b"want")),
+            (raw_str(b"unit"), raw_str(b"a")),
+            (raw_str(b"deps"), b"\x91" + raw_str(b"a\x80b")),
+        ]
+    ),
+    "truncated": msgspec.msgpack.encode({"op": "want", "unit": "a", "deps": ["b"]})[:-1],
+    "overlong": msgspec.msgpack.encode({"op": "ping"}) + b"\x00\x00",
+    "a string longer than the frame": b"\x81" + raw_str(b"op")[:5] + b"\xff\xff",
+    "wrong types": msgspec.msgpack.encode({"op": "want", "unit": 5, "deps": "x"}),
+    "unknown tag": msgspec.msgpack.encode({"op": "teleport"}),
+    "deep nesting": b"\x91" * 100_000 + b"\x00",
+}
+"""Frames that once escaped the protocol's error path (issue 9), and their neighbours."""
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("when", ["as the hello", "after the hello"])
+def test_every_undecodable_frame_gets_a_protocol_error(
+    live_agent: AgentProcess, body: bytes, when: str
+) -> None:
+    peer = BadPeer(live_agent.config.socket)
+    if when == "after the hello":
+        peer.sock.sendall(encode(Hello(PROTOCOL_VERSION)))
+        assert peer.reply() is not None  # the welcome
+    peer.sock.sendall(frame(body))
+    error = peer.reply()
+    assert isinstance(error, Error), error
+    assert error.code == "protocol" and error.message.startswith("invalid request: ")
+    if when == "after the hello":  # the frame boundary is intact: the connection goes on
+        peer.sock.sendall(encode(Ping()))
+        assert type(peer.reply()).__name__ == "Pong"
+    peer.sock.close()

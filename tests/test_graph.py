@@ -25,6 +25,7 @@ from unitsync.agent.graph import (
     Refused,
     check_name,
 )
+from unitsync.agent.machine import MOVES, STATES, Command, Refuse, Status, Stay, outcome
 from unitsync.agent.records import Edge, Known, Move, Record, UnitImage
 from unitsync.agent.views import transition, unit_view
 
@@ -72,6 +73,70 @@ def run(graph: Graph, name: str, now: float, rerun: bool = False) -> list[Record
 def clock(at: float) -> str:
     """The local wall-clock time of day a user would recognise in a message."""
     return datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S")
+
+
+# --- the state machine's table -----------------------------------------------------------
+
+BY_TABLE: dict[Command, Callable[[Graph, str, bool, float], list[Record]]] = {
+    Command.START: lambda g, name, flag, now: run(g, name, now, rerun=flag),
+    Command.COMPLETE: lambda g, name, flag, now: g.complete(name, flag, now),
+    Command.FAIL: lambda g, name, _flag, now: g.fail(name, "", now),
+    Command.RESET: lambda g, name, _flag, now: g.reset(name, now),
+}
+"""Each command of the table as the agent runs it; `flag` is its override (FLAGS)."""
+FLAGS = {Command.START: "rerun", Command.COMPLETE: "force"}
+"""The flag by which each command overrides a refusal."""
+
+
+def graph_with(status: Status) -> Graph:
+    """A graph holding unit `u` in `status` (or not holding it, for None)."""
+    graph = Graph()
+    if status is None:
+        return graph
+    graph.apply(Known("u", T0))
+    if status != "pending":
+        graph.apply(Move("u", status, T0 + 1))
+    return graph
+
+
+@pytest.mark.parametrize(("status", "command"), list(MOVES), ids=str)
+@pytest.mark.parametrize("override", [False, True], ids=["plain", "override"])
+def test_every_move_of_the_table_is_what_the_graph_does(
+    status: Status, command: Command, override: bool
+) -> None:
+    """The graph does exactly what `machine.MOVES` says, for every (status, command) pair."""
+    graph = graph_with(status)
+    before = state(graph)
+    flags = frozenset({FLAGS[command]} if override and command in FLAGS else ())
+    expected = outcome(status, command, flags)
+    if isinstance(expected, Refuse):
+        refused(expected.code, BY_TABLE[command], graph, "u", override, T0 + 2)
+        assert state(graph) == before  # a refusal changes nothing
+        return
+    records = BY_TABLE[command](graph, "u", override, T0 + 2)
+    unit = graph.units["u"]
+    if isinstance(expected, Stay):
+        assert [r for r in records if isinstance(r, Move)] == []
+        assert unit.status == (status or "pending")
+        return
+    assert (unit.status, unit.reason) == (expected.to, expected.reason)
+    assert unit.history[-1].from_ == (status or "pending")
+
+
+def test_the_table_covers_every_status_and_command() -> None:
+    assert set(MOVES) == {(s, c) for s in (None, *STATES) for c in Command}
+    overrides = {r.override for r in MOVES.values() if isinstance(r, Refuse)}
+    assert overrides <= {*FLAGS.values(), None}
+
+
+def test_a_completed_unit_can_fail_and_its_dependents_see_it() -> None:
+    """completed -> failed is legal (a service that was ready died): later starts fail."""
+    graph = Graph()
+    graph.want("app", ["db"], T0)
+    run(graph, "db", T0 + 1)
+    graph.complete("db", False, T0 + 2)
+    graph.fail("db", "exited with status 1 after being ready", T0 + 3)
+    assert graph.readiness("app").failed == "db"
 
 
 # --- names ---------------------------------------------------------------------------------

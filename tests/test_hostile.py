@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from unitsync.agent.connection import Limits
+from unitsync.agent import server
+from unitsync.agent.limits import Limits
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import AgentUnavailable, Client
@@ -200,3 +201,37 @@ async def test_an_async_client_carries_on_after_its_idle_connection_is_closed(
         await client.want("a", "b")
         await trio.sleep(LIMITS.idle_timeout * 2)  # the agent closes the idle connection
         assert (await client.want("c", "d")).message == "c now wants d"
+
+
+async def test_connections_failing_unexpectedly_log_one_line_a_minute(
+    nursery: trio.Nursery, config: AgentConfig, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A peer that trips a bug must not flood the log: one traceback, then a line a minute."""
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug in serving this peer")
+
+    monkeypatch.setattr(server, "serve_connection", broken)
+    await nursery.start(run_agent, config)
+    with caplog.at_level(logging.ERROR, logger="unitsync.agent"):
+        for _ in range(20):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+                peer.connect(str(config.socket))
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+    records = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(records) == 1
+    assert records[0].exc_info is not None and "a bug in serving" in records[0].getMessage()
+
+
+def test_the_fault_log_counts_what_it_kept_quiet(caplog) -> None:
+    now = [0.0]
+    faults = server._FaultLog(clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="unitsync.agent"):
+        for second in range(0, 150):
+            now[0] = float(second)
+            faults.report(RuntimeError("boom"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3  # at 0 s, 60 s and 120 s
+    assert lines[1].endswith("(59 more since the last report)")
+    assert [r.exc_info is not None for r in caplog.records] == [True, False, False]

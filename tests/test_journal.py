@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import stat
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
@@ -354,3 +357,34 @@ async def test_a_write_failure_stops_acknowledgements_instead_of_hanging(
     assert caught.group_contains(JournalError, match="No space left on device", depth=None)
     assert not caught.group_contains(trio.TooSlowError, depth=None)
     journal.close()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_state_dir_written_by_0_1_0_still_loads(tmp_path: Path) -> None:
+    """The on-disk format is pinned: a snapshot and journal written by 0.1.0 load unchanged."""
+    source = FIXTURES / "journal-v1"
+    for name in ("snapshot.bin", "journal.log"):
+        shutil.copy(source / name, tmp_path / name)
+    expected = json.loads((source / "expected.json").read_text())
+    with Journal.open(tmp_path) as journal:
+        graph = journal.graph
+        loaded = {
+            name: {
+                "status": unit.status,
+                "since": unit.since,
+                "reason": unit.reason,
+                "token": unit.token,
+                "deps": list(unit.deps),
+                "dependents": sorted(unit.dependents),
+                "history": [
+                    {k: v for k, v in msgspec.to_builtins(entry).items() if k != "boot"}
+                    for entry in unit.history
+                ],
+            }
+            for name, unit in graph.units.items()
+        }
+    assert loaded == expected
+    assert {len(unit["history"]) for unit in expected.values()} > {0}  # not a trivial state
+    assert (source / "snapshot.bin").read_bytes() == (tmp_path / "snapshot.bin").read_bytes()

@@ -77,10 +77,8 @@ def _decode(decoder: msgspec.msgpack.Decoder, body: bytes, what: str):  # type: 
         return decoder.decode(body)
     except msgspec.DecodeError as exc:  # includes ValidationError: wrong type, unknown tag
         raise ProtocolError(f"invalid {what}: {exc}") from None
-    except UnicodeDecodeError as exc:  # msgspec raises it for a str field that is not UTF-8
-        raise ProtocolError(
-            f"invalid {what}: a string is not valid UTF-8 (byte {exc.start} of it)"
-        ) from None
+    except UnicodeDecodeError:  # msgspec raises it for a str that is not UTF-8
+        raise ProtocolError(f"invalid {what}: a string in it is not valid UTF-8") from None
     except (ValueError, OverflowError, RecursionError) as exc:  # belt and braces
         raise ProtocolError(f"invalid {what}: {exc}") from None
 

@@ -1,0 +1,308 @@
+"""Both clients, one session: the same rules, errors and messages, and trust only in the user's
+own agent (issue 9: the blocking `Client` and the trio `AsyncClient` had drifted apart)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from unitsync.agent.server import AgentConfig
+from unitsync.agent.service import Service
+from unitsync.client import client as blocking_module
+from unitsync.client.async_client import AsyncClient
+from unitsync.client.client import Client
+from unitsync.wire.errors import (
+    AgentUnavailable,
+    AgentUntrusted,
+    DependencyFailed,
+    Refused,
+    UnitsyncError,
+)
+from unitsync.wire.framing import decode_reply, take_frame
+from unitsync.wire.protocol import Started
+
+from conftest import run_cli
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+
+
+# --- an impostor: a listener run by another user ---------------------------------------------
+
+
+class Impostor:
+    """A listener at `path` run by uid 65534, reporting every byte each connection sent it."""
+
+    def __init__(self, path: Path, *, own_folder: bool) -> None:
+        self.path = path
+        self.own_folder = own_folder
+        self.pid = 0
+        self.reports = -1
+
+    def __enter__(self) -> Impostor:
+        ready_r, ready_w = os.pipe()
+        self.reports, report_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: become nobody, listen, tell what arrives, never answer
+            try:
+                os.close(ready_r)
+                os.close(self.reports)
+                self._serve(ready_w, report_w)
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(report_w)
+        assert os.read(ready_r, 1) == b"+", "the impostor did not start"
+        os.close(ready_r)
+        return self
+
+    def _serve(self, ready: int, report: int) -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.own_folder:  # its own folder: it binds there as nobody
+            os.setuid(NOBODY)
+            sock.bind(str(self.path))
+        else:  # the user's own folder: bound by root, listening as nobody (SO_PEERCRED)
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o666)
+            os.setuid(NOBODY)
+        sock.listen(8)
+        os.write(ready, b"+")
+        while True:
+            conn, _ = sock.accept()
+            received = b""
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    received = conn.recv(65536)  # the first burst, or b"" at once if refused
+            os.write(report, struct.pack(">I", len(received)) + received)
+
+    def next_report(self) -> bytes:
+        """What the next connection sent (b"" when the client hung up without a byte)."""
+        ready, _, _ = select.select([self.reports], [], [], 30)
+        assert ready, "no connection reached the impostor"
+        (size,) = struct.unpack(">I", os.read(self.reports, 4))
+        data = b""
+        while len(data) < size:
+            data += os.read(self.reports, size - len(data))
+        return data
+
+    def __exit__(self, *exc: object) -> None:
+        os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        os.close(self.reports)
+
+
+@pytest.fixture(params=["its-own-folder", "the-users-folder"])
+def impostor(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[Impostor]:
+    folder = short_tmp / "run"
+    folder.mkdir(mode=0o700)
+    own = request.param == "its-own-folder"
+    if own:
+        short_tmp.chmod(0o711)  # nobody may pass through to its folder
+        os.chown(folder, NOBODY, NOBODY)
+    with Impostor(folder / "agent.sock", own_folder=own) as impostor:
+        yield impostor
+
+
+def expected_refusal(impostor: Impostor) -> str:
+    if impostor.own_folder:
+        return f"its folder {impostor.path.parent} belongs to uid {NOBODY}"
+    return f"it runs as uid {NOBODY}"
+
+
+@as_root
+def test_the_cli_sends_nothing_to_another_users_listener(impostor: Impostor) -> None:
+    result = run_cli("sync", "start", "secret-unit-name", socket=impostor.path)
+    assert result.code == 3, result.err
+    assert str(impostor.path) in result.err
+    assert expected_refusal(impostor) in result.err
+    assert impostor.next_report() == b""  # not even the hello
+
+
+@as_root
+def test_the_blocking_client_sends_nothing_to_another_users_listener(impostor: Impostor) -> None:
+    with pytest.raises(AgentUntrusted, match=expected_refusal(impostor)) as caught:
+        Client(impostor.path).start("secret-unit-name")
+    assert caught.value.exit_code == 3
+    assert impostor.next_report() == b""
+
+
+@as_root
+async def test_the_trio_client_sends_nothing_to_another_users_listener(impostor: Impostor) -> None:
+    with pytest.raises(AgentUntrusted, match=expected_refusal(impostor)):
+        await AsyncClient.connect(impostor.path)
+    assert impostor.next_report() == b""
+
+
+@as_root
+def test_without_the_trust_check_the_impostor_would_hear_the_secret(
+    impostor: Impostor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The harness has teeth: with the check patched out, the unit name reaches the impostor."""
+    monkeypatch.setattr(blocking_module, "check_trust", lambda *args: None)
+    with pytest.raises(UnitsyncError):  # it never answers: the client retries, then gives up
+        Client(impostor.path).start("secret-unit-name", timeout=1)
+    assert b"secret-unit-name" in impostor.next_report()
+
+
+def test_a_socket_folder_writable_by_others_is_not_trusted(short_tmp: Path) -> None:
+    folder = short_tmp / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(folder / "agent.sock"))
+    server.listen(1)
+    with server:
+        result = run_cli("sync", "ping", socket=folder / "agent.sock")
+    assert result.code == 3
+    assert "is writable by others (mode 0777)" in result.err
+    assert "chmod" not in result.err  # never advice that could open up a shared folder further
+    assert "-unitsync/agent.sock" in result.err  # a private folder is suggested instead
+
+
+# --- a lost reply: the retry is recognised, not a second start ------------------------------
+
+
+async def lossy_proxy(
+    listen_at: Path, agent_socket: Path, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Forward connections to the agent; on the first one, drop the `Started` reply and hang up
+    (as an agent killed between its fsync and its reply would), then forward faithfully."""
+    listen_at.parent.mkdir(mode=0o700, exist_ok=True)
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await listener.bind(str(listen_at))
+    listener.listen(16)
+    dropped = False
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream, lossy: bool) -> None:
+        nonlocal dropped
+        buffer = bytearray()
+        while data := await src.receive_some(65536):
+            if not lossy:
+                await dst.send_all(data)
+                continue
+            buffer += data
+            while (body := take_frame(buffer)) is not None:
+                if isinstance(decode_reply(body), Started) and not dropped:
+                    dropped = True
+                    raise trio.BrokenResourceError("the reply is lost")
+                await dst.send_all(struct.pack(">I", len(body)) + body)
+
+    async def forward(client: trio.SocketStream) -> None:
+        agent = await trio.open_unix_socket(str(agent_socket))
+        try:
+            async with client, agent, trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, agent, False)
+                await pump(agent, client, not dropped)
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # one side hung up (or the reply was "lost"): so does the other
+
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            sock, _ = await listener.accept()
+            nursery.start_soon(forward, trio.SocketStream(sock))
+
+
+async def start_blocking(path: Path, unit: str) -> Started:
+    return await trio.to_thread.run_sync(lambda: Client(path).start(unit, timeout=30))
+
+
+async def start_trio(path: Path, unit: str) -> Started:
+    async with AsyncClient(path) as client:
+        return await client.start(unit)
+
+
+@pytest.mark.parametrize("start", [start_blocking, start_trio], ids=["blocking", "trio"])
+async def test_a_start_whose_reply_was_lost_is_not_started_twice(
+    agent: Service,
+    config: AgentConfig,
+    short_tmp: Path,
+    nursery: trio.Nursery,
+    start: Callable[[Path, str], Awaitable[Started]],
+) -> None:
+    proxy = short_tmp / "proxy" / "agent.sock"
+    await nursery.start(lossy_proxy, proxy, config.socket)
+    started = await start(proxy, "job")
+    assert started.unit == "job"
+    history = agent.graph.units["job"].history
+    assert [(h.from_, h.to) for h in history] == [("pending", "started")]  # one run, not two
+
+
+# --- the same situation, the same error, whichever client ----------------------------------
+
+
+async def outcome(call: Callable[[], Awaitable[object]]) -> tuple[str, str, int]:
+    try:
+        await call()
+    except UnitsyncError as exc:
+        return type(exc).__name__, str(exc), exc.exit_code
+    raise AssertionError("the call did not fail")
+
+
+SITUATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "a cycle": ("want", ("a", "b")),
+    "a bad name": ("want", ("x", "bad\x07name")),
+    "never started": ("complete", ("typo",)),
+    "unknown unit": ("status", ("ghost",)),
+    "a failed dependency": ("start", ("app",)),
+}
+
+
+@pytest.mark.parametrize("situation", list(SITUATIONS))
+async def test_both_clients_report_the_same_error_the_same_way(
+    agent: Service, config: AgentConfig, situation: str
+) -> None:
+    async with AsyncClient(config.socket) as setup:
+        await setup.want("b", "a")
+        await setup.want("app", "db")
+        await setup.fail("db", "disk full")
+    method, args = SITUATIONS[situation]
+
+    def blocking() -> object:
+        with Client(config.socket) as client:
+            return getattr(client, method)(*args)
+
+    async def via_trio() -> object:
+        async with AsyncClient(config.socket) as client:
+            return await getattr(client, method)(*args)
+
+    got_blocking = await outcome(lambda: trio.to_thread.run_sync(blocking))
+    await setup_again(config, situation)
+    got_trio = await outcome(via_trio)
+    assert got_blocking == got_trio
+    assert got_trio[0] in {Refused.__name__, DependencyFailed.__name__}
+
+
+async def setup_again(config: AgentConfig, situation: str) -> None:
+    """Put back what the first client's failure changed, so both meet the same situation."""
+    if situation == "a failed dependency":
+        async with AsyncClient(config.socket) as client:
+            await client.reset("app")
+
+
+@pytest.mark.parametrize("where", ["no-such-folder", "no-listener"])
+async def test_both_clients_say_the_same_when_no_agent_listens(short_tmp: Path, where: str) -> None:
+    folder = short_tmp / where
+    if where == "no-listener":
+        folder.mkdir(mode=0o700)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(folder / "agent.sock"))
+        stale.close()  # a socket file nobody listens on
+    path = folder / "agent.sock"
+    got_blocking = await outcome(lambda: trio.to_thread.run_sync(lambda: Client(path).ping()))
+    got_trio = await outcome(lambda: AsyncClient.connect(path))
+    assert got_blocking == got_trio
+    assert got_trio[0] == AgentUnavailable.__name__ and got_trio[2] == 3
+    assert f"no agent is listening at {path}" in got_trio[1]
