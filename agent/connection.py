@@ -36,6 +36,7 @@ from unitsync.wire.protocol import (
     Complete,
     Error,
     Fail,
+    Forget,
     FullView,
     Hello,
     Ping,
@@ -221,6 +222,8 @@ async def _dispatch(service: Service, frames: FrameStream, request: object) -> m
             return await service.fail(request)
         case Reset():
             return await service.reset(request)
+        case Forget():
+            return await service.forget(request)
         case Status():
             return await service.status(request)
         case Watch():

@@ -14,46 +14,71 @@ class SetupError(Exception):
     """The agent cannot start; the message says why and what to do."""
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create `path` 0700, or accept an existing one only if we own it and others cannot write."""
+def ensure_private_dir(path: Path, elsewhere: str) -> None:
+    """Create `path` 0700, or accept an existing one only if we own it and others cannot write.
+
+    `elsewhere` says how to choose another folder (`--state-dir D`, `--socket P`).
+    """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = path.lstat()
     except OSError as exc:
-        raise SetupError(f"cannot create the folder {path}: {exc.strerror}") from None
+        raise SetupError(f"cannot create the folder {path}: {exc.strerror}; {elsewhere}") from None
     if not stat.S_ISDIR(info.st_mode):
-        raise SetupError(f"{path} is not a folder (a symlink or file is in the way)")
+        raise SetupError(f"{path} is not a folder (a symlink or file is in the way); {elsewhere}")
     if info.st_uid != os.getuid():
         raise SetupError(
             f"refusing to use {path}: it belongs to uid {info.st_uid}, not to you "
-            f"(uid {os.getuid()}); choose another path with --socket"
+            f"(uid {os.getuid()}); {elsewhere}"
         )
     if info.st_mode & 0o022:
+        mode = stat.S_IMODE(info.st_mode)
+        # A shared folder (sticky, like /tmp) must stay open to everyone: never suggest
+        # closing it, only a private folder of one's own.
+        fix = "" if info.st_mode & stat.S_ISVTX else f"run `chmod 700 {path}`, or "
         raise SetupError(
-            f"refusing to use {path}: it is writable by others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run `chmod 700 {path}` or choose another path"
+            f"refusing to use {path}: it is writable by others (mode {mode:04o}); {fix}{elsewhere}"
         )
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold an flock on `path` (which records our pid) for as long as the block runs."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[None]:
+    """Hold an flock on `path` (which records our pid) for as long as the block runs.
+
+    The file is removed when the lock is released, so a clean stop leaves nothing behind;
+    a taker checks after locking that the file it locked is still the one at `path`
+    (else it was just released and removed: it tries again), so removal never lets two in.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise SetupError(
                 f"another unitsync agent (pid {holder}) is already serving {what}; "
-                "stop it first, or give this one another --socket"
+                f"stop it first, or {elsewhere}"
             ) from None
+        if _is_at(fd, path):
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still holding the lock
         os.close(fd)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def fsync_dir(path: Path) -> None:

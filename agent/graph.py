@@ -16,8 +16,21 @@ from dataclasses import dataclass, field
 from unitsync.wire.errors import Refused
 from unitsync.wire.timefmt import timestamp
 
-from .machine import COMPLETE, FAIL, RESET, START, Command, Go, Refuse, State, Stay, outcome
-from .records import Edge, HistoryEntry, Known, Move, Record, UnitImage
+from .machine import (
+    COMPLETE,
+    FAIL,
+    FORGET,
+    RESET,
+    START,
+    Command,
+    Drop,
+    Go,
+    Refuse,
+    State,
+    Stay,
+    outcome,
+)
+from .records import Edge, Forget, HistoryEntry, Known, Move, Record, UnitImage
 
 HISTORY_LIMIT = 100
 """Transitions kept per unit: an agent that runs for months does not grow without bound."""
@@ -92,6 +105,9 @@ class Graph:
         elif kind is Edge:
             self.units[record.unit].deps[record.dep] = None
             self.units[record.dep].dependents.add(record.unit)
+        elif kind is Forget:
+            for dep in self.units.pop(record.unit).deps:
+                self.units[dep].dependents.discard(record.unit)
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
 
@@ -146,7 +162,7 @@ class Graph:
     def complete(self, name: str, force: bool, now: float) -> list[Record]:
         return self._move(name, COMPLETE, {"force"} if force else set(), now)
 
-    def fail(self, name: str, reason: str, now: float) -> list[Record]:
+    def fail(self, name: str, reason: str, now: float, force: bool = False) -> list[Record]:
         if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
             check_name(name)
             raise Refused(
@@ -154,7 +170,7 @@ class Graph:
                 "(put long logs in a file and name the file)",
                 unit=name,
             )
-        return self._move(name, FAIL, set(), now, reason=reason)
+        return self._move(name, FAIL, {"force"} if force else set(), now, reason=reason)
 
     def reset(self, name: str | None, now: float) -> list[Record]:
         """Back to pending, edges kept; `None` resets every unit."""
@@ -168,9 +184,22 @@ class Graph:
             ]
         )
 
+    def forget(self, name: str, now: float) -> list[Record]:
+        """Remove a unit nobody wants, with its history (typos must not live forever)."""
+        self._decide(name, FORGET, set())
+        dependents = self.units[name].dependents
+        if dependents:
+            names = ", ".join(sorted(dependents))
+            raise Refused(
+                f"unit {name!r} is still wanted by {names}: forget {names} first, or keep {name!r}",
+                code="in_use",
+                unit=name,
+            )
+        return self._applied([Forget(name, now)])
+
     # --- the table, applied ----------------------------------------------------------------
 
-    def _decide(self, name: str, command: Command, overrides: set[str]) -> Go | Stay:
+    def _decide(self, name: str, command: Command, overrides: set[str]) -> Go | Stay | Drop:
         """The table's outcome for `command` on `name`, or the refusal it calls for."""
         check_name(name)
         unit = self.units.get(name)
@@ -217,7 +246,7 @@ class Graph:
             return self.units[name]
         except KeyError:
             raise Refused(
-                f"unknown unit {name!r}: no command has named it yet",
+                f"unknown unit {name!r}: no command has named it yet; check the name",
                 code="unknown_unit",
                 unit=name,
             ) from None
@@ -290,5 +319,11 @@ def _refusal_message(name: str, unit: Unit | None, refusal: Refuse) -> str:
             known = "was never started"
         return f"unit {name!r} {known}; check the name, or use --force to complete it anyway"
     if refusal.code == "unknown_unit":
-        return f"unknown unit {name!r}: no command has named it yet; check the name"
+        force = " (or use --force to declare it failed anyway)" if refusal.override else ""
+        return f"unknown unit {name!r}: no command has named it yet; check the name{force}"
+    if refusal.code == "in_use":
+        return (
+            f"unit {name!r} is started (its script may still be running); "
+            "complete, fail or reset it first"
+        )
     raise AssertionError(f"no message for the refusal {refusal}")

@@ -91,23 +91,16 @@ class Journal:
         salvage: bool = False,
         compact_ratio: float = 4.0,
         compact_min_records: int = 10_000,
+        locked: contextlib.ExitStack | None = None,
     ) -> Journal:
-        """Lock the state dir and recover the acknowledged state from it (`journal.graph`).
+        """Recover the acknowledged state from the state dir (`journal.graph`).
 
-        The journal holds the lock and the log's descriptor until `close()`; use it as a
-        context manager.
+        `locked` is the state dir's lock (`lock_state_dir`) if the caller took it already;
+        else it is taken here. The journal holds the lock and the log's descriptor until
+        `close()`; use it as a context manager.
         """
-        try:
-            ensure_private_dir(state_dir)
-        except SetupError as exc:
-            raise JournalError(str(exc)) from None
         with contextlib.ExitStack() as lock:
-            try:
-                lock.enter_context(
-                    exclusive_lock(state_dir / LOCK_NAME, f"the state dir {state_dir}")
-                )
-            except SetupError as exc:
-                raise JournalError(str(exc)) from None
+            lock.enter_context(locked if locked is not None else lock_state_dir(state_dir))
             with _collector_paused():  # recovery builds only acyclic data: nothing to collect
                 recovered = _Recovery(state_dir, salvage).run()
             fd = os.open(state_dir / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -233,6 +226,27 @@ class Journal:
 
     def _crash_point(self, step: str) -> None:
         """Tests replace this to stop compaction between two steps, as a crash would."""
+
+
+def lock_state_dir(state_dir: Path) -> contextlib.ExitStack:
+    """Create the state dir (private) and take its lock: one agent per state dir.
+
+    Returned as an ExitStack so the journal can own it from then on.
+    """
+    lock = contextlib.ExitStack()
+    try:
+        ensure_private_dir(state_dir, "choose another --state-dir")
+        lock.enter_context(
+            exclusive_lock(
+                state_dir / LOCK_NAME,
+                f"the state dir {state_dir}",
+                "give this one another --state-dir",
+            )
+        )
+    except SetupError as exc:
+        lock.close()
+        raise JournalError(str(exc)) from None
+    return lock
 
 
 @contextlib.contextmanager

@@ -5,12 +5,20 @@ unit no command had named known (pending) first. The graph's commands look their
 here and nowhere else; `tests/test_graph.py` iterates the same table, so a rule
 changed here is a rule changed (and tested) everywhere.
 
-    status \\ command  start              complete             fail      reset
-    (never named)      started            refused, or --force  failed    (no change)
-    pending            started            refused, or --force  failed    (no change)
-    started            refused, or rerun  completed            failed    pending
-    completed          started: new run   (no change)          failed    pending
-    failed             started: new run   completed            failed    pending
+    status \\ command  start          complete        fail            reset      forget
+    (never named)      started        refused|force   refused|force   refused    refused
+    pending            started        refused|force   failed          -          removed
+    started            refused|rerun  completed       failed          pending    refused
+    completed          started (new)  -               failed          pending    removed
+    failed             started (new)  completed       failed          pending    removed
+
+(`refused|force`: refused unless the command's override flag is given; `-`: no change;
+`(new)`: a new run.)
+
+Every command but `start` refuses a name no command has named yet: it is most likely a
+typo, and would otherwise become a unit forever (`fail --force` declares a failure on
+purpose). `forget` refuses a started unit (its script may still be running); the graph
+also refuses to forget a unit that others want, naming them.
 
 `completed -> failed` is legal: a unit that was ready can stop being so (a service
 that died after it was ready, an operator who knows better), and its dependents'
@@ -37,6 +45,7 @@ class Command(enum.Enum):
     COMPLETE = "complete"
     FAIL = "fail"
     RESET = "reset"
+    FORGET = "forget"
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,11 @@ class Stay:
 
 
 @dataclass(frozen=True)
+class Drop:
+    """The command removes the unit, with its history (`forget`)."""
+
+
+@dataclass(frozen=True)
 class Refuse:
     """The command is refused with `code`, unless the caller gives `override` (a flag
     of the command, such as `--force`); then it does `then`."""
@@ -62,9 +76,9 @@ class Refuse:
     then: Go | None = None
 
 
-Outcome = Go | Stay | Refuse
+Outcome = Go | Stay | Drop | Refuse
 
-START, COMPLETE, FAIL, RESET = Command.START, Command.COMPLETE, Command.FAIL, Command.RESET
+START, COMPLETE, FAIL, RESET, FORGET = Command
 
 NEW_RUN = "new run"
 FORCED = "forced"
@@ -81,16 +95,21 @@ MOVES: dict[tuple[Status, Command], Outcome] = {
     ("started", COMPLETE): Go("completed"),
     ("completed", COMPLETE): Stay(),
     ("failed", COMPLETE): Go("completed"),
-    (None, FAIL): Go("failed"),
+    (None, FAIL): Refuse("unknown_unit", "force", Go("failed")),
     ("pending", FAIL): Go("failed"),
     ("started", FAIL): Go("failed"),
     ("completed", FAIL): Go("failed"),
     ("failed", FAIL): Go("failed"),
-    (None, RESET): Stay(),
+    (None, RESET): Refuse("unknown_unit"),
     ("pending", RESET): Stay(),
     ("started", RESET): Go("pending", RESET_REASON),
     ("completed", RESET): Go("pending", RESET_REASON),
     ("failed", RESET): Go("pending", RESET_REASON),
+    (None, FORGET): Refuse("unknown_unit"),
+    ("pending", FORGET): Drop(),
+    ("started", FORGET): Refuse("in_use"),
+    ("completed", FORGET): Drop(),
+    ("failed", FORGET): Drop(),
 }
 
 

@@ -48,7 +48,14 @@ class Move(msgspec.Struct, tag="move", array_like=True, gc=False):
     """For a start: how long it waited for its dependencies."""
 
 
-Record = Known | Edge | Move
+class Forget(msgspec.Struct, tag="forget", array_like=True, gc=False):
+    """`unit` was removed, with its history and the edges to what it wanted."""
+
+    unit: str
+    at: float
+
+
+Record = Known | Edge | Move | Forget
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False):

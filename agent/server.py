@@ -24,9 +24,11 @@ from typing import Any
 
 import trio
 
+from unitsync.wire.paths import private_socket_hint
+
 from .connection import refuse_busy, serve_connection
 from .files import ensure_private_dir, exclusive_lock
-from .journal import Journal
+from .journal import Journal, lock_state_dir
 from .limits import Limits
 from .listener import bound_socket
 from .service import Service
@@ -47,24 +49,32 @@ async def run_agent(
     config: AgentConfig, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled. Setup errors are raised before `task_status.started`."""
-    ensure_private_dir(config.socket.parent)
-    lock_path = config.socket.with_name(config.socket.name + ".lock")
-    # Bound before the journal loads: clients that connect meanwhile wait in the backlog.
-    with (
-        exclusive_lock(lock_path, f"the socket {config.socket}"),
-        bound_socket(config.socket) as sock,
-        Journal.open(config.state_dir, salvage=config.salvage) as journal,
-    ):
-        gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
-        service = Service(journal.graph, journal, socket=config.socket, state_dir=config.state_dir)
-        log.info(
-            "listening on %s (state in %s, %d units)",
-            config.socket,
-            config.state_dir,
-            len(journal.graph.units),
-        )
-        limits = _fit_to_open_file_limit(config.limits)
-        await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
+    # The state dir first: a second agent on it is turned away before it touches any socket.
+    with lock_state_dir(config.state_dir) as state_lock:
+        ensure_private_dir(config.socket.parent, _another_socket())
+        lock_path = config.socket.with_name(config.socket.name + ".lock")
+        # Bound before the journal loads: clients that connect meanwhile wait in the backlog.
+        with (
+            exclusive_lock(
+                lock_path, f"the socket {config.socket}", "give this one another --socket"
+            ),
+            bound_socket(config.socket) as sock,
+            Journal.open(
+                config.state_dir, salvage=config.salvage, locked=state_lock.pop_all()
+            ) as journal,
+        ):
+            gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
+            service = Service(
+                journal.graph, journal, socket=config.socket, state_dir=config.state_dir
+            )
+            log.info(
+                "listening on %s (state in %s, %d units)",
+                config.socket,
+                config.state_dir,
+                len(journal.graph.units),
+            )
+            limits = _fit_to_open_file_limit(config.limits)
+            await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
 
 
 async def _serve(
@@ -153,6 +163,11 @@ class _FaultLog:
             more,
             exc_info=exc if self.count == 1 else None,
         )
+
+
+def _another_socket() -> str:
+    """How to choose another socket: in a folder only this user can write."""
+    return f"put the socket in a private folder, e.g. --socket {private_socket_hint()}"
 
 
 RESERVED_FILES = 64

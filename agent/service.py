@@ -18,10 +18,11 @@ from typing import Protocol
 import trio
 
 from unitsync.wire import __version__
-from unitsync.wire.errors import DependencyFailed
+from unitsync.wire.errors import DependencyFailed, Refused
 from unitsync.wire.protocol import (
     Complete,
     Fail,
+    Forget,
     Ok,
     Pong,
     Reset,
@@ -145,9 +146,21 @@ class Service:
         return Ok(unit=request.unit, message=_moved(request.unit, records, "completed"))
 
     async def fail(self, request: Fail) -> Ok:
-        records = self.graph.fail(request.unit, request.reason, self.clock())
+        records = self.graph.fail(request.unit, request.reason, self.clock(), request.force)
         await self.commit(records)
         return Ok(unit=request.unit, message=f"{request.unit} failed")
+
+    async def forget(self, request: Forget) -> Ok:
+        name = request.unit
+        if self.waiting[name]:
+            raise Refused(
+                f"unit {name!r} has a start waiting for its dependencies; "
+                "end that start first, then forget it",
+                code="in_use",
+                unit=name,
+            )
+        await self.commit(self.graph.forget(name, self.clock()))
+        return Ok(unit=name, message=f"forgot {name} and its history")
 
     async def reset(self, request: Reset) -> Ok:
         records = self.graph.reset(request.unit, self.clock())
@@ -178,8 +191,9 @@ class Service:
             return Started(name, at=unit.since, waited=0.0)  # a retry of a start we acknowledged
         await self.commit(graph.admit(name, request.rerun, self.clock()))
         blocked = _Blocked(self, name)
+        began = self.clock() - max(request.waited_before, 0.0)  # the whole wait, across agents
         try:
-            return await self._wait_and_start(request, self.clock(), progress, idle, blocked)
+            return await self._wait_and_start(request, began, progress, idle, blocked)
         finally:
             blocked.end()
 

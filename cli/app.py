@@ -3,8 +3,14 @@
 Start-up time is a feature (scripts call this many times): this module imports
 cyclopts, msgspec and the client only. The agent command and the renderers are
 loaded when used.
+
+Exit codes are the errors' own (`unitsync.wire.errors`): 0 success, 1 refused, 2 usage,
+3 no agent, 4 a dependency failed, 5 timed out, 6 not durable; 130 (128+N) when
+interrupted by a signal; a broken pipe on stdout (`| head`) exits 141 quietly, as a
+writer killed by SIGPIPE would.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -13,14 +19,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from cyclopts import App, Parameter
+from cyclopts.exceptions import CycloptsError
 
-from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.client import Client
 from unitsync.wire import __version__
+from unitsync.wire.errors import EXIT_USAGE, UnitsyncError
 from unitsync.wire.paths import SOCKET_ENV
 from unitsync.wire.protocol import Ok
 
 from .durations import DEFAULT_TIMEOUT, duration_option
 from .progress import StartProgress
+from .usage import USAGE, describe
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as shells report a command stopped by Ctrl-C."""
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what `yes | head -1` gives its writer."""
 
 app = App(
     name="unitsync",
@@ -28,23 +42,43 @@ app = App(
     version=__version__,
     help_format="plaintext",
 )
-sync = App(name="sync", help="Declare, wait for and report units (talks to the agent).")
+sync = App(
+    name="sync",
+    help="Declare, wait for and report units (talks to the agent).",
+    usage="Usage: unitsync sync COMMAND [ARGS...]",
+)
 app.command(sync)
 app.command(
     "unitsync.cli.agent_command:agent",
     name="agent",
     help="Run the agent in the foreground until SIGINT or SIGTERM.",
+    usage=f"Usage: {USAGE['agent']}",
 )
 app.command(
     "unitsync.cli.completion:install_completion",
     name="--install-completion",
-    help="Install shell completion for unitsync (bash, zsh or fish).",
+    help="Install shell completion (bash, zsh or fish).",
 )
+
+
+@app.default
+def _no_command() -> int:
+    """`unitsync` alone is a usage error (exit 2), as for other tools."""
+    app.help_print(console=_stderr_console())
+    return EXIT_USAGE
+
+
+@sync.default
+def _no_sync_command() -> int:
+    sync.help_print(console=_stderr_console())
+    return EXIT_USAGE
+
 
 SocketOption = Annotated[
     Path | None,
     Parameter(name="--socket", env_var=SOCKET_ENV, help="The agent's socket."),
 ]
+Unit = Annotated[str, Parameter(help="The unit's name (any UTF-8 text up to 255 bytes).")]
 Output = Literal["table", "json", "dot", "mermaid"]
 TimeoutOption = Annotated[
     float | None,
@@ -54,7 +88,7 @@ TimeoutOption = Annotated[
         metavar="DURATION",
         show_default=False,
         help="How long to wait for the dependencies: 30s, 5m, 1h30m; 0 waits forever "
-        "[default: 5m].",
+        "[default: 5m]. The agent itself never times out a wait.",
     ),
 ]
 
@@ -78,7 +112,7 @@ def _change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
     return 0
 
 
-@sync.command
+@sync.command(usage=f"Usage: {USAGE['ping']}")
 def ping(*, socket: SocketOption = None) -> int:
     """Check that the agent answers; print its version and uptime."""
     from unitsync.wire.timefmt import duration as format_duration
@@ -95,21 +129,30 @@ def ping(*, socket: SocketOption = None) -> int:
     return 0
 
 
-@sync.command
-def want(unit: str, dep: str, *deps: str, socket: SocketOption = None) -> int:
-    """Declare that UNIT may start only after every DEP is completed."""
-    return _change(socket, lambda client: client.want(unit, dep, *deps))
-
-
-@sync.command
-def start(
-    unit: str,
-    *,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
-    rerun: Annotated[bool, Parameter(help="Start a new run even if UNIT is started.")] = False,
+@sync.command(usage=f"Usage: {USAGE['want']}")
+def want(
+    unit: Annotated[str, Parameter(help="The unit that waits.")],
+    dep: Annotated[str, Parameter(help="A unit it waits for (it must be completed first).")],
+    /,
+    *more: Annotated[str, Parameter(name="DEP...", help="More units it waits for.")],
     socket: SocketOption = None,
 ) -> int:
-    """Wait until every dependency of UNIT is completed, then mark UNIT started."""
+    """Declare that UNIT may start only after every DEP is completed."""
+    return _change(socket, lambda client: client.want(unit, dep, *more))
+
+
+@sync.command(usage=f"Usage: {USAGE['start']}")
+def start(
+    unit: Unit,
+    /,
+    *,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    rerun: Annotated[
+        bool, Parameter(negative=(), help="Start a new run even if UNIT is started.")
+    ] = False,
+    socket: SocketOption = None,
+) -> int:
+    """Wait until every dependency of UNIT is completed, then mark it started."""
     progress = StartProgress(unit, sys.stderr)
     try:
         with Client(socket, name="cli") as client:
@@ -123,52 +166,76 @@ def start(
     except UnitsyncError as exc:
         progress.clear()
         return _fail(exc)
+    except KeyboardInterrupt:
+        progress.interrupted()
+        return EXIT_INTERRUPTED
     progress.done(started)
     return 0
 
 
-@sync.command
+@sync.command(usage=f"Usage: {USAGE['complete']}")
 def complete(
-    unit: str,
+    unit: Unit,
+    /,
     *,
-    force: Annotated[bool, Parameter(help="Complete UNIT even if it was never started.")] = False,
+    force: Annotated[
+        bool, Parameter(negative=(), help="Complete UNIT even if it was never started.")
+    ] = False,
     socket: SocketOption = None,
 ) -> int:
     """Mark UNIT completed, releasing every unit that waits for it."""
     return _change(socket, lambda client: client.complete(unit, force=force))
 
 
-@sync.command
+@sync.command(usage=f"Usage: {USAGE['fail']}")
 def fail(
-    unit: str,
+    unit: Unit,
+    /,
     *,
     reason: Annotated[str, Parameter(help="Why it failed (shown to waiters).")] = "",
+    force: Annotated[
+        bool, Parameter(negative=(), help="Fail UNIT even if no command has named it yet.")
+    ] = False,
     socket: SocketOption = None,
 ) -> int:
-    """Mark UNIT failed; every start waiting on it ends with an error."""
-    return _change(socket, lambda client: client.fail(unit, reason))
+    """Mark UNIT failed; every start waiting on it fails too (exit 4)."""
+    return _change(socket, lambda client: client.fail(unit, reason, force=force))
 
 
-@sync.command
+@sync.command(usage=f"Usage: {USAGE['reset']}")
 def reset(
-    unit: str | None = None,
+    unit: Annotated[str | None, Parameter(help="The unit to reset.")] = None,
+    /,
     *,
-    all: Annotated[bool, Parameter(name="--all", help="Reset every unit.")] = False,
+    all: Annotated[bool, Parameter(name="--all", negative=(), help="Reset every unit.")] = False,
     socket: SocketOption = None,
 ) -> int:
-    """Put UNIT (or, with --all, every unit) back to pending; dependencies are kept."""
+    """Put UNIT (or every unit) back to pending; dependencies are kept."""
     if (unit is None) == (not all):
         print("unitsync: reset needs a UNIT or --all (not both)", file=sys.stderr)
-        return 2
+        print(f"usage: {USAGE['reset']}", file=sys.stderr)
+        return EXIT_USAGE
     return _change(socket, lambda client: client.reset(unit))
 
 
-@sync.command
+@sync.command(usage=f"Usage: {USAGE['forget']}")
+def forget(unit: Unit, /, *, socket: SocketOption = None) -> int:
+    """Remove UNIT and its history (refused while it is wanted or started)."""
+    return _change(socket, lambda client: client.forget(unit))
+
+
+@sync.command(usage=f"Usage: {USAGE['status']}")
 def status(
-    unit: str | None = None,
+    unit: Annotated[
+        str | None, Parameter(help="Show this unit in detail (default: every unit).")
+    ] = None,
+    /,
     *,
-    output: Annotated[Output | None, Parameter(alias="-o", help="Output format.")] = None,
-    watch: Annotated[bool, Parameter(help="Keep the view live until Ctrl-C.")] = False,
+    output: Annotated[
+        Output | None,
+        Parameter(alias="-o", help="table (default), json, dot (Graphviz) or mermaid."),
+    ] = None,
+    watch: Annotated[bool, Parameter(negative=(), help="Keep the view live until Ctrl-C.")] = False,
     socket: SocketOption = None,
 ) -> int:
     """Show UNIT in detail, or every unit when none is named."""
@@ -178,7 +245,7 @@ def status(
 
         if output not in (None, "table", "json"):
             print("unitsync: --watch shows a table or JSON lines, not graphs", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         return follow(client, unit, live=output != "json" and sys.stdout.isatty())
     try:
         with client:
@@ -203,10 +270,13 @@ def _render(units: list, unit: str | None, output: Output) -> str:
     return render.render_table(units, time.time())
 
 
-@sync.command(usage="Usage: unitsync sync run UNIT [--want DEP]... [--timeout D] -- COMMAND...")
+@sync.command(usage=f"Usage: {USAGE['run']}")
 def run(
-    unit: str,
-    *command: str,
+    unit: Unit,
+    /,
+    *command: Annotated[
+        str, Parameter(name="COMMAND", help="The command to run as UNIT, after `--`.")
+    ],
     want: Annotated[
         tuple[str, ...],
         Parameter(negative=(), metavar="DEP", help="A dependency (repeat for more)."),
@@ -214,13 +284,14 @@ def run(
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     socket: SocketOption = None,
 ) -> int:
-    """Wait for UNIT's dependencies, run COMMAND as UNIT, then complete or fail it.
+    """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
 
     Exits with COMMAND's status. If a dependency fails or the wait times out, COMMAND does not run.
     """
     if not command:
         print("unitsync: run needs a command after `--`", file=sys.stderr)
-        return 2
+        print(f"usage: {USAGE['run']}", file=sys.stderr)
+        return EXIT_USAGE
     from .run import run_unit
 
     with Client(socket, name="cli") as client:
@@ -228,24 +299,55 @@ def run(
 
 
 def main() -> None:
+    _exit_now(_main(sys.argv[1:]))
+
+
+def _main(argv: list[str]) -> int:
+    if not sys.stdout.isatty():  # help in a pipe or a file: no box drawing
+        app.help_formatter = sync.help_formatter = "plain"
     try:
-        code = app(result_action="return_value")
-    except SystemExit as exc:
+        code = app(argv, exit_on_error=False, print_error=False, result_action="return_value")
+    except CycloptsError as exc:
+        message, usage = describe(exc, argv)
+        print(f"unitsync: {message}", file=sys.stderr)
+        if usage:
+            print(f"usage: {usage}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nunitsync: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _stdout_gone()
+    except SystemExit as exc:  # --help and --version exit through here
         code = exc.code
-    _exit_now(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
-def _exit_now(code: object) -> None:
+def _stdout_gone() -> int:
+    """The reader of our stdout went away (`| head`): say nothing more, exit as SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the final flush cannot fail again
+    return EXIT_BROKEN_PIPE
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
+
+
+def _exit_now(status: int) -> None:
     """Exit without interpreter teardown: ~15 ms of a ~100 ms run, paid by every call.
 
     Only stdout and stderr hold anything to write, so flush them and go.
     """
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-    status = code if isinstance(code, int) and not isinstance(code, bool) else int(bool(code))
     try:
         sys.stdout.flush()
+    except BrokenPipeError:  # the last lines could not be written: `| head` again
+        status = _stdout_gone()
+    with contextlib.suppress(OSError):
         sys.stderr.flush()
-    except BrokenPipeError:  # e.g. `unitsync sync status | head -1`
-        status = status or 1
     os._exit(status)

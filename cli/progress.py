@@ -45,6 +45,13 @@ class StartProgress:
         waited = f" after waiting {format_duration(started.waited)}" if self.waiting else ""
         self._line(f"{self.unit}: started{waited}")
 
+    def interrupted(self) -> None:
+        """Ctrl-C: end the live line (so the prompt does not land on it) and say so."""
+        self.clear()
+        waiting = f" while waiting for {', '.join(self.waiting.on)}" if self.waiting else ""
+        elapsed = format_duration(time.monotonic() - self.began)
+        self._line(f"unitsync: {self.unit}: interrupted{waiting} ({elapsed})")
+
     def clear(self) -> None:
         if self.live and (self.waiting or self.unreachable):
             self.stream.write(CLEAR_LINE)

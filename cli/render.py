@@ -6,6 +6,7 @@ Pure functions from views to text; loaded only by `status`.
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import msgspec
 
@@ -31,7 +32,7 @@ def table_row(unit: UnitView, now: float) -> list[str]:
         unit.name,
         unit.status,
         "yes" if unit.ready else "no",
-        ", ".join(_blocking(unit)) or "-",
+        ", ".join(unit.waiting_on) or "-",
         clock(unit.since),
         format_duration(now - unit.since),
         unit.reason or "-",
@@ -147,20 +148,49 @@ def render_mermaid(units: list[UnitView]) -> str:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _blocking(unit: UnitView) -> list[str]:
-    return unit.waiting_on or [d.unit for d in unit.dependencies if not d.satisfied]
-
-
 def _maybe_duration(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(seconds)
 
 
 def _columns(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """Left-aligned columns two spaces apart; every column but the last at most NAME_CELLS
+    wide (a long unit name is shortened with an ellipsis rather than widen every row)."""
+    rows = [[fit(cell, NAME_CELLS) for cell in row[:-1]] + row[-1:] for row in rows]
+    widths = [max(cells(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        "  ".join(
+            cell + " " * (width - cells(cell)) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
         for row in rows
     )
+
+
+NAME_CELLS = 40
+"""Widest a table column gets (but the last): room for any sensible unit name; longer
+ones end in an ellipsis in tables, never in JSON."""
+
+
+def cells(text: str) -> int:
+    """Terminal cells `text` takes: wide (East Asian, emoji) characters take two."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def fit(text: str, width: int) -> str:
+    """`text`, shortened with an ellipsis to at most `width` cells."""
+    if cells(text) <= width:
+        return text
+    kept, used = [], 1  # the ellipsis takes one cell
+    for char in text:
+        used += cells(char)
+        if used > width:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
 
 
 def _node_ids(units: list[UnitView]) -> dict[str, str]:

@@ -9,7 +9,7 @@ import time
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
-from .render import STATUS_STYLES, TABLE_COLUMNS, plain, table_row
+from .render import NAME_CELLS, STATUS_STYLES, TABLE_COLUMNS, cells, plain, table_row
 
 
 def follow(client: Client, unit: str | None, live: bool) -> int:
@@ -45,6 +45,31 @@ def _json_lines(client: Client, unit: str | None) -> None:
         print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
+FIXED_CELLS = {"STATUS": len("completed"), "READY": len("READY"), "SINCE": 8, "FOR": 6}
+"""Columns that never give way: whatever the terminal's width, these stay readable."""
+SHARES = {"UNIT": 0.45, "WAITING ON": 0.25}
+"""On a narrow terminal, the part of the remaining width names may take (REASON: the rest)."""
+CELL_OVERHEAD = 3
+"""A border and two cells of padding per column."""
+
+
+def column_widths(rows: list[list[str]], width: int) -> dict[str, int]:
+    """Widths for the flexible columns (UNIT, WAITING ON, REASON) so the table fits `width`."""
+    natural = {
+        name: max([cells(row[i]) for row in rows] + [len(name)])
+        for i, name in enumerate(TABLE_COLUMNS)
+    }
+    natural["UNIT"] = min(natural["UNIT"], NAME_CELLS)
+    natural["WAITING ON"] = min(natural["WAITING ON"], NAME_CELLS)
+    room = width - sum(FIXED_CELLS.values()) - CELL_OVERHEAD * len(TABLE_COLUMNS) - 1
+    widths = {name: natural[name] for name in SHARES}
+    if sum(widths.values()) + natural["REASON"] > room:
+        for name, share in SHARES.items():
+            widths[name] = max(min(natural[name], int(room * share)), len(name[:7]))
+    widths["REASON"] = max(room - sum(widths.values()), 6)
+    return widths
+
+
 class _Board:
     """The live table's state; rendered afresh on every refresh so durations tick."""
 
@@ -60,21 +85,29 @@ class _Board:
             self.units[event.unit.name] = event.unit
         self.note = ""
 
-    def __rich__(self) -> object:
+    def __rich_console__(self, console: object, options: object) -> object:
         from rich.markup import escape
         from rich.table import Table
 
         now = time.time()
+        views = sorted(self.units.values(), key=lambda u: u.name)
+        rows = [table_row(view, now) for view in views]
+        widths = column_widths(rows, options.max_width)  # type: ignore[attr-defined]
         title = f"{self.unit} and its dependencies" if self.unit else "every unit"
         caption = self.note or "Ctrl-C to stop"
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
         for column in TABLE_COLUMNS:
-            table.add_column(column, no_wrap=column != "REASON")
-        for view in sorted(self.units.values(), key=lambda u: u.name):
-            cells = [escape(cell) for cell in table_row(view, now)]  # names are not markup
+            if column in FIXED_CELLS:
+                table.add_column(column, min_width=FIXED_CELLS[column], no_wrap=True)
+            else:
+                table.add_column(
+                    column, max_width=widths[column], overflow="ellipsis", no_wrap=True
+                )
+        for view, row in zip(views, rows, strict=True):
+            cells = [escape(cell) for cell in row]  # names are not markup
             cells[1] = f"[{STATUS_STYLES[view.status][0]}]{cells[1]}[/]"
             table.add_row(*cells)
-        return table
+        yield table
 
 
 def _live_table(client: Client, unit: str | None) -> None:

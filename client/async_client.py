@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +34,7 @@ from unitsync.wire.protocol import (
     Changed,
     Complete,
     Fail,
+    Forget,
     FullView,
     Ok,
     Ping,
@@ -49,7 +51,7 @@ from unitsync.wire.protocol import (
     Watch,
 )
 
-from .retry import Backoff, start_request
+from .retry import Backoff, asked_again, start_request
 from .session import NEED_DATA, Peer, Session, State, check_trust, unreachable
 
 RECEIVE_SIZE = 65536
@@ -153,8 +155,13 @@ class AsyncClient:
     async def complete(self, unit: str, *, force: bool = False) -> Ok:
         return await self._call(Complete(unit, force), Ok)
 
-    async def fail(self, unit: str, reason: str = "") -> Ok:
-        return await self._call(Fail(unit, reason), Ok)
+    async def fail(self, unit: str, reason: str = "", *, force: bool = False) -> Ok:
+        """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet."""
+        return await self._call(Fail(unit, reason, force), Ok)
+
+    async def forget(self, unit: str) -> Ok:
+        """Remove a unit no other unit wants, with its history."""
+        return await self._call(Forget(unit), Ok)
 
     async def reset(self, unit: str | None = None) -> Ok:
         return await self._call(Reset(unit), Ok)
@@ -174,12 +181,12 @@ class AsyncClient:
         If the agent goes away meanwhile, reconnect with backoff and ask again with the
         same token (`on_progress` hears of it), as the blocking client does.
         """
-        request = start_request(unit, rerun)
+        request, began = start_request(unit, rerun), time.monotonic()
         backoff = Backoff()
         connected_once = False
         while True:
             try:
-                await self._send(request)
+                await self._send(asked_again(request, began))
                 connected_once = True
                 while isinstance(reply := await self._receive(), Waiting):
                     if on_progress is not None:

@@ -34,6 +34,7 @@ from unitsync.wire.protocol import (
     Changed,
     Complete,
     Fail,
+    Forget,
     FullView,
     Ok,
     Ping,
@@ -50,7 +51,7 @@ from unitsync.wire.protocol import (
     Watch,
 )
 
-from .retry import Backoff, start_request, timed_out
+from .retry import Backoff, asked_again, start_request, timed_out
 from .session import NEED_DATA, Peer, Session, State, check_trust, unreachable
 
 __all__ = [
@@ -168,8 +169,13 @@ class Client:
     def complete(self, unit: str, *, force: bool = False) -> Ok:
         return self._call(Complete(unit, force), Ok)
 
-    def fail(self, unit: str, reason: str = "") -> Ok:
-        return self._call(Fail(unit, reason), Ok)
+    def fail(self, unit: str, reason: str = "", *, force: bool = False) -> Ok:
+        """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet."""
+        return self._call(Fail(unit, reason, force), Ok)
+
+    def forget(self, unit: str) -> Ok:
+        """Remove a unit no other unit wants, with its history."""
+        return self._call(Forget(unit), Ok)
 
     def reset(self, unit: str | None = None) -> Ok:
         """Back to pending; `None` resets every unit."""
@@ -232,14 +238,15 @@ class Client:
         answer is not repeated.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = start_request(unit, rerun)
+        request, began = start_request(unit, rerun), time.monotonic()
         backoff = Backoff()
         connected_once = False
         while True:
             try:
                 conn = self._connection()
                 connected_once = True
-                return self._wait_started(conn, request, deadline, on_progress, tick)
+                again = asked_again(request, began)
+                return self._wait_started(conn, again, deadline, on_progress, tick)
             except AgentUnavailable as exc:
                 self.close()
                 if not connected_once:

@@ -8,6 +8,9 @@ the old agent acknowledged just before it died is recognised, not repeated.
 from __future__ import annotations
 
 import os
+import time
+
+import msgspec
 
 from unitsync.wire.errors import WaitTimeout
 from unitsync.wire.protocol import Start
@@ -21,6 +24,12 @@ MAX_DELAY = 1.0
 def start_request(unit: str, rerun: bool = False) -> Start:
     """A `start` with a fresh token: one token per call, reused by every retry of it."""
     return Start(unit, rerun, token=os.urandom(8).hex())
+
+
+def asked_again(request: Start, began: float) -> Start:
+    """The same `start` (same token) for another connection, saying how long it has waited
+    already (since `began`, a `time.monotonic()`), so the wait reported is the whole wait."""
+    return msgspec.structs.replace(request, waited_before=time.monotonic() - began)
 
 
 def timed_out(unit: str, timeout: float | None, *, unreachable: bool = False) -> WaitTimeout:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +132,30 @@ def spawn_cli(*args: str, socket: Path, stdout: object = subprocess.PIPE) -> sub
         text=True,
         env=env,
     )
+
+
+def on_a_terminal(*args: str, socket: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Run `unitsync ARGS` with stdout and stderr on a pseudo-terminal; returns (process, pty)."""
+    leader, follower = pty.openpty()
+    env = dict(os.environ, UNITSYNC_SOCKET=str(socket), COLUMNS="100", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+    )
+    os.close(follower)
+    return proc, leader
+
+
+def read_until(fd: int, needle: bytes, limit: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + limit
+    while needle not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # the other side closed
+                break
+    return seen

@@ -139,7 +139,7 @@ async def test_a_failed_dependency_fails_its_waiters_in_cascade(
                 nursery.start_soon(wait)
             await trio.testing.wait_all_tasks_blocked()
             await admin.start("db")
-            await admin.fail("db", reason="disk full")
+            await admin.fail("db", reason="disk full", force=True)
         assert errors["api"].dependency == "db"
         assert "disk full" in str(errors["api"])
         assert errors["web"].dependency == "api"
@@ -154,7 +154,7 @@ async def test_start_on_an_already_failed_dependency_fails_at_once(
 ) -> None:
     async with await connect(config) as client:
         await client.want("b", "a")
-        await client.fail("a", reason="no network")
+        await client.fail("a", reason="no network", force=True)
         with pytest.raises(DependencyFailed, match="no network"):
             await client.start("b")
 
@@ -362,7 +362,7 @@ async def test_a_status_larger_than_one_frame_arrives_whole(
     reason = "r" * 4000
     async with await connect(config) as client:
         for i in range(400):  # 400 units x 4 KB of reason: well over the 1 MiB frame limit
-            await client.fail(f"unit-{i}", reason)
+            await client.fail(f"unit-{i}", reason, force=True)
         views = await client.status()
         assert len(views) == 400 and all(v.reason == reason for v in views)
         watch = client.watch()
@@ -375,7 +375,7 @@ async def test_a_status_larger_than_one_frame_arrives_whole(
 async def test_an_overlong_reason_is_refused(agent: Service, config: AgentConfig) -> None:
     async with await connect(config) as client:
         with pytest.raises(Refused, match="longer than 4096 bytes"):
-            await client.fail("a", "x" * 4097)
+            await client.fail("a", "x" * 4097, force=True)
 
 
 async def test_a_start_given_up_leaves_the_async_client_usable(

@@ -79,7 +79,7 @@ def test_exit_codes(agent_process: AgentProcess) -> None:
     assert run_cli("sync", "start", "a", "--frobnicate", socket=s).code == 2
     assert run_cli("sync", "start", "a", "--timeout", "soon", socket=s).code == 2
     assert run_cli("sync", "reset", socket=s).code == 2
-    assert run_cli("sync", "fail", "b", "--reason", "broken", socket=s).code == 0
+    assert run_cli("sync", "fail", "b", "--reason", "broken", "--force", socket=s).code == 0
     failed = run_cli("sync", "start", "a", socket=s)
     assert failed.code == 4
     assert "dependency b failed (broken)" in failed.err
@@ -153,7 +153,7 @@ def test_a_damaged_journal_stops_the_agent_with_file_and_offset(short_tmp: Path)
     config = AgentConfig(socket=short_tmp / "run" / "agent.sock", state_dir=short_tmp / "state")
     agent = AgentProcess(config).start()
     run_cli("sync", "want", "a", "b", socket=config.socket)
-    run_cli("sync", "fail", "b", socket=config.socket)
+    run_cli("sync", "fail", "b", "--force", socket=config.socket)
     agent.stop()
     journal = config.state_dir / "journal.log"
     data = bytearray(journal.read_bytes())

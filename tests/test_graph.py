@@ -25,8 +25,8 @@ from unitsync.agent.graph import (
     Refused,
     check_name,
 )
-from unitsync.agent.machine import MOVES, STATES, Command, Refuse, Status, Stay, outcome
-from unitsync.agent.records import Edge, Known, Move, Record, UnitImage
+from unitsync.agent.machine import MOVES, STATES, Command, Drop, Refuse, Status, Stay, outcome
+from unitsync.agent.records import Edge, Forget, Known, Move, Record, UnitImage
 from unitsync.agent.views import transition, unit_view
 
 T0 = 1_700_000_000.0
@@ -80,11 +80,12 @@ def clock(at: float) -> str:
 BY_TABLE: dict[Command, Callable[[Graph, str, bool, float], list[Record]]] = {
     Command.START: lambda g, name, flag, now: run(g, name, now, rerun=flag),
     Command.COMPLETE: lambda g, name, flag, now: g.complete(name, flag, now),
-    Command.FAIL: lambda g, name, _flag, now: g.fail(name, "", now),
+    Command.FAIL: lambda g, name, flag, now: g.fail(name, "", now, force=flag),
     Command.RESET: lambda g, name, _flag, now: g.reset(name, now),
+    Command.FORGET: lambda g, name, _flag, now: g.forget(name, now),
 }
 """Each command of the table as the agent runs it; `flag` is its override (FLAGS)."""
-FLAGS = {Command.START: "rerun", Command.COMPLETE: "force"}
+FLAGS = {Command.START: "rerun", Command.COMPLETE: "force", Command.FAIL: "force"}
 """The flag by which each command overrides a refusal."""
 
 
@@ -114,6 +115,9 @@ def test_every_move_of_the_table_is_what_the_graph_does(
         assert state(graph) == before  # a refusal changes nothing
         return
     records = BY_TABLE[command](graph, "u", override, T0 + 2)
+    if isinstance(expected, Drop):
+        assert "u" not in graph.units
+        return
     unit = graph.units["u"]
     if isinstance(expected, Stay):
         assert [r for r in records if isinstance(r, Move)] == []
@@ -602,10 +606,16 @@ def test_fail_records_the_reason() -> None:
     assert moves(graph, "db")[-1] == (T0 + 1, "started", "failed", "disk full")
 
 
-def test_fail_without_a_reason_and_of_an_unknown_unit() -> None:
-    """`fail` may name a new unit; the reason is optional."""
+def test_fail_of_an_unknown_unit_needs_force_and_the_reason_is_optional() -> None:
+    """A typo must not become a failed unit forever; `--force` declares a failure on purpose."""
     graph = Graph()
-    assert graph.fail("new", "", T0) == [Known("new", T0), Move("new", "failed", T0, "")]
+    error = refused("unknown_unit", graph.fail, "new", "", T0)
+    assert "use --force" in error.message
+    assert "new" not in graph.units
+    assert graph.fail("new", "", T0, force=True) == [
+        Known("new", T0),
+        Move("new", "failed", T0, ""),
+    ]
     assert unit_view(graph, "new").status == "failed"
 
 
@@ -613,7 +623,7 @@ def test_reasons_are_bounded_in_bytes() -> None:
     """A reason of 4096 UTF-8 bytes is kept; one byte more is refused without a change."""
     graph = Graph()
     longest = "é" * (MAX_REASON_BYTES // 2)
-    graph.fail("a", longest, T0)
+    graph.fail("a", longest, T0, force=True)
     assert graph.units["a"].reason == longest
     before = state(graph)
     error = refused("invalid", graph.fail, "a", longest + "x", T0 + 1)
@@ -659,15 +669,16 @@ def test_reset_all_moves_every_unit_that_is_not_pending() -> None:
     assert Graph().reset(None, T0) == []
 
 
-def test_reset_of_a_pending_unit_is_a_no_op_and_of_an_unknown_unit_registers_it() -> None:
-    """No pending -> pending transitions; `reset` may name a new unit."""
+def test_reset_of_a_pending_unit_is_a_no_op_and_of_an_unknown_unit_is_refused() -> None:
+    """No pending -> pending transitions; `reset` of a never-named unit (a typo) is refused."""
     graph = Graph()
     graph.want("a", ["b"], T0)
     assert graph.reset("a", T0 + 1) == []
     assert graph.units["a"].history.maxlen == HISTORY_LIMIT
     assert list(graph.units["a"].history) == []
-    assert graph.reset("new", T0 + 2) == [Known("new", T0 + 2)]
-    assert unit_view(graph, "new").status == "pending"
+    error = refused("unknown_unit", graph.reset, "new", T0 + 2)
+    assert "check the name" in error.message and "--force" not in error.message
+    assert "new" not in graph.units
 
 
 def test_a_reset_unit_must_be_started_again_before_complete() -> None:
@@ -708,7 +719,7 @@ def test_history_keeps_the_newest_100_entries() -> None:
     graph = Graph()
     total = HISTORY_LIMIT + 37
     for i in range(total):
-        graph.fail("a", f"attempt {i}", T0 + i)
+        graph.fail("a", f"attempt {i}", T0 + i, force=True)
     history = graph.units["a"].history
     assert HISTORY_LIMIT == 100
     assert len(history) == 100
@@ -781,8 +792,13 @@ REFUSALS: dict[str, tuple[str, Callable[[Graph], Any]]] = {
     "start already started": ("already_started", lambda g: g.start("solo", False, T0 + 9)),
     "complete pending": ("not_started", lambda g: g.complete("app", False, T0 + 9)),
     "complete unknown": ("not_started", lambda g: g.complete("new", False, T0 + 9)),
-    "long reason": ("invalid", lambda g: g.fail("new", "r" * 5000, T0 + 9)),
+    "long reason": ("invalid", lambda g: g.fail("new", "r" * 5000, T0 + 9, force=True)),
+    "fail unknown": ("unknown_unit", lambda g: g.fail("new", "typo", T0 + 9)),
     "bad reset name": ("invalid", lambda g: g.reset("\x7f", T0 + 9)),
+    "reset unknown": ("unknown_unit", lambda g: g.reset("new", T0 + 9)),
+    "forget unknown": ("unknown_unit", lambda g: g.forget("new", T0 + 9)),
+    "forget wanted": ("in_use", lambda g: g.forget("db", T0 + 9)),
+    "forget started": ("in_use", lambda g: g.forget("solo", T0 + 9)),
     "unknown status": ("unknown_unit", lambda g: unit_view(g, "new")),
 }
 
@@ -795,7 +811,7 @@ def test_a_refused_command_leaves_the_graph_unchanged(refusal: str) -> None:
     graph.want("web", ["app"], T0 + 1)
     graph.want("app", ["db"], T0 + 1)
     graph.complete("db", True, T0 + 2)
-    graph.fail("other", "x", T0 + 3)
+    graph.fail("other", "x", T0 + 3, force=True)
     run(graph, "solo", T0 + 4)
     code, command = REFUSALS[refusal]
     before, images = state(graph), list(graph.images())
@@ -827,7 +843,9 @@ def _scripted(graph: Graph) -> list[Record]:
     log += graph.start("db", True, T0 + 11, token="t3")
     log += graph.admit("db", True, T0 + 12)
     log += graph.start("db", True, T0 + 12, token="t4")
-    log += graph.fail("ghost", "never existed", T0 + 13)
+    log += graph.fail("ghost", "never existed", T0 + 13, force=True)
+    log += graph.want("typo", ["ghost"], T0 + 13)[0]
+    log += graph.forget("typo", T0 + 13)
     log += graph.reset(None, T0 + 14)
     log += graph.complete("late", True, T0 + 15)
     return log
@@ -837,7 +855,7 @@ def test_replaying_the_returned_records_rebuilds_the_same_graph() -> None:
     """The journal is exactly the returned records: replay must reproduce every detail."""
     graph = Graph()
     log = _scripted(graph)
-    assert {type(r) for r in log} == {Known, Edge, Move}
+    assert {type(r) for r in log} == {Known, Edge, Move, Forget}
     replica = Graph()
     for record in log:
         replica.apply(record)
@@ -1101,11 +1119,16 @@ class GraphMachine(RuleBasedStateMachine):
                     unit, "completed", self.clock, "forced" if status in (None, "pending") else ""
                 )
 
-    @rule(unit=NAMES, reason=REASONS)
-    def fail(self, unit: str, reason: str) -> None:
+    @rule(unit=NAMES, reason=REASONS, force=st.booleans())
+    def fail(self, unit: str, reason: str, force: bool) -> None:
         too_long = len(reason.encode()) > MAX_REASON_BYTES
-        code = "invalid" if invalid(unit) or too_long else None
-        self.expect(code, self.graph.fail, unit, reason, self.now())
+        if invalid(unit) or too_long:
+            code = "invalid"
+        elif self.model.status(unit) is None and not force:
+            code = "unknown_unit"
+        else:
+            code = None
+        self.expect(code, self.graph.fail, unit, reason, self.now(), force)
         if code is None:
             self.model.know(unit, self.clock)
             self.model.move(unit, "failed", self.clock, reason)
@@ -1114,26 +1137,49 @@ class GraphMachine(RuleBasedStateMachine):
     def fail_repeatedly(self, unit: str, count: int) -> None:
         """A flapping unit: enough transitions to push its history past the cap."""
         for i in range(count):
-            self.expect(None, self.graph.fail, unit, f"flap {i}", self.now())
+            self.expect(None, self.graph.fail, unit, f"flap {i}", self.now(), True)
             self.model.know(unit, self.clock)
             self.model.move(unit, "failed", self.clock, f"flap {i}")
 
     @rule(unit=st.none() | NAMES)
     def reset(self, unit: str | None) -> None:
         m = self.model
-        code = "invalid" if unit is not None and invalid(unit) else None
+        if unit is not None and invalid(unit):
+            code = "invalid"
+        elif unit is not None and m.status(unit) is None:
+            code = "unknown_unit"
+        else:
+            code = None
         result = self.expect(code, self.graph.reset, unit, self.now())
         if code is not None:
             return
         names = list(m.units) if unit is None else [unit]
         changes = [n for n in names if m.status(n) not in (None, "pending")]
-        if unit is not None and m.status(unit) is None:
-            changes.append(unit)
-            m.know(unit, self.clock)
         assert bool(result) == bool(changes)
         for name in names:
             if m.units[name].status != "pending":
                 m.move(name, "pending", self.clock, "reset")
+
+    @rule(unit=NAMES)
+    def forget(self, unit: str) -> None:
+        """Remove a unit; refused for typos, started units, and units others want."""
+        m = self.model
+        if any(waiting == unit for waiting, _rerun, _at in self.waiters):
+            return  # the service refuses this (a start waits); the graph is not asked
+        wanted_by = [name for name, u in m.units.items() if unit in u.deps]
+        if invalid(unit):
+            code = "invalid"
+        elif m.status(unit) is None:
+            code = "unknown_unit"
+        elif m.status(unit) == "started" or wanted_by:
+            code = "in_use"
+        else:
+            code = None
+        result = self.expect(code, self.graph.forget, unit, self.now())
+        if wanted_by and code == "in_use" and m.status(unit) != "started":
+            assert all(name in result.message for name in wanted_by), result.message
+        if code is None:
+            del m.units[unit]
 
     @rule(unit=NAMES)
     def status(self, unit: str) -> None:

@@ -36,9 +36,9 @@ def scripted(graph: Graph, step: int) -> list:
         case 2:
             return graph.complete(dep, True, 1000.0 + step)
         case 3:
-            return graph.fail(name, f"exit status {step}", 1000.0 + step)
+            return graph.fail(name, f"exit status {step}", 1000.0 + step, force=True)
         case 4:
-            return graph.reset(name, 1000.0 + step)
+            return graph.reset(name, 1000.0 + step) if name in graph.units else []
         case _:
             return graph.complete(name, True, 1000.0 + step)
 

@@ -101,3 +101,31 @@ def test_bad_durations_show_examples(text: str) -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_the_live_table_keeps_status_and_ready_readable_however_long_the_names(
+    width: int,
+) -> None:
+    """255-byte names and long reasons give way; STATUS, READY and the times never do."""
+    import io
+
+    from rich.console import Console
+
+    from unitsync.cli.watch import _Board
+    from unitsync.wire.protocol import FullView
+
+    long_views = [
+        msgspec.structs.replace(view, name=prefix + "é" * 120, reason="r" * 300)
+        for prefix, view in zip("ab", views(), strict=False)
+    ]
+    board = _Board(None)
+    board.apply(FullView(long_views, 120.0))
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(board)
+    lines = console.file.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    rows = [line for line in lines if "é" in line]
+    assert [row.split("│")[2].strip() for row in rows] == ["started", "completed"]
+    assert all(row.split("│")[3].strip() in ("yes", "no") for row in rows)
+    assert all("…" in row.split("│")[1] for row in rows)

@@ -39,7 +39,7 @@ def test_sigterm_under_load_keeps_every_acknowledged_change(
                 if stop.is_set():
                     return
                 try:
-                    client.fail(f"w{n}-{i}", "written")
+                    client.fail(f"w{n}-{i}", "written", force=True)
                 except UnitsyncError:
                     return
                 acknowledged.append(f"w{n}-{i}")
@@ -90,7 +90,7 @@ def test_a_second_sigint_forces_the_exit(agent_process: AgentProcess) -> None:
     path = agent_process.config.socket
     with Client(path) as client:
         for i in range(300):
-            client.fail(f"unit-{i}", "x" * 4000)  # a snapshot of well over a megabyte
+            client.fail(f"unit-{i}", "x" * 4000, force=True)  # a snapshot of well over a megabyte
     stuck = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
     stuck.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
     stuck.connect(str(path))

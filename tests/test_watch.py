@@ -59,9 +59,9 @@ async def test_a_watch_on_one_unit_sees_it_and_its_dependencies_only(
             stream = watcher.watch("claude")
             snapshot = await stream.__anext__()
             assert sorted(u.name for u in snapshot.units) == ["claude", "git"]
-            await admin.fail("thing", "ignored")
+            await admin.fail("thing", "ignored", force=True)
             await admin.want("claude", "node")  # a new dependency joins the view
-            await admin.fail("node", "seen")
+            await admin.fail("node", "seen", force=True)
             names = []
             async for event in stream:
                 names.append(event.unit.name)
@@ -104,7 +104,7 @@ async def test_a_watcher_that_never_reads_costs_bounded_memory_and_slows_nobody(
     await stuck.send(encode(Hello(PROTOCOL_VERSION)) + encode(Watch()))
     async with await AsyncClient.connect(config.socket) as busy:
         for i in range(3 * QUEUE_LIMIT):
-            await busy.fail(f"unit-{i % 50}", reason="x" * 200 + str(i))
+            await busy.fail(f"unit-{i % 50}", reason="x" * 200 + str(i), force=True)
             [watcher] = agent.hub.watchers
             assert len(watcher.queue) <= QUEUE_LIMIT
         assert watcher.behind, "the stuck watcher should have fallen behind"

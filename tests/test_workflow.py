@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -16,7 +14,7 @@ import pytest
 
 from unitsync.client.client import Client, DependencyFailed
 
-from conftest import AgentProcess, run_cli, spawn_cli
+from conftest import AgentProcess, on_a_terminal, read_until, run_cli, spawn_cli
 
 
 def sock(agent: AgentProcess) -> Path:
@@ -61,7 +59,7 @@ def test_run_does_not_run_the_command_when_a_dependency_failed(
 ) -> None:
     s = sock(agent_process)
     marker = tmp_path / "ran"
-    run_cli("sync", "fail", "db", "--reason", "no disk", socket=s)
+    run_cli("sync", "fail", "db", "--reason", "no disk", "--force", socket=s)
     result = run_cli("sync", "run", "app", "--want", "db", "--", "touch", str(marker), socket=s)
     assert result.code == 4
     assert "no disk" in result.err and "not running touch" in result.err
@@ -158,33 +156,6 @@ def test_importing_the_client_and_cli_does_not_import_trio() -> None:
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def on_a_terminal(*args: str, socket: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Run `unitsync ARGS` with stdout and stderr on a pseudo-terminal; returns (process, pty)."""
-    leader, follower = pty.openpty()
-    env = dict(os.environ, UNITSYNC_SOCKET=str(socket), COLUMNS="100", TERM="xterm")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "unitsync.cli", *args],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env=env,
-    )
-    os.close(follower)
-    return proc, leader
-
-
-def read_until(fd: int, needle: bytes, limit: float = 30) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + limit
-    while needle not in seen and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.5)[0]:
-            try:
-                seen += os.read(fd, 65536)
-            except OSError:  # the other side closed
-                break
-    return seen
-
-
 def test_start_on_a_terminal_redraws_one_live_line(agent_process: AgentProcess) -> None:
     s = sock(agent_process)
     run_cli("sync", "want", "app", "db", socket=s)
@@ -204,7 +175,7 @@ def test_watch_on_a_terminal_is_a_live_table(agent_process: AgentProcess) -> Non
     run_cli("sync", "want", "claude", "git", socket=s)
     proc, terminal = on_a_terminal("sync", "status", "--watch", socket=s)
     assert b"unitsync: every unit" in read_until(terminal, b"Ctrl-C to stop")
-    run_cli("sync", "fail", "git", "--reason", "clone refused", socket=s)
+    run_cli("sync", "fail", "git", "--reason", "clone refused", "--force", socket=s)
     assert b"clone refused" in read_until(terminal, b"clone refused")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0

@@ -48,6 +48,9 @@ class Start(Base, tag="start"):
     rerun: bool = False
     token: str = ""
     """Chosen by the client per `start` call; lets a retry after a lost reply be recognised."""
+    waited_before: float = 0.0
+    """Seconds this `start` already waited on earlier connections (the agent restarted): the
+    wait it reports and records is the whole wait."""
 
 
 class Complete(Base, tag="complete"):
@@ -58,11 +61,17 @@ class Complete(Base, tag="complete"):
 class Fail(Base, tag="fail"):
     unit: str
     reason: str = ""
+    force: bool = False
+    """Fail a unit no command has named yet (declare a failure on purpose)."""
 
 
 class Reset(Base, tag="reset"):
     unit: str | None = None
     """None resets every unit."""
+
+
+class Forget(Base, tag="forget"):
+    unit: str
 
 
 class Status(Base, tag="status"):
@@ -74,7 +83,7 @@ class Watch(Base, tag="watch"):
     unit: str | None = None
 
 
-Request = Hello | Ping | Want | Start | Complete | Fail | Reset | Status | Watch
+Request = Hello | Ping | Want | Start | Complete | Fail | Reset | Forget | Status | Watch
 
 
 # --- views of the agent's state ------------------------------------------------------------
@@ -163,6 +172,7 @@ ErrorCode = Literal[
     "unknown_unit",
     "already_started",
     "not_started",
+    "in_use",  # forget of a unit that others want, that is started, or that a start waits for
     "dependency_failed",
     "shutting_down",
     "busy",  # the agent cannot take more connections

@@ -1,0 +1,98 @@
+"""Usage errors as one plain line, in unitsync's own style (`unitsync: ...`), with the usage.
+
+cyclopts reports parse errors as rich panels, names parameters the user never typed
+(`--dep`), and lists leftovers as Python lists. A log file wants neither box drawing nor
+guesswork: this names what was typed, what is missing, and shows the command's usage
+line as the README writes it.
+"""
+
+from __future__ import annotations
+
+from cyclopts.exceptions import (
+    CoercionError,
+    CycloptsError,
+    MissingArgumentError,
+    UnknownCommandError,
+    UnknownOptionError,
+    UnusedCliTokensError,
+)
+
+USAGE = {
+    "agent": "unitsync agent [--socket P] [--state-dir D] [--log-level L] [--salvage] "
+    "[--max-connections N]",
+    "ping": "unitsync sync ping",
+    "want": "unitsync sync want UNIT DEP [DEP...]",
+    "start": "unitsync sync start UNIT [--timeout 5m] [--rerun]",
+    "complete": "unitsync sync complete UNIT [--force]",
+    "fail": "unitsync sync fail UNIT [--reason TEXT] [--force]",
+    "reset": "unitsync sync reset UNIT | --all",
+    "forget": "unitsync sync forget UNIT",
+    "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
+    "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] -- COMMAND [ARGS...]",
+}
+"""Each command's usage line, as the README's command table writes it."""
+
+DURATION_HINT = "a duration is one word: 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 for forever"
+
+
+def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
+    """What was wrong, in words about what the user typed; and the usage line to show."""
+    chain = list(exc.command_chain or [])
+    command = chain[-1] if chain else None
+    usage = USAGE.get(command) if command else None
+    where = f"{command}: " if command in USAGE else ""
+    if isinstance(exc, MissingArgumentError) and exc.argument is not None:
+        name = exc.keyword or exc.argument.name
+        if name.startswith("-"):
+            hint = f" ({DURATION_HINT})" if name == "--timeout" else ""
+            return f"{where}{name} needs a value{hint}", usage
+        return f"{where}missing {name}", usage
+    if isinstance(exc, UnknownOptionError):
+        token = str(getattr(exc.token, "keyword", None) or exc.token.value)
+        if command in USAGE:
+            return (
+                f"{where}unknown option {token!r}; if it is a unit name, put `--` before it "
+                f"(unitsync sync {command} -- {token})",
+                usage,
+            )
+        return f"unknown option {token!r}", usage
+    if isinstance(exc, UnusedCliTokensError):
+        extra = list(exc.unused_tokens or [])
+        first = extra[0] if extra else ""
+        if command not in USAGE:  # `unitsync sync bogus`: a command that does not exist
+            see = " ".join(["unitsync", *chain[-1:], "--help"])
+            return f"unknown command {first!r}; see `{see}`", None
+        after = _token_before(argv, first)
+        if after is not None and after.startswith("--timeout"):
+            return f"{where}unexpected {first!r} after --timeout: {DURATION_HINT}", usage
+        words = " ".join(repr(token) for token in extra)
+        return f"{where}unexpected {words} (quote a name that has spaces)", usage
+    if isinstance(exc, CoercionError):
+        name = exc.argument.name if exc.argument is not None else "a value"
+        value = exc.token.value if exc.token is not None else ""
+        why = exc.msg if isinstance(exc.msg, str) else _choices(exc)
+        return f"{where}invalid value {value!r} for {name}: {why}", usage
+    if isinstance(exc, UnknownCommandError):
+        token = exc.unused_tokens[0] if exc.unused_tokens else ""
+        return f"unknown command {token!r}; see `unitsync --help`", None
+    return _plain(exc), usage
+
+
+def _token_before(argv: list[str], token: str) -> str | None:
+    if token in argv:
+        index = argv.index(token)
+        for previous in reversed(argv[:index]):
+            if previous.startswith("-"):
+                return previous
+    return None
+
+
+def _choices(exc: CoercionError) -> str:
+    from typing import get_args
+
+    choices = get_args(exc.target_type) if exc.target_type is not None else ()
+    return f"choose one of {', '.join(map(str, choices))}" if choices else "not valid here"
+
+
+def _plain(exc: CycloptsError) -> str:
+    return " ".join(str(exc).split())

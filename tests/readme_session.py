@@ -1,0 +1,196 @@
+"""Run the README's console blocks in order, as a reader pasting them into one shell would.
+
+A block is a fenced `console` block. `$ ` lines are commands; the lines under one
+are what it prints (stdout and stderr, as a terminal shows them). An annotation
+after two spaces and `#` is not output: `# exit N` states the command's exit
+status (0 when absent; on a `$` line for a command run with `&`), anything else
+is a note for the reader. A block right after `<!-- not run: why -->` is skipped.
+
+Every block runs in one long-lived bash (so `$?` and `&` behave as they do for the
+reader). Output is compared per block as a multiset of normalised lines: times,
+durations, pids, Unix times and paths vary from run to run, column widths follow,
+and a command started with `&` prints whenever it runs; exit codes are exact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SKIP = re.compile(r"<!--\s*not run:(.*?)-->")
+FENCE = "```"
+ANNOTATION = re.compile(r"\s{2,}#\s*(.*)$")
+EXIT = re.compile(r"exit (\d+)")
+END = "@@unitsync-readme-end"
+
+NORMALISE = [
+    (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+"), "<log time>"),
+    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"), "<timestamp>"),
+    (re.compile(r"\b\d\d:\d\d:\d\d\b"), "<clock>"),
+    (re.compile(r"\b\d{10}(\.\d+)?\b"), "<unix time>"),
+    (re.compile(r"\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+(\.\d+)?(ms|s)\b"), "<duration>"),
+    (re.compile(r"\bpid \d+"), "pid <n>"),
+    (re.compile(r"(?:/[\w.@+-]+)+/agent\.sock"), "<socket>"),
+    (re.compile(r"(?:/[\w.@+-]+)+/unitsync(?=[ ,)]|$)"), "<state dir>"),
+    (re.compile(r"\s+"), " "),
+]
+"""What varies between runs, made equal; then runs of spaces (column widths follow)."""
+
+
+@dataclass
+class Command:
+    line: str
+    background: bool
+    exit_code: int
+    expected: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Block:
+    number: int
+    commands: list[Command]
+    skip: str | None = None
+
+
+def blocks(readme: str) -> list[Block]:
+    """The console blocks of the README, in order."""
+    found: list[Block] = []
+    lines = readme.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == f"{FENCE}console":
+            skip = None
+            for previous in reversed(lines[max(0, i - 3) : i]):
+                if match := SKIP.search(previous):
+                    skip = match.group(1).strip()
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == FENCE)
+            found.append(Block(len(found) + 1, _commands(lines[i + 1 : end]), skip))
+            i = end
+        i += 1
+    return found
+
+
+def _commands(lines: list[str]) -> list[Command]:
+    commands: list[Command] = []
+    for raw in lines:
+        text, note = _annotation(raw)
+        code = int(match.group(1)) if note and (match := EXIT.search(note)) else None
+        if raw.startswith("$ "):
+            line = text[2:].strip()
+            background = line.endswith("&")
+            commands.append(Command(line, background, code or 0))
+        elif commands and text.strip():
+            commands[-1].expected.append(text)
+            if code is not None:
+                commands[-1].exit_code = code
+    return commands
+
+
+def _annotation(line: str) -> tuple[str, str | None]:
+    match = ANNOTATION.search(line)
+    if match is None or line.lstrip().startswith("#"):
+        return line, None
+    return line[: match.start()], match.group(1)
+
+
+def normalise(line: str) -> str:
+    for pattern, replacement in NORMALISE:
+        line = pattern.sub(replacement, line)
+    return line.strip()
+
+
+class Shell:
+    """One bash, fed the README's commands one at a time; stdout and stderr merged."""
+
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            ["bash", "--norc", "--noprofile"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+        )
+        self.buffer = b""
+        self.jobs: list[str] = []
+        """Background commands started in the current block (not the agent)."""
+
+    def run(self, command: Command, timeout: float) -> tuple[int, str]:
+        """Run one command; its exit code (a background one's: 0) and what it printed.
+
+        A command run with `&` goes on in the background; like a reader, the shell waits
+        until the lines shown right under it have appeared before the next command.
+        """
+        if command.background and not command.line.startswith("unitsync agent"):
+            script = f"{command.line}\n__us_jobs+=($!)\n"
+        else:
+            script = f"{command.line}\n"
+        self._send(script + f'__us_rc=$?; printf "\\n{END} %d\\n" $__us_rc; (exit $__us_rc)\n')
+        code, output = self._until_end(timeout)
+        if command.background:
+            output += self._until_seen(command.expected, output, timeout)
+        return code, output
+
+    def _until_seen(self, lines: list[str], seen: str, timeout: float) -> str:
+        """Read until every one of `lines` has been printed; what arrived meanwhile."""
+        assert self.proc.stdout is not None
+        wanted = Counter(normalise(line) for line in lines if line.strip())
+        deadline = time.monotonic() + timeout
+        while wanted - Counter(normalise(line) for line in (seen + self._text()).splitlines()):
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                self.buffer += os.read(self.proc.stdout.fileno(), 65536)
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"{lines} never appeared; got {seen + self._text()!r}")
+        arrived, self.buffer = self._text(), b""
+        return arrived
+
+    def _text(self) -> str:
+        return self.buffer.decode(errors="replace")
+
+    def finish_jobs(self, timeout: float) -> tuple[list[int], str]:
+        """Wait for the block's background commands; their exit codes and their output."""
+        self._send(
+            'for __us_job in "${__us_jobs[@]}"; do wait $__us_job; __us_codes+=" $?"; done\n'
+            f'printf "\\n{END} 0 %s\\n" "$__us_codes"; __us_jobs=(); __us_codes=""\n'
+        )
+        _code, output, codes = self._until_end(timeout, with_codes=True)  # type: ignore[misc]
+        return codes, output
+
+    def _send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def _until_end(self, timeout: float, with_codes: bool = False):  # type: ignore[no-untyped-def]
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        marker = re.compile(rf"\n?{END} (\d+)([ \d]*)\n".encode())
+        while not (match := marker.search(self.buffer)):
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(remaining, 0))
+            if not ready:
+                raise TimeoutError(f"no end of command within {timeout}s: {self.buffer!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError(f"the shell ended: {self.buffer!r}")
+            self.buffer += chunk
+        output = self.buffer[: match.start()].decode(errors="replace")
+        self.buffer = self.buffer[match.end() :]
+        code = int(match.group(1))
+        if with_codes:
+            return code, output, [int(c) for c in match.group(2).split()]
+        return code, output
+
+    def close(self) -> str:
+        """End the shell (and its agent); whatever it printed last."""
+        self._send("kill $(jobs -p) 2>/dev/null; wait; exit 0\n")
+        out, _ = self.proc.communicate(timeout=30)
+        return (self.buffer + out).decode(errors="replace")
