@@ -35,6 +35,12 @@ app.command(
     name="agent",
     help="Run the agent in the foreground until SIGINT or SIGTERM.",
 )
+for _name, _help in (
+    ("timeline", "Show how the boot's start-up went: when each unit waited, started and ended."),
+    ("critical-chain", "Show the chain of dependencies that decided when UNIT could start."),
+    ("blame", "List the units of the boot by how long they ran, longest first."),
+):  # SPEC §9, loaded only when used
+    sync.command(f"unitsync.cli.timeline_command:{_name.replace('-', '_')}", name=_name, help=_help)
 app.command(
     "unitsync.cli.completion:install_completion",
     name="--install-completion",
@@ -235,6 +241,8 @@ def main() -> None:
         code = app(result_action="return_value")
     except SystemExit as exc:
         code = exc.code
+    except BrokenPipeError:  # the reader went away mid-output (`| head`): nothing to say
+        code = 1
     _exit_now(code)
 
 

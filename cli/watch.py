@@ -10,8 +10,12 @@ from unitsync.client.client import Client, UnitsyncError
 from unitsync.wire.protocol import Changed, FullView, UnitView
 from unitsync.wire.timefmt import duration as format_duration
 
+from .gantt import rich_bar
 from .render import plain
+from .timeline import build_timeline, note_waits
 
+BAR_CELLS = 30
+"""The width of each unit's bar of the boot's timeline (the whole boot, rescaled as it grows)."""
 STATUS_STYLE = {"pending": "dim", "started": "cyan", "completed": "green", "failed": "bold red"}
 
 
@@ -55,12 +59,16 @@ class _Board:
         self.unit = unit
         self.units: dict[str, UnitView] = {}
         self.note = ""
+        self.wait_began: dict[str, float] = {}
+        """When each waiting start began to wait, as seen by this watch (for its bar)."""
 
     def apply(self, event: FullView | Changed) -> None:
         if isinstance(event, FullView):
             self.units = {u.name: u for u in event.units}
+            note_waits(self.wait_began, event.units, None)  # since when, it cannot say
         else:
             self.units[event.unit.name] = event.unit
+            note_waits(self.wait_began, [event.unit], event.at)
         self.note = ""
 
     def __rich__(self) -> object:
@@ -72,7 +80,11 @@ class _Board:
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
         for column in ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "REASON"):
             table.add_column(column, no_wrap=column != "REASON")
+        timeline = build_timeline(list(self.units.values()), now, wait_began=self.wait_began)
+        bars = {row.name: row for row in timeline.rows}
+        table.add_column("TIMELINE", no_wrap=True, width=BAR_CELLS)
         for view in sorted(self.units.values(), key=lambda u: u.name):
+            row = bars.get(view.name)
             blocking = view.waiting_on or [d.unit for d in view.dependencies if not d.satisfied]
             table.add_row(
                 view.name,
@@ -82,6 +94,7 @@ class _Board:
                 time.strftime("%H:%M:%S", time.localtime(view.since)),
                 format_duration(now - view.since),
                 view.reason or "-",
+                rich_bar(row, timeline, BAR_CELLS) if row else "",
             )
         return table
 
