@@ -253,7 +253,7 @@ def _legend(glyphs: Glyphs) -> list[str]:
         f"{c['completed']} ran {m['completed']}",
         f"{c['failed']} failed {m['failed']}",
         f"{glyphs.open_end} still running",
-        f"{c['interrupted']} cut short {m['interrupted']}",
+        f"{c['interrupted']} cut short by a restart {m['interrupted']}",
     ]
 
 

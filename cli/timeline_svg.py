@@ -182,7 +182,7 @@ def _legend(plot_x: float) -> list[str]:
         ("completed", "ran"),
         ("failed", "failed"),
         ("running", "still running"),
-        ("interrupted", "cut short (reset, rerun, restart)"),
+        ("interrupted", "cut short by a workspace restart"),
     ]
     out, x = [], plot_x
     for kind, words in items:
