@@ -131,9 +131,10 @@ def segments(row: Row, scale: Scale, horizon: float) -> list[tuple[Kind, int]]:
     out: list[tuple[Kind, int]] = []
     at = 0
 
-    def draw(kind: Kind, until: int) -> None:
+    def draw(kind: Kind, until: int, last: bool = False) -> None:
         nonlocal at
-        until = min(until, scale.width)
+        # Only the last stretch may take the last cell: what follows always has one to show in.
+        until = min(until, scale.width if last else scale.width - 1)
         if until > at:
             out.append((kind, until - at))
             at = until
@@ -141,14 +142,14 @@ def segments(row: Row, scale: Scale, horizon: float) -> list[tuple[Kind, int]]:
     if row.wait_began is not None:
         draw("gap", scale.column(row.wait_began))
         wait_end = row.started if row.started is not None else horizon
-        draw("wait", scale.column(wait_end))
+        draw("wait", scale.column(wait_end), last=row.started is None)
     if row.started is not None:
         draw("gap", scale.column(row.started))
         end = row.ended if row.ended is not None else horizon
-        draw(_RUN_KIND[row.outcome], max(scale.column(end), at + 1))  # a run of any length shows
+        draw(_RUN_KIND[row.outcome], max(scale.column(end), at + 1), last=True)  # any length shows
     elif row.ended is not None:  # an outcome without a run: one cell where it happened
-        draw("gap", min(scale.column(row.ended), scale.width - 1))
-        draw(_RUN_KIND[row.outcome], at + 1)
+        draw("gap", scale.column(row.ended))
+        draw(_RUN_KIND[row.outcome], at + 1, last=True)
     return out
 
 

@@ -64,14 +64,6 @@ class Row:
                 return moment
         return None
 
-    @property
-    def last(self) -> float | None:
-        """The row's latest known moment (None for a row with no time at all)."""
-        for moment in (self.ended, self.started, self.wait_began):
-            if moment is not None:
-                return moment
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class Timeline:

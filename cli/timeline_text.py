@@ -20,23 +20,28 @@ OPEN = "…"
 
 def precise(seconds: float) -> str:
     """A duration to the millisecond, as systemd-analyze writes them: 850ms, 2.214s, 3m05.200s."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.3f}s"
-    minutes, secs = divmod(seconds, 60)
+    millis = round(seconds * 1000)  # rounded once, so 59.9996s is 1m00.000s, never 60.000s
+    if millis < 1000:
+        return f"{millis}ms"
+    if millis < 60_000:
+        return f"{millis / 1000:.3f}s"
+    minutes, millis = divmod(millis, 60_000)
     if minutes < 60:
-        return f"{minutes:.0f}m{secs:06.3f}s"
+        return f"{minutes}m{millis / 1000:06.3f}s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours:.0f}h{minutes:02.0f}m{secs:02.0f}s"
+    return f"{hours}h{minutes:02d}m{millis // 1000:02d}s"
 
 
 def caption(timeline: Timeline) -> str:
     """What the times count from, in one line."""
+    return f"boot {timeline.boot}: {_counted_from(timeline)}"
+
+
+def _counted_from(timeline: Timeline) -> str:
     if timeline.origin is None:
-        return f"boot {timeline.boot}: nothing has happened yet"
+        return "nothing has happened in it yet"
     return (
-        f"boot {timeline.boot}: @ times count from its first event, "
+        f"@ times count from its first event, "
         f"{timestamp(timeline.origin)} ({clock(timeline.origin)})"
     )
 
@@ -115,7 +120,7 @@ def render_chain(timeline: Timeline, chain: list[Row]) -> str:
     """systemd-analyze critical-chain: `@` when each unit finished, `+` how long it ran."""
     lines = [
         'The time when a unit completed (became ready for its dependents) is after "@",',
-        'how long it ran after "+"; ' + caption(timeline).split(": ", 1)[1] + ".",
+        f'how long it ran after "+"; {_counted_from(timeline)}.',
         "",
     ]
     for depth, row in enumerate(chain):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.wire.protocol import Changed, FullView, UnitView
@@ -12,10 +14,16 @@ from unitsync.wire.timefmt import duration as format_duration
 
 from .gantt import rich_bar
 from .render import plain
-from .timeline import build_timeline, note_waits
+from .timeline import Timeline, build_timeline, note_waits
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions
+    from rich.table import Table
 
 BAR_CELLS = 30
-"""The width of each unit's bar of the boot's timeline (the whole boot, rescaled as it grows)."""
+"""The widest a unit's timeline bar gets (the whole boot, rescaled as it grows)."""
+MIN_BAR_CELLS = 10
+"""Narrower than this a bar says nothing: a terminal that narrow gets no timeline column."""
 STATUS_STYLE = {"pending": "dim", "started": "cyan", "completed": "green", "failed": "bold red"}
 
 
@@ -71,22 +79,32 @@ class _Board:
             note_waits(self.wait_began, [event.unit], event.at)
         self.note = ""
 
-    def __rich__(self) -> object:
-        from rich.table import Table
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+        """The table, with each unit's timeline bar in the width the terminal leaves free."""
+        from rich.measure import Measurement
 
         now = time.time()
+        timeline = build_timeline(list(self.units.values()), now, wait_began=self.wait_began)
+        table = self._table(now, timeline, 0)
+        free = options.max_width - Measurement.get(console, options, table).maximum - 3
+        if free >= MIN_BAR_CELLS:  # 3: the new column's border and padding
+            table = self._table(now, timeline, min(free, BAR_CELLS))
+        yield table
+
+    def _table(self, now: float, timeline: Timeline, bar_cells: int) -> Table:
+        from rich.table import Table
+
         title = f"{self.unit} and its dependencies" if self.unit else "every unit"
         caption = self.note or "Ctrl-C to stop"
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
         for column in ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "REASON"):
             table.add_column(column, no_wrap=column != "REASON")
-        timeline = build_timeline(list(self.units.values()), now, wait_began=self.wait_began)
         bars = {row.name: row for row in timeline.rows}
-        table.add_column("TIMELINE", no_wrap=True, width=BAR_CELLS)
+        if bar_cells:
+            table.add_column("TIMELINE", no_wrap=True, width=bar_cells)
         for view in sorted(self.units.values(), key=lambda u: u.name):
-            row = bars.get(view.name)
             blocking = view.waiting_on or [d.unit for d in view.dependencies if not d.satisfied]
-            table.add_row(
+            cells = [
                 view.name,
                 f"[{STATUS_STYLE[view.status]}]{view.status}[/]",
                 "yes" if view.ready else "no",
@@ -94,8 +112,11 @@ class _Board:
                 time.strftime("%H:%M:%S", time.localtime(view.since)),
                 format_duration(now - view.since),
                 view.reason or "-",
-                rich_bar(row, timeline, BAR_CELLS) if row else "",
-            )
+            ]
+            if bar_cells:
+                row = bars.get(view.name)
+                cells.append(rich_bar(row, timeline, bar_cells) if row else "")
+            table.add_row(*cells)
         return table
 
 

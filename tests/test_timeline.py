@@ -270,6 +270,18 @@ def test_the_chart_fits_the_terminal_and_reads_without_colour(columns: int) -> N
     assert ratio == pytest.approx(2.2 / 1.4, rel=0.25)
 
 
+def test_a_run_of_no_length_at_the_last_moment_still_shows() -> None:
+    graph = Graph()
+    graph.want("b", ["a"], 100.0)
+    graph.start("a", False, 100.0, waited=0.0)
+    graph.complete("a", False, 105.0)
+    graph.start("b", False, 105.0, waited=5.0)
+    graph.complete("b", False, 105.0)
+    chart = render_chart(build_timeline(views(graph), now=110.0), 60, colour=False)
+    assert bar_of(chart, "b").endswith("░█")
+    assert len(bar_of(chart, "b")) == len(bar_of(chart, "a"))
+
+
 def test_the_chart_colours_failures_red_and_falls_back_to_ascii() -> None:
     timeline = build_timeline(views(startup()), now=105.0)
     coloured = render_chart(timeline, 100, colour=True)
@@ -427,15 +439,17 @@ def test_the_live_watch_draws_each_units_bar_growing(monkeypatch: pytest.MonkeyP
     board.apply(FullView(views(graph), at=101.0))
     board.apply(Changed(unit_view(graph, "claude"), at=101.0))
 
-    def frame(now: float) -> dict[str, str]:
+    def frame(now: float, width: int = 200) -> dict[str, str]:
         monkeypatch.setattr("unitsync.cli.watch.time.time", lambda: now)
-        console = Console(file=io.StringIO(), width=200, record=True, color_system=None)
+        console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
         console.print(board)
         lines = console.export_text().splitlines()
-        assert "TIMELINE" in lines[2]
+        assert ("TIMELINE" in lines[2]) == (width > 80)
         return {n: next(line for line in lines if f"│ {n} " in line) for n in ("git", "claude")}
 
     early, late = frame(102.0), frame(110.0)
     assert early["claude"].count("█") < late["claude"].count("█")  # it grows as it runs
     assert early["git"].count("█") > late["git"].count("█")  # the axis rescales
     assert "▶" in late["claude"] and "░" in late["claude"]
+    narrow = frame(110.0, width=70)  # no room for a bar: the table's own columns come first
+    assert "█" not in narrow["claude"] and narrow["claude"].rstrip().endswith("│")
