@@ -2,6 +2,7 @@
 
     python bench/run.py            # the SPEC §6 figures (about two minutes)
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
+    python bench/run.py --views    # only: every view of 10,000 units, command to output
 
 Medians (and p99 for latencies) from one run; nothing here is a test.
 """
@@ -10,15 +11,19 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import fcntl
 import os
 import platform
+import pty
 import re
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -402,6 +407,91 @@ def rss(waiters: int = 10_000) -> Figure:
     )
 
 
+VIEW_UNITS = 10_000
+VIEW_COMMANDS = {
+    "status (table)": ["status"],
+    "status -o json": ["status", "-o", "json"],
+    "status -o dot": ["status", "-o", "dot"],
+    "status -o mermaid": ["status", "-o", "mermaid"],
+    "status UNIT (the root, 2 dependents)": ["status", "unit-0"],
+    "timeline (piped: table)": ["timeline"],
+    "timeline (terminal: chart, 200 columns)": ["timeline"],
+    "timeline -o json": ["timeline", "-o", "json"],
+    "timeline -o svg": ["timeline", "-o", "svg"],
+    "critical-chain": ["critical-chain"],
+    "blame": ["blame"],
+}
+"""Every output of `status` and of SPEC §9's commands: each must stay linear in the units."""
+
+
+def write_started_snapshot(state_dir: Path, units: int) -> None:
+    """A finished start-up of `units` units in a binary tree (each wants its parent), with
+    every run in the history: mostly completed, a few failed, a few still running."""
+    graph = Graph()
+    began = time.time() - 120
+    for u in range(1, units):
+        graph.want(f"unit-{u}", [f"unit-{(u - 1) // 2}"], began)
+    for u in range(units):
+        at = began + u * 0.01
+        graph.start(f"unit-{u}", False, at, waited=u * 0.01)
+        leaf = u >= units // 2
+        if leaf and u % 97 == 5:
+            graph.fail(f"unit-{u}", "exit status 1", at + 0.008)
+        elif not leaf or u % 89 != 3:
+            graph.complete(f"unit-{u}", False, at + 0.008)
+    state_dir.mkdir(mode=0o700, parents=True)
+    (state_dir / SNAPSHOT_NAME).write_bytes(logfile.snapshot(1, list(graph.images())))
+    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1))
+
+
+def views(runs: int = 3) -> list[Figure]:
+    """From command to the last byte of output, for every view of 10,000 units."""
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_started_snapshot(Path(tmp) / "state", VIEW_UNITS)
+        with agent(Path(tmp) / "state") as (socket, _proc):
+            for name, args in VIEW_COMMANDS.items():
+                command = [str(UNITSYNC), "sync", *args, "--socket", str(socket)]
+                terminal = "terminal" in name
+                times = [_time_output(command, terminal) for _ in range(runs)]
+                best = statistics.median(times)
+                figures.append(
+                    Figure(
+                        f"{name}, {VIEW_UNITS:,} units",
+                        f"{best * 1000:.0f} ms",
+                        "< 1 s",
+                        best < 1,
+                        f"median of {runs}" + ("; output to a pseudo-terminal" if terminal else ""),
+                    )
+                )
+    return figures
+
+
+def _time_output(command: list[str], terminal: bool) -> float:
+    """Seconds from starting `command` until it has written all its output and exited."""
+    if not terminal:
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True)
+        return time.perf_counter() - started
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    try:
+        while os.read(master, 1 << 16):
+            pass
+    except OSError:  # EIO: the command closed the terminal
+        pass
+    proc.wait()
+    elapsed = time.perf_counter() - started
+    os.close(master)
+    if proc.returncode:
+        raise RuntimeError(f"{command} exited {proc.returncode}")
+    return elapsed
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -464,6 +554,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scaling", action="store_true", help="also measure how costs grow")
+    parser.add_argument("--views", action="store_true", help="only the views of 10,000 units")
     args = parser.parse_args()
     print(machine(), flush=True)
     steps: list[Callable[[], Figure | list[Figure]]] = [
@@ -474,8 +565,11 @@ def main() -> None:
         throughput,
         restart,
         rss,
+        views,
         python_speed,
     ]
+    if args.views:
+        steps = [python_speed, views]
     figures: list[Figure] = []
     for step in steps:
         result = step()

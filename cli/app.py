@@ -54,6 +54,17 @@ app.command(
     help="Run the agent in the foreground until SIGINT or SIGTERM.",
     usage=f"Usage: {USAGE['agent']}",
 )
+for _name, _help in (
+    ("timeline", "Show how the boot's start-up went: when each unit waited, started and ended."),
+    ("critical-chain", "Show the chain of dependencies that decided when UNIT could start."),
+    ("blame", "List the units of the boot by how long they ran, longest first."),
+):  # SPEC §9, loaded only when used
+    sync.command(
+        f"unitsync.cli.timeline_command:{_name.replace('-', '_')}",
+        name=_name,
+        help=_help,
+        usage=f"Usage: {USAGE[_name]}",
+    )
 app.command(
     "unitsync.cli.completion:install_completion",
     name="--install-completion",

@@ -29,6 +29,9 @@ USAGE = {
     "forget": "unitsync sync forget UNIT",
     "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
     "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] -- COMMAND [ARGS...]",
+    "timeline": "unitsync sync timeline [--boot N] [-o table|json|svg]",
+    "critical-chain": "unitsync sync critical-chain [UNIT] [--boot N]",
+    "blame": "unitsync sync blame [--boot N]",
 }
 """Each command's usage line, as the README's command table writes it."""
 

@@ -13,6 +13,7 @@ exits with `exc.exit_code`.
     ├── NotDurable                     exit 6   the change could not be made durable: nothing
     │                                           changed (disk full, store unreachable); retry
     ├── UsageError                     exit 2   the command line itself is wrong
+    ├── NotInHistory                   exit 1   no boot or run of that name to show (§9)
     └── AgentUnavailable               exit 3   no (trustworthy) agent to talk to
         ├── AgentBusy                           past the agent's connection cap
         ├── AgentGone                           the connection broke, or the agent is stopping
@@ -87,6 +88,12 @@ class NotDurable(UnitsyncError):
 class UsageError(UnitsyncError):
     exit_code = EXIT_USAGE
     default_code = "usage"
+
+
+class NotInHistory(UnitsyncError):
+    """`timeline`, `critical-chain`: the histories hold no such boot, or no run of that unit."""
+
+    default_code = "not_in_history"
 
 
 class AgentUnavailable(UnitsyncError):
