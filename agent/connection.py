@@ -40,6 +40,7 @@ from unitsync.wire.protocol import (
     Hello,
     Ping,
     Reset,
+    SetReason,
     Start,
     Status,
     StatusReply,
@@ -219,6 +220,8 @@ async def _dispatch(service: Service, frames: FrameStream, request: object) -> m
             return await service.complete(request)
         case Fail():
             return await service.fail(request)
+        case SetReason():
+            return await service.set_reason(request)
         case Reset():
             return await service.reset(request)
         case Status():

@@ -17,7 +17,7 @@ from unitsync.wire.errors import Refused
 from unitsync.wire.timefmt import timestamp
 
 from .machine import COMPLETE, FAIL, RESET, START, Command, Go, Refuse, State, Stay, outcome
-from .records import Edge, HistoryEntry, Known, Move, Record, UnitImage
+from .records import Edge, HistoryEntry, Known, Move, Reason, Record, UnitImage
 
 HISTORY_LIMIT = 100
 """Transitions kept per unit: an agent that runs for months does not grow without bound."""
@@ -92,6 +92,8 @@ class Graph:
         elif kind is Edge:
             self.units[record.unit].deps[record.dep] = None
             self.units[record.dep].dependents.add(record.unit)
+        elif kind is Reason:
+            self.units[record.unit].reason = record.text
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
 
@@ -147,14 +149,21 @@ class Graph:
         return self._move(name, COMPLETE, {"force"} if force else set(), now)
 
     def fail(self, name: str, reason: str, now: float) -> list[Record]:
-        if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
-            check_name(name)
+        _check_reason(name, reason)
+        return self._move(name, FAIL, set(), now, reason=reason)
+
+    def set_reason(self, name: str, reason: str) -> list[Record]:
+        """Say what a started unit is doing (a service while it starts); not a transition."""
+        _check_reason(name, reason)
+        unit = self.get(name)
+        if unit.status != "started":
             raise Refused(
-                f"the reason is longer than {MAX_REASON_BYTES} bytes; shorten it "
-                "(put long logs in a file and name the file)",
+                f"unit {name!r} is {unit.status}, not started: only a started unit's reason "
+                "can be set; start it first",
+                code="not_started",
                 unit=name,
             )
-        return self._move(name, FAIL, set(), now, reason=reason)
+        return [] if unit.reason == reason else self._applied([Reason(name, reason)])
 
     def reset(self, name: str | None, now: float) -> list[Record]:
         """Back to pending, edges kept; `None` resets every unit."""
@@ -271,6 +280,16 @@ class Graph:
                     parent[dep] = node
                     stack.append(dep)
         return None
+
+
+def _check_reason(name: str, reason: str) -> None:
+    if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
+        check_name(name)
+        raise Refused(
+            f"the reason is longer than {MAX_REASON_BYTES} bytes; shorten it "
+            "(put long logs in a file and name the file)",
+            unit=name,
+        )
 
 
 def _refusal_message(name: str, unit: Unit | None, refusal: Refuse) -> str:

@@ -48,7 +48,14 @@ class Move(msgspec.Struct, tag="move", array_like=True, gc=False):
     """For a start: how long it waited for its dependencies."""
 
 
-Record = Known | Edge | Move
+class Reason(msgspec.Struct, tag="reason", array_like=True, gc=False):
+    """A started unit's reason changed; its state did not (no history entry)."""
+
+    unit: str
+    text: str
+
+
+Record = Known | Edge | Move | Reason
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False):

@@ -25,6 +25,7 @@ from unitsync.wire.protocol import (
     Ok,
     Pong,
     Reset,
+    SetReason,
     Start,
     Started,
     Status,
@@ -148,6 +149,11 @@ class Service:
         records = self.graph.fail(request.unit, request.reason, self.clock())
         await self.commit(records)
         return Ok(unit=request.unit, message=f"{request.unit} failed")
+
+    async def set_reason(self, request: SetReason) -> Ok:
+        records = self.graph.set_reason(request.unit, request.reason)
+        await self.commit(records)
+        return Ok(unit=request.unit)
 
     async def reset(self, request: Reset) -> Ok:
         records = self.graph.reset(request.unit, self.clock())

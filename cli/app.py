@@ -199,7 +199,11 @@ def _render(units: list, unit: str | None, output: Output) -> str:
     return render.render_table(units, time.time())
 
 
-@sync.command(usage="Usage: unitsync sync run UNIT [--want DEP]... [--timeout D] -- COMMAND...")
+@sync.command(
+    usage="Usage: unitsync sync run UNIT [--want DEP]... [--timeout D] "
+    "[--ready-cmd CMD [--ready-interval D] | --ready-log REGEX | --notify] [--ready-timeout D] "
+    "-- COMMAND..."
+)
 def run(
     unit: str,
     *command: str,
@@ -210,11 +214,32 @@ def run(
     timeout: Annotated[
         str, Parameter(metavar="DURATION", help="How long to wait: 30s, 5m, 1h30m; 0 forever.")
     ] = "5m",
+    ready_cmd: Annotated[
+        str | None,
+        Parameter(metavar="CMD", help="A service: ready once this shell command exits 0."),
+    ] = None,
+    ready_interval: Annotated[
+        str, Parameter(metavar="DURATION", help="How often --ready-cmd runs (each bounded by it).")
+    ] = "1s",
+    ready_log: Annotated[
+        str | None,
+        Parameter(metavar="REGEX", help="A service: ready on the first output line matching it."),
+    ] = None,
+    notify: Annotated[
+        bool,
+        Parameter(negative=(), help="A service: ready on READY=1 at $NOTIFY_SOCKET (sd_notify)."),
+    ] = False,
+    ready_timeout: Annotated[
+        str | None,
+        Parameter(metavar="DURATION", help="Not ready by then: fail UNIT, stop it, exit 5."),
+    ] = None,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, then complete or fail it.
 
     Exits with COMMAND's status. If a dependency fails or the wait times out, COMMAND does not run.
+    With --ready-cmd, --ready-log or --notify, COMMAND is a service: UNIT is completed when it
+    is ready, and failed when it exits.
     """
     if not command:
         print("unitsync: run needs a command after `--`", file=sys.stderr)
@@ -224,10 +249,11 @@ def run(
     except ValueError as exc:
         print(f"unitsync: --timeout: {exc}", file=sys.stderr)
         return 2
-    from .run import run_unit
+    from .run import Readiness, run_unit
 
+    readiness = Readiness(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with Client(socket, name="cli") as client:
-        return run_unit(client, unit, command, want, seconds)
+        return run_unit(client, unit, command, want, seconds, readiness)
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from unitsync.wire.protocol import (
     Reply,
     Request,
     Reset,
+    SetReason,
     Started,
     Status,
     StatusReply,
@@ -170,6 +171,10 @@ class Client:
 
     def fail(self, unit: str, reason: str = "") -> Ok:
         return self._call(Fail(unit, reason), Ok)
+
+    def set_reason(self, unit: str, reason: str) -> Ok:
+        """Say what a started unit is doing, without changing its state."""
+        return self._call(SetReason(unit, reason), Ok)
 
     def reset(self, unit: str | None = None) -> Ok:
         """Back to pending; `None` resets every unit."""

@@ -60,6 +60,14 @@ class Fail(Base, tag="fail"):
     reason: str = ""
 
 
+class SetReason(Base, tag="set_reason"):
+    """Say what a started unit is doing (its reason) without changing its state, as a
+    service does while it starts (sd_notify's `STATUS=`)."""
+
+    unit: str
+    reason: str
+
+
 class Reset(Base, tag="reset"):
     unit: str | None = None
     """None resets every unit."""
@@ -74,7 +82,7 @@ class Watch(Base, tag="watch"):
     unit: str | None = None
 
 
-Request = Hello | Ping | Want | Start | Complete | Fail | Reset | Status | Watch
+Request = Hello | Ping | Want | Start | Complete | Fail | SetReason | Reset | Status | Watch
 
 
 # --- views of the agent's state ------------------------------------------------------------
