@@ -2,6 +2,7 @@
 
     python bench/run.py            # the SPEC §6 figures (about two minutes)
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
+    python bench/services.py       # only SPEC §8's service figures (about a minute)
 
 Medians (and p99 for latencies) from one run; nothing here is a test.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import load
+import services
 import trio
 
 from unitsync.agent import logfile
@@ -136,6 +138,12 @@ async def release(socket: Path, gate: str) -> float:
 
 
 # --- the figures ---------------------------------------------------------------------------
+
+
+def service_readiness(rounds: int = 100) -> list[Figure]:
+    """SPEC §8: a service's ready moment to its dependents' start; `run` idle."""
+    with agent() as (socket, _proc):
+        return [Figure(*figure) for figure in services.measure(socket, percentile, rounds)]
 
 
 def python_speed() -> Figure:
@@ -474,6 +482,7 @@ def main() -> None:
         throughput,
         restart,
         rss,
+        service_readiness,
         python_speed,
     ]
     figures: list[Figure] = []
