@@ -219,8 +219,9 @@ def run(
         Parameter(metavar="CMD", help="A service: ready once this shell command exits 0."),
     ] = None,
     ready_interval: Annotated[
-        str, Parameter(metavar="DURATION", help="How often --ready-cmd runs (each bounded by it).")
-    ] = "1s",
+        str | None,
+        Parameter(metavar="DURATION", help="How often --ready-cmd runs, each bounded by it (1s)."),
+    ] = None,
     ready_log: Annotated[
         str | None,
         Parameter(metavar="REGEX", help="A service: ready on the first output line matching it."),
@@ -249,9 +250,9 @@ def run(
     except ValueError as exc:
         print(f"unitsync: --timeout: {exc}", file=sys.stderr)
         return 2
-    from .run import Readiness, run_unit
+    from .run import ReadyOptions, run_unit
 
-    readiness = Readiness(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
+    readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with Client(socket, name="cli") as client:
         return run_unit(client, unit, command, want, seconds, readiness)
 

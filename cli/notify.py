@@ -34,7 +34,9 @@ from .reactor import Reactor
 from .service import Listener
 
 DATAGRAM_SIZE = 4096
-"""The longest datagram read whole: a STATUS= text up to this fits a unit's reason."""
+"""The longest datagram read whole (systemd's own messages are far shorter)."""
+STATUS_LIMIT = 1024
+"""Bytes of a STATUS= text kept as the unit's reason: a line for `status`, not a log."""
 ENV = "NOTIFY_SOCKET"
 _CREDENTIALS = struct.Struct("3i")
 """struct ucred: pid, uid, gid."""
@@ -106,7 +108,8 @@ class NotifyReady:
                 continue
             fields = parse(data)
             if "STATUS" in fields:
-                status = self.last_status = fields["STATUS"]
+                text = fields["STATUS"].encode()[:STATUS_LIMIT].decode("utf-8", "ignore")
+                status = self.last_status = text
             if fields.get("READY") == "1":
                 ready_from = pid
         if status is not None and ready_from is None:  # ready clears the reason anyway

@@ -95,6 +95,7 @@ class LogReady:
         self.reactor, self.listener = reactor, listener
         for stream in self.streams:
             os.close(stream.child_fd)
+            stream.child_fd = -1
             reactor.add_reader(stream.read_fd, functools.partial(self._copy, stream))
         if any(s.terminal for s in self.streams):
             self._previous_winch = signal.signal(signal.SIGWINCH, self._resized)
@@ -112,6 +113,9 @@ class LogReady:
         if self._previous_winch is not None:
             signal.signal(signal.SIGWINCH, self._previous_winch)
         for stream in self.streams:
+            if stream.child_fd >= 0:  # the service never started
+                os.close(stream.child_fd)
+                stream.child_fd = -1
             for _ in range(DRAIN_LIMIT):
                 if not (stream.open and self._copy(stream)):
                     break

@@ -25,13 +25,17 @@ from .durations import parse_duration
 from .progress import StartProgress
 from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
 
+DEFAULT_INTERVAL = "1s"
+"""How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
+for the cost of one short process a second while it starts."""
+
 
 @dataclass(frozen=True)
-class Readiness:
+class ReadyOptions:
     """How a service says it is ready, as given on the command line."""
 
     command: str | None = None
-    interval: str = "1s"
+    interval: str | None = None
     log: str | None = None
     notify: bool = False
     timeout: str | None = None
@@ -41,7 +45,7 @@ class BadOption(ValueError):
     """A readiness option that makes no sense; the message says which and why."""
 
 
-def readiness_detector(options: Readiness) -> tuple[Detector | None, float | None]:
+def readiness_detector(options: ReadyOptions) -> tuple[Detector | None, float | None]:
     """The detector and ready timeout the options ask for; BadOption if they conflict."""
     kinds = [
         name
@@ -54,7 +58,7 @@ def readiness_detector(options: Readiness) -> tuple[Detector | None, float | Non
     ]
     if len(kinds) > 1:
         raise BadOption(f"{' and '.join(kinds)} cannot be combined: choose one way to be ready")
-    if options.interval != "1s" and options.command is None:
+    if options.interval is not None and options.command is None:
         raise BadOption("--ready-interval is the interval of --ready-cmd's probe: add --ready-cmd")
     if options.timeout is not None and not kinds:
         raise BadOption(
@@ -64,7 +68,7 @@ def readiness_detector(options: Readiness) -> tuple[Detector | None, float | Non
     if options.command is not None:
         from .probe import ProbeReady
 
-        interval = _duration("--ready-interval", options.interval)
+        interval = _duration("--ready-interval", options.interval or DEFAULT_INTERVAL)
         if interval is None:
             raise BadOption("--ready-interval: the probe needs an interval above 0, e.g. 1s")
         return ProbeReady(options.command, interval), timeout
@@ -103,7 +107,7 @@ def run_unit(
     command: Sequence[str],
     wants: Sequence[str],
     timeout: float | None,
-    readiness: Readiness = Readiness(),
+    readiness: ReadyOptions = ReadyOptions(),
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code."""
     try:
