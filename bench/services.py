@@ -166,7 +166,8 @@ def measure(
                     f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
                     "p99 < 20 ms",
                     p99 < 20,
-                    f"{rounds} rounds; includes `run`'s complete (one fsync) and the start's",
+                    f"{rounds} rounds; includes `run`'s complete (one fsync) and the start's; "
+                    f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
                 )
             )
         probe = probe_seconds()
