@@ -41,6 +41,7 @@ from unitsync.wire.protocol import (
     Hello,
     Ping,
     Reset,
+    SetReason,
     Start,
     Status,
     StatusReply,
@@ -220,6 +221,8 @@ async def _dispatch(service: Service, frames: FrameStream, request: object) -> m
             return await service.complete(request)
         case Fail():
             return await service.fail(request)
+        case SetReason():
+            return await service.set_reason(request)
         case Reset():
             return await service.reset(request)
         case Forget():

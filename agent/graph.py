@@ -30,7 +30,7 @@ from .machine import (
     Stay,
     outcome,
 )
-from .records import Edge, Forget, HistoryEntry, Known, Move, Record, UnitImage
+from .records import Edge, Forget, HistoryEntry, Known, Move, Reason, Record, UnitImage
 
 HISTORY_LIMIT = 100
 """Transitions kept per unit: an agent that runs for months does not grow without bound."""
@@ -108,6 +108,8 @@ class Graph:
         elif kind is Forget:
             for dep in self.units.pop(record.unit).deps:
                 self.units[dep].dependents.discard(record.unit)
+        elif kind is Reason:
+            self.units[record.unit].reason = record.text
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
 
@@ -163,14 +165,21 @@ class Graph:
         return self._move(name, COMPLETE, {"force"} if force else set(), now)
 
     def fail(self, name: str, reason: str, now: float, force: bool = False) -> list[Record]:
-        if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
-            check_name(name)
+        _check_reason(name, reason)
+        return self._move(name, FAIL, {"force"} if force else set(), now, reason=reason)
+
+    def set_reason(self, name: str, reason: str) -> list[Record]:
+        """Say what a started unit is doing (a service while it starts); not a transition."""
+        _check_reason(name, reason)
+        unit = self.get(name)
+        if unit.status != "started":
             raise Refused(
-                f"the reason is longer than {MAX_REASON_BYTES} bytes; shorten it "
-                "(put long logs in a file and name the file)",
+                f"unit {name!r} is {unit.status}, not started: only a started unit's reason "
+                "can be set; start it first",
+                code="not_started",
                 unit=name,
             )
-        return self._move(name, FAIL, {"force"} if force else set(), now, reason=reason)
+        return [] if unit.reason == reason else self._applied([Reason(name, reason)])
 
     def reset(self, name: str | None, now: float) -> list[Record]:
         """Back to pending, edges kept; `None` resets every unit."""
@@ -300,6 +309,16 @@ class Graph:
                     parent[dep] = node
                     stack.append(dep)
         return None
+
+
+def _check_reason(name: str, reason: str) -> None:
+    if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
+        check_name(name)
+        raise Refused(
+            f"the reason is longer than {MAX_REASON_BYTES} bytes; shorten it "
+            "(put long logs in a file and name the file)",
+            unit=name,
+        )
 
 
 def _refusal_message(name: str, unit: Unit | None, refusal: Refuse) -> str:

@@ -55,7 +55,14 @@ class Forget(msgspec.Struct, tag="forget", array_like=True, gc=False):
     at: float
 
 
-Record = Known | Edge | Move | Forget
+class Reason(msgspec.Struct, tag="reason", array_like=True, gc=False):
+    """A started unit's reason changed; its state did not (no history entry)."""
+
+    unit: str
+    text: str
+
+
+Record = Known | Edge | Move | Forget | Reason
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False):

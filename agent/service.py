@@ -26,6 +26,7 @@ from unitsync.wire.protocol import (
     Ok,
     Pong,
     Reset,
+    SetReason,
     Start,
     Started,
     Status,
@@ -161,6 +162,11 @@ class Service:
             )
         await self.commit(self.graph.forget(name, self.clock()))
         return Ok(unit=name, message=f"forgot {name} and its history")
+
+    async def set_reason(self, request: SetReason) -> Ok:
+        records = self.graph.set_reason(request.unit, request.reason)
+        await self.commit(records)
+        return Ok(unit=request.unit)
 
     async def reset(self, request: Reset) -> Ok:
         records = self.graph.reset(request.unit, self.clock())

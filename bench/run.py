@@ -3,6 +3,7 @@
     python bench/run.py            # the SPEC §6 figures (about two minutes)
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
     python bench/run.py --views    # only: every view of 10,000 units, command to output
+    python bench/services.py       # only SPEC §8's service figures (about a minute)
 
 Medians (and p99 for latencies) from one run; nothing here is a test.
 """
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import load
+import services
 import trio
 
 from unitsync.agent import logfile
@@ -141,6 +143,12 @@ async def release(socket: Path, gate: str) -> float:
 
 
 # --- the figures ---------------------------------------------------------------------------
+
+
+def service_readiness(rounds: int = 100) -> list[Figure]:
+    """SPEC §8: a service's ready moment to its dependents' start; `run` idle."""
+    with agent() as (socket, _proc):
+        return [Figure(*figure) for figure in services.measure(socket, percentile, rounds)]
 
 
 def python_speed() -> Figure:
@@ -566,6 +574,7 @@ def main() -> None:
         restart,
         rss,
         views,
+        service_readiness,
         python_speed,
     ]
     if args.views:

@@ -27,7 +27,7 @@ from unitsync.wire.errors import EXIT_USAGE, UnitsyncError
 from unitsync.wire.paths import SOCKET_ENV
 from unitsync.wire.protocol import Ok
 
-from .durations import DEFAULT_TIMEOUT, duration_option
+from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
 from .progress import StartProgress
 from .usage import USAGE, describe
 
@@ -293,20 +293,53 @@ def run(
         Parameter(negative=(), metavar="DEP", help="A dependency (repeat for more)."),
     ] = (),
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    ready_cmd: Annotated[
+        str | None,
+        Parameter(metavar="CMD", help="A service: ready once this shell command exits 0."),
+    ] = None,
+    ready_interval: Annotated[
+        float | None,
+        Parameter(
+            converter=interval_option,
+            metavar="DURATION",
+            show_default=False,
+            help="How often --ready-cmd runs, each run bounded by it [default: 1s].",
+        ),
+    ] = None,
+    ready_log: Annotated[
+        str | None,
+        Parameter(metavar="REGEX", help="A service: ready on the first output line matching it."),
+    ] = None,
+    notify: Annotated[
+        bool,
+        Parameter(negative=(), help="A service: ready on READY=1 at $NOTIFY_SOCKET (sd_notify)."),
+    ] = False,
+    ready_timeout: Annotated[
+        float | None,
+        Parameter(
+            converter=duration_option,
+            metavar="DURATION",
+            show_default=False,
+            help="Not ready by then: fail UNIT, stop the service, exit 5 [default: no limit].",
+        ),
+    ] = None,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
 
     Exits with COMMAND's status. If a dependency fails or the wait times out, COMMAND does not run.
+    With --ready-cmd, --ready-log or --notify, COMMAND is a service: UNIT is completed when it
+    is ready, and failed when it exits.
     """
     if not command:
         print("unitsync: run needs a command after `--`", file=sys.stderr)
         print(f"usage: {USAGE['run']}", file=sys.stderr)
         return EXIT_USAGE
-    from .run import run_unit
+    from .run import ReadyOptions, run_unit
 
+    readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with Client(socket, name="cli") as client:
-        return run_unit(client, unit, command, want, timeout)
+        return run_unit(client, unit, command, want, timeout, readiness)
 
 
 def main() -> None:

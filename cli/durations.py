@@ -41,3 +41,11 @@ def _parse_units(text: str) -> float:
 def duration_option(_hint: object, tokens: Sequence[Token]) -> float | None:
     """cyclopts converter for `--timeout`: a ValueError becomes a usage error naming the flag."""
     return parse_duration(tokens[0].value)
+
+
+def interval_option(_hint: object, tokens: Sequence[Token]) -> float:
+    """cyclopts converter for an interval: a duration above 0."""
+    seconds = parse_duration(tokens[0].value)
+    if seconds is None:
+        raise ValueError("the probe needs an interval above 0, e.g. 200ms, 1s, 5s")
+    return seconds

@@ -1,17 +1,95 @@
-"""`sync run`: want, wait, run a command as the unit, then complete or fail it."""
+"""`sync run`: want, wait, run a command as the unit, then complete or fail it (SPEC §2, §8).
+
+The command's life (spawn, signals, readiness, output, exit) is `service.ServiceRun`'s;
+every agent call `run` makes is here: `run_unit` declares and starts the unit, and
+`UnitAgent` tells the agent what the command's events mean for it.
+
+Plain `run` completes the unit when the command exits 0. With a readiness option the
+command is a service: the unit completes when the service is ready and fails when it
+exits (before or after), or when it is not ready in time (`run` then exits 5).
+"""
 
 from __future__ import annotations
 
-import signal
-import subprocess
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from unitsync.client.client import Client, UnitsyncError
+from unitsync.wire.errors import EXIT_TIMED_OUT, EXIT_USAGE
+from unitsync.wire.timefmt import duration
 
+from .children import Ended, SpawnFailed
 from .progress import StartProgress
+from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
 
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+DEFAULT_INTERVAL = 1.0
+"""How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
+for the cost of one short process a second while it starts."""
+
+
+@dataclass(frozen=True)
+class ReadyOptions:
+    """How a service says it is ready, as given on the command line."""
+
+    command: str | None = None
+    interval: float | None = None
+    """Seconds between probes (None: DEFAULT_INTERVAL)."""
+    log: str | None = None
+    notify: bool = False
+    timeout: float | None = None
+    """Seconds to be ready in (None: no limit)."""
+
+
+class BadOption(ValueError):
+    """A readiness option that makes no sense; the message says which and why."""
+
+
+def readiness_detector(options: ReadyOptions) -> tuple[Detector | None, float | None]:
+    """The detector and ready timeout the options ask for; BadOption if they conflict."""
+    kinds = [
+        name
+        for name, given in (
+            ("--ready-cmd", options.command is not None),
+            ("--ready-log", options.log is not None),
+            ("--notify", options.notify),
+        )
+        if given
+    ]
+    if len(kinds) > 1:
+        raise BadOption(f"{' and '.join(kinds)} cannot be combined: choose one way to be ready")
+    if options.interval is not None and options.command is None:
+        raise BadOption("--ready-interval is the interval of --ready-cmd's probe: add --ready-cmd")
+    if options.timeout is not None and not kinds:
+        raise BadOption(
+            "--ready-timeout needs a way to be ready: --ready-cmd, --ready-log or --notify"
+        )
+    timeout = options.timeout
+    if options.command is not None:
+        from .probe import ProbeReady
+
+        return ProbeReady(options.command, options.interval or DEFAULT_INTERVAL), timeout
+    if options.log is not None:
+        from .output import LogReady
+
+        try:
+            pattern = re.compile(options.log)
+        except re.error as exc:
+            raise BadOption(
+                f"--ready-log: {options.log!r} is not a valid regular expression: {exc}"
+            ) from None
+        return LogReady(pattern), timeout
+    if options.notify:
+        from .notify import NotifyReady
+
+        return NotifyReady(), timeout
+    return None, None
+
+
+def _seconds(seconds: float) -> str:
+    """A duration as it was probably typed: 30s, 1.5s; 5m00s past a minute."""
+    return f"{seconds:g}s" if seconds < 60 else duration(seconds)
 
 
 def run_unit(
@@ -20,8 +98,14 @@ def run_unit(
     command: Sequence[str],
     wants: Sequence[str],
     timeout: float | None,
+    readiness: ReadyOptions = ReadyOptions(),
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code."""
+    try:
+        detector, ready_timeout = readiness_detector(readiness)
+    except BadOption as exc:
+        print(f"unitsync: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     progress = StartProgress(unit, sys.stderr)
     try:
         if wants:
@@ -34,46 +118,93 @@ def run_unit(
         print(f"unitsync: {exc}; not running {command[0]}", file=sys.stderr)
         return exc.exit_code
     progress.done(started)
-    status, reason = run_child(command)
-    try:
-        if status == 0:
-            client.complete(unit)
-        else:
-            client.fail(unit, reason)
-    except UnitsyncError as exc:
-        print(f"unitsync: {unit} ran, but recording its end failed: {exc}", file=sys.stderr)
-        return exc.exit_code if status == 0 else status
-    return status
+    agent = UnitAgent(client, unit, service=detector is not None)
+    with ServiceRun(command, detector, ready_timeout) as service:
+        try:
+            service.start()
+        except SpawnFailed as exc:
+            print(f"unitsync: {exc.reason}", file=sys.stderr)
+            return agent.ended(exc.status, exc.reason)
+        return follow(service, agent)
 
 
-def run_child(command: Sequence[str]) -> tuple[int, str]:
-    """Run `command` in the foreground, passing signals on; its status, shell-style."""
-    try:
-        child = subprocess.Popen(list(command))
-    except FileNotFoundError:
-        print(f"unitsync: command not found: {command[0]}", file=sys.stderr)
-        return 127, f"command not found: {command[0]}"
-    except PermissionError:
-        print(f"unitsync: permission denied: {command[0]}", file=sys.stderr)
-        return 126, f"permission denied: {command[0]}"
-    previous = {sig: signal.signal(sig, _forward_to(child)) for sig in FORWARDED}
-    # Ctrl-C on a terminal reaches the whole foreground group, the child included: we only
-    # stay alive to report its end. Sent to us alone (no terminal), it is passed on.
-    on_interrupt = signal.SIG_IGN if sys.stdin.isatty() else _forward_to(child)
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if code < 0:
-        name = signal.Signals(-code).name
-        return 128 - code, f"killed by signal {name}"
-    return code, f"exit status {code}"
+def follow(service: ServiceRun, agent: UnitAgent) -> int:
+    """Tell the agent what happens to the command, as it happens; `run`'s exit status."""
+    not_ready = False
+    for event in service.events():
+        match event:
+            case Ready(how):
+                agent.ready(how)
+            case Status(text):
+                agent.status(text)
+            case NotReady(within, waiting_for):
+                not_ready = True
+                agent.not_ready(f"not ready within {_seconds(within)}: {waiting_for}")
+            case Exited(ended, was_ready):
+                # Stopped for not being ready: the unit's reason already says why.
+                return EXIT_TIMED_OUT if not_ready else agent.exited(ended, was_ready)
+    raise AssertionError("the service's events end with its exit")
 
 
-def _forward_to(child: subprocess.Popen[bytes]):  # type: ignore[no-untyped-def]
-    def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
+class UnitAgent:
+    """Every agent call `run` makes once its command runs, and what each one prints."""
 
-    return forward
+    def __init__(self, client: Client, unit: str, *, service: bool) -> None:
+        self.client = client
+        self.unit = unit
+        self.service = service
+
+    def ready(self, how: str) -> None:
+        self._tell("is ready", lambda: self.client.complete(self.unit))
+        print(f"{self.unit}: ready ({how})", file=sys.stderr, flush=True)
+
+    def status(self, text: str) -> None:
+        self._tell("says what it is doing", lambda: self.client.set_reason(self.unit, text))
+
+    def not_ready(self, reason: str) -> None:
+        print(
+            f"unitsync: {self.unit} {reason}; stopping it "
+            f"(SIGTERM, then SIGKILL after {STOP_GRACE:g}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._tell("is not ready", lambda: self.client.fail(self.unit, reason))
+
+    def exited(self, ended: Ended, was_ready: bool) -> int:
+        """Record how the command ended; its status (or the agent's exit code)."""
+        if not self.service:  # plain `run`: its end is the unit's end
+            if ended.signal_name:
+                return self.ended(ended.status, f"killed by signal {ended.signal_name}")
+            return self.ended(ended.status, f"exit status {ended.status}" if ended.status else None)
+        # A service that is gone is not ready, whatever its status.
+        how = (
+            f"killed by signal {ended.signal_name}"
+            if ended.signal_name
+            else f"exited with status {ended.status}"
+        )
+        when = "after being ready" if was_ready else "before being ready"
+        return self.ended(ended.status, f"{how} {when}")
+
+    def ended(self, status: int, reason: str | None) -> int:
+        """Complete the unit (no reason) or fail it; `status`, unless recording failed."""
+        try:
+            if reason is None:
+                self.client.complete(self.unit)
+            else:
+                self.client.fail(self.unit, reason)
+        except UnitsyncError as exc:
+            print(
+                f"unitsync: {self.unit} ran, but recording its end failed: {exc}", file=sys.stderr
+            )
+            return exc.exit_code if status == 0 else status
+        return status
+
+    def _tell(self, what: str, call: Callable[[], object]) -> None:
+        """A change while the command runs: if it cannot be recorded, say so and go on."""
+        try:
+            call()
+        except UnitsyncError as exc:
+            print(
+                f"unitsync: {self.unit} {what}, but telling the agent failed: {exc}",
+                file=sys.stderr,
+            )

@@ -28,7 +28,9 @@ USAGE = {
     "reset": "unitsync sync reset UNIT | --all",
     "forget": "unitsync sync forget UNIT",
     "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
-    "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] -- COMMAND [ARGS...]",
+    "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] "
+    "[--ready-cmd CMD [--ready-interval 1s] | --ready-log REGEX | --notify] "
+    "[--ready-timeout D] -- COMMAND [ARGS...]",
     "timeline": "unitsync sync timeline [--boot N] [-o table|json|svg]",
     "critical-chain": "unitsync sync critical-chain [UNIT] [--boot N]",
     "blame": "unitsync sync blame [--boot N]",

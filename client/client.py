@@ -42,6 +42,7 @@ from unitsync.wire.protocol import (
     Reply,
     Request,
     Reset,
+    SetReason,
     Started,
     Status,
     StatusReply,
@@ -176,6 +177,10 @@ class Client:
     def forget(self, unit: str) -> Ok:
         """Remove a unit no other unit wants, with its history."""
         return self._call(Forget(unit), Ok)
+
+    def set_reason(self, unit: str, reason: str) -> Ok:
+        """Say what a started unit is doing, without changing its state."""
+        return self._call(SetReason(unit, reason), Ok)
 
     def reset(self, unit: str | None = None) -> Ok:
         """Back to pending; `None` resets every unit."""

@@ -65,6 +65,14 @@ class Fail(Base, tag="fail"):
     """Fail a unit no command has named yet (declare a failure on purpose)."""
 
 
+class SetReason(Base, tag="set_reason"):
+    """Say what a started unit is doing (its reason) without changing its state, as a
+    service does while it starts (sd_notify's `STATUS=`)."""
+
+    unit: str
+    reason: str
+
+
 class Reset(Base, tag="reset"):
     unit: str | None = None
     """None resets every unit."""
@@ -83,7 +91,9 @@ class Watch(Base, tag="watch"):
     unit: str | None = None
 
 
-Request = Hello | Ping | Want | Start | Complete | Fail | Reset | Forget | Status | Watch
+Request = (
+    Hello | Ping | Want | Start | Complete | Fail | SetReason | Reset | Forget | Status | Watch
+)
 
 
 # --- views of the agent's state ------------------------------------------------------------

@@ -1,0 +1,211 @@
+"""A command's life under `run`: spawned, watched until ready, followed until it exits (SPEC §8).
+
+`ServiceRun` starts the command, lets one `Detector` (a probe, an output line,
+sd_notify) tell when it is ready, enforces the ready timeout, passes signals on, and
+reports what happens as events: `Ready`, `Status`, `NotReady`, `Exited`. It never
+talks to the agent: `run.py` turns the events into agent calls, in one place.
+
+Without a detector this is plain `run`: the command inherits `run`'s stdin, stdout
+and stderr, and its exit is the only event.
+
+Resource rules: every descriptor, timer and child process belongs to the `ServiceRun`
+that made it and is released by `close` (the `with` block), which also stops a service
+still running then (a `run` going away must not leave behind a service that its
+dependents trust). Once the service is ready (or given up on), the detector stops and
+the ready timeout is cancelled: after that only the service itself (its exit, its
+output) wakes `run`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .children import Child, Ended, Exits, forwarding_signals, spawn
+from .reactor import Reactor, Timer
+
+STOP_GRACE = 10.0
+"""Seconds between SIGTERM and SIGKILL when `run` stops a service (not ready in time):
+docker stop's default, long enough for a server to close its connections and files."""
+
+
+class Listener(Protocol):
+    """Where a detector reports (the `ServiceRun`)."""
+
+    def ready(self, how: str) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+
+class Detector(Protocol):
+    """One way for a service to say it is ready: a probe, an output line, sd_notify."""
+
+    def child_options(self) -> dict[str, Any]:
+        """`Popen` options it needs (`env`, `stdout`, `stderr`), made just before the spawn."""
+        ...
+
+    def begin(self, reactor: Reactor, exits: Exits, service: Child, listener: Listener) -> None:
+        """The service runs: watch it."""
+        ...
+
+    def stop(self) -> None:
+        """Readiness no longer matters: stop watching for it (output still flows)."""
+        ...
+
+    def waiting_for(self) -> str:
+        """What was awaited, for the reason of a service not ready in time."""
+        ...
+
+    def finish(self) -> None:
+        """The service is gone (or never started): take what it left, release everything.
+
+        Called exactly once; readiness found in the last output is still reported."""
+        ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    how: str
+    """What showed it, for people: "`curl -fs localhost:8000` succeeded on try 3"."""
+
+
+@dataclass(frozen=True)
+class Status:
+    text: str
+    """What the service says it is doing while it starts (sd_notify's STATUS=)."""
+
+
+@dataclass(frozen=True)
+class NotReady:
+    """The ready timeout passed; the service is being stopped."""
+
+    within: float
+    waiting_for: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    ended: Ended
+    was_ready: bool
+
+
+Event = Ready | Status | NotReady | Exited
+
+
+class ServiceRun:
+    def __init__(
+        self,
+        command: Sequence[str],
+        detector: Detector | None = None,
+        ready_timeout: float | None = None,
+    ) -> None:
+        self.command = command
+        self.detector = detector
+        self.ready_timeout = ready_timeout
+        self.reactor = Reactor()
+        self.exits = Exits(self.reactor)
+        self.child: Child | None = None
+        self.is_ready = False
+        self._events: deque[Event] = deque()
+        self._settled = detector is None
+        """Ready, or given up on: readiness no longer matters."""
+        self._finished = False
+        self._deadline: Timer | None = None
+        self._kill: Timer | None = None
+
+    def __enter__(self) -> ServiceRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Spawn the service; `SpawnFailed` if it cannot be."""
+        options = self.detector.child_options() if self.detector else {}
+        self.child = spawn(self.command, **options)
+        self.exits.watch(self.child, self._exited)
+        if self.detector:
+            self.detector.begin(self.reactor, self.exits, self.child, self)
+            if self.ready_timeout is not None:
+                self._deadline = self.reactor.call_later(self.ready_timeout, self._not_ready)
+
+    def events(self) -> Iterator[Event]:
+        """What happens, as it happens, up to and including `Exited`."""
+        assert self.child is not None, "start() first"
+        with forwarding_signals(self.child):
+            while True:
+                while self._events:
+                    event = self._events.popleft()
+                    yield event
+                    if isinstance(event, Exited):
+                        return
+                self.reactor.run_once()
+
+    def stop(self) -> None:
+        """SIGTERM now, SIGKILL if it still runs `STOP_GRACE` seconds later."""
+        assert self.child is not None
+        if self.child.returncode is None and self._kill is None:
+            self.child.terminate()
+            self._kill = self.reactor.call_later(STOP_GRACE, self.child.kill)
+
+    def close(self) -> None:
+        if self.child is not None and self.child.returncode is None:
+            self.exits.unwatch(self.child)
+            self.child.terminate()
+            try:
+                self.child.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+        self._finish()
+        self.exits.close()
+        self.reactor.close()
+
+    # --- what the detector reports (Listener) ---------------------------------------------
+
+    def ready(self, how: str) -> None:
+        if self._settled:
+            return
+        self._settle()
+        self.is_ready = True
+        self._events.append(Ready(how))
+
+    def status(self, text: str) -> None:
+        if self._settled:
+            return
+        if self._events and isinstance(self._events[-1], Status):
+            self._events.pop()  # the agent only needs the latest
+        self._events.append(Status(text))
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _not_ready(self) -> None:
+        assert self.detector is not None and self.ready_timeout is not None
+        if self._settled:
+            return
+        self._settle()
+        self._events.append(NotReady(self.ready_timeout, self.detector.waiting_for()))
+        self.stop()
+
+    def _settle(self) -> None:
+        self._settled = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.detector is not None:
+            self.detector.stop()
+
+    def _exited(self, ended: Ended) -> None:
+        if self._kill is not None:
+            self._kill.cancel()
+        self._finish()  # its last output may still hold the ready line
+        if not self._settled:
+            self._settle()
+        self._events.append(Exited(ended, self.is_ready))
+
+    def _finish(self) -> None:
+        if self.detector is not None and not self._finished:
+            self._finished = True
+            self.detector.finish()

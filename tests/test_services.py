@@ -1,0 +1,458 @@
+"""Services (SPEC §8): `run` marks a long-running command ready, and failed when it dies.
+
+Real processes throughout: the real CLI against a real agent, services that are small
+Python programs, a real sd_notify datagram socket. Nothing here asserts how long
+anything took; a few waits are bounded only so that a broken build fails instead of
+hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_workflow import on_a_terminal, read_until
+
+from unitsync.agent.graph import Graph, Refused
+from unitsync.agent.records import Reason
+from unitsync.cli import children
+from unitsync.cli import service as service_module
+from unitsync.cli.children import Ended
+from unitsync.cli.probe import ProbeReady
+from unitsync.cli.service import Exited, NotReady, Ready, ServiceRun
+from unitsync.client.client import Client
+
+from conftest import AgentProcess, run_cli
+
+LIMIT = 30.0
+"""Bounds every wait, so that a broken build fails instead of hanging; never asserted."""
+
+
+def sock(agent: AgentProcess) -> Path:
+    return agent.config.socket
+
+
+def unit_status(agent: AgentProcess, name: str) -> tuple[str, str]:
+    with Client(sock(agent)) as client:
+        [view] = client.status(name)
+    return view.status, view.reason
+
+
+def status_is(agent: AgentProcess, name: str, expected: tuple[str, str]) -> bool:
+    """For polling: does `name` (perhaps not yet known) have this status and reason?"""
+    try:
+        return unit_status(agent, name) == expected
+    except Refused:
+        return False
+
+
+def spawn_run(agent: AgentProcess, *args: str) -> subprocess.Popen[bytes]:
+    """`unitsync sync run ARGS` in its own process, its stdout and stderr as bytes."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", "sync", "run", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, UNITSYNC_SOCKET=str(sock(agent))),
+    )
+
+
+def python_service(folder: Path, source: str) -> list[str]:
+    """The command line of a small Python service with `source` as its program."""
+    path = folder / "service.py"
+    path.write_text(textwrap.dedent(source))
+    return [sys.executable, str(path)]
+
+
+def read_stderr_until(proc: subprocess.Popen[bytes], needle: bytes) -> bytes:
+    """Read `proc`'s stderr until `needle` appears (bounded by LIMIT)."""
+    assert proc.stderr is not None
+    fd, seen = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + LIMIT
+    while needle not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+    assert needle in seen, seen
+    return seen
+
+
+def wait_for(condition: object, what: str) -> None:
+    deadline = time.monotonic() + LIMIT
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.02)
+
+
+def dependent_starts(agent: AgentProcess, dependent: str, service: str) -> int:
+    """`start DEPENDENT` (which wants SERVICE) from a fresh process: its exit status."""
+    run_cli("sync", "want", dependent, service, socket=sock(agent))
+    return run_cli("sync", "start", dependent, socket=sock(agent)).code
+
+
+def stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> tuple[bytes, bytes]:
+    proc.send_signal(signum)
+    return proc.communicate(timeout=LIMIT)
+
+
+# --- --ready-cmd ---------------------------------------------------------------------------
+
+
+def test_a_probe_that_succeeds_on_the_third_try_completes_the_unit_and_is_not_run_again(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    tries = tmp_path / "tries"
+    probe = f'echo try >> {tries}; test "$(wc -l < {tries})" -ge 3'
+    service = python_service(tmp_path, "import time; time.sleep(600)")
+    run = spawn_run(
+        agent_process, "web", "--ready-cmd", probe, "--ready-interval", "50ms", "--", *service
+    )
+    assert dependent_starts(agent_process, "web-user", "web") == 0
+    assert unit_status(agent_process, "web") == ("completed", "")
+    assert tries.read_text() == "try\n" * 3
+    time.sleep(1.0)  # twenty intervals: a probe still scheduled would have run by now
+    assert tries.read_text() == "try\n" * 3
+    _out, err = stop(run)
+    assert b"web: ready (`echo try" in err and b"succeeded on try 3)" in err
+    assert run.returncode == 128 + signal.SIGTERM
+
+
+def test_a_probe_is_bounded_by_the_interval_and_named_when_not_ready_in_time() -> None:
+    probe = ProbeReady("sleep 30", interval=0.05)
+    with ServiceRun([sys.executable, "-c", "import time; time.sleep(600)"], probe, 0.3) as run:
+        run.start()
+        events = list(run.events())
+    assert isinstance(events[0], NotReady)
+    assert "`sleep 30` failed" in events[0].waiting_for
+    assert "last: did not finish within 0.05s" in events[0].waiting_for
+    assert events[-1] == Exited(Ended(-signal.SIGTERM), was_ready=False)
+
+
+# --- --ready-log -----------------------------------------------------------------------------
+
+LOG_SERVICE = r"""
+    import sys, time
+    out = sys.stdout.buffer
+    out.write(b"compiling\n"); out.flush()
+    sys.stderr.write("warning: deprecated option\n"); sys.stderr.flush()
+    out.write(b"caf\xc3\xa9 \xff raw bytes\r\n"); out.flush()
+    time.sleep(0.1)
+    out.write(b"listening on port 8000\n"); out.flush()
+    out.write(b"GET / 200\n"); out.write(b"no newline at the end"); out.flush()
+    time.sleep(600)
+"""
+LOG_STDOUT = (
+    b"compiling\ncaf\xc3\xa9 \xff raw bytes\r\nlistening on port 8000\nGET / 200\n"
+    b"no newline at the end"
+)
+
+
+def test_a_ready_line_after_other_output_completes_the_unit_and_output_passes_unchanged(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    service = python_service(tmp_path, LOG_SERVICE)
+    run = spawn_run(agent_process, "api", "--ready-log", r"listening on port \d+", "--", *service)
+    assert dependent_starts(agent_process, "api-user", "api") == 0
+    assert unit_status(agent_process, "api") == ("completed", "")
+    out, err = stop(run)
+    assert out == LOG_STDOUT  # byte for byte, though the service was never told to flush less
+    assert b"warning: deprecated option\n" in err
+    assert b"api: ready (output matched 'listening on port \\\\d+')" in err
+
+
+def test_on_a_terminal_the_service_keeps_its_colours(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    service = python_service(
+        tmp_path,
+        r"""
+        import os, time
+        colour = os.isatty(1) and os.isatty(2)
+        print("\x1b[32mServing\x1b[0m HTTP" if colour else "Serving HTTP (no terminal)", flush=True)
+        time.sleep(600)
+        """,
+    )
+    proc, terminal = on_a_terminal(
+        "sync",
+        "run",
+        "ui",
+        "--ready-log",
+        "^Serving HTTP$",
+        "--",
+        *service,
+        socket=sock(agent_process),
+    )
+    shown = read_until(terminal, b"ui: ready")
+    assert b"\x1b[32mServing\x1b[0m HTTP" in shown  # matched with its colour codes set aside
+    assert unit_status(agent_process, "ui") == ("completed", "")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=LIMIT) == 128 + signal.SIGTERM
+    os.close(terminal)
+
+
+# --- --notify --------------------------------------------------------------------------------
+
+NOTIFY_SERVICE = """
+    import os, socket, sys, time
+    from pathlib import Path
+    address = os.environ["NOTIFY_SOCKET"]
+    Path(sys.argv[1]).write_text(address)
+    target = "\\0" + address[1:] if address.startswith("@") else address
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.sendto(b"STATUS=loading 3 datasets", target)
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.01)
+    notify.sendto(b"READY=1\\nSTATUS=serving", target)
+    time.sleep(600)
+"""
+
+
+def test_a_python_service_says_ready_over_the_socket_and_its_status_shows_meanwhile(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    address, go = tmp_path / "address", tmp_path / "go"
+    service = python_service(tmp_path, NOTIFY_SERVICE)
+    run = spawn_run(agent_process, "db", "--notify", "--", *service, str(address), str(go))
+    wait_for(lambda: status_is(agent_process, "db", ("started", "loading 3 datasets")), "STATUS")
+    assert address.read_text().startswith("@unitsync/")  # abstract: no file to leave behind
+    go.touch()
+    assert dependent_starts(agent_process, "db-user", "db") == 0
+    assert unit_status(agent_process, "db") == ("completed", "")
+    _out, err = stop(run)
+    assert b"db: ready (READY=1 from the service)" in err
+
+
+def test_a_datagram_from_another_process_is_refused(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    address, go = tmp_path / "address", tmp_path / "go"
+    service = python_service(tmp_path, NOTIFY_SERVICE)
+    run = spawn_run(agent_process, "db", "--notify", "--", *service, str(address), str(go))
+    wait_for(address.exists, "the service's NOTIFY_SOCKET")
+    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stranger.sendto(b"READY=1", "\0" + address.read_text()[1:])
+    read_stderr_until(run, f"ignored a notification from pid {os.getpid()}".encode())
+    assert unit_status(agent_process, "db")[0] == "started"
+    go.touch()  # now the service itself says it
+    assert dependent_starts(agent_process, "db-user", "db") == 0
+    stop(run)
+
+
+# --- not ready, gone ---------------------------------------------------------------------------
+
+
+def test_not_ready_in_time_fails_the_unit_stops_the_service_and_exits_5(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    service = python_service(
+        tmp_path,
+        f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        print("starting up", flush=True)
+        time.sleep(600)
+        """,
+    )
+    run_cli("sync", "want", "cache-user", "cache", socket=sock(agent_process))
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", "sync", "start", "cache-user"],
+        env=dict(os.environ, UNITSYNC_SOCKET=str(sock(agent_process))),
+        stderr=subprocess.PIPE,
+    )
+    run = spawn_run(
+        agent_process,
+        "cache",
+        "--ready-log",
+        "accepting",
+        "--ready-timeout",
+        "500ms",
+        "--",
+        *service,
+    )
+    out, err = run.communicate(timeout=LIMIT)
+    assert run.returncode == 5
+    status, reason = unit_status(agent_process, "cache")
+    assert status == "failed"
+    assert reason == "not ready within 0.5s: no output line matched 'accepting'"
+    assert b"stopping it (SIGTERM, then SIGKILL after 10s)" in err
+    assert out == b"starting up\n"
+    with pytest.raises(ProcessLookupError):  # stopped, and reaped by `run`
+        os.kill(int(pid_file.read_text()), 0)
+    assert waiter.wait(timeout=LIMIT) == 4
+
+
+def test_a_service_that_ignores_sigterm_is_killed_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "STOP_GRACE", 0.2)
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    with ServiceRun([sys.executable, "-c", stubborn], ProbeReady("false", 0.05), 0.5) as run:
+        run.start()
+        events = list(run.events())
+    assert [type(e) for e in events] == [NotReady, Exited]
+    assert events[-1] == Exited(Ended(-signal.SIGKILL), was_ready=False)
+
+
+def test_a_service_that_dies_after_being_ready_fails_and_later_dependents_exit_4(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    service = python_service(
+        tmp_path,
+        f"""
+        import os, sys, time
+        print("ready", flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        sys.exit(3)
+        """,
+    )
+    run = spawn_run(agent_process, "web", "--ready-log", "^ready$", "--", *service)
+    assert dependent_starts(agent_process, "early", "web") == 0
+    go.touch()
+    run.communicate(timeout=LIMIT)
+    assert run.returncode == 3  # the service's own status, as before
+    assert unit_status(agent_process, "web") == ("failed", "exited with status 3 after being ready")
+    run_cli("sync", "want", "later", "web", socket=sock(agent_process))
+    refused = run_cli("sync", "start", "later", socket=sock(agent_process))
+    assert refused.code == 4
+    assert "dependency web failed (exited with status 3 after being ready)" in refused.err
+
+
+def test_a_service_that_exits_before_being_ready_fails(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "sync", "run", "db", "--notify", "--", "sh", "-c", "exit 0", socket=sock(agent_process)
+    )
+    assert result.code == 0
+    assert unit_status(agent_process, "db") == ("failed", "exited with status 0 before being ready")
+
+
+def test_a_service_that_cannot_be_started_fails_like_a_command(
+    agent_process: AgentProcess,
+) -> None:
+    result = run_cli(
+        "sync", "run", "db", "--notify", "--", "no-such-server", socket=sock(agent_process)
+    )
+    assert result.code == 127
+    assert unit_status(agent_process, "db") == ("failed", "command not found: no-such-server")
+
+
+# --- signals -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("readiness", "signum"),
+    [
+        (["--ready-cmd", "true"], signal.SIGTERM),
+        (["--ready-log", "up"], signal.SIGHUP),
+        (["--notify"], signal.SIGINT),
+        (["--ready-log", "up"], signal.SIGUSR1),
+    ],
+)
+def test_signals_still_reach_the_service(
+    agent_process: AgentProcess, tmp_path: Path, readiness: list[str], signum: signal.Signals
+) -> None:
+    service = python_service(
+        tmp_path,
+        """
+        import os, socket, time
+        print("up", flush=True)
+        if "NOTIFY_SOCKET" in os.environ:
+            target = "\\0" + os.environ["NOTIFY_SOCKET"][1:]
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", target)
+        time.sleep(600)
+        """,
+    )
+    run = spawn_run(agent_process, "svc", *readiness, "--", *service)
+    assert dependent_starts(agent_process, "svc-user", "svc") == 0
+    stop(run, signum)
+    assert run.returncode == 128 + signum
+    assert unit_status(agent_process, "svc") == (
+        "failed",
+        f"killed by signal {signum.name} after being ready",
+    )
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        (["--ready-cmd", "true", "--notify"], "--ready-cmd and --notify cannot be combined"),
+        (["--ready-interval", "2s"], "add --ready-cmd"),
+        (["--ready-timeout", "5s"], "--ready-timeout needs a way to be ready"),
+        (["--ready-cmd", "true", "--ready-interval", "0"], "an interval above 0"),
+        (["--ready-log", "("], "not a valid regular expression"),
+        (["--notify", "--ready-timeout", "soon"], "--ready-timeout: not a duration"),
+    ],
+)
+def test_readiness_options_that_make_no_sense_are_usage_errors(
+    short_tmp: Path, options: list[str], complaint: str
+) -> None:
+    # No agent at this socket: the options are refused before anything is asked of one.
+    result = run_cli("sync", "run", "x", *options, "--", "true", socket=short_tmp / "none.sock")
+    assert result.code == 2
+    assert complaint in result.err
+
+
+# --- the agent's side: a started unit's reason --------------------------------------------
+
+
+def test_set_reason_changes_a_started_units_reason_and_nothing_else() -> None:
+    graph = Graph()
+    graph.admit("db", False, 1.0)
+    graph.start("db", False, 2.0)
+    assert graph.set_reason("db", "loading") == [Reason("db", "loading")]
+    assert graph.set_reason("db", "loading") == []  # already so: nothing to journal
+    unit = graph.units["db"]
+    assert (unit.status, unit.reason, unit.since, len(unit.history)) == (
+        "started",
+        "loading",
+        2.0,
+        1,
+    )
+    graph.complete("db", False, 3.0)
+    assert unit.reason == ""  # a reason while starting only
+    with pytest.raises(Refused, match="is completed, not started"):
+        graph.set_reason("db", "late")
+    with pytest.raises(Refused, match="unknown unit"):
+        graph.set_reason("ghost", "boo")
+
+
+def test_a_reason_set_while_starting_is_journaled(agent_process: AgentProcess) -> None:
+    with Client(sock(agent_process)) as client:
+        client.start("db")
+        client.set_reason("db", "replaying the WAL")
+    agent_process.kill()  # SIGKILL: only what was fsynced survives
+    agent_process.start()
+    assert unit_status(agent_process, "db") == ("started", "replaying the WAL")
+
+
+# --- the lifecycle on its own ------------------------------------------------------------------
+
+
+def test_without_pidfds_a_child_exit_is_still_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pidfds(_pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(children.os, "pidfd_open", no_pidfds)
+    probe = ProbeReady("exit 0", interval=1.0)
+    with ServiceRun(["sh", "-c", "sleep 0.2; exit 7"], probe) as run:
+        run.start()
+        events = list(run.events())
+    assert events == [Ready("`exit 0` succeeded on try 1"), Exited(Ended(7), was_ready=True)]
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # put back as it was
