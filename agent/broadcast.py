@@ -28,7 +28,13 @@ class Watcher:
         self.behind = False
         self._wakeup = trio.Event()
 
-    def offer(self, views: Iterable[UnitView]) -> None:
+    def offer(self, views: Iterable[UnitView] | None) -> None:
+        """Queue the views this watcher shows; None: units went away, send a full view."""
+        if views is None:
+            self.queue.clear()
+            self.behind = True
+            self._wakeup.set()
+            return
         wanted = [view for view in views if self.wanted(view.name)]
         if not wanted:
             return
@@ -55,10 +61,11 @@ class Watcher:
 class Hub:
     def __init__(self) -> None:
         self.watchers: set[Watcher] = set()
-        self._staged: deque[tuple[int, list[UnitView]]] = deque()
+        self._staged: deque[tuple[int, list[UnitView] | None]] = deque()
 
-    def stage(self, seq: int, views: list[UnitView]) -> None:
-        """Hold views of a change until journal sequence `seq` is durable."""
+    def stage(self, seq: int, views: list[UnitView] | None) -> None:
+        """Hold views of a change until journal sequence `seq` is durable (None: a change a
+        view per unit cannot tell, such as a unit forgotten: every watcher gets a full view)."""
         self._staged.append((seq, views))
 
     def release(self, durable: int) -> None:

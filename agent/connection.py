@@ -45,7 +45,6 @@ from unitsync.wire.protocol import (
     Start,
     Status,
     StatusReply,
-    UnitView,
     Waiting,
     Want,
     Watch,
@@ -53,6 +52,7 @@ from unitsync.wire.protocol import (
 )
 
 from .broadcast import Watcher
+from .holds import Holder
 from .limits import Limits
 from .listener import peer_uid
 from .service import Service
@@ -71,18 +71,25 @@ class Stalled(Exception):
 
 
 async def serve_connection(service: Service, stream: trio.SocketStream, limits: Limits) -> None:
-    """Handle one client from hello to hang-up."""
+    """Handle one client from hello to hang-up.
+
+    A connection that ends while it holds a run (a `run` killed before it could report its
+    command's end) fails that run; one cancelled because the agent stops does not (the
+    `run` reconnects to the next agent and takes its run back).
+    """
     frames = FrameStream(stream)
+    holder = Holder()
     async with stream:
         try:
-            if not await _admit_peer(frames) or not await _handshake(frames, limits):
-                return
-            await _serve_requests(service, frames, limits)
+            if await _admit_peer(frames) and await _handshake(frames, limits):
+                await _serve_requests(service, frames, limits, holder)
         except (FrameTooLarge, Stalled) as exc:
             with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
                 await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
         except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+    if holder:
+        await service.runs_lost(holder)
 
 
 async def refuse_busy(stream: trio.SocketStream, limits: Limits) -> None:
@@ -96,20 +103,26 @@ async def refuse_busy(stream: trio.SocketStream, limits: Limits) -> None:
             await _send_quietly(FrameStream(stream), Error("busy", message))
 
 
-async def _serve_requests(service: Service, frames: FrameStream, limits: Limits) -> None:
+async def _serve_requests(
+    service: Service, frames: FrameStream, limits: Limits, holder: Holder
+) -> None:
     """Requests until the peer hangs up or runs out of time.
 
     One timer for the whole connection (a scope per request costs more than the request):
     its deadline is the idle timeout between requests, the frame timeout while a frame
     arrives in pieces, and none while a `start` or `watch` is served, so they are never
-    cut short; a peer that does not read its replies for the idle timeout is dropped.
+    cut short, nor while the connection holds a run (a `run` whose command may run for
+    days); a peer that does not read its replies for the idle timeout is dropped.
     Moving a deadline costs about as much as a small request, so a busy connection
     moves its idle deadline only once it is 1% stale.
     """
     serving = False
     with trio.CancelScope() as timer:
         while True:
-            _push_back(timer, limits.idle_timeout)
+            if holder:
+                timer.deadline = math.inf
+            else:
+                _push_back(timer, limits.idle_timeout)
             if not frames.buffer and not await frames.read_more():
                 return
             body = take_frame(frames.buffer)
@@ -123,7 +136,7 @@ async def _serve_requests(service: Service, frames: FrameStream, limits: Limits)
             if in_pieces or isinstance(request, Start | Watch):
                 timer.deadline = math.inf
             serving = True
-            await _serve(service, frames, request)
+            await _serve(service, frames, request, holder)
             serving = False
     if serving:  # a reply may be half sent: the connection is beyond saving
         raise PeerGone(f"no reply could be sent for {limits.idle_timeout:g}s")
@@ -189,38 +202,39 @@ def _decode(body: bytes) -> object:
         return to_reply(exc)
 
 
-async def _serve(service: Service, frames: FrameStream, request: object) -> None:
+async def _serve(service: Service, frames: FrameStream, request: object, holder: Holder) -> None:
     try:
-        reply = await _dispatch(service, frames, request)
+        reply = await _dispatch(service, frames, request, holder)
     except UnitsyncError as exc:
         reply = to_reply(exc)
     if isinstance(reply, StatusReply):
-        await _send_units(frames, StatusReply, reply.units, reply.at)
+        await _send_units(frames, reply)
     else:
         await frames.send(reply)
 
 
-async def _send_units(
-    frames: FrameStream, kind: type[StatusReply | FullView], units: list[UnitView], at: float
-) -> None:
-    """A list of units as one or more frames, each under the frame limit."""
-    parts = chunked(units)
+async def _send_units(frames: FrameStream, whole: StatusReply | FullView) -> None:
+    """A reply holding a list of units as one or more frames, each under the frame limit
+    (every other field repeated in each; `more` on all but the last)."""
+    parts = chunked(whole.units)
     for i, part in enumerate(parts):
-        await frames.send(kind(part, at, more=i < len(parts) - 1))
+        await frames.send(msgspec.structs.replace(whole, units=part, more=i < len(parts) - 1))
 
 
-async def _dispatch(service: Service, frames: FrameStream, request: object) -> msgspec.Struct:
+async def _dispatch(
+    service: Service, frames: FrameStream, request: object, holder: Holder
+) -> msgspec.Struct:
     match request:
         case Ping():
             return service.ping()
         case Want():
             return await service.want(request)
         case Start():
-            return await _start(service, frames, request)
+            return await _start(service, frames, request, holder)
         case Complete():
-            return await service.complete(request)
+            return await service.complete(request, holder)
         case Fail():
-            return await service.fail(request)
+            return await service.fail(request, holder)
         case SetReason():
             return await service.set_reason(request)
         case Reset():
@@ -238,7 +252,9 @@ async def _dispatch(service: Service, frames: FrameStream, request: object) -> m
     return Error("protocol", f"unexpected request {type(request).__name__}")
 
 
-async def _start(service: Service, frames: FrameStream, request: Start) -> msgspec.Struct:
+async def _start(
+    service: Service, frames: FrameStream, request: Start, holder: Holder
+) -> msgspec.Struct:
     """Wait for the start in this task, reading the socket meanwhile to notice a hang-up."""
 
     async def progress(event: Waiting) -> None:
@@ -249,7 +265,7 @@ async def _start(service: Service, frames: FrameStream, request: Start) -> msgsp
         raise PeerGone("hung up while waiting to start")
 
     try:
-        return await service.start(request, progress, idle)
+        return await service.start(request, progress, idle, holder)
     except trio.Cancelled:  # the agent is shutting down: say so, then go
         await _say_goodbye(frames)
         raise
@@ -264,11 +280,11 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
 
         async def stream() -> None:
             await service.commit([])  # what the snapshot shows is on disk
-            await _send_units(frames, FullView, service.views(wanted), time.time())
+            await _send_units(frames, FullView(service.views(wanted), time.time()))
             while True:
                 views = await watcher.next()
                 if views is None:  # fell behind: start again from the present
-                    await _send_units(frames, FullView, service.views(wanted), time.time())
+                    await _send_units(frames, FullView(service.views(wanted), time.time()))
                 for view in views or ():
                     await frames.send(Changed(view, at=time.time()))
 

@@ -22,6 +22,7 @@ from .machine import (
     FORGET,
     RESET,
     START,
+    START_ONCE,
     Command,
     Drop,
     Go,
@@ -30,13 +31,28 @@ from .machine import (
     Stay,
     outcome,
 )
-from .records import Edge, Forget, HistoryEntry, Known, Move, Reason, Record, UnitImage
+from .records import (
+    Boot,
+    BootImage,
+    Edge,
+    Forget,
+    HistoryEntry,
+    Known,
+    Move,
+    Once,
+    OwnerRecord,
+    Reason,
+    Record,
+    UnitImage,
+)
 
 HISTORY_LIMIT = 100
 """Transitions kept per unit: an agent that runs for months does not grow without bound."""
 MAX_NAME_BYTES = 255
 MAX_REASON_BYTES = 4096
 """Keeps a unit's view (100 transitions with reasons) far below one frame."""
+WORKSPACE_RESTARTED = "workspace restarted"
+"""The reason every unit gets when a new boot puts it back to pending (SPEC §7)."""
 
 
 def check_name(name: str) -> None:
@@ -71,6 +87,10 @@ class Unit:
     """Units this one wants, in declaration order (a dict used as an ordered set)."""
     dependents: set[str] = field(default_factory=set)
     history: deque[HistoryEntry] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
+    once: bool = False
+    """A one-time unit: once completed, a workspace restart leaves it completed."""
+    owner: OwnerRecord | None = None
+    """The process that owns the current run (see records.Move.owner)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,10 @@ class Readiness:
 class Graph:
     def __init__(self) -> None:
         self.units: dict[str, Unit] = {}
+        self.boot = 0
+        """The current boot (1, 2, ...); 0 until the first `Boot` record."""
+        self.boot_identity = ""
+        self.boot_since = 0.0
 
     # --- the one mutation path ------------------------------------------------------------
 
@@ -97,9 +121,12 @@ class Graph:
         if kind is Move:
             unit = self.units[record.unit]
             unit.history.append(
-                HistoryEntry(record.at, unit.status, record.to, record.reason, record.waited)
+                HistoryEntry(
+                    record.at, unit.status, record.to, record.reason, record.waited, self.boot or 1
+                )
             )
             unit.status, unit.since, unit.reason = record.to, record.at, record.reason
+            unit.owner = record.owner
             if record.to == "started":
                 unit.token = record.token
         elif kind is Edge:
@@ -110,6 +137,10 @@ class Graph:
                 self.units[dep].dependents.discard(record.unit)
         elif kind is Reason:
             self.units[record.unit].reason = record.text
+        elif kind is Once:
+            self.units[record.unit].once = True
+        elif kind is Boot:
+            self._begin(record)
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
 
@@ -119,10 +150,44 @@ class Graph:
             self.apply(record)
         return records
 
+    def _begin(self, boot: Boot) -> None:
+        """A new boot; after a workspace restart every unit starts over but completed
+        one-time units (edges and history are kept)."""
+        self.boot, self.boot_identity, self.boot_since = boot.number, boot.identity, boot.at
+        if not boot.restart:
+            return
+        for unit in self.units.values():
+            if unit.status == "pending" or (unit.once and unit.status == "completed"):
+                continue
+            unit.history.append(
+                HistoryEntry(
+                    boot.at, unit.status, "pending", WORKSPACE_RESTARTED, None, boot.number
+                )
+            )
+            unit.status, unit.since, unit.reason, unit.owner = (
+                "pending",
+                boot.at,
+                WORKSPACE_RESTARTED,
+                None,
+            )
+
     # --- commands ------------------------------------------------------------------------
 
-    def want(self, name: str, deps: Iterable[str], now: float) -> tuple[list[Record], list[str]]:
-        """Declare that `name` depends on each of `deps`; all or nothing."""
+    def begin_boot(self, identity: str, now: float) -> list[Record]:
+        """At agent start-up: the records that begin boot `identity`, if it is a new one.
+
+        The first boot of a state dir (or of one written before boots were recorded)
+        resets nothing: it may as well be an agent restart, and forgetting acknowledged
+        completions is worse than keeping one too many.
+        """
+        if self.boot and identity == self.boot_identity:
+            return []
+        return self._applied([Boot(self.boot + 1, identity, now, restart=self.boot > 0)])
+
+    def want(
+        self, name: str, deps: Iterable[str], now: float, *, once: bool = False
+    ) -> tuple[list[Record], list[str]]:
+        """Declare that `name` depends on each of `deps` (and is one-time); all or nothing."""
         deps = list(dict.fromkeys(deps))
         if not deps:
             raise Refused("want needs at least one dependency", unit=name)
@@ -138,6 +203,8 @@ class Graph:
                 raise Refused(f"dependency would close a cycle: {path}", code="cycle", unit=name)
         records: list[Record] = [Known(n, now) for n in (name, *new_edges) if n not in self.units]
         records += [Edge(name, dep) for dep in new_edges]
+        if once and not (name in self.units and self.units[name].once):
+            records.append(Once(name))
         notes = []
         unit = self.units.get(name)
         if new_edges and unit is not None and unit.status != "pending":
@@ -146,27 +213,81 @@ class Graph:
             )
         return self._applied(records), notes
 
-    def admit(self, name: str, rerun: bool, now: float) -> list[Record]:
-        """First step of `start`: register the unit, refuse a second concurrent run early."""
-        self._decide(name, START, {"rerun"} if rerun else set())
-        return self._applied(self._known(name, now))
+    def admit(
+        self,
+        name: str,
+        rerun: bool,
+        now: float,
+        *,
+        once: bool = False,
+        owner_alive: bool | None = True,
+    ) -> list[Record]:
+        """First step of `start`: register the unit (one-time, if `once`), and refuse a second
+        concurrent run early. `owner_alive`: does the current run's owner still run (None:
+        the agent cannot tell)?"""
+        command = START_ONCE if once else START
+        self._decide(name, command, _start_overrides(rerun, owner_alive), owner_alive)
+        records = self._applied(self._known(name, now))
+        return records + self._applied(self._marked_once(name, once))
 
     def start(
-        self, name: str, rerun: bool, now: float, token: str = "", waited: float | None = None
+        self,
+        name: str,
+        rerun: bool,
+        now: float,
+        token: str = "",
+        waited: float | None = None,
+        *,
+        once: bool = False,
+        owner: OwnerRecord | None = None,
+        owner_alive: bool | None = True,
     ) -> list[Record]:
         """Last step of `start`, once the unit is ready; decided afresh, as another start
         may have begun a run while this one waited."""
         readiness = self.readiness(name)
         if not readiness.ready:
             raise AssertionError(f"start of {name!r} before it is ready: {readiness}")
-        return self._move(name, START, {"rerun"} if rerun else set(), now, token, waited)
+        command = START_ONCE if once else START
+        overrides = _start_overrides(rerun, owner_alive)
+        self._decide(name, command, overrides, owner_alive)  # before anything is applied
+        unit = self.units.get(name)
+        reason = None
+        if unit and unit.status == "started" and unit.owner and owner_alive is False and not rerun:
+            reason = f"new run: its previous owner, {_describe(unit.owner)}, is gone"
+        records = self._applied(self._known(name, now))
+        records += self._applied(self._marked_once(name, once))
+        return records + self._move(
+            name, command, overrides, now, token, waited, reason=reason, owner=owner
+        )
 
-    def complete(self, name: str, force: bool, now: float) -> list[Record]:
-        return self._move(name, COMPLETE, {"force"} if force else set(), now)
+    def complete(
+        self,
+        name: str,
+        force: bool,
+        now: float,
+        *,
+        once: bool = False,
+        keep_owner: bool = False,
+    ) -> list[Record]:
+        """`keep_owner`: a service's `run` reports it ready and goes on owning the run."""
+        unit = self.units.get(name)
+        owner = unit.owner if keep_owner and unit is not None else None
+        records = self._move(name, COMPLETE, {"force"} if force else set(), now, owner=owner)
+        return records + self._applied(self._marked_once(name, once))
 
-    def fail(self, name: str, reason: str, now: float, force: bool = False) -> list[Record]:
+    def fail(
+        self,
+        name: str,
+        reason: str,
+        now: float,
+        force: bool = False,
+        *,
+        waited: float | None = None,
+    ) -> list[Record]:
+        """`waited`: a start that failed because a dependency did says how long it waited."""
         _check_reason(name, reason)
-        return self._move(name, FAIL, {"force"} if force else set(), now, reason=reason)
+        overrides = {"force"} if force else set()
+        return self._move(name, FAIL, overrides, now, waited=waited, reason=reason)
 
     def set_reason(self, name: str, reason: str) -> list[Record]:
         """Say what a started unit is doing (a service while it starts); not a transition."""
@@ -208,13 +329,16 @@ class Graph:
 
     # --- the table, applied ----------------------------------------------------------------
 
-    def _decide(self, name: str, command: Command, overrides: set[str]) -> Go | Stay | Drop:
+    def _decide(
+        self, name: str, command: Command, overrides: set[str], owner_alive: bool | None = True
+    ) -> Go | Stay | Drop:
         """The table's outcome for `command` on `name`, or the refusal it calls for."""
         check_name(name)
         unit = self.units.get(name)
         result = outcome(unit.status if unit else None, command, frozenset(overrides))
         if isinstance(result, Refuse):
-            raise Refused(_refusal_message(name, unit, result), code=result.code, unit=name)
+            message = _refusal_message(name, unit, result, owner_alive)
+            raise Refused(message, code=result.code, unit=name)
         return result
 
     def _move(
@@ -226,15 +350,20 @@ class Graph:
         token: str = "",
         waited: float | None = None,
         reason: str | None = None,
+        owner: OwnerRecord | None = None,
     ) -> list[Record]:
         result = self._decide(name, command, overrides)
         records = self._known(name, now)
         if isinstance(result, Go):
             why = result.reason if reason is None else reason
-            records.append(Move(name, result.to, now, why, token, waited))
+            records.append(Move(name, result.to, now, why, token, waited, owner))
         return self._applied(records)
 
+    def _marked_once(self, name: str, once: bool) -> list[Record]:
+        return [Once(name)] if once and not self.units[name].once else []
+
     def _known(self, name: str, now: float) -> list[Record]:
+        """A unit no command had named becomes known (before any other record of it)."""
         return [] if name in self.units else [Known(name, now)]
 
     # --- queries -------------------------------------------------------------------------
@@ -272,15 +401,25 @@ class Graph:
                 list(unit.deps),
                 list(unit.history),
                 unit.token,
+                unit.once,
+                unit.owner,
             )
 
+    def boot_image(self) -> BootImage:
+        return BootImage(self.boot, self.boot_identity, self.boot_since)
+
     @classmethod
-    def from_images(cls, images: Iterable[UnitImage]) -> Graph:
+    def from_images(cls, images: Iterable[UnitImage], boot: BootImage | None = None) -> Graph:
+        """The graph a snapshot holds (`boot` None: written before boots were recorded)."""
         graph = cls()
+        if boot is not None:
+            graph.boot, graph.boot_identity = boot.number, boot.identity
+            graph.boot_since = boot.since
         images = list(images)
         for image in images:
             unit = Unit(image.name, image.since, image.status, image.reason, image.token)
             unit.history.extend(image.history)
+            unit.once, unit.owner = image.once, image.owner
             graph.units[image.name] = unit
         for image in images:
             for dep in image.deps:
@@ -321,13 +460,43 @@ def _check_reason(name: str, reason: str) -> None:
         )
 
 
-def _refusal_message(name: str, unit: Unit | None, refusal: Refuse) -> str:
+def _start_overrides(rerun: bool, owner_alive: bool | None) -> set[str]:
+    """What may let a start go ahead over a run in progress."""
+    return {
+        flag for flag, given in (("rerun", rerun), ("owner_gone", owner_alive is False)) if given
+    }
+
+
+def _describe(owner: OwnerRecord) -> str:
+    """An owner as a message names it: `run` or the script, with its pid and command."""
+    if owner.kind == "run":
+        return f"`unitsync sync run` (pid {owner.pid}, {owner.command})"
+    return f"pid {owner.pid} ({owner.command})"
+
+
+def _refusal_message(
+    name: str, unit: Unit | None, refusal: Refuse, owner_alive: bool | None = True
+) -> str:
     """What a refused command says: what is wrong, and what to do instead."""
     if refusal.code == "already_started":
         assert unit is not None
+        by = f" by {_describe(unit.owner)}" if unit.owner else ""
+        still = ""
+        if unit.owner is not None:
+            still = (
+                ", in another PID namespace: the agent cannot tell whether it still runs"
+                if owner_alive is None
+                else ", which still runs"
+            )
         return (
-            f"unit {name!r} already started at {timestamp(unit.since)}; "
+            f"unit {name!r} already started at {timestamp(unit.since)}{by}{still}; "
             "use --rerun to start a new run"
+        )
+    if refusal.code == "once_done":
+        assert unit is not None
+        return (
+            f"unit {name!r} is a one-time unit, completed at {timestamp(unit.since)}: "
+            "nothing to do (--rerun starts it again, `reset` makes it pending)"
         )
     if refusal.code == "not_started":
         if unit is None:
@@ -338,7 +507,7 @@ def _refusal_message(name: str, unit: Unit | None, refusal: Refuse) -> str:
             known = "was never started"
         return f"unit {name!r} {known}; check the name, or use --force to complete it anyway"
     if refusal.code == "unknown_unit":
-        force = " (or use --force to declare it failed anyway)" if refusal.override else ""
+        force = " (or use --force to declare it failed anyway)" if refusal.overrides else ""
         return f"unknown unit {name!r}: no command has named it yet; check the name{force}"
     if refusal.code == "in_use":
         return (

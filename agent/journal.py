@@ -23,6 +23,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,13 +33,15 @@ import trio
 from . import logfile
 from .files import SetupError, ensure_private_dir, exclusive_lock, fsync_dir, write_durably
 from .graph import Graph
-from .records import Record, UnitImage
+from .records import BootImage, Record, UnitImage
 
 log = logging.getLogger("unitsync.journal")
 
 LOG_NAME = "journal.log"
 SNAPSHOT_NAME = "snapshot.bin"
 LOCK_NAME = "lock"
+_KILL_AT = os.environ.get("UNITSYNC_TEST_KILL_AT", "")
+"""Testing only: the crash point at which a real agent process kills itself."""
 
 
 class JournalError(Exception):
@@ -177,7 +180,8 @@ class Journal:
         records, self._pending_records = self._pending_records, 0
         upto = self._appended
         # Taken now, the images hold exactly what this batch ends with.
-        images = list(self.graph.images()) if self._compaction_due(records) else None
+        due = self._compaction_due(records)
+        images = (self.graph.boot_image(), list(self.graph.images())) if due else None
         data = b"".join(batch)
         with trio.CancelScope(shield=True):  # a batch taken must be written, even at shutdown
             await trio.to_thread.run_sync(self._write, data)
@@ -187,12 +191,13 @@ class Journal:
         self._flushed.set()
         self._flushed = trio.Event()
         if images is not None:
-            await trio.to_thread.run_sync(self._compact, images)
+            await trio.to_thread.run_sync(self._compact, *images)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
+        self._crash_point("entry-written")
         os.fsync(self._fd)
         self.fsyncs += 1
 
@@ -204,12 +209,12 @@ class Journal:
             self._log_bytes >= self.compact_ratio * max(self._snapshot_bytes, 1)
         )
 
-    def _compact(self, images: list[UnitImage]) -> None:
+    def _compact(self, boot: BootImage, images: list[UnitImage]) -> None:
         """Steps 2 and 3 of the module docstring (step 1 is the batch just written)."""
         started = time.monotonic()
         self._crash_point("batch-written")
         generation = self.generation + 1
-        data = logfile.snapshot(generation, images)
+        data = logfile.snapshot(generation, boot, images)
         write_durably(self.state_dir / SNAPSHOT_NAME, data)
         self._crash_point("snapshot-written")
         new_fd = _fresh_log(self.state_dir, generation)
@@ -225,7 +230,11 @@ class Journal:
         )
 
     def _crash_point(self, step: str) -> None:
-        """Tests replace this to stop compaction between two steps, as a crash would."""
+        """Where a crash is worth testing: in-process tests replace this method; a test of a
+        real agent process names the step in UNITSYNC_TEST_KILL_AT and the agent SIGKILLs
+        itself there, once, as a power cut or an OOM kill would."""
+        if step == _KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def lock_state_dir(state_dir: Path) -> contextlib.ExitStack:
@@ -308,14 +317,14 @@ class _Recovery:
             return
         data = self.snapshot_path.read_bytes()
         try:
-            self.generation, images = logfile.read_snapshot(data)
+            self.generation, boot, images = logfile.read_snapshot(data)
         except logfile.Damaged as exc:
             raise JournalError(
                 f"{self.snapshot_path} is damaged ({exc}); no file was changed. The snapshot "
                 "cannot be salvaged: restore it from a backup, or move the state dir aside to "
                 "start empty"
             ) from None
-        self.graph = Graph.from_images(images)
+        self.graph = Graph.from_images(images, boot)
         self.snapshot_bytes = len(data)
 
     def _log_generation(self, data: bytes) -> int:

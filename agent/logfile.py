@@ -2,7 +2,8 @@
 
     log file:  header  = b"USJ1" | generation u64 | crc32 of the 12 bytes before (u32)
                entries = length u32 | crc32(body) u32 | body (msgpack array of records)
-    snapshot:  b"USS1" | generation u64 | length u32 | crc32(body) u32 | body (array of units)
+    snapshot:  b"USS2" | generation u64 | length u32 | crc32(body) u32 | body ([boot, units])
+               (format 1, b"USS1", held the array of units alone: still read, as boot 1)
 
 One entry holds the records of one accepted command, so a command is all or
 nothing on disk. The generation ties a log to the snapshot it continues.
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .records import Record, UnitImage
+from .records import BootImage, Record, SnapshotBody, UnitImage
 
 LOG_MAGIC = b"USJ1"
-SNAPSHOT_MAGIC = b"USS1"
+SNAPSHOT_MAGIC = b"USS2"
+SNAPSHOT_MAGIC_V1 = b"USS1"
+"""Written by 0.1.0, before boots were recorded; read as boot 1 of an unknown identity."""
 LOG_HEADER = struct.Struct(">4sQI")
 ENTRY_HEADER = struct.Struct(">II")
 SNAPSHOT_HEADER = struct.Struct(">4sQII")
@@ -35,7 +38,8 @@ _entry_decoder = msgspec.msgpack.Decoder(list[Record])
 _decode_entry = _entry_decoder.decode
 _unpack_header = ENTRY_HEADER.unpack_from
 _crc32 = zlib.crc32
-_snapshot_decoder = msgspec.msgpack.Decoder(list[UnitImage])
+_snapshot_decoder = msgspec.msgpack.Decoder(SnapshotBody)
+_snapshot_v1_decoder = msgspec.msgpack.Decoder(list[UnitImage])
 
 
 class Damaged(Exception):
@@ -57,21 +61,25 @@ def entry(records: list[Record]) -> bytes:
     return ENTRY_HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
-def snapshot(generation: int, images: list[UnitImage]) -> bytes:
-    body = _encoder.encode(images)
+def snapshot(generation: int, boot: BootImage, images: list[UnitImage]) -> bytes:
+    body = _encoder.encode(SnapshotBody(boot, images))
     return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, generation, len(body), zlib.crc32(body)) + body
 
 
-def read_snapshot(data: bytes) -> tuple[int, list[UnitImage]]:
+def read_snapshot(data: bytes) -> tuple[int, BootImage | None, list[UnitImage]]:
+    """The generation, the boot (None in a format-1 snapshot) and the units."""
     if len(data) < SNAPSHOT_HEADER.size:
         raise Damaged(0, "snapshot shorter than its header")
     magic, generation, length, crc = SNAPSHOT_HEADER.unpack_from(data)
     body = memoryview(data)[SNAPSHOT_HEADER.size :]
-    if magic != SNAPSHOT_MAGIC:
+    if magic not in (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1):
         raise Damaged(0, "not a unitsync snapshot (bad magic)")
     if len(body) != length or zlib.crc32(body) != crc:
         raise Damaged(SNAPSHOT_HEADER.size, "snapshot body fails its checksum")
-    return generation, _snapshot_decoder.decode(body)
+    if magic == SNAPSHOT_MAGIC_V1:
+        return generation, None, _snapshot_v1_decoder.decode(body)
+    decoded = _snapshot_decoder.decode(body)
+    return generation, decoded.boot, decoded.units
 
 
 def read_log_header(data: bytes) -> int:

@@ -5,15 +5,17 @@ unit no command had named known (pending) first. The graph's commands look their
 here and nowhere else; `tests/test_graph.py` iterates the same table, so a rule
 changed here is a rule changed (and tested) everywhere.
 
-    status \\ command  start          complete        fail            reset      forget
-    (never named)      started        refused|force   refused|force   refused    refused
-    pending            started        refused|force   failed          -          removed
-    started            refused|rerun  completed       failed          pending    refused
-    completed          started (new)  -               failed          pending    removed
-    failed             started (new)  completed       failed          pending    removed
+    status \\ command  start          start --once   complete       fail           reset    forget
+    (never named)      started        started        refused|force  refused|force  refused  refused
+    pending            started        started        refused|force  failed         -        removed
+    started            refused|rerun  refused|rerun  completed      failed         pending  refused
+    completed          started (new)  refused|rerun  -              failed         pending  removed
+    failed             started (new)  started (new)  completed      failed         pending  removed
 
-(`refused|force`: refused unless the command's override flag is given; `-`: no change;
-`(new)`: a new run.)
+(`refused|force`: refused unless the command's override flag is given; `refused|rerun`:
+unless `--rerun`, or, for a started unit, its owner process is gone; `-`: no change;
+`(new)`: a new run.) `start --once` marks the unit one-time first; on a completed one it
+is refused with `once_done` (exit 7): the one-time work is done.
 
 Every command but `start` refuses a name no command has named yet: it is most likely a
 typo, and would otherwise become a unit forever (`fail --force` declares a failure on
@@ -42,6 +44,7 @@ Status = State | None
 
 class Command(enum.Enum):
     START = "start"
+    START_ONCE = "start --once"
     COMPLETE = "complete"
     FAIL = "fail"
     RESET = "reset"
@@ -68,34 +71,44 @@ class Drop:
 
 @dataclass(frozen=True)
 class Refuse:
-    """The command is refused with `code`, unless the caller gives `override` (a flag
-    of the command, such as `--force`); then it does `then`."""
+    """The command is refused with `code`, unless the caller gives one of `overrides` (a
+    flag of the command, such as `--force`, or a fact, such as "the owner is gone"); then
+    it does `then`."""
 
     code: str
-    override: str | None = None
+    overrides: tuple[str, ...] = ()
     then: Go | None = None
 
 
 Outcome = Go | Stay | Drop | Refuse
 
-START, COMPLETE, FAIL, RESET, FORGET = Command
+START, START_ONCE, COMPLETE, FAIL, RESET, FORGET = Command
 
 NEW_RUN = "new run"
+RERUN = ("rerun",)
+RERUN_OR_OWNER_GONE = ("rerun", "owner_gone")
+"""A second run of a started unit: `--rerun`, or its owner process is gone (SPEC §7)."""
+FORCE = ("force",)
 FORCED = "forced"
 RESET_REASON = "reset"
 
 MOVES: dict[tuple[Status, Command], Outcome] = {
     (None, START): Go("started"),
     ("pending", START): Go("started"),
-    ("started", START): Refuse("already_started", "rerun", Go("started", NEW_RUN)),
+    ("started", START): Refuse("already_started", RERUN_OR_OWNER_GONE, Go("started", NEW_RUN)),
     ("completed", START): Go("started", NEW_RUN),
     ("failed", START): Go("started", NEW_RUN),
-    (None, COMPLETE): Refuse("not_started", "force", Go("completed", FORCED)),
-    ("pending", COMPLETE): Refuse("not_started", "force", Go("completed", FORCED)),
+    (None, START_ONCE): Go("started"),
+    ("pending", START_ONCE): Go("started"),
+    ("started", START_ONCE): Refuse("already_started", RERUN_OR_OWNER_GONE, Go("started", NEW_RUN)),
+    ("completed", START_ONCE): Refuse("once_done", RERUN, Go("started", NEW_RUN)),
+    ("failed", START_ONCE): Go("started", NEW_RUN),
+    (None, COMPLETE): Refuse("not_started", FORCE, Go("completed", FORCED)),
+    ("pending", COMPLETE): Refuse("not_started", FORCE, Go("completed", FORCED)),
     ("started", COMPLETE): Go("completed"),
     ("completed", COMPLETE): Stay(),
     ("failed", COMPLETE): Go("completed"),
-    (None, FAIL): Refuse("unknown_unit", "force", Go("failed")),
+    (None, FAIL): Refuse("unknown_unit", FORCE, Go("failed")),
     ("pending", FAIL): Go("failed"),
     ("started", FAIL): Go("failed"),
     ("completed", FAIL): Go("failed"),
@@ -119,6 +132,6 @@ def outcome(status: Status, command: Command, overrides: frozenset[str] = frozen
     A refusal the caller overrides becomes its `then`; any other refusal stays one.
     """
     result = MOVES[status, command]
-    if isinstance(result, Refuse) and result.override in overrides and result.then is not None:
+    if isinstance(result, Refuse) and result.then is not None and overrides & {*result.overrides}:
         return result.then
     return result

@@ -35,6 +35,18 @@ class Edge(msgspec.Struct, tag="edge", array_like=True, gc=False):
     dep: str
 
 
+class OwnerRecord(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """The process a run belongs to: `run` itself (kind "run", which holds a connection
+    for as long as its command runs), or the script that called `start`."""
+
+    pid: int
+    ticks: int
+    """Its start time in clock ticks since the kernel booted: a reused pid differs here."""
+    command: str
+    kind: str
+    pidns: str = ""
+
+
 class Move(msgspec.Struct, tag="move", array_like=True, gc=False):
     """`unit` changed state."""
 
@@ -46,6 +58,29 @@ class Move(msgspec.Struct, tag="move", array_like=True, gc=False):
     """For a start: the client's token, so a retried start is recognised as the same run."""
     waited: float | None = None
     """For a start: how long it waited for its dependencies."""
+    owner: OwnerRecord | None = None
+    """Who owns the run from here on: set by a start, kept by a service's ready `complete`
+    (its `run` goes on holding it), cleared by every other move."""
+
+
+class Once(msgspec.Struct, tag="once", array_like=True, gc=False):
+    """`unit` is a one-time unit: once completed, it stays completed across boots."""
+
+    unit: str
+
+
+class Boot(msgspec.Struct, tag="boot", array_like=True, gc=False):
+    """The agent started in boot `number` (1, 2, ...), whose identity is `identity`.
+
+    `restart`: the workspace restarted (the identity changed): every unit goes back to
+    pending with reason "workspace restarted", except completed one-time units. The first
+    boot of a state dir (or of one written before boots were recorded) resets nothing.
+    """
+
+    number: int
+    identity: str
+    at: float
+    restart: bool
 
 
 class Forget(msgspec.Struct, tag="forget", array_like=True, gc=False):
@@ -62,7 +97,7 @@ class Reason(msgspec.Struct, tag="reason", array_like=True, gc=False):
     text: str
 
 
-Record = Known | Edge | Move | Forget | Reason
+Record = Known | Edge | Move | Forget | Reason | Once | Boot
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False):
@@ -73,6 +108,8 @@ class HistoryEntry(msgspec.Struct, frozen=True, gc=False):
     to: State
     reason: str = ""
     waited: float | None = None
+    boot: int = 1
+    """The boot it happened in (entries written before boots were recorded: 1)."""
 
 
 class UnitImage(msgspec.Struct, array_like=True, gc=False):
@@ -85,3 +122,20 @@ class UnitImage(msgspec.Struct, array_like=True, gc=False):
     deps: list[str]
     history: list[HistoryEntry]
     token: str = ""
+    once: bool = False
+    owner: OwnerRecord | None = None
+
+
+class BootImage(msgspec.Struct, array_like=True, gc=False):
+    """The current boot, as a snapshot (format 2) stores it."""
+
+    number: int
+    identity: str
+    since: float
+
+
+class SnapshotBody(msgspec.Struct, array_like=True, gc=False):
+    """A snapshot's body (format 2): the boot, then every unit. Format 1 held the units only."""
+
+    boot: BootImage
+    units: list[UnitImage]

@@ -2,8 +2,12 @@
 
     run_agent
     ├── journal writer  (shielded; cancelled last, so every accepted change is flushed)
+    ├── expire_unclaimed  (after a restart: fails held runs whose `run` did not come back)
     └── serve_listeners
         └── one task per connection
+
+Before the listeners start, a new boot is journaled (SPEC §7): nobody is served a state
+from before a workspace restart.
 
 Shutdown is cancellation of `run_agent`: connections stop first (a waiting
 `start` is told why), then the journal flushes, then the socket file goes.
@@ -26,8 +30,10 @@ import trio
 
 from unitsync.wire.paths import private_socket_hint
 
+from .boots import boot_identity
 from .connection import refuse_busy, serve_connection
 from .files import ensure_private_dir, exclusive_lock
+from .holds import RECLAIM_GRACE
 from .journal import Journal, lock_state_dir
 from .limits import Limits
 from .listener import bound_socket
@@ -43,6 +49,10 @@ class AgentConfig:
     salvage: bool = False
     """Keep the valid prefix of a damaged journal instead of refusing to start."""
     limits: Limits = dataclasses.field(default_factory=Limits)
+    boot_id: str | None = None
+    """The boot's identity if the platform knows it (`--boot-id`); else read off the kernel."""
+    reclaim_grace: float = RECLAIM_GRACE
+    """After a restart, how long a `run` has to come back before its unit fails."""
 
 
 async def run_agent(
@@ -74,7 +84,8 @@ async def run_agent(
                 len(journal.graph.units),
             )
             limits = _fit_to_open_file_limit(config.limits)
-            await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
+            listener = trio.SocketListener(sock)
+            await _serve(service, journal, listener, limits, config, task_status)
 
 
 async def _serve(
@@ -82,6 +93,7 @@ async def _serve(
     journal: Journal,
     listener: trio.SocketListener,
     limits: Limits,
+    config: AgentConfig,
     task_status: trio.TaskStatus[Service],
 ) -> None:
     gate = _Gate(limits)
@@ -89,6 +101,8 @@ async def _serve(
         journal_scope = trio.CancelScope(shield=True)
         nursery.start_soon(_run_in, journal_scope, journal.run)
         try:
+            await _begin_boot(service, config.boot_id)  # before serving anyone (SPEC §7)
+            nursery.start_soon(service.expire_unclaimed, config.reclaim_grace)
             await nursery.start(
                 trio.serve_listeners, lambda stream: gate.serve(service, stream), [listener]
             )
@@ -96,6 +110,15 @@ async def _serve(
             await trio.sleep_forever()
         finally:
             journal_scope.cancel()
+
+
+async def _begin_boot(service: Service, boot_id: str | None) -> None:
+    before = service.graph.boot
+    number = await service.begin_boot(boot_identity(boot_id))
+    if before and number != before:
+        log.info("boot %d: the workspace restarted; every unit starts over", number)
+    elif number != before:
+        log.info("boot %d begins", number)
 
 
 async def _run_in(scope: trio.CancelScope, fn: Any) -> None:

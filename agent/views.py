@@ -6,18 +6,27 @@ built here, so either side can change without the other noticing.
 
 from __future__ import annotations
 
-from unitsync.wire.protocol import Dependency, Transition, UnitView
+from unitsync.wire.protocol import Dependency, OwnerView, Transition, UnitView
 
 from .graph import Graph
 from .records import HistoryEntry
 
 
 def unit_view(
-    graph: Graph, name: str, waiting_on: list[str] | None = None, waiters: int = 0
+    graph: Graph,
+    name: str,
+    waiting_on: list[str] | None = None,
+    waiters: int = 0,
+    owner_alive: bool | None = None,
 ) -> UnitView:
-    """The view of `name` (which must be known) for `status`, watchers and replies."""
+    """The view of `name` (which must be known) for `status`, watchers and replies.
+
+    `owner_alive` says whether the owner of its run still runs (None: cannot tell), which
+    only the agent's shell can find out.
+    """
     unit = graph.get(name)
     units = graph.units
+    owner = unit.owner
     return UnitView(
         name=name,
         status=unit.status,
@@ -32,8 +41,10 @@ def unit_view(
         ],
         dependents=sorted(unit.dependents),
         history=[transition(entry) for entry in unit.history],
+        once=unit.once,
+        owner=owner and OwnerView(owner.pid, owner.command, owner.kind, owner_alive),  # type: ignore[arg-type]
     )
 
 
 def transition(entry: HistoryEntry) -> Transition:
-    return Transition(entry.at, entry.from_, entry.to, entry.reason, entry.waited)
+    return Transition(entry.at, entry.from_, entry.to, entry.reason, entry.waited, entry.boot)

@@ -349,7 +349,9 @@ def write_snapshot(state_dir: Path, units: int) -> None:
         graph.fail(f"u{u}", "first", 2.0)
         graph.reset(f"u{u}", 3.0)
     state_dir.mkdir(mode=0o700, parents=True)
-    (state_dir / SNAPSHOT_NAME).write_bytes(logfile.snapshot(1, list(graph.images())))
+    (state_dir / SNAPSHOT_NAME).write_bytes(
+        logfile.snapshot(1, graph.boot_image(), list(graph.images()))
+    )
     (state_dir / LOG_NAME).write_bytes(logfile.log_header(1))
 
 
@@ -448,7 +450,9 @@ def write_started_snapshot(state_dir: Path, units: int) -> None:
         elif not leaf or u % 89 != 3:
             graph.complete(f"unit-{u}", False, at + 0.008)
     state_dir.mkdir(mode=0o700, parents=True)
-    (state_dir / SNAPSHOT_NAME).write_bytes(logfile.snapshot(1, list(graph.images())))
+    (state_dir / SNAPSHOT_NAME).write_bytes(
+        logfile.snapshot(1, graph.boot_image(), list(graph.images()))
+    )
     (state_dir / LOG_NAME).write_bytes(logfile.log_header(1))
 
 

@@ -25,7 +25,7 @@ from unitsync.client.client import Client
 from unitsync.wire import __version__
 from unitsync.wire.errors import EXIT_USAGE, UnitsyncError
 from unitsync.wire.paths import SOCKET_ENV
-from unitsync.wire.protocol import Ok
+from unitsync.wire.protocol import Ok, StatusReply
 
 from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
 from .progress import StartProgress
@@ -91,6 +91,13 @@ SocketOption = Annotated[
 ]
 Unit = Annotated[str, Parameter(help="The unit's name (any UTF-8 text up to 255 bytes).")]
 Output = Literal["table", "json", "dot", "mermaid"]
+OnceOption = Annotated[
+    bool,
+    Parameter(
+        negative=(),
+        help="A one-time unit: once completed, it stays completed when the workspace restarts.",
+    ),
+]
 TimeoutOption = Annotated[
     float | None,
     Parameter(
@@ -133,9 +140,11 @@ def ping(*, socket: SocketOption = None) -> int:
             pong = client.ping()
     except UnitsyncError as exc:
         return _fail(exc)
+    from unitsync.wire.timefmt import clock
+
     print(
         f"unitsync agent {pong.agent} (pid {pong.pid}) at {pong.socket}, "
-        f"up {format_duration(pong.uptime)}"
+        f"up {format_duration(pong.uptime)}, boot {pong.boot} since {clock(pong.boot_since)}"
     )
     return 0
 
@@ -146,10 +155,11 @@ def want(
     dep: Annotated[str, Parameter(help="A unit it waits for (it must be completed first).")],
     /,
     *more: Annotated[str, Parameter(name="DEP...", help="More units it waits for.")],
+    once: OnceOption = False,
     socket: SocketOption = None,
 ) -> int:
     """Declare that UNIT may start only after every DEP is completed."""
-    return _change(socket, lambda client: client.want(unit, dep, *more))
+    return _change(socket, lambda client: client.want(unit, dep, *more, once=once))
 
 
 @sync.command(usage=f"Usage: {USAGE['start']}")
@@ -159,11 +169,28 @@ def start(
     *,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     rerun: Annotated[
-        bool, Parameter(negative=(), help="Start a new run even if UNIT is started.")
+        bool,
+        Parameter(
+            negative=(), help="Start a new run even if UNIT is started (or a done one-time unit)."
+        ),
     ] = False,
+    once: OnceOption = False,
+    owner: Annotated[
+        int | None,
+        Parameter(
+            metavar="PID",
+            help="The process this run belongs to [default: the one that called unitsync]; "
+            "while it runs, a second start is refused; once it is gone, one proceeds.",
+        ),
+    ] = None,
     socket: SocketOption = None,
 ) -> int:
-    """Wait until every dependency of UNIT is completed, then mark it started."""
+    """Wait until every dependency of UNIT is completed, then mark it started.
+
+    Exits 7 if UNIT is a completed one-time unit and --once is given (nothing to do).
+    """
+    from unitsync.wire.processes import owner as owner_of
+
     progress = StartProgress(unit, sys.stderr)
     try:
         with Client(socket, name="cli") as client:
@@ -173,6 +200,8 @@ def start(
                 timeout=timeout,
                 on_progress=progress.update,
                 tick=1.0 if progress.live else None,
+                once=once,
+                owner=owner_of(owner if owner is not None else os.getppid(), "start"),
             )
     except UnitsyncError as exc:
         progress.clear()
@@ -192,10 +221,11 @@ def complete(
     force: Annotated[
         bool, Parameter(negative=(), help="Complete UNIT even if it was never started.")
     ] = False,
+    once: OnceOption = False,
     socket: SocketOption = None,
 ) -> int:
     """Mark UNIT completed, releasing every unit that waits for it."""
-    return _change(socket, lambda client: client.complete(unit, force=force))
+    return _change(socket, lambda client: client.complete(unit, force=force, once=once))
 
 
 @sync.command(usage=f"Usage: {USAGE['fail']}")
@@ -260,25 +290,28 @@ def status(
         return follow(client, unit, live=output != "json" and sys.stdout.isatty())
     try:
         with client:
-            units = client.status(unit)
+            state = client.state(unit)
     except UnitsyncError as exc:
         return _fail(exc)
-    print(_render(units, unit, output or "table").rstrip("\n"))
+    print(_render(state, unit, output or "table").rstrip("\n"))
     return 0
 
 
-def _render(units: list, unit: str | None, output: Output) -> str:
+def _render(state: StatusReply, unit: str | None, output: Output) -> str:
     from . import render
 
+    units = state.units
     if output == "json":
-        return render.to_json_one(units[0]) if unit is not None else render.to_json(units)
+        if unit is not None:
+            return render.to_json_one(units[0])
+        return render.to_json(units, state.boot, state.boot_since)
     if output == "dot":
         return render.render_dot(units)
     if output == "mermaid":
         return render.render_mermaid(units)
     if unit is not None:
         return render.render_unit(units[0], time.time())
-    return render.render_table(units, time.time())
+    return render.render_table(units, time.time(), state.boot, state.boot_since)
 
 
 @sync.command(usage=f"Usage: {USAGE['run']}")
@@ -323,13 +356,21 @@ def run(
             help="Not ready by then: fail UNIT, stop the service, exit 5 [default: no limit].",
         ),
     ] = None,
+    once: Annotated[
+        bool,
+        Parameter(
+            negative=(),
+            help="A one-time unit: if it is completed (in any boot), do not run COMMAND; exit 0.",
+        ),
+    ] = False,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
 
     Exits with COMMAND's status. If a dependency fails or the wait times out, COMMAND does not run.
     With --ready-cmd, --ready-log or --notify, COMMAND is a service: UNIT is completed when it
-    is ready, and failed when it exits.
+    is ready, and failed when it exits. `run` holds the unit while COMMAND runs: if `run` is
+    killed, the unit fails at once.
     """
     if not command:
         print("unitsync: run needs a command after `--`", file=sys.stderr)
@@ -339,7 +380,7 @@ def run(
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with Client(socket, name="cli") as client:
-        return run_unit(client, unit, command, want, timeout, readiness)
+        return run_unit(client, unit, command, want, timeout, readiness, once=once)
 
 
 def main() -> None:

@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import msgspec
 
-from unitsync.wire.protocol import Transition, UnitView
+from unitsync.wire.protocol import OwnerView, Transition, UnitView
 from unitsync.wire.timefmt import clock
 from unitsync.wire.timefmt import duration as format_duration
 
 from .cells import fit, shorten, width
 
-TABLE_COLUMNS = ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "REASON")
+TABLE_COLUMNS = ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "OWNER", "REASON")
 """The columns of the every-unit table, the same in `status` and `status --watch`."""
 
 
-def render_table(units: list[UnitView], now: float) -> str:
+def render_table(units: list[UnitView], now: float, boot: int, boot_since: float) -> str:
+    """Every unit, under a line that says which boot of the workspace this is."""
+    heading = f"boot {boot} since {clock(boot_since)}"
     if not units:
-        return "no units yet: `unitsync sync want` or `start` names the first one"
+        return f"{heading}: no units yet (`unitsync sync want` or `start` names the first one)"
     rows = [list(TABLE_COLUMNS)]
     rows += [table_row(unit, now) for unit in sorted(units, key=lambda u: u.name)]
-    return _columns(rows)
+    return f"{heading}\n{_columns(rows)}"
 
 
 def table_row(unit: UnitView, now: float) -> list[str]:
@@ -34,8 +36,23 @@ def table_row(unit: UnitView, now: float) -> list[str]:
         ", ".join(unit.waiting_on) or "-",
         clock(unit.since),
         format_duration(now - unit.since),
+        owner_cell(unit.owner),
         unit.reason or "-",
     ]
+
+
+def owner_cell(owner: OwnerView | None) -> str:
+    """`run 4242` or `pid 4242` (the script that called `start`), `gone` once it is."""
+    if owner is None:
+        return "-"
+    gone = {True: "", False: " gone", None: " ?"}[owner.alive]
+    return f"{'run' if owner.kind == 'run' else 'pid'} {owner.pid}{gone}"
+
+
+def owner_line(owner: OwnerView) -> str:
+    state = {True: "running", False: "gone", None: "in another PID namespace, cannot tell"}
+    who = "`unitsync sync run`" if owner.kind == "run" else "the script that started it"
+    return f"pid {owner.pid} ({owner.command}), {who}, {state[owner.alive]}"
 
 
 def render_unit(unit: UnitView, now: float) -> str:
@@ -47,6 +64,10 @@ def render_unit(unit: UnitView, now: float) -> str:
     ]
     if unit.reason:
         lines.append(f"reason:     {unit.reason}")
+    if unit.once:
+        lines.append("one-time:   yes (stays completed when the workspace restarts)")
+    if unit.owner is not None:
+        lines.append(f"owner:      {owner_line(unit.owner)}")
     if unit.waiters:
         lines.append(f"waiting:    {unit.waiters} start(s), on {', '.join(unit.waiting_on) or '-'}")
     lines += _run_times(unit.history, unit.status, now)
@@ -86,9 +107,9 @@ def _run_times(history: list[Transition], status: str, now: float) -> list[str]:
     return lines
 
 
-def to_json(units: list[UnitView]) -> str:
-    """Every unit: {"units": [...]} with the fields of UnitView, history as objects."""
-    return _indented({"units": units})
+def to_json(units: list[UnitView], boot: int, boot_since: float) -> str:
+    """Every unit: {"boot", "boot_since", "units": [...]}, history entries as objects."""
+    return _indented({"boot": boot, "boot_since": boot_since, "units": units})
 
 
 def to_json_one(unit: UnitView) -> str:

@@ -11,17 +11,23 @@ exits (before or after), or when it is not ready in time (`run` then exits 5).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from unitsync.client.client import Client, UnitsyncError
-from unitsync.wire.errors import EXIT_TIMED_OUT, EXIT_USAGE
+from unitsync.client.retry import Backoff
+from unitsync.wire.errors import EXIT_TIMED_OUT, EXIT_USAGE, AgentUnavailable, AlreadyDone
+from unitsync.wire.processes import owner
 from unitsync.wire.timefmt import duration
 
 from .children import Ended, SpawnFailed
+from .hold import RunHold
 from .progress import StartProgress
+from .reactor import Reactor
 from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
 
 DEFAULT_INTERVAL = 1.0
@@ -99,6 +105,8 @@ def run_unit(
     wants: Sequence[str],
     timeout: float | None,
     readiness: ReadyOptions = ReadyOptions(),
+    *,
+    once: bool = False,
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code."""
     try:
@@ -106,20 +114,37 @@ def run_unit(
     except BadOption as exc:
         print(f"unitsync: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if once and detector is not None:
+        print(
+            "unitsync: --once is for one-time setup, not services: a service must start "
+            "again in every boot, or its dependents would trust one that is not running",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     progress = StartProgress(unit, sys.stderr)
     try:
         if wants:
             client.want(unit, *wants)
         started = client.start(
-            unit, timeout=timeout, on_progress=progress.update, tick=1.0 if progress.live else None
+            unit,
+            timeout=timeout,
+            on_progress=progress.update,
+            tick=1.0 if progress.live else None,
+            once=once,
+            owner=owner(os.getpid(), "run"),
+            hold=True,
         )
+    except AlreadyDone as exc:
+        progress.clear()
+        print(f"{unit}: {exc}; not running {command[0]}", file=sys.stderr)
+        return 0
     except UnitsyncError as exc:
         progress.clear()
         print(f"unitsync: {exc}; not running {command[0]}", file=sys.stderr)
         return exc.exit_code
     progress.done(started)
-    agent = UnitAgent(client, unit, service=detector is not None)
     with ServiceRun(command, detector, ready_timeout) as service:
+        agent = UnitAgent(client, unit, service=detector is not None, hold=service.reactor)
         try:
             service.start()
         except SpawnFailed as exc:
@@ -147,15 +172,21 @@ def follow(service: ServiceRun, agent: UnitAgent) -> int:
 
 
 class UnitAgent:
-    """Every agent call `run` makes once its command runs, and what each one prints."""
+    """Every agent call `run` makes once its command runs, and what each one prints.
 
-    def __init__(self, client: Client, unit: str, *, service: bool) -> None:
+    The run is held by `run`'s connection until its end is reported (`hold.RunHold`); a
+    report that finds the agent gone waits for it to come back, up to REPORT_PATIENCE.
+    """
+
+    def __init__(self, client: Client, unit: str, *, service: bool, hold: Reactor) -> None:
         self.client = client
         self.unit = unit
         self.service = service
+        self.hold = RunHold(client, hold, unit)
 
     def ready(self, how: str) -> None:
-        self._tell("is ready", lambda: self.client.complete(self.unit))
+        # A ready service's `run` goes on holding the unit: if it dies now, the unit fails.
+        self._tell("is ready", lambda: self.client.complete(self.unit, hold=True))
         print(f"{self.unit}: ready ({how})", file=sys.stderr, flush=True)
 
     def status(self, text: str) -> None:
@@ -187,11 +218,15 @@ class UnitAgent:
 
     def ended(self, status: int, reason: str | None) -> int:
         """Complete the unit (no reason) or fail it; `status`, unless recording failed."""
+        self.hold.close()  # the end is reported on whichever connection is open now
         try:
-            if reason is None:
-                self.client.complete(self.unit)
-            else:
-                self.client.fail(self.unit, reason)
+            _patiently(
+                lambda: (
+                    self.client.complete(self.unit)
+                    if reason is None
+                    else self.client.fail(self.unit, reason)
+                )
+            )
         except UnitsyncError as exc:
             print(
                 f"unitsync: {self.unit} ran, but recording its end failed: {exc}", file=sys.stderr
@@ -202,9 +237,31 @@ class UnitAgent:
     def _tell(self, what: str, call: Callable[[], object]) -> None:
         """A change while the command runs: if it cannot be recorded, say so and go on."""
         try:
-            call()
+            _patiently(call, before=self.hold.ensure)
         except UnitsyncError as exc:
             print(
                 f"unitsync: {self.unit} {what}, but telling the agent failed: {exc}",
                 file=sys.stderr,
             )
+
+
+REPORT_PATIENCE = 30.0
+"""How long a report waits for an agent that is restarting: far longer than a restart takes,
+short enough that a `run` whose agent is gone for good still ends."""
+
+
+def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: None) -> None:
+    """Make an agent call; while no agent answers, retry with backoff for REPORT_PATIENCE
+    (`before` each try)."""
+    deadline = time.monotonic() + REPORT_PATIENCE
+    backoff = Backoff()
+    while True:
+        try:
+            before()
+            call()
+            return
+        except AgentUnavailable:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            time.sleep(backoff.next_delay(remaining, "", None))

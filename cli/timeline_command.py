@@ -19,7 +19,7 @@ from unitsync.client.client import Client, UnitsyncError
 from unitsync.wire.protocol import UnitView
 
 from .app import SocketOption
-from .timeline import Timeline, build_timeline, by_run_time
+from .timeline import Timeline, boots_in, build_timeline, by_run_time
 
 TimelineOutput = Literal["table", "json", "svg"]
 BootOption = Annotated[
@@ -102,8 +102,13 @@ def blame(*, boot: BootOption = None, socket: SocketOption = None) -> int:
 
 
 def _timeline(socket: SocketOption, boot: int | None) -> Timeline:
+    """The timeline of `boot`; by default the agent's current boot (or, if nothing happened
+    in it yet, the latest one in the histories)."""
     with Client(socket, name="cli") as client:
-        units: list[UnitView] = client.status()
+        state = client.state()
+    units: list[UnitView] = state.units
+    if boot is None and state.boot in boots_in(units):
+        boot = state.boot
     return build_timeline(units, time.time(), boot)
 
 

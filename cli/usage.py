@@ -18,17 +18,17 @@ from cyclopts.exceptions import (
 )
 
 USAGE = {
-    "agent": "unitsync agent [--socket P] [--state-dir D] [--log-level L] [--salvage] "
-    "[--max-connections N]",
+    "agent": "unitsync agent [--socket P] [--state-dir D] [--boot-id ID] [--log-level L] "
+    "[--salvage] [--reclaim-grace 10s] [--max-connections N]",
     "ping": "unitsync sync ping",
-    "want": "unitsync sync want UNIT DEP [DEP...]",
-    "start": "unitsync sync start UNIT [--timeout 5m] [--rerun]",
-    "complete": "unitsync sync complete UNIT [--force]",
+    "want": "unitsync sync want UNIT DEP [DEP...] [--once]",
+    "start": "unitsync sync start UNIT [--timeout 5m] [--rerun] [--once] [--owner PID]",
+    "complete": "unitsync sync complete UNIT [--force] [--once]",
     "fail": "unitsync sync fail UNIT [--reason TEXT] [--force]",
     "reset": "unitsync sync reset UNIT | --all",
     "forget": "unitsync sync forget UNIT",
     "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
-    "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] "
+    "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] [--once] "
     "[--ready-cmd CMD [--ready-interval 1s] | --ready-log REGEX | --notify] "
     "[--ready-timeout D] -- COMMAND [ARGS...]",
     "timeline": "unitsync sync timeline [--boot N] [-o table|json|svg]",

@@ -59,7 +59,13 @@ def _json_lines(client: Client, unit: str | None) -> None:
         print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
-FIXED_CELLS = {"STATUS": len("completed"), "READY": len("READY"), "SINCE": 8, "FOR": 6}
+FIXED_CELLS = {
+    "STATUS": len("completed"),
+    "READY": len("READY"),
+    "SINCE": 8,
+    "FOR": 6,
+    "OWNER": len("OWNER"),
+}
 """Columns that never give way: whatever the terminal's width, these stay readable."""
 SHARES = {"UNIT": 0.45, "WAITING ON": 0.25}
 """On a narrow terminal, the part of the remaining width names may take (REASON: the rest)."""

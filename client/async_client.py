@@ -37,6 +37,7 @@ from unitsync.wire.protocol import (
     Forget,
     FullView,
     Ok,
+    Owner,
     Ping,
     Pong,
     Reply,
@@ -149,11 +150,11 @@ class AsyncClient:
     async def ping(self) -> Pong:
         return await self._call(Ping(), Pong)
 
-    async def want(self, unit: str, *deps: str) -> Ok:
-        return await self._call(Want(unit, list(deps)), Ok)
+    async def want(self, unit: str, *deps: str, once: bool = False) -> Ok:
+        return await self._call(Want(unit, list(deps), once), Ok)
 
-    async def complete(self, unit: str, *, force: bool = False) -> Ok:
-        return await self._call(Complete(unit, force), Ok)
+    async def complete(self, unit: str, *, force: bool = False, once: bool = False) -> Ok:
+        return await self._call(Complete(unit, force, once), Ok)
 
     async def fail(self, unit: str, reason: str = "", *, force: bool = False) -> Ok:
         """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet."""
@@ -167,7 +168,11 @@ class AsyncClient:
         return await self._call(Reset(unit), Ok)
 
     async def status(self, unit: str | None = None) -> list[UnitView]:
-        return (await self._call(Status(unit), StatusReply)).units
+        return (await self.state(unit)).units
+
+    async def state(self, unit: str | None = None) -> StatusReply:
+        """Like `status`, with the current boot (`boot`, `boot_since`) and the time (`at`)."""
+        return await self._call(Status(unit), StatusReply)
 
     async def start(
         self,
@@ -175,13 +180,15 @@ class AsyncClient:
         *,
         rerun: bool = False,
         on_progress: Callable[[Waiting | UnitsyncError], Awaitable[None]] | None = None,
+        once: bool = False,
+        owner: Owner | None = None,
     ) -> Started:
         """Wait for the dependencies, then start; bound it with `trio.move_on_after`.
 
         If the agent goes away meanwhile, reconnect with backoff and ask again with the
         same token (`on_progress` hears of it), as the blocking client does.
         """
-        request, began = start_request(unit, rerun), time.monotonic()
+        request, began = start_request(unit, rerun, once=once, owner=owner), time.monotonic()
         backoff = Backoff()
         connected_once = False
         while True:

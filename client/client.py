@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
+
 from unitsync.wire.errors import (
     AgentGone,
     AgentUnavailable,
@@ -37,12 +39,14 @@ from unitsync.wire.protocol import (
     Forget,
     FullView,
     Ok,
+    Owner,
     Ping,
     Pong,
     Reply,
     Request,
     Reset,
     SetReason,
+    Start,
     Started,
     Status,
     StatusReply,
@@ -147,6 +151,8 @@ class Client:
         self.path = Path(socket_path) if socket_path else default_socket()
         self.name = name
         self._conn: Connection | None = None
+        self.holding: dict[str, Start] = {}
+        """Runs this client holds (`start(hold=True)`), by unit: what `take_back` resends."""
 
     def __enter__(self) -> Client:
         return self
@@ -164,11 +170,15 @@ class Client:
     def ping(self) -> Pong:
         return self._call(Ping(), Pong)
 
-    def want(self, unit: str, *deps: str) -> Ok:
-        return self._call(Want(unit, list(deps)), Ok)
+    def want(self, unit: str, *deps: str, once: bool = False) -> Ok:
+        """`unit` may start only when every dep is completed; `once` makes it one-time."""
+        return self._call(Want(unit, list(deps), once), Ok)
 
-    def complete(self, unit: str, *, force: bool = False) -> Ok:
-        return self._call(Complete(unit, force), Ok)
+    def complete(
+        self, unit: str, *, force: bool = False, once: bool = False, hold: bool = False
+    ) -> Ok:
+        """`hold`: from a `run` holding the unit, ready but still running (a service)."""
+        return self._call(Complete(unit, force, once, hold), Ok)
 
     def fail(self, unit: str, reason: str = "", *, force: bool = False) -> Ok:
         """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet."""
@@ -187,7 +197,11 @@ class Client:
         return self._call(Reset(unit), Ok)
 
     def status(self, unit: str | None = None) -> list[UnitView]:
-        return self._call(Status(unit), StatusReply).units
+        return self.state(unit).units
+
+    def state(self, unit: str | None = None) -> StatusReply:
+        """Like `status`, with the current boot (`boot`, `boot_since`) and the time (`at`)."""
+        return self._call(Status(unit), StatusReply)
 
     def _call(self, request: Request, expect: type[R]) -> R:
         conn = self._connection()
@@ -233,8 +247,16 @@ class Client:
         timeout: float | None = 300.0,
         on_progress: ProgressCallback | None = None,
         tick: float | None = None,
+        once: bool = False,
+        owner: Owner | None = None,
+        hold: bool = False,
     ) -> Started:
         """Wait until every dependency of `unit` is completed, then mark it started.
+
+        `once` makes it a one-time unit (`AlreadyDone` if it is one and completed); `owner`
+        is the process the run belongs to; `hold` keeps this connection holding the run
+        (what `run` does) until `complete` or `fail` reports its end (`take_back` after an
+        agent restart).
 
         `timeout=None` waits forever. With `tick`, `on_progress` is called again with
         the latest news every `tick` seconds (for a live display). If the agent goes away
@@ -243,7 +265,8 @@ class Client:
         answer is not repeated.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        request, began = start_request(unit, rerun), time.monotonic()
+        request = start_request(unit, rerun, once=once, owner=owner, hold=hold)
+        began = time.monotonic()
         backoff = Backoff()
         connected_once = False
         while True:
@@ -251,7 +274,10 @@ class Client:
                 conn = self._connection()
                 connected_once = True
                 again = asked_again(request, began)
-                return self._wait_started(conn, again, deadline, on_progress, tick)
+                started = self._wait_started(conn, again, deadline, on_progress, tick)
+                if hold:
+                    self.holding[unit] = request
+                return started
             except AgentUnavailable as exc:
                 self.close()
                 if not connected_once:
@@ -262,6 +288,26 @@ class Client:
             except TimeoutError:
                 self.close()
                 raise timed_out(unit, timeout) from None
+
+    def take_back(self, unit: str) -> Started:
+        """After the agent restarted: hold `unit`'s run again, on a new connection (the same
+        start, same token). Refused if the agent gave the run up meanwhile."""
+        return self._call(msgspec.structs.replace(self.holding[unit], again=True), Started)
+
+    def fileno(self) -> int | None:
+        """The open connection's descriptor (for an event loop to watch), if there is one."""
+        return self._conn.sock.fileno() if self._conn is not None else None
+
+    def closed_by_agent(self) -> bool:
+        """Has the agent closed the open connection (it sends nothing unasked)?"""
+        if self._conn is None:
+            return True
+        try:
+            return self._conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _wait_started(
         self,

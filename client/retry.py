@@ -13,7 +13,7 @@ import time
 import msgspec
 
 from unitsync.wire.errors import WaitTimeout
-from unitsync.wire.protocol import Start
+from unitsync.wire.protocol import Owner, Start
 
 FIRST_DELAY = 0.05
 """A restarting agent is back within tens of milliseconds: try soon."""
@@ -21,9 +21,16 @@ MAX_DELAY = 1.0
 """An agent that is down for longer is picked up within a second of its return."""
 
 
-def start_request(unit: str, rerun: bool = False) -> Start:
+def start_request(
+    unit: str,
+    rerun: bool = False,
+    *,
+    once: bool = False,
+    owner: Owner | None = None,
+    hold: bool = False,
+) -> Start:
     """A `start` with a fresh token: one token per call, reused by every retry of it."""
-    return Start(unit, rerun, token=os.urandom(8).hex())
+    return Start(unit, rerun, token=os.urandom(8).hex(), once=once, owner=owner, hold=hold)
 
 
 def asked_again(request: Start, began: float) -> Start:

@@ -30,6 +30,8 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
+import msgspec
+
 from unitsync.wire import __version__
 from unitsync.wire.errors import (
     AgentGone,
@@ -278,7 +280,7 @@ class Session:
         if len(parts) == 1:
             return part
         units = [unit for each in parts for unit in each.units]
-        return type(part)(units, part.at)
+        return msgspec.structs.replace(part, units=units, more=False)
 
     def _end_exchange(self) -> None:
         self.state = State.IDLE

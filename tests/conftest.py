@@ -49,6 +49,8 @@ class AgentProcess:
     config: AgentConfig
     proc: subprocess.Popen[str] | None = None
     extra: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    """Extra environment variables for the agent process."""
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
@@ -65,6 +67,7 @@ class AgentProcess:
             ],
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(self.env or {})},
         )
         self._await_line("listening on")
         return self

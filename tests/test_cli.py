@@ -119,7 +119,8 @@ def test_status_formats(agent_process: AgentProcess) -> None:
     run_cli("sync", "want", "claude", "git", socket=s)
     run_cli("sync", "start", "git", socket=s)
     table = run_cli("sync", "status", socket=s).out
-    assert table.splitlines()[0].split()[:3] == ["UNIT", "STATUS", "READY"]
+    assert table.startswith("boot 1 since ")
+    assert table.splitlines()[1].split()[:3] == ["UNIT", "STATUS", "READY"]
     assert any(line.split()[:2] == ["git", "started"] for line in table.splitlines())
     one = run_cli("sync", "status", "claude", "--output", "json", socket=s)
     unit = json.loads(one.out)

@@ -234,3 +234,35 @@ def test_a_waiter_gives_up_at_its_timeout_while_no_agent_answers(
         raise
     assert waiter.returncode == 5
     assert "timed out after 2s" in err
+
+
+def test_a_kill_between_the_boot_changes_write_and_its_fsync_begins_the_boot_once(
+    config: AgentConfig,
+) -> None:
+    """A workspace restart is one journal entry: a crash around it never resets twice (or
+    half), and the next start in the same boot finds it done or does it, exactly once."""
+    agent = AgentProcess(config, extra=("--boot-id", "boot-A")).start()
+    s = config.socket
+    with Client(s) as client:
+        client.want("app", "db")
+        client.start("db")
+        client.complete("db")
+        client.start("app")
+    agent.stop()
+    agent.extra = ("--boot-id", "boot-B")
+    agent.env = {"UNITSYNC_TEST_KILL_AT": "entry-written"}
+    agent.start()  # killed by itself, before any client is served
+    assert agent.proc is not None and agent.proc.wait(timeout=30) == -signal.SIGKILL
+    agent.env = None
+    for _ in range(2):  # the next start in boot B, then an agent restart within it
+        agent.start()
+        with Client(s) as client:
+            state = client.state()
+        assert state.boot == 2
+        restarted = {
+            view.name: [t.reason for t in view.history].count("workspace restarted")
+            for view in state.units
+        }
+        assert restarted == {"app": 1, "db": 1}
+        assert {view.status for view in state.units} == {"pending"}
+        agent.stop()

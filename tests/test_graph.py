@@ -63,11 +63,13 @@ def moves(graph: Graph, name: str) -> list[tuple[float, str, str, str]]:
     return [(t.at, t.from_, t.to, t.reason) for t in graph.units[name].history]
 
 
-def run(graph: Graph, name: str, now: float, rerun: bool = False) -> list[Record]:
+def run(
+    graph: Graph, name: str, now: float, rerun: bool = False, once: bool = False
+) -> list[Record]:
     """What the agent does for `start` when the unit is already ready: admit, then start."""
-    records = graph.admit(name, rerun, now)
+    records = graph.admit(name, rerun, now, once=once)
     assert graph.readiness(name).ready
-    return records + graph.start(name, rerun, now)
+    return records + graph.start(name, rerun, now, once=once)
 
 
 def clock(at: float) -> str:
@@ -79,13 +81,19 @@ def clock(at: float) -> str:
 
 BY_TABLE: dict[Command, Callable[[Graph, str, bool, float], list[Record]]] = {
     Command.START: lambda g, name, flag, now: run(g, name, now, rerun=flag),
+    Command.START_ONCE: lambda g, name, flag, now: run(g, name, now, rerun=flag, once=True),
     Command.COMPLETE: lambda g, name, flag, now: g.complete(name, flag, now),
     Command.FAIL: lambda g, name, flag, now: g.fail(name, "", now, force=flag),
     Command.RESET: lambda g, name, _flag, now: g.reset(name, now),
     Command.FORGET: lambda g, name, _flag, now: g.forget(name, now),
 }
 """Each command of the table as the agent runs it; `flag` is its override (FLAGS)."""
-FLAGS = {Command.START: "rerun", Command.COMPLETE: "force", Command.FAIL: "force"}
+FLAGS = {
+    Command.START: "rerun",
+    Command.START_ONCE: "rerun",
+    Command.COMPLETE: "force",
+    Command.FAIL: "force",
+}
 """The flag by which each command overrides a refusal."""
 
 
@@ -129,8 +137,8 @@ def test_every_move_of_the_table_is_what_the_graph_does(
 
 def test_the_table_covers_every_status_and_command() -> None:
     assert set(MOVES) == {(s, c) for s in (None, *STATES) for c in Command}
-    overrides = {r.override for r in MOVES.values() if isinstance(r, Refuse)}
-    assert overrides <= {*FLAGS.values(), None}
+    overrides = {flag for r in MOVES.values() if isinstance(r, Refuse) for flag in r.overrides}
+    assert overrides <= {*FLAGS.values(), "owner_gone"}
 
 
 def test_a_completed_unit_can_fail_and_its_dependents_see_it() -> None:

@@ -18,7 +18,7 @@ import trio
 from unitsync.agent import files, logfile
 from unitsync.agent.graph import Graph
 from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
-from unitsync.agent.records import Known, UnitImage
+from unitsync.agent.records import BootImage, Known, UnitImage
 
 
 def images(graph: Graph) -> list[UnitImage]:
@@ -312,7 +312,9 @@ def test_a_log_newer_than_its_snapshot_is_refused(tmp_path: Path) -> None:
 
 def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
-    data = bytearray(logfile.snapshot(1, [UnitImage("a", "pending", 1.0, "", [], [])]))
+    data = bytearray(
+        logfile.snapshot(1, BootImage(1, "x", 1.0), [UnitImage("a", "pending", 1.0, "", [], [])])
+    )
     data[-1] ^= 1
     (tmp_path / SNAPSHOT_NAME).write_bytes(bytes(data))
     with pytest.raises(JournalError, match=f"{SNAPSHOT_NAME} is damaged"):

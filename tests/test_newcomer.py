@@ -162,7 +162,7 @@ def test_a_long_name_is_shortened_in_the_table_but_never_in_json(
     s = sock(agent_process)
     run_cli("sync", "want", long, "git", socket=s)
     table = run_cli("sync", "status", socket=s).out.splitlines()
-    assert max(len(line) for line in table) < 100
+    assert max(len(line) for line in table) < 120  # not 255 and more
     [shortened] = [line for line in table if "…" in line]
     assert shortened.split()[1:3] == ["pending", "no"]  # STATUS and READY stay readable
     assert long in units(s)
@@ -187,7 +187,7 @@ def test_reset_and_fail_of_a_typo_are_refused_and_forget_removes_a_unit(
     assert run_cli("sync", "forget", "app", socket=s).out == "forgot app and its history\n"
     assert run_cli("sync", "forget", "db", socket=s).code == 0
     assert run_cli("sync", "forget", "ghost", socket=s).code == 0
-    assert json.loads(run_cli("sync", "status", "-o", "json", socket=s).out) == {"units": []}
+    assert json.loads(run_cli("sync", "status", "-o", "json", socket=s).out)["units"] == []
 
 
 def test_forget_survives_a_restart(agent_process: AgentProcess) -> None:

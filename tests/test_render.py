@@ -12,6 +12,7 @@ from unitsync.agent.views import unit_view
 from unitsync.cli import render
 from unitsync.cli.durations import parse_duration
 from unitsync.wire.protocol import UnitView
+from unitsync.wire.timefmt import clock
 from unitsync.wire.timefmt import duration as format_duration
 
 
@@ -27,13 +28,14 @@ def views() -> list[UnitView]:
 
 
 def test_the_table_has_aligned_columns_sorted_by_name() -> None:
-    lines = render.render_table(views(), now=120.0).splitlines()
+    heading, *lines = render.render_table(views(), 120.0, 2, 100.0).splitlines()
+    assert heading == f"boot 2 since {clock(100.0)}"
     assert lines[0].split()[:3] == ["UNIT", "STATUS", "READY"]
     assert [line.split()[0] for line in lines[1:]] == ["claude", "git", 'we"ird']
     status_column = lines[0].index("STATUS")
     assert all(line[status_column - 2 : status_column] == "  " for line in lines[1:])
     assert "exit status 2" in lines[3]
-    assert render.render_table([], now=0).startswith("no units yet")
+    assert "no units yet" in render.render_table([], 0, 1, 0)
 
 
 def test_one_unit_shows_its_wait_its_run_and_its_history() -> None:
@@ -57,7 +59,8 @@ def test_graphs_escape_names_and_draw_every_edge(fmt: str) -> None:
 
 
 def test_json_is_stable_and_round_trips() -> None:
-    data = json.loads(render.to_json(views()))
+    data = json.loads(render.to_json(views(), 3, 99.0))
+    assert (data["boot"], data["boot_since"]) == (3, 99.0)
     claude = data["units"][0]
     assert set(claude) == set(UnitView.__struct_fields__)
     assert claude["history"][-1] == {

@@ -206,7 +206,8 @@ NOTIFY_SERVICE = """
     import os, socket, sys, time
     from pathlib import Path
     address = os.environ["NOTIFY_SOCKET"]
-    Path(sys.argv[1]).write_text(address)
+    Path(sys.argv[1] + ".tmp").write_text(address)
+    Path(sys.argv[1] + ".tmp").rename(sys.argv[1])  # whole, or not there: the test reads it
     target = "\\0" + address[1:] if address.startswith("@") else address
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.sendto(b"STATUS=loading 3 datasets", target)

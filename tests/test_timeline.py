@@ -451,5 +451,5 @@ def test_the_live_watch_draws_each_units_bar_growing(monkeypatch: pytest.MonkeyP
     assert early["claude"].count("█") < late["claude"].count("█")  # it grows as it runs
     assert early["git"].count("█") > late["git"].count("█")  # the axis rescales
     assert "▶" in late["claude"] and "░" in late["claude"]
-    narrow = frame(110.0, width=70)  # no room for a bar: the table's own columns come first
+    narrow = frame(110.0, width=80)  # no room for a bar: the table's own columns come first
     assert "█" not in narrow["claude"] and narrow["claude"].rstrip().endswith("│")

@@ -10,6 +10,7 @@ exits with `exc.exit_code`.
     │   ├── DependencyFailed           exit 4
     │   └── ProtocolError              exit 1   a frame that is not a valid message
     ├── WaitTimeout                    exit 5
+    ├── AlreadyDone                    exit 7   `start --once` of a one-time unit already done
     ├── NotDurable                     exit 6   the change could not be made durable: nothing
     │                                           changed (disk full, store unreachable); retry
     ├── UsageError                     exit 2   the command line itself is wrong
@@ -33,6 +34,7 @@ EXIT_UNREACHABLE = 3
 EXIT_DEPENDENCY_FAILED = 4
 EXIT_TIMED_OUT = 5
 EXIT_NOT_DURABLE = 6
+EXIT_ALREADY_DONE = 7
 
 
 class UnitsyncError(Exception):
@@ -75,6 +77,14 @@ class ProtocolError(Refused):
 class WaitTimeout(UnitsyncError):
     exit_code = EXIT_TIMED_OUT
     default_code = "timeout"
+
+
+class AlreadyDone(UnitsyncError):
+    """`start --once` of a one-time unit that is completed: there is nothing to do, and a
+    script branches on it (`if unitsync sync start git --once; then git clone ...; fi`)."""
+
+    exit_code = EXIT_ALREADY_DONE
+    default_code = "once_done"
 
 
 class NotDurable(UnitsyncError):
@@ -123,6 +133,7 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
     "shutting_down": AgentGone,
     "busy": AgentBusy,
     "not_durable": NotDurable,
+    "once_done": AlreadyDone,
 }
 """Codes whose error is not a plain refusal; every other code is `Refused`."""
 

@@ -41,6 +41,23 @@ class Ping(Base, tag="ping"):
 class Want(Base, tag="want"):
     unit: str
     deps: list[str]
+    once: bool = False
+    """Mark `unit` one-time: once completed it stays completed across workspace restarts."""
+
+
+class Owner(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The process a run belongs to (SPEC §7): `run` itself, or the script that called `start`.
+
+    `ticks` is its start time (clock ticks since the kernel booted), so a reused pid is
+    never mistaken for it; `pidns` its PID namespace, so an owner the agent cannot see is
+    known to be invisible rather than gone.
+    """
+
+    pid: int
+    ticks: int
+    command: str
+    kind: Literal["run", "start"] = "start"
+    pidns: str = ""
 
 
 class Start(Base, tag="start"):
@@ -51,11 +68,26 @@ class Start(Base, tag="start"):
     waited_before: float = 0.0
     """Seconds this `start` already waited on earlier connections (the agent restarted): the
     wait it reports and records is the whole wait."""
+    once: bool = False
+    """Mark the unit one-time; if it is a completed one-time unit, refuse (`once_done`)."""
+    owner: Owner | None = None
+    hold: bool = False
+    """`run`: this connection holds the run; if it ends before the run's end is reported,
+    the unit fails at once. Sent again with the same token after an agent restart, it
+    takes the hold back."""
+    again: bool = False
+    """Taking a held run back after an agent restart: never start a new run; refuse if this
+    run is over (it was given up after the grace period)."""
 
 
 class Complete(Base, tag="complete"):
     unit: str
     force: bool = False
+    once: bool = False
+    """Mark the unit one-time too."""
+    hold: bool = False
+    """From a `run` that holds the unit: the run goes on (a service that is ready); losing
+    the connection later still fails the unit."""
 
 
 class Fail(Base, tag="fail"):
@@ -113,6 +145,16 @@ class Transition(msgspec.Struct, frozen=True, gc=False):
     """The boot (1, 2, 3...) of the workspace this transition happened in (SPEC §7)."""
 
 
+class OwnerView(msgspec.Struct):
+    """Who owns a started unit's run, and whether that process still runs."""
+
+    pid: int
+    command: str
+    kind: Literal["run", "start"]
+    alive: bool | None
+    """None: the agent cannot tell (the owner is in another PID namespace)."""
+
+
 class Dependency(msgspec.Struct):
     unit: str
     required: State
@@ -133,6 +175,10 @@ class UnitView(msgspec.Struct):
     dependencies: list[Dependency]
     dependents: list[str]
     history: list[Transition]
+    once: bool = False
+    """A one-time unit: once completed, it stays completed across workspace restarts."""
+    owner: OwnerView | None = None
+    """The process that owns the current run (started units, and ready services)."""
 
 
 # --- replies and events --------------------------------------------------------------------
@@ -151,6 +197,10 @@ class Pong(Base, tag="pong"):
     uptime: float
     socket: str
     state_dir: str = ""
+    boot: int = 1
+    """The workspace's current boot (1, 2, 3...: one more at each workspace restart)."""
+    boot_since: float = 0.0
+    """Unix time the current boot began (its first agent start)."""
 
 
 class Ok(Base, tag="ok"):
@@ -183,6 +233,7 @@ ErrorCode = Literal[
     "already_started",
     "not_started",
     "in_use",  # forget of a unit that others want, that is started, or that a start waits for
+    "once_done",  # start --once of a one-time unit that is completed: nothing to do
     "dependency_failed",
     "shutting_down",
     "busy",  # the agent cannot take more connections
@@ -202,6 +253,8 @@ class StatusReply(Base, tag="status"):
     units: list[UnitView]
     at: float
     more: bool = False
+    boot: int = 1
+    boot_since: float = 0.0
     """More units follow in the next frame (a long list is split to fit the frame limit)."""
 
 
