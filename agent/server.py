@@ -11,11 +11,13 @@ Shutdown is cancellation of `run_agent`: connections stop first (a waiting
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import math
 import resource
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from .connection import refuse_busy, serve_connection
 from .files import ensure_private_dir, exclusive_lock
 from .journal import Journal, lock_state_dir
 from .limits import Limits
-from .listener import bound_socket
+from .listener import bound_socket, inherited_socket
 from .service import Service
 
 log = logging.getLogger("unitsync.agent")
@@ -43,6 +45,9 @@ class AgentConfig:
     salvage: bool = False
     """Keep the valid prefix of a damaged journal instead of refusing to start."""
     limits: Limits = dataclasses.field(default_factory=Limits)
+    inherited: socket.socket | None = None
+    """A listening socket to serve instead of binding `socket` (systemd socket activation);
+    `socket` is then its path."""
 
 
 async def run_agent(
@@ -58,7 +63,7 @@ async def run_agent(
             exclusive_lock(
                 lock_path, f"the socket {config.socket}", "give this one another --socket"
             ),
-            bound_socket(config.socket) as sock,
+            _listening(config) as sock,
             Journal.open(
                 config.state_dir, salvage=config.salvage, locked=state_lock.pop_all()
             ) as journal,
@@ -75,6 +80,12 @@ async def run_agent(
             )
             limits = _fit_to_open_file_limit(config.limits)
             await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
+
+
+def _listening(config: AgentConfig) -> contextlib.AbstractContextManager[trio.socket.SocketType]:
+    if config.inherited is not None:
+        return inherited_socket(config.inherited)
+    return bound_socket(config.socket)
 
 
 async def _serve(

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from cyclopts import Parameter
 
 from unitsync.agent.limits import DEFAULT_MAX_CONNECTIONS
-from unitsync.wire.paths import SOCKET_ENV, default_socket, default_state_dir
+from unitsync.wire.paths import SOCKET_ENV, STATE_DIR_ENV, default_socket, default_state_dir
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -17,7 +17,10 @@ def agent(
     *,
     socket: Annotated[Path | None, Parameter(env_var=SOCKET_ENV, help="Where to listen.")] = None,
     state_dir: Annotated[
-        Path | None, Parameter(help="Where the journal lives (default: the user state dir).")
+        Path | None,
+        Parameter(
+            env_var=STATE_DIR_ENV, help="Where the journal lives (default: the user state dir)."
+        ),
     ] = None,
     log_level: LogLevel = "info",
     salvage: Annotated[

@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
-from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.client import UnitsyncError
 from unitsync.wire.protocol import UnitView
 
-from .app import SocketOption
+from .app import SocketOption, cli_client
 from .timeline import Timeline, build_timeline, by_run_time
 
 TimelineOutput = Literal["table", "json", "svg"]
@@ -102,7 +102,7 @@ def blame(*, boot: BootOption = None, socket: SocketOption = None) -> int:
 
 
 def _timeline(socket: SocketOption, boot: int | None) -> Timeline:
-    with Client(socket, name="cli") as client:
+    with cli_client(socket) as client:
         units: list[UnitView] = client.status()
     return build_timeline(units, time.time(), boot)
 
