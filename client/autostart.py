@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from unitsync.wire.errors import AgentStartFailed
 from unitsync.wire.paths import STATE_DIR_ENV, default_state_dir
@@ -76,6 +77,8 @@ NOTIFY_SOCKET = "NOTIFY_SOCKET"
 INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 """Socket activation meant for us, if any, is not for the agent."""
 _CREDENTIALS = struct.Struct("3i")
+
+Outcome = Literal["ready", "exited", "late"]
 
 _agents: list[subprocess.Popen[bytes]] = []
 """Agents this process started: kept until they exit (see the resource rules)."""
@@ -173,7 +176,8 @@ def _private_folder(path: Path) -> None:
             f"{exc.strerror or exc}; point --socket / UNITSYNC_SOCKET at a folder of your own"
         ) from None
     me = os.getuid()
-    check_trust(path, info, Peer(os.getpid(), me, os.getgid()), me)  # the peer: our agent
+    # The process that will listen there is the agent we start: it runs as us.
+    check_trust(path, info, Peer(os.getpid(), me, os.getgid()), me)
 
 
 @contextlib.contextmanager
@@ -218,9 +222,8 @@ def _lock_by(fd: int, path: Path, deadline: float) -> bool:
         if time.monotonic() >= deadline:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise AgentStartFailed(
-                f"another client (pid {holder}) has been starting an agent for "
-                f"{path.name.removesuffix('.autostart.lock')} for over {LOCK_TIMEOUT:.0f}s; "
-                f"if it is stuck, stop it and remove {path}"
+                f"another client (pid {holder}) has been starting an agent for over "
+                f"{LOCK_TIMEOUT:.0f}s (it holds {path}); if it is stuck, stop it"
             )
         waited = True
         time.sleep(LOCK_RETRY)
@@ -312,8 +315,8 @@ class _Readiness:
         self.sock.bind(f"\0{name}")
         self.address = f"@{name}"
 
-    def wait(self, agent: subprocess.Popen[bytes], timeout: float) -> str:
-        """ "ready", "exited" or "late" (still starting after `timeout` seconds)."""
+    def wait(self, agent: subprocess.Popen[bytes], timeout: float) -> Outcome:
+        """How the agent's start ended: READY=1 from it, its exit, or `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with _exit_of(agent) as exit_fd:
             poller = select.poll()

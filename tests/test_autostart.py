@@ -230,8 +230,9 @@ def test_a_client_finds_an_activated_socket_and_never_autostarts(place: Place) -
     if not os.access(tool, os.X_OK):
         pytest.skip("systemd-socket-activate is not installed")
     place.socket.parent.mkdir(mode=0o700)
-    activator = subprocess.Popen(
-        [tool, "--listen", str(place.socket), sys.executable, "-m", "unitsync.cli", "agent"],
+    agent = [sys.executable, "-m", "unitsync.cli", "agent", "--state-dir", str(place.state_dir)]
+    activator = subprocess.Popen(  # it passes on none of our environment: say it all here
+        [tool, "--listen", str(place.socket), *agent],
         stderr=subprocess.PIPE,
         text=True,
     )
