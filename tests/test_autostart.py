@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,15 +154,43 @@ def test_an_agent_that_cannot_start_fails_the_call_with_its_own_words(place: Pla
 def test_waiters_of_a_start_that_failed_say_so_instead_of_trying_again(place: Place) -> None:
     place.state_dir.mkdir()
     place.state_dir.chmod(0o777)
-    calls = [cli("sync", "ping") for _ in range(4)]
-    errors = [call.communicate(timeout=LIMIT)[1] for call in calls]
-    assert [call.returncode for call in calls] == [3] * 4
-    assert all("refusing to use" in err for err in errors), errors
-    # Each call either started an agent itself or waited on another's failed start, and
-    # then said so rather than start one more to fail the same way.
-    started = ["exited with status 1" in err for err in errors]
-    assert started == ["another client" not in err for err in errors], errors
-    assert len(place.starts()) == sum(started)
+    lock = place.socket.with_name("agent.sock.autostart.lock")
+    first = cli("sync", "ping")
+    while not holds(lock, first.pid):
+        assert first.poll() is None, first.communicate()
+    os.kill(first.pid, signal.SIGSTOP)  # holding the lock, its agent failing meanwhile
+    try:
+        others = [cli("sync", "ping") for _ in range(3)]
+        for other in others:  # each finds no agent and waits for the lock
+            while not has_open(other.pid, lock) and other.poll() is None:
+                time.sleep(0.01)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _out, err = first.communicate(timeout=LIMIT)
+    assert first.returncode == 3
+    assert "exited with status 1 before it was ready" in err
+    for other in others:
+        _out, err = other.communicate(timeout=LIMIT)
+        assert other.returncode == 3
+        assert f"another client started an agent for {place.socket}, and it did not" in err
+        assert f"refusing to use {place.state_dir}: it is writable by others" in err
+    assert len(place.starts()) == 1  # none of them started another to fail the same way
+
+
+def holds(lock: Path, pid: int) -> bool:
+    """Whether `lock` names `pid` as its holder (written once the flock is taken)."""
+    try:
+        return lock.read_text().strip() == str(pid)
+    except FileNotFoundError:
+        return False
+
+
+def has_open(pid: int, path: Path) -> bool:
+    folder = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) == str(path) for fd in folder.iterdir())
+    except OSError:  # it exited, or closed a descriptor while we looked
+        return False
 
 
 @pytest.mark.parametrize("given_by", ["--socket", "UNITSYNC_SOCKET", "default state dir"])
