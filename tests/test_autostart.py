@@ -166,12 +166,11 @@ def test_waiters_of_a_start_that_failed_say_so_instead_of_trying_again(place: Pl
                 time.sleep(0.01)
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    _out, err = first.communicate(timeout=LIMIT)
-    assert first.returncode == 3
-    assert "exited with status 1 before it was ready" in err
-    for other in others:
-        _out, err = other.communicate(timeout=LIMIT)
-        assert other.returncode == 3
+    results = [(call.communicate(timeout=LIMIT)[1], call.returncode) for call in [first, *others]]
+    assert results[0][1] == 3
+    assert "exited with status 1 before it was ready" in results[0][0]
+    for err, code in results[1:]:
+        assert code == 3
         assert f"another client started an agent for {place.socket}, and it did not" in err
         assert f"refusing to use {place.state_dir}: it is writable by others" in err
     assert len(place.starts()) == 1  # none of them started another to fail the same way
