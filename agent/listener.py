@@ -51,6 +51,16 @@ def bound_socket(path: Path) -> Iterator[trio.socket.SocketType]:
             path.unlink()
 
 
+@contextlib.contextmanager
+def inherited_socket(sock: socket.socket) -> Iterator[trio.socket.SocketType]:
+    """Serve a socket bound by whoever started us (systemd): its file is left in place,
+    for them to keep listening on after we stop."""
+    try:
+        yield trio.socket.from_stdlib_socket(sock)
+    finally:
+        sock.close()
+
+
 def peer_uid(sock: trio.socket.SocketType) -> int:
     """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

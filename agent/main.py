@@ -1,17 +1,28 @@
-"""`unitsync agent`: run the agent in the foreground until SIGINT or SIGTERM."""
+"""`unitsync agent`: run the agent in the foreground until SIGINT or SIGTERM.
+
+What the process inherits from whoever started it is read here, once: a listening
+socket (systemd socket activation, `activation.py`) and where to say it is ready
+(`NOTIFY_SOCKET`, `notify.py`): `READY=1` once the agent serves, `STOPPING=1` when a
+signal stops it in order.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
+from .activation import listening_socket, take_listen_fds
 from .files import SetupError
 from .journal import JournalError
+from .notify import Notifier
 from .server import AgentConfig, run_agent
+from .service import Service
 
 log = logging.getLogger("unitsync.agent")
 
@@ -22,8 +33,9 @@ def main(config: AgentConfig, log_level: str = "info") -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    notifier = Notifier.from_environ()
     try:
-        trio.run(_until_signalled, config)
+        trio.run(_until_signalled, _adopt_passed_socket(config), notifier)
     except (SetupError, JournalError, BaseExceptionGroup) as exc:
         reason = _setup_failure(exc)
         if reason is None:
@@ -41,22 +53,36 @@ def _setup_failure(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, SetupError | JournalError) else None
 
 
-async def _until_signalled(config: AgentConfig) -> None:
+def _adopt_passed_socket(config: AgentConfig) -> AgentConfig:
+    """Serve the socket systemd passed, if any, instead of binding `config.socket`."""
+    fds = take_listen_fds()
+    if not fds:
+        return config
+    sock = listening_socket(fds)
+    path = Path(sock.getsockname())
+    if path != config.socket:
+        log.info("serving %s, the socket systemd passed, instead of %s", path, config.socket)
+    return dataclasses.replace(config, socket=path, inherited=sock)
+
+
+async def _until_signalled(config: AgentConfig, notifier: Notifier) -> None:
     """Run the agent; the first SIGINT/SIGTERM stops it in order, a second one forces exit."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             agent_scope = trio.CancelScope()
 
-            async def agent(task_status: trio.TaskStatus[None]) -> None:
+            async def agent(task_status: trio.TaskStatus[Service]) -> None:
                 with agent_scope:
                     await run_agent(config, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
-            await nursery.start(agent)
+            service: Service = await nursery.start(agent)
+            notifier.ready(f"serving {len(service.graph.units)} units at {config.socket}")
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if agent_scope.cancel_called:
                     log.warning("second %s: exiting at once", name)
                     os._exit(128 + signum)
                 log.info("%s received: shutting down", name)
+                notifier.stopping(f"stopping on {name}")
                 agent_scope.cancel()

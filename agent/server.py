@@ -15,11 +15,13 @@ Shutdown is cancellation of `run_agent`: connections stop first (a waiting
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import math
 import resource
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from .files import ensure_private_dir, exclusive_lock
 from .holds import RECLAIM_GRACE
 from .journal import Journal, lock_state_dir
 from .limits import Limits
-from .listener import bound_socket
+from .listener import bound_socket, inherited_socket
 from .service import Service
 
 log = logging.getLogger("unitsync.agent")
@@ -53,6 +55,9 @@ class AgentConfig:
     """The boot's identity if the platform knows it (`--boot-id`); else read off the kernel."""
     reclaim_grace: float = RECLAIM_GRACE
     """After a restart, how long a `run` has to come back before its unit fails."""
+    inherited: socket.socket | None = None
+    """A listening socket to serve instead of binding `socket` (systemd socket activation);
+    `socket` is then its path."""
 
 
 async def run_agent(
@@ -68,7 +73,7 @@ async def run_agent(
             exclusive_lock(
                 lock_path, f"the socket {config.socket}", "give this one another --socket"
             ),
-            bound_socket(config.socket) as sock,
+            _listening(config) as sock,
             Journal.open(
                 config.state_dir, salvage=config.salvage, locked=state_lock.pop_all()
             ) as journal,
@@ -86,6 +91,12 @@ async def run_agent(
             limits = _fit_to_open_file_limit(config.limits)
             listener = trio.SocketListener(sock)
             await _serve(service, journal, listener, limits, config, task_status)
+
+
+def _listening(config: AgentConfig) -> contextlib.AbstractContextManager[trio.socket.SocketType]:
+    if config.inherited is not None:
+        return inherited_socket(config.inherited)
+    return bound_socket(config.socket)
 
 
 async def _serve(

@@ -4,6 +4,7 @@
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
     python bench/run.py --views    # only: every view of 10,000 units, command to output
     python bench/services.py       # only SPEC §8's service figures (about a minute)
+    python bench/first_call.py     # only SPEC §7's autostart figures (about half a minute)
 
 Medians (and p99 for latencies) from one run; nothing here is a test.
 """
@@ -31,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import first_call
 import load
 import services
 import trio
@@ -149,6 +151,11 @@ def service_readiness(rounds: int = 100) -> list[Figure]:
     """SPEC §8: a service's ready moment to its dependents' start; `run` idle."""
     with agent() as (socket, _proc):
         return [Figure(*figure) for figure in services.measure(socket, percentile, rounds)]
+
+
+def autostart() -> list[Figure]:
+    """SPEC §7: what autostart costs the first call, and that later calls pay nothing."""
+    return [Figure(*figure) for figure in first_call.measure()]
 
 
 def python_speed() -> Figure:
@@ -579,6 +586,7 @@ def main() -> None:
         rss,
         views,
         service_readiness,
+        autostart,
         python_speed,
     ]
     if args.views:

@@ -9,7 +9,7 @@ from cyclopts import Parameter
 
 from unitsync.agent.holds import RECLAIM_GRACE
 from unitsync.agent.limits import DEFAULT_MAX_CONNECTIONS
-from unitsync.wire.paths import SOCKET_ENV, default_socket, default_state_dir
+from unitsync.wire.paths import SOCKET_ENV, STATE_DIR_ENV, default_socket, default_state_dir
 
 from .durations import duration_option
 
@@ -20,7 +20,10 @@ def agent(
     *,
     socket: Annotated[Path | None, Parameter(env_var=SOCKET_ENV, help="Where to listen.")] = None,
     state_dir: Annotated[
-        Path | None, Parameter(help="Where the journal lives (default: the user state dir).")
+        Path | None,
+        Parameter(
+            env_var=STATE_DIR_ENV, help="Where the journal lives (default: the user state dir)."
+        ),
     ] = None,
     log_level: Annotated[LogLevel, Parameter(help="How much the agent logs (to stderr).")] = "info",
     salvage: Annotated[

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
@@ -30,6 +30,9 @@ from unitsync.wire.protocol import Ok, StatusReply
 from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
 from .progress import StartProgress
 from .usage import USAGE, describe
+
+if TYPE_CHECKING:
+    from unitsync.client.autostart import Autostarted
 
 EXIT_INTERRUPTED = 130
 """128 + SIGINT, as shells report a command stopped by Ctrl-C."""
@@ -111,6 +114,18 @@ TimeoutOption = Annotated[
 ]
 
 
+def cli_client(socket: Path | None) -> Client:
+    """The CLI's client: when it had to start the agent, it says so (once, on stderr)."""
+    return Client(socket, name="cli", on_autostart=_say_started)
+
+
+def _say_started(agent: "Autostarted") -> None:
+    print(
+        f"unitsync: started an agent (pid {agent.pid}) at {agent.socket}; its log: {agent.log}",
+        file=sys.stderr,
+    )
+
+
 def _fail(exc: UnitsyncError) -> int:
     print(f"unitsync: {exc}", file=sys.stderr)
     return exc.exit_code
@@ -119,7 +134,7 @@ def _fail(exc: UnitsyncError) -> int:
 def _change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
     """Send one change; print what the agent said (notes on stderr), exit as SPEC §2 says."""
     try:
-        with Client(socket, name="cli") as client:
+        with cli_client(socket) as client:
             reply = call(client)
     except UnitsyncError as exc:
         return _fail(exc)
@@ -136,7 +151,7 @@ def ping(*, socket: SocketOption = None) -> int:
     from unitsync.wire.timefmt import duration as format_duration
 
     try:
-        with Client(socket, name="cli") as client:
+        with cli_client(socket) as client:
             pong = client.ping()
     except UnitsyncError as exc:
         return _fail(exc)
@@ -193,7 +208,7 @@ def start(
 
     progress = StartProgress(unit, sys.stderr)
     try:
-        with Client(socket, name="cli") as client:
+        with cli_client(socket) as client:
             started = client.start(
                 unit,
                 rerun=rerun,
@@ -280,7 +295,7 @@ def status(
     socket: SocketOption = None,
 ) -> int:
     """Show UNIT in detail, or every unit when none is named."""
-    client = Client(socket, name="cli")
+    client = cli_client(socket)
     if watch:
         from .watch import follow
 
@@ -379,7 +394,7 @@ def run(
     from .run import ReadyOptions, run_unit
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
-    with Client(socket, name="cli") as client:
+    with cli_client(socket) as client:
         return run_unit(client, unit, command, want, timeout, readiness, once=once)
 
 

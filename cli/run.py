@@ -143,6 +143,9 @@ def run_unit(
         print(f"unitsync: {exc}; not running {command[0]}", file=sys.stderr)
         return exc.exit_code
     progress.done(started)
+    # From here on `run` talks to the agent that holds its run; if that one goes away it
+    # waits for it to come back rather than start another (whoever stopped it may mean it).
+    client.autostart = False
     with ServiceRun(command, detector, ready_timeout) as service:
         agent = UnitAgent(client, unit, service=detector is not None, hold=service.reactor)
         try:

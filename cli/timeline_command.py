@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
-from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.client import UnitsyncError
 from unitsync.wire.protocol import UnitView
 
-from .app import SocketOption
+from .app import SocketOption, cli_client
 from .timeline import Timeline, boots_in, build_timeline, by_run_time
 
 TimelineOutput = Literal["table", "json", "svg"]
@@ -104,7 +104,7 @@ def blame(*, boot: BootOption = None, socket: SocketOption = None) -> int:
 def _timeline(socket: SocketOption, boot: int | None) -> Timeline:
     """The timeline of `boot`; by default the agent's current boot (or, if nothing happened
     in it yet, the latest one in the histories)."""
-    with Client(socket, name="cli") as client:
+    with cli_client(socket) as client:
         state = client.state()
     units: list[UnitView] = state.units
     if boot is None and state.boot in boots_in(units):

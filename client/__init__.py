@@ -4,6 +4,7 @@
     async_client  the trio `AsyncClient` (imports trio: import it only from trio programs)
     session       the protocol rules of one connection: trust, hello, replies, errors
     retry         what a call does across connections: start tokens, backoff
+    autostart     start an agent for a blocking client that found none (loaded only then)
 
 Importing this package, `client` or `session` never imports trio.
 """

@@ -5,6 +5,11 @@ writes what the session gives it and feeds it what arrives. `start` and `watch`
 survive an agent restart: they reconnect with backoff and carry on (a `start` within
 its timeout, with the same token, so a start the old agent acknowledged is not repeated).
 
+A call that finds no agent at the socket starts one and goes on (`autostart.py`, SPEC §7;
+off with `UNITSYNC_AUTOSTART=0` or `autostart=False`). A wait that loses its agent does
+not: it waits for the agent to come back, since whoever stopped it may mean it (an
+upgrade, a restart by hand or by systemd), and the next call starts one if none does.
+
 Resource rules: a `Client` holds at most one socket, opened on first use and closed
 by `close()` (or the `with` block). A call that fails half way closes it, so the next
 call starts on a fresh connection.
@@ -19,7 +24,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -27,6 +32,7 @@ from unitsync.wire.errors import (
     AgentGone,
     AgentUnavailable,
     DependencyFailed,
+    NoAgent,
     Refused,
     UnitsyncError,
     WaitTimeout,
@@ -59,11 +65,15 @@ from unitsync.wire.protocol import (
 from .retry import Backoff, asked_again, start_request, timed_out
 from .session import NEED_DATA, Peer, Session, State, check_trust, unreachable
 
+if TYPE_CHECKING:
+    from .autostart import Autostarted
+
 __all__ = [
     "AgentGone",
     "AgentUnavailable",
     "Client",
     "DependencyFailed",
+    "NoAgent",
     "Refused",
     "UnitsyncError",
     "WaitTimeout",
@@ -145,11 +155,24 @@ class Connection:
 
 
 class Client:
-    """Blocking client. Every method raises a `UnitsyncError` subclass on failure."""
+    """Blocking client. Every method raises a `UnitsyncError` subclass on failure.
 
-    def __init__(self, socket_path: str | Path | None = None, *, name: str = "python") -> None:
+    `autostart`: start an agent when a call finds none; None (the default) means "unless
+    UNITSYNC_AUTOSTART=0". `on_autostart` is told when this client started one.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | Path | None = None,
+        *,
+        name: str = "python",
+        autostart: bool | None = None,
+        on_autostart: Callable[[Autostarted], None] | None = None,
+    ) -> None:
         self.path = Path(socket_path) if socket_path else default_socket()
         self.name = name
+        self.autostart = autostart
+        self.on_autostart = on_autostart
         self._conn: Connection | None = None
         self.holding: dict[str, Start] = {}
         """Runs this client holds (`start(hold=True)`), by unit: what `take_back` resends."""
@@ -229,13 +252,29 @@ class Client:
         assert isinstance(reply, expect)  # the session checked the reply's type
         return reply
 
-    def _connection(self) -> Connection:
+    def _connection(self, *, autostart: bool = True) -> Connection:
         """The open connection if it is between exchanges, else a new one."""
         if self._conn is not None and self._conn.session.state not in (State.NEW, State.IDLE):
             self.close()  # a call given up half way: its reply must not answer the next
         if self._conn is None:
-            self._conn = Connection(self.path, self.name)
+            self._conn = self._connect(autostart=autostart)
         return self._conn
+
+    def _connect(self, *, autostart: bool) -> Connection:
+        """A new connection; with `autostart`, to an agent started for it if none listens."""
+        try:
+            return Connection(self.path, self.name)
+        except NoAgent:
+            if not autostart or self.autostart is False:
+                raise
+            from .autostart import enabled, ensure_agent  # the rare path pays for its imports
+
+            if self.autostart is None and not enabled():
+                raise
+            started = ensure_agent(self.path)
+        if started is not None and self.on_autostart is not None:
+            self.on_autostart(started)
+        return Connection(self.path, self.name)
 
     # --- start: wait, surviving agent restarts ---------------------------------------------
 
@@ -271,7 +310,7 @@ class Client:
         connected_once = False
         while True:
             try:
-                conn = self._connection()
+                conn = self._connection(autostart=not connected_once)
                 connected_once = True
                 again = asked_again(request, began)
                 started = self._wait_started(conn, again, deadline, on_progress, tick)
@@ -373,7 +412,7 @@ class Client:
         connected_once = False
         while True:
             try:
-                with contextlib.closing(Connection(self.path, self.name)) as conn:
+                with contextlib.closing(self._connect(autostart=not connected_once)) as conn:
                     conn.send(Watch(unit))
                     connected_once = True
                     while True:

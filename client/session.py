@@ -37,6 +37,7 @@ from unitsync.wire.errors import (
     AgentGone,
     AgentUnavailable,
     AgentUntrusted,
+    NoAgent,
     ProtocolError,
     from_reply,
 )
@@ -150,7 +151,7 @@ def check_trust(path: Path, folder: os.stat_result, peer: Peer, me: int) -> None
 def unreachable(path: Path, exc: OSError) -> AgentUnavailable:
     """The error for a connection attempt that failed, the same in every client."""
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
-        return AgentUnavailable(
+        return NoAgent(
             f"no agent is listening at {path}; start one with `unitsync agent` "
             "(or point --socket / UNITSYNC_SOCKET at the right socket)"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -20,6 +21,13 @@ import trio
 
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
+
+
+@pytest.fixture(autouse=True)
+def no_autostart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that finds no agent fails (exit 3) instead of starting one in the user's
+    state dir; tests of autostart (test_autostart.py) turn it back on with their own paths."""
+    monkeypatch.setenv("UNITSYNC_AUTOSTART", "0")
 
 
 @pytest.fixture
@@ -150,6 +158,43 @@ def on_a_terminal(*args: str, socket: Path) -> tuple[subprocess.Popen[bytes], in
     )
     os.close(follower)
     return proc, leader
+
+
+def agents_running(mentioning: str) -> list[int]:
+    """Live `unitsync agent` processes whose command line mentions `mentioning` (a path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        words = [arg.decode(errors="replace") for arg in argv]
+        if "unitsync.cli" in words and "agent" in words and any(mentioning in w for w in words):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def stop_agents(pids: list[int], limit: float = 30) -> None:
+    """SIGTERM each agent and wait until it is gone (a zombie counts as gone)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + limit
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # our own child (the Python client started it): reap it
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"
 
 
 def read_until(fd: int, needle: bytes, limit: float = 30) -> bytes:

@@ -37,6 +37,7 @@ NORMALISE = [
     (re.compile(r"\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+(\.\d+)?(ms|s)\b"), "<duration>"),
     (re.compile(r"\bpid \d+"), "pid <n>"),
     (re.compile(r"(?:/[\w.@+-]+)+/agent\.sock"), "<socket>"),
+    (re.compile(r"(?:/[\w.@+-]+)+/agent\.log"), "<agent log>"),
     (re.compile(r"(?:/[\w.@+-]+)+/unitsync(?=[ ,)]|$)"), "<state dir>"),
     (re.compile(r"\s+"), " "),
 ]

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from readme_session import Shell, blocks, normalise
 
+from conftest import agents_running, stop_agents
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 COMMAND_TIMEOUT = 60.0
 """Generous: a command that hangs fails the test instead of hanging CI."""
@@ -67,6 +69,7 @@ def test_the_readme_runs_top_to_bottom(short_tmp: Path) -> None:
             )
     finally:
         shell.close()
+        stop_agents(agents_running(str(short_tmp)))  # any a command started by itself
 
 
 @pytest.mark.parametrize(

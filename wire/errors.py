@@ -16,6 +16,9 @@ exits with `exc.exit_code`.
     ├── UsageError                     exit 2   the command line itself is wrong
     ├── NotInHistory                   exit 1   no boot or run of that name to show (§9)
     └── AgentUnavailable               exit 3   no (trustworthy) agent to talk to
+        ├── NoAgent                             nobody listens at the socket (a client may
+        │                                       start an agent then: SPEC §7)
+        ├── AgentStartFailed                    a client started an agent; it did not come up
         ├── AgentBusy                           past the agent's connection cap
         ├── AgentGone                           the connection broke, or the agent is stopping
         └── AgentUntrusted                      the socket's folder or peer is not the user's
@@ -109,6 +112,20 @@ class NotInHistory(UnitsyncError):
 class AgentUnavailable(UnitsyncError):
     exit_code = EXIT_UNREACHABLE
     default_code = "unavailable"
+
+
+class NoAgent(AgentUnavailable):
+    """Nothing listens at the socket (no file, or a dead agent's): the blocking client
+    starts an agent then, unless autostart is off (`client/autostart.py`)."""
+
+    default_code = "no_agent"
+
+
+class AgentStartFailed(AgentUnavailable):
+    """A client found no agent and started one, and it did not come up: the message
+    carries the agent's own last words from its log."""
+
+    default_code = "start_failed"
 
 
 class AgentBusy(AgentUnavailable):

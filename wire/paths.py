@@ -7,6 +7,7 @@ from pathlib import Path
 
 APP = "unitsync"
 SOCKET_ENV = "UNITSYNC_SOCKET"
+STATE_DIR_ENV = "UNITSYNC_STATE_DIR"
 
 
 def default_socket() -> Path:
@@ -29,6 +30,9 @@ def default_socket() -> Path:
 
 
 def default_state_dir() -> Path:
+    """$UNITSYNC_STATE_DIR, else the user's state dir: the agent and autostart agree on it."""
+    if env := os.environ.get(STATE_DIR_ENV):
+        return Path(env)
     import platformdirs
 
     return Path(platformdirs.user_state_dir(APP))

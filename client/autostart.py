@@ -1,0 +1,371 @@
+"""Start an agent for a client that found none (SPEC §7): exactly one, however many ask at once.
+
+    ensure_agent(socket)
+    ├── the socket's folder: created 0700 if missing, and trusted as for connecting
+    └── `<socket>.autostart.lock`, an flock taken with a bounded wait: one starter at a time
+        ├── an agent answers now: another client started it; nothing to do
+        ├── we had to wait, and still none answers: that client's agent did not come up;
+        │   say so with its log, rather than start a second one to fail the same way
+        └── spawn `python -m unitsync.cli agent --socket S --state-dir D`: its own session,
+            stdin /dev/null, stdout and stderr appended to `agent.log` in the state dir;
+            then wait, bounded, for its READY=1 on a private NOTIFY_SOCKET, or its exit
+
+Why READY=1 rather than watching the socket: the agent binds its socket before it loads
+its journal (clients queue in the backlog meanwhile), so a socket file says nothing about
+readiness, and polling for it would add its interval to every first call. The agent's
+exit is seen at once too (a pidfd), so an agent that cannot start fails the call with its
+own message, not with a timeout. Datagrams are trusted only from the agent's pid
+(SCM_CREDENTIALS): an abstract address can be listed by anyone in the network namespace.
+
+The state dir is `UNITSYNC_STATE_DIR`, else the user's state dir: what the agent itself
+uses (`wire.paths.default_state_dir`). Autostart is on unless `UNITSYNC_AUTOSTART=0`.
+
+Resource rules: the lock file and the notify socket live only as long as one start; the
+lock file is removed while still held (a taker checks it locked the file still at the
+path, as `agent.files.exclusive_lock` does). The agent is this process's child until
+this process exits; its `Popen` is kept, so that Python neither warns about it nor
+leaves it a zombie for long: finished ones are reaped by the next autostart.
+
+Only imported when a client finds no agent: the usual path of the CLI never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from unitsync.wire.errors import AgentStartFailed
+from unitsync.wire.paths import STATE_DIR_ENV, default_state_dir
+
+from .session import Peer, check_trust
+
+ENV = "UNITSYNC_AUTOSTART"
+OFF = frozenset({"0", "false", "no", "off"})
+READY_TIMEOUT = 10.0
+"""How long a new agent may take to serve: it loads 10,000 units in well under a second and
+replays a million-record journal in about two (SPEC §6); ten seconds means it is stuck."""
+LOCK_TIMEOUT = READY_TIMEOUT + 5.0
+"""How long to wait while another client starts the agent: as long as it may wait, and more."""
+LOCK_RETRY = 0.01
+"""flock(2) cannot time out, so a waiter tries again this often; only while another client
+starts the agent (one agent start-up), so the retries are few and bounded."""
+EXIT_CHECK = 0.1
+"""Without a pidfd (Linux before 5.3) the agent's exit is checked this often instead."""
+PROBE_TIMEOUT = 1.0
+"""A connect that takes longer than this has an agent behind it (a full backlog blocks)."""
+LOG_NAME = "agent.log"
+LOG_LIMIT = 1 << 20
+"""A log past 1 MiB becomes `agent.log.1` when the next agent starts: kept, but bounded."""
+LOG_LINES_SHOWN = 6
+"""The last lines of a failed agent's log quoted in the error: its reason is the last one."""
+TAIL_BYTES = 8192
+"""How much of the log's end is read for those lines."""
+START_NOTE = "unitsync.autostart: "
+"""Begins the line a client writes to the log before each agent it starts."""
+NOTIFY_SOCKET = "NOTIFY_SOCKET"
+INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+"""Socket activation meant for us, if any, is not for the agent."""
+_CREDENTIALS = struct.Struct("3i")
+
+Outcome = Literal["ready", "exited", "late"]
+
+_agents: list[subprocess.Popen[bytes]] = []
+"""Agents this process started: kept until they exit (see the resource rules)."""
+
+
+@dataclass(frozen=True)
+class Autostarted:
+    """An agent this client started: what a command line tells its user."""
+
+    pid: int
+    socket: Path
+    log: Path
+
+
+def enabled() -> bool:
+    """On unless `UNITSYNC_AUTOSTART` is 0 (or false, no, off)."""
+    return os.environ.get(ENV, "").strip().lower() not in OFF
+
+
+def ensure_agent(path: Path) -> Autostarted | None:
+    """Make an agent listen at `path`: the one we started, or None if another client did.
+
+    Raises `AgentStartFailed` (with the agent's own last words) if none comes up, and
+    `AgentUntrusted` if the socket's folder is not the user's own.
+    """
+    _agents[:] = [agent for agent in _agents if agent.poll() is None]
+    path = path.absolute()
+    _private_folder(path)
+    with _start_lock(path.with_name(path.name + ".autostart.lock")) as waited:
+        if not _nobody_listens(path):
+            return None
+        log = AgentLog(default_state_dir().absolute() / LOG_NAME)
+        if waited:
+            raise AgentStartFailed(
+                f"another client started an agent for {path}, and it did not come up"
+                f"{log.last_words()}"
+            )
+        return _start(path, log)
+
+
+def _start(path: Path, log: AgentLog) -> Autostarted | None:
+    state_dir = log.path.parent
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, since = log.open_for(path)
+    except OSError as exc:
+        raise AgentStartFailed(
+            f"cannot start an agent for {path}: cannot write its log {log.path}: "
+            f"{exc.strerror or exc}; set {STATE_DIR_ENV} to a folder of your own"
+        ) from None
+    with contextlib.ExitStack() as stack:
+        stack.callback(os.close, fd)
+        readiness = stack.enter_context(contextlib.closing(_Readiness()))
+        try:
+            agent = subprocess.Popen(
+                [*_agent_command(), "--socket", str(path), "--state-dir", str(state_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,  # no terminal's Ctrl-C or hang-up reaches it
+                cwd="/",  # it must not keep the caller's folder busy
+                env=_agent_environ(readiness.address),
+            )
+        except OSError as exc:
+            raise AgentStartFailed(f"cannot start an agent for {path}: {exc}") from None
+        _agents.append(agent)
+        outcome = readiness.wait(agent, READY_TIMEOUT)
+    if outcome == "ready":
+        return Autostarted(agent.pid, path, log.path)
+    if outcome == "exited":
+        if not _nobody_listens(path):  # an agent started by other means won the race
+            return None
+        raise AgentStartFailed(
+            f"the agent started for {path} exited with status {agent.returncode} before it "
+            f"was ready{log.last_words(since)}\n(it was started as `unitsync agent --socket "
+            f"{path} --state-dir {state_dir}`: {STATE_DIR_ENV} and --socket / UNITSYNC_SOCKET "
+            "choose others; UNITSYNC_AUTOSTART=0 turns autostart off)"
+        )
+    raise AgentStartFailed(
+        f"the agent started for {path} (pid {agent.pid}) is not ready after "
+        f"{READY_TIMEOUT:.0f}s; it was left running (it may still be loading its journal), "
+        f"and the next command will use it once it serves{log.last_words(since)}"
+    )
+
+
+def _private_folder(path: Path) -> None:
+    """Create the socket's folder 0700; refuse one a client would not trust (SPEC §5)."""
+    folder = path.parent
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.stat(folder)
+    except OSError as exc:
+        raise AgentStartFailed(
+            f"cannot start an agent: cannot create the socket's folder {folder}: "
+            f"{exc.strerror or exc}; point --socket / UNITSYNC_SOCKET at a folder of your own"
+        ) from None
+    me = os.getuid()
+    # The process that will listen there is the agent we start: it runs as us.
+    check_trust(path, info, Peer(os.getpid(), me, os.getgid()), me)
+
+
+@contextlib.contextmanager
+def _start_lock(path: Path) -> Iterator[bool]:
+    """Hold the flock on `path`; yields whether another client held it first."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise AgentStartFailed(
+                f"cannot start an agent: cannot open the lock file {path}: {exc.strerror}"
+            ) from None
+        try:
+            waited |= _lock_by(fd, path, deadline)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_at(fd, path):
+            break
+        os.close(fd)  # released and removed meanwhile: lock the file now at the path
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield waited
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still holding the lock
+        os.close(fd)
+
+
+def _lock_by(fd: int, path: Path, deadline: float) -> bool:
+    """Lock `fd`, waiting until `deadline`; whether we had to wait."""
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return waited
+        except BlockingIOError:
+            pass
+        if time.monotonic() >= deadline:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise AgentStartFailed(
+                f"another client (pid {holder}) has been starting an agent for over "
+                f"{LOCK_TIMEOUT:.0f}s (it holds {path}); if it is stuck, stop it"
+            )
+        waited = True
+        time.sleep(LOCK_RETRY)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _nobody_listens(path: Path) -> bool:
+    """No file, or a dead agent's: what makes a client start one."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(PROBE_TIMEOUT)
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return True
+        except OSError:
+            return False  # someone is there, or something odd: the client's connect says what
+    return False
+
+
+def _agent_command() -> list[str]:
+    if not sys.executable:
+        raise AgentStartFailed(
+            "cannot start an agent: this Python does not know its own executable; "
+            "start one with `unitsync agent`"
+        )
+    return [sys.executable, "-m", "unitsync.cli", "agent"]
+
+
+def _agent_environ(notify_address: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k not in INHERITED}
+    environ[NOTIFY_SOCKET] = notify_address
+    return environ
+
+
+class AgentLog:
+    """`agent.log` in the state dir: every agent a client starts appends to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def open_for(self, socket_path: Path) -> tuple[int, int]:
+        """The log opened for the agent's output, and where that output will begin."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_size > LOG_LIMIT:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o600)
+        now = time.time()
+        clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        who = f"pid {os.getpid()} found no agent at {socket_path}; starting one"
+        os.write(fd, f"{clock},{int(now % 1 * 1000):03d} INFO {START_NOTE}{who}\n".encode())
+        return fd, os.fstat(fd).st_size
+
+    def last_words(self, since: int | None = None) -> str:
+        """The last lines the agent wrote after byte `since` (default: after the latest
+        start), quoted for an error message."""
+        try:
+            with open(self.path, "rb") as file:
+                end = file.seek(0, os.SEEK_END)
+                file.seek(max(since or 0, end - TAIL_BYTES))
+                lines = file.read().decode(errors="replace").splitlines()
+        except OSError:
+            return f"; its log {self.path} cannot be read"
+        if since is None:
+            starts = [i for i, line in enumerate(lines) if START_NOTE in line]
+            lines = lines[starts[-1] + 1 :] if starts else lines
+        lines = [line for line in lines if line.strip()][-LOG_LINES_SHOWN:]
+        if not lines:
+            return f"; it wrote nothing to its log {self.path}"
+        quoted = "\n".join(f"  {line}" for line in lines)
+        return f"; its log {self.path} ends with:\n{quoted}"
+
+
+class _Readiness:
+    """A private NOTIFY_SOCKET in the abstract namespace; READY=1 from the agent ends the wait."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        name = f"unitsync/autostart/{os.getpid()}/{os.urandom(16).hex()}"
+        self.sock.bind(f"\0{name}")
+        self.address = f"@{name}"
+
+    def wait(self, agent: subprocess.Popen[bytes], timeout: float) -> Outcome:
+        """How the agent's start ended: READY=1 from it, its exit, or `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with _exit_of(agent) as exit_fd:
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            if exit_fd is not None:
+                poller.register(exit_fd, select.POLLIN)
+            while (remaining := deadline - time.monotonic()) > 0:
+                if exit_fd is None:
+                    remaining = min(remaining, EXIT_CHECK)
+                poller.poll(remaining * 1000)
+                if self._ready_from(agent.pid):
+                    return "ready"
+                if agent.poll() is not None:
+                    return "exited"
+        return "late"
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _ready_from(self, pid: int) -> bool:
+        """Read every queued datagram; whether one said READY=1 and came from `pid`."""
+        ready = False
+        size = socket.CMSG_SPACE(_CREDENTIALS.size)
+        while True:
+            try:
+                data, ancillary, _flags, _address = self.sock.recvmsg(4096, size)
+            except BlockingIOError:
+                return ready
+            sender = next(
+                (
+                    _CREDENTIALS.unpack(cdata[: _CREDENTIALS.size])[0]
+                    for level, kind, cdata in ancillary
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                ),
+                None,
+            )
+            if sender == pid and b"READY=1" in data.split(b"\n"):
+                ready = True
+
+
+@contextlib.contextmanager
+def _exit_of(agent: subprocess.Popen[bytes]) -> Iterator[int | None]:
+    """A descriptor readable once `agent` exits (a pidfd), or None where there are none."""
+    try:
+        fd = os.pidfd_open(agent.pid)
+    except (AttributeError, OSError):  # no pidfds here: the caller checks now and then
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)

@@ -1,0 +1,279 @@
+"""A client that finds no agent starts exactly one (SPEC §7), with real processes and sockets.
+
+Every test turns autostart back on (conftest turns it off for the rest of the suite) with
+its own socket and state dir, and stops whatever agent it caused when it ends. The agents
+a client starts are counted by the line each starter writes to `agent.log` before it
+spawns one, so an agent that was started and died at once is counted too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from unitsync.client.autostart import Autostarted
+from unitsync.client.client import Client, NoAgent
+
+from conftest import agents_running, on_a_terminal, read_until, run_cli, stop_agents
+
+LIMIT = 60
+"""A safety net against a hung child, never a measure of speed."""
+
+
+@dataclass
+class Place:
+    """Where the agent should be: a socket that nothing listens on yet, and a state dir."""
+
+    socket: Path
+    state_dir: Path
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "agent.log"
+
+    def starts(self) -> list[str]:
+        """The notes a starting client writes to the log, one per agent it spawned."""
+        if not self.log.exists():
+            return []
+        return [line for line in self.log.read_text().splitlines() if "starting one" in line]
+
+    def agent_pid(self) -> int:
+        """The running agent's pid, from the socket's lock file."""
+        return int(self.socket.with_name("agent.sock.lock").read_text())
+
+
+@pytest.fixture
+def place(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Place]:
+    """Autostart on (as for a user), socket and state dir private to the test."""
+    here = Place(short_tmp / "run" / "agent.sock", short_tmp / "state")
+    monkeypatch.delenv("UNITSYNC_AUTOSTART")
+    monkeypatch.setenv("UNITSYNC_SOCKET", str(here.socket))
+    monkeypatch.setenv("UNITSYNC_STATE_DIR", str(here.state_dir))
+    yield here
+    stop_agents(agents_running(str(short_tmp)))
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    """`unitsync ARGS` with the environment the fixture set up."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def pid_in(pong: str) -> int:
+    match = re.search(r"\(pid (\d+)\)", pong)
+    assert match, pong
+    return int(match.group(1))
+
+
+def test_ten_concurrent_first_calls_start_exactly_one_agent(place: Place) -> None:
+    calls = [cli("sync", "ping") for _ in range(10)]
+    results = [(call.pid, *call.communicate(timeout=LIMIT), call.returncode) for call in calls]
+
+    assert [code for *_, code in results] == [0] * 10, results
+    answered_by = {pid_in(out) for _, out, _, _ in results}
+    assert len(answered_by) == 1, results  # all ten talked to the same agent
+    agent = answered_by.pop()
+    assert agent == place.agent_pid()
+    assert agents_running(str(place.socket)) == [agent]
+    assert len(place.starts()) == 1, place.log.read_text()  # and no other was ever spawned
+    starters = [pid for pid, _, err, _ in results if "started an agent" in err]
+    assert len(starters) == 1
+    assert f"pid {starters[0]} found no agent at {place.socket}" in place.starts()[0]
+
+
+def test_the_first_call_says_it_started_the_agent_and_where_its_log_is(place: Place) -> None:
+    first = run_cli("sync", "want", "web", "db")
+    assert first.code == 0, first.err
+    assert first.out == "web now wants db\n"
+    agent = place.agent_pid()
+    assert first.err == (
+        f"unitsync: started an agent (pid {agent}) at {place.socket}; its log: {place.log}\n"
+    )
+    assert "listening on" in place.log.read_text()
+    assert run_cli("sync", "status", "web").code == 0  # the change went to that agent
+
+
+def test_later_calls_start_nothing_and_load_nothing_for_it(place: Place) -> None:
+    assert run_cli("sync", "want", "web", "db").code == 0
+    agent = place.agent_pid()
+    for args in (("sync", "ping"), ("sync", "complete", "db", "--force"), ("sync", "status")):
+        later = run_cli(*args)
+        assert later.code == 0, later.err
+        assert "started an agent" not in later.err
+    assert len(place.starts()) == 1
+    assert agents_running(str(place.socket)) == [agent]
+    timed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "unitsync.cli", "sync", "ping"],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+    assert timed.returncode == 0
+    assert "unitsync.client.autostart" not in timed.stderr  # the usual path never loads it
+
+
+def test_autostart_off_exits_3_and_starts_nothing(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNITSYNC_AUTOSTART", "0")
+    result = run_cli("sync", "want", "web", "db")
+    assert result.code == 3
+    assert result.err == (
+        f"unitsync: no agent is listening at {place.socket}; start one with `unitsync agent` "
+        "(or point --socket / UNITSYNC_SOCKET at the right socket)\n"
+    )
+    assert not place.socket.parent.exists()  # not even its folder
+    assert not place.state_dir.exists()
+    assert agents_running(str(place.socket)) == []
+
+
+def test_an_agent_that_cannot_start_fails_the_call_with_its_own_words(place: Place) -> None:
+    place.state_dir.mkdir()
+    place.state_dir.chmod(0o777)  # the agent refuses a state dir others can write
+    result = run_cli("sync", "ping")
+    assert result.code == 3
+    assert "exited with status 1 before it was ready" in result.err
+    assert f"refusing to use {place.state_dir}: it is writable by others" in result.err
+    assert "not ready after" not in result.err  # its exit was seen, not waited out
+    assert agents_running(str(place.socket)) == []
+
+
+def test_waiters_of_a_start_that_failed_say_so_instead_of_trying_again(place: Place) -> None:
+    place.state_dir.mkdir()
+    place.state_dir.chmod(0o777)
+    lock = place.socket.with_name("agent.sock.autostart.lock")
+    first = cli("sync", "ping")
+    while not holds(lock, first.pid):
+        assert first.poll() is None, first.communicate()
+    os.kill(first.pid, signal.SIGSTOP)  # holding the lock, its agent failing meanwhile
+    try:
+        others = [cli("sync", "ping") for _ in range(3)]
+        for other in others:  # each finds no agent and waits for the lock
+            while not has_open(other.pid, lock) and other.poll() is None:
+                time.sleep(0.01)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    results = [(call.communicate(timeout=LIMIT)[1], call.returncode) for call in [first, *others]]
+    assert results[0][1] == 3
+    assert "exited with status 1 before it was ready" in results[0][0]
+    for err, code in results[1:]:
+        assert code == 3
+        assert f"another client started an agent for {place.socket}, and it did not" in err
+        assert f"refusing to use {place.state_dir}: it is writable by others" in err
+    assert len(place.starts()) == 1  # none of them started another to fail the same way
+
+
+def holds(lock: Path, pid: int) -> bool:
+    """Whether `lock` names `pid` as its holder (written once the flock is taken)."""
+    try:
+        return lock.read_text().strip() == str(pid)
+    except FileNotFoundError:
+        return False
+
+
+def has_open(pid: int, path: Path) -> bool:
+    folder = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) == str(path) for fd in folder.iterdir())
+    except OSError:  # it exited, or closed a descriptor while we looked
+        return False
+
+
+@pytest.mark.parametrize("given_by", ["--socket", "UNITSYNC_SOCKET", "default state dir"])
+def test_autostart_uses_the_socket_and_state_dir_it_is_given(
+    place: Place, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, given_by: str
+) -> None:
+    args = ["sync", "want", "web", "db"]
+    if given_by == "--socket":
+        monkeypatch.delenv("UNITSYNC_SOCKET")
+        args += ["--socket", str(place.socket)]
+    if given_by == "default state dir":
+        monkeypatch.delenv("UNITSYNC_STATE_DIR")
+        monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "xdg"))
+        place.state_dir = short_tmp / "xdg" / "unitsync"  # platformdirs' user state dir
+    result = run_cli(*args)
+    assert result.code == 0, result.err
+    assert f"at {place.socket}; its log: {place.log}" in result.err
+    assert (place.state_dir / "journal.log").exists()
+    assert place.socket.parent.stat().st_mode & 0o777 == 0o700  # created private
+    pong = run_cli("sync", "ping", "--socket", str(place.socket))
+    assert f"at {place.socket}," in pong.out
+
+
+def test_a_wait_that_loses_its_agent_waits_and_the_next_call_starts_one(place: Place) -> None:
+    """A stopped agent may be meant to stay stopped (an upgrade): a waiting `start` does not
+    bring it back; the next command that finds no agent does, and the wait goes on."""
+    assert run_cli("sync", "want", "app", "db").code == 0
+    waiter, terminal = on_a_terminal("sync", "start", "app", "--timeout", "0", socket=place.socket)
+    try:
+        assert b"waiting for db" in read_until(terminal, b"waiting for db")
+        stop_agents([place.agent_pid()])
+        # Drawn only after a reconnection attempt found no agent and started none:
+        seen = read_until(terminal, b"reconnecting (no agent is listening at")
+        assert b"reconnecting (no agent is listening at" in seen
+        assert len(place.starts()) == 1
+        completer = cli("sync", "complete", "db", "--force")
+        _out, err = completer.communicate(timeout=LIMIT)
+        assert completer.returncode == 0, err
+        assert "started an agent" in err
+        assert b"app: started" in read_until(terminal, b"app: started")
+        assert waiter.wait(timeout=LIMIT) == 0
+    finally:
+        os.close(terminal)
+        if waiter.poll() is None:
+            waiter.kill()
+    second = place.starts()[1]
+    assert f"pid {completer.pid} found no agent" in second  # not the waiter
+
+
+def test_the_python_client_autostarts_unless_told_not_to(place: Place) -> None:
+    told: list[Autostarted] = []
+    with Client(on_autostart=told.append) as client:
+        pong = client.ping()
+    assert told == [Autostarted(pong.pid, place.socket, place.log)]
+    with Client() as client:
+        client.ping()
+    assert len(told) == 1  # an agent answered: nothing started, nothing told
+    with pytest.raises(NoAgent):
+        Client(place.socket.with_name("other.sock"), autostart=False).ping()
+    assert not place.socket.with_name("other.sock.autostart.lock").exists()
+
+
+def test_a_client_finds_an_activated_socket_and_never_autostarts(place: Place) -> None:
+    """systemd's own tool holds the socket; the first connection starts the agent through it."""
+    tool = "/usr/bin/systemd-socket-activate"
+    if not os.access(tool, os.X_OK):
+        pytest.skip("systemd-socket-activate is not installed")
+    place.socket.parent.mkdir(mode=0o700)
+    agent = [sys.executable, "-m", "unitsync.cli", "agent", "--state-dir", str(place.state_dir)]
+    activator = subprocess.Popen(  # it passes on none of our environment: say it all here
+        [tool, "--listen", str(place.socket), *agent],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert activator.stderr is not None
+        assert "Listening on" in activator.stderr.readline()
+        pong = run_cli("sync", "ping")
+        assert pong.code == 0, pong.err
+        assert pid_in(pong.out) == activator.pid  # it execs the agent in place
+        assert "started an agent" not in pong.err
+        assert not place.log.exists()  # no client started anything
+    finally:
+        activator.send_signal(signal.SIGTERM)
+        activator.communicate(timeout=LIMIT)
+    assert activator.returncode == 0
+    assert place.socket.exists()  # the socket is systemd's: the agent left it in place
