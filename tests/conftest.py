@@ -18,6 +18,8 @@ import trio
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 
+from etcd_cluster import ETCD, EtcdCluster
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
@@ -129,3 +131,28 @@ def spawn_cli(*args: str, socket: Path, stdout: object = subprocess.PIPE) -> sub
         text=True,
         env=env,
     )
+
+
+# --- etcd (SPEC §10) ---------------------------------------------------------------------------
+
+
+def _etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    if ETCD is None:
+        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server; .ci/run does)")
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster shared by a test module (each test uses its own prefix)."""
+    yield from _etcd_cluster(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster of the test's own, for tests that kill its members."""
+    yield from _etcd_cluster(tmp_path_factory)
