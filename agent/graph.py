@@ -5,6 +5,10 @@ do in the state machine's table (`machine.MOVES`), raise `Refused` without chang
 anything when they must, and otherwise return the records they applied. `apply` is the
 only place that mutates the graph, so replaying a journal and serving a live request
 go through exactly the same code. Making the records durable is the service's job.
+
+A graph that replicates a shared store (`etcd_store`) sets `applies_decisions` to False:
+its commands then only decide, and their records reach it through `apply` once the store
+has committed them, in the store's order, like every other agent's.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class Readiness:
 class Graph:
     def __init__(self) -> None:
         self.units: dict[str, Unit] = {}
+        self.applies_decisions = True
+        """Commands apply the records they return (False: they only decide)."""
 
     # --- the one mutation path ------------------------------------------------------------
 
@@ -97,8 +103,9 @@ class Graph:
 
     def _applied(self, records: list[Record]) -> list[Record]:
         """Apply `records` in memory and hand them back (for the service to make durable)."""
-        for record in records:
-            self.apply(record)
+        if self.applies_decisions:
+            for record in records:
+                self.apply(record)
         return records
 
     # --- commands ------------------------------------------------------------------------

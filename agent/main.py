@@ -22,6 +22,7 @@ def main(config: AgentConfig, log_level: str = "info") -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per request to etcd
     try:
         trio.run(_until_signalled, config)
     except (SetupError, JournalError, BaseExceptionGroup) as exc:

@@ -1,7 +1,8 @@
 """The agent's nursery tree.
 
     run_agent
-    ├── journal writer  (shielded; cancelled last, so every accepted change is flushed)
+    ├── the store's task: the journal's writer (shielded; cancelled last, so every
+    │   accepted change is flushed), or etcd's watch feeding the replica
     └── serve_listeners
         └── one task per connection
 
@@ -25,10 +26,11 @@ import trio
 
 from .connection import refuse_busy, serve_connection
 from .files import ensure_private_dir, exclusive_lock
-from .journal import Journal
 from .limits import Limits
 from .listener import bound_socket
 from .service import Service
+from .store_config import EtcdConfig
+from .stores import RunningStore, open_store
 
 log = logging.getLogger("unitsync.agent")
 
@@ -40,6 +42,8 @@ class AgentConfig:
     salvage: bool = False
     """Keep the valid prefix of a damaged journal instead of refusing to start."""
     limits: Limits = dataclasses.field(default_factory=Limits)
+    etcd: EtcdConfig | None = None
+    """Share the graph through etcd (SPEC §10) instead of keeping it in the state dir."""
 
 
 async def run_agent(
@@ -52,31 +56,31 @@ async def run_agent(
     with (
         exclusive_lock(lock_path, f"the socket {config.socket}"),
         bound_socket(config.socket) as sock,
-        Journal.open(config.state_dir, salvage=config.salvage) as journal,
     ):
-        gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
-        service = Service(journal.graph, journal, socket=config.socket, state_dir=config.state_dir)
-        log.info(
-            "listening on %s (state in %s, %d units)",
-            config.socket,
-            config.state_dir,
-            len(journal.graph.units),
-        )
-        limits = _fit_to_open_file_limit(config.limits)
-        await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
+        async with open_store(config.state_dir, config.salvage, config.etcd) as store:
+            gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
+            service = Service(store.graph, store, socket=config.socket, state_dir=config.state_dir)
+            log.info(
+                "listening on %s (state in %s, %d units)",
+                config.socket,
+                store.location,
+                len(store.graph.units),
+            )
+            limits = _fit_to_open_file_limit(config.limits)
+            await _serve(service, store, trio.SocketListener(sock), limits, task_status)
 
 
 async def _serve(
     service: Service,
-    journal: Journal,
+    store: RunningStore,
     listener: trio.SocketListener,
     limits: Limits,
     task_status: trio.TaskStatus[Service],
 ) -> None:
     gate = _Gate(limits)
     async with trio.open_nursery() as nursery:
-        journal_scope = trio.CancelScope(shield=True)
-        nursery.start_soon(_run_in, journal_scope, journal.run)
+        store_scope = trio.CancelScope(shield=True)
+        nursery.start_soon(_run_in, store_scope, store.run)
         try:
             await nursery.start(
                 trio.serve_listeners, lambda stream: gate.serve(service, stream), [listener]
@@ -84,7 +88,7 @@ async def _serve(
             task_status.started(service)  # accepting: report the service, not the listeners
             await trio.sleep_forever()
         finally:
-            journal_scope.cancel()
+            store_scope.cancel()
 
 
 async def _run_in(scope: trio.CancelScope, fn: Any) -> None:

@@ -186,16 +186,26 @@ class EtcdCluster:
                 time.sleep(0.1)
 
     def call(self, path: str, body: dict, token: str | None = None) -> dict:
-        """POST a gateway call to the first running member (for test set-up)."""
-        member = next(m for m in self.members if m.running)
-        request = urllib.request.Request(
-            f"{self.scheme}://{member.endpoint}{path}",
-            data=json.dumps(body).encode(),
-            headers={"Authorization": token} if token else {},
-        )
+        """POST a gateway call to a running member (for test set-up), waiting out an election."""
+        deadline = time.monotonic() + 30
         context = self.tls.context() if self.tls else None
-        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
-            return json.loads(reply.read())
+        while True:
+            member = next(m for m in self.members if m.running)
+            request = urllib.request.Request(
+                f"{self.scheme}://{member.endpoint}{path}",
+                data=json.dumps(body).encode(),
+                headers={"Authorization": token} if token else {},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+                    return json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 or time.monotonic() > deadline:
+                    raise
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def put(self, key: bytes, value: bytes, token: str | None = None) -> int:
         reply = self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, token)
