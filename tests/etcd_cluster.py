@@ -207,6 +207,17 @@ class EtcdCluster:
                     raise
             time.sleep(0.1)
 
+    def leader(self) -> int:
+        """The index of the member that leads the cluster now."""
+        self.wait_healthy()
+        ids = {}
+        for i, member in enumerate(self.members):
+            if member.running:
+                status = self._post(member, "/v3/maintenance/status")
+                ids[status["header"]["member_id"]] = i
+                leader = status["leader"]
+        return ids[leader]
+
     def put(self, key: bytes, value: bytes, token: str | None = None) -> int:
         reply = self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, token)
         return int(reply["header"]["revision"])
@@ -238,6 +249,12 @@ class EtcdCluster:
             ("/v3/auth/enable", {}),
         ]:
             self.call(path, body)
+
+    def _post(self, member: Member, path: str) -> dict:
+        context = self.tls.context() if self.tls else None
+        url = f"{self.scheme}://{member.endpoint}{path}"
+        with urllib.request.urlopen(url, b"{}", timeout=10, context=context) as reply:
+            return json.loads(reply.read())
 
     def _get(self, member: Member, path: str) -> dict:
         context = self.tls.context() if self.tls else None
