@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import trio
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 
-from etcd_cluster import ETCD, EtcdCluster
+from etcd_cluster import ETCD, EtcdAgent, EtcdCluster
 
 
 @pytest.fixture
@@ -156,3 +156,19 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 def fresh_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """A real 3-member etcd cluster of the test's own, for tests that kill its members."""
     yield from _etcd_cluster(tmp_path_factory)
+
+
+@pytest.fixture
+def etcd_agents(short_tmp: Path) -> Iterator[Callable[..., EtcdAgent]]:
+    """Start `unitsync agent --store URL OPTIONS...` processes: `etcd_agents(url, *options)`;
+    all are killed when the test ends."""
+    started: list[EtcdAgent] = []
+
+    def start(url: str, *options: str) -> EtcdAgent:
+        agent = EtcdAgent(short_tmp, f"a{len(started)}", url, *options).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.close()

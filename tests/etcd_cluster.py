@@ -1,19 +1,22 @@
-"""A real etcd cluster for tests: members on free loopback ports, data in a temp dir.
+"""Real etcd clusters for tests, and real agents that share a graph through them.
 
-Members are real `etcd` processes (Debian's etcd-server; `.ci/run` installs it). Tests
-kill and restart them (SIGTERM, SIGKILL, SIGSTOP) to see what users would see. Everything
-here is blocking on purpose: it runs in fixtures, outside trio, or in `trio.to_thread`.
+Members are real `etcd` processes (Debian's etcd-server; `.ci/run` installs it) on free
+loopback ports, with their data in a temp dir. Tests kill and restart them (SIGTERM,
+SIGKILL, SIGSTOP), and the agents too, to see what users would see. Everything here is
+blocking on purpose: it runs in fixtures, outside trio, or in `trio.to_thread`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -268,3 +271,55 @@ class EtcdCluster:
 
 def _b64(data: bytes) -> str:
     return b64encode(data).decode()
+
+
+class EtcdAgent:
+    """A real `unitsync agent --store etcd://...` process, its log in a file."""
+
+    def __init__(self, base: Path, name: str, url: str, *options: str) -> None:
+        self.socket = base / name / "agent.sock"
+        self.state_dir = base / name / "state"
+        self.log = base / f"{name}.log"
+        self.url, self.options = url, options
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "unitsync.cli", "agent",
+            "--socket", str(self.socket),
+            "--state-dir", str(self.state_dir),
+            "--store", self.url,
+            *self.options,
+        ]  # fmt: skip
+
+    def start(self) -> EtcdAgent:
+        already = self.log.read_text() if self.log.exists() else ""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command, stderr=log)
+        deadline = time.monotonic() + 60
+        while "listening on" not in self.log.read_text()[len(already) :]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the agent did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`unitsync sync ARGS...` against this agent, as a script on its host runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "unitsync.cli", "sync", *args],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, UNITSYNC_SOCKET=str(self.socket)),
+            timeout=120,
+        )

@@ -8,14 +8,10 @@ import json
 import random
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pytest
 import trio
 
 from unitsync.agent.machine import MOVES, Go, Refuse
@@ -23,79 +19,16 @@ from unitsync.client.async_client import AsyncClient
 from unitsync.wire.errors import EXIT_NOT_DURABLE, Refused, UnitsyncError
 from unitsync.wire.protocol import UnitView
 
-from conftest import Result, run_cli, spawn_cli
-from etcd_cluster import EtcdCluster
-
-
-class EtcdAgent:
-    """A real `unitsync agent --store etcd://...` process, its log in a file."""
-
-    def __init__(self, base: Path, name: str, url: str, *options: str) -> None:
-        self.socket = base / name / "agent.sock"
-        self.state_dir = base / name / "state"
-        self.log = base / f"{name}.log"
-        self.url, self.options = url, options
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "unitsync.cli", "agent",
-            "--socket", str(self.socket),
-            "--state-dir", str(self.state_dir),
-            "--store", self.url,
-            *self.options,
-        ]  # fmt: skip
-
-    def start(self) -> EtcdAgent:
-        already = self.log.read_text() if self.log.exists() else ""
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command, stderr=log)
-        deadline = time.monotonic() + 60
-        while "listening on" not in self.log.read_text()[len(already) :]:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the agent did not start:\n{self.log.read_text()}")
-            time.sleep(0.02)
-        return self
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-        self.proc.wait(timeout=30)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-    def cli(self, *args: str) -> Result:
-        return run_cli("sync", *args, socket=self.socket)
-
-    async def client(self) -> AsyncClient:
-        return await AsyncClient.connect(self.socket)
-
-
-@pytest.fixture
-def agents(short_tmp: Path) -> Iterator[Callable[..., EtcdAgent]]:
-    """Start agent processes: `agents(url, *options)`; all are killed when the test ends."""
-    started: list[EtcdAgent] = []
-
-    def start(url: str, *options: str) -> EtcdAgent:
-        agent = EtcdAgent(short_tmp, f"a{len(started)}", url, *options).start()
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.close()
+from conftest import spawn_cli
+from etcd_cluster import EtcdAgent, EtcdCluster
 
 
 def statuses(agent: EtcdAgent) -> dict[str, tuple]:
     result = agent.cli("status", "-o", "json")
-    assert result.code == 0, result.err
+    assert result.returncode == 0, result.stderr
     return {
         unit["name"]: (unit["status"], [d["unit"] for d in unit["dependencies"]], unit["history"])
-        for unit in json.loads(result.out)["units"]
+        for unit in json.loads(result.stdout)["units"]
     }
 
 
@@ -106,7 +39,9 @@ def blocked(waiter: subprocess.Popen[str]) -> subprocess.Popen[str]:
     return waiter
 
 
-async def in_thread(call: Callable[..., Result], *args: str) -> Result:
+async def in_thread(
+    call: Callable[..., subprocess.CompletedProcess[str]], *args: str
+) -> subprocess.CompletedProcess[str]:
     """A blocking CLI call, without blocking the test's own trio tasks."""
     return await trio.to_thread.run_sync(functools.partial(call, *args))
 
@@ -115,20 +50,20 @@ async def in_thread(call: Callable[..., Result], *args: str) -> Result:
 
 
 async def test_one_member_of_three_killed_changes_nothing_for_users(
-    fresh_etcd: EtcdCluster, agents: Callable[..., EtcdAgent]
+    fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
     """Scripts keep changing units on two hosts while the cluster's leader is SIGKILLed:
     none of them sees an error, a waiter blocked before the kill is released after it, and
     every acknowledged change is in both agents' graphs."""
     etcd = fresh_etcd
-    host_a, host_b = agents(etcd.url("ws")), agents(etcd.url("ws"))
-    assert host_a.cli("want", "app", "db").code == 0
+    host_a, host_b = etcd_agents(etcd.url("ws")), etcd_agents(etcd.url("ws"))
+    assert host_a.cli("want", "app", "db").returncode == 0
     waiter = blocked(spawn_cli("sync", "start", "app", "--timeout", "2m", socket=host_a.socket))
     acknowledged: Counter[str] = Counter()
     errors: list[BaseException] = []
 
     async def churn(agent: EtcdAgent, me: int, stop: trio.Event) -> None:
-        async with await agent.client() as client:
+        async with await AsyncClient.connect(agent.socket) as client:
             for n in range(1_000_000):
                 if stop.is_set():
                     return
@@ -148,8 +83,8 @@ async def test_one_member_of_three_killed_changes_nothing_for_users(
         etcd.stop_member(etcd.leader(), signal.SIGKILL)
         before = sum(acknowledged.values())
         await trio.sleep(3)
-        assert (await in_thread(host_b.cli, "start", "db")).code == 0
-        assert (await in_thread(host_b.cli, "complete", "db")).code == 0
+        assert (await in_thread(host_b.cli, "start", "db")).returncode == 0
+        assert (await in_thread(host_b.cli, "complete", "db")).returncode == 0
         stop.set()
     _out, err = waiter.communicate(timeout=60)
     assert errors == []
@@ -161,29 +96,29 @@ async def test_one_member_of_three_killed_changes_nothing_for_users(
 
 
 async def test_the_whole_cluster_down_fails_changes_and_waiters_wait(
-    fresh_etcd: EtcdCluster, agents: Callable[..., EtcdAgent]
+    fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
     etcd = fresh_etcd
-    host_a = agents(etcd.url("ws"), "--etcd-timeout", "2s")
-    host_b = agents(etcd.url("ws"), "--etcd-timeout", "2s")
-    assert host_a.cli("want", "app", "db").code == 0
-    assert host_b.cli("fail", "cache", "--reason", "before the outage").code == 0
+    host_a = etcd_agents(etcd.url("ws"), "--etcd-timeout", "2s")
+    host_b = etcd_agents(etcd.url("ws"), "--etcd-timeout", "2s")
+    assert host_a.cli("want", "app", "db").returncode == 0
+    assert host_b.cli("fail", "cache", "--reason", "before the outage").returncode == 0
     waiter = blocked(spawn_cli("sync", "start", "app", "--timeout", "5m", socket=host_a.socket))
     before = statuses(host_b)
     etcd.stop(signal.SIGKILL)
 
     refused = host_b.cli("complete", "db", "--force")
-    assert refused.code == EXIT_NOT_DURABLE
-    assert "etcd is unreachable" in refused.err and "nothing was changed" in refused.err
+    assert refused.returncode == EXIT_NOT_DURABLE
+    assert "etcd is unreachable" in refused.stderr and "nothing was changed" in refused.stderr
     for agent in (host_a, host_b):  # reads go on from each agent's replica
         shown = agent.cli("status", "app")
-        assert shown.code == 0 and "db" in shown.out
+        assert shown.returncode == 0 and "db" in shown.stdout
     assert waiter.poll() is None
 
     for i in range(3):
         etcd.start_member(i, wait=False)
     etcd.wait_healthy()
-    assert host_b.cli("complete", "db", "--force").code == 0
+    assert host_b.cli("complete", "db", "--force").returncode == 0
     _out, err = waiter.communicate(timeout=60)
     assert waiter.returncode == 0, err
     after = statuses(host_a)
@@ -193,15 +128,15 @@ async def test_the_whole_cluster_down_fails_changes_and_waiters_wait(
 
 
 async def test_an_agent_killed_and_restarted_lists_again_and_loses_nothing(
-    etcd: EtcdCluster, agents: Callable[..., EtcdAgent]
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
-    host_a, host_b = agents(etcd.url("restart")), agents(etcd.url("restart"))
-    assert host_a.cli("want", "app", "db", "cache").code == 0
-    assert host_a.cli("fail", "other", "--reason", "before the kill").code == 0
+    host_a, host_b = etcd_agents(etcd.url("restart")), etcd_agents(etcd.url("restart"))
+    assert host_a.cli("want", "app", "db", "cache").returncode == 0
+    assert host_a.cli("fail", "other", "--reason", "before the kill").returncode == 0
     waiter = blocked(spawn_cli("sync", "start", "app", "--timeout", "2m", socket=host_a.socket))
     host_a.signal(signal.SIGKILL)
     for unit in ("db", "cache"):  # while host A is down
-        assert host_b.cli("complete", unit, "--force").code == 0
+        assert host_b.cli("complete", unit, "--force").returncode == 0
     host_a.start()
     _out, err = waiter.communicate(timeout=60)  # it reconnected to the new agent, as always
     assert waiter.returncode == 0, err
@@ -255,26 +190,28 @@ class CuttingProxy:
 
 
 async def test_a_txn_whose_answer_was_lost_is_applied_once(
-    etcd: EtcdCluster, agents: Callable[..., EtcdAgent], nursery: trio.Nursery
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent], nursery: trio.Nursery
 ) -> None:
     proxy = CuttingProxy(etcd.members[0].client_port)
     await nursery.start(proxy.serve)
     others = ",".join(etcd.endpoints[1:])
     # Started in a thread: the proxy, in this one, must relay the agent's first requests.
-    host = await trio.to_thread.run_sync(agents, f"etcd://127.0.0.1:{proxy.port},{others}/lost")
-    assert (await in_thread(host.cli, "fail", "u", "--reason", "warm-up")).code == 0
+    host = await trio.to_thread.run_sync(
+        etcd_agents, f"etcd://127.0.0.1:{proxy.port},{others}/lost"
+    )
+    assert (await in_thread(host.cli, "fail", "u", "--reason", "warm-up")).returncode == 0
     proxy.armed = True
     result = await in_thread(host.cli, "fail", "u", "--reason", "once")
-    assert result.code == 0, result.err
+    assert result.returncode == 0, result.stderr
     assert proxy.cuts == 1
     history = (await trio.to_thread.run_sync(statuses, host))["u"][2]
     assert [entry["reason"] for entry in history] == ["warm-up", "once"]
 
 
 async def test_two_agents_racing_to_want_each_other_exactly_one_wins(
-    etcd: EtcdCluster, agents: Callable[..., EtcdAgent]
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
-    host_a, host_b = agents(etcd.url("race")), agents(etcd.url("race"))
+    host_a, host_b = etcd_agents(etcd.url("race")), etcd_agents(etcd.url("race"))
     for round_ in range(5):
         a, b = f"a{round_}", f"b{round_}"
         racers = [
@@ -339,17 +276,17 @@ async def random_client(client: AsyncClient, me: int, steps: int, acked: Acked) 
 
 
 async def test_three_agents_sixteen_clients_each_against_the_state_machine(
-    etcd: EtcdCluster, agents: Callable[..., EtcdAgent]
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
     """Every acknowledged change is in the graph once, every history is a walk the state
     machine allows, and every agent (and one that starts afterwards) shows the same graph."""
-    hosts = [agents(etcd.url("model")) for _ in range(3)]
+    hosts = [etcd_agents(etcd.url("model")) for _ in range(3)]
     acked = [Acked() for _ in range(48)]
     async with trio.open_nursery() as nursery:
         for me in range(48):
-            client = await hosts[me % 3].client()
+            client = await AsyncClient.connect(hosts[me % 3].socket)
             nursery.start_soon(random_client, client, me, 12, acked[me])
-    late = agents(etcd.url("model"))
+    late = etcd_agents(etcd.url("model"))
     views = [await _status(host) for host in [*hosts, late]]
     for other in views[1:]:
         assert other == views[0]
@@ -394,7 +331,7 @@ def _allowed(source: str, target: str) -> bool:
 async def _status(host: EtcdAgent) -> dict[str, UnitView]:
     """The agent's graph once its replica stops changing (the others' last changes may
     still be on their way to it)."""
-    async with await host.client() as client:
+    async with await AsyncClient.connect(host.socket) as client:
         previous: list[UnitView] | None = None
         while True:
             views = await client.status()
@@ -404,3 +341,26 @@ async def _status(host: EtcdAgent) -> dict[str, UnitView]:
                 return {view.name: view for view in views}
             previous = views
             await trio.sleep(0.3)
+
+
+async def test_a_member_that_hangs_is_left_for_another(
+    fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
+) -> None:
+    """A stopped member keeps its connections open and says nothing, not even a progress
+    notification: the agents' calls time out and move on, their watches notice the silence
+    and move on, and a waiter on one host is released by a `complete` on the other."""
+    etcd = fresh_etcd
+    options = ("--etcd-watch-silence", "2s")
+    host_a, host_b = etcd_agents(etcd.url("ws"), *options), etcd_agents(etcd.url("ws"), *options)
+    assert host_a.cli("want", "app", "db").returncode == 0
+    waiter = blocked(spawn_cli("sync", "start", "app", "--timeout", "2m", socket=host_a.socket))
+    etcd.stop_member(0, signal.SIGSTOP)  # the member both agents try first
+    try:
+        for command in ("start", "complete"):
+            result = host_b.cli(command, "db")
+            assert result.returncode == 0, result.stderr
+        _out, err = waiter.communicate(timeout=120)
+    finally:
+        etcd.resume_member(0)
+    assert waiter.returncode == 0, err
+    assert "showed nothing for 2s" in host_a.log.read_text()
