@@ -6,12 +6,13 @@ Keys, under the prefix P of `--store etcd://.../P`:
     P/edges             rewritten by every change that adds edges: its mod revision is compared
     P/changes/AGENT/N   the records of one change (msgpack), on a lease of a minute or more
 
-Replica. Each agent lists P/units/ at a revision R, then watches P/ from R+1 (and lists
-again if that revision was compacted away). The watch is the only way changes reach the
-replica, this agent's own included, so every agent applies the same records in the same
-(revision) order through `Graph.apply`, as the journal's replay does. Reads, `status` and
-waits use the replica alone; a `complete` on host B wakes a `start` on host A when the
-watch brings it.
+Replica. Each agent lists P/units/ at a revision R, then watches P/changes/ from R+1 (and
+lists again if that revision was compacted away). The watch is the only way changes reach
+the replica, this agent's own included, so every agent applies the same records in the
+same (revision) order through `Graph.apply`, as the journal's replay does. Reads, `status`
+and waits use the replica alone; a `complete` on host B wakes a `start` on host A when the
+watch brings it. Unit keys are written only with a change key in the same txn: don't
+edit them by hand (an agent that notices lists again).
 
 A change, from `commit`:
 
@@ -67,7 +68,6 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from itertools import groupby
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
@@ -79,7 +79,6 @@ from .etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdRefused, Etcd
 from .etcd_wire import (
     NOT_FOUND,
     Compare,
-    Event,
     KeyValue,
     Op,
     PutRequest,
@@ -506,8 +505,8 @@ class EtcdStore:
                     delay = min(2 * delay, BACKOFF_LIMIT)
                     continue
             request = WatchCreateRequest(
-                self.keys.root,
-                prefix_end(self.keys.root),
+                self.keys.changes,
+                prefix_end(self.keys.changes),
                 self.revision + 1,
                 progress_notify=True,
                 filters=["NODELETE"],  # change keys expiring with their lease are no news
@@ -541,40 +540,28 @@ class EtcdStore:
         if response.is_progress:  # every event up to its revision has been sent
             self._advance(max(self.revision, response.header.revision))
             return
-        for revision, events in groupby(response.events, key=lambda e: e.kv.mod_revision):
-            if revision > self.revision:  # a resumed watch never brings one twice
-                self._apply(revision, list(events))
+        for event in response.events:
+            if event.kv.mod_revision > self.revision:  # a resumed watch brings none twice
+                self._apply(event.kv)
 
-    def _apply(self, revision: int, events: list[Event]) -> None:
-        """Apply the change committed at `revision` to the replica."""
-        keys = self.keys
-        records: list[Record] | None = None
-        units: list[KeyValue] = []
-        for event in events:
-            key = event.kv.key
-            if key.startswith(keys.units):
-                if event.type == "DELETE":
-                    raise _Diverged(f"unit key {key!r} was deleted at revision {revision}")
-                units.append(event.kv)
-            elif key.startswith(keys.changes) and event.type == "PUT":
-                records = _CHANGE.decode(event.kv.value)
-            elif key == keys.edges:
-                self.edges_mod = event.kv.mod_revision
-        if records is None:
-            if units:
-                raise _Diverged(
-                    f"unit keys changed at revision {revision} without a unitsync change "
-                    "(written by hand?)"
-                )
-            self._advance(revision)
-            return
+    def _apply(self, change: KeyValue) -> None:
+        """Apply a change, committed at its key's revision, to the replica.
+
+        The units its records name are those its txn wrote, at that same revision: the
+        change alone tells the replica their new mod revisions, so the watch need not
+        bring their images (the bulk of each txn) to every agent.
+        """
+        revision = change.mod_revision
+        records = _CHANGE.decode(change.value)
         try:
             for record in records:
                 self.graph.apply(record)
         except KeyError as exc:
             raise _Diverged(f"the change at revision {revision} names unknown unit {exc}") from None
-        for kv in units:
-            self.mods[kv.key[len(keys.units) :].decode()] = kv.mod_revision
+        for record in records:
+            self.mods[record.unit] = revision
+            if type(record) is Edge:
+                self.edges_mod = revision
         self.revision = revision
         if self._changes is not None:
             self._changes.applied(records, revision)
