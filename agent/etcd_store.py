@@ -469,6 +469,7 @@ class EtcdStore:
     async def _list(self) -> None:
         """Load every unit as of one revision: the replica starts again from there."""
         keys, kvs = self.keys, []
+        started = trio.current_time()
         end = prefix_end(keys.units)
         reply = await self.client.range(RangeRequest(keys.units, end, limit=LIST_PAGE))
         revision = reply.header.revision
@@ -487,7 +488,13 @@ class EtcdStore:
         self.mods = {kv.key[len(keys.units) :].decode(): kv.mod_revision for kv in kvs}
         self.edges_mod = edges.kvs[0].mod_revision if edges.kvs else 0
         self._advance(revision)
-        log.info("listed %d units from %s at revision %d", len(kvs), self.location, revision)
+        log.info(
+            "listed %d units from %s at revision %d (%.0f ms)",
+            len(kvs),
+            self.location,
+            revision,
+            (trio.current_time() - started) * 1000,
+        )
         if self._changes is not None:
             self._changes.replaced(revision)
 

@@ -22,7 +22,7 @@ from typing import Protocol
 import trio
 
 from unitsync.wire import __version__
-from unitsync.wire.errors import DependencyFailed
+from unitsync.wire.errors import DependencyFailed, NotDurable
 from unitsync.wire.protocol import (
     Complete,
     Fail,
@@ -94,6 +94,9 @@ class Store(Protocol):
     async def settle(self) -> None:
         """Return once everything the graph shows is durable (before showing it)."""
 
+
+START_RETRY = 1.0
+"""A ready start whose change the store could not make durable tries again this often."""
 
 Progress = Callable[[Waiting], Awaitable[None]]
 Idle = Callable[[], Awaitable[None]]
@@ -258,6 +261,9 @@ class Service:
         name, graph = request.unit, self.graph
         told: tuple[str, ...] | None = None
         while True:
+            unit = graph.units[name]
+            if request.token and unit.status == "started" and unit.token == request.token:
+                return Started(name, at=unit.since, waited=unit.since - began)  # see NotDurable
             readiness = graph.readiness(name)
             try:
                 if readiness.failed is not None:
@@ -267,6 +273,12 @@ class Service:
                     blocked.end()
                     return await self._start_now(request, began)
             except _Overtaken:
+                continue
+            except NotDurable:
+                # The store cannot commit now (etcd unreachable): a start is a wait, bounded
+                # by its client's timeout, so it waits on. If the commit was made after all,
+                # its token shows it at the top of the loop.
+                await trio.sleep(START_RETRY)
                 continue
             blocked.begin()
             # Registered before telling the client, so a change during the send is not missed;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from unitsync.agent.etcd_client import EtcdUnavailable
 from unitsync.agent.etcd_store import EtcdStore
 from unitsync.agent.etcd_wire import WatchResponse
 from unitsync.agent.server import AgentConfig, run_agent
@@ -164,6 +166,45 @@ async def test_an_answer_from_a_replica_behind_etcd_is_confirmed_first(
     assert held.changes == 1  # B's start reached A late, when A asked etcd for the present
     assert reply.message == "x completed"
     assert (await host_b.status("x"))[0].status == "completed"
+
+
+async def test_a_start_woken_while_etcd_is_unreachable_waits_on(
+    etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
+) -> None:
+    """Its dependency completes, then etcd stops answering before the start is committed:
+    the start does not fail, it waits on and is committed once etcd answers again."""
+    agents = Agents(nursery, short_tmp, etcd.url(prefix))
+    (service_a, host_a), (_b, host_b) = await agents.start(), await agents.start()
+    store_a = store_of(service_a)
+    store_a.config = dataclasses.replace(store_a.config, timeout=0.3)
+    await host_a.want("app", "db")
+    refused, txn = [], store_a.client.txn
+
+    async def unreachable_for_a_while(request):  # type: ignore[no-untyped-def]
+        if request.compare and len(refused) < 3:
+            refused.append(request)
+            raise EtcdUnavailable(["127.0.0.1:1: ConnectError"], maybe_applied=False)
+        return await txn(request)
+
+    store_a.client.txn = unreachable_for_a_while  # type: ignore[method-assign]
+    waiting = trio.Event()
+
+    async def on_progress(_event: object) -> None:
+        waiting.set()
+
+    async with trio.open_nursery() as inner:
+        started = []
+
+        async def start_app() -> None:
+            started.append(await host_a.start("app", on_progress=on_progress))
+
+        inner.start_soon(start_app)
+        await waiting.wait()
+        await host_b.start("db")
+        await host_b.complete("db")
+    assert len(refused) == 3
+    assert started[0].unit == "app"
+    assert (await host_b.status("app"))[0].status == "started"
 
 
 async def test_a_reset_of_more_units_than_one_txn_takes(
