@@ -64,11 +64,20 @@ async def until(condition: Callable[[], bool], store: EtcdStore) -> None:
         await store._advanced.wait()
 
 
+async def in_step(*services: Service) -> None:
+    """Until each agent's replica holds what any of them holds. An agent acknowledges a
+    change once its own replica has it; the others' watches bring it a moment later."""
+    stores = [store_of(service) for service in services]
+    latest = max(store.revision for store in stores)
+    for store in stores:
+        await until(lambda store=store: store.revision >= latest, store)  # type: ignore[misc]
+
+
 async def test_a_complete_on_one_agent_wakes_a_start_on_another(
     etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
 ) -> None:
     agents = Agents(nursery, short_tmp, etcd.url(prefix))
-    (_a, host_a), (_b, host_b) = await agents.start(), await agents.start()
+    (service_a, host_a), (service_b, host_b) = await agents.start(), await agents.start()
     await host_a.want("app", "db")
     waiting = trio.Event()
 
@@ -86,6 +95,7 @@ async def test_a_complete_on_one_agent_wakes_a_start_on_another(
         await host_b.start("db")
         await host_b.complete("db")
     assert started[0].unit == "app"
+    await in_step(service_a, service_b)
     assert table(await host_a.status()) == table(await host_b.status())
     app = (await host_b.status("app"))[0]
     assert app.status == "started" and app.dependencies[0].satisfied
@@ -97,7 +107,8 @@ async def test_agents_apply_the_same_changes_in_the_same_order(
     """Changes made on both agents at once: each ends with the same units, edges and
     histories, and so does an agent that arrives later and lists them."""
     agents = Agents(nursery, short_tmp, etcd.url(prefix))
-    clients = [(await agents.start())[1] for _ in range(2)]
+    started = [await agents.start() for _ in range(2)]
+    clients = [client for _service, client in started]
     moves = 0  # acknowledged changes of state: each must be in a history, once
 
     async def churn(client: AsyncClient, me: int) -> None:
@@ -112,7 +123,8 @@ async def test_agents_apply_the_same_changes_in_the_same_order(
     async with trio.open_nursery() as inner:
         for me, client in enumerate(clients):
             inner.start_soon(churn, client, me)
-    (_late, late) = await agents.start()
+    (late_service, late) = await agents.start()
+    await in_step(*(service for service, _client in started), late_service)
     views = [table(await client.status()) for client in [*clients, late]]
     assert views[0] == views[1] == views[2]
     assert sum(len(row[4]) for row in views[0]) == moves
@@ -158,13 +170,14 @@ async def test_an_answer_from_a_replica_behind_etcd_is_confirmed_first(
     completes `x`. A "was already completed" from A's replica would leave the run started
     for good: the agent confirms that answer against etcd first, catches up, completes."""
     agents = Agents(nursery, short_tmp, etcd.url(prefix))
-    (service_a, host_a), (_b, host_b) = await agents.start(), await agents.start()
+    (service_a, host_a), (service_b, host_b) = await agents.start(), await agents.start()
     await host_a.complete("x", force=True)
     held = _hold_watch(store_of(service_a))
     await host_b.start("x")
     reply = await host_a.complete("x")
     assert held.changes == 1  # B's start reached A late, when A asked etcd for the present
     assert reply.message == "x completed"
+    await in_step(service_a, service_b)
     assert (await host_b.status("x"))[0].status == "completed"
 
 
@@ -174,7 +187,7 @@ async def test_a_start_woken_while_etcd_is_unreachable_waits_on(
     """Its dependency completes, then etcd stops answering before the start is committed:
     the start does not fail, it waits on and is committed once etcd answers again."""
     agents = Agents(nursery, short_tmp, etcd.url(prefix))
-    (service_a, host_a), (_b, host_b) = await agents.start(), await agents.start()
+    (service_a, host_a), (service_b, host_b) = await agents.start(), await agents.start()
     store_a = store_of(service_a)
     store_a.config = dataclasses.replace(store_a.config, timeout=0.3)
     await host_a.want("app", "db")
@@ -204,6 +217,7 @@ async def test_a_start_woken_while_etcd_is_unreachable_waits_on(
         await host_b.complete("db")
     assert len(refused) == 3
     assert started[0].unit == "app"
+    await in_step(service_a, service_b)
     assert (await host_b.status("app"))[0].status == "started"
 
 
@@ -211,13 +225,14 @@ async def test_a_reset_of_more_units_than_one_txn_takes(
     etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
 ) -> None:
     agents = Agents(nursery, short_tmp, etcd.url(prefix))
-    (_a, host_a), (_b, host_b) = await agents.start(), await agents.start()
+    (service_a, host_a), (service_b, host_b) = await agents.start(), await agents.start()
     for i in range(0, 250, 50):
         await host_a.want("top", *(f"u{j}" for j in range(i, i + 50)))
     for i in range(250):
         await host_a.fail(f"u{i}", "broken")
     reply = await host_b.reset()
     assert reply.message == "reset every unit (250 changed)"
+    await in_step(service_a, service_b)
     assert {v.status for v in await host_a.status()} == {"pending"}
 
 
@@ -248,6 +263,7 @@ async def test_a_replica_whose_watch_fell_behind_a_compaction_lists_again(
     del store_a.client.watch  # back to the class's own method
     store_a._reopen_watch()
     await until(lambda: store_a.revision > behind, store_a)
+    await in_step(service_a, service_b)
     assert table(await host_a.status()) == table(await host_b.status())
     assert (await host_a.status("db"))[0].status == "completed"
 
