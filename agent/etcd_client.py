@@ -36,6 +36,7 @@ import msgspec
 import trio
 
 from .etcd_wire import (
+    CANCELLED,
     DEADLINE_EXCEEDED,
     OUT_OF_RANGE,
     RESOURCE_EXHAUSTED,
@@ -82,8 +83,9 @@ call: with 32 connections the pool, not etcd, was the agent's main cost. Eight c
 4 ms each in flight carry 2,000 calls/s, several times what a cluster commits."""
 WATCHES = httpx.Limits(max_connections=4, max_keepalive_connections=0)
 """Watches: one at a time, and one being replaced."""
-RETRY_ELSEWHERE = frozenset({UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED})
-"""gRPC codes meaning "not this member, not now": another member may serve the call."""
+RETRY_ELSEWHERE = frozenset({CANCELLED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED})
+"""gRPC codes meaning "not this member, not now": another member may serve the call (a
+member shutting down cancels what its gateway was forwarding)."""
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Transport errors raised before any byte of the request left: nothing can have happened."""
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
@@ -373,9 +375,20 @@ def _refusal(code: int, message: str) -> EtcdError:
     return EtcdRefused(message, code)
 
 
+_TRANSPORT_ERRORS: list[tuple[type[httpx.TransportError], str]] = [
+    (httpx.ConnectTimeout, "no answer to connecting"),
+    (httpx.ConnectError, "cannot connect"),
+    (httpx.ReadTimeout, "no answer in time"),
+    (httpx.RemoteProtocolError, "closed the connection without answering"),
+    (httpx.ReadError, "the connection broke"),
+]
+
+
 def _describe(exc: httpx.TransportError) -> str:
-    kind = type(exc).__name__
-    return f"{kind}: {exc}" if str(exc) else kind
+    for kind, words in _TRANSPORT_ERRORS:
+        if isinstance(exc, kind):
+            return words
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
