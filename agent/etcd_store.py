@@ -53,11 +53,15 @@ operations in one). A change of many independent units (`reset --all`) is commit
 batches, each decided afresh, so it is not atomic; a `want` of more new units than fit in
 one txn is refused.
 
-Boots per host (SPEC §7, for the restarts work): a field the lead adds to a start's `Move`
-(say the host that started the unit) travels in the change's records and in the unit's
-image like every other field, with no change here; "a workspace restart of host H resets
-the units H last started" is then one more `decide`, committed in batches like
-`reset --all`, whose compares make a concurrent start on another host win or lose cleanly.
+Boots per host (SPEC §7 and §10; for the restarts work): give a start's `Move`, and `Unit`
+and `UnitImage`, a `host` field that the service fills with the agent's host identity. It
+travels in the change's records and in the unit's image like every other field, so this
+module needs no change. A workspace restart of host H is then one `decide` that moves to
+pending every non-pending unit whose `host` is H (not the completed one-time units),
+committed with `commit(decide, None)`: in batches of `MAX_UNITS_PER_TXN` units like
+`reset --all`, each batch comparing the units it resets, so a start of one of them on
+another host meanwhile either got in first (the unit is no longer H's when decided again)
+or makes the batch be decided again.
 """
 
 from __future__ import annotations
