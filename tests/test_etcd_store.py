@@ -101,6 +101,29 @@ async def test_a_complete_on_one_agent_wakes_a_start_on_another(
     assert app.status == "started" and app.dependencies[0].satisfied
 
 
+async def test_a_watcher_on_one_host_sees_changes_made_on_another(
+    etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
+) -> None:
+    agents = Agents(nursery, short_tmp, etcd.url(prefix))
+    (service_a, _host_a), (service_b, host_b) = await agents.start(), await agents.start()
+    await host_b.want("claude", "git")
+    await in_step(service_a, service_b)
+    async with await AsyncClient.connect(service_a.socket) as watcher:
+        stream = watcher.watch()
+        first = await stream.__anext__()
+        await host_b.start("git")
+        await host_b.complete("git")
+        events = [await stream.__anext__() for _ in range(4)]
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert sorted(u.name for u in first.units) == ["claude", "git"]  # type: ignore[union-attr]
+    assert [(e.unit.name, e.unit.status, e.unit.ready) for e in events] == [  # type: ignore[union-attr]
+        ("git", "started", True),
+        ("claude", "pending", False),
+        ("git", "completed", True),
+        ("claude", "pending", True),
+    ]
+
+
 async def test_agents_apply_the_same_changes_in_the_same_order(
     etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
 ) -> None:
