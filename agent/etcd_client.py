@@ -398,5 +398,7 @@ def _tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SS
         if cert is not None:
             context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise EtcdRefused(f"cannot load the TLS files for etcd: {exc}") from None
+        files = ", ".join(f"{what} {path}" for what, path in (("CA", ca), ("certificate", cert),
+                          ("key", key)) if path is not None)  # fmt: skip
+        raise EtcdRefused(f"cannot load the TLS files for etcd ({files}): {exc}") from None
     return context

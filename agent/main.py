@@ -48,12 +48,14 @@ async def _until_signalled(config: AgentConfig) -> None:
         async with trio.open_nursery() as nursery:
             agent_scope = trio.CancelScope()
 
-            async def agent(task_status: trio.TaskStatus[None]) -> None:
+            async def agent() -> None:
                 with agent_scope:
-                    await run_agent(config, task_status=task_status)
+                    await run_agent(config)
                 nursery.cancel_scope.cancel()
 
-            await nursery.start(agent)
+            # Not `nursery.start`: signals must stop an agent still starting up (one waiting
+            # for its etcd cluster, say) as well as one serving.
+            nursery.start_soon(agent)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if agent_scope.cancel_called:
