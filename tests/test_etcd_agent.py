@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ import pytest
 import trustme
 
 from conftest import run_cli
-from etcd_cluster import ETCD, EtcdAgent, EtcdCluster, Tls
+from etcd_cluster import ETCD, EtcdAgent, EtcdCluster, Tls, free_port
 
 
 @pytest.mark.parametrize(
@@ -120,3 +121,21 @@ def _tls_files(folder: Path) -> Tls:
     client.cert_chain_pems[0].write_to_path(str(files.client_cert))
     client.private_key_pem.write_to_path(str(files.client_key))
     return files
+
+
+def test_an_agent_waiting_for_etcd_says_so_and_stops_on_sigterm(short_tmp: Path) -> None:
+
+    store = f"etcd://127.0.0.1:{free_port()}/ws"  # nobody listens there
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", "agent", "--socket", str(short_tmp / "a.sock")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "UNITSYNC_STORE": store},
+    )
+    assert agent.stderr is not None
+    line = agent.stderr.readline()
+    assert f"waiting for etcd at {store}" in line and "cannot connect" in line
+    agent.send_signal(signal.SIGTERM)
+    _out, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0
+    assert "stopped" in err
