@@ -45,6 +45,23 @@ class Tls:
     client_cert: Path
     client_key: Path
 
+    @classmethod
+    def issue(cls, folder: Path) -> Tls:
+        """A new CA, a certificate for the members (127.0.0.1) and one for a client."""
+        import trustme
+
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("unitsync-agent")
+        names = ("ca", "server", "server-key", "client", "client-key")
+        files = cls(*(folder / f"{name}.pem" for name in names))
+        ca.cert_pem.write_to_path(str(files.ca))
+        server.cert_chain_pems[0].write_to_path(str(files.server_cert))
+        server.private_key_pem.write_to_path(str(files.server_key))
+        client.cert_chain_pems[0].write_to_path(str(files.client_cert))
+        client.private_key_pem.write_to_path(str(files.client_key))
+        return files
+
     def context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca))
         context.load_cert_chain(self.client_cert, self.client_key)

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from conftest import run_cli
 from etcd_cluster import ETCD, EtcdAgent, EtcdCluster, Tls, free_port
@@ -56,7 +55,7 @@ def single(tmp_path: Path) -> Iterator[Callable[..., EtcdCluster]]:
 def test_agents_over_tls_with_client_certificates(
     single: Callable[..., EtcdCluster], tmp_path: Path, short_tmp: Path
 ) -> None:
-    tls = _tls_files(tmp_path)
+    tls = Tls.issue(tmp_path)
     etcd = single(tls=tls)
     options = ("--etcd-ca", str(tls.ca), "--etcd-cert", str(tls.client_cert))
     options += ("--etcd-key", str(tls.client_key))
@@ -104,27 +103,7 @@ def test_an_agent_logged_in_as_an_etcd_user(
     assert "check --etcd-user and the password file" in refused.stderr
 
 
-def _tls_files(folder: Path) -> Tls:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("unitsync-agent")
-    files = Tls(
-        folder / "ca.pem",
-        folder / "server.pem",
-        folder / "server-key.pem",
-        folder / "client.pem",
-        folder / "client-key.pem",
-    )
-    ca.cert_pem.write_to_path(str(files.ca))
-    server.cert_chain_pems[0].write_to_path(str(files.server_cert))
-    server.private_key_pem.write_to_path(str(files.server_key))
-    client.cert_chain_pems[0].write_to_path(str(files.client_cert))
-    client.private_key_pem.write_to_path(str(files.client_key))
-    return files
-
-
 def test_an_agent_waiting_for_etcd_says_so_and_stops_on_sigterm(short_tmp: Path) -> None:
-
     store = f"etcd://127.0.0.1:{free_port()}/ws"  # nobody listens there
     agent = subprocess.Popen(
         [sys.executable, "-m", "unitsync.cli", "agent", "--socket", str(short_tmp / "a.sock")],

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 from unitsync.agent.etcd_client import EtcdClient, EtcdCompacted, EtcdRefused, EtcdUnavailable
 from unitsync.agent.etcd_wire import (
@@ -185,7 +184,7 @@ async def test_a_watch_on_a_hung_member_is_given_up(fresh_etcd: EtcdCluster) -> 
 def single_etcd(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     if ETCD is None:
         pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
-    tls = _tls_files(tmp_path) if request.param == "tls" else None
+    tls = Tls.issue(tmp_path) if request.param == "tls" else None
     cluster = EtcdCluster(tmp_path, size=1, tls=tls).start()
     yield cluster
     cluster.close()
@@ -253,22 +252,3 @@ async def test_an_expired_token_is_replaced(tmp_path: Path) -> None:
 def _closed_port() -> int:
     """A loopback port nobody listens on (connecting is refused at once)."""
     return free_port()
-
-
-def _tls_files(folder: Path) -> Tls:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("unitsync-agent")
-    files = Tls(
-        folder / "ca.pem",
-        folder / "server.pem",
-        folder / "server-key.pem",
-        folder / "client.pem",
-        folder / "client-key.pem",
-    )
-    ca.cert_pem.write_to_path(str(files.ca))
-    server.cert_chain_pems[0].write_to_path(str(files.server_cert))
-    server.private_key_pem.write_to_path(str(files.server_key))
-    client.cert_chain_pems[0].write_to_path(str(files.client_cert))
-    client.private_key_pem.write_to_path(str(files.client_key))
-    return files
