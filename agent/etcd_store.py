@@ -463,6 +463,8 @@ class EtcdStore:
                 await self._list()
             except EtcdUnavailable as exc:
                 self._warn(f"waiting for etcd at {self.location}: {exc}")
+            except EtcdCompacted:  # compacted while it was read in pages: again, afresh
+                continue
             except (EtcdRefused, _Diverged) as exc:
                 raise SetupError(f"cannot load the graph from {self.location}: {exc}") from None
             else:
