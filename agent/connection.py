@@ -279,7 +279,7 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
     try:
 
         async def stream() -> None:
-            await service.commit([])  # what the snapshot shows is on disk
+            await service.settle()  # what the full view shows is durable
             await _send_units(frames, FullView(service.views(wanted), time.time()))
             while True:
                 views = await watcher.next()

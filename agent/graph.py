@@ -5,6 +5,10 @@ do in the state machine's table (`machine.MOVES`), raise `Refused` without chang
 anything when they must, and otherwise return the records they applied. `apply` is the
 only place that mutates the graph, so replaying a journal and serving a live request
 go through exactly the same code. Making the records durable is the service's job.
+
+A graph that replicates a shared store (`etcd_store`) sets `applies_decisions` to False:
+its commands then only decide, and their records reach it through `apply` once the store
+has committed them, in the store's order, like every other agent's.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ class Unit:
     """A one-time unit: once completed, a workspace restart leaves it completed."""
     owner: OwnerRecord | None = None
     """The process that owns the current run (see records.Move.owner)."""
+    host: str = ""
+    """The host whose agent started its latest run."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,8 @@ class Graph:
         """The current boot (1, 2, ...); 0 until the first `Boot` record."""
         self.boot_identity = ""
         self.boot_since = 0.0
+        self.applies_decisions = True
+        """Commands apply the records they return (False: they only decide)."""
 
     # --- the one mutation path ------------------------------------------------------------
 
@@ -120,15 +128,14 @@ class Graph:
         kind = type(record)
         if kind is Move:
             unit = self.units[record.unit]
+            boot = record.boot or self.boot or 1
             unit.history.append(
-                HistoryEntry(
-                    record.at, unit.status, record.to, record.reason, record.waited, self.boot or 1
-                )
+                HistoryEntry(record.at, unit.status, record.to, record.reason, record.waited, boot)
             )
             unit.status, unit.since, unit.reason = record.to, record.at, record.reason
             unit.owner = record.owner
             if record.to == "started":
-                unit.token = record.token
+                unit.token, unit.host = record.token, record.host
         elif kind is Edge:
             self.units[record.unit].deps[record.dep] = None
             self.units[record.dep].dependents.add(record.unit)
@@ -146,8 +153,9 @@ class Graph:
 
     def _applied(self, records: list[Record]) -> list[Record]:
         """Apply `records` in memory and hand them back (for the service to make durable)."""
-        for record in records:
-            self.apply(record)
+        if self.applies_decisions:
+            for record in records:
+                self.apply(record)
         return records
 
     def _begin(self, boot: Boot) -> None:
@@ -183,6 +191,22 @@ class Graph:
         if self.boot and identity == self.boot_identity:
             return []
         return self._applied([Boot(self.boot + 1, identity, now, restart=self.boot > 0)])
+
+    def restart_host(self, host: str, now: float) -> list[Record]:
+        """A workspace restart of one host of a shared graph: its units start over.
+
+        A host's units are those whose latest run its agent started; completed one-time
+        units stay completed, and the units of other hosts are not touched (SPEC §10).
+        """
+        return self._applied(
+            [
+                Move(name, "pending", now, WORKSPACE_RESTARTED, boot=self.boot)
+                for name, unit in self.units.items()
+                if unit.host == host
+                and unit.status != "pending"
+                and not (unit.once and unit.status == "completed")
+            ]
+        )
 
     def want(
         self, name: str, deps: Iterable[str], now: float, *, once: bool = False
@@ -241,9 +265,10 @@ class Graph:
         once: bool = False,
         owner: OwnerRecord | None = None,
         owner_alive: bool | None = True,
+        host: str = "",
     ) -> list[Record]:
         """Last step of `start`, once the unit is ready; decided afresh, as another start
-        may have begun a run while this one waited."""
+        may have begun a run while this one waited. `host`: the deciding agent's host."""
         readiness = self.readiness(name)
         if not readiness.ready:
             raise AssertionError(f"start of {name!r} before it is ready: {readiness}")
@@ -257,7 +282,7 @@ class Graph:
         records = self._applied(self._known(name, now))
         records += self._applied(self._marked_once(name, once))
         return records + self._move(
-            name, command, overrides, now, token, waited, reason=reason, owner=owner
+            name, command, overrides, now, token, waited, reason=reason, owner=owner, host=host
         )
 
     def complete(
@@ -308,7 +333,7 @@ class Graph:
             return self._move(name, RESET, set(), now)
         return self._applied(
             [
-                Move(n, "pending", now, "reset")
+                Move(n, "pending", now, "reset", boot=self.boot)
                 for n, unit in self.units.items()
                 if unit.status != "pending"
             ]
@@ -351,16 +376,18 @@ class Graph:
         waited: float | None = None,
         reason: str | None = None,
         owner: OwnerRecord | None = None,
+        host: str = "",
     ) -> list[Record]:
         result = self._decide(name, command, overrides)
         records = self._known(name, now)
         if isinstance(result, Go):
             why = result.reason if reason is None else reason
-            records.append(Move(name, result.to, now, why, token, waited, owner))
+            records.append(Move(name, result.to, now, why, token, waited, owner, host, self.boot))
         return self._applied(records)
 
     def _marked_once(self, name: str, once: bool) -> list[Record]:
-        return [Once(name)] if once and not self.units[name].once else []
+        unit = self.units.get(name)  # (a replica that only decides has not applied Known)
+        return [Once(name)] if once and not (unit is not None and unit.once) else []
 
     def _known(self, name: str, now: float) -> list[Record]:
         """A unit no command had named becomes known (before any other record of it)."""
@@ -403,6 +430,7 @@ class Graph:
                 unit.token,
                 unit.once,
                 unit.owner,
+                unit.host,
             )
 
     def boot_image(self) -> BootImage:
@@ -419,7 +447,7 @@ class Graph:
         for image in images:
             unit = Unit(image.name, image.since, image.status, image.reason, image.token)
             unit.history.extend(image.history)
-            unit.once, unit.owner = image.once, image.owner
+            unit.once, unit.owner, unit.host = image.once, image.owner, image.host
             graph.units[image.name] = unit
         for image in images:
             for dep in image.deps:

@@ -15,6 +15,9 @@ two steps recovers the same state:
 
 On recovery a log older than the snapshot is wholly contained in it and is
 replaced by an empty log of the snapshot's generation.
+
+As the service's `Store`, the journal is the one-host case: a command is decided once, on
+the graph it applies to at once, and the caller waits for the batch's fsync.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -34,6 +38,9 @@ from . import logfile
 from .files import SetupError, ensure_private_dir, exclusive_lock, fsync_dir, write_durably
 from .graph import Graph
 from .records import BootImage, Record, UnitImage
+
+if TYPE_CHECKING:
+    from .service import Changes, Decide
 
 log = logging.getLogger("unitsync.journal")
 
@@ -81,6 +88,10 @@ class Journal:
         self._work = trio.Event()
         self._flushed = trio.Event()
         self._broken: JournalError | None = None
+        self._changes: Changes | None = None
+        self.location = str(state_dir)
+        self.shared = False
+        """One agent's own graph: a boot is one of its records (`records.Boot`)."""
         self.fsyncs = 0
         """How many fsyncs of the log so far (group commit makes it far fewer than appends)."""
 
@@ -131,6 +142,33 @@ class Journal:
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._lock.close()
+
+    # --- the service's store -------------------------------------------------------------------
+
+    def listen(self, changes: Changes) -> None:
+        self._changes = changes
+
+    async def commit(
+        self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
+    ) -> list[Record]:
+        """Decide (the graph applies the records as it decides), append, wait for the fsync.
+
+        The service hears of the change before the fsync, so a waiter it wakes can have its
+        own change in the same batch; nothing is acknowledged before the batch is on disk.
+        """
+        records = decide()
+        seq = self.append(records)
+        if records and self._changes is not None:
+            self._changes.applied(records, seq)
+        await self.durable(seq)
+        return records
+
+    async def settle(self) -> None:
+        await self.durable(self._appended)
+
+    @property
+    def applied_seq(self) -> int:
+        return self._appended
 
     # --- appending ---------------------------------------------------------------------------
 

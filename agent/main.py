@@ -34,6 +34,7 @@ def main(config: AgentConfig, log_level: str = "info") -> int:
         stream=sys.stderr,
     )
     notifier = Notifier.from_environ()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per request to etcd
     try:
         trio.run(_until_signalled, _adopt_passed_socket(config), notifier)
     except (SetupError, JournalError, BaseExceptionGroup) as exc:
@@ -71,13 +72,18 @@ async def _until_signalled(config: AgentConfig, notifier: Notifier) -> None:
         async with trio.open_nursery() as nursery:
             agent_scope = trio.CancelScope()
 
-            async def agent(task_status: trio.TaskStatus[Service]) -> None:
+            async def agent() -> None:
                 with agent_scope:
-                    await run_agent(config, task_status=task_status)
+                    async with trio.open_nursery() as serving:
+                        service: Service = await serving.start(run_agent, config)
+                        notifier.ready(
+                            f"serving {len(service.graph.units)} units at {config.socket}"
+                        )
                 nursery.cancel_scope.cancel()
 
-            service: Service = await nursery.start(agent)
-            notifier.ready(f"serving {len(service.graph.units)} units at {config.socket}")
+            # Not `nursery.start`: signals must stop an agent still starting up (one waiting
+            # for its etcd cluster, say) as well as one serving.
+            nursery.start_soon(agent)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if agent_scope.cancel_called:

@@ -45,6 +45,9 @@ class OwnerRecord(msgspec.Struct, array_like=True, gc=False, frozen=True):
     command: str
     kind: str
     pidns: str = ""
+    host: str = ""
+    """The agent's host that recorded it (several share a graph in etcd): only there can
+    its liveness be told."""
 
 
 class Move(msgspec.Struct, tag="move", array_like=True, gc=False):
@@ -61,6 +64,11 @@ class Move(msgspec.Struct, tag="move", array_like=True, gc=False):
     owner: OwnerRecord | None = None
     """Who owns the run from here on: set by a start, kept by a service's ready `complete`
     (its `run` goes on holding it), cleared by every other move."""
+    host: str = ""
+    """For a start: the host of the agent that started the run (whose workspace restart
+    will start it over, when several hosts share the graph)."""
+    boot: int = 0
+    """The boot of the deciding agent's host (0 in records from before boots: the graph's)."""
 
 
 class Once(msgspec.Struct, tag="once", array_like=True, gc=False):
@@ -124,6 +132,7 @@ class UnitImage(msgspec.Struct, array_like=True, gc=False):
     token: str = ""
     once: bool = False
     owner: OwnerRecord | None = None
+    host: str = ""
 
 
 class BootImage(msgspec.Struct, array_like=True, gc=False):

@@ -1,7 +1,8 @@
 """The agent's nursery tree.
 
     run_agent
-    ├── journal writer  (shielded; cancelled last, so every accepted change is flushed)
+    ├── the store's task: the journal's writer (shielded; cancelled last, so every
+    │   accepted change is flushed), or etcd's watch feeding the replica
     ├── expire_unclaimed  (after a restart: fails held runs whose `run` did not come back)
     └── serve_listeners
         └── one task per connection
@@ -20,6 +21,7 @@ import dataclasses
 import gc
 import logging
 import math
+import platform
 import resource
 import socket
 import time
@@ -36,10 +38,12 @@ from .boots import boot_identity
 from .connection import refuse_busy, serve_connection
 from .files import ensure_private_dir, exclusive_lock
 from .holds import RECLAIM_GRACE
-from .journal import Journal, lock_state_dir
+from .journal import lock_state_dir
 from .limits import Limits
 from .listener import bound_socket, inherited_socket
 from .service import Service
+from .store_config import EtcdConfig
+from .stores import RunningStore, open_store
 
 log = logging.getLogger("unitsync.agent")
 
@@ -55,9 +59,13 @@ class AgentConfig:
     """The boot's identity if the platform knows it (`--boot-id`); else read off the kernel."""
     reclaim_grace: float = RECLAIM_GRACE
     """After a restart, how long a `run` has to come back before its unit fails."""
+    host_id: str = ""
+    """This agent's host, among several sharing a graph (default: the host name)."""
     inherited: socket.socket | None = None
     """A listening socket to serve instead of binding `socket` (systemd socket activation);
     `socket` is then its path."""
+    etcd: EtcdConfig | None = None
+    """Share the graph through etcd (SPEC §10) instead of keeping it in the state dir."""
 
 
 async def run_agent(
@@ -68,29 +76,33 @@ async def run_agent(
     with lock_state_dir(config.state_dir) as state_lock:
         ensure_private_dir(config.socket.parent, _another_socket())
         lock_path = config.socket.with_name(config.socket.name + ".lock")
-        # Bound before the journal loads: clients that connect meanwhile wait in the backlog.
+        # Bound before the state loads: clients that connect meanwhile wait in the backlog.
         with (
             exclusive_lock(
                 lock_path, f"the socket {config.socket}", "give this one another --socket"
             ),
             _listening(config) as sock,
-            Journal.open(
-                config.state_dir, salvage=config.salvage, locked=state_lock.pop_all()
-            ) as journal,
         ):
-            gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
-            service = Service(
-                journal.graph, journal, socket=config.socket, state_dir=config.state_dir
-            )
-            log.info(
-                "listening on %s (state in %s, %d units)",
-                config.socket,
-                config.state_dir,
-                len(journal.graph.units),
-            )
-            limits = _fit_to_open_file_limit(config.limits)
-            listener = trio.SocketListener(sock)
-            await _serve(service, journal, listener, limits, config, task_status)
+            async with open_store(
+                config.state_dir, config.salvage, config.etcd, state_lock.pop_all()
+            ) as store:
+                gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
+                service = Service(
+                    store.graph,
+                    store,
+                    socket=config.socket,
+                    state_dir=config.state_dir,
+                    host=config.host_id or platform.node(),
+                )
+                log.info(
+                    "listening on %s (state in %s, %d units)",
+                    config.socket,
+                    store.location,
+                    len(store.graph.units),
+                )
+                limits = _fit_to_open_file_limit(config.limits)
+                listener = trio.SocketListener(sock)
+                await _serve(service, store, listener, limits, config, task_status)
 
 
 def _listening(config: AgentConfig) -> contextlib.AbstractContextManager[trio.socket.SocketType]:
@@ -101,7 +113,7 @@ def _listening(config: AgentConfig) -> contextlib.AbstractContextManager[trio.so
 
 async def _serve(
     service: Service,
-    journal: Journal,
+    store: RunningStore,
     listener: trio.SocketListener,
     limits: Limits,
     config: AgentConfig,
@@ -109,8 +121,8 @@ async def _serve(
 ) -> None:
     gate = _Gate(limits)
     async with trio.open_nursery() as nursery:
-        journal_scope = trio.CancelScope(shield=True)
-        nursery.start_soon(_run_in, journal_scope, journal.run)
+        store_scope = trio.CancelScope(shield=True)
+        nursery.start_soon(_run_in, store_scope, store.run)
         try:
             await _begin_boot(service, config.boot_id)  # before serving anyone (SPEC §7)
             nursery.start_soon(service.expire_unclaimed, config.reclaim_grace)
@@ -120,7 +132,7 @@ async def _serve(
             task_status.started(service)  # accepting: report the service, not the listeners
             await trio.sleep_forever()
         finally:
-            journal_scope.cancel()
+            store_scope.cancel()
 
 
 async def _begin_boot(service: Service, boot_id: str | None) -> None:

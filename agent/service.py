@@ -1,9 +1,18 @@
 """What the agent does with each request: the graph, made durable and awaitable.
 
-`commit` is the one seam through which every change flows: the graph has
-already applied the records (in memory); here they go to the store, the waiters
-they concern are woken, and the caller waits until they are durable before it
-answers. Views for clients are built by `views.py`.
+`commit` is the one seam through which every change flows. A command is handed to the
+store as a `decide` function (the graph's rule for it, with the arguments bound); the
+store runs it against the graph, makes the records durable and applies them, then the
+caller answers. The local journal decides once and applies at once (`journal.Journal`);
+etcd may decide again after another agent's change got in first (`etcd_store.EtcdStore`),
+which is why a decision is a function and not its records. Either way the store reports
+every change it applies, this agent's or another's, to `applied`, which wakes the waiters
+it concerns and stages views for watchers. Views for clients are built by `views.py`.
+
+Owners (SPEC §7): a `run` holds its unit's run through its connection (`holds.py`); a
+`start` names the script it belongs to, whose liveness the agent checks in /proc. The
+owners of other hosts' runs (a shared store) cannot be checked from here: they count as
+alive, so nothing is taken from another host on a guess.
 """
 
 from __future__ import annotations
@@ -12,14 +21,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
 from unitsync.wire import __version__
-from unitsync.wire.errors import DependencyFailed, Refused
+from unitsync.wire.errors import DependencyFailed, NotDurable, Refused
 from unitsync.wire.processes import still_runs
 from unitsync.wire.protocol import (
     Complete,
@@ -39,6 +48,7 @@ from unitsync.wire.protocol import (
     Want,
 )
 
+from . import host_boot
 from .broadcast import Hub
 from .graph import Graph
 from .holds import RECLAIM_GRACE, Holder, Holds
@@ -47,22 +57,61 @@ from .records import Forget as Forgotten
 from .views import unit_view
 from .waiters import Waiters
 
+log = logging.getLogger("unitsync.agent")
+
+Decide = Callable[[], list[Record]]
+"""A command bound to its arguments: the records it makes against the graph as it stands
+now (none when there is nothing to do), or `Refused`."""
+
+
+class Changes(Protocol):
+    """What a store tells about the changes it applies to the graph (the service)."""
+
+    def applied(self, records: list[Record], seq: int) -> None:
+        """`records` were applied to the graph, as change number `seq`."""
+
+    def replaced(self, seq: int) -> None:
+        """The whole graph was replaced (a shared store listed it afresh) at `seq`."""
+
 
 class Store(Protocol):
-    """Where changes are made durable: the journal (`journal.Journal`) implements it."""
+    """Makes changes durable and applies them to the graph, in one order.
+
+    Implemented by the local journal (`journal.Journal`) and by etcd
+    (`etcd_store.EtcdStore`, where several agents share the graph).
+    """
+
+    location: str
+    """Where the graph is kept, for the log."""
+
+    @property
+    def applied_seq(self) -> int:
+        """The sequence number of the last change applied to the graph."""
 
     @property
     def durable_seq(self) -> int:
-        """Every append up to this sequence number is durable."""
+        """Every change up to this sequence number is durable."""
 
-    def append(self, records: list[Record]) -> int:
-        """Take one command's records; return the sequence number to wait `durable` for."""
+    def listen(self, changes: Changes) -> None:
+        """Report every change applied from now on to `changes`."""
 
-    async def durable(self, seq: int) -> None:
-        """Return once append `seq` is durable; raise if it never can be."""
+    async def commit(
+        self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
+    ) -> list[Record]:
+        """Decide a change, make it durable, apply it; return its records once all is done.
+
+        `about` names the units whose state the command's outcome rests on (None: every
+        unit): a shared store checks that none changed meanwhile, and confirms against the
+        store an outcome that changes nothing (a refusal, "already so") before returning
+        it, unless `confirm_noop` is false (a step that merely found nothing to do).
+        """
+
+    async def settle(self) -> None:
+        """Return once everything the graph shows is durable (before showing it)."""
 
 
-log = logging.getLogger("unitsync.agent")
+START_RETRY = 1.0
+"""A ready start whose change the store could not make durable tries again this often."""
 
 Progress = Callable[[Waiting], Awaitable[None]]
 Idle = Callable[[], Awaitable[None]]
@@ -78,12 +127,15 @@ class Service:
         socket: Path,
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        host: str = "",
     ) -> None:
         self.graph = graph
         self.store = store
         self.socket = socket
         self.state_dir = state_dir
         self.clock = clock
+        self.host = host
+        """This agent's host, for owners (a shared store's agents each have their own)."""
         self.waiters = Waiters()
         self.waiting: Counter[str] = Counter()
         """Units with a `start` in progress, and how many."""
@@ -93,24 +145,43 @@ class Service:
             {
                 name: unit.token
                 for name, unit in graph.units.items()
-                if unit.owner is not None and unit.owner.kind == "run"
+                if unit.owner is not None and unit.owner.kind == "run" and self._here(unit.owner)
             }
         )
         """Runs held by `run` connections; those held before a restart start unclaimed."""
+        store.listen(self)
 
-    async def commit(self, records: list[Record]) -> None:
-        """Journal records the graph has applied, wake whoever they concern, wait for fsync."""
-        seq = self.store.append(records)
-        if records:
-            changed = {r.unit for r in records if isinstance(r, Edge | Move)}
-            self.waiters.notify(changed)
-            if any(isinstance(r, Forgotten | Boot) for r in records):
-                self._stage_everything(seq)
-            else:
-                self._stage(seq, [r.unit for r in records], moved=changed)
-        # If the agent stops meanwhile, the writer still flushes this; the client just gets
-        # no reply (a start's token makes its retry safe).
-        await self.store.durable(seq)
+    async def commit(
+        self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
+    ) -> list[Record]:
+        """Make `decide`'s change durable and applied (see `Store.commit`); its records."""
+        # If the agent stops meanwhile, the journal's writer still flushes this; the client
+        # just gets no reply (a start's token makes its retry safe).
+        records = await self.store.commit(decide, about, confirm_noop=confirm_noop)
+        self.hub.release(self.store.durable_seq)
+        return records
+
+    async def settle(self) -> None:
+        """Return once what `status` or a watcher is about to be shown is durable."""
+        await self.store.settle()
+        self.hub.release(self.store.durable_seq)
+
+    def applied(self, records: list[Record], seq: int) -> None:
+        """A change reached the graph: wake the waiters it concerns, stage views for watchers."""
+        changed = {r.unit for r in records if isinstance(r, Edge | Move)}
+        self.waiters.notify(changed)
+        if any(isinstance(r, Forgotten | Boot) for r in records):
+            if self.hub.watchers:  # a unit gone, a new boot: no view per unit tells it
+                self.hub.stage(seq, None)
+        else:
+            self._stage(seq, [r.unit for r in records], moved=changed)  # type: ignore[union-attr]
+        self.hub.release(self.store.durable_seq)
+
+    def replaced(self, seq: int) -> None:
+        """The graph was listed afresh: every waiter checks again, every watcher is told."""
+        self.waiters.notify_all()
+        if self.hub.watchers:
+            self.hub.stage(seq, None)
         self.hub.release(self.store.durable_seq)
 
     def _stage(self, seq: int, units: list[str], moved: set[str] = frozenset()) -> None:
@@ -122,14 +193,9 @@ class Service:
             names.update(dict.fromkeys(sorted(self.graph.units[name].dependents)))
         self.hub.stage(seq, [self.view(name) for name in names])
 
-    def _stage_everything(self, seq: int) -> None:
-        """A change no per-unit view tells (a unit gone, a new boot): full views for all."""
-        if self.hub.watchers:
-            self.hub.stage(seq, None)
-
     def _waiting_changed(self, name: str) -> None:
-        """A start began or stopped waiting: not a journaled change, but watchers show it."""
-        self._stage(self.store.append([]), [name])
+        """A start began or stopped waiting: not a durable change, but watchers show it."""
+        self._stage(self.store.applied_seq, [name])
         self.hub.release(self.store.durable_seq)
 
     def watch_filter(self, unit: str | None) -> Callable[[str], bool]:
@@ -156,17 +222,39 @@ class Service:
         )
 
     async def begin_boot(self, identity: str) -> int:
-        """Before serving anyone: journal the new boot, if it is one; its number."""
-        records = self.graph.begin_boot(identity, self.clock())
-        if records:
-            await self.store.durable(self.store.append(records))
-        return self.graph.boot
+        """Before serving anyone: make the new boot durable, if it is one; its number.
+
+        With the journal, a boot is one record of it. In a shared graph, the boot is this
+        host's own (kept in its state dir), and a new one starts over only the units whose
+        latest run this host started (SPEC §10).
+        """
+        graph = self.graph
+        if not getattr(self.store, "shared", False):
+            await self.commit(lambda: graph.begin_boot(identity, self.clock()), None)
+            return graph.boot
+        assert self.state_dir is not None
+        known = host_boot.load(self.state_dir)
+        if known is not None and known.identity == identity:
+            graph.boot, graph.boot_identity, graph.boot_since = known.number, identity, known.since
+            return graph.boot
+        now = self.clock()
+        graph.boot = known.number + 1 if known is not None else 1
+        graph.boot_identity, graph.boot_since = identity, now
+        if known is not None:  # a crash before `save` starts over the same units again: no-op
+            await self.commit(lambda: graph.restart_host(self.host, now), None)
+        host_boot.save(self.state_dir, graph.boot_image())
+        return graph.boot
 
     async def want(self, request: Want) -> Ok:
-        records, notes = self.graph.want(
-            request.unit, request.deps, self.clock(), once=request.once
-        )
-        await self.commit(records)
+        notes: list[str] = []
+
+        def decide() -> list[Record]:
+            records, notes[:] = self.graph.want(
+                request.unit, request.deps, self.clock(), once=request.once
+            )
+            return records
+
+        records = await self.commit(decide, [request.unit, *request.deps])
         added = sum(isinstance(r, Edge) for r in records)
         message = (
             f"{request.unit} now wants {', '.join(request.deps)}"
@@ -176,38 +264,96 @@ class Service:
         return Ok(unit=request.unit, message=message, notes=notes)
 
     async def complete(self, request: Complete, holder: Holder | None = None) -> Ok:
-        name = request.unit
+        graph, name = self.graph, request.unit
+        held = holder is not None and name in holder.units
         # A ready service's `run` goes on holding its run; any other report ends the hold.
-        keep = request.hold and holder is not None and name in holder.units
-        records = self.graph.complete(
-            name, request.force, self.clock(), once=request.once, keep_owner=keep
+        keep = request.hold and held
+        records = await self.commit(
+            lambda: graph.complete(
+                name, request.force, self.clock(), once=request.once, keep_owner=keep
+            ),
+            [name],
         )
-        if holder is not None and name in holder.units and not keep:
+        if held and not keep:
             self.holds.release(name)
-        await self.commit(records)
         moved = any(isinstance(r, Move) for r in records)
-        return Ok(
-            unit=name, message=f"{name} completed" if moved else f"{name} was already completed"
-        )
+        return Ok(unit=name, message=f"{name} {'completed' if moved else 'was already completed'}")
 
     async def fail(self, request: Fail, holder: Holder | None = None) -> Ok:
-        records = self.graph.fail(request.unit, request.reason, self.clock(), request.force)
-        if holder is not None and request.unit in holder.units:
-            self.holds.release(request.unit)
-        await self.commit(records)
-        return Ok(unit=request.unit, message=f"{request.unit} failed")
+        graph, name = self.graph, request.unit
+        await self.commit(
+            lambda: graph.fail(name, request.reason, self.clock(), request.force), [name]
+        )
+        if holder is not None and name in holder.units:
+            self.holds.release(name)
+        return Ok(unit=name, message=f"{name} failed")
+
+    async def forget(self, request: Forget) -> Ok:
+        graph, name = self.graph, request.unit
+        if self.waiting[name]:
+            raise Refused(
+                f"unit {name!r} has a start waiting for its dependencies; "
+                "end that start first, then forget it",
+                code="in_use",
+                unit=name,
+            )
+        await self.commit(lambda: graph.forget(name, self.clock()), [name])
+        return Ok(unit=name, message=f"forgot {name} and its history")
+
+    async def set_reason(self, request: SetReason) -> Ok:
+        graph, name = self.graph, request.unit
+        await self.commit(lambda: graph.set_reason(name, request.reason), [name])
+        return Ok(unit=name)
+
+    async def reset(self, request: Reset) -> Ok:
+        graph, name = self.graph, request.unit
+        records = await self.commit(
+            lambda: graph.reset(name, self.clock()), None if name is None else [name]
+        )
+        count = sum(isinstance(r, Move) for r in records)
+        what = request.unit or "every unit"
+        return Ok(unit=request.unit, message=f"reset {what} ({count} changed)")
+
+    async def status(self, request: Status) -> StatusReply:
+        names = [request.unit] if request.unit is not None else list(self.graph.units)
+        views = [self.view(name) for name in names]
+        # What we show must be durable, even if another request changed it a moment ago.
+        await self.settle()
+        graph = self.graph
+        return StatusReply(views, self.clock(), boot=graph.boot, boot_since=graph.boot_since)
+
+    def view(self, name: str) -> UnitView:
+        waiters = self.waiting[name]
+        pending = list(self.graph.readiness(name).pending) if waiters else []
+        unit = self.graph.units.get(name)
+        alive = self.owner_alive(name) if unit is not None and unit.owner else None
+        return unit_view(self.graph, name, pending, waiters, alive)
 
     # --- owners ------------------------------------------------------------------------------
 
     def owner_alive(self, name: str) -> bool | None:
-        """Does the owner of `name`'s run still run? True when there is no run to own."""
+        """Does the owner of `name`'s run still run? True when there is no run to own; None
+        when this agent cannot tell (another PID namespace, another host)."""
         unit = self.graph.units.get(name)
         if unit is None or unit.status != "started" or unit.owner is None:
             return True
-        if unit.owner.kind == "run":  # its connection says: open (or coming back) or lost
-            return self.holds.is_held(name)
         owner = unit.owner
+        if not self._here(owner):
+            return None
+        if owner.kind == "run":  # its connection says: open (or coming back) or lost
+            return self.holds.is_held(name)
         return still_runs(owner.pid, owner.ticks, owner.pidns)
+
+    def _here(self, owner: OwnerRecord) -> bool:
+        return owner.host in ("", self.host)
+
+    def _owner_record(self, owner: Owner | None) -> OwnerRecord | None:
+        """The wire's owner as the journal keeps it, with this agent's host."""
+        if owner is None:
+            return None
+        return OwnerRecord(
+            owner.pid, owner.ticks, owner.command, owner.kind, owner.pidns, self.host
+        )
 
     async def runs_lost(self, holder: Holder) -> None:
         """A `run` connection ended without reporting its command's end: fail what it held."""
@@ -226,58 +372,26 @@ class Service:
             )
 
     async def _fail_lost_run(self, name: str, token: str, what: str) -> None:
-        unit = self.graph.units.get(name)
-        if (
-            unit is None
-            or unit.token != token
-            or unit.status not in ("started", "completed")
-            or unit.owner is None
-            or unit.owner.kind != "run"
-        ):
-            return  # its run ended otherwise meanwhile (reported, reset, a new run)
-        owner = unit.owner
-        reason = f"lost its run: `unitsync sync run` (pid {owner.pid}, {owner.command}) {what}"
-        log.warning("%s %s", name, reason)
-        await self.commit(self.graph.fail(name, reason, self.clock()))
-
-    async def forget(self, request: Forget) -> Ok:
-        name = request.unit
-        if self.waiting[name]:
-            raise Refused(
-                f"unit {name!r} has a start waiting for its dependencies; "
-                "end that start first, then forget it",
-                code="in_use",
-                unit=name,
-            )
-        await self.commit(self.graph.forget(name, self.clock()))
-        return Ok(unit=name, message=f"forgot {name} and its history")
-
-    async def set_reason(self, request: SetReason) -> Ok:
-        records = self.graph.set_reason(request.unit, request.reason)
-        await self.commit(records)
-        return Ok(unit=request.unit)
-
-    async def reset(self, request: Reset) -> Ok:
-        records = self.graph.reset(request.unit, self.clock())
-        await self.commit(records)
-        count = sum(isinstance(r, Move) for r in records)
-        what = request.unit or "every unit"
-        return Ok(unit=request.unit, message=f"reset {what} ({count} changed)")
-
-    async def status(self, request: Status) -> StatusReply:
-        names = [request.unit] if request.unit is not None else list(self.graph.units)
-        views = [self.view(name) for name in names]
-        # What we show must be on disk, even if another request changed it a moment ago.
-        await self.commit([])
         graph = self.graph
-        return StatusReply(views, self.clock(), boot=graph.boot, boot_since=graph.boot_since)
 
-    def view(self, name: str) -> UnitView:
-        waiters = self.waiting[name]
-        pending = list(self.graph.readiness(name).pending) if waiters else []
-        unit = self.graph.units.get(name)
-        alive = self.owner_alive(name) if unit is not None and unit.owner else None
-        return unit_view(self.graph, name, pending, waiters, alive)
+        def decide() -> list[Record]:
+            unit = graph.units.get(name)
+            if (
+                unit is None
+                or unit.token != token
+                or unit.status not in ("started", "completed")
+                or unit.owner is None
+                or unit.owner.kind != "run"
+            ):
+                return []  # its run ended otherwise meanwhile (reported, reset, a new run)
+            owner = unit.owner
+            reason = f"lost its run: `unitsync sync run` (pid {owner.pid}, {owner.command}) {what}"
+            log.warning("%s %s", name, reason)
+            return graph.fail(name, reason, self.clock())
+
+        await self.commit(decide, [name], confirm_noop=False)
+
+    # --- start -------------------------------------------------------------------------------
 
     async def start(
         self,
@@ -297,16 +411,23 @@ class Service:
                 self.holds.take(name, request.token, holder)
             return same_run
         if request.again:
+            now_is = graph.units[name].status if name in graph.units else "gone"
             raise Refused(
-                f"the run of {name!r} this `run` held was given up (its unit is now "
-                f"{graph.units[name].status if name in graph.units else 'gone'}): its command "
-                "goes on, but its end will not be recorded",
+                f"the run of {name!r} this `run` held was given up (the unit is now {now_is}): "
+                "its command goes on, but its end will not be recorded",
                 code="not_started",
                 unit=name,
             )
-        alive = self.owner_alive(name)
         await self.commit(
-            graph.admit(name, request.rerun, self.clock(), once=request.once, owner_alive=alive)
+            lambda: graph.admit(
+                name,
+                request.rerun,
+                self.clock(),
+                once=request.once,
+                owner_alive=self.owner_alive(name),
+            ),
+            [name],
+            confirm_noop=False,
         )
         blocked = _Blocked(self, name)
         began = self.clock() - max(request.waited_before, 0.0)  # the whole wait, across agents
@@ -339,28 +460,24 @@ class Service:
         name, graph = request.unit, self.graph
         told: tuple[str, ...] | None = None
         while True:
+            if (same_run := self._same_run(request)) is not None:  # see NotDurable below
+                return same_run
             readiness = graph.readiness(name)
-            if readiness.failed is not None:
-                blocked.end()
-                raise await self._dependency_failed(name, readiness.failed, began)
-            if readiness.ready:
-                blocked.end()
-                now = self.clock()
-                waited = now - began
-                records = graph.start(
-                    name,
-                    request.rerun,
-                    now,
-                    request.token,
-                    waited,
-                    once=request.once,
-                    owner=_owner_record(request.owner),
-                    owner_alive=self.owner_alive(name),
-                )
-                if request.hold and holder is not None:
-                    self.holds.take(name, request.token, holder)
-                await self.commit(records)
-                return Started(name, at=now, waited=waited)
+            try:
+                if readiness.failed is not None:
+                    blocked.end()
+                    raise await self._dependency_failed(name, readiness.failed, began)
+                if readiness.ready:
+                    blocked.end()
+                    return await self._start_now(request, began, holder)
+            except _Overtaken:
+                continue
+            except NotDurable:
+                # The store cannot commit now (etcd unreachable): a start is a wait, bounded
+                # by its client's timeout, so it waits on. If the commit was made after all,
+                # its token shows it at the top of the loop.
+                await trio.sleep(START_RETRY)
+                continue
             blocked.begin()
             # Registered before telling the client, so a change during the send is not missed;
             # the send itself is outside the scope, so a wake-up never cuts a frame in half.
@@ -371,17 +488,54 @@ class Service:
                 with woken:
                     await idle()
 
+    async def _start_now(self, request: Start, began: float, holder: Holder | None) -> Started:
+        """Start a unit found ready (a shared store decides again if that changed meanwhile)."""
+        name, graph = request.unit, self.graph
+
+        def decide() -> list[Record]:
+            if not graph.readiness(name).ready:
+                raise _Overtaken
+            now = self.clock()
+            return graph.start(
+                name,
+                request.rerun,
+                now,
+                request.token,
+                now - began,
+                once=request.once,
+                owner=self._owner_record(request.owner),
+                owner_alive=self.owner_alive(name),
+                host=self.host,
+            )
+
+        move = (await self.commit(decide, [name]))[-1]
+        assert isinstance(move, Move) and move.waited is not None
+        if request.hold and holder is not None:
+            self.holds.take(name, request.token, holder)
+        return Started(name, at=move.at, waited=move.waited)
+
     async def _dependency_failed(self, name: str, dep: str, began: float) -> DependencyFailed:
-        dep_reason = self.graph.units[dep].reason
-        now = self.clock()
-        records = self.graph.fail(name, f"dependency {dep} failed", now, waited=now - began)
-        await self.commit(records)
+        graph = self.graph
+
+        def decide() -> list[Record]:
+            if graph.readiness(name).failed != dep:
+                raise _Overtaken
+            now = self.clock()
+            return graph.fail(name, f"dependency {dep} failed", now, waited=now - began)
+
+        await self.commit(decide, [name, dep])
+        dep_reason = graph.units[dep].reason
         because = f" ({dep_reason})" if dep_reason else ""
         return DependencyFailed(
             f"cannot start {name}: dependency {dep} failed{because}; {name} is now failed too",
             unit=name,
             dependency=dep,
         )
+
+
+class _Overtaken(Exception):
+    """What a start was about to do no longer holds: another agent's change got in first
+    (only a shared store decides again); the start looks at the graph afresh."""
 
 
 class _Blocked:
@@ -406,10 +560,3 @@ class _Blocked:
             if not waiting[self.name]:
                 del waiting[self.name]
             self.service._waiting_changed(self.name)
-
-
-def _owner_record(owner: Owner | None) -> OwnerRecord | None:
-    """The wire's owner as the journal keeps it (the one seam between the two)."""
-    if owner is None:
-        return None
-    return OwnerRecord(owner.pid, owner.ticks, owner.command, owner.kind, owner.pidns)

@@ -38,3 +38,7 @@ class Waiters:
         for unit in units:
             for scope in self._by_unit.get(unit, ()):
                 scope.cancel()
+
+    def notify_all(self) -> None:
+        """Wake every waiter (the whole graph was replaced: each must look again)."""
+        self.notify(list(self._by_unit))

@@ -52,9 +52,11 @@ class Connection:
         return None if body is None else decode_reply(body)
 
 
-def fail_loop(path: Path, clients: int, seconds: float) -> int:
-    """Each of `clients` connections sends `fail`, awaits its ack, repeats; acks counted."""
-    connections = [Connection(path, f"t{i}") for i in range(clients)]
+def fail_loop(path: Path, clients: int, seconds: float, names: str = "t") -> int:
+    """Each of `clients` connections sends `fail`, awaits its ack, repeats; acks counted.
+
+    Client i fails unit `{names}{i}`: agents sharing a graph get different `names`."""
+    connections = [Connection(path, f"{names}{i}") for i in range(clients)]
     acks = 0
     with selectors.DefaultSelector() as selector:
         for connection in connections:

@@ -5,6 +5,8 @@
     python bench/run.py --views    # only: every view of 10,000 units, command to output
     python bench/services.py       # only SPEC §8's service figures (about a minute)
     python bench/first_call.py     # only SPEC §7's autostart figures (about half a minute)
+    python bench/run.py --etcd     # the SPEC §10 figures instead: a 3-member etcd cluster
+                                   # and 3 agents sharing a graph, all on loopback
 
 Medians (and p99 for latencies) from one run; nothing here is a test.
 """
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import termios
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,16 +37,23 @@ from pathlib import Path
 
 import first_call
 import load
+import msgspec
 import services
 import trio
 
 from unitsync.agent import logfile
+from unitsync.agent.etcd_client import EtcdClient
+from unitsync.agent.etcd_wire import Op, PutRequest, TxnRequest
 from unitsync.agent.graph import Graph
 from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal
 from unitsync.agent.records import Known, Move
 from unitsync.client.async_client import AsyncClient
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from etcd_cluster import EtcdAgent, EtcdCluster  # noqa: E402  (the tests' real cluster)
+
+encode = msgspec.msgpack.Encoder().encode
 UNITSYNC = Path(sys.executable).with_name("unitsync")
 
 
@@ -523,6 +533,120 @@ def _raise_open_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# --- one graph across hosts, on etcd (SPEC §10) ----------------------------------------------
+
+
+@contextmanager
+def etcd_cluster() -> Iterator[tuple[EtcdCluster, Path]]:
+    """A real 3-member etcd cluster (the tests' own helper) in a temp dir."""
+    base = Path(tempfile.mkdtemp(prefix="us-etcd-"))
+    cluster = EtcdCluster(base).start()
+    try:
+        yield cluster, base
+    finally:
+        cluster.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def etcd_throughput(agents: int = 3, clients: int = 16, seconds: float = 5.0) -> Figure:
+    with etcd_cluster() as (cluster, base):
+        hosts = [EtcdAgent(base, f"a{i}", cluster.url("bench")).start() for i in range(agents)]
+        try:
+            pids = [host.proc.pid for host in hosts] + [m.proc.pid for m in cluster.members]  # type: ignore[union-attr]
+            cpu_before, started = [_cpu_seconds(pid) for pid in pids], time.perf_counter()
+            counts = [0] * agents
+
+            def drive(i: int) -> None:
+                counts[i] = load.fail_loop(hosts[i].socket, clients, seconds, names=f"h{i}-")
+
+            threads = [threading.Thread(target=drive, args=(i,)) for i in range(agents)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - started
+            busy = [
+                (_cpu_seconds(pid) - before) / elapsed
+                for pid, before in zip(pids, cpu_before, strict=True)
+            ]
+        finally:
+            for host in hosts:
+                host.close()
+    rate = sum(counts) / elapsed
+    return Figure(
+        f"etcd: acknowledged changes/s, {agents} agents x {clients} clients",
+        f"{rate:,.0f}/s",
+        ">= 300/s",
+        rate >= 300,
+        f"each committed in etcd and back through the agent's watch before its ack; "
+        f"busy cores: agents {sum(busy[:agents]):.2f}, etcd members {sum(busy[agents:]):.2f}",
+    )
+
+
+def etcd_wake(rounds: int = 300) -> Figure:
+    """`complete` acknowledged by host B -> a `start` blocked on host A returns."""
+
+    async def main(host_a: Path, host_b: Path) -> list[float]:
+        async with (
+            await AsyncClient.connect(host_a) as waiter,
+            await AsyncClient.connect(host_b) as admin,
+        ):
+            return [await one_wake(admin, waiter, f"w{i}", f"d{i}") for i in range(rounds)]
+
+    with etcd_cluster() as (cluster, base):
+        hosts = [EtcdAgent(base, name, cluster.url("bench")).start() for name in ("a", "b")]
+        try:
+            latencies = trio.run(main, hosts[0].socket, hosts[1].socket)
+        finally:
+            for host in hosts:
+                host.close()
+    p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 99) * 1000
+    return Figure(
+        "etcd: wake-up across hosts, `complete` acked on B -> `start` returns on A",
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+        "p99 < 50 ms",
+        p99 < 50,
+        f"{rounds} rounds; includes A committing the start in etcd (its own txn and echo)",
+    )
+
+
+def etcd_restart(units: int = 10_000) -> Figure:
+    """An agent started on a graph of `units` units already in etcd, until it serves."""
+    graph = Graph()
+    for u in range(units):
+        graph.want(f"u{u}", [f"u{u + 1}"] if u + 1 < units else ["root"], 1.0)
+    for u in range(units):
+        graph.fail(f"u{u}", "first", 2.0)
+        graph.reset(f"u{u}", 3.0)
+
+    async def fill(cluster: EtcdCluster) -> None:
+        client = EtcdClient(tuple(cluster.endpoints))
+        images = list(graph.images())
+        for i in range(0, len(images), 100):
+            puts = [
+                Op(request_put=PutRequest(f"bench/units/{image.name}".encode(), encode(image)))
+                for image in images[i : i + 100]
+            ]
+            await client.txn(TxnRequest(success=puts))
+        await client.aclose()
+
+    with etcd_cluster() as (cluster, base):
+        trio.run(fill, cluster)
+        started = time.perf_counter()
+        host = EtcdAgent(base, "a", cluster.url("bench")).start()
+        whole = time.perf_counter() - started
+        host.close()
+        listed = re.search(r"listed \d+ units .* \((\d+) ms\)", host.log.read_text())
+    return Figure(
+        f"etcd: agent restart back to serving, {units:,} units",
+        f"{whole * 1000:.0f} ms",
+        "< 1 s",
+        whole < 1,
+        f"whole process, start to listening; listing them from etcd took "
+        f"{listed.group(1) if listed else '?'} ms",
+    )
+
+
 # --- scaling -------------------------------------------------------------------------------
 
 
@@ -574,6 +698,9 @@ def main() -> None:
     )
     parser.add_argument("--scaling", action="store_true", help="also measure how costs grow")
     parser.add_argument("--views", action="store_true", help="only the views of 10,000 units")
+    parser.add_argument(
+        "--etcd", action="store_true", help="the SPEC §10 figures instead (needs etcd)"
+    )
     args = parser.parse_args()
     print(machine(), flush=True)
     steps: list[Callable[[], Figure | list[Figure]]] = [
@@ -591,6 +718,8 @@ def main() -> None:
     ]
     if args.views:
         steps = [python_speed, views]
+    if args.etcd:
+        steps = [python_speed, etcd_throughput, etcd_wake, etcd_restart, python_speed]
     figures: list[Figure] = []
     for step in steps:
         result = step()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,8 @@ import trio
 
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
+
+from etcd_cluster import ETCD, EtcdAgent, EtcdCluster
 
 
 @pytest.fixture(autouse=True)
@@ -207,3 +209,44 @@ def read_until(fd: int, needle: bytes, limit: float = 30) -> bytes:
             except OSError:  # the other side closed
                 break
     return seen
+
+
+# --- etcd (SPEC §10) ---------------------------------------------------------------------------
+
+
+def _etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    if ETCD is None:
+        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server; .ci/run does)")
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster shared by a test module (each test uses its own prefix)."""
+    yield from _etcd_cluster(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster of the test's own, for tests that kill its members."""
+    yield from _etcd_cluster(tmp_path_factory)
+
+
+@pytest.fixture
+def etcd_agents(short_tmp: Path) -> Iterator[Callable[..., EtcdAgent]]:
+    """Start `unitsync agent --store URL OPTIONS...` processes: `etcd_agents(url, *options)`;
+    all are killed when the test ends."""
+    started: list[EtcdAgent] = []
+
+    def start(url: str, *options: str) -> EtcdAgent:
+        agent = EtcdAgent(short_tmp, f"a{len(started)}", url, *options).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.close()

@@ -1,0 +1,342 @@
+"""Real etcd clusters for tests, and real agents that share a graph through them.
+
+Members are real `etcd` processes (Debian's etcd-server; `.ci/run` installs it) on free
+loopback ports, with their data in a temp dir. Tests kill and restart them (SIGTERM,
+SIGKILL, SIGSTOP), and the agents too, to see what users would see. Everything here is
+blocking on purpose: it runs in fixtures, outside trio, or in `trio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ETCD = shutil.which("etcd")
+PROGRESS_INTERVAL = "500ms"
+"""Progress notifications this often, so a test can show a silent watch being given up."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Tls:
+    """Files for a cluster that requires TLS and client certificates."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def issue(cls, folder: Path) -> Tls:
+        """A new CA, a certificate for the members (127.0.0.1) and one for a client."""
+        import trustme
+
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("unitsync-agent")
+        names = ("ca", "server", "server-key", "client", "client-key")
+        files = cls(*(folder / f"{name}.pem" for name in names))
+        ca.cert_pem.write_to_path(str(files.ca))
+        server.cert_chain_pems[0].write_to_path(str(files.server_cert))
+        server.private_key_pem.write_to_path(str(files.server_key))
+        client.cert_chain_pems[0].write_to_path(str(files.client_cert))
+        client.private_key_pem.write_to_path(str(files.client_key))
+        return files
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
+@dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class EtcdCluster:
+    base: Path
+    size: int = 3
+    tls: Tls | None = None
+    extra: list[str] = field(default_factory=list)
+    """More `etcd` options for every member."""
+    members: list[Member] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        token = f"unitsync-test-{time.monotonic_ns()}"
+        self.token = token
+        for i in range(self.size):
+            self.members.append(
+                Member(
+                    f"m{i}",
+                    free_port(),
+                    free_port(),
+                    self.base / f"m{i}.data",
+                    self.base / f"m{i}.log",
+                )
+            )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [member.endpoint for member in self.members]
+
+    def url(self, prefix: str, order: list[int] | None = None) -> str:
+        """The `--store` URL; `order` lists the members in the order the agent tries them."""
+        chosen = [self.members[i] for i in order] if order else self.members
+        return f"etcd://{','.join(m.endpoint for m in chosen)}/{prefix}"
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def start(self) -> EtcdCluster:
+        for i in range(self.size):
+            self.start_member(i, wait=False)
+        self.wait_healthy()
+        return self
+
+    def start_member(self, i: int, *, wait: bool = True) -> None:
+        assert ETCD is not None
+        member = self.members[i]
+        peers = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        client_url = f"{self.scheme}://127.0.0.1:{member.client_port}"
+        args = [
+            ETCD,
+            "--name", member.name,
+            "--data-dir", str(member.data_dir),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+            "--initial-cluster", peers,
+            "--initial-cluster-token", self.token,
+            "--initial-cluster-state", "new",
+            "--experimental-watch-progress-notify-interval", PROGRESS_INTERVAL,
+        ]  # fmt: skip
+        if self.tls is not None:
+            args += [
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca),
+                "--client-cert-auth",
+            ]  # fmt: skip
+        args += self.extra
+        with open(member.log, "ab") as log:
+            member.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        if wait:
+            self.wait_healthy()
+
+    def stop_member(self, i: int, signum: int = signal.SIGTERM) -> None:
+        member = self.members[i]
+        assert member.proc is not None
+        if signum == signal.SIGSTOP:
+            member.proc.send_signal(signum)
+            return
+        member.proc.send_signal(signal.SIGCONT)
+        member.proc.send_signal(signum)
+        member.proc.wait(timeout=30)
+
+    def resume_member(self, i: int) -> None:
+        proc = self.members[i].proc
+        assert proc is not None
+        proc.send_signal(signal.SIGCONT)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        for i, member in enumerate(self.members):
+            if member.running:
+                self.stop_member(i, signum)
+
+    def close(self) -> None:
+        for member in self.members:
+            if member.proc is not None and member.proc.poll() is None:
+                member.proc.send_signal(signal.SIGCONT)
+                member.proc.kill()
+                member.proc.wait(timeout=30)
+
+    # --- talking to it directly ----------------------------------------------------------------
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Until every running member has a leader and answers a read."""
+        deadline = time.monotonic() + timeout
+        for member in self.members:
+            while member.running:
+                with contextlib.suppress(OSError, ValueError):
+                    if self._get(member, "/health").get("health") == "true":
+                        break
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"etcd member {member.name} not healthy after {timeout}s:\n"
+                        + member.log.read_text()[-3000:]
+                    )
+                time.sleep(0.1)
+
+    def call(self, path: str, body: dict, token: str | None = None) -> dict:
+        """POST a gateway call to a running member (for test set-up), waiting out an election."""
+        deadline = time.monotonic() + 30
+        context = self.tls.context() if self.tls else None
+        while True:
+            member = next(m for m in self.members if m.running)
+            request = urllib.request.Request(
+                f"{self.scheme}://{member.endpoint}{path}",
+                data=json.dumps(body).encode(),
+                headers={"Authorization": token} if token else {},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+                    return json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 or time.monotonic() > deadline:
+                    raise
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def leader(self) -> int:
+        """The index of the member that leads the cluster now."""
+        self.wait_healthy()
+        ids = {}
+        for i, member in enumerate(self.members):
+            if member.running:
+                status = self._post(member, "/v3/maintenance/status")
+                ids[status["header"]["member_id"]] = i
+                leader = status["leader"]
+        return ids[leader]
+
+    def put(self, key: bytes, value: bytes, token: str | None = None) -> int:
+        reply = self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, token)
+        return int(reply["header"]["revision"])
+
+    def get(self, key: bytes, token: str | None = None) -> list[dict]:
+        reply = self.call("/v3/kv/range", {"key": _b64(key)}, token)
+        return reply.get("kvs", [])
+
+    def enable_auth(self, user: str, password: str, prefix: str) -> None:
+        """A root user, and `user` allowed to read and write keys under `prefix` only."""
+        for path, body in [
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/add", {"name": "root", "password": "root-pw"}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/role/add", {"name": "unitsync"}),
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": "unitsync",
+                    "perm": {
+                        "permType": "READWRITE",
+                        "key": _b64(prefix.encode()),
+                        "range_end": _b64(prefix.encode()[:-1] + bytes([prefix.encode()[-1] + 1])),
+                    },
+                },
+            ),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/user/grant", {"user": user, "role": "unitsync"}),
+            ("/v3/auth/enable", {}),
+        ]:
+            self.call(path, body)
+
+    def _post(self, member: Member, path: str) -> dict:
+        context = self.tls.context() if self.tls else None
+        url = f"{self.scheme}://{member.endpoint}{path}"
+        with urllib.request.urlopen(url, b"{}", timeout=10, context=context) as reply:
+            return json.loads(reply.read())
+
+    def _get(self, member: Member, path: str) -> dict:
+        context = self.tls.context() if self.tls else None
+        url = f"{self.scheme}://{member.endpoint}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+
+
+def _b64(data: bytes) -> str:
+    return b64encode(data).decode()
+
+
+class EtcdAgent:
+    """A real `unitsync agent --store etcd://...` process, its log in a file."""
+
+    def __init__(self, base: Path, name: str, url: str, *options: str) -> None:
+        self.socket = base / name / "agent.sock"
+        self.state_dir = base / name / "state"
+        self.log = base / f"{name}.log"
+        self.url, self.options = url, options
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "unitsync.cli", "agent",
+            "--socket", str(self.socket),
+            "--state-dir", str(self.state_dir),
+            "--store", self.url,
+            *self.options,
+        ]  # fmt: skip
+
+    def start(self) -> EtcdAgent:
+        already = self.log.read_text() if self.log.exists() else ""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command, stderr=log)
+        deadline = time.monotonic() + 60
+        while "listening on" not in self.log.read_text()[len(already) :]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the agent did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`unitsync sync ARGS...` against this agent, as a script on its host runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "unitsync.cli", "sync", *args],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, UNITSYNC_SOCKET=str(self.socket)),
+            timeout=120,
+        )
