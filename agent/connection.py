@@ -257,7 +257,7 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
     try:
 
         async def stream() -> None:
-            await service.commit([])  # what the snapshot shows is on disk
+            await service.settled()  # what the snapshot shows is on disk
             await _send_units(frames, FullView, service.views(wanted), time.time())
             while True:
                 views = await watcher.next()

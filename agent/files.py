@@ -1,4 +1,4 @@
-"""Private folders, exclusive locks and durable renames: the file rules of SPEC §4-§5."""
+"""Private folders and exclusive locks: the file rules of SPEC §4-§5 (durable writes: `disk.py`)."""
 
 from __future__ import annotations
 
@@ -54,24 +54,3 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in `path` survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically: temp file, fsync, rename, fsync of the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)

@@ -4,6 +4,13 @@
 already applied the records (in memory); here they go to the store, the waiters
 they concern are woken, and the caller waits until they are durable before it
 answers. Views for clients are built by `views.py`.
+
+A store that cannot make changes durable (the disk is full) refuses every change
+not yet durable with `NotDurable` and hands over the graph rebuilt from its
+durable state (`_rolled_back`): from then on that graph is served, every blocked
+start re-checks its readiness against it (a `start` whose dependency's completion
+was refused goes back to waiting instead of failing), and every watcher gets a
+fresh full view. So always read `self.graph` afresh after an await.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Protocol
 import trio
 
 from unitsync.wire import __version__
-from unitsync.wire.errors import DependencyFailed
+from unitsync.wire.errors import DependencyFailed, NotDurable
 from unitsync.wire.protocol import (
     Complete,
     Fail,
@@ -52,7 +59,10 @@ class Store(Protocol):
         """Take one command's records; return the sequence number to wait `durable` for."""
 
     async def durable(self, seq: int) -> None:
-        """Return once append `seq` is durable; raise if it never can be."""
+        """Return once append `seq` is durable; raise NotDurable if it was refused."""
+
+    def on_rollback(self, listener: Callable[[Graph], None]) -> None:
+        """Call `listener` with the durable state whenever changes were refused."""
 
 
 Progress = Callable[[Waiting], Awaitable[None]]
@@ -80,6 +90,7 @@ class Service:
         """Units with a `start` in progress, and how many."""
         self.started_at = time.monotonic()
         self.hub = Hub()
+        store.on_rollback(self._rolled_back)
 
     async def commit(self, records: list[Record]) -> None:
         """Journal records the graph has applied, wake whoever they concern, wait for fsync."""
@@ -92,6 +103,20 @@ class Service:
         # no reply (a start's token makes its retry safe).
         await self.store.durable(seq)
         self.hub.release(self.store.durable_seq)
+
+    async def settled(self) -> None:
+        """Wait until what the graph shows is durable (or, refused, undone)."""
+        while True:
+            try:
+                return await self.commit([])
+            except NotDurable:
+                continue  # the graph is the durable state now: wait for that
+
+    def _rolled_back(self, graph: Graph) -> None:
+        """Changes were refused: serve the durable state from now on (module docstring)."""
+        self.graph = graph
+        self.waiters.notify_all()
+        self.hub.resync()
 
     def _stage(self, seq: int, units: list[str], moved: set[str] = frozenset()) -> None:
         """Views for watchers: the changed units, then dependents whose readiness may follow."""
@@ -111,8 +136,13 @@ class Service:
         """Which units a watcher sees: every unit, or one unit and its dependencies."""
         if unit is None:
             return lambda _name: True
-        deps = self.graph.get(unit).deps
-        return lambda name: name == unit or name in deps
+        self.graph.get(unit)  # refuse an unknown unit now
+
+        def wanted(name: str) -> bool:
+            found = self.graph.units.get(unit)  # the graph may be rebuilt: look it up each time
+            return name == unit or (found is not None and name in found.deps)
+
+        return wanted
 
     def views(self, wanted: Callable[[str], bool]) -> list[UnitView]:
         return [self.view(name) for name in self.graph.units if wanted(name)]
@@ -157,11 +187,15 @@ class Service:
         return Ok(unit=request.unit, message=f"reset {what} ({count} changed)")
 
     async def status(self, request: Status) -> StatusReply:
-        names = [request.unit] if request.unit is not None else list(self.graph.units)
-        views = [self.view(name) for name in names]
-        # What we show must be on disk, even if another request changed it a moment ago.
-        await self.commit([])
-        return StatusReply(units=views, at=self.clock())
+        while True:
+            names = [request.unit] if request.unit is not None else list(self.graph.units)
+            views = [self.view(name) for name in names]
+            # What we show must be on disk, even if another request changed it a moment ago.
+            try:
+                await self.commit([])
+            except NotDurable:
+                continue  # some of it was refused and undone: show what is on disk instead
+            return StatusReply(units=views, at=self.clock())
 
     def view(self, name: str) -> UnitView:
         waiters = self.waiting[name]
@@ -172,11 +206,11 @@ class Service:
         self, request: Start, progress: Progress, idle: Idle = trio.sleep_forever
     ) -> Started:
         """Wait until the unit is ready, then start it; fail it if a dependency failed."""
-        name, graph = request.unit, self.graph
-        unit = graph.units.get(name)
+        name = request.unit
+        unit = self.graph.units.get(name)
         if request.token and unit and unit.status == "started" and unit.token == request.token:
             return Started(name, at=unit.since, waited=0.0)  # a retry of a start we acknowledged
-        await self.commit(graph.admit(name, request.rerun, self.clock()))
+        await self.commit(self.graph.admit(name, request.rerun, self.clock()))
         blocked = _Blocked(self, name)
         try:
             return await self._wait_and_start(request, self.clock(), progress, idle, blocked)
@@ -186,18 +220,30 @@ class Service:
     async def _wait_and_start(
         self, request: Start, began: float, progress: Progress, idle: Idle, blocked: _Blocked
     ) -> Started:
-        name, graph = request.unit, self.graph
+        name = request.unit
         told: tuple[str, ...] | None = None
         while True:
-            readiness = graph.readiness(name)
+            readiness = self.graph.readiness(name)
             if readiness.failed is not None:
                 blocked.end()
-                raise await self._dependency_failed(name, readiness.failed)
+                try:
+                    raise await self._dependency_failed(name, readiness.failed)
+                except NotDurable:
+                    if self.graph.readiness(name).failed is None:
+                        continue  # the dependency's failure was refused too: wait on
+                    raise
             if readiness.ready:
                 blocked.end()
                 now = self.clock()
                 waited = now - began
-                await self.commit(graph.start(name, request.rerun, now, request.token, waited))
+                try:
+                    await self.commit(
+                        self.graph.start(name, request.rerun, now, request.token, waited)
+                    )
+                except NotDurable:
+                    if not self.graph.readiness(name).ready:
+                        continue  # what made it ready was refused too: wait on
+                    raise
                 return Started(name, at=now, waited=waited)
             blocked.begin()
             # Registered before telling the client, so a change during the send is not missed;

@@ -38,3 +38,9 @@ class Waiters:
         for unit in units:
             for scope in self._by_unit.get(unit, ()):
                 scope.cancel()
+
+    def notify_all(self) -> None:
+        """Wake every blocked start (the graph was rebuilt: each re-checks its readiness)."""
+        for scopes in self._by_unit.values():
+            for scope in scopes:
+                scope.cancel()
