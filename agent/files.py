@@ -37,8 +37,9 @@ def ensure_private_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold an flock on `path` (which records our pid) for as long as the block runs."""
+def exclusive_lock(path: Path, what: str) -> Iterator[int]:
+    """Hold an flock on `path` (which records our pid) for as long as the block runs;
+    the block gets the lock file's descriptor."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -51,6 +52,6 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield fd
     finally:
         os.close(fd)

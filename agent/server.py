@@ -2,8 +2,8 @@
 
     run_agent
     ├── journal writer  (shielded; cancelled last, so every accepted change is flushed)
-    └── serve_listeners
-        └── one task per connection
+    ├── socket keeper   (accepts; binds the socket again if its file is removed)
+    └── one task per connection (here, not under the keeper: a new socket drops none)
 
 Shutdown is cancellation of `run_agent`: connections stop first (a waiting
 `start` is told why), then the journal flushes, then the socket file goes.
@@ -24,11 +24,10 @@ from typing import Any
 import trio
 
 from .connection import refuse_busy, serve_connection
-from .files import ensure_private_dir, exclusive_lock
 from .journal import Journal
 from .limits import Limits
-from .listener import bound_socket
 from .service import Service
+from .socket_keeper import SocketKeeper
 
 log = logging.getLogger("unitsync.agent")
 
@@ -46,12 +45,9 @@ async def run_agent(
     config: AgentConfig, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled. Setup errors are raised before `task_status.started`."""
-    ensure_private_dir(config.socket.parent)
-    lock_path = config.socket.with_name(config.socket.name + ".lock")
     # Bound before the journal loads: clients that connect meanwhile wait in the backlog.
     with (
-        exclusive_lock(lock_path, f"the socket {config.socket}"),
-        bound_socket(config.socket) as sock,
+        SocketKeeper(config.socket) as keeper,
         Journal.open(config.state_dir, salvage=config.salvage) as journal,
     ):
         gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
@@ -63,13 +59,13 @@ async def run_agent(
             len(journal.graph.units),
         )
         limits = _fit_to_open_file_limit(config.limits)
-        await _serve(service, journal, trio.SocketListener(sock), limits, task_status)
+        await _serve(service, journal, keeper, limits, task_status)
 
 
 async def _serve(
     service: Service,
     journal: Journal,
-    listener: trio.SocketListener,
+    keeper: SocketKeeper,
     limits: Limits,
     task_status: trio.TaskStatus[Service],
 ) -> None:
@@ -78,9 +74,7 @@ async def _serve(
         journal_scope = trio.CancelScope(shield=True)
         nursery.start_soon(_run_in, journal_scope, journal.run)
         try:
-            await nursery.start(
-                trio.serve_listeners, lambda stream: gate.serve(service, stream), [listener]
-            )
+            await nursery.start(keeper.serve, lambda stream: gate.serve(service, stream), nursery)
             task_status.started(service)  # accepting: report the service, not the listeners
             await trio.sleep_forever()
         finally:

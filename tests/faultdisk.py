@@ -45,6 +45,10 @@ class FaultyDisk:
         self.writes = 0
         self.hits = 0
         """How many operations the fault made fail (or short)."""
+        self.calls: list[str] = []
+        """Every operation's name, in order (reads excepted); a failed one ends in "!"."""
+        self.fail_only: str | None = None
+        """With a fault at 0: fail the next operation of this name instead of the nth."""
 
     def lift(self) -> None:
         """The fault is over: space was freed, or the disk was replaced."""
@@ -52,9 +56,12 @@ class FaultyDisk:
 
     def _fails(self, op: str) -> bool:
         self.ops += 1
+        self.calls.append(op)
         fault = self.fault
         if fault is None or fault.kind == "short":
             return False
+        if fault.at == 0 and op == self.fail_only:
+            fault.at = self.ops
         if self.ops == fault.at:
             return True
         if not fault.persistent or self.ops < fault.at:
@@ -68,6 +75,7 @@ class FaultyDisk:
     def _raise(self) -> None:
         assert self.fault is not None
         self.hits += 1
+        self.calls[-1] += "!"
         code = getattr(errno, self.fault.kind)
         raise OSError(code, os.strerror(code))
 
@@ -92,6 +100,7 @@ class FaultyDisk:
         self.writes += 1
         if fault is not None and fault.kind == "short":
             self.ops += 1
+            self.calls.append("write")
             if self.writes == fault.at or (fault.persistent and self.writes > fault.at):
                 self.hits += 1
                 return self.inner.write(fd, data[: max(1, len(data) // 2)])

@@ -11,11 +11,17 @@ import itertools
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
-from unitsync.agent.journal import Journal
+from unitsync.agent.broadcast import Watcher
+from unitsync.agent.disk import REAL_DISK
+from unitsync.agent.journal import LOG_NAME, Journal, JournalError
 from unitsync.agent.service import Service
+from unitsync.wire.errors import AgentGone, NotDurable, UnitsyncError
+from unitsync.wire.protocol import Complete, Start, Started, Status, Want
 
-from faultdisk import KINDS, Fault
+from faultdisk import KINDS, Fault, FaultyDisk
 from faultloop import FaultRun
 
 
@@ -77,3 +83,125 @@ def test_the_fault_loop_catches_a_broken_journal(
     with pytest.raises(AssertionError, match=finding):
         for n in range(1, 60):
             FaultRun(folder, Fault("ENOSPC", n, persistent=True)).run()
+
+
+# --- one behaviour at a time, on real files --------------------------------------------------
+
+
+class Agent:
+    """The journal and service as the agent runs them (worker threads and all), minus the
+    socket, on real files behind a disk that can be told to fail."""
+
+    def __init__(self, folder: Path) -> None:
+        self.disk = FaultyDisk(REAL_DISK)
+        self.journal = Journal.open(folder, disk=self.disk)
+        self.service = Service(
+            self.journal.graph, self.journal, socket=Path("unused"), state_dir=folder
+        )
+
+    def fail_from_now_on(self, kind: str) -> None:
+        self.disk.fault = Fault(kind, self.disk.ops + 1, persistent=True)
+
+    def fail_next(self, kind: str, op: str) -> None:
+        """Make the next `op` (e.g. fsync) fail once with `kind`."""
+        self.disk.fault = Fault(kind, 0, persistent=False)
+        self.disk.fail_only = op
+
+
+class Waiter:
+    """A `start` in the background, as a blocked client; `result` once it returns."""
+
+    def __init__(self) -> None:
+        self.result: object = None
+        self.done = trio.Event()
+
+    @classmethod
+    async def start(cls, service: Service, unit: str, nursery: trio.Nursery) -> Waiter:
+        """Return once the start waits."""
+        waiter, waiting = cls(), trio.Event()
+
+        async def progress(_event: object) -> None:
+            waiting.set()
+
+        async def run() -> None:
+            try:
+                waiter.result = await service.start(Start(unit, token="t"), progress)
+            except UnitsyncError as exc:
+                waiter.result = exc
+            waiter.done.set()
+
+        nursery.start_soon(run)
+        await waiting.wait()
+        return waiter
+
+
+async def test_a_full_disk_refuses_changes_while_reads_and_waits_go_on(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "state")
+    service = agent.service
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.journal.run)
+        await service.want(Want("app", ["db"]))
+        await service.start(Start("db"), progress=_ignore)
+        waiter = await Waiter.start(service, "app", nursery)
+        watcher = Watcher(service.watch_filter(None))
+        service.hub.watchers.add(watcher)
+        log = tmp_path / "state" / LOG_NAME
+        size = log.stat().st_size
+
+        agent.fail_from_now_on("ENOSPC")  # the disk fills up
+        with pytest.raises(NotDurable) as refused:
+            await service.complete(Complete("db"))
+        assert refused.value.exit_code == 6
+        assert str(tmp_path / "state") in str(refused.value)
+        assert "free some space there and retry" in str(refused.value)
+        assert log.stat().st_size == size  # cut back to the last whole entry
+        await trio.testing.wait_all_tasks_blocked()
+        units = {view.name: view for view in (await service.status(Status())).units}
+        assert (units["db"].status, units["app"].status, units["app"].waiters) == (
+            "started",  # the completion was undone
+            "pending",
+            1,  # and the start of app goes on waiting
+        )
+        assert not waiter.done.is_set()
+        assert await watcher.next() is None  # the watcher is sent a fresh full view
+        with pytest.raises(NotDurable):
+            await service.want(Want("web", ["app"]))
+
+        agent.disk.lift()  # space returns: no restart needed
+        await service.complete(Complete("db"))
+        await waiter.done.wait()
+        assert isinstance(waiter.result, Started)
+        nursery.cancel_scope.cancel()
+    agent.journal.close()
+    recovered = Journal.open(tmp_path / "state")
+    assert {name: unit.status for name, unit in recovered.graph.units.items()} == {
+        "app": "started",
+        "db": "completed",
+    }
+    recovered.close()
+
+
+async def test_a_failed_fsync_stops_the_journal_and_is_never_retried(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "state")
+    service = agent.service
+    with pytest.raises(BaseExceptionGroup) as stopped:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.journal.run)
+            await service.want(Want("app", ["db"]))
+            synced = (tmp_path / "state" / LOG_NAME).read_bytes()
+            agent.fail_next("EIO", "fsync")
+            with pytest.raises(AgentGone, match="may or may not have been saved"):
+                await service.want(Want("web", ["app"]))
+    assert stopped.group_contains(JournalError, match="fsync of .* failed: Input/output error")
+    assert stopped.group_contains(JournalError, match="Check the disk")
+    failed_at = agent.disk.calls.index("fsync!")
+    assert "fsync" not in agent.disk.calls[failed_at + 1 :]  # no retry, as if it were safe
+    agent.journal.close()
+    assert (tmp_path / "state" / LOG_NAME).read_bytes() == synced
+    recovered = Journal.open(tmp_path / "state")  # the next start: the last synced state
+    assert set(recovered.graph.units) == {"app", "db"}
+    recovered.close()
+
+
+async def _ignore(_event: object) -> None:
+    pass
