@@ -319,7 +319,7 @@ class Journal:
         self._log_records += records
         self._durable = upto
         if self._refusing:
-            log.warning(
+            log.info(
                 "changes are saved again in %s (%d were refused while there was no room)",
                 self.state_dir,
                 self._refusing,
