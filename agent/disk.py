@@ -110,6 +110,21 @@ def write_all(disk: Disk, fd: int, data: bytes) -> None:
         view = view[disk.write(fd, view) :]
 
 
+def append_all(disk: Disk, fd: int, data: bytes) -> None:
+    """Append all of `data` to a file whose earlier bytes are durable.
+
+    After a short write the part written is fsynced before the rest is written: a file
+    never holds two unsynced appends, so no power loss can keep a later part without an
+    earlier one (a hole followed by whole entries, which recovery must take for damage).
+    Short writes are rare (a disk filling up, a signal), so this costs nothing otherwise.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[disk.write(fd, view) :]
+        if view:
+            disk.fsync(fd)
+
+
 def close_quietly(disk: Disk, fd: int) -> None:
     """Close `fd`; an error cannot matter, as what it held was fsynced or is thrown away."""
     with contextlib.suppress(OSError):

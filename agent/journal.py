@@ -54,7 +54,7 @@ import trio
 from unitsync.wire.errors import AgentGone, NotDurable
 
 from . import logfile
-from .disk import REAL_DISK, Disk, close_quietly, write_all, write_durably, write_temp
+from .disk import REAL_DISK, Disk, append_all, close_quietly, write_durably, write_temp
 from .files import SetupError, ensure_private_dir, exclusive_lock
 from .graph import Graph
 from .records import Record, UnitImage
@@ -122,6 +122,8 @@ class Journal:
         """The log, open for appending; None while a compaction's fresh log is not written."""
         self._torn = False
         """The log may end in part of an entry (a write failed): cut it back before appending."""
+        self._snapshot_named = True
+        """False from a snapshot's rename until the folder's fsync has made it durable."""
         self._lock = lock
         self._log_bytes = log_bytes
         """Bytes of whole, synced entries in the log (after its header)."""
@@ -303,7 +305,7 @@ class Journal:
         self._torn = True
         doing = "writing to"
         try:
-            write_all(disk, fd, data)
+            append_all(disk, fd, data)
             doing = "fsync of"
             disk.fsync(fd)
         except OSError as exc:
@@ -431,13 +433,10 @@ class Journal:
             return
         # A restart may find the new snapshot from now on: the old log must not grow again.
         close_quietly(disk, self._fd)  # type: ignore[arg-type]
-        self._fd, self.generation = None, generation
+        self._fd, self.generation, self._snapshot_named = None, generation, False
         self._snapshot_bytes, self._log_bytes, self._log_records = len(data), 0, 0
         self._compact_floor = 0
         try:
-            with _doing("syncing the folder of", self.snapshot_path):
-                disk.fsync_dir(self.state_dir)
-            self._crash_point("snapshot-written")
             self._start_fresh_log()
         except _Failed as failure:
             if not failure.no_space:
@@ -453,6 +452,12 @@ class Journal:
         )
 
     def _start_fresh_log(self) -> None:
+        """Step 3 of compaction, which a full disk may put off until the next batch."""
+        if not self._snapshot_named:  # a new log must never be found without its snapshot
+            with _doing("syncing the folder of", self.snapshot_path):
+                self._disk.fsync_dir(self.state_dir)
+            self._snapshot_named = True
+            self._crash_point("snapshot-written")
         with _doing("writing a fresh", self.log_path):
             _write_fresh_log(self._disk, self.state_dir, self.generation)
             self._fd = self._disk.open_append(self.log_path)
@@ -506,22 +511,28 @@ class _Recovery:
 
     def run(self, *, repair: bool = True) -> _Recovery:
         """Load the durable state; with `repair`, also finish what a crash left half done
-        (temp files, a torn tail, a missing log). Without, no file is changed."""
+        (temp files, a torn tail, a missing log) and make durable what was found. Without,
+        no file is changed."""
         if repair:
+            self._settle()
             self._remove_leftovers()
+        self._load(repair)
+        return self
+
+    def _load(self, repair: bool) -> None:
         self._load_snapshot()
         with _doing("reading", self.log_path):
             data = self.disk.read(self.log_path)
         if data is None:
             if repair:
                 self._fresh_log()
-            return self
+            return
         log_generation = self._log_generation(data)
         if log_generation < self.generation:
             if repair:
                 log.info("finishing an interrupted compaction: the snapshot holds the old journal")
                 self._fresh_log()
-            return self
+            return
         if log_generation > self.generation:
             raise JournalError(
                 f"{self.log_path} continues snapshot generation {log_generation}, but "
@@ -529,7 +540,20 @@ class _Recovery:
                 "or old; restore it, or move both files aside to start empty"
             )
         self._replay(data, repair)
-        return self
+
+    def _settle(self) -> None:
+        """A process that died (or failed) between a write and its fsync, or a rename and
+        the folder's fsync, left that in the page cache only: make what recovery finds
+        durable before it repairs anything, or acknowledges anything, on top of it."""
+        if LOG_NAME in self.disk.names(self.state_dir):
+            with _doing("syncing", self.log_path):
+                fd = self.disk.open_append(self.log_path)
+                try:
+                    self.disk.fsync(fd)
+                finally:
+                    close_quietly(self.disk, fd)
+        with _doing("syncing the folder of", self.log_path):
+            self.disk.fsync_dir(self.state_dir)
 
     def _remove_leftovers(self) -> None:
         """A temp file is a crash mid-write, never renamed: nothing in it was acknowledged."""

@@ -1,8 +1,8 @@
 """The fault loop: a scripted workload through the service, with the nth disk operation failing.
 
 The service and journal run as in the agent (minus the socket), on a recording disk
-(`crashdisk.SimDisk`) behind a `faultdisk.FaultyDisk`, with worker-thread calls inline
-and a mock clock, so that one fault always gives one run. Every commit (every change
+(`crashdisk.SimDisk`) behind a `faultdisk.FaultyDisk`, repeatably (`powerloss.repeatable`)
+and on a mock clock, so that one fault always gives one run. Every commit (every change
 a command makes durable) is watched; the run checks:
 
 - each commit ends acknowledged, refused with NotDurable (exit 6, naming the state
@@ -17,6 +17,11 @@ a command makes durable) is watched; the run checks:
   refused clearly; once the disk is fixed the next start recovers;
 - every (re)start recovers exactly the acknowledged changes, plus a prefix (in order)
   of the unknown ones, and nothing else.
+
+`check_power_loss` then holds every power-loss state of the run's trace (crashdisk.py)
+to the same rule, so a power failure in the middle of cutting back, rebuilding or
+finishing a compaction is covered too: the changes acknowledged by then, plus a prefix
+of those not yet answered; never one its client was told was refused.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import trio.testing
 
 from unitsync.agent import logfile
 from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, Journal, JournalError
+from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
 from unitsync.agent.records import Record
 from unitsync.agent.service import Service
 from unitsync.wire.errors import EXIT_NOT_DURABLE, AgentGone, NotDurable, Refused
@@ -38,7 +43,7 @@ from unitsync.wire.protocol import Complete, Fail, Reset, Start, Status, Want
 
 from crashdisk import SimDisk
 from faultdisk import Fault, FaultyDisk
-from powerloss import NEVER, canonical, inline_threads
+from powerloss import NEVER, canonical, quiet_recovery, recover, repeatable
 
 WAIT_LIMIT = 60.0
 """Virtual seconds a `start` may wait before the workload moves on (it may be blocked by
@@ -102,8 +107,12 @@ STEPS: list[list[Command] | tuple[str, ...]] = [
 @dataclass
 class Commit:
     records: list[Record]
+    submitted: int
+    """The disk's checkpoint when the change was handed to the journal."""
     outcome: str = "pending"
     """ok, refused, unknown (the journal stopped), or lost (unknown, then not recovered)."""
+    decided: int = NEVER
+    """The disk's checkpoint when its client was answered."""
 
 
 @dataclass
@@ -128,7 +137,7 @@ class FaultRun:
 
     def run(self) -> FaultRun:
         try:
-            with inline_threads():
+            with repeatable(str(self.fault)):
                 trio.run(self._main, clock=trio.testing.MockClock(autojump_threshold=0))
         except BaseExceptionGroup as group:  # show the finding, not the nurseries around it
             error: BaseException = group
@@ -238,17 +247,17 @@ class FaultRun:
         async def commit(records: list[Record]) -> None:
             if not records:
                 return await real(records)
-            entry = Commit(list(records))
+            entry = Commit(list(records), submitted=self.sim.last)
             self.commits.append(entry)
             try:
                 await real(records)
             except NotDurable:
-                entry.outcome = "refused"
+                entry.outcome, entry.decided = "refused", self.sim.last
                 raise
             except BaseException:
-                entry.outcome = "unknown"
+                entry.outcome, entry.decided = "unknown", self.sim.last
                 raise
-            entry.outcome = "ok"
+            entry.outcome, entry.decided = "ok", self.sim.last
 
         service.commit = commit  # type: ignore[method-assign]
 
@@ -302,14 +311,60 @@ class FaultRun:
         )
 
 
+def check_power_loss(run: FaultRun, baseline: FaultRun | None = None) -> int:
+    """Every power-loss state of the run's trace recovers to what its clients were told:
+    the changes acknowledged by then plus a prefix of those not yet answered. Where the
+    trace is the same as `baseline`'s (a run checked already), it is not checked again.
+    Returns how many states were checked."""
+    checked, start = 0, _divergence(run, baseline)
+    seen: dict[frozenset[tuple[str, bytes]], bytes] = {}
+    with quiet_recovery():
+        for checkpoint in run.sim.checkpoints[start:]:
+            commits = run.commits
+            acked = [c for c in commits if c.outcome == "ok" and c.decided <= checkpoint.index]
+            open_ = [c for c in commits if c.submitted <= checkpoint.index < c.decided]
+            allowed = {_replay(acked + open_[:n]) for n in range(len(open_) + 1)}
+            snapshots = (checkpoint.durable(SNAPSHOT_NAME), checkpoint.volatile.get(SNAPSHOT_NAME))
+            for fates, files in checkpoint.states(str(run.fault)):
+                checked += 1
+                where = f"{run.fault}, power lost after disk operation {checkpoint.index} "
+                where += f"({checkpoint.what}), fates {fates}"
+                if files.get(SNAPSHOT_NAME) not in snapshots:
+                    raise AssertionError(f"{where}: the snapshot is neither old nor new")
+                key = frozenset(files.items())
+                if key not in seen:
+                    try:
+                        seen[key] = recover(run.folder, SimDisk(run.folder, files))
+                    except JournalError as exc:
+                        raise AssertionError(f"{where}: recovery refused to start: {exc}") from None
+                if seen[key] not in allowed:
+                    raise AssertionError(
+                        f"{where}: recovered neither the {len(acked)} acknowledged changes nor "
+                        f"those plus some of the {len(open_)} not yet answered"
+                    )
+    return checked
+
+
+def _divergence(run: FaultRun, baseline: FaultRun | None) -> int:
+    """The first checkpoint at which `run`'s trace differs from `baseline`'s."""
+    if baseline is None:
+        return 0
+    pairs = zip(run.sim.checkpoints, baseline.sim.checkpoints, strict=False)
+    for checkpoint, twin in pairs:
+        if (checkpoint.what, checkpoint.pending) != (twin.what, twin.pending):
+            return max(0, checkpoint.index - 1)
+    return min(len(run.sim.checkpoints), len(baseline.sim.checkpoints))
+
+
 def _now() -> float:
     return 1000.0
 
 
-def _replay(commits: list[Commit], outcome: str) -> bytes:
+def _replay(commits: list[Commit], outcome: str | None = None) -> bytes:
+    """The graph after `commits` (those with `outcome`, if given), in order."""
     graph = Graph()
     for commit in commits:
-        if commit.outcome == outcome:
+        if outcome is None or commit.outcome == outcome:
             for record in commit.records:
                 graph.apply(record)
     return canonical(graph)

@@ -7,7 +7,9 @@ checks. Then the behaviours one at a time, where a reader can see them.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -15,14 +17,22 @@ import trio
 import trio.testing
 
 from unitsync.agent.broadcast import Watcher
-from unitsync.agent.disk import REAL_DISK
+from unitsync.agent.disk import REAL_DISK, RealDisk
 from unitsync.agent.journal import LOG_NAME, Journal, JournalError
+from unitsync.agent.main import _setup_failure
+from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
+from unitsync.client.async_client import AsyncClient
 from unitsync.wire.errors import AgentGone, NotDurable, UnitsyncError
 from unitsync.wire.protocol import Complete, Start, Started, Status, Want
 
 from faultdisk import KINDS, Fault, FaultyDisk
-from faultloop import FaultRun
+from faultloop import FaultRun, check_power_loss
+
+POWER_LOSS_TOO = {("ENOSPC", False), ("ENOSPC", True), ("short", False)}
+"""Fault loops whose every trace is also crashed at every operation (faultloop.py). EDQUOT
+takes ENOSPC's path, and a short write from then on is many single ones; EIO answers
+"may or may not have been saved", which leaves nothing to hold a power loss to."""
 
 
 @pytest.fixture
@@ -37,18 +47,21 @@ def folder(tmp_path: Path) -> Path:
 def test_the_nth_operation_fails_for_every_n(folder: Path, kind: str, persistent: bool) -> None:
     clean = FaultRun(folder, None).run()
     assert clean.refusals == clean.stops == 0
-    runs = []
+    power_losses = check_power_loss(clean)
+    runs: list[FaultRun] = []
     for n in itertools.count(1):
         run = FaultRun(folder, Fault(kind, n, persistent)).run()
         if not run.disk.hits:
             break  # the workload is over before operation n
         runs.append(run)
+        if (kind, persistent) in POWER_LOSS_TOO:
+            power_losses += check_power_loss(run, baseline=clean)
     assert len(runs) > (10 if kind == "short" else 40), f"only {len(runs)} operations to fail"
     refusals = sum(run.refusals for run in runs)
     stops = sum(run.stops for run in runs)
     print(
         f"\n{kind} {'from then on' if persistent else 'once'}: n = 1..{len(runs)}, "
-        f"{refusals} changes refused, {stops} stops"
+        f"{refusals} changes refused, {stops} stops, {power_losses} power-loss states"
     )
     if kind == "short":
         assert refusals == stops == 0
@@ -205,3 +218,31 @@ async def test_a_failed_fsync_stops_the_journal_and_is_never_retried(tmp_path: P
 
 async def _ignore(_event: object) -> None:
     pass
+
+
+async def test_a_failed_fsync_tells_the_client_and_stops_the_agent(
+    config: AgentConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end, over the socket: the client hears its change may be lost (exit 3),
+    and the agent stops with the reason (main prints it and exits 1)."""
+    real_fsync = RealDisk.fsync
+    disk_broken = False
+
+    def fsync(disk: RealDisk, fd: int) -> None:
+        if disk_broken:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(disk, fd)
+
+    monkeypatch.setattr(RealDisk, "fsync", fsync)
+    with pytest.raises(BaseExceptionGroup) as stopped:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_agent, config)
+            async with await AsyncClient.connect(config.socket) as client:
+                await client.want("app", "db")
+                disk_broken = True
+                with pytest.raises(AgentGone, match="may or may not have been saved") as told:
+                    await client.want("web", "app")
+    assert told.value.exit_code == 3
+    assert "fsync of" in str(told.value) and str(config.state_dir) in str(told.value)
+    assert stopped.group_contains(JournalError, match="Check the disk")
+    assert _setup_failure(stopped.value) is not None  # main prints it and exits 1
