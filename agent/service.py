@@ -104,14 +104,6 @@ class Service:
         await self.store.durable(seq)
         self.hub.release(self.store.durable_seq)
 
-    async def settled(self) -> None:
-        """Wait until what the graph shows is durable (or, refused, undone)."""
-        while True:
-            try:
-                return await self.commit([])
-            except NotDurable:
-                continue  # the graph is the durable state now: wait for that
-
     def _rolled_back(self, graph: Graph) -> None:
         """Changes were refused: serve the durable state from now on (module docstring)."""
         self.graph = graph
@@ -146,6 +138,16 @@ class Service:
 
     def views(self, wanted: Callable[[str], bool]) -> list[UnitView]:
         return [self.view(name) for name in self.graph.units if wanted(name)]
+
+    async def durable_views(self, wanted: Callable[[str], bool]) -> list[UnitView]:
+        """`views`, once all they show is on disk (taken again if some of it was refused)."""
+        while True:
+            views = self.views(wanted)
+            try:
+                await self.commit([])
+            except NotDurable:
+                continue
+            return views
 
     # --- requests --------------------------------------------------------------------------
 

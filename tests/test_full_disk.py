@@ -9,9 +9,13 @@ restart, every acknowledged change is there.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +65,8 @@ class Writer:
     refused: list[NotDurable] = field(default_factory=list)
     refused_units: list[str] = field(default_factory=list)
 
-    def run(self) -> None:
+    def run(self, refusals: int = 3) -> None:
+        """Until `refusals` changes were refused (the disk is full)."""
         with Client(self.socket) as client:
             for i in range(10_000):
                 unit, reason = f"w{self.index}-{i}", f"{i:06d}" + "x" * (REASON - 6)
@@ -70,10 +75,46 @@ class Writer:
                 except NotDurable as exc:
                     self.refused.append(exc)
                     self.refused_units.append(unit)
-                    if len(self.refused) == 3:  # the disk is full: refused, and again
+                    if len(self.refused) == refusals:
                         return
                     continue
                 self.acknowledged[unit] = reason
+
+
+class Watch:
+    """`status --watch -o json` in the background, its events collected."""
+
+    def __init__(self, socket: Path) -> None:
+        self.proc = spawn_cli("sync", "status", "--watch", "-o", "json", socket=socket)
+        self.events: list[dict] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        while not self.events:  # the first snapshot: the watch is on
+            time.sleep(0.01)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(json.JSONDecodeError):  # the last line, cut by Ctrl-C
+                self.events.append(json.loads(line))
+
+    def shown(self) -> set[str]:
+        """Every unit the watch has shown (a watcher that falls behind gets snapshots)."""
+        names = set()
+        for event in list(self.events):
+            units = event["units"] if event["event"] == "snapshot" else [event["unit"]]
+            names.update(unit["name"] for unit in units)
+        return names
+
+    def stop(self, once_shown: set[str]) -> list[dict]:
+        """Wait until every unit in `once_shown` was shown changed; then stop watching."""
+        deadline = time.monotonic() + 60
+        while not once_shown <= self.shown() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        return self.events
 
 
 def statuses(socket: Path) -> dict[str, tuple[str, str]]:
@@ -87,12 +128,13 @@ def test_a_full_disk_refuses_changes_and_the_same_agent_recovers(
     (tiny_disk / "ballast").write_bytes(b"\0" * BALLAST)
     state_dir = tiny_disk / "state"
     config = AgentConfig(socket=short_tmp / "run" / "agent.sock", state_dir=state_dir)
+    socket = config.socket
     agent = AgentProcess(config).start()
+    with Client(socket) as client:
+        client.want("app", "db")
+    waiter = spawn_cli("sync", "start", "app", "--timeout", "5m", socket=socket)
+    watch = Watch(socket)
     try:
-        socket = config.socket
-        with Client(socket) as client:
-            client.want("app", "db")
-        waiter = spawn_cli("sync", "start", "app", "--timeout", "5m", socket=socket)
         assert waiter.stderr is not None
         assert waiter.stderr.readline().strip() == "app: waiting for db"
 
@@ -102,6 +144,9 @@ def test_a_full_disk_refuses_changes_and_the_same_agent_recovers(
             thread.start()
         for thread in threads:
             thread.join(timeout=300)
+        filler = Writer(WRITERS, socket)  # the last bits, one change at a time
+        filler.run(refusals=1)
+        writers.append(filler)
         acknowledged = {u: r for w in writers for u, r in w.acknowledged.items()}
         assert len(acknowledged) > 100, "the disk filled up before the test got going"
 
@@ -126,6 +171,10 @@ def test_a_full_disk_refuses_changes_and_the_same_agent_recovers(
         refused_units = [u for w in writers for u in w.refused_units] + ["one-more"]
         assert not set(refused_units) & set(seen)
         assert waiter.poll() is None
+        events = watch.stop(once_shown=set(acknowledged))
+        assert [e["event"] for e in events].count("snapshot") >= 2  # sent again after a refusal
+        assert set(acknowledged) <= watch.shown()
+        assert not set(refused_units) & watch.shown()  # nothing refused was ever shown
 
         # Space returns: the same agent takes changes again, and the waiter proceeds.
         (tiny_disk / "ballast").unlink()
@@ -148,5 +197,9 @@ def test_a_full_disk_refuses_changes_and_the_same_agent_recovers(
         assert seen["db"][0] == "completed" and seen["app"][0] == "started"
         assert not set(refused_units) & set(seen)
     finally:
+        for proc in (waiter, watch.proc):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         if agent.proc is not None and agent.proc.poll() is None:
             agent.kill()
