@@ -322,7 +322,7 @@ class Journal:
         self._durable = upto
         if self._refusing:
             log.info(
-                "changes are saved again in %s (%d were refused while there was no room)",
+                "changes are saved again in %s (%d refused while there was no room)",
                 self.state_dir,
                 self._refusing,
             )
@@ -392,11 +392,14 @@ class Journal:
         self._wake()
         with trio.CancelScope(shield=True):
             await trio.sleep(STOP_GRACE)
-        raise JournalError(
-            f"{failure}. The kernel may have dropped what was not yet written, so the agent "
-            "stops rather than retry. Check the disk (dmesg, df), then start the agent again: "
-            "it recovers the last synced state"
-        ) from failure
+        why = (
+            "The kernel may have dropped what was not yet written, so the agent stops rather "
+            "than retry. Check the disk (dmesg, df), then start the agent again: it recovers "
+            "the last synced state"
+            if isinstance(failure, _Failed)
+            else "The agent stopped"
+        )
+        raise JournalError(f"{failure}. {why}") from failure
 
     def _cut_back_quietly(self) -> None:
         if self._fd is not None:

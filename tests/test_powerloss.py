@@ -6,8 +6,8 @@ recording disk (crashdisk.py) and every crash state of every disk operation is
 recovered and held to the oracle (powerloss.py). The mutation tests at the end break
 the journal on purpose: the harness must catch each break.
 
-More seeds for a nightly run: `UNITSYNC_POWERLOSS_SEEDS=200 python -m pytest
-tests/test_powerloss.py -q -s` (the figures are printed with -s).
+More seeds for a nightly run: `UNITSYNC_POWERLOSS_SEEDS=200 python -m pytest -q -s
+tests/test_powerloss.py -k long` (the figures are printed with -s).
 """
 
 from __future__ import annotations
