@@ -45,6 +45,12 @@ class Watcher:
             self.queue.extend(wanted)
         self._wakeup.set()
 
+    def resync(self) -> None:
+        """What was queued may never have become durable: send a fresh snapshot instead."""
+        self.queue.clear()
+        self.behind = True
+        self._wakeup.set()
+
     async def next(self) -> list[UnitView] | None:
         """The queued views, or None when the watcher fell behind and needs a snapshot."""
         while not self.queue and not self.behind:
@@ -74,3 +80,9 @@ class Hub:
             _seq, views = self._staged.popleft()
             for watcher in self.watchers:
                 watcher.offer(views)
+
+    def resync(self) -> None:
+        """Staged changes were refused, not made durable: drop them, resend every watcher."""
+        self._staged.clear()
+        for watcher in self.watchers:
+            watcher.resync()

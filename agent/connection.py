@@ -278,13 +278,16 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
     service.hub.watchers.add(watcher)
     try:
 
+        async def full_view() -> None:
+            """What it shows is on disk (taken again if some of it was refused)."""
+            await _send_units(frames, FullView(await service.durable_views(wanted), time.time()))
+
         async def stream() -> None:
-            await service.settle()  # what the full view shows is durable
-            await _send_units(frames, FullView(service.views(wanted), time.time()))
+            await full_view()
             while True:
                 views = await watcher.next()
-                if views is None:  # fell behind: start again from the present
-                    await _send_units(frames, FullView(service.views(wanted), time.time()))
+                if views is None:  # fell behind, or changes were refused: start from the present
+                    await full_view()
                 for view in views or ():
                     await frames.send(Changed(view, at=time.time()))
 

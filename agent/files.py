@@ -1,4 +1,4 @@
-"""Private folders, exclusive locks and durable renames: the file rules of SPEC §4-§5."""
+"""Private folders and exclusive locks: the file rules of SPEC §4-§5 (durable writes: `disk.py`)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def ensure_private_dir(path: Path, elsewhere: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[None]:
-    """Hold an flock on `path` (which records our pid) for as long as the block runs.
+def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[int]:
+    """Hold an flock on `path` (which records our pid) for as long as the block runs; the
+    block gets the lock file's descriptor.
 
     The file is removed when the lock is released, so a clean stop leaves nothing behind;
     a taker checks after locking that the file it locked is still the one at `path`
@@ -66,10 +67,11 @@ def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield fd
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # while still holding the lock
+        if _is_at(fd, path):  # (not if it was removed, and maybe taken anew, meanwhile)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # while still holding the lock
         os.close(fd)
 
 
@@ -79,24 +81,3 @@ def _is_at(fd: int, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in `path` survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically: temp file, fsync, rename, fsync of the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)

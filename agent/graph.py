@@ -151,6 +151,16 @@ class Graph:
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
 
+    def become(self, other: Graph) -> None:
+        """Take over `other`'s state (a store rebuilt the graph: the journal after refused
+        changes, etcd after listing afresh), so whoever holds this graph sees it."""
+        self.units = other.units
+        self.boot, self.boot_identity, self.boot_since = (
+            other.boot,
+            other.boot_identity,
+            other.boot_since,
+        )
+
     def _applied(self, records: list[Record]) -> list[Record]:
         """Apply `records` in memory and hand them back (for the service to make durable)."""
         if self.applies_decisions:

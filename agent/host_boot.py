@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from .files import write_durably
+from .disk import REAL_DISK, write_durably
 from .records import BootImage
 
 BOOT_NAME = "boot"
@@ -31,4 +31,4 @@ def load(state_dir: Path) -> BootImage | None:
 
 def save(state_dir: Path, boot: BootImage) -> None:
     """Record `boot` durably (temp file, fsync, rename, fsync of the folder)."""
-    write_durably(state_dir / BOOT_NAME, msgspec.msgpack.encode(boot))
+    write_durably(REAL_DISK, state_dir / BOOT_NAME, msgspec.msgpack.encode(boot))

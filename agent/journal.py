@@ -3,7 +3,8 @@
 The state dir holds `journal.log` (append-only entries), at most one
 `snapshot.bin`, and `lock`. Appends are buffered on the trio thread; one writer
 task turns everything buffered into a single write and a single fsync in a
-worker thread (group commit), then wakes every waiter that batch covered.
+worker thread (group commit), then wakes every waiter that batch covered. Every
+file operation goes through a `disk.Disk`, so tests can crash it or make it fail.
 
 Compaction writes a snapshot of the live graph and starts a fresh log. Each
 log names the generation of the snapshot it continues, so a crash between any
@@ -14,6 +15,28 @@ two steps recovers the same state:
     3. journal.tmp (header G+1) written, fsynced, renamed, folder fsynced
 
 On recovery a log older than the snapshot is wholly contained in it and is
+replaced by an empty log of the snapshot's generation. So once the snapshot is
+renamed into place, the old log must never grow again.
+
+When the disk fails (SPEC §4):
+
+- No space (ENOSPC, EDQUOT) for a batch: the log is cut back to its last whole
+  entry (truncate, fsync) and every change not yet durable is refused with
+  `NotDurable`. The service applies changes to the graph before they reach the
+  journal (so commands sharing a group commit see each other), and later changes
+  may build on a refused one, so all of them are refused together, and the graph
+  is rebuilt from the durable files by the same code as a restart (compaction
+  keeps that short) and taken over by the graph the service holds (`Changes.replaced`,
+  as when etcd lists afresh). Nothing retries:
+  the next change just tries again, so changes work as soon as there is room. A
+  compaction that runs out of space is put off; if its snapshot was already
+  renamed into place, changes are refused until its fresh log can be written.
+- Any other failure (EIO above all), of a write or of an fsync: the kernel may
+  have dropped the unwritten pages and forgotten the error, so no retry can be
+  trusted (fsyncgate). Waiters are told `AgentGone` (their change may or may not
+  be saved) and given STOP_GRACE to say so; then `run` raises `JournalError` and
+  the agent stops. The next start recovers the last synced state.
+
 replaced by an empty log of the snapshot's generation.
 
 As the service's `Store`, the journal is the one-host case: a command is decided once, on
@@ -23,6 +46,7 @@ the graph it applies to at once, and the caller waits for the batch's fsync.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -30,12 +54,15 @@ import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
+from unitsync.wire.errors import AgentGone, NotDurable
+
 from . import logfile
-from .files import SetupError, ensure_private_dir, exclusive_lock, fsync_dir, write_durably
+from .disk import REAL_DISK, Disk, append_all, close_quietly, write_durably, write_temp
+from .files import SetupError, ensure_private_dir, exclusive_lock
 from .graph import Graph
 from .records import BootImage, Record, UnitImage
 
@@ -50,9 +77,35 @@ LOCK_NAME = "lock"
 _KILL_AT = os.environ.get("UNITSYNC_TEST_KILL_AT", "")
 """Testing only: the crash point at which a real agent process kills itself."""
 
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The failures that leave the disk healthy: refuse the change, keep serving."""
+STOP_GRACE = 0.5
+"""Seconds a journal that cannot go on gives the requests it failed to tell their clients why."""
+
 
 class JournalError(Exception):
     """The journal cannot be trusted as it is; the message says what the operator can do."""
+
+
+class _Failed(Exception):
+    """A file operation of the journal failed: what it was doing, to which file, and why."""
+
+    def __init__(self, doing: str, path: Path, error: OSError) -> None:
+        super().__init__(f"{doing} {path} failed: {error.strerror or error}")
+        self.error = error
+
+    @property
+    def no_space(self) -> bool:
+        return self.error.errno in NO_SPACE
+
+
+@contextlib.contextmanager
+def _doing(what: str, path: Path) -> Iterator[None]:
+    """Turn an OSError inside the block into a `_Failed` naming the step and the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise _Failed(what, path, exc) from exc
 
 
 class Journal:
@@ -69,22 +122,42 @@ class Journal:
         compact_min_records: int,
         fd: int,
         lock: contextlib.ExitStack,
+        disk: Disk,
     ) -> None:
         self.state_dir = state_dir
+        self.log_path = state_dir / LOG_NAME
+        self.snapshot_path = state_dir / SNAPSHOT_NAME
         self.graph = graph
         self.generation = generation
-        self._fd = fd
-        """The log, open for appending; replaced by compaction, closed by `close`."""
+        self._disk = disk
+        self._fd: int | None = fd
+        """The log, open for appending; None while a compaction's fresh log is not written."""
+        self._torn = False
+        """The log may end in part of an entry (a write failed): cut it back before appending."""
+        self._snapshot_named = True
+        """False from a snapshot's rename until the folder's fsync has made it durable."""
         self._lock = lock
         self._log_bytes = log_bytes
+        """Bytes of whole, synced entries in the log (after its header)."""
         self._log_records = log_records
         self._snapshot_bytes = snapshot_bytes
         self.compact_ratio = compact_ratio
         self.compact_min_records = compact_min_records
+        self._compact_floor = 0
+        """After a compaction ran out of space: the log size at which to try again."""
         self._pending: list[bytes] = []
         self._pending_records = 0
         self._appended = 0
         self._durable = 0
+        self._barrier = 0
+        """The latest append the graph in memory reflects: what an empty append waits for."""
+        self._refused: list[tuple[int, int, str]] = []
+        """Appends in (after, upto] were refused, and the message saying why."""
+        self._refused_upto = 0
+        self._refusing = 0
+        """Changes refused since the last successful write (for the log)."""
+        self._gone: str | None = None
+        """Set when the journal stops: what each waiting client is told."""
         self._work = trio.Event()
         self._flushed = trio.Event()
         self._broken: JournalError | None = None
@@ -106,6 +179,7 @@ class Journal:
         compact_ratio: float = 4.0,
         compact_min_records: int = 10_000,
         locked: contextlib.ExitStack | None = None,
+        disk: Disk = REAL_DISK,
     ) -> Journal:
         """Recover the acknowledged state from the state dir (`journal.graph`).
 
@@ -115,9 +189,16 @@ class Journal:
         """
         with contextlib.ExitStack() as lock:
             lock.enter_context(locked if locked is not None else lock_state_dir(state_dir))
-            with _collector_paused():  # recovery builds only acyclic data: nothing to collect
-                recovered = _Recovery(state_dir, salvage).run()
-            fd = os.open(state_dir / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                with _collector_paused():  # recovery builds only acyclic data: nothing to collect
+                    recovered = _Recovery(state_dir, disk, salvage).run()
+                with _doing("opening", state_dir / LOG_NAME):
+                    fd = disk.open_append(state_dir / LOG_NAME)
+            except _Failed as failure:
+                fix = "free some space there" if failure.no_space else "check the disk (dmesg)"
+                raise JournalError(
+                    f"cannot recover the journal: {failure}; {fix}, then start the agent again"
+                ) from None
             return cls(
                 state_dir,
                 recovered.graph,
@@ -129,6 +210,7 @@ class Journal:
                 compact_min_records=compact_min_records,
                 fd=fd,
                 lock=lock.pop_all(),
+                disk=disk,
             )
 
     def __enter__(self) -> Journal:
@@ -139,8 +221,9 @@ class Journal:
 
     def close(self) -> None:
         """Close the log and release the state dir's lock."""
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd is not None:
+            close_quietly(self._disk, self._fd)
+            self._fd = None
         self._lock.close()
 
     # --- the service's store -------------------------------------------------------------------
@@ -164,11 +247,12 @@ class Journal:
         return records
 
     async def settle(self) -> None:
-        await self.durable(self._appended)
+        await self.durable(self._barrier)
 
     @property
     def applied_seq(self) -> int:
-        return self._appended
+        """The last change the graph holds: refused ones are undone, so not those."""
+        return self._barrier
 
     # --- appending ---------------------------------------------------------------------------
 
@@ -178,24 +262,36 @@ class Journal:
             self._pending.append(logfile.entry(records))
             self._pending_records += len(records)
             self._appended += 1
+            self._barrier = self._appended
             self._work.set()
-        return self._appended
+        return self._barrier
 
     @property
     def durable_seq(self) -> int:
-        """Every append up to this sequence number is on disk."""
+        """Every append up to this sequence number is on disk (or was refused)."""
         return self._durable
 
     async def durable(self, seq: int) -> None:
-        while self._durable < seq:
-            if self._broken is not None:
-                raise self._broken
+        """Return once append `seq` is on disk; raise NotDurable if it was refused, or
+        AgentGone if the journal stopped before it was."""
+        while True:
+            if seq <= self._refused_upto:  # rare: only after the disk ran out of space
+                for after, upto, message in self._refused:
+                    if after < seq <= upto:
+                        raise NotDurable(message)
+            if self._durable >= seq:
+                return
+            if self._gone is not None:
+                raise AgentGone(self._gone)
             await self._flushed.wait()
 
     # --- the writer task ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write and fsync batches until cancelled; then flush what is left, shielded."""
+        """Write and fsync batches until cancelled; then flush what is left, shielded.
+
+        Raises JournalError when the disk fails in a way no retry can be trusted with.
+        """
         task_status.started()
         try:
             while True:
@@ -208,10 +304,6 @@ class Journal:
                 while self._pending:
                     await self._flush()
             raise
-        except OSError as exc:  # disk full, I/O error: stop rather than acknowledge anything
-            self._broken = JournalError(f"cannot write {self.state_dir / LOG_NAME}: {exc}")
-            self._flushed.set()  # wake every waiter, to be told
-            raise self._broken from exc
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -222,29 +314,142 @@ class Journal:
         images = (self.graph.boot_image(), list(self.graph.images())) if due else None
         data = b"".join(batch)
         with trio.CancelScope(shield=True):  # a batch taken must be written, even at shutdown
-            await trio.to_thread.run_sync(self._write, data)
-        self._log_bytes += len(data)
-        self._log_records += records
-        self._durable = upto
-        self._flushed.set()
-        self._flushed = trio.Event()
-        if images is not None:
-            await trio.to_thread.run_sync(self._compact, *images)
+            try:
+                await trio.to_thread.run_sync(self._write, data)
+            except _Failed as failure:
+                if not failure.no_space:
+                    await self._stop(failure)
+                await self._refuse(failure)
+                return
+            self._written(len(data), records, upto)
+            if images is not None:
+                try:
+                    await trio.to_thread.run_sync(self._compact, *images)
+                except _Failed as failure:
+                    await self._stop(failure)
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self._crash_point("entry-written")
-        os.fsync(self._fd)
+        """In a worker thread: append `data` to the log and fsync it."""
+        if self._fd is None:
+            self._start_fresh_log()
+        if self._torn:
+            self._cut_back()
+        disk, fd = self._disk, self._fd
+        assert fd is not None
+        self._torn = True
+        doing = "writing to"
+        try:
+            append_all(disk, fd, data)
+            self._crash_point("entry-written")
+            doing = "fsync of"
+            disk.fsync(fd)
+        except OSError as exc:
+            failure = _Failed(doing, self.log_path, exc)
+            if failure.no_space:
+                self._cut_back()
+            raise failure from exc
+        self._torn = False
         self.fsyncs += 1
+
+    def _written(self, size: int, records: int, upto: int) -> None:
+        self._log_bytes += size
+        self._log_records += records
+        self._durable = upto
+        if self._refusing:
+            log.info(
+                "changes are saved again in %s (%d refused while there was no room)",
+                self.state_dir,
+                self._refusing,
+            )
+            self._refusing = 0
+        self._wake()
+
+    def _wake(self) -> None:
+        self._flushed.set()
+        self._flushed = trio.Event()
+
+    # --- when the disk fails -----------------------------------------------------------------
+
+    def _cut_back(self) -> None:
+        """Drop whatever follows the last whole entry, durably, before anything is appended."""
+        assert self._fd is not None
+        with _doing("cutting back", self.log_path):
+            self._disk.truncate(self._fd, logfile.LOG_HEADER.size + self._log_bytes)
+            self._disk.fsync(self._fd)
+        self._torn = False
+
+    async def _refuse(self, failure: _Failed) -> None:
+        """No room: refuse every change not yet durable and undo them all in memory."""
+        try:
+            graph, mount = await trio.to_thread.run_sync(self._durable_state)
+        except (_Failed, JournalError) as exc:
+            await self._stop(exc)
+        # From here to the end nothing awaits: appends that came in meanwhile are refused too.
+        after, upto = self._durable, self._appended
+        self._pending, self._pending_records = [], 0
+        if failure.error.errno == errno.EDQUOT:
+            why, fix = f"the disk quota on {mount} is used up", "free some space or raise the quota"
+        else:
+            why, fix = f"the disk {mount} is full", "free some space there"
+        message = (
+            f"not saved: {why} ({failure}), so nothing changed; {fix} and retry: the agent "
+            "takes changes again as soon as there is room, without a restart"
+        )
+        if not self._refusing:
+            log.warning("%s: refusing changes until there is room; reads and waits go on", failure)
+        if self._refused and self._refused[-1][0] == after:  # still refusing since `after`
+            self._refusing += upto - self._refused[-1][1]
+            self._refused[-1] = (after, upto, message)
+        else:
+            self._refusing += upto - after
+            self._refused.append((after, upto, message))
+        self._refused_upto = upto
+        self._barrier = after
+        self.graph.become(graph)  # the service holds this same graph
+        if self._changes is not None:
+            self._changes.replaced(upto)
+        self._wake()
+
+    def _durable_state(self) -> tuple[Graph, Path]:
+        """In a worker thread: the graph as the durable files hold it, and the disk they are on."""
+        with _collector_paused():
+            graph = _Recovery(self.state_dir, self._disk, salvage=False).run(repair=False).graph
+        return graph, _mount_point(self.state_dir)
+
+    async def _stop(self, failure: Exception) -> NoReturn:
+        """Tell every waiter its change may be lost, then stop the agent: nothing is retried."""
+        self._gone = (
+            f"the agent is stopping: {failure}; this change may or may not have been saved: "
+            "once an agent runs again, look with `unitsync sync status`"
+        )
+        log.error("%s; stopping (nothing is retried once a write or fsync failed)", failure)
+        if self._torn:  # so the next start finds no part of what nobody was told was saved
+            await trio.to_thread.run_sync(self._cut_back_quietly)
+        self._wake()
+        with trio.CancelScope(shield=True):
+            await trio.sleep(STOP_GRACE)
+        why = (
+            "The kernel may have dropped what was not yet written, so the agent stops rather "
+            "than retry. Check the disk (dmesg, df), then start the agent again: it recovers "
+            "the last synced state"
+            if isinstance(failure, _Failed)
+            else "The agent stopped"
+        )
+        raise JournalError(f"{failure}. {why}") from failure
+
+    def _cut_back_quietly(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self._disk.truncate(self._fd, logfile.LOG_HEADER.size + self._log_bytes)
 
     # --- compaction --------------------------------------------------------------------------
 
     def _compaction_due(self, incoming: int) -> bool:
         records = self._log_records + incoming
-        return records >= self.compact_min_records and (
-            self._log_bytes >= self.compact_ratio * max(self._snapshot_bytes, 1)
+        return (
+            records >= self.compact_min_records
+            and self._log_bytes >= self.compact_ratio * max(self._snapshot_bytes, 1)
+            and self._log_bytes >= self._compact_floor
         )
 
     def _compact(self, boot: BootImage, images: list[UnitImage]) -> None:
@@ -253,19 +458,49 @@ class Journal:
         self._crash_point("batch-written")
         generation = self.generation + 1
         data = logfile.snapshot(generation, boot, images)
-        write_durably(self.state_dir / SNAPSHOT_NAME, data)
-        self._crash_point("snapshot-written")
-        new_fd = _fresh_log(self.state_dir, generation)
-        self._crash_point("log-replaced")
-        os.close(self._fd)
-        self._fd, self.generation = new_fd, generation
+        disk = self._disk
+        try:
+            with _doing("writing", self.snapshot_path):
+                disk.rename(write_temp(disk, self.snapshot_path, data), self.snapshot_path)
+        except _Failed as failure:
+            if not failure.no_space:
+                raise
+            with contextlib.suppress(OSError):
+                disk.unlink(self.snapshot_path.with_name(SNAPSHOT_NAME + ".tmp"))
+            self._compact_floor = 2 * self._log_bytes
+            log.warning("could not compact the journal (%s); will try again later", failure)
+            return
+        # A restart may find the new snapshot from now on: the old log must not grow again.
+        close_quietly(disk, self._fd)  # type: ignore[arg-type]
+        self._fd, self.generation, self._snapshot_named = None, generation, False
         self._snapshot_bytes, self._log_bytes, self._log_records = len(data), 0, 0
+        self._compact_floor = 0
+        try:
+            self._start_fresh_log()
+        except _Failed as failure:
+            if not failure.no_space:
+                raise
+            log.warning("compaction: %s; changes wait for a fresh log", failure)
+            return
+        self._crash_point("log-replaced")
         log.info(
             "compacted the journal: %d units in a %d-byte snapshot (%.0f ms)",
             len(images),
             len(data),
             (time.monotonic() - started) * 1000,
         )
+
+    def _start_fresh_log(self) -> None:
+        """Step 3 of compaction, which a full disk may put off until the next batch."""
+        if not self._snapshot_named:  # a new log must never be found without its snapshot
+            with _doing("syncing the folder of", self.snapshot_path):
+                self._disk.fsync_dir(self.state_dir)
+            self._snapshot_named = True
+            self._crash_point("snapshot-written")
+        with _doing("writing a fresh", self.log_path):
+            _write_fresh_log(self._disk, self.state_dir, self.generation)
+            self._fd = self._disk.open_append(self.log_path)
+        self._torn = False
 
     def _crash_point(self, step: str) -> None:
         """Where a crash is worth testing: in-process tests replace this method; a test of a
@@ -308,17 +543,27 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _fresh_log(state_dir: Path, generation: int) -> int:
-    path = state_dir / LOG_NAME
-    write_durably(path, logfile.log_header(generation))
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+def _write_fresh_log(disk: Disk, state_dir: Path, generation: int) -> None:
+    write_durably(disk, state_dir / LOG_NAME, logfile.log_header(generation))
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding `path`: the disk to name when it is full."""
+    try:
+        device = os.stat(path).st_dev
+        while path.parent != path and os.stat(path.parent).st_dev == device:
+            path = path.parent
+    except OSError:
+        pass
+    return path
 
 
 class _Recovery:
     """Snapshot + log -> graph, cutting a torn tail and refusing (or salvaging) damage."""
 
-    def __init__(self, state_dir: Path, salvage: bool) -> None:
+    def __init__(self, state_dir: Path, disk: Disk, salvage: bool) -> None:
         self.state_dir = state_dir
+        self.disk = disk
         self.salvage = salvage
         self.log_path = state_dir / LOG_NAME
         self.snapshot_path = state_dir / SNAPSHOT_NAME
@@ -328,32 +573,68 @@ class _Recovery:
         self.log_bytes = 0
         self.log_records = 0
 
-    def run(self) -> _Recovery:
-        for leftover in self.state_dir.glob("*.tmp"):  # a crash mid-write; never renamed
-            leftover.unlink()
+    def run(self, *, repair: bool = True) -> _Recovery:
+        """Load the durable state; with `repair`, also finish what a crash left half done
+        (temp files, a torn tail, a missing log) and make durable what was found. Without,
+        no file is changed."""
+        if repair:
+            self._settle()
+            self._remove_leftovers()
+        self._load(repair)
+        return self
+
+    def _load(self, repair: bool) -> None:
         self._load_snapshot()
-        if not self.log_path.exists():
-            os.close(_fresh_log(self.state_dir, self.generation))
-            return self
-        data = self.log_path.read_bytes()
+        with _doing("reading", self.log_path):
+            data = self.disk.read(self.log_path)
+        if data is None:
+            if repair:
+                self._fresh_log()
+            return
         log_generation = self._log_generation(data)
         if log_generation < self.generation:
-            log.info("finishing an interrupted compaction: the snapshot holds the old journal")
-            os.close(_fresh_log(self.state_dir, self.generation))
-            return self
+            if repair:
+                log.info("finishing an interrupted compaction: the snapshot holds the old journal")
+                self._fresh_log()
+            return
         if log_generation > self.generation:
             raise JournalError(
                 f"{self.log_path} continues snapshot generation {log_generation}, but "
                 f"{self.snapshot_path} is generation {self.generation}: the snapshot is missing "
                 "or old; restore it, or move both files aside to start empty"
             )
-        self._replay(data)
-        return self
+        self._replay(data, repair)
+
+    def _settle(self) -> None:
+        """A process that died (or failed) between a write and its fsync, or a rename and
+        the folder's fsync, left that in the page cache only: make what recovery finds
+        durable before it repairs anything, or acknowledges anything, on top of it."""
+        if LOG_NAME in self.disk.names(self.state_dir):
+            with _doing("syncing", self.log_path):
+                fd = self.disk.open_append(self.log_path)
+                try:
+                    self.disk.fsync(fd)
+                finally:
+                    close_quietly(self.disk, fd)
+        with _doing("syncing the folder of", self.log_path):
+            self.disk.fsync_dir(self.state_dir)
+
+    def _remove_leftovers(self) -> None:
+        """A temp file is a crash mid-write, never renamed: nothing in it was acknowledged."""
+        for name in self.disk.names(self.state_dir):
+            if name.endswith(".tmp"):
+                with _doing("removing", self.state_dir / name):
+                    self.disk.unlink(self.state_dir / name)
+
+    def _fresh_log(self) -> None:
+        with _doing("writing a fresh", self.log_path):
+            _write_fresh_log(self.disk, self.state_dir, self.generation)
 
     def _load_snapshot(self) -> None:
-        if not self.snapshot_path.exists():
+        with _doing("reading", self.snapshot_path):
+            data = self.disk.read(self.snapshot_path)
+        if data is None:
             return
-        data = self.snapshot_path.read_bytes()
         try:
             self.generation, boot, images = logfile.read_snapshot(data)
         except logfile.Damaged as exc:
@@ -374,7 +655,7 @@ class _Recovery:
                 "start from the snapshot alone"
             ) from None
 
-    def _replay(self, data: bytes) -> None:
+    def _replay(self, data: bytes, repair: bool) -> None:
         scan = logfile.Scan(end=logfile.LOG_HEADER.size)
         apply = self.graph.apply
         try:
@@ -382,30 +663,34 @@ class _Recovery:
                 for record in records:
                     apply(record)
         except logfile.Damaged as exc:
-            self._damaged(data, scan, exc)
+            self._damaged(data, scan, exc, repair)
         except KeyError as exc:
             raise JournalError(
                 f"{self.log_path} names unit {exc} before it is known, at byte offset "
                 f"{scan.end}; the journal does not belong to this snapshot"
             ) from None
-        if scan.torn:
+        if scan.torn and repair:
             log.warning("%s: cut off a torn tail: %s", self.log_path, scan.torn)
-            with open(self.log_path, "r+b") as file:
-                file.truncate(scan.end)
-                os.fsync(file.fileno())
+            with _doing("cutting the torn tail off", self.log_path):
+                fd = self.disk.open_append(self.log_path)
+                try:
+                    self.disk.truncate(fd, scan.end)
+                    self.disk.fsync(fd)
+                finally:
+                    close_quietly(self.disk, fd)
         self.log_bytes, self.log_records = scan.end - logfile.LOG_HEADER.size, scan.count
 
-    def _damaged(self, data: bytes, scan: logfile.Scan, exc: logfile.Damaged) -> None:
-        if not self.salvage:
+    def _damaged(self, data: bytes, scan: logfile.Scan, exc: logfile.Damaged, repair: bool) -> None:
+        if not (self.salvage and repair):
             raise JournalError(
                 f"{self.log_path} is damaged: {exc}; no file was changed. To keep the "
                 f"{scan.count} records before that offset and move the damaged file aside, "
                 "start the agent with --salvage"
             ) from None
         aside = self.log_path.with_name(f"{LOG_NAME}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-        os.rename(self.log_path, aside)
-        write_durably(self.log_path, data[: scan.end])
-        fsync_dir(self.state_dir)
+        with _doing("salvaging", self.log_path):
+            self.disk.rename(self.log_path, aside)
+            write_durably(self.disk, self.log_path, data[: scan.end])  # syncs the rename too
         log.warning(
             "%s was damaged (%s): kept the %d records before it; the damaged file is now %s",
             self.log_path,

@@ -10,7 +10,6 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -22,11 +21,14 @@ BACKLOG = 4096
 workspace's scripts all start at once, and none should see "connection refused"."""
 
 
-@contextlib.contextmanager
-def bound_socket(path: Path) -> Iterator[trio.socket.SocketType]:
-    """Bind and listen on `path` (0600), replacing a stale socket file; remove it on exit.
+Identity = tuple[int, int]
+"""A file's (device, inode): tells our socket from another file at the same path."""
 
-    Callers hold the socket's lock, so an existing file can only be a dead agent's.
+
+def bind_private(path: Path) -> trio.socket.SocketType:
+    """Bind and listen on `path` (0600), replacing a stale socket file.
+
+    Callers hold the socket's lock, so an existing socket file can only be a dead agent's.
     """
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -43,22 +45,16 @@ def bound_socket(path: Path) -> Iterator[trio.socket.SocketType]:
         os.umask(old_umask)
     os.chmod(path, 0o600)
     sock.listen(BACKLOG)
-    try:
-        yield trio.socket.from_stdlib_socket(sock)
-    finally:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    return trio.socket.from_stdlib_socket(sock)
 
 
-@contextlib.contextmanager
-def inherited_socket(sock: socket.socket) -> Iterator[trio.socket.SocketType]:
-    """Serve a socket bound by whoever started us (systemd): its file is left in place,
-    for them to keep listening on after we stop."""
+def identity(path: Path) -> Identity | None:
+    """The (device, inode) of what is at `path` now, if anything."""
     try:
-        yield trio.socket.from_stdlib_socket(sock)
-    finally:
-        sock.close()
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:

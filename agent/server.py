@@ -4,8 +4,8 @@
     ├── the store's task: the journal's writer (shielded; cancelled last, so every
     │   accepted change is flushed), or etcd's watch feeding the replica
     ├── expire_unclaimed  (after a restart: fails held runs whose `run` did not come back)
-    └── serve_listeners
-        └── one task per connection
+    ├── socket keeper   (accepts; binds the socket again if its file is removed)
+    └── one task per connection (here, not under the keeper: a new socket drops none)
 
 Before the listeners start, a new boot is journaled (SPEC §7): nobody is served a state
 from before a workspace restart.
@@ -16,7 +16,6 @@ Shutdown is cancellation of `run_agent`: connections stop first (a waiting
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -32,16 +31,13 @@ from typing import Any
 
 import trio
 
-from unitsync.wire.paths import private_socket_hint
-
 from .boots import boot_identity
 from .connection import refuse_busy, serve_connection
-from .files import ensure_private_dir, exclusive_lock
 from .holds import RECLAIM_GRACE
 from .journal import lock_state_dir
 from .limits import Limits
-from .listener import bound_socket, inherited_socket
 from .service import Service
+from .socket_keeper import SocketKeeper
 from .store_config import EtcdConfig
 from .stores import RunningStore, open_store
 
@@ -73,48 +69,36 @@ async def run_agent(
 ) -> None:
     """Serve until cancelled. Setup errors are raised before `task_status.started`."""
     # The state dir first: a second agent on it is turned away before it touches any socket.
-    with lock_state_dir(config.state_dir) as state_lock:
-        ensure_private_dir(config.socket.parent, _another_socket())
-        lock_path = config.socket.with_name(config.socket.name + ".lock")
-        # Bound before the state loads: clients that connect meanwhile wait in the backlog.
-        with (
-            exclusive_lock(
-                lock_path, f"the socket {config.socket}", "give this one another --socket"
-            ),
-            _listening(config) as sock,
-        ):
-            async with open_store(
-                config.state_dir, config.salvage, config.etcd, state_lock.pop_all()
-            ) as store:
-                gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
-                service = Service(
-                    store.graph,
-                    store,
-                    socket=config.socket,
-                    state_dir=config.state_dir,
-                    host=config.host_id or platform.node(),
-                )
-                log.info(
-                    "listening on %s (state in %s, %d units)",
-                    config.socket,
-                    store.location,
-                    len(store.graph.units),
-                )
-                limits = _fit_to_open_file_limit(config.limits)
-                listener = trio.SocketListener(sock)
-                await _serve(service, store, listener, limits, config, task_status)
-
-
-def _listening(config: AgentConfig) -> contextlib.AbstractContextManager[trio.socket.SocketType]:
-    if config.inherited is not None:
-        return inherited_socket(config.inherited)
-    return bound_socket(config.socket)
+    # Bound before the state loads: clients that connect meanwhile wait in the backlog.
+    with (
+        lock_state_dir(config.state_dir) as state_lock,
+        SocketKeeper(config.socket, config.inherited) as keeper,
+    ):
+        async with open_store(
+            config.state_dir, config.salvage, config.etcd, state_lock.pop_all()
+        ) as store:
+            gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
+            service = Service(
+                store.graph,
+                store,
+                socket=config.socket,
+                state_dir=config.state_dir,
+                host=config.host_id or platform.node(),
+            )
+            log.info(
+                "listening on %s (state in %s, %d units)",
+                config.socket,
+                store.location,
+                len(store.graph.units),
+            )
+            limits = _fit_to_open_file_limit(config.limits)
+            await _serve(service, store, keeper, limits, config, task_status)
 
 
 async def _serve(
     service: Service,
     store: RunningStore,
-    listener: trio.SocketListener,
+    keeper: SocketKeeper,
     limits: Limits,
     config: AgentConfig,
     task_status: trio.TaskStatus[Service],
@@ -126,9 +110,7 @@ async def _serve(
         try:
             await _begin_boot(service, config.boot_id)  # before serving anyone (SPEC §7)
             nursery.start_soon(service.expire_unclaimed, config.reclaim_grace)
-            await nursery.start(
-                trio.serve_listeners, lambda stream: gate.serve(service, stream), [listener]
-            )
+            await nursery.start(keeper.serve, lambda stream: gate.serve(service, stream), nursery)
             task_status.started(service)  # accepting: report the service, not the listeners
             await trio.sleep_forever()
         finally:
@@ -209,11 +191,6 @@ class _FaultLog:
             more,
             exc_info=exc if self.count == 1 else None,
         )
-
-
-def _another_socket() -> str:
-    """How to choose another socket: in a folder only this user can write."""
-    return f"put the socket in a private folder, e.g. --socket {private_socket_hint()}"
 
 
 RESERVED_FILES = 64

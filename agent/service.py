@@ -13,6 +13,12 @@ Owners (SPEC §7): a `run` holds its unit's run through its connection (`holds.p
 `start` names the script it belongs to, whose liveness the agent checks in /proc. The
 owners of other hosts' runs (a shared store) cannot be checked from here: they count as
 alive, so nothing is taken from another host on a guess.
+
+A store that cannot make a change durable refuses it with `NotDurable` (the disk is full;
+etcd is unreachable). The journal then rebuilds the graph from its durable files, in
+place (`Graph.become`, then `replaced`: every blocked start checks its readiness again,
+every watcher gets a full view); a start whose dependency's completion was refused goes
+back to waiting instead of failing.
 """
 
 from __future__ import annotations
@@ -178,11 +184,11 @@ class Service:
         self.hub.release(self.store.durable_seq)
 
     def replaced(self, seq: int) -> None:
-        """The graph was listed afresh: every waiter checks again, every watcher is told."""
+        """The graph was rebuilt (etcd listed afresh; the journal undid refused changes):
+        every waiter checks again; every watcher drops what it had queued (it may never
+        have become durable) and gets a full view."""
         self.waiters.notify_all()
-        if self.hub.watchers:
-            self.hub.stage(seq, None)
-        self.hub.release(self.store.durable_seq)
+        self.hub.resync()
 
     def _stage(self, seq: int, units: list[str], moved: set[str] = frozenset()) -> None:
         """Views for watchers: the changed units, then dependents whose readiness may follow."""
@@ -202,11 +208,26 @@ class Service:
         """Which units a watcher sees: every unit, or one unit and its dependencies."""
         if unit is None:
             return lambda _name: True
-        deps = self.graph.get(unit).deps
-        return lambda name: name == unit or name in deps
+        self.graph.get(unit)  # refuse an unknown unit now
+
+        def wanted(name: str) -> bool:
+            found = self.graph.units.get(unit)  # its dependencies may change: look each time
+            return name == unit or (found is not None and name in found.deps)
+
+        return wanted
 
     def views(self, wanted: Callable[[str], bool]) -> list[UnitView]:
         return [self.view(name) for name in self.graph.units if wanted(name)]
+
+    async def durable_views(self, wanted: Callable[[str], bool]) -> list[UnitView]:
+        """`views`, once all they show is durable (taken again if some of it was refused)."""
+        while True:
+            views = self.views(wanted)
+            try:
+                await self.settle()
+            except NotDurable:
+                continue
+            return views
 
     # --- requests --------------------------------------------------------------------------
 
@@ -315,12 +336,16 @@ class Service:
         return Ok(unit=request.unit, message=f"reset {what} ({count} changed)")
 
     async def status(self, request: Status) -> StatusReply:
-        names = [request.unit] if request.unit is not None else list(self.graph.units)
-        views = [self.view(name) for name in names]
-        # What we show must be durable, even if another request changed it a moment ago.
-        await self.settle()
-        graph = self.graph
-        return StatusReply(views, self.clock(), boot=graph.boot, boot_since=graph.boot_since)
+        while True:
+            names = [request.unit] if request.unit is not None else list(self.graph.units)
+            views = [self.view(name) for name in names]
+            # What we show must be durable, even if another request changed it a moment ago.
+            try:
+                await self.settle()
+            except NotDurable:
+                continue  # some of it was refused and undone: show what is durable instead
+            graph = self.graph
+            return StatusReply(views, self.clock(), boot=graph.boot, boot_since=graph.boot_since)
 
     def view(self, name: str) -> UnitView:
         waiters = self.waiting[name]
@@ -473,9 +498,12 @@ class Service:
             except _Overtaken:
                 continue
             except NotDurable:
-                # The store cannot commit now (etcd unreachable): a start is a wait, bounded
-                # by its client's timeout, so it waits on. If the commit was made after all,
-                # its token shows it at the top of the loop.
+                if graph.readiness(name) != readiness:
+                    continue  # what made it ready (or failed) was refused too: wait on
+                if not getattr(self.store, "shared", False):
+                    raise  # the disk is full: say so now (exit 6), as for any change
+                # etcd is unreachable: a start is a wait, bounded by its client's timeout, so
+                # it waits on. If the commit was made after all, its token shows it above.
                 await trio.sleep(START_RETRY)
                 continue
             blocked.begin()

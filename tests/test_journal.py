@@ -15,10 +15,12 @@ import msgspec
 import pytest
 import trio
 
-from unitsync.agent import files, logfile
+from unitsync.agent import logfile
+from unitsync.agent.disk import RealDisk
 from unitsync.agent.graph import Graph
 from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
 from unitsync.agent.records import BootImage, Known, UnitImage
+from unitsync.wire.errors import AgentGone
 
 
 def images(graph: Graph) -> list[UnitImage]:
@@ -213,15 +215,15 @@ def crash_at_rename(nth: int) -> Callable[[pytest.MonkeyPatch], None]:
 
     def install(monkeypatch: pytest.MonkeyPatch) -> None:
         calls = []
-        real = os.replace
+        real = RealDisk.rename
 
-        def replace(src: object, dst: object) -> None:
+        def rename(disk: RealDisk, src: Path, dst: Path) -> None:
             calls.append(dst)
             if len(calls) == nth:
                 raise SystemExit(f"crash injected before rename #{nth}")
-            real(src, dst)  # type: ignore[arg-type]
+            real(disk, src, dst)
 
-        monkeypatch.setattr(files.os, "replace", replace)
+        monkeypatch.setattr(RealDisk, "rename", rename)
 
     return install
 
@@ -345,10 +347,10 @@ async def test_a_write_failure_stops_acknowledgements_instead_of_hanging(
     journal = Journal.open(tmp_path)
     graph = journal.graph
 
-    def disk_full(fd: int, data: object) -> int:
-        raise OSError(28, "No space left on device")
+    def broken_disk(fd: int, data: object) -> int:
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "write", disk_full)
+    monkeypatch.setattr(os, "write", broken_disk)
     with pytest.raises(BaseExceptionGroup) as caught:
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
@@ -356,7 +358,8 @@ async def test_a_write_failure_stops_acknowledgements_instead_of_hanging(
             # Shielded, as the service waits: without the fix this would wait forever.
             with trio.CancelScope(shield=True), trio.fail_after(10):
                 await journal.durable(seq)
-    assert caught.group_contains(JournalError, match="No space left on device", depth=None)
+    assert caught.group_contains(JournalError, match="Input/output error", depth=None)
+    assert caught.group_contains(AgentGone, match="may or may not have been saved", depth=None)
     assert not caught.group_contains(trio.TooSlowError, depth=None)
     journal.close()
 

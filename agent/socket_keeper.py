@@ -1,0 +1,158 @@
+"""Keeping the agent reachable when its socket file is removed while it runs (SPEC §4).
+
+A temp-dir cleaner, or a logout that empties $XDG_RUNTIME_DIR, can remove the socket
+file or its whole folder from under a running agent: it still listens, but no client
+can find it. The keeper owns the socket's lock and its listening socket. Every
+RECHECK_INTERVAL it looks at the path (one `lstat`, in a worker thread); if that is
+no longer the socket it bound, it makes the folder again (0700), takes the lock again
+if the lock file went too, binds a fresh socket, serves it, and closes the old one.
+Connections run in the server's nursery (`handler_nursery`), not the listener's, so
+replacing the listener drops none of them.
+
+Why a periodic check rather than inotify: one `lstat` every two seconds costs nothing
+measurable and nothing runs in between (no busy polling); it works on every platform
+and file system; and it sees every way the path can stop being ours (the file removed,
+the folder removed, something else put in its place). inotify would notice at once,
+but needs ctypes, is Linux-only, and must re-arm its watch whenever the folder itself
+goes, which is one of the cases to handle.
+
+A socket systemd passed (socket activation) is systemd's: the keeper serves it, never
+checks or re-creates its path, and leaves its file in place when the agent stops.
+
+Errors: if the socket cannot be made again (the folder is no longer private, another
+agent took the lock), `serve` raises SetupError and the agent stops with its message:
+an agent nobody can reach should not keep holding the state dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from unitsync.wire.paths import private_socket_hint
+
+from .files import ensure_private_dir, exclusive_lock
+from .listener import Identity, bind_private, identity
+
+log = logging.getLogger("unitsync.agent")
+
+RECHECK_INTERVAL = 2.0
+"""Seconds between checks of the socket's path: a removal is repaired within this (SPEC:
+within seconds), for one `lstat` per check."""
+
+Handler = Callable[[trio.SocketStream], Awaitable[object]]
+
+
+def _another_socket() -> str:
+    """How to choose another socket: in a folder only this user can write."""
+    return f"put the socket in a private folder, e.g. --socket {private_socket_hint()}"
+
+
+class SocketKeeper:
+    """The socket at `path` and its lock: taken on entry, kept while `serve` runs."""
+
+    def __init__(self, path: Path, inherited: socket.socket | None = None) -> None:
+        self.path = path
+        self.inherited = inherited
+        self.lock_path = path.with_name(path.name + ".lock")
+        self._lock = contextlib.ExitStack()
+        self._lock_id: Identity | None = None
+        self._socket: trio.socket.SocketType | None = None
+        self._socket_id: Identity | None = None
+
+    def __enter__(self) -> SocketKeeper:
+        """Take the lock and bind (SetupError if another agent has it, or the path is bad)."""
+        ensure_private_dir(self.path.parent, _another_socket())
+        try:
+            self._take_lock()
+            if self.inherited is not None:
+                self._socket = trio.socket.from_stdlib_socket(self.inherited)
+            else:
+                self._bind()
+        except BaseException:
+            self._lock.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        if self._socket_id is not None and identity(self.path) == self._socket_id:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._lock.close()
+
+    async def serve(
+        self,
+        handler: Handler,
+        handler_nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until cancelled, on a fresh socket whenever the path is lost."""
+        async with trio.open_nursery() as nursery:
+            accepting = await nursery.start(self._accept, handler, handler_nursery)
+            task_status.started()
+            if self.inherited is not None:
+                await trio.sleep_forever()  # systemd's socket: its path is systemd's to keep
+            while True:
+                await trio.sleep(RECHECK_INTERVAL)
+                if await trio.to_thread.run_sync(self._still_ours):
+                    continue
+                await trio.to_thread.run_sync(self._rebind)
+                replaced, accepting = (
+                    accepting,
+                    await nursery.start(self._accept, handler, handler_nursery),
+                )
+                replaced.cancel()  # closes the old listening socket
+                log.warning(
+                    "the socket %s was removed while the agent ran; listening again at the "
+                    "same path (open connections are kept)",
+                    self.path,
+                )
+
+    async def _accept(
+        self,
+        handler: Handler,
+        handler_nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope],
+    ) -> None:
+        """Accept on the current socket until the returned scope is cancelled."""
+        assert self._socket is not None
+        listener = trio.SocketListener(self._socket)
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await trio.serve_listeners(handler, [listener], handler_nursery=handler_nursery)
+
+    def _still_ours(self) -> bool:
+        current = identity(self.path)
+        return current is not None and current == self._socket_id
+
+    def _rebind(self) -> None:
+        ensure_private_dir(self.path.parent, _another_socket())
+        if identity(self.lock_path) != self._lock_id:  # the lock file went with the folder
+            self._take_lock()
+        self._bind()
+
+    def _take_lock(self) -> None:
+        lock = contextlib.ExitStack()
+        fd = lock.enter_context(
+            exclusive_lock(
+                self.lock_path, f"the socket {self.path}", "give this one another --socket"
+            )
+        )
+        info = os.fstat(fd)
+        self._lock_id = info.st_dev, info.st_ino
+        replaced, self._lock = self._lock, lock
+        replaced.close()
+
+    def _bind(self) -> None:
+        self._socket = bind_private(self.path)
+        self._socket_id = identity(self.path)
