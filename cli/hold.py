@@ -15,13 +15,12 @@ its end is still reported (the agent records it as a late report).
 
 from __future__ import annotations
 
-import sys
-
 from unitsync.client.client import Client
 from unitsync.client.retry import Backoff
 from unitsync.wire.errors import AgentUnavailable, UnitsyncError
 
 from .reactor import Reactor, Timer
+from .say import say
 
 
 class RunHold:
@@ -50,7 +49,7 @@ class RunHold:
             return
         self._unwatch()
         self.client.close()
-        print(f"unitsync: {self.unit}: the agent went away; taking the run back", file=sys.stderr)
+        say(f"unitsync: {self.unit}: the agent went away; taking the run back")
         self._take_back()
 
     def _take_back(self) -> None:
@@ -63,10 +62,10 @@ class RunHold:
             )
             return
         except UnitsyncError as exc:
-            print(f"unitsync: {self.unit}: {exc}", file=sys.stderr)
+            say(f"unitsync: {self.unit}: {exc}")
             return
         self._backoff = Backoff()
-        print(f"unitsync: {self.unit}: took the run back", file=sys.stderr)
+        say(f"unitsync: {self.unit}: took the run back")
         self._watch()
 
     def ensure(self) -> None:

@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.client.retry import Backoff
 from unitsync.wire.errors import EXIT_TIMED_OUT, EXIT_USAGE, AgentUnavailable, AlreadyDone
-from unitsync.wire.processes import owner
+from unitsync.wire.processes import COMMAND_LIMIT, owner
+from unitsync.wire.protocol import Owner
 from unitsync.wire.timefmt import duration
 
 from .children import Ended, SpawnFailed
 from .hold import RunHold
 from .progress import StartProgress
 from .reactor import Reactor
+from .say import say
 from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
 
 DEFAULT_INTERVAL = 1.0
@@ -112,13 +117,12 @@ def run_unit(
     try:
         detector, ready_timeout = readiness_detector(readiness)
     except BadOption as exc:
-        print(f"unitsync: {exc}", file=sys.stderr)
+        say(f"unitsync: {exc}")
         return EXIT_USAGE
     if once and detector is not None:
-        print(
+        say(
             "unitsync: --once is for one-time setup, not services: a service must start "
-            "again in every boot, or its dependents would trust one that is not running",
-            file=sys.stderr,
+            "again in every boot, or its dependents would trust one that is not running"
         )
         return EXIT_USAGE
     progress = StartProgress(unit, sys.stderr)
@@ -131,16 +135,16 @@ def run_unit(
             on_progress=progress.update,
             tick=1.0 if progress.live else None,
             once=once,
-            owner=owner(os.getpid(), "run"),
+            owner=_run_owner(command),
             hold=True,
         )
     except AlreadyDone as exc:
         progress.clear()
-        print(f"{unit}: {exc}; not running {command[0]}", file=sys.stderr)
+        say(f"{unit}: {exc}; not running {command[0]}")
         return 0
     except UnitsyncError as exc:
         progress.clear()
-        print(f"unitsync: {exc}; not running {command[0]}", file=sys.stderr)
+        say(f"unitsync: {exc}; not running {command[0]}")
         return exc.exit_code
     progress.done(started)
     # From here on `run` talks to the agent that holds its run; if that one goes away it
@@ -151,7 +155,7 @@ def run_unit(
         try:
             service.start()
         except SpawnFailed as exc:
-            print(f"unitsync: {exc.reason}", file=sys.stderr)
+            say(f"unitsync: {exc.reason}")
             return agent.ended(exc.status, exc.reason)
         return follow(service, agent)
 
@@ -190,17 +194,15 @@ class UnitAgent:
     def ready(self, how: str) -> None:
         # A ready service's `run` goes on holding the unit: if it dies now, the unit fails.
         self._tell("is ready", lambda: self.client.complete(self.unit, hold=True))
-        print(f"{self.unit}: ready ({how})", file=sys.stderr, flush=True)
+        say(f"{self.unit}: ready ({how})")
 
     def status(self, text: str) -> None:
         self._tell("says what it is doing", lambda: self.client.set_reason(self.unit, text))
 
     def not_ready(self, reason: str) -> None:
-        print(
+        say(
             f"unitsync: {self.unit} {reason}; stopping it "
-            f"(SIGTERM, then SIGKILL after {STOP_GRACE:g}s)",
-            file=sys.stderr,
-            flush=True,
+            f"(SIGTERM, then SIGKILL after {STOP_GRACE:g}s)"
         )
         self._tell("is not ready", lambda: self.client.fail(self.unit, reason))
 
@@ -231,9 +233,7 @@ class UnitAgent:
                 )
             )
         except UnitsyncError as exc:
-            print(
-                f"unitsync: {self.unit} ran, but recording its end failed: {exc}", file=sys.stderr
-            )
+            say(f"unitsync: {self.unit} ran, but recording its end failed: {exc}")
             return exc.exit_code if status == 0 else status
         return status
 
@@ -242,10 +242,7 @@ class UnitAgent:
         try:
             _patiently(call, before=self.hold.ensure)
         except UnitsyncError as exc:
-            print(
-                f"unitsync: {self.unit} {what}, but telling the agent failed: {exc}",
-                file=sys.stderr,
-            )
+            say(f"unitsync: {self.unit} {what}, but telling the agent failed: {exc}")
 
 
 REPORT_PATIENCE = 30.0
@@ -268,3 +265,15 @@ def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: 
             if remaining <= 0:
                 raise
             time.sleep(backoff.next_delay(remaining, "", None))
+
+
+def _run_owner(command: Sequence[str]) -> Owner | None:
+    """`run` itself owns the run; it is named by the command it runs, which is what a
+    person looking at `status` or at a lost run's reason recognises."""
+    me = owner(os.getpid(), "run")
+    if me is None:
+        return None
+    line = shlex.join(command)
+    if len(line) > COMMAND_LIMIT:
+        line = line[: COMMAND_LIMIT - 1] + "…"
+    return msgspec.structs.replace(me, command=line)

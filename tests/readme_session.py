@@ -28,10 +28,14 @@ FENCE = "```"
 ANNOTATION = re.compile(r"\s{2,}#\s*(.*)$")
 EXIT = re.compile(r"exit (\d+)")
 END = "@@unitsync-readme-end"
+BACKGROUND = re.compile(r"&(\s+\w+=\$!)?$")
+"""`cmd &`, or `cmd & name=$!` (so that a later line can `kill $name`)."""
 
 NORMALISE = [
     (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+"), "<log time>"),
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"), "<timestamp>"),
+    (re.compile(r"\d\d/[A-Z][a-z]{2}/\d{4}"), "<date>"),  # python -m http.server's log
+    (re.compile(r"\bon try \d+"), "on try <n>"),  # a readiness probe's
     (re.compile(r"\b\d\d:\d\d:\d\d\b"), "<clock>"),
     (re.compile(r"\b\d{10}(\.\d+)?\b"), "<unix time>"),
     (re.compile(r"\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+(\.\d+)?(ms|s)\b"), "<duration>"),
@@ -50,6 +54,11 @@ class Command:
     background: bool
     exit_code: int
     expected: list[str] = field(default_factory=list)
+
+    @property
+    def long_lived(self) -> bool:
+        """An agent started with `&`: it runs on, across blocks, until the session ends."""
+        return self.background and "unitsync agent" in self.line
 
 
 @dataclass
@@ -84,7 +93,7 @@ def _commands(lines: list[str]) -> list[Command]:
         code = int(match.group(1)) if note and (match := EXIT.search(note)) else None
         if raw.startswith("$ "):
             line = text[2:].strip()
-            background = line.endswith("&")
+            background = BACKGROUND.search(line) is not None
             commands.append(Command(line, background, code or 0))
         elif commands and text.strip():
             commands[-1].expected.append(text)
@@ -128,7 +137,7 @@ class Shell:
         A command run with `&` goes on in the background; like a reader, the shell waits
         until the lines shown right under it have appeared before the next command.
         """
-        if command.background and not command.line.startswith("unitsync agent"):
+        if command.background and not command.long_lived:
             script = f"{command.line}\n__us_jobs+=($!)\n"
         else:
             script = f"{command.line}\n"

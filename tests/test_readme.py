@@ -58,7 +58,7 @@ def test_the_readme_runs_top_to_bottom(short_tmp: Path) -> None:
                     )
             codes, output = shell.finish_jobs(COMMAND_TIMEOUT)
             printed += output.splitlines()
-            background = [c for c in block.commands if c.background and "agent" not in c.line]
+            background = [c for c in block.commands if c.background and not c.long_lived]
             assert codes == [c.exit_code for c in background], f"block {block.number}: {output}"
             expected = Counter(normalise(line) for c in block.commands for line in c.expected)
             actual = Counter(normalise(line) for line in printed if line.strip())
