@@ -9,6 +9,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from unitsync.wire.local import same_file
+
 
 class SetupError(Exception):
     """The agent cannot start; the message says why and what to do."""
@@ -61,7 +63,7 @@ def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[int]:
                 f"another unitsync agent (pid {holder}) is already serving {what}; "
                 f"stop it first, or {elsewhere}"
             ) from None
-        if _is_at(fd, path):
+        if same_file(fd, path):
             break
         os.close(fd)
     try:
@@ -69,15 +71,7 @@ def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[int]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield fd
     finally:
-        if _is_at(fd, path):  # (not if it was removed, and maybe taken anew, meanwhile)
+        if same_file(fd, path):  # (not if it was removed, and maybe taken anew, meanwhile)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # while still holding the lock
         os.close(fd)
-
-
-def _is_at(fd: int, path: Path) -> bool:
-    try:
-        here, there = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

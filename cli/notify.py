@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import array
 import os
-import secrets
 import socket
 import struct
 import sys
 from pathlib import Path
 from typing import Any
+
+from unitsync.wire.local import notify_receiver
 
 from .children import Child, Exits
 from .reactor import Reactor
@@ -60,12 +61,7 @@ class NotifyReady:
         self.refused: set[int] = set()
 
     def child_options(self) -> dict[str, Any]:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.sock.setblocking(False)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        name = f"unitsync/{os.getpid()}/{secrets.token_hex(16)}"
-        self.sock.bind(f"\0{name}")
-        self.address = f"@{name}"
+        self.sock, self.address = notify_receiver("run")
         return {"env": {**os.environ, ENV: self.address}}
 
     def begin(self, reactor: Reactor, exits: Exits, service: Child, listener: Listener) -> None:

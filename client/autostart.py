@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Literal
 
 from unitsync.wire.errors import AgentStartFailed
+from unitsync.wire.local import notify_receiver, same_file
 from unitsync.wire.paths import STATE_DIR_ENV, default_state_dir
 
 from .session import Peer, check_trust
@@ -197,7 +198,7 @@ def _start_lock(path: Path) -> Iterator[bool]:
         except BaseException:
             os.close(fd)
             raise
-        if _is_at(fd, path):
+        if same_file(fd, path):
             break
         os.close(fd)  # released and removed meanwhile: lock the file now at the path
     try:
@@ -227,14 +228,6 @@ def _lock_by(fd: int, path: Path, deadline: float) -> bool:
             )
         waited = True
         time.sleep(LOCK_RETRY)
-
-
-def _is_at(fd: int, path: Path) -> bool:
-    try:
-        here, there = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _nobody_listens(path: Path) -> bool:
@@ -308,12 +301,7 @@ class _Readiness:
     """A private NOTIFY_SOCKET in the abstract namespace; READY=1 from the agent ends the wait."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.sock.setblocking(False)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        name = f"unitsync/autostart/{os.getpid()}/{os.urandom(16).hex()}"
-        self.sock.bind(f"\0{name}")
-        self.address = f"@{name}"
+        self.sock, self.address = notify_receiver("autostart")
 
     def wait(self, agent: subprocess.Popen[bytes], timeout: float) -> Outcome:
         """How the agent's start ended: READY=1 from it, its exit, or `timeout` seconds."""

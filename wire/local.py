@@ -1,0 +1,32 @@
+"""Small Unix facts both sides need: is a path still the file we hold, and a private
+datagram socket to hear sd_notify messages on (the client, when it starts an agent;
+`run --notify`, from its service)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Is the file open as `fd` still the one at `path` (not removed, not replaced)?"""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def notify_receiver(label: str) -> tuple[socket.socket, str]:
+    """A datagram socket only its creator knows the name of, for NOTIFY_SOCKET: bound in the
+    abstract namespace (no file to leave behind or to guess), non-blocking, and passing its
+    senders' credentials (SCM_CREDENTIALS), so a receiver can check who sent what.
+
+    Returns the socket and its address as NOTIFY_SOCKET writes it (`@unitsync/...`)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    name = f"unitsync/{label}/{os.getpid()}/{os.urandom(16).hex()}"
+    sock.bind(f"\0{name}")
+    return sock, f"@{name}"
