@@ -403,6 +403,7 @@ def main() -> None:
 
 
 def _main(argv: list[str]) -> int:
+    _whole_lines()
     if not sys.stdout.isatty():  # help in a pipe or a file: no box drawing
         app.help_formatter = sync.help_formatter = "plain"
     try:
@@ -424,6 +425,14 @@ def _main(argv: list[str]) -> int:
         print(code, file=sys.stderr)
         return 1
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _whole_lines() -> None:
+    """Every line leaves in one write, even under PYTHONUNBUFFERED (where `print` writes a
+    line and its newline separately): scripts run side by side share a terminal or a log,
+    and another process's line must never land inside one of ours."""
+    sys.stdout.reconfigure(write_through=False)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(write_through=False, line_buffering=True)  # type: ignore[union-attr]
 
 
 def _stdout_gone() -> int:
