@@ -404,7 +404,7 @@ def main() -> None:
 
 def _main(argv: list[str]) -> int:
     _whole_lines()
-    if not sys.stdout.isatty():  # help in a pipe or a file: no box drawing
+    if _may_print_help(argv) and not sys.stdout.isatty():  # in a pipe or a file: no boxes
         app.help_formatter = sync.help_formatter = "plain"
     try:
         code = app(argv, exit_on_error=False, print_error=False, result_action="return_value")
@@ -425,6 +425,11 @@ def _main(argv: list[str]) -> int:
         print(code, file=sys.stderr)
         return 1
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _may_print_help(argv: list[str]) -> bool:
+    """Only then is the help formatter worth choosing (it costs an import on every call)."""
+    return len(argv) < 2 or "--help" in argv or "-h" in argv
 
 
 def _whole_lines() -> None:
