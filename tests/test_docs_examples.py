@@ -73,8 +73,8 @@ def without_comments(jsonc: str) -> str:
     while i < len(jsonc):
         char = jsonc[i]
         if in_string:
-            escaped = char == "\\" and not escaped
-            in_string = not (char == '"' and not escaped)
+            in_string = escaped or char != '"'
+            escaped = not escaped and char == "\\"
         elif char == '"':
             in_string = True
         elif jsonc.startswith("//", i):
@@ -315,15 +315,12 @@ def coder_start(workspace: Workspace, scripts: dict[str, str]) -> tuple[dict[str
     return ran, state
 
 
-CLONE_WITH_START = next(text for language, text in examples("coder.md") if language == "sh")
-
-
 @pytest.mark.parametrize("clone", ["run --once", "start --once"])
 def test_the_coder_scripts_survive_a_workspace_restart(workspace: Workspace, clone: str) -> None:
     scripts = coder_scripts()
     assert set(scripts) == {"git_clone", "claude", "dev_server", "tests"}
-    if clone == "start --once":
-        scripts["git_clone"] = CLONE_WITH_START
+    if clone == "start --once":  # the doc's variant of the clone script, in its place
+        scripts["git_clone"] = next(text for lang, text in examples("coder.md") if lang == "sh")
 
     ran, state = coder_start(workspace, scripts)
     assert "3 passed" in ran["tests"].output
@@ -333,16 +330,14 @@ def test_the_coder_scripts_survive_a_workspace_restart(workspace: Workspace, clo
 
     workspace.stop(keep_container=False)  # Coder removes the container; the home volume stays
     ran, state = coder_start(workspace, scripts)
+    assert "one-time unit" in ran["git_clone"].output
     assert "3 passed" in ran["tests"].output
     assert moved(state, "tests", "started") >= moved(state, "dev", "completed")
     git = next(u for u in state["units"] if u["name"] == "git")
     assert git["status"] == "completed" and git["once"]
     assert all(entry["boot"] == 1 for entry in git["history"]), "git did not run in boot 2"
-    assert (workspace.count("clones"), workspace.count("claude"), workspace.count("tests")) == (
-        1,
-        2,
-        2,
-    )
+    assert workspace.count("clones") == 1
+    assert workspace.count("claude") == workspace.count("tests") == 2
 
 
 # --- dev containers ---------------------------------------------------------------------------
@@ -425,13 +420,17 @@ class DevContainer:
             self.environ(),
         )
 
-    def start(self, *, created: bool) -> dict[str, Ran]:
-        """The container starts (a new boot): its hooks in order; every entry must succeed."""
-        self.workspace.next_boot()
+    def check_out(self) -> None:
+        """The workspace folder holds the project: here, the doc's `.devcontainer/web.sh`."""
         web_sh = self.folder / ".devcontainer" / "web.sh"
         web_sh.parent.mkdir(parents=True, exist_ok=True)
         web_sh.write_text(self.workspace.adapt(self.web_sh, 5173) + "\n")
         web_sh.chmod(0o755)
+
+    def start(self, *, created: bool) -> dict[str, Ran]:
+        """The container starts (a new boot): its hooks in order; every entry must succeed."""
+        self.workspace.next_boot()
+        self.check_out()
         hooks = ["postCreateCommand"] if created else []
         ran: dict[str, Ran] = {}
         for hook in [*hooks, "postStartCommand", "postAttachCommand"]:
@@ -460,11 +459,9 @@ def test_the_dev_container_hooks_survive_restarts_and_a_rebuild(workspace: Works
         assert len(agents_running(str(workspace.socket))) == 1
         if boot > 1:
             assert "not running git" in ran["fixtures"].output
-    assert (workspace.count("clones"), workspace.count("npm-ci"), workspace.count("seeded")) == (
-        1,
-        2,
-        3,
-    )
+    assert workspace.count("clones") == 1
+    assert workspace.count("npm-ci") == 2, "postCreateCommand runs in a new container only"
+    assert workspace.count("seeded") == 3
     assert (container.folder / ".unitsync" / "journal.log").exists()
 
 
