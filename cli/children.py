@@ -70,15 +70,21 @@ def forwarding_signals(child: Child) -> Iterator[None]:
 
     Ctrl-C on a terminal reaches the whole foreground group, the child included: `run`
     only stays alive to report its end. Sent to `run` alone (no terminal), it is passed on.
+    A signal `run` was started with ignored (`nohup` ignores SIGHUP) stays ignored, as the
+    convention for such signals goes: the child inherited the same.
     """
 
     def forward(signum: int, _frame: object) -> None:
         if child.returncode is None:
             child.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    previous: dict[int, object] = {}
+    for sig in FORWARDED:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, forward)
     on_interrupt = signal.SIG_IGN if sys.stdin.isatty() else forward
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_interrupt)
     try:
         yield
     finally:

@@ -31,6 +31,8 @@ class RunHold:
         self._fd: int | None = None
         self._retry: Timer | None = None
         self._backoff = Backoff()
+        self.given_up = False
+        """The agent gave this run up (after its grace period): its end is not reported."""
         self._watch()
 
     def _watch(self) -> None:
@@ -63,6 +65,7 @@ class RunHold:
             return
         except UnitsyncError as exc:
             say(f"unitsync: {self.unit}: {exc}")
+            self.given_up = True
             return
         self._backoff = Backoff()
         say(f"unitsync: {self.unit}: took the run back")

@@ -224,6 +224,8 @@ class UnitAgent:
     def ended(self, status: int, reason: str | None) -> int:
         """Complete the unit (no reason) or fail it; `status`, unless recording failed."""
         self.hold.close()  # the end is reported on whichever connection is open now
+        if self.hold.given_up:  # the unit is no longer this run's: say nothing more of it
+            return status
         try:
             _patiently(
                 lambda: (
@@ -239,6 +241,8 @@ class UnitAgent:
 
     def _tell(self, what: str, call: Callable[[], object]) -> None:
         """A change while the command runs: if it cannot be recorded, say so and go on."""
+        if self.hold.given_up:
+            return
         try:
             _patiently(call, before=self.hold.ensure)
         except UnitsyncError as exc:

@@ -387,6 +387,40 @@ def test_signals_still_reach_the_service(
     )
 
 
+def test_under_nohup_a_hangup_reaches_neither_run_nor_its_service(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    def like_nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    reloads = tmp_path / "reloads"
+    service = python_service(  # a server that reloads on SIGHUP, as nginx does
+        tmp_path,
+        f"""
+        import signal, time
+        signal.signal(signal.SIGHUP, lambda *_: open({str(reloads)!r}, "a").write("reload\\n"))
+        print("up", flush=True)
+        time.sleep(600)
+        """,
+    )
+    command = ["sync", "run", "svc", "--ready-log", "up", "--", *service]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", *command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, UNITSYNC_SOCKET=str(sock(agent_process))),
+        preexec_fn=like_nohup,
+    )
+    assert dependent_starts(agent_process, "svc-user", "svc") == 0
+    run.send_signal(signal.SIGHUP)
+    time.sleep(0.5)  # a hangup passed on would have reached the service by now
+    assert run.poll() is None and not reloads.exists()
+    assert unit_status(agent_process, "svc") == ("completed", "")
+    stop(run)
+    assert run.returncode == 128 + signal.SIGTERM
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
