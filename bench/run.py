@@ -5,6 +5,7 @@
     python bench/run.py --views    # only: every view of 10,000 units, command to output
     python bench/services.py       # only SPEC §8's service figures (about a minute)
     python bench/first_call.py     # only SPEC §7's autostart figures (about half a minute)
+    python bench/new_boot.py       # only SPEC §7's new-boot figures (about twenty seconds)
     python bench/run.py --etcd     # the SPEC §10 figures instead: a 3-member etcd cluster
                                    # and 3 agents sharing a graph, all on loopback
 
@@ -38,6 +39,7 @@ from pathlib import Path
 import first_call
 import load
 import msgspec
+import new_boot
 import services
 import trio
 
@@ -166,6 +168,11 @@ def service_readiness(rounds: int = 100) -> list[Figure]:
 def autostart() -> list[Figure]:
     """SPEC §7: what autostart costs the first call, and that later calls pay nothing."""
     return [Figure(*figure) for figure in first_call.measure()]
+
+
+def workspace_restart() -> list[Figure]:
+    """SPEC §7: a new boot of 10,000 units is one journal entry and costs start-up little."""
+    return [Figure(*figure) for figure in new_boot.measure()]
 
 
 def python_speed() -> Figure:
@@ -714,6 +721,7 @@ def main() -> None:
         views,
         service_readiness,
         autostart,
+        workspace_restart,
         python_speed,
     ]
     if args.views:
