@@ -321,7 +321,7 @@ async def _trio_fail_loop(socket: Path, clients: int, seconds: float) -> int:
         nonlocal done
         n = 0
         while trio.current_time() < deadline:
-            await client.fail(f"t{i}", f"round {n}")  # one acknowledged transition
+            await client.fail(f"t{i}", f"round {n}", force=True)  # one acked transition
             n += 1
         done += n
 
