@@ -153,8 +153,8 @@ def reset_in_process(template: Path, repeat: int = 5) -> float:
 
 def measure(rounds: int = 15) -> list[tuple[str, str, str, bool | None, str]]:
     samples: dict[str, list[float]] = {k: [] for k in ("same", "new", "same_ready", "new_ready")}
+    # (entries, records) that each start added to the journal, by kind of start
     written: dict[str, set[tuple[int, int]]] = {"same": set(), "new": set()}
-    """(entries, records) each start added to the journal."""
     boot_only = True
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "state"
@@ -185,7 +185,10 @@ def measure(rounds: int = 15) -> list[tuple[str, str, str, bool | None, str]]:
     one_entry = written == {"new": {(1, 1)}, "same": {(0, 0)}} and boot_only
 
     def said(kind: str) -> str:
-        return " or ".join(f"{e} ({r} records)" for e, r in sorted(written[kind]))
+        return " or ".join(
+            f"{e} entr{'y' if e == 1 else 'ies'} of {r} record{'' if r == 1 else 's'}"
+            for e, r in sorted(written[kind])
+        )
 
     return [
         (
@@ -201,7 +204,7 @@ def measure(rounds: int = 15) -> list[tuple[str, str, str, bool | None, str]]:
             f"{said('new')}; same boot: {said('same')}",
             "1 entry",
             one_entry,
-            f"entries (records) read back with unitsync.agent.logfile, every round; it put "
+            f"read back with unitsync.agent.logfile after every round; it put "
             f"{reset_wanted:,} units back to pending, the completed one-time units kept",
         ),
     ]
