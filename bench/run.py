@@ -1,6 +1,6 @@
 """Every SPEC §6 figure, measured on real agents, printed next to its target.
 
-    python bench/run.py            # the SPEC §6 figures (about two minutes)
+    python bench/run.py            # every figure of SPEC §6-§9 (about two and a half minutes)
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
     python bench/run.py --views    # only: every view of 10,000 units, command to output
     python bench/services.py       # only SPEC §8's service figures (about a minute)
