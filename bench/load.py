@@ -33,7 +33,9 @@ class Connection:
         self.sock.setblocking(False)
 
     def send_fail(self) -> None:
-        self.sock.sendall(encode(Fail(self.unit, f"round {self.acks}")))
+        # `force`: the first fail declares the unit (a name no command has named is refused
+        # as a likely typo); failed -> failed is the same move with or without it.
+        self.sock.sendall(encode(Fail(self.unit, f"round {self.acks}", force=True)))
 
     def receive_acks(self) -> int:
         """Read what arrived; the acks it completes (each answered by the next request)."""

@@ -1,10 +1,11 @@
 """Every SPEC §6 figure, measured on real agents, printed next to its target.
 
-    python bench/run.py            # the SPEC §6 figures (about two minutes)
+    python bench/run.py            # every figure of SPEC §6-§9 (about two and a half minutes)
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
     python bench/run.py --views    # only: every view of 10,000 units, command to output
     python bench/services.py       # only SPEC §8's service figures (about a minute)
     python bench/first_call.py     # only SPEC §7's autostart figures (about half a minute)
+    python bench/new_boot.py       # only SPEC §7's new-boot figures (about twenty seconds)
     python bench/run.py --etcd     # the SPEC §10 figures instead: a 3-member etcd cluster
                                    # and 3 agents sharing a graph, all on loopback
 
@@ -38,6 +39,7 @@ from pathlib import Path
 import first_call
 import load
 import msgspec
+import new_boot
 import services
 import trio
 
@@ -166,6 +168,11 @@ def service_readiness(rounds: int = 100) -> list[Figure]:
 def autostart() -> list[Figure]:
     """SPEC §7: what autostart costs the first call, and that later calls pay nothing."""
     return [Figure(*figure) for figure in first_call.measure()]
+
+
+def workspace_restart() -> list[Figure]:
+    """SPEC §7: a new boot of 10,000 units is one journal entry and costs start-up little."""
+    return [Figure(*figure) for figure in new_boot.measure()]
 
 
 def python_speed() -> Figure:
@@ -314,7 +321,7 @@ async def _trio_fail_loop(socket: Path, clients: int, seconds: float) -> int:
         nonlocal done
         n = 0
         while trio.current_time() < deadline:
-            await client.fail(f"t{i}", f"round {n}")  # one acknowledged transition
+            await client.fail(f"t{i}", f"round {n}", force=True)  # one acked transition
             n += 1
         done += n
 
@@ -714,6 +721,7 @@ def main() -> None:
         views,
         service_readiness,
         autostart,
+        workspace_restart,
         python_speed,
     ]
     if args.views:
