@@ -32,6 +32,20 @@ def no_autostart(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UNITSYNC_AUTOSTART", "0")
 
 
+@pytest.fixture(autouse=True)
+def private_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The default state dir and socket folder are the test's own: an agent the developer
+    runs (or one a failed test left behind) never meets a test that leaves them out."""
+    home = Path(tempfile.mkdtemp(prefix="us-home-"))
+    (home / "run").mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))
+    monkeypatch.delenv("UNITSYNC_STATE_DIR", raising=False)
+    monkeypatch.delenv("UNITSYNC_SOCKET", raising=False)
+    yield
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short private folder: Unix socket paths are limited to ~107 bytes."""

@@ -412,12 +412,14 @@ def test_under_nohup_a_hangup_reaches_neither_run_nor_its_service(
         env=dict(os.environ, UNITSYNC_SOCKET=str(sock(agent_process))),
         preexec_fn=like_nohup,
     )
-    assert dependent_starts(agent_process, "svc-user", "svc") == 0
-    run.send_signal(signal.SIGHUP)
-    time.sleep(0.5)  # a hangup passed on would have reached the service by now
-    assert run.poll() is None and not reloads.exists()
-    assert unit_status(agent_process, "svc") == ("completed", "")
-    stop(run)
+    try:
+        assert dependent_starts(agent_process, "svc-user", "svc") == 0
+        run.send_signal(signal.SIGHUP)
+        time.sleep(0.5)  # a hangup passed on would have reached the service by now
+        assert run.poll() is None and not reloads.exists()
+        assert unit_status(agent_process, "svc") == ("completed", "")
+    finally:
+        stop(run)  # `run` stops its service too
     assert run.returncode == 128 + signal.SIGTERM
 
 

@@ -79,5 +79,9 @@ def test_with_its_folder_gone_the_lock_is_taken_again(agent_process: AgentProces
     wait_until_back(socket)
     other_state = agent_process.config.state_dir.with_name("other-state")
     second = AgentProcess(AgentConfig(socket=socket, state_dir=other_state))
-    with pytest.raises(AssertionError, match=r"another unitsync agent .* serving the socket"):
-        second.start()
+    try:
+        with pytest.raises(AssertionError, match=r"another unitsync agent .* serving the socket"):
+            second.start()
+    finally:
+        if second.proc and second.proc.poll() is None:  # it started after all: not left behind
+            second.kill()
