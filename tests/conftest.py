@@ -118,6 +118,19 @@ class AgentProcess:
         self.proc.communicate(timeout=30)
 
 
+def sock(agent: AgentProcess) -> Path:
+    return agent.config.socket
+
+
+def unit_status(agent: AgentProcess, name: str) -> tuple[str, str]:
+    """(status, reason) of one unit, asked of the agent directly."""
+    from unitsync.client.client import Client
+
+    with Client(sock(agent)) as client:
+        [view] = client.status(name)
+    return view.status, view.reason
+
+
 @pytest.fixture
 def agent_process(config: AgentConfig) -> Iterator[AgentProcess]:
     agent = AgentProcess(config).start()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from unitsync.agent.server import AgentConfig
 
-from conftest import AgentProcess, run_cli, spawn_cli
+from conftest import AgentProcess, run_cli, sock, spawn_cli
 
 UNITSYNC = str(Path(sys.executable).with_name("unitsync"))
 
@@ -47,10 +47,6 @@ def test_the_coder_example_runs_in_order(agent_process: AgentProcess, tmp_path: 
         "claude": "completed",
         "git": "completed",
     }
-
-
-def sock(agent: AgentProcess) -> Path:
-    return agent.config.socket
 
 
 def test_ping_prints_version_and_uptime(agent_process: AgentProcess) -> None:

@@ -18,14 +18,10 @@ import pytest
 from unitsync.agent.server import AgentConfig
 from unitsync.client.client import Client
 
-from conftest import AgentProcess, on_a_terminal, read_until, run_cli, spawn_cli
+from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, spawn_cli
 
 UNITSYNC = str(Path(sys.executable).with_name("unitsync"))
 BOX_DRAWING = re.compile("[\u2500-\u257f]")
-
-
-def sock(agent: AgentProcess) -> Path:
-    return agent.config.socket
 
 
 def units(socket: Path) -> dict[str, dict]:

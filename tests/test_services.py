@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_workflow import on_a_terminal, read_until
 
 from unitsync.agent.graph import Graph, Refused
 from unitsync.agent.records import Reason
@@ -30,20 +29,10 @@ from unitsync.cli.probe import ProbeReady
 from unitsync.cli.service import Exited, NotReady, Ready, ServiceRun
 from unitsync.client.client import Client
 
-from conftest import AgentProcess, run_cli
+from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, unit_status
 
 LIMIT = 30.0
 """Bounds every wait, so that a broken build fails instead of hanging; never asserted."""
-
-
-def sock(agent: AgentProcess) -> Path:
-    return agent.config.socket
-
-
-def unit_status(agent: AgentProcess, name: str) -> tuple[str, str]:
-    with Client(sock(agent)) as client:
-        [view] = client.status(name)
-    return view.status, view.reason
 
 
 def status_is(agent: AgentProcess, name: str, expected: tuple[str, str]) -> bool:

@@ -14,17 +14,7 @@ import pytest
 
 from unitsync.client.client import Client, DependencyFailed
 
-from conftest import AgentProcess, on_a_terminal, read_until, run_cli, spawn_cli
-
-
-def sock(agent: AgentProcess) -> Path:
-    return agent.config.socket
-
-
-def unit_status(agent: AgentProcess, name: str) -> tuple[str, str]:
-    with Client(sock(agent)) as client:
-        [view] = client.status(name)
-    return view.status, view.reason
+from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, spawn_cli, unit_status
 
 
 @pytest.mark.parametrize("code", [0, 3, 42])
