@@ -28,6 +28,9 @@ FENCE = "```"
 ANNOTATION = re.compile(r"\s{2,}#\s*(.*)$")
 EXIT = re.compile(r"exit (\d+)")
 END = "@@unitsync-readme-end"
+"""Printed after each command as `END code` and a newline, and nothing before it: bash's
+stdout is line-buffered, so a leading newline would be a write of its own, and a line from
+a background process could land between the two and lose its own newline to the marker."""
 BACKGROUND = re.compile(r"&(\s+\w+=\$!)?$")
 """`cmd &`, or `cmd & name=$!` (so that a later line can `kill $name`)."""
 
@@ -141,7 +144,7 @@ class Shell:
             script = f"{command.line}\n__us_jobs+=($!)\n"
         else:
             script = f"{command.line}\n"
-        self._send(script + f'__us_rc=$?; printf "\\n{END} %d\\n" $__us_rc; (exit $__us_rc)\n')
+        self._send(script + f'__us_rc=$?; printf "{END} %d\\n" $__us_rc; (exit $__us_rc)\n')
         code, output = self._until_end(timeout)
         if command.background:
             output += self._until_seen(command.expected, output, timeout)
@@ -168,7 +171,7 @@ class Shell:
         """Wait for the block's background commands; their exit codes and their output."""
         self._send(
             'for __us_job in "${__us_jobs[@]}"; do wait $__us_job; __us_codes+=" $?"; done\n'
-            f'printf "\\n{END} 0 %s\\n" "$__us_codes"; __us_jobs=(); __us_codes=""\n'
+            f'printf "{END} 0 %s\\n" "$__us_codes"; __us_jobs=(); __us_codes=""\n'
         )
         _code, output, codes = self._until_end(timeout, with_codes=True)  # type: ignore[misc]
         return codes, output
@@ -182,7 +185,7 @@ class Shell:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
-        marker = re.compile(rf"\n?{END} (\d+)([ \d]*)\n".encode())
+        marker = re.compile(rf"{END} (\d+)([ \d]*)\n".encode())
         while not (match := marker.search(self.buffer)):
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([fd], [], [], max(remaining, 0))
@@ -193,6 +196,8 @@ class Shell:
                 raise EOFError(f"the shell ended: {self.buffer!r}")
             self.buffer += chunk
         output = self.buffer[: match.start()].decode(errors="replace")
+        if output and not output.endswith("\n"):
+            output += "\n"  # a command's last line without a newline: still a line of its own
         self.buffer = self.buffer[match.end() :]
         code = int(match.group(1))
         if with_codes:
