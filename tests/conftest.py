@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pty
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -174,19 +177,39 @@ def spawn_cli(*args: str, socket: Path, stdout: object = subprocess.PIPE) -> sub
     )
 
 
-def on_a_terminal(*args: str, socket: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Run `unitsync ARGS` with stdout and stderr on a pseudo-terminal; returns (process, pty)."""
+def on_a_terminal(
+    *args: str, socket: Path, columns: int = 100, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Run `unitsync ARGS` with stdin, stdout and stderr on a pseudo-terminal `columns`
+    wide (told by the terminal, as a real one does, not by $COLUMNS); (process, pty)."""
     leader, follower = pty.openpty()
-    env = dict(os.environ, UNITSYNC_SOCKET=str(socket), COLUMNS="100", TERM="xterm")
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    environment = dict(os.environ, UNITSYNC_SOCKET=str(socket), TERM="xterm", **(env or {}))
+    environment.pop("COLUMNS", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "unitsync.cli", *args],
         stdin=follower,
         stdout=follower,
         stderr=follower,
-        env=env,
+        env=environment,
     )
     os.close(follower)
     return proc, leader
+
+
+def read_all(terminal: int) -> bytes:
+    """Everything a pseudo-terminal shows until its last writer is gone; closes it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(terminal)
+    return b"".join(chunks)
 
 
 def agents_running(mentioning: str) -> list[int]:

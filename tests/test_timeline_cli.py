@@ -9,13 +9,10 @@ in a real headless browser and its screenshot checked for what it should show.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +26,7 @@ import pytest
 
 from unitsync.agent.server import AgentConfig
 
-from conftest import AgentProcess, run_cli, spawn_cli
+from conftest import AgentProcess, on_a_terminal, read_all, run_cli, spawn_cli
 
 SVG = "{http://www.w3.org/2000/svg}"
 SLEEPS = {"c": 0.6, "b": 0.3, "a": 1.6, "base": 1.2, "left": 0.1, "right": 0.9, "top": 0.3}
@@ -176,40 +173,12 @@ def test_an_empty_history_and_what_is_not_there(agent_process: AgentProcess) -> 
 
 def in_terminal(
     args: list[str], socket: Path, columns: int, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes] | str:
-    """Run `unitsync ARGS` with a pseudo-terminal of `columns` as its output; its output."""
-    master, slave = pty.openpty()
-    import fcntl
-    import termios
-
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    environment = dict(os.environ, UNITSYNC_SOCKET=str(socket), **(env or {}))
-    environment.pop("COLUMNS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "unitsync.cli", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=environment,
-    )
-    os.close(slave)
-    output = _read_all(master)
+) -> str:
+    """What `unitsync ARGS` shows on a terminal `columns` wide."""
+    proc, terminal = on_a_terminal(*args, socket=socket, columns=columns, env=env)
+    output = read_all(terminal)
     proc.wait(timeout=60)
     return output.decode().replace("\r\n", "\n")
-
-
-def _read_all(master: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the other side closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    return b"".join(chunks)
 
 
 @pytest.mark.parametrize("columns", [80, 200])
@@ -231,21 +200,9 @@ def test_on_a_terminal_the_chart_fits_its_width(started_up: StartUp, columns: in
 
 def test_the_live_watch_shows_a_bar_growing(agent_process: AgentProcess) -> None:
     socket = agent_process.config.socket
-    master, slave = pty.openpty()
-    import fcntl
-    import termios
-
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "unitsync.cli", "sync", "status", "--watch"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=dict(os.environ, UNITSYNC_SOCKET=str(socket)),
-    )
-    os.close(slave)
+    watch, terminal = on_a_terminal("sync", "status", "--watch", socket=socket, columns=160)
     screen = bytearray()
-    reader = threading.Thread(target=lambda: screen.extend(_read_all(master)), daemon=True)
+    reader = threading.Thread(target=lambda: screen.extend(read_all(terminal)), daemon=True)
     reader.start()
     try:
         run_cli("sync", "want", "slow", "quick", socket=socket)
