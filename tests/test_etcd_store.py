@@ -18,6 +18,7 @@ from unitsync.agent.service import Service
 from unitsync.agent.store_config import parse_store
 from unitsync.client.async_client import AsyncClient
 from unitsync.wire.errors import Refused
+from unitsync.wire.protocol import Started
 
 from etcd_cluster import EtcdCluster
 
@@ -73,28 +74,33 @@ async def in_step(*services: Service) -> None:
         await until(lambda store=store: store.revision >= latest, store)  # type: ignore[misc]
 
 
+async def start_app_waiting_on_db(host_a: AsyncClient, host_b: AsyncClient) -> Started:
+    """`start app` on host A; once it waits, db runs and completes on host B; app's reply."""
+    waiting = trio.Event()
+    started: list[Started] = []
+
+    async def on_progress(_event: object) -> None:
+        waiting.set()
+
+    async def start_app() -> None:
+        started.append(await host_a.start("app", on_progress=on_progress))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(start_app)
+        await waiting.wait()
+        await host_b.start("db")
+        await host_b.complete("db")
+    return started[0]
+
+
 async def test_a_complete_on_one_agent_wakes_a_start_on_another(
     etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
 ) -> None:
     agents = Agents(nursery, short_tmp, etcd.url(prefix))
     (service_a, host_a), (service_b, host_b) = await agents.start(), await agents.start()
     await host_a.want("app", "db")
-    waiting = trio.Event()
-
-    async def on_progress(_event: object) -> None:
-        waiting.set()
-
-    async with trio.open_nursery() as inner:
-        started = []
-
-        async def start_app() -> None:
-            started.append(await host_a.start("app", on_progress=on_progress))
-
-        inner.start_soon(start_app)
-        await waiting.wait()
-        await host_b.start("db")
-        await host_b.complete("db")
-    assert started[0].unit == "app"
+    started = await start_app_waiting_on_db(host_a, host_b)
+    assert started.unit == "app"
     await in_step(service_a, service_b)
     assert table(await host_a.status()) == table(await host_b.status())
     app = (await host_b.status("app"))[0]
@@ -223,23 +229,9 @@ async def test_a_start_woken_while_etcd_is_unreachable_waits_on(
         return await txn(request)
 
     store_a.client.txn = unreachable_for_a_while  # type: ignore[method-assign]
-    waiting = trio.Event()
-
-    async def on_progress(_event: object) -> None:
-        waiting.set()
-
-    async with trio.open_nursery() as inner:
-        started = []
-
-        async def start_app() -> None:
-            started.append(await host_a.start("app", on_progress=on_progress))
-
-        inner.start_soon(start_app)
-        await waiting.wait()
-        await host_b.start("db")
-        await host_b.complete("db")
+    started = await start_app_waiting_on_db(host_a, host_b)
     assert len(refused) == 3
-    assert started[0].unit == "app"
+    assert started.unit == "app"
     await in_step(service_a, service_b)
     assert (await host_b.status("app"))[0].status == "started"
 
