@@ -107,6 +107,11 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def p50_p99_ms(latencies: list[float]) -> tuple[float, float]:
+    """The median and the 99th percentile of latencies in seconds, in milliseconds."""
+    return statistics.median(latencies) * 1000, percentile(latencies, 99) * 1000
+
+
 async def connect_many(socket: Path, count: int) -> list[AsyncClient]:
     clients: list[AsyncClient] = []
     limiter = trio.CapacityLimiter(200)
@@ -162,7 +167,7 @@ async def release(socket: Path, gate: str) -> float:
 def service_readiness(rounds: int = 100) -> list[Figure]:
     """SPEC §8: a service's ready moment to its dependents' start; `run` idle."""
     with agent() as (socket, _proc):
-        return [Figure(*figure) for figure in services.measure(socket, percentile, rounds)]
+        return [Figure(*figure) for figure in services.measure(socket, p50_p99_ms, rounds)]
 
 
 def autostart() -> list[Figure]:
@@ -225,7 +230,7 @@ def wake_one(rounds: int = 300) -> Figure:
 
     with agent() as (socket, _proc):
         latencies = trio.run(main, socket)
-    p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 99) * 1000
+    p50, p99 = p50_p99_ms(latencies)
     return Figure(
         "wake-up, 1 waiter: `complete` acked -> `start` returns",
         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
@@ -607,7 +612,7 @@ def etcd_wake(rounds: int = 300) -> Figure:
         finally:
             for host in hosts:
                 host.close()
-    p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 99) * 1000
+    p50, p99 = p50_p99_ms(latencies)
     return Figure(
         "etcd: wake-up across hosts, `complete` acked on B -> `start` returns on A",
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",

@@ -151,7 +151,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(
-    socket: Path, percentile: Callable[[list[float], float], float], rounds: int
+    socket: Path, p50_p99_ms: Callable[[list[float]], tuple[float, float]], rounds: int
 ) -> list[tuple[str, str, str, bool, str]]:
     """(name, measured, target, met, note) for each figure."""
     figures = []
@@ -159,7 +159,7 @@ def measure(
         folder = Path(tmp)
         for mode, option in (("notify", "--notify"), ("log", "--ready-log")):
             latencies = ready_to_start(socket, mode, rounds, folder)
-            p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 99) * 1000
+            p50, p99 = p50_p99_ms(latencies)
             figures.append(
                 (
                     f"service ready -> dependent's `start` returns, {option}",
@@ -212,7 +212,7 @@ if __name__ == "__main__":
 
     print(bench.machine(), flush=True)
     with bench.agent() as (agent_socket, _proc):
-        for name, measured, target, met, note in measure(agent_socket, bench.percentile, 100):
+        for name, measured, target, met, note in measure(agent_socket, bench.p50_p99_ms, 100):
             verdict = "met" if met else "NOT MET"
             print(f"  {name:<58} {measured:<38} target {target:<12} {verdict}")
             print(f"      {note}", flush=True)
