@@ -58,7 +58,11 @@ class RunHold:
         self._retry = None
         try:
             self.client.take_back(self.unit)
-        except AgentUnavailable:
+        except AgentUnavailable as exc:
+            if not exc.passing:
+                say(f"unitsync: {self.unit}: {exc}")
+                self.given_up = True
+                return
             self._retry = self.reactor.call_later(
                 self._backoff.next_delay(None, self.unit, None), self._take_back
             )

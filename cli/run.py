@@ -264,9 +264,9 @@ def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: 
             before()
             call()
             return
-        except AgentUnavailable:
+        except AgentUnavailable as exc:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not exc.passing:
                 raise
             time.sleep(backoff.next_delay(remaining, "", None))
 

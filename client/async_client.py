@@ -207,7 +207,7 @@ class AsyncClient:
                 return reply
             except AgentUnavailable as exc:
                 await self.aclose()
-                if not connected_once:
+                if not connected_once or not exc.passing:
                     raise
                 if on_progress is not None:
                     await on_progress(exc)
@@ -230,8 +230,8 @@ class AsyncClient:
                     assert isinstance(event, FullView | Changed)
                     backoff = Backoff()
                     yield event
-            except AgentUnavailable:
+            except AgentUnavailable as exc:
                 await self.aclose()
-                if not connected_once:
+                if not connected_once or not exc.passing:
                     raise
                 await trio.sleep(backoff.next_delay(None, unit or "", None))

@@ -319,7 +319,7 @@ class Client:
                 return started
             except AgentUnavailable as exc:
                 self.close()
-                if not connected_once:
+                if not connected_once or not exc.passing:
                     raise
                 if on_progress:
                     on_progress(exc)
@@ -421,7 +421,7 @@ class Client:
                         backoff = Backoff()
                         yield event
             except AgentUnavailable as exc:
-                if not connected_once:
+                if not connected_once or not exc.passing:
                     raise
                 if on_unreachable:
                     on_unreachable(exc)

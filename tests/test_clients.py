@@ -27,9 +27,9 @@ from unitsync.wire.errors import (
     UnitsyncError,
 )
 from unitsync.wire.framing import decode_reply, take_frame
-from unitsync.wire.protocol import Started
+from unitsync.wire.protocol import Started, Waiting
 
-from conftest import run_cli
+from conftest import AgentProcess, run_cli
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
@@ -153,6 +153,58 @@ def test_without_the_trust_check_the_impostor_would_hear_the_secret(
     with pytest.raises(UnitsyncError):  # it never answers: the client retries, then gives up
         Client(impostor.path).start("secret-unit-name", timeout=1)
     assert b"secret-unit-name" in impostor.next_report()
+
+
+async def start_blocking_until(path: Path, unit: str, waiting: trio.Event) -> Started:
+    def on_progress(news: object) -> None:
+        if isinstance(news, Waiting):
+            trio.from_thread.run_sync(waiting.set)
+
+    return await trio.to_thread.run_sync(
+        lambda: Client(path).start(unit, timeout=120, on_progress=on_progress)
+    )
+
+
+async def start_trio_forever(path: Path, unit: str, waiting: trio.Event) -> Started:
+    async def on_progress(news: object) -> None:
+        if isinstance(news, Waiting):
+            waiting.set()
+
+    async with AsyncClient(path) as client:
+        return await client.start(unit, on_progress=on_progress)
+
+
+@as_root
+@pytest.mark.parametrize(
+    "start", [start_blocking_until, start_trio_forever], ids=["blocking", "trio"]
+)
+async def test_a_waiting_start_refuses_an_impostor_in_its_agents_place_at_once(
+    agent_process: AgentProcess,
+    start: Callable[[Path, str, trio.Event], Awaitable[Started]],
+) -> None:
+    """A waiting `start` rides out an agent restart; another user's listener taking the
+    agent's socket meanwhile is not a restart: refused at once (exit 3), never retried."""
+    path = agent_process.config.socket
+    with Client(path) as client:
+        client.want("app", "db")
+    waiting, done = trio.Event(), trio.Event()
+    result: list[tuple[str, str, int]] = []
+
+    async def wait() -> None:
+        result.append(await outcome(lambda: start(path, "app", waiting)))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await waiting.wait()
+        agent_process.kill()
+        path.unlink()
+        with Impostor(path, own_folder=False) as impostor, trio.fail_after(60):
+            await done.wait()
+            assert impostor.next_report() == b""  # the one try, refused before the hello
+    name, message, code = result[0]
+    assert (name, code) == (AgentUntrusted.__name__, 3)
+    assert f"it runs as uid {NOBODY}" in message
 
 
 def test_a_socket_folder_writable_by_others_is_not_trusted(short_tmp: Path) -> None:

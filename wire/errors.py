@@ -22,6 +22,7 @@ exits with `exc.exit_code`.
         ├── AgentBusy                           past the agent's connection cap
         ├── AgentGone                           the connection broke, or the agent is stopping
         └── AgentUntrusted                      the socket's folder or peer is not the user's
+                                                (never retried: `passing` is False)
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ class NotInHistory(UnitsyncError):
 class AgentUnavailable(UnitsyncError):
     exit_code = EXIT_UNREACHABLE
     default_code = "unavailable"
+    passing: ClassVar[bool] = True
+    """Worth waiting out: a waiting `start`, a `watch` and `run`'s reports retry with
+    backoff (an agent restarting comes back). False where waiting cannot help."""
 
 
 class NoAgent(AgentUnavailable):
@@ -139,9 +143,12 @@ class AgentGone(AgentUnavailable):
 
 
 class AgentUntrusted(AgentUnavailable):
-    """What listens at the socket may not be the user's own agent: nothing was sent to it."""
+    """What listens at the socket may not be the user's own agent: nothing was sent to it.
+    Not passing: another user's listener in the agent's place is refused at once, never
+    waited on (a `start` would otherwise retry it until its timeout)."""
 
     default_code = "untrusted"
+    passing = False
 
 
 _BY_CODE: dict[str, type[UnitsyncError]] = {
