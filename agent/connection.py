@@ -30,6 +30,7 @@ from unitsync.wire.framing import (
     decode_request,
     take_frame,
 )
+from unitsync.wire.local import peer_of
 from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
     Changed,
@@ -54,7 +55,6 @@ from unitsync.wire.protocol import (
 from .broadcast import Watcher
 from .holds import Holder
 from .limits import Limits
-from .listener import peer_uid
 from .service import Service
 
 log = logging.getLogger("unitsync.agent")
@@ -153,7 +153,7 @@ def _push_back(timer: trio.CancelScope, seconds: float) -> None:
 
 
 async def _admit_peer(frames: FrameStream) -> bool:
-    uid = peer_uid(frames.stream.socket)
+    uid = peer_of(frames.stream.socket).uid
     if uid == os.getuid():
         return True
     log.warning("refused a connection from uid %d (the agent runs as uid %d)", uid, os.getuid())

@@ -9,7 +9,6 @@ import contextlib
 import os
 import socket
 import stat
-import struct
 from pathlib import Path
 
 import trio
@@ -55,10 +54,3 @@ def identity(path: Path) -> Identity | None:
     except OSError:
         return None
     return info.st_dev, info.st_ino
-
-
-def peer_uid(sock: trio.socket.SocketType) -> int:
-    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid

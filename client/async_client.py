@@ -24,8 +24,6 @@ Resource rules: an `AsyncClient` holds at most one socket, closed by `aclose()` 
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import TypeVar
 import trio
 
 from unitsync.wire.errors import AgentGone, AgentUnavailable, UnitsyncError
+from unitsync.wire.local import peer_of
 from unitsync.wire.paths import default_socket
 from unitsync.wire.protocol import (
     Changed,
@@ -58,10 +57,9 @@ from unitsync.wire.protocol import (
 )
 
 from .retry import Backoff, asked_again, start_request
-from .session import NEED_DATA, Peer, Session, State, check_trust, unreachable
+from .session import NEED_DATA, Session, State, check_trust, unreachable
 
 RECEIVE_SIZE = 65536
-_PEERCRED = struct.Struct("3i")
 
 R = TypeVar("R")
 
@@ -102,10 +100,8 @@ class AsyncClient:
         except OSError as exc:
             raise unreachable(self.path, exc) from None
         try:
-            sock = stream.socket
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
             folder = os.stat(self.path.parent)
-            check_trust(self.path, folder, Peer(*_PEERCRED.unpack(creds)), os.getuid())
+            check_trust(self.path, folder, peer_of(stream.socket), os.getuid())
         except BaseException:
             await stream.aclose()
             raise

@@ -36,7 +36,6 @@ import fcntl
 import os
 import select
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -46,10 +45,10 @@ from pathlib import Path
 from typing import Literal
 
 from unitsync.wire.errors import AgentStartFailed
-from unitsync.wire.local import notify_receiver, same_file
+from unitsync.wire.local import CREDENTIALS, Peer, notify_receiver, same_file
 from unitsync.wire.paths import STATE_DIR_ENV, default_state_dir
 
-from .session import Peer, check_trust
+from .session import check_trust
 
 ENV = "UNITSYNC_AUTOSTART"
 OFF = frozenset({"0", "false", "no", "off"})
@@ -77,7 +76,6 @@ START_NOTE = "unitsync.autostart: "
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 """Socket activation meant for us, if any, is not for the agent."""
-_CREDENTIALS = struct.Struct("3i")
 
 Outcome = Literal["ready", "exited", "late"]
 
@@ -327,7 +325,7 @@ class _Readiness:
     def _ready_from(self, pid: int) -> bool:
         """Read every queued datagram; whether one said READY=1 and came from `pid`."""
         ready = False
-        size = socket.CMSG_SPACE(_CREDENTIALS.size)
+        size = socket.CMSG_SPACE(CREDENTIALS.size)
         while True:
             try:
                 data, ancillary, _flags, _address = self.sock.recvmsg(4096, size)
@@ -335,7 +333,7 @@ class _Readiness:
                 return ready
             sender = next(
                 (
-                    _CREDENTIALS.unpack(cdata[: _CREDENTIALS.size])[0]
+                    CREDENTIALS.unpack(cdata[: CREDENTIALS.size])[0]
                     for level, kind, cdata in ancillary
                     if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
                 ),

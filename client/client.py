@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from unitsync.wire.errors import (
     UnitsyncError,
     WaitTimeout,
 )
+from unitsync.wire.local import peer_of
 from unitsync.wire.paths import default_socket
 from unitsync.wire.protocol import (
     Changed,
@@ -63,7 +63,7 @@ from unitsync.wire.protocol import (
 )
 
 from .retry import Backoff, asked_again, start_request, timed_out
-from .session import NEED_DATA, Peer, Session, State, check_trust, unreachable
+from .session import NEED_DATA, Session, State, check_trust, unreachable
 
 if TYPE_CHECKING:
     from .autostart import Autostarted
@@ -87,7 +87,6 @@ REPLY_TIMEOUT = 30.0
 thirty seconds without one means the agent (or its disk) is stuck, and a script should
 hear so rather than hang."""
 RECEIVE_SIZE = 65536
-_PEERCRED = struct.Struct("3i")
 
 R = TypeVar("R")
 
@@ -104,8 +103,7 @@ class Connection:
         self.sock.settimeout(CONNECT_TIMEOUT)
         try:
             self.sock.connect(str(path))
-            creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-            check_trust(path, os.stat(path.parent), Peer(*_PEERCRED.unpack(creds)), os.getuid())
+            check_trust(path, os.stat(path.parent), peer_of(self.sock), os.getuid())
         except OSError as exc:
             self.sock.close()
             raise unreachable(path, exc) from None

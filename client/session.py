@@ -28,7 +28,6 @@ import enum
 import os
 import stat
 from pathlib import Path
-from typing import NamedTuple
 
 import msgspec
 
@@ -42,6 +41,7 @@ from unitsync.wire.errors import (
     from_reply,
 )
 from unitsync.wire.framing import decode_reply, encode, take_frame
+from unitsync.wire.local import Peer
 from unitsync.wire.paths import private_socket_hint
 from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
@@ -109,14 +109,6 @@ class NeedData:
 
 
 NEED_DATA = NeedData()
-
-
-class Peer(NamedTuple):
-    """The process at the other end of the socket, from SO_PEERCRED."""
-
-    pid: int
-    uid: int
-    gid: int
 
 
 def check_trust(path: Path, folder: os.stat_result, peer: Peer, me: int) -> None:
@@ -235,7 +227,13 @@ class Session:
                 return event
 
     def connection_lost(self, exc: BaseException | None = None) -> AgentGone:
-        """The socket failed: the session is over; the error to raise (naming the path)."""
+        """The socket failed: the session is over; the error to raise (naming the path).
+
+        `exc` is the socket's OSError, or what an I/O library wrapped it in (trio's
+        BrokenResourceError): the message names the OSError either way, so both clients
+        say the same."""
+        if exc is not None and isinstance(exc.__cause__, OSError):
+            exc = exc.__cause__
         cause = f": {exc}" if exc else ""
         return self._broken(f"lost the connection to the agent at {self.path}{cause}")
 

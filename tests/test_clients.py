@@ -358,3 +358,37 @@ async def test_both_clients_say_the_same_when_no_agent_listens(short_tmp: Path, 
     assert got_blocking == got_trio
     assert got_trio[0] == NoAgent.__name__ and got_trio[2] == 3
     assert f"no agent is listening at {path}" in got_trio[1]
+
+
+async def hang_up_on_every_request(path: Path, *, task_status: trio.TaskStatus[None]) -> None:
+    """A listener that, once a client has sent something, closes without reading it: the
+    kernel resets the connection (ECONNRESET), as with an agent that crashed mid-exchange."""
+    path.parent.mkdir(mode=0o700)
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen(8)
+    task_status.started()
+    while True:
+        conn, _ = await listener.accept()
+        with conn:
+            await trio.lowlevel.wait_readable(conn)
+
+
+async def test_both_clients_say_the_same_when_the_connection_is_reset(
+    short_tmp: Path, nursery: trio.Nursery
+) -> None:
+    path = short_tmp / "run" / "agent.sock"
+    await nursery.start(hang_up_on_every_request, path)
+    got_blocking = await outcome(lambda: trio.to_thread.run_sync(lambda: Client(path).ping()))
+
+    async def ping_trio() -> object:
+        async with AsyncClient(path) as client:
+            return await client.ping()
+
+    got_trio = await outcome(ping_trio)
+    assert got_blocking == got_trio
+    assert got_trio[0] == "AgentGone" and got_trio[2] == 3
+    assert (
+        got_trio[1]
+        == f"lost the connection to the agent at {path}: [Errno 104] Connection reset by peer"
+    )

@@ -1,12 +1,36 @@
-"""Small Unix facts both sides need: is a path still the file we hold, and a private
-datagram socket to hear sd_notify messages on (the client, when it starts an agent;
-`run --notify`, from its service)."""
+"""Small Unix facts both sides need: who is at the other end of a socket, is a path still
+the file we hold, and a private datagram socket to hear sd_notify messages on (the client,
+when it starts an agent; `run --notify`, from its service)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 from pathlib import Path
+from typing import NamedTuple, Protocol
+
+CREDENTIALS = struct.Struct("3i")
+"""The kernel's `struct ucred`, as SO_PEERCRED and SCM_CREDENTIALS carry it."""
+
+
+class Peer(NamedTuple):
+    """The process at the other end of a Unix socket."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class _Socket(Protocol):  # a socket.socket or a trio socket
+    def getsockopt(self, level: int, option: int, size: int, /) -> bytes: ...
+
+
+def peer_of(sock: _Socket) -> Peer:
+    """The process at the other end of a connected Unix socket, from SO_PEERCRED: the
+    kernel's word, fixed when the connection was made."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, CREDENTIALS.size)
+    return Peer(*CREDENTIALS.unpack(creds))
 
 
 def same_file(fd: int, path: Path) -> bool:
