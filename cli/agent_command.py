@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -61,7 +62,7 @@ def agent(
             metavar="DURATION",
             show_default=False,
             help="After an agent restart, how long a `run` that held a unit has to come back "
-            "before the unit fails [default: 10s].",
+            "before the unit fails; 0 waits forever [default: 10s].",
         ),
     ] = RECLAIM_GRACE,
     max_connections: Annotated[
@@ -126,7 +127,7 @@ def agent(
         salvage=salvage,
         limits=Limits(max_connections=max_connections),
         boot_id=boot_id,
-        reclaim_grace=reclaim_grace or 0.0,
+        reclaim_grace=math.inf if reclaim_grace is None else reclaim_grace,
         host_id=host_id or "",
         etcd=etcd,
     )

@@ -206,6 +206,15 @@ def start(
     """
     from unitsync.wire.processes import owner as owner_of
 
+    described = owner_of(owner if owner is not None else os.getppid(), "start")
+    if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
+        print(
+            f"unitsync: --owner {owner}: no process has that pid; give the pid of the script "
+            "this run belongs to (in a shell script: --owner $$)",
+            file=sys.stderr,
+        )
+        print(f"usage: {USAGE['start']}", file=sys.stderr)
+        return EXIT_USAGE
     progress = StartProgress(unit, sys.stderr)
     try:
         with cli_client(socket) as client:
@@ -216,7 +225,7 @@ def start(
                 on_progress=progress.update,
                 tick=1.0 if progress.live else None,
                 once=once,
-                owner=owner_of(owner if owner is not None else os.getppid(), "start"),
+                owner=described,
             )
     except UnitsyncError as exc:
         progress.clear()

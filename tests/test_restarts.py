@@ -20,7 +20,7 @@ from unitsync.wire.errors import AlreadyDone, Refused
 from unitsync.wire.processes import owner, start_ticks
 from unitsync.wire.protocol import Owner
 
-from conftest import AgentProcess, run_cli, spawn_cli
+from conftest import AgentProcess, read_until, run_cli, spawn_cli
 
 UNITSYNC = str(Path(sys.executable).with_name("unitsync"))
 
@@ -275,6 +275,36 @@ def test_a_run_that_does_not_come_back_in_time_fails_its_unit(booted: AgentProce
     assert "given up" in err
 
 
+def test_a_reclaim_grace_of_0_waits_for_the_run_forever(booted: AgentProcess) -> None:
+    """0 means forever here as for every duration: a frozen run that thaws long after the
+    restart still takes its run back."""
+    s = booted.config.socket
+    runner = spawn_cli("sync", "run", "job", "--", "sleep", "600", socket=s)
+    wait_for(lambda: units(s).get("job", {}).get("status") == "started", "job started")
+    runner.send_signal(signal.SIGSTOP)
+    try:
+        booted.kill()
+        restarted(booted, "boot-A", "--reclaim-grace", "0")
+        time.sleep(1)  # long past "at once"
+        assert units(s)["job"]["status"] == "started"
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    assert runner.stderr is not None
+    assert b"took the run back" in read_until(runner.stderr.fileno(), b"took the run back")
+    runner.send_signal(signal.SIGTERM)
+    _out, err = runner.communicate(timeout=60)
+    assert "given up" not in err
+    assert units(s)["job"]["status"] == "failed"  # ended by SIGTERM: its own end, recorded
+
+
+def test_an_owner_that_is_no_process_is_a_usage_error(booted: AgentProcess) -> None:
+    for pid in ("999999999", "-5"):
+        result = run_cli("sync", "start", "job", "--owner", pid, socket=booted.config.socket)
+        assert result.code == 2
+        assert f"--owner {pid}: no process has that pid" in result.err
+    assert "job" not in units(booted.config.socket)
+
+
 def test_a_ready_service_whose_run_dies_fails_its_unit(booted: AgentProcess) -> None:
     s = booted.config.socket
     runner = spawn_cli("sync", "run", "web", "--ready-cmd", "true", "--", "sleep", "607", socket=s)
@@ -307,6 +337,25 @@ def test_a_start_whose_owner_script_is_gone_proceeds_as_a_new_run(booted: AgentP
     assert units(s)["deploy"]["reason"].startswith(
         f"new run: its previous owner, pid {owner_script.pid} (bash -ec"
     )
+
+
+def test_an_owner_that_exited_but_is_not_yet_reaped_is_gone(booted: AgentProcess) -> None:
+    """A zombie (its parent has not waited for it) runs no more: it owns nothing."""
+    s = booted.config.socket
+    script_that_ended = subprocess.Popen(["sleep", "0.1"])
+    run_cli("sync", "start", "job", "--owner", str(script_that_ended.pid), socket=s)
+    wait_for(lambda: state_of(script_that_ended.pid) == "Z", "the script to end, unreaped")
+    try:
+        assert units(s)["job"]["owner"]["alive"] is False
+        again = run_cli("sync", "start", "job", socket=s)
+        assert again.code == 0, again.err
+        assert units(s)["job"]["reason"].startswith("new run: its previous owner")
+    finally:
+        script_that_ended.wait()
+
+
+def state_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_reused_pid_is_not_taken_for_the_owner(booted: AgentProcess) -> None:

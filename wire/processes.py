@@ -17,16 +17,26 @@ COMMAND_LIMIT = 200
 """Characters of a command line kept: enough to recognise a script, bounded for a frame."""
 
 
-def start_ticks(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot), or None if there is none."""
+DEAD = (b"Z", b"X")
+"""Process states of a process that has exited: a zombie waits only for its parent to
+reap it, and its script runs no more."""
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 (the state) on, or None if there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
     except OSError:
         return None
     # Field 2, the command name, is in parentheses and may hold spaces or ')': skip past it.
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[19])  # field 22 of the whole line
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None if there is none."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])  # field 22 of the whole line
 
 
 def command_line(pid: int) -> str:
@@ -61,4 +71,5 @@ def still_runs(pid: int, ticks: int, pidns: str) -> bool | None:
     (it lives in another PID namespace, where this pid means another process)."""
     if pidns and pidns != pid_namespace():
         return None
-    return start_ticks(pid) == ticks
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in DEAD and int(fields[19]) == ticks
