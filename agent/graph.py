@@ -247,6 +247,12 @@ class Graph:
             )
         return self._applied(records), notes
 
+    def declare_once(self, name: str) -> list[Record]:
+        """`--once` given for a unit already known: it is one-time from now on, whatever the
+        start then decides. So a unit completed before it was called one-time is refused as
+        done (exit 7) and stays completed across workspace restarts, as the refusal says."""
+        return self._applied(self._marked_once(name, True)) if name in self.units else []
+
     def admit(
         self,
         name: str,

@@ -443,6 +443,8 @@ class Service:
                 code="not_started",
                 unit=name,
             )
+        if request.once:  # before admit, which may refuse a completed unit as done
+            await self.commit(lambda: graph.declare_once(name), [name], confirm_noop=False)
         await self.commit(
             lambda: graph.admit(
                 name,

@@ -184,6 +184,23 @@ def test_want_and_complete_mark_one_time_units_too(booted: AgentProcess) -> None
     assert caught.value.exit_code == 7
 
 
+def test_a_unit_completed_before_it_was_called_one_time_stays_done(
+    booted: AgentProcess, tmp_path: Path
+) -> None:
+    """A workspace moving its clone to `run --once`: the clone done earlier in this boot is
+    done, and stays so across a workspace restart (it is not cloned again onto itself)."""
+    s = booted.config.socket
+    marker = tmp_path / "cloned-twice"
+    run_cli("sync", "run", "clone", "--", "true", socket=s)
+    assert units(s)["clone"]["once"] is False
+    skipped = run_cli("sync", "run", "clone", "--once", "--", "touch", str(marker), socket=s)
+    assert skipped.code == 0 and "not running touch" in skipped.err
+    assert units(s)["clone"]["once"] is True
+    restarted(booted, "boot-B")
+    assert run_cli("sync", "start", "clone", "--once", socket=s).code == 7
+    assert units(s)["clone"]["status"] == "completed" and not marker.exists()
+
+
 def test_run_once_of_a_service_is_a_usage_error(booted: AgentProcess) -> None:
     result = run_cli(
         "sync",
