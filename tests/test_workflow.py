@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -138,12 +136,6 @@ def test_the_python_context_manager_completes_or_fails_the_unit(
 
         with pytest.raises(DependencyFailed), client.unit("after-flaky", wants=["flaky"]):
             pytest.fail("the block must not run when a dependency failed")
-
-
-def test_importing_the_client_and_cli_does_not_import_trio() -> None:
-
-    code = "import sys, unitsync.client.client, unitsync.cli.app; sys.exit('trio' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_start_on_a_terminal_redraws_one_live_line(agent_process: AgentProcess) -> None:

@@ -1,0 +1,77 @@
+"""What each package may import (issue 9): the layers the README's Layout describes.
+
+- Importing the command line or the blocking client never imports trio: a script calls
+  `unitsync` dozens of times at start-up, and trio's import is most of a call's cost.
+- The agent never imports the client or the command line, and `wire/` (what both sides
+  share) imports neither side: a change on one side cannot reach the other unseen.
+
+Each check imports modules one at a time in a fresh interpreter and names the first one
+that brings in what it must not, so a failure says where to look.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+NEEDS_TRIO = {"unitsync.wire.frame_stream", "unitsync.client.async_client"}
+"""Trio's own I/O loops: everything else a client or the command line imports is trio-free."""
+
+RUNS_THE_AGENT = {"unitsync.cli.agent_command"}
+"""`unitsync agent`: the one command that imports the agent (lazily, when run)."""
+
+
+def modules(package: str) -> list[str]:
+    found = importlib.import_module(package)
+    return sorted(
+        f"{package}.{info.name}"
+        for info in pkgutil.iter_modules(found.__path__)
+        if info.name != "__main__"  # runs the command line on import
+    )
+
+
+def first_to_import(names: list[str], forbidden: list[str]) -> str | None:
+    """In a fresh interpreter, import `names` in order; the first after which a module of
+    `forbidden` (or below it) is loaded, as "module -> what it loaded"; None if none."""
+    script = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"    bad = sorted(m for m in sys.modules for f in {forbidden!r}\n"
+        "                 if m == f or m.startswith(f + '.'))\n"
+        "    if bad:\n"
+        "        print(name, '->', ', '.join(bad[:3]))\n"
+        "        break\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip() or None
+
+
+@pytest.mark.parametrize("package", ["unitsync.cli", "unitsync.client", "unitsync.wire"])
+def test_the_command_line_and_the_blocking_client_never_import_trio(package: str) -> None:
+    names = [m for m in modules(package) if m not in NEEDS_TRIO | RUNS_THE_AGENT]
+    assert names
+    assert first_to_import(names, ["trio"]) is None
+
+
+def test_the_agent_imports_neither_the_client_nor_the_command_line() -> None:
+    names = modules("unitsync.agent")
+    assert "unitsync.agent.service" in names
+    assert first_to_import(names, ["unitsync.client", "unitsync.cli"]) is None
+
+
+def test_the_shared_package_imports_neither_side() -> None:
+    names = modules("unitsync.wire")
+    assert first_to_import(names, ["unitsync.agent", "unitsync.client", "unitsync.cli"]) is None
+
+
+def test_the_check_names_the_module_that_breaks_a_rule() -> None:
+    """The harness has teeth: trio's own client is caught, and named."""
+    found = first_to_import(["unitsync.client.session", "unitsync.client.async_client"], ["trio"])
+    assert found is not None and found.startswith("unitsync.client.async_client -> trio")
