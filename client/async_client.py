@@ -23,6 +23,7 @@ Resource rules: an `AsyncClient` holds at most one socket, closed by `aclose()` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,7 @@ from unitsync.wire.protocol import (
     Reply,
     Request,
     Reset,
+    SetReason,
     Started,
     Status,
     StatusReply,
@@ -57,7 +59,7 @@ from unitsync.wire.protocol import (
 )
 
 from .retry import Backoff, asked_again, start_request
-from .session import NEED_DATA, Session, State, check_trust, unreachable
+from .session import NEED_DATA, Session, State, check_trust, failure_reason, unreachable
 
 RECEIVE_SIZE = 65536
 
@@ -165,7 +167,12 @@ class AsyncClient:
         """Remove a unit no other unit wants, with its history."""
         return await self._call(Forget(unit), Ok)
 
+    async def set_reason(self, unit: str, reason: str) -> Ok:
+        """Say what a started unit is doing, without changing its state."""
+        return await self._call(SetReason(unit, reason), Ok)
+
     async def reset(self, unit: str | None = None) -> Ok:
+        """Back to pending; `None` resets every unit."""
         return await self._call(Reset(unit), Ok)
 
     async def status(self, unit: str | None = None) -> list[UnitView]:
@@ -208,6 +215,23 @@ class AsyncClient:
                 if on_progress is not None:
                     await on_progress(exc)
                 await trio.sleep(backoff.next_delay(None, unit, None))
+
+    @contextlib.asynccontextmanager
+    async def unit(
+        self, name: str, *, wants: list[str] | tuple[str, ...] = ()
+    ) -> AsyncIterator[Started]:
+        """Run a block as unit `name`: declare `wants`, wait and start, then complete it;
+        if the block raises (a cancellation too), fail it with the exception as reason."""
+        if wants:
+            await self.want(name, *wants)
+        started = await self.start(name)
+        try:
+            yield started
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):  # so a cancelled block still reports its end
+                await self.fail(name, reason=failure_reason(exc))
+            raise
+        await self.complete(name)
 
     async def watch(self, unit: str | None = None) -> AsyncIterator[FullView | Changed]:
         """Every change, as it is acknowledged; starts with a full view of what is watched.

@@ -63,7 +63,7 @@ from unitsync.wire.protocol import (
 )
 
 from .retry import Backoff, asked_again, start_request, timed_out
-from .session import NEED_DATA, Session, State, check_trust, unreachable
+from .session import NEED_DATA, Session, State, check_trust, failure_reason, unreachable
 
 if TYPE_CHECKING:
     from .autostart import Autostarted
@@ -390,9 +390,7 @@ class Client:
         try:
             yield started
         except BaseException as exc:
-            self.fail(
-                name, reason=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            )
+            self.fail(name, reason=failure_reason(exc))
             raise
         self.complete(name)
 

@@ -101,6 +101,11 @@ class State(enum.Enum):
     """The connection ended or broke: use a new one."""
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The reason a unit run as a block (`unit()`) fails with when the block raises."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class NeedData:
     """`next_event` has no whole event yet: read more bytes and `receive_data` them."""
 

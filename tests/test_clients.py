@@ -392,3 +392,43 @@ async def test_both_clients_say_the_same_when_the_connection_is_reset(
         got_trio[1]
         == f"lost the connection to the agent at {path}: [Errno 104] Connection reset by peer"
     )
+
+
+# --- the same methods --------------------------------------------------------------------------
+
+
+RUN_ONLY = {"take_back", "fileno", "closed_by_agent"}
+"""What `unitsync sync run` needs of the blocking client to hold its run from its own loop."""
+
+
+def public(cls: type) -> set[str]:
+    return {name for name in vars(cls) if not name.startswith("_")}
+
+
+def test_both_clients_offer_the_same_calls() -> None:
+    assert public(Client) - RUN_ONLY - {"close"} == public(AsyncClient) - {"connect", "aclose"}
+
+
+async def test_a_unit_block_that_raises_or_is_cancelled_fails_its_unit(
+    agent: Service, config: AgentConfig
+) -> None:
+    async with AsyncClient(config.socket) as client:
+        await client.start("db")
+        await client.complete("db")
+        async with client.unit("seed", wants=["db"]) as started:
+            assert (await client.status("seed"))[0].status == "started"
+        assert started.unit == "seed"
+        assert [d.unit for d in (await client.status("seed"))[0].dependencies] == ["db"]
+        assert (await client.status("seed"))[0].status == "completed"
+
+        with pytest.raises(ValueError, match="no such table"):
+            async with client.unit("migrate"):
+                raise ValueError("no such table")
+        [migrate] = await client.status("migrate")
+        assert (migrate.status, migrate.reason) == ("failed", "ValueError: no such table")
+
+        with trio.move_on_after(0.1):
+            async with client.unit("index"):
+                await trio.sleep_forever()
+        [index] = await client.status("index")
+        assert index.status == "failed" and index.reason.startswith("Cancelled")
