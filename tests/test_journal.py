@@ -367,6 +367,27 @@ async def test_a_write_failure_stops_acknowledgements_instead_of_hanging(
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def held(graph: Graph) -> dict[str, object]:
+    """Everything a graph holds, as plain data: its boot and every unit, whole."""
+    units = {
+        name: {
+            "status": unit.status,
+            "since": unit.since,
+            "reason": unit.reason,
+            "token": unit.token,
+            "deps": list(unit.deps),
+            "dependents": sorted(unit.dependents),
+            "history": list(unit.history),
+            "once": unit.once,
+            "owner": unit.owner,
+            "host": unit.host,
+        }
+        for name, unit in graph.units.items()
+    }
+    boot = [graph.boot, graph.boot_identity, graph.boot_since]
+    return msgspec.to_builtins({"boot": boot, "units": units})
+
+
 def test_a_state_dir_written_by_0_1_0_still_loads(tmp_path: Path) -> None:
     """The on-disk format is pinned: a snapshot and journal written by 0.1.0 load unchanged."""
     source = FIXTURES / "journal-v1"
@@ -392,4 +413,21 @@ def test_a_state_dir_written_by_0_1_0_still_loads(tmp_path: Path) -> None:
         }
     assert loaded == expected
     assert {len(unit["history"]) for unit in expected.values()} > {0}  # not a trivial state
+    assert (source / "snapshot.bin").read_bytes() == (tmp_path / "snapshot.bin").read_bytes()
+
+
+def test_a_state_dir_written_in_format_2_still_loads(tmp_path: Path) -> None:
+    """Format 2 (boots, one-time units, owners, forget, reasons) is pinned the same way."""
+    source = FIXTURES / "journal-v2"
+    for name in ("snapshot.bin", "journal.log"):
+        shutil.copy(source / name, tmp_path / name)
+    expected = json.loads((source / "expected.json").read_text())
+    with Journal.open(tmp_path) as journal:
+        assert held(journal.graph) == expected
+    units = expected["units"]
+    assert units["git"]["once"] and units["git"]["status"] == "completed"  # kept by boot 2
+    assert units["app"]["owner"] is not None and {e["boot"] for e in units["app"]["history"]} == {
+        1,
+        2,
+    }
     assert (source / "snapshot.bin").read_bytes() == (tmp_path / "snapshot.bin").read_bytes()
