@@ -3,7 +3,7 @@
 Views are taken when a change is committed and released, in journal order, once
 that change is on disk: a watcher never sees what a crash could take back.
 Each watcher has a bounded queue; one that falls behind loses its queue and gets
-a fresh snapshot instead, so a stuck peer costs a fixed amount of memory.
+a fresh full view instead, so a stuck peer costs a fixed amount of memory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import trio
 from unitsync.wire.protocol import UnitView
 
 QUEUE_LIMIT = 256
-"""Unit views a watcher may have waiting before it is given a snapshot instead."""
+"""Unit views a watcher may have waiting before it is given a full view instead."""
 
 
 class Watcher:
@@ -46,13 +46,13 @@ class Watcher:
         self._wakeup.set()
 
     def resync(self) -> None:
-        """What was queued may never have become durable: send a fresh snapshot instead."""
+        """What was queued may never have become durable: send a fresh full view instead."""
         self.queue.clear()
         self.behind = True
         self._wakeup.set()
 
     async def next(self) -> list[UnitView] | None:
-        """The queued views, or None when the watcher fell behind and needs a snapshot."""
+        """The queued views, or None when the watcher fell behind and needs a full view."""
         while not self.queue and not self.behind:
             self._wakeup = trio.Event()
             await self._wakeup.wait()

@@ -41,7 +41,6 @@ from unitsync.wire.protocol import (
     Fail,
     Forget,
     Ok,
-    Owner,
     Pong,
     Reset,
     SetReason,
@@ -60,7 +59,7 @@ from .graph import Graph
 from .holds import RECLAIM_GRACE, Holder, Holds
 from .records import Boot, Edge, Move, OwnerRecord, Record
 from .records import Forget as Forgotten
-from .views import unit_view
+from .views import owner_record, unit_view
 from .waiters import Waiters
 
 log = logging.getLogger("unitsync.agent")
@@ -372,14 +371,6 @@ class Service:
     def _here(self, owner: OwnerRecord) -> bool:
         return owner.host in ("", self.host)
 
-    def _owner_record(self, owner: Owner | None) -> OwnerRecord | None:
-        """The wire's owner as the journal keeps it, with this agent's host."""
-        if owner is None:
-            return None
-        return OwnerRecord(
-            owner.pid, owner.ticks, owner.command, owner.kind, owner.pidns, self.host
-        )
-
     async def runs_lost(self, holder: Holder) -> None:
         """A `run` connection ended without reporting its command's end: fail what it held."""
         for name, token in self.holds.dropped(holder).items():
@@ -533,7 +524,7 @@ class Service:
                 request.token,
                 now - began,
                 once=request.once,
-                owner=self._owner_record(request.owner),
+                owner=owner_record(request.owner, self.host),
                 owner_alive=self.owner_alive(name),
                 host=self.host,
             )

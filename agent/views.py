@@ -1,15 +1,17 @@
-"""The one seam between the agent's state and the wire: the graph's units as `UnitView`s.
+"""The one seam between the agent's state and the wire, both ways: the graph's units as
+`UnitView`s, and what a request carries (its run's owner) as the journal keeps it.
 
 The graph and the journal keep their own types (`records.py`); what clients see is
-built here, so either side can change without the other noticing.
+built here, and what they send is turned into records here, so either side can change
+without the other noticing.
 """
 
 from __future__ import annotations
 
-from unitsync.wire.protocol import Dependency, OwnerView, Transition, UnitView
+from unitsync.wire.protocol import Dependency, Owner, OwnerView, Transition, UnitView
 
 from .graph import Graph
-from .records import HistoryEntry
+from .records import HistoryEntry, OwnerRecord
 
 
 def unit_view(
@@ -48,3 +50,10 @@ def unit_view(
 
 def transition(entry: HistoryEntry) -> Transition:
     return Transition(entry.at, entry.from_, entry.to, entry.reason, entry.waited, entry.boot)
+
+
+def owner_record(owner: Owner | None, host: str) -> OwnerRecord | None:
+    """A request's owner as the journal keeps it, on the host of the agent that took it."""
+    if owner is None:
+        return None
+    return OwnerRecord(owner.pid, owner.ticks, owner.command, owner.kind, owner.pidns, host)

@@ -5,9 +5,12 @@
     errors        every error unitsync reports, its wire code and its exit status
     frame_stream  frames over a trio socket (the only module here that imports trio)
     paths         where the agent listens and keeps its state by default
+    processes     processes as /proc names them: a run's owner, and does it still run
+    local         Unix facts both sides need: the peer of a socket, sd_notify receivers
     timefmt       how times and durations are written for people, on both sides
 
 Nothing here knows about the graph, the journal or the command line.
 """
 
 __version__ = "0.1.0"
+"""The one version: the package metadata reads it (pyproject `dynamic`), hellos carry it."""
