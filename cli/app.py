@@ -23,7 +23,12 @@ from cyclopts.exceptions import CycloptsError
 
 from unitsync.client.client import Client
 from unitsync.wire import __version__
-from unitsync.wire.errors import EXIT_USAGE, UnitsyncError
+from unitsync.wire.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    UnitsyncError,
+)
 from unitsync.wire.paths import SOCKET_ENV
 from unitsync.wire.protocol import Ok, StatusReply
 
@@ -33,11 +38,6 @@ from .usage import USAGE, describe
 
 if TYPE_CHECKING:
     from unitsync.client.autostart import Autostarted
-
-EXIT_INTERRUPTED = 130
-"""128 + SIGINT, as shells report a command stopped by Ctrl-C."""
-EXIT_BROKEN_PIPE = 141
-"""128 + SIGPIPE: what `yes | head -1` gives its writer."""
 
 app = App(
     name="unitsync",

@@ -23,6 +23,9 @@ exits with `exc.exit_code`.
         ├── AgentGone                           the connection broke, or the agent is stopping
         └── AgentUntrusted                      the socket's folder or peer is not the user's
                                                 (never retried: `passing` is False)
+
+Not errors, but exit statuses of the command line all the same: 130 interrupted (Ctrl-C),
+141 its output closed early (`| head`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ EXIT_DEPENDENCY_FAILED = 4
 EXIT_TIMED_OUT = 5
 EXIT_NOT_DURABLE = 6
 EXIT_ALREADY_DONE = 7
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as shells report a command stopped by Ctrl-C."""
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what `yes | head -1` gives its writer."""
 
 
 class UnitsyncError(Exception):
