@@ -9,13 +9,15 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from unitsync.client.retry import DEFAULT_WAIT
+
 if TYPE_CHECKING:
     from cyclopts import Token
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 EXAMPLES = "e.g. 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 to wait forever"
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = DEFAULT_WAIT
 """How long `start` and `run` wait for their dependencies unless told (5m)."""
 
 

@@ -62,7 +62,7 @@ from unitsync.wire.protocol import (
     Watch,
 )
 
-from .retry import Backoff, asked_again, start_request, timed_out
+from .retry import DEFAULT_WAIT, Backoff, asked_again, start_request, timed_out
 from .session import NEED_DATA, Session, State, check_trust, failure_reason, unreachable
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ class Client:
         unit: str,
         *,
         rerun: bool = False,
-        timeout: float | None = 300.0,
+        timeout: float | None = DEFAULT_WAIT,
         on_progress: ProgressCallback | None = None,
         tick: float | None = None,
         once: bool = False,
@@ -377,7 +377,11 @@ class Client:
 
     @contextlib.contextmanager
     def unit(
-        self, name: str, *, wants: list[str] | tuple[str, ...] = (), timeout: float | None = 300.0
+        self,
+        name: str,
+        *,
+        wants: list[str] | tuple[str, ...] = (),
+        timeout: float | None = DEFAULT_WAIT,
     ) -> Iterator[Started]:
         """Run a block as unit `name`: declare `wants`, wait and start, then complete it.
 

@@ -15,6 +15,9 @@ import msgspec
 from unitsync.wire.errors import WaitTimeout
 from unitsync.wire.protocol import Owner, Start
 
+DEFAULT_WAIT = 300.0
+"""How long a `start` waits for its dependencies unless told (5 minutes, `None`: forever):
+a script whose dependency never comes should end saying so, not hang unseen."""
 FIRST_DELAY = 0.05
 """A restarting agent is back within tens of milliseconds: try soon."""
 MAX_DELAY = 1.0
