@@ -194,7 +194,8 @@ def start(
         int | None,
         Parameter(
             metavar="PID",
-            help="The process this run belongs to [default: the one that called unitsync]; "
+            help="The process this run belongs to [default: the script that called unitsync, "
+            "past wrappers such as timeout or nice]; "
             "while it runs, a second start is refused; once it is gone, one proceeds.",
         ),
     ] = None,
@@ -204,9 +205,10 @@ def start(
 
     Exits 7 if UNIT is a completed one-time unit and --once is given (nothing to do).
     """
+    from unitsync.wire.processes import calling_script
     from unitsync.wire.processes import owner as owner_of
 
-    described = owner_of(owner if owner is not None else os.getppid(), "start")
+    described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
     if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
         print(
             f"unitsync: --owner {owner}: no process has that pid; give the pid of the script "

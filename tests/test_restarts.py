@@ -375,6 +375,20 @@ def state_of(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def test_the_owner_is_the_script_past_a_wrapper_such_as_timeout(booted: AgentProcess) -> None:
+    """`timeout 60 unitsync sync start x` ends with unitsync: the run is the script's."""
+    s = booted.config.socket
+    owner_script = script(s, "timeout 60 unitsync sync start wrapped; sleep 600")
+    try:
+        wait_for(lambda: units(s).get("wrapped", {}).get("status") == "started", "started")
+        assert units(s)["wrapped"]["owner"]["pid"] == owner_script.pid
+        refused = run_cli("sync", "start", "wrapped", socket=s)
+        assert refused.code == 1 and "which still runs" in refused.err
+    finally:
+        owner_script.kill()
+        owner_script.communicate()
+
+
 def test_a_reused_pid_is_not_taken_for_the_owner(booted: AgentProcess) -> None:
     """A process with the owner's pid but another start time is a different process."""
     s = booted.config.socket

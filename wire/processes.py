@@ -58,6 +58,49 @@ def pid_namespace() -> str:
         return ""
 
 
+WRAPPERS = frozenset(
+    {
+        "timeout",
+        "nice",
+        "ionice",
+        "nohup",
+        "env",
+        "stdbuf",
+        "setsid",
+        "taskset",
+        "chrt",
+        "flock",
+        "time",
+        "sudo",
+        "doas",
+        "runuser",
+        "setpriv",
+        "unbuffer",
+    }
+)
+"""Commands that run another for a script and end with it: `timeout 60 unitsync sync start
+x` in a script is the script's start, and `timeout` ends as soon as unitsync does."""
+
+
+def calling_script(pid: int) -> int:
+    """The script behind process `pid`: `pid` itself, or, while `pid` is a wrapper
+    (`WRAPPERS`), the process that ran it."""
+    for _ in range(8):  # wrappers seldom nest deeper; never loop on a strange /proc
+        fields = _stat(pid)
+        if fields is None or _name(pid) not in WRAPPERS or int(fields[1]) <= 1:
+            return pid
+        pid = int(fields[1])  # field 4: the parent
+    return pid
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as comm:
+            return comm.read().strip().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def owner(pid: int, kind: str) -> Owner | None:
     """Process `pid` as the owner of a run, or None if it does not exist (or no /proc)."""
     ticks = start_ticks(pid)
