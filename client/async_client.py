@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -58,7 +59,7 @@ from unitsync.wire.protocol import (
     Watch,
 )
 
-from .retry import Backoff, asked_again, start_request
+from .retry import BACKLOG_FULL_DELAYS, Backoff, asked_again, start_request
 from .session import NEED_DATA, Session, State, check_trust, failure_reason, unreachable
 
 RECEIVE_SIZE = 65536
@@ -98,7 +99,7 @@ class AsyncClient:
     async def _open(self) -> None:
         await self.aclose()
         try:
-            stream = await trio.open_unix_socket(str(self.path))
+            stream = await _connect(self.path)
         except OSError as exc:
             raise unreachable(self.path, exc) from None
         try:
@@ -255,3 +256,24 @@ class AsyncClient:
                 if not connected_once or not exc.passing:
                     raise
                 await trio.sleep(backoff.next_delay(None, unit or "", None))
+
+
+async def _connect(path: Path) -> trio.SocketStream:
+    """A stream connected to `path`. Not `trio.open_unix_socket`: it takes a Unix socket's
+    EAGAIN (the listen backlog is full) for "in progress" and hands back a socket that is
+    not connected; this waits for room instead, as a blocking connect does."""
+    delay, longest = BACKLOG_FULL_DELAYS
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            await trio.sleep(delay)
+            delay = min(delay * 2, longest)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))

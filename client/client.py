@@ -62,7 +62,14 @@ from unitsync.wire.protocol import (
     Watch,
 )
 
-from .retry import DEFAULT_WAIT, Backoff, asked_again, start_request, timed_out
+from .retry import (
+    BACKLOG_FULL_DELAYS,
+    DEFAULT_WAIT,
+    Backoff,
+    asked_again,
+    start_request,
+    timed_out,
+)
 from .session import NEED_DATA, Session, State, check_trust, failure_reason, unreachable
 
 if TYPE_CHECKING:
@@ -102,7 +109,7 @@ class Connection:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(CONNECT_TIMEOUT)
         try:
-            self.sock.connect(str(path))
+            _connect(self.sock, path, time.monotonic() + CONNECT_TIMEOUT)
             check_trust(path, os.stat(path.parent), peer_of(self.sock), os.getuid())
         except OSError as exc:
             self.sock.close()
@@ -426,6 +433,20 @@ class Client:
                 if on_unreachable:
                     on_unreachable(exc)
                 time.sleep(backoff.next_delay(None, unit or "", None))
+
+
+def _connect(sock: socket.socket, path: Path, deadline: float) -> None:
+    """Connect, waiting while the agent's listen backlog is full (EAGAIN) until `deadline`."""
+    delay, longest = BACKLOG_FULL_DELAYS
+    while True:
+        try:
+            sock.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, longest)
 
 
 def _shortest(*timeouts: float | None) -> float | None:

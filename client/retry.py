@@ -18,6 +18,10 @@ from unitsync.wire.protocol import Owner, Start
 DEFAULT_WAIT = 300.0
 """How long a `start` waits for its dependencies unless told (5 minutes, `None`: forever):
 a script whose dependency never comes should end saying so, not hang unseen."""
+BACKLOG_FULL_DELAYS = (0.001, 0.05)
+"""First and longest pause before connecting again when the agent's listen backlog is full:
+connect() to a Unix socket then fails with EAGAIN (where TCP would say "in progress"; mio,
+asio and pacemaker met the same), and a blocking connect would simply have waited for room."""
 FIRST_DELAY = 0.05
 """A restarting agent is back within tens of milliseconds: try soon."""
 MAX_DELAY = 1.0

@@ -432,3 +432,50 @@ async def test_a_unit_block_that_raises_or_is_cancelled_fails_its_unit(
                 await trio.sleep_forever()
         [index] = await client.status("index")
         assert index.status == "failed" and index.reason.startswith("Cancelled")
+
+
+async def test_both_clients_wait_for_room_while_the_agents_backlog_is_full(
+    short_tmp: Path, nursery: trio.Nursery
+) -> None:
+    """A connect() to a Unix socket whose listen backlog is full fails with EAGAIN, where a
+    blocking one waits (a workspace's scripts all start at once, the agent still loading):
+    both clients wait for room, and never take an unconnected socket for a connection."""
+    folder = short_tmp / "run"
+    folder.mkdir(mode=0o700)
+    path = folder / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = []
+    while True:  # fill the backlog
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            filler.connect(str(path))
+        except BlockingIOError:
+            filler.close()
+            break
+        queued.append(filler)
+    assert queued, "the backlog took no connection at all"
+
+    async def accept_later(*, task_status: trio.TaskStatus[None]) -> None:
+        server = trio.socket.from_stdlib_socket(listener)
+        task_status.started()
+        await trio.sleep(0.5)  # the clients find the backlog full meanwhile
+        while True:
+            accepted, _ = await server.accept()
+            queued.append(accepted)
+
+    async def blocking() -> None:
+        connection = await trio.to_thread.run_sync(blocking_module.Connection, path)
+        assert connection.sock.getpeername() == str(path)
+        connection.close()
+
+    await nursery.start(accept_later)
+    async with trio.open_nursery() as clients:
+        clients.start_soon(blocking)
+        async with await AsyncClient.connect(path) as client:
+            assert client._stream is not None
+            assert client._stream.socket.getpeername() == str(path)
+    for each in queued:
+        each.close()
