@@ -4,14 +4,17 @@ Resources: `EtcdClient` owns two `httpx.AsyncClient`s, closed in `aclose`: a sma
 keep-alive HTTP/1.1 connections for unary calls (range, txn, compaction, lease grant) and
 one for watches, each a streamed reply held open on one member until it breaks. TCP
 keepalive is on, so a peer that vanished without a word is noticed. A unary call tries the
-members in turn, starting with the last one that answered.
+members in turn, starting with the last one that answered (or the one after the last that
+failed). It may be given a `deadline` (trio time): the whole call, every member included,
+ends by then, each member getting at most `request_timeout` of what is left.
 
 Errors (all `EtcdError`; the message names each member tried and what it said):
 
 - `EtcdUnavailable`: no member answered in time, or each one said it cannot serve now (no
   leader, timed out, too many requests). `maybe_applied` is true when a request may have
-  reached etcd all the same (the connection broke after sending, or etcd timed out a
-  proposal): a write is then ambiguous, and only an idempotent one may be sent again.
+  reached etcd all the same (the connection broke after sending, no answer came before the
+  member's time or the call's deadline ran out, or etcd timed out a proposal): a write is
+  then ambiguous, and only an idempotent one may be sent again.
 - `EtcdCompacted`: the revision asked for was removed by a compaction; list again.
 - `EtcdRefused`: an answer another member would repeat (permission denied, bad
   credentials, a request too large, a lease that expired): retrying does not help.
@@ -25,6 +28,7 @@ a token before its first call and again whenever etcd says the token is no longe
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -66,7 +70,7 @@ T = TypeVar("T")
 
 REQUEST_TIMEOUT = 5.0
 """A member that has not answered a unary call in this long is presumed stuck and the call
-moves on to the next (etcd itself gives up on a proposal after about 7 s)."""
+moves on to the next, if its deadline leaves time (etcd gives up on a proposal after ~7 s)."""
 CONNECT_TIMEOUT = 2.0
 """Connecting is one round trip: a member this slow to accept is as good as down."""
 KEEPALIVE = [
@@ -141,6 +145,7 @@ class EtcdClient:
         self.endpoints = endpoints
         self._urls = [f"{'https' if tls else 'http'}://{endpoint}" for endpoint in endpoints]
         verify = _tls_context(ca, cert, key) if tls else True
+        self._request_timeout = request_timeout
         timeout = httpx.Timeout(request_timeout, connect=CONNECT_TIMEOUT)
         self._http, self._watch_http = (
             httpx.AsyncClient(
@@ -152,7 +157,8 @@ class EtcdClient:
             for limits in (CALLS, WATCHES)
         )
         self._first = 0
-        """The member unary calls try first: the last one that answered."""
+        """The member unary calls try first: the last one that answered, or the one after
+        the last that failed (so a hung member does not take every call's time in turn)."""
         self._watch_first = 0
         """The member the next watch tries first: not the one whose watch just broke."""
         self._credentials = AuthenticateRequest(user, password or "") if user else None
@@ -165,44 +171,62 @@ class EtcdClient:
 
     # --- unary calls ---------------------------------------------------------------------------
 
-    async def range(self, request: RangeRequest) -> RangeResponse:
-        return await self._call("/v3/kv/range", request, _RANGE)
+    async def range(self, request: RangeRequest, *, deadline: float = math.inf) -> RangeResponse:
+        return await self._call("/v3/kv/range", request, _RANGE, deadline)
 
-    async def txn(self, request: TxnRequest) -> TxnResponse:
-        return await self._call("/v3/kv/txn", request, _TXN)
+    async def txn(self, request: TxnRequest, *, deadline: float = math.inf) -> TxnResponse:
+        return await self._call("/v3/kv/txn", request, _TXN, deadline)
 
     async def compact(self, revision: int) -> None:
-        await self._call("/v3/kv/compaction", CompactionRequest(revision), _IGNORED)
+        await self._call("/v3/kv/compaction", CompactionRequest(revision), _IGNORED, math.inf)
 
-    async def grant_lease(self, ttl: int) -> int:
+    async def grant_lease(self, ttl: int, *, deadline: float = math.inf) -> int:
         """A new lease that lives `ttl` seconds; its id."""
-        reply = await self._call("/v3/lease/grant", LeaseGrantRequest(ttl), _LEASE)
+        reply = await self._call("/v3/lease/grant", LeaseGrantRequest(ttl), _LEASE, deadline)
         if reply.error:
             raise EtcdRefused(f"etcd granted no lease: {reply.error}")
         return reply.ID
 
-    async def _call(self, path: str, body: Request, reply: msgspec.json.Decoder[T]) -> T:
+    async def _call(
+        self, path: str, body: Request, reply: msgspec.json.Decoder[T], deadline: float
+    ) -> T:
         content = encode(body)
         failures: list[str] = []
         maybe_applied = False
         for index in _rotation(self._first, len(self._urls)):
             where = self.endpoints[index]
-            try:
-                response = await self._post(self._urls[index] + path, content)
-            except httpx.TransportError as exc:
-                maybe_applied |= not isinstance(exc, NOT_SENT)
-                failures.append(f"{where}: {_describe(exc)}")
+            if trio.current_time() >= deadline:
+                failures.append(f"{where}: not tried, no time left")
                 continue
-            if response.status_code == 200:
-                self._first = index
-                return reply.decode(response.content)
-            code, message = _error(response)
-            if code in RETRY_ELSEWHERE or (not code and response.status_code >= 500):
-                maybe_applied = True
-                failures.append(f"{where}: {message}")
-                continue
-            raise _refusal(code, f"{where}: {message}")
+            # The member's time, cut short by the call's deadline if need be.
+            with trio.move_on_at(min(deadline, trio.current_time() + self._request_timeout)):
+                try:
+                    response = await self._post(self._urls[index] + path, content)
+                except httpx.TransportError as exc:
+                    maybe_applied |= not isinstance(exc, NOT_SENT)
+                    failures.append(f"{where}: {_describe(exc)}")
+                    self._failed(index)
+                    continue
+                if response.status_code == 200:
+                    self._first = index
+                    return reply.decode(response.content)
+                code, message = _error(response)
+                if code in RETRY_ELSEWHERE or (not code and response.status_code >= 500):
+                    maybe_applied = True
+                    failures.append(f"{where}: {message}")
+                    self._failed(index)
+                    continue
+                raise _refusal(code, f"{where}: {message}")
+            # Reached only when the time ran out: as with a read timeout, it may have been sent.
+            maybe_applied = True
+            failures.append(f"{where}: {_NO_ANSWER}")
+            self._failed(index)
         raise EtcdUnavailable(failures, maybe_applied)
+
+    def _failed(self, index: int) -> None:
+        """The next call starts after a member that just failed, unless one answered since."""
+        if self._first == index:
+            self._first = (index + 1) % len(self._urls)
 
     async def _post(self, url: str, content: bytes) -> httpx.Response:
         """POST with the current auth token; fetch a new one once if etcd rejects it."""
@@ -375,10 +399,11 @@ def _refusal(code: int, message: str) -> EtcdError:
     return EtcdRefused(message, code)
 
 
+_NO_ANSWER = "no answer in time"
 _TRANSPORT_ERRORS: list[tuple[type[httpx.TransportError], str]] = [
     (httpx.ConnectTimeout, "no answer to connecting"),
     (httpx.ConnectError, "cannot connect"),
-    (httpx.ReadTimeout, "no answer in time"),
+    (httpx.ReadTimeout, _NO_ANSWER),
     (httpx.RemoteProtocolError, "closed the connection without answering"),
     (httpx.ReadError, "the connection broke"),
 ]

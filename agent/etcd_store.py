@@ -44,9 +44,11 @@ from a replica a few milliseconds behind.
 
 Faults: with no etcd member answering, a change fails with `NotDurable` after
 `config.timeout`, saying whether it may have been made (when its txn was sent and no
-answer came back); reads and waits go on from the replica, and the watch resumes after
-the last revision it saw once etcd is back. The agents compact etcd's history every
-`COMPACT_EVERY`, keeping that much of it.
+answer came back). That is one deadline for the whole change: every call it makes to etcd
+(lease, txn, confirming read), with every member each call tries, ends by then. Reads and
+waits go on from the replica, and the watch resumes after the last revision it saw once
+etcd is back. The agents compact etcd's history every `COMPACT_EVERY`, keeping that much
+of it.
 
 Large changes: a txn writes at most `MAX_UNITS_PER_TXN` units (etcd takes at most 128
 operations in one). A change of many independent units (`reset --all`) is committed in
@@ -354,7 +356,7 @@ class EtcdStore:
         delay, sent = 0.05, False  # sent: an attempt may have reached etcd unanswered
         while True:
             try:
-                return await self.client.txn(plan.request)
+                return await self.client.txn(plan.request, deadline=deadline)
             except EtcdUnavailable as exc:
                 sent |= exc.maybe_applied
                 if trio.current_time() + delay > deadline:
@@ -377,8 +379,8 @@ class EtcdStore:
         else:
             reads = [_read(keys.unit(name)) for name in about]
 
-        async def read() -> TxnResponse:
-            return await self.client.txn(TxnRequest(success=reads))
+        async def read(deadline: float) -> TxnResponse:
+            return await self.client.txn(TxnRequest(success=reads), deadline=deadline)
 
         reply = await self._retrying(read, deadline, True)
         current = _mod_revisions(reads, reply)
@@ -389,14 +391,14 @@ class EtcdStore:
             )
 
     async def _retrying(
-        self, call: Callable[[], Awaitable[T]], deadline: float, reading: bool
+        self, call: Callable[[float], Awaitable[T]], deadline: float, reading: bool
     ) -> T:
-        """`call` (which sends nothing that changes anything), again while etcd is
+        """`call(deadline)` (which sends nothing that changes anything), again while etcd is
         unreachable, until `deadline`."""
         delay = 0.05
         while True:
             try:
-                return await call()
+                return await call(deadline)
             except EtcdUnavailable as exc:
                 if trio.current_time() + delay > deadline:
                     what = "could not confirm this answer" if reading else "nothing was changed"
@@ -624,12 +626,13 @@ class _Leases:
         self.renew_at = -math.inf
         self._lock = trio.Lock()
 
-    async def current(self) -> int:
+    async def current(self, deadline: float) -> int:
         if trio.current_time() < self.renew_at:
             return self.id
+        # The lock's holder has the same timeout and started first: it lets go by `deadline`.
         async with self._lock:
             if trio.current_time() >= self.renew_at:
-                self.id = await self.client.grant_lease(self.ttl)
+                self.id = await self.client.grant_lease(self.ttl, deadline=deadline)
                 self.renew_at = trio.current_time() + self.ttl / 3
         return self.id
 

@@ -180,6 +180,37 @@ async def test_a_watch_on_a_hung_member_is_given_up(fresh_etcd: EtcdCluster) -> 
     assert "showed nothing for 2s" in str(done[0])
 
 
+async def test_a_deadline_bounds_the_whole_call_and_the_next_call_starts_elsewhere(
+    fresh_etcd: EtcdCluster,
+) -> None:
+    """A hung member (SIGSTOP: its connections stay open, nothing answers) takes what is
+    left of the call's deadline, not its own timeout, and the others are not tried; the
+    txn may have reached it. The next call starts at the next member and is answered
+    within its own deadline, though the hung member comes first in the list."""
+    etcd = fresh_etcd
+    hung = (etcd.leader() + 1) % 3  # a follower: the others keep their leader and answer
+    first, second, third = (etcd.endpoints[(hung + step) % 3] for step in range(3))
+    client = EtcdClient((first, second, third))
+    await client.range(RangeRequest(b"deadline/warm-up"))  # a connection to the first is open
+    etcd.stop_member(hung, signal.SIGSTOP)
+    try:
+        with pytest.raises(EtcdUnavailable) as caught:
+            await client.txn(
+                TxnRequest(success=[put(b"deadline/k", b"v")]), deadline=trio.current_time() + 1
+            )
+        reply = await client.range(RangeRequest(b"deadline/k"), deadline=trio.current_time() + 1)
+    finally:
+        etcd.resume_member(hung)
+        await client.aclose()
+    assert caught.value.maybe_applied
+    assert caught.value.failures == [
+        f"{first}: no answer in time",
+        f"{second}: not tried, no time left",
+        f"{third}: not tried, no time left",
+    ]
+    assert reply.header.revision > 0
+
+
 @pytest.fixture
 def single_etcd(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     if ETCD is None:

@@ -140,6 +140,81 @@ async def test_the_whole_cluster_down_fails_changes_and_waiters_wait(
         assert after[unit][2][: len(history)] == history
 
 
+HUNG_TIMEOUT = 1.5
+"""--etcd-timeout of the agents facing a hung cluster: well below one member's own
+request timeout (5 s), so a change that waited out the members in turn could not pass."""
+PROMISE_SLACK = 3.0
+"""How much longer than --etcd-timeout a failing change may take from the user's side: a
+CLI process started and answered on a loaded 2-core machine. The bound checks the README's
+promise (a change fails after --etcd-timeout), not a speed: waiting out each member's own
+timeout in turn took 15 s here."""
+
+
+def timed_change(agent: EtcdAgent, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`unitsync sync ARGS...` and how long the user waited for it (seconds)."""
+    started = time.monotonic()
+    result = agent.cli(*args)
+    return result, time.monotonic() - started
+
+
+def test_a_hung_cluster_fails_a_change_once_the_etcd_timeout_is_up(
+    fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
+) -> None:
+    """Every member SIGSTOPped: connections open, nothing answers. The change fails with
+    exit 6 after --etcd-timeout, the member it was sent to having had all of that time and
+    the others none; its txn was sent, so it may have been made. Once the members are back,
+    the same agent makes changes again."""
+    etcd = fresh_etcd
+    host = etcd_agents(etcd.url("ws"), "--etcd-timeout", f"{HUNG_TIMEOUT}s")
+    assert host.cli("want", "app", "db").returncode == 0
+    for i in range(3):
+        etcd.stop_member(i, signal.SIGSTOP)
+    try:
+        failed, took = timed_change(host, "fail", "db", "--reason", "during", "--force")
+    finally:
+        for i in range(3):
+            etcd.resume_member(i)
+    assert failed.returncode == EXIT_NOT_DURABLE, failed.stderr
+    assert "it may or may not have been made" in failed.stderr
+    first, *others = etcd.endpoints
+    assert f"{first}: no answer in time" in failed.stderr
+    for endpoint in others:
+        assert f"{endpoint}: not tried, no time left" in failed.stderr
+    assert HUNG_TIMEOUT <= took < HUNG_TIMEOUT + PROMISE_SLACK, took
+    back_again(etcd, host)
+
+
+def test_members_without_quorum_fail_a_change_once_the_etcd_timeout_is_up(
+    fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
+) -> None:
+    """Two members of three SIGSTOPped: the one the agent tries first is alive but cannot
+    commit anything (etcd holds the proposal, waiting for a quorum). The change fails as
+    when the whole cluster hangs, and the agent serves changes again once both are back."""
+    etcd = fresh_etcd
+    host = etcd_agents(etcd.url("ws"), "--etcd-timeout", f"{HUNG_TIMEOUT}s")
+    assert host.cli("want", "app", "db").returncode == 0
+    for i in (1, 2):
+        etcd.stop_member(i, signal.SIGSTOP)
+    try:
+        failed, took = timed_change(host, "fail", "db", "--reason", "during", "--force")
+    finally:
+        for i in (1, 2):
+            etcd.resume_member(i)
+    assert failed.returncode == EXIT_NOT_DURABLE, failed.stderr
+    assert "it may or may not have been made" in failed.stderr
+    assert f"{etcd.endpoints[0]}: no answer in time" in failed.stderr  # alive, tried first
+    assert HUNG_TIMEOUT <= took < HUNG_TIMEOUT + PROMISE_SLACK, took
+    back_again(etcd, host)
+
+
+def back_again(etcd: EtcdCluster, host: EtcdAgent) -> None:
+    """Once every member answers again, the agent commits changes as before."""
+    etcd.wait_healthy()
+    done = host.cli("fail", "db", "--reason", "after the outage", "--force")
+    assert done.returncode == 0, done.stderr
+    assert statuses(host)["db"][2][-1]["reason"] == "after the outage"
+
+
 async def test_an_agent_killed_and_restarted_lists_again_and_loses_nothing(
     etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:

@@ -222,11 +222,11 @@ async def test_a_start_woken_while_etcd_is_unreachable_waits_on(
     await host_a.want("app", "db")
     refused, txn = [], store_a.client.txn
 
-    async def unreachable_for_a_while(request):  # type: ignore[no-untyped-def]
+    async def unreachable_for_a_while(request, **options):  # type: ignore[no-untyped-def]
         if request.compare and len(refused) < 3:
             refused.append(request)
             raise EtcdUnavailable(["127.0.0.1:1: ConnectError"], maybe_applied=False)
-        return await txn(request)
+        return await txn(request, **options)
 
     store_a.client.txn = unreachable_for_a_while  # type: ignore[method-assign]
     started = await start_app_waiting_on_db(host_a, host_b)
@@ -329,8 +329,8 @@ def _hold_watch(store: EtcdStore) -> _Held:
         held.deliver = on_response
         await watch(request, hold, silence=silence)
 
-    async def confirming_txn(request):  # type: ignore[no-untyped-def]
-        reply = await txn(request)
+    async def confirming_txn(request, **options):  # type: ignore[no-untyped-def]
+        reply = await txn(request, **options)
         if not request.compare and held.holding:  # a read of the present: the confirmation
             held.release()
         return reply
