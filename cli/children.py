@@ -16,15 +16,22 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .group import signal_group
 from .reactor import Reactor
 
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-"""Signals `run` passes on to its command (SIGINT too when there is no terminal)."""
+FORWARDED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""Signals `run` passes on to its command's group."""
 
 Child = subprocess.Popen  # type: ignore[type-arg]
 
@@ -55,9 +62,10 @@ class SpawnFailed(Exception):
 
 
 def spawn(command: Sequence[str], **options: Any) -> Child:
-    """Start `command`; SpawnFailed (127 or 126, as a shell says) if it cannot be."""
+    """Start `command` in a process group of its own (see `group`); SpawnFailed (127 or
+    126, as a shell says) if it cannot be."""
     try:
-        return subprocess.Popen(list(command), **options)
+        return subprocess.Popen(list(command), process_group=0, **options)
     except FileNotFoundError:
         raise SpawnFailed(127, f"command not found: {command[0]}") from None
     except PermissionError:
@@ -66,25 +74,23 @@ def spawn(command: Sequence[str], **options: Any) -> Child:
 
 @contextlib.contextmanager
 def forwarding_signals(child: Child) -> Iterator[None]:
-    """Pass the usual signals on to `child` while the block runs (SPEC §2's `run`).
+    """Pass the usual signals on to `child`'s process group while the block runs (SPEC §2's
+    `run`): the whole group, as a terminal would, since the command runs in its own.
 
-    Ctrl-C on a terminal reaches the whole foreground group, the child included: `run`
-    only stays alive to report its end. Sent to `run` alone (no terminal), it is passed on.
+    Ctrl-C on a terminal `run` has lent to the command reaches its group directly (see
+    `group.Terminal`); one that reaches `run` (the terminal was not lent) is passed on.
     A signal `run` was started with ignored (`nohup` ignores SIGHUP) stays ignored, as the
     convention for such signals goes: the child inherited the same.
     """
 
     def forward(signum: int, _frame: object) -> None:
-        if child.returncode is None:
-            child.send_signal(signum)
+        if child.returncode is None:  # until it is reaped, its pid is the group's id
+            signal_group(child.pid, signum)
 
     previous: dict[int, object] = {}
     for sig in FORWARDED:
         if signal.getsignal(sig) is not signal.SIG_IGN:
             previous[sig] = signal.signal(sig, forward)
-    on_interrupt = signal.SIG_IGN if sys.stdin.isatty() else forward
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_interrupt)
     try:
         yield
     finally:

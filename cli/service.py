@@ -8,6 +8,13 @@ talks to the agent: `run.py` turns the events into agent calls, in one place.
 Without a detector this is plain `run`: the command inherits `run`'s stdin, stdout
 and stderr, and its exit is the only event.
 
+The command runs in a process group of its own, and stopping it stops the group
+(`group`): SIGTERM to every process in it, SIGKILL to what is left STOP_GRACE later, and
+`run` ends only once the group is gone. When the command ends by itself, a service's
+leftovers are stopped the same way (a service that is gone must not go on serving under a
+failed unit, as systemd's KillMode=control-group has it); a plain command's are left
+alone (a setup step may start a daemon on purpose, as it may from a shell).
+
 Resource rules: every descriptor, timer and child process belongs to the `ServiceRun`
 that made it and is released by `close` (the `with` block), which also stops a service
 still running then (a `run` going away must not leave behind a service that its
@@ -18,6 +25,7 @@ output) wakes `run`.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -25,10 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .children import Child, Ended, Exits, forwarding_signals, spawn
+from .group import Terminal, signal_group, wait_out_group
 from .reactor import Reactor, Timer
 
 STOP_GRACE = 10.0
-"""Seconds between SIGTERM and SIGKILL when `run` stops a service (not ready in time):
+"""Seconds between SIGTERM and SIGKILL when `run` stops a command's group (not ready in time):
 docker stop's default, long enough for a server to close its connections and files."""
 
 
@@ -115,6 +124,9 @@ class ServiceRun:
         self._finished = False
         self._deadline: Timer | None = None
         self._kill: Timer | None = None
+        self._kill_at: float | None = None
+        """When the group being stopped gets SIGKILL (`Reactor.now` time); None: not stopping."""
+        self.terminal = Terminal()
 
     def __enter__(self) -> ServiceRun:
         return self
@@ -126,6 +138,7 @@ class ServiceRun:
         """Spawn the service; `SpawnFailed` if it cannot be."""
         options = self.detector.child_options() if self.detector else {}
         self.child = spawn(self.command, **options)
+        self.terminal.lend(self.child.pid)
         self.exits.watch(self.child, self._exited)
         if self.detector:
             self.detector.begin(self.reactor, self.exits, self.child, self)
@@ -145,21 +158,27 @@ class ServiceRun:
                 self.reactor.run_once()
 
     def stop(self) -> None:
-        """SIGTERM now, SIGKILL if it still runs `STOP_GRACE` seconds later."""
+        """SIGTERM to the command's group now, SIGKILL to what is left `STOP_GRACE` later."""
         assert self.child is not None
-        if self.child.returncode is None and self._kill is None:
-            self.child.terminate()
-            self._kill = self.reactor.call_later(STOP_GRACE, self.child.kill)
+        if self._kill_at is None:
+            group = self.child.pid
+            self._kill_at = self.reactor.now() + STOP_GRACE
+            signal_group(group, signal.SIGTERM)
+            self._kill = self.reactor.call_at(
+                self._kill_at, lambda: signal_group(group, signal.SIGKILL)
+            )
 
     def close(self) -> None:
-        if self.child is not None and self.child.returncode is None:
-            self.exits.unwatch(self.child)
-            self.child.terminate()
-            try:
-                self.child.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
+        self.terminal.close()
+        if self.child is not None:
+            if self.child.returncode is None:  # `run` is going away first
+                self.exits.unwatch(self.child)
+                self.stop()
+                self._wait_for_child()
+            if self._kill_at is None and self.detector is not None:
+                self.stop()  # the service is gone: so is the rest of its group
+            if self._kill_at is not None:
+                wait_out_group(self.child.pid, self._kill_at)
         self._finish()
         self.exits.close()
         self.reactor.close()
@@ -197,9 +216,18 @@ class ServiceRun:
         if self.detector is not None:
             self.detector.stop()
 
+    def _wait_for_child(self) -> None:
+        assert self.child is not None and self._kill_at is not None
+        try:
+            self.child.wait(max(self._kill_at - self.reactor.now(), 0.0))
+        except subprocess.TimeoutExpired:
+            signal_group(self.child.pid, signal.SIGKILL)
+            self.child.wait()
+
     def _exited(self, ended: Ended) -> None:
+        self.terminal.close()  # before `run` says anything more
         if self._kill is not None:
-            self._kill.cancel()
+            self._kill.cancel()  # `close` waits out the rest of the group
         self._finish()  # its last output may still hold the ready line
         if not self._settled:
             self._settle()

@@ -8,12 +8,17 @@ hanging.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
 import select
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from pathlib import Path
@@ -280,6 +285,134 @@ def test_not_ready_in_time_fails_the_unit_stops_the_service_and_exits_5(
     with pytest.raises(ProcessLookupError):  # stopped, and reaped by `run`
         os.kill(int(pid_file.read_text()), 0)
     assert waiter.wait(timeout=LIMIT) == 4
+
+
+def server_under_a_shell(folder: Path, pid_file: Path) -> list[str]:
+    """`sh -c` running a Python server that writes its pid: the server is `run`'s grandchild
+    (the shell has more to do after it, so it does not exec it), as under `make dev`."""
+    server = python_service(
+        folder,
+        f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        print("up", flush=True)
+        time.sleep(600)
+        """,
+    )
+    return ["sh", "-c", f"{shlex.join(server)}; echo the server ended"]
+
+
+def gone(pid: int) -> bool:
+    """`pid` has exited (it is not our child: a zombie is as good as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+def grandchild_pid(pid_file: Path) -> int:
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the server's pid")
+    return int(pid_file.read_text())
+
+
+def test_not_ready_in_time_stops_what_the_service_started_too(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    command = server_under_a_shell(tmp_path, pid_file)
+    run = spawn_run(
+        agent_process, "web", "--ready-cmd", "false", "--ready-timeout", "1s", "--", *command
+    )
+    server = grandchild_pid(pid_file)
+    try:
+        run.communicate(timeout=LIMIT)
+        assert run.returncode == 5
+        wait_for(lambda: gone(server), "the server under the shell to be stopped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("readiness", [[], ["--ready-log", "up"]], ids=["plain", "service"])
+def test_sigterm_to_run_stops_what_its_command_started_too(
+    agent_process: AgentProcess, tmp_path: Path, readiness: list[str]
+) -> None:
+    pid_file = tmp_path / "pid"
+    command = server_under_a_shell(tmp_path, pid_file)
+    run = spawn_run(agent_process, "web", *readiness, "--", *command)
+    server = grandchild_pid(pid_file)
+    try:
+        stop(run)
+        assert run.returncode == 128 + signal.SIGTERM
+        wait_for(lambda: gone(server), "the server under the shell to be stopped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGKILL)
+
+
+def test_a_service_that_exits_takes_what_is_left_of_its_group_with_it(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    command = server_under_a_shell(tmp_path, pid_file)
+    command[-1] = command[-1].replace("; echo the server ended", " & sleep 0.2; exit 3")
+    run = spawn_run(agent_process, "web", "--ready-log", "up", "--", *command)
+    server = grandchild_pid(pid_file)
+    try:
+        run.communicate(timeout=LIMIT)
+        assert run.returncode == 3
+        assert gone(server)  # `run` ends only once its service's group is gone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGKILL)
+
+
+def test_a_plain_command_may_leave_a_daemon_running(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    command = server_under_a_shell(tmp_path, pid_file)
+    command[-1] = command[-1].replace("; echo the server ended", " >/dev/null 2>&1 &")
+    result = run_cli("sync", "run", "setup", "--", *command, socket=sock(agent_process))
+    server = grandchild_pid(pid_file)
+    try:
+        assert result.code == 0
+        assert not gone(server)
+    finally:
+        os.kill(server, signal.SIGKILL)
+
+
+def test_on_its_controlling_terminal_the_command_reads_it_and_ctrl_c_stops_it() -> None:
+    """`run` in the foreground lends the terminal to its command's group (see `group`)."""
+    script = textwrap.dedent(
+        """
+        from unitsync.cli.service import ServiceRun
+        with ServiceRun(["sh", "-c", "read line; echo got $line; exec sleep 600"]) as run:
+            run.start()
+            events = list(run.events())
+        print("ended by", -events[-1].ended.returncode, flush=True)
+        """
+    )
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(  # a session of its own, the pty its controlling terminal
+        [sys.executable, "-c", script],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(follower)
+    try:
+        os.write(leader, b"hello\n")
+        assert b"got hello" in read_until(leader, b"got hello")
+        os.write(leader, b"\x03")  # Ctrl-C
+        assert f"ended by {signal.SIGINT:d}".encode() in read_until(leader, b"ended by")
+        assert proc.wait(timeout=LIMIT) == 0
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_a_service_that_ignores_sigterm_is_killed_after_the_grace(
