@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 EXAMPLES = "e.g. 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 to wait forever"
+LONGEST = 366 * 86400.0
+"""A longer wait is a typo for a shorter one or for forever (0), and would overflow the
+clocks and socket timeouts it ends up in."""
 DEFAULT_TIMEOUT = DEFAULT_WAIT
 """How long `start` and `run` wait for their dependencies unless told (5m)."""
 
@@ -28,8 +32,12 @@ def parse_duration(text: str) -> float | None:
         seconds = float(text)
     except ValueError:
         seconds = _parse_units(text)
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {text!r} ({EXAMPLES})")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative: {text!r} ({EXAMPLES})")
+    if seconds > LONGEST:
+        raise ValueError(f"{text!r} is longer than a year: give 0 to wait forever")
     return None if seconds == 0 else seconds
 
 

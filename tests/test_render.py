@@ -93,9 +93,17 @@ def test_durations(text: str, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "soon", "5 m", "m5", "-3", "1d", "5m30"])
+@pytest.mark.parametrize(
+    "text", ["", "soon", "5 m", "m5", "-3", "1d", "5m30", "nan", "inf", "-inf", "1e400"]
+)
 def test_bad_durations_show_examples(text: str) -> None:
     with pytest.raises(ValueError, match=r"e\.g\. 30s, 5m, 1h30m"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["1e9", "10000h", "600000m"])
+def test_a_duration_over_a_year_points_at_forever(text: str) -> None:
+    with pytest.raises(ValueError, match="longer than a year: give 0 to wait forever"):
         parse_duration(text)
 
 
