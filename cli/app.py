@@ -402,6 +402,16 @@ def run(
         print("unitsync: run needs a command after `--`", file=sys.stderr)
         print(f"usage: {USAGE['run']}", file=sys.stderr)
         return EXIT_USAGE
+    if stray := _before_dashes(command):
+        import shlex
+
+        print(
+            f"unitsync: run: {shlex.join(stray)} before `--` is neither UNIT nor an option's "
+            "value (a duration is one word: --timeout 5m); the command goes after `--`",
+            file=sys.stderr,
+        )
+        print(f"usage: {USAGE['run']}", file=sys.stderr)
+        return EXIT_USAGE
     from .run import ReadyOptions, run_unit
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
@@ -413,7 +423,23 @@ def main() -> None:
     _exit_now(_main(sys.argv[1:]))
 
 
+_argv: list[str] = []
+"""The words being parsed: cyclopts hands `run` its COMMAND from before `--` and after it
+alike, and only the words after `--` are the command."""
+
+
+def _before_dashes(command: tuple[str, ...]) -> tuple[str, ...]:
+    """The words of COMMAND that came before `--` when there is one (stray words: `--timeout
+    5 minutes -- make` would otherwise run `minutes make`)."""
+    if "--" not in _argv:
+        return ()
+    after = len(_argv) - _argv.index("--") - 1
+    return command[: len(command) - after]
+
+
 def _main(argv: list[str]) -> int:
+    global _argv
+    _argv = argv
     _whole_lines()
     if _may_print_help(argv) and not sys.stdout.isatty():  # in a pipe or a file: no boxes
         app.help_formatter = sync.help_formatter = "plain"
@@ -431,6 +457,8 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:
         return _stdout_gone()
     except SystemExit as exc:  # --help and --version exit through here
+        if exc.code == 1 and _may_print_help(argv):  # rich's own answer to a closed stdout
+            return _stdout_gone()
         code = exc.code
     if isinstance(code, str):
         print(code, file=sys.stderr)

@@ -82,6 +82,31 @@ def test_status_piped_into_head_exits_quietly(agent_process: AgentProcess) -> No
         assert proc.stdout.count("\n") == 1
 
 
+def test_help_into_a_closed_pipe_exits_quietly() -> None:
+    """`true` reads nothing and is gone before the help is written: the writer gets EPIPE."""
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{UNITSYNC} sync want --help | true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_words_before_the_dashes_of_run_are_a_usage_error(agent_process: AgentProcess) -> None:
+    """`--timeout 5 minutes -- true` must not run `minutes true` as the unit's command."""
+    result = run_cli(
+        "sync", "run", "q2", "--timeout", "5", "minutes", "--", "true", socket=sock(agent_process)
+    )
+    assert result.code == 2
+    assert "minutes before `--` is neither UNIT nor an option's value" in result.err
+    assert "--timeout 5m" in result.err
+    assert "q2" not in {u.name for u in Client(sock(agent_process)).status()}
+    s = sock(agent_process)
+    inner = run_cli("sync", "run", "q3", "--", "sh", "-c", "echo a -- b", socket=s)
+    assert inner.code == 0 and inner.out == "a -- b\n"  # a `--` inside the command is its own
+
+
 def test_watch_piped_into_head_exits_quietly_at_the_next_event(
     agent_process: AgentProcess,
 ) -> None:
