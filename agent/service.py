@@ -317,6 +317,13 @@ class Service:
                 code="in_use",
                 unit=name,
             )
+        if self.holds.is_held(name) or name in self.holds.unclaimed:
+            raise Refused(
+                f"unit {name!r} is a service whose `unitsync sync run` still runs it: stop "
+                "that run first (its end is recorded on the unit), then forget it",
+                code="in_use",
+                unit=name,
+            )
         await self.commit(lambda: graph.forget(name, self.clock()), [name])
         return Ok(unit=name, message=f"forgot {name} and its history")
 

@@ -231,6 +231,20 @@ def test_forget_is_refused_while_a_start_of_the_unit_waits(agent_process: AgentP
     waiter.communicate()
 
 
+def test_forget_is_refused_while_a_run_still_runs_its_service(agent_process: AgentProcess) -> None:
+    s = sock(agent_process)
+    service = spawn_cli("sync", "run", "web", "--ready-cmd", "true", "--", "sleep", "600", socket=s)
+    try:
+        assert service.stderr is not None and "web: started" in service.stderr.readline()
+        assert "web: ready" in service.stderr.readline()
+        result = run_cli("sync", "forget", "web", socket=s)
+        assert result.code == 1 and "whose `unitsync sync run` still runs it" in result.err
+    finally:
+        service.terminate()
+        service.communicate(timeout=60)
+    assert run_cli("sync", "forget", "web", socket=s).code == 0  # its end recorded, it may go
+
+
 # --- 8. WAITING ON means one thing -------------------------------------------------------------
 
 

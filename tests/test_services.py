@@ -407,7 +407,8 @@ def test_on_its_controlling_terminal_the_command_reads_it_and_ctrl_c_stops_it() 
         os.write(leader, b"hello\n")
         assert b"got hello" in read_until(leader, b"got hello")
         os.write(leader, b"\x03")  # Ctrl-C
-        assert f"ended by {signal.SIGINT:d}".encode() in read_until(leader, b"ended by")
+        ended = f"ended by {signal.SIGINT:d}\r\n".encode()  # the whole line, not its start
+        assert ended in read_until(leader, ended)
         assert proc.wait(timeout=LIMIT) == 0
     finally:
         os.close(leader)
