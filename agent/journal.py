@@ -578,7 +578,8 @@ class _Recovery:
         (temp files, a torn tail, a missing log) and make durable what was found. Without,
         no file is changed."""
         if repair:
-            self._settle()
+            with _doing("syncing the folder of", self.log_path):  # what names it finds, first
+                self.disk.fsync_dir(self.state_dir)
             self._remove_leftovers()
         self._load(repair)
         return self
@@ -604,20 +605,6 @@ class _Recovery:
                 "or old; restore it, or move both files aside to start empty"
             )
         self._replay(data, repair)
-
-    def _settle(self) -> None:
-        """A process that died (or failed) between a write and its fsync, or a rename and
-        the folder's fsync, left that in the page cache only: make what recovery finds
-        durable before it repairs anything, or acknowledges anything, on top of it."""
-        if LOG_NAME in self.disk.names(self.state_dir):
-            with _doing("syncing", self.log_path):
-                fd = self.disk.open_append(self.log_path)
-                try:
-                    self.disk.fsync(fd)
-                finally:
-                    close_quietly(self.disk, fd)
-        with _doing("syncing the folder of", self.log_path):
-            self.disk.fsync_dir(self.state_dir)
 
     def _remove_leftovers(self) -> None:
         """A temp file is a crash mid-write, never renamed: nothing in it was acknowledged."""
@@ -669,16 +656,40 @@ class _Recovery:
                 f"{self.log_path} names unit {exc} before it is known, at byte offset "
                 f"{scan.end}; the journal does not belong to this snapshot"
             ) from None
-        if scan.torn and repair:
-            log.warning("%s: cut off a torn tail: %s", self.log_path, scan.torn)
-            with _doing("cutting the torn tail off", self.log_path):
+        if repair:
+            if scan.torn:
+                log.warning("%s: cut off a torn tail: %s", self.log_path, scan.torn)
+            self._settle(data[: scan.end])
+        self.log_bytes, self.log_records = scan.end - logfile.LOG_HEADER.size, scan.count
+
+    def _settle(self, data: bytes) -> None:
+        """Make the log recovery found durable before anything is acknowledged on top of it:
+        a process that died (or failed) between a write and its fsync left it in the page
+        cache only (the names were synced first, in `run`).
+
+        Its whole entries are copied to a fresh file (temp, fsync, rename, fsync of the
+        folder) rather than fsynced in place: if the last agent's fsync failed, the kernel
+        may have marked its pages clean and told that agent alone, so an fsync here would
+        succeed with those bytes never on disk (fsyncgate). Pages this process writes and
+        syncs are its own to hear about. With no room for the copy it is fsynced in place, as
+        a full disk is far likelier than a restart after a failed fsync."""
+        try:
+            with _doing("copying", self.log_path):
+                write_durably(self.disk, self.log_path, data)
+        except _Failed as failure:
+            if not failure.no_space:
+                raise
+            log.warning("%s; syncing it in place instead", failure)
+            with contextlib.suppress(OSError):
+                self.disk.unlink(self.log_path.with_name(LOG_NAME + ".tmp"))
+            with _doing("syncing", self.log_path):
                 fd = self.disk.open_append(self.log_path)
                 try:
-                    self.disk.truncate(fd, scan.end)
+                    self.disk.truncate(fd, len(data))
                     self.disk.fsync(fd)
                 finally:
                     close_quietly(self.disk, fd)
-        self.log_bytes, self.log_records = scan.end - logfile.LOG_HEADER.size, scan.count
+                self.disk.fsync_dir(self.state_dir)
 
     def _damaged(self, data: bytes, scan: logfile.Scan, exc: logfile.Damaged, repair: bool) -> None:
         if not (self.salvage and repair):

@@ -17,6 +17,15 @@ Pending operations are independent (a later one may survive an earlier one lost)
 is harsher than ext4's ordered mode and exactly what POSIX allows. Every combination is
 built when there are at most EXHAUSTIVE, else SAMPLES seeded ones (always including
 "everything applied" and "everything dropped").
+
+A failed fsync of a file (`fsync_failed`: `faultdisk.FaultyDisk` calls it) makes the
+file's pending operations DOUBTFUL for good: no later fsync makes it durable, and every
+power-loss state from then on may keep it, drop it or tear it, as a pending operation.
+Why: on Linux a failed writeback may drop the dirty pages or mark them clean, and the
+error is reported once, so a retried fsync succeeds with the data not on disk
+(PostgreSQL's "fsyncgate", 2018). Operations a later fsync did cover are SYNCED: they
+stay in the list, always applied, so that they land after the doubtful ones they follow.
+A reader still sees every write (the pages stay in the cache, as on Linux).
 """
 
 from __future__ import annotations
@@ -25,8 +34,8 @@ import errno
 import itertools
 import math
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SECTOR = 512
@@ -35,6 +44,9 @@ EXHAUSTIVE = 1024
 """Combinations of fates built one by one (e.g. 10 operations, each applied or dropped)."""
 SAMPLES = 300
 """Seeded combinations built when there are more than EXHAUSTIVE."""
+PENDING, DOUBTFUL, SYNCED = "pending", "doubtful", "synced"
+"""Not synced yet; a failed fsync covered it (never durable, maybe on disk); a later fsync
+covered it, after a doubtful one of the same file (durable, but applied in its turn)."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,14 @@ class Write:
     inode: int
     offset: int
     data: bytes
+    state: str = PENDING
 
 
 @dataclass(frozen=True)
 class Truncate:
     inode: int
     size: int
+    state: str = PENDING
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class Name:
     name: str
     inode: int
     old: str = ""
+    state: str = PENDING
 
 
 Pending = Write | Truncate | Name
@@ -67,6 +82,8 @@ torn, keeping that many of its bytes."""
 
 
 def fates(op: Pending) -> list[Fate]:
+    if op.state == SYNCED:
+        return ["applied"]
     if not isinstance(op, Write):
         return ["applied", "dropped"]
     end = op.offset + len(op.data)
@@ -208,10 +225,27 @@ class SimDisk:
                 what,
                 dict(self._durable_names),
                 {inode: self._inodes[inode].image for inode in live},
-                tuple(self._pending),
+                tuple(op for op in self._pending if op.inode in live),  # no name, no trace
                 self.files,
             )
         )
+
+    def _synced(self, covered: Callable[[Pending], bool]) -> bool:
+        """A successful fsync of what `covered` selects: False if it must be made durable
+        the simple way (no doubtful operation among them); else mark them SYNCED."""
+        if not any(covered(op) and op.state == DOUBTFUL for op in self._pending):
+            return False
+        self._pending = [
+            replace(op, state=SYNCED) if covered(op) and op.state == PENDING else op
+            for op in self._pending
+        ]
+        return True
+
+    def _doubt(self, covered: Callable[[Pending], bool]) -> None:
+        self._pending = [
+            replace(op, state=DOUBTFUL) if covered(op) and op.state == PENDING else op
+            for op in self._pending
+        ]
 
     def _name(self, path: Path) -> str:
         path = Path(path)
@@ -270,9 +304,14 @@ class SimDisk:
 
     def fsync(self, fd: int) -> None:
         inode = self._open[fd].inode
-        self._inodes[inode].image = bytes(self._inodes[inode].data)
-        self._pending = [op for op in self._pending if isinstance(op, Name) or op.inode != inode]
+        if not self._synced(_of_file(inode)):
+            self._inodes[inode].image = bytes(self._inodes[inode].data)
+            self._pending = [op for op in self._pending if not _of_file(inode)(op)]
         self._checkpoint("fsync")
+
+    def fsync_failed(self, fd: int) -> None:
+        """An fsync of `fd` failed: its file's pending operations become DOUBTFUL."""
+        self._doubt(_of_file(self._open[fd].inode))
 
     def truncate(self, fd: int, size: int) -> None:
         inode = self._open[fd].inode
@@ -303,3 +342,7 @@ class SimDisk:
         self._durable_names = dict(self._names)
         self._pending = [op for op in self._pending if not isinstance(op, Name)]
         self._checkpoint("fsync of the folder")
+
+
+def _of_file(inode: int) -> Callable[[Pending], bool]:
+    return lambda op: not isinstance(op, Name) and op.inode == inode

@@ -11,6 +11,9 @@ either once or from then on:
 - EIO from then on is a dead disk: every later operation fails.
 - A short write returns after half the bytes, which is not an error: the caller must
   write the rest.
+
+A failed fsync is told to the inner disk when it models what that loses
+(`SimDisk.fsync_failed`): what the fsync was to make durable may never be (fsyncgate).
 """
 
 from __future__ import annotations
@@ -114,7 +117,10 @@ class FaultyDisk:
         return self.inner.write(fd, data)
 
     def fsync(self, fd: int) -> None:
-        self._check("fsync")
+        if self._fails("fsync"):
+            if failed := getattr(self.inner, "fsync_failed", None):
+                failed(fd)
+            self._raise()
         self.inner.fsync(fd)
 
     def truncate(self, fd: int, size: int) -> None:

@@ -21,11 +21,16 @@ a command makes durable) is watched; the run checks:
 `check_power_loss` then holds every power-loss state of the run's trace (crashdisk.py)
 to the same rule, so a power failure in the middle of cutting back, rebuilding or
 finishing a compaction is covered too: the changes acknowledged by then, plus a prefix
-of those not yet answered; never one its client was told was refused.
+of those not yet settled; never one its client was told was refused. A change whose
+client was told "unknown" stays unsettled until the next start finds it saved or lost:
+after a failed fsync the crash disk may keep or lose it whatever is synced later
+(fsyncgate), so until then either is right, and from then on only what that start found.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +118,9 @@ class Commit:
     """ok, refused, unknown (the journal stopped), or lost (unknown, then not recovered)."""
     decided: int = NEVER
     """The disk's checkpoint when its client was answered."""
+    settled: int = NEVER
+    """The disk's checkpoint from which its fate is known: when it was acknowledged or
+    refused; if its client was told "unknown", when the next start found it saved or lost."""
 
 
 @dataclass
@@ -258,6 +266,8 @@ class FaultRun:
             def settle(outcome: str) -> None:
                 for entry in entries:
                     entry.outcome, entry.decided = outcome, self.sim.last
+                    if outcome != "unknown":
+                        entry.settled = entry.decided
 
             try:
                 records = await real(submitted, about, confirm_noop=confirm_noop)
@@ -307,6 +317,8 @@ class FaultRun:
     def _reconcile(self, recovered: bytes) -> None:
         """The recovered state is the acknowledged changes plus a prefix of the unknown ones."""
         unknown = [commit for commit in self.commits if commit.outcome == "unknown"]
+        for commit in unknown:
+            commit.settled = self.sim.last
         for survived in range(len(unknown) + 1):
             for commit in unknown[:survived]:
                 commit.outcome = "ok"
@@ -324,17 +336,14 @@ class FaultRun:
 
 def check_power_loss(run: FaultRun, baseline: FaultRun | None = None) -> int:
     """Every power-loss state of the run's trace recovers to what its clients were told:
-    the changes acknowledged by then plus a prefix of those not yet answered. Where the
-    trace is the same as `baseline`'s (a run checked already), it is not checked again.
-    Returns how many states were checked."""
+    the changes settled as saved by then plus a prefix of those not yet settled (module
+    docstring). Where the trace is the same as `baseline`'s (a run checked already), it is
+    not checked again. Returns how many states were checked."""
     checked, start = 0, _divergence(run, baseline)
     seen: dict[frozenset[tuple[str, bytes]], bytes] = {}
     with quiet_recovery():
         for checkpoint in run.sim.checkpoints[start:]:
-            commits = run.commits
-            acked = [c for c in commits if c.outcome == "ok" and c.decided <= checkpoint.index]
-            open_ = [c for c in commits if c.submitted <= checkpoint.index < c.decided]
-            allowed = {_replay(acked + open_[:n]) for n in range(len(open_) + 1)}
+            acked, open_, allowed = _allowed(run.commits, checkpoint.index)
             snapshots = (checkpoint.durable(SNAPSHOT_NAME), checkpoint.volatile.get(SNAPSHOT_NAME))
             for fates, files in checkpoint.states(str(run.fault)):
                 checked += 1
@@ -350,10 +359,29 @@ def check_power_loss(run: FaultRun, baseline: FaultRun | None = None) -> int:
                         raise AssertionError(f"{where}: recovery refused to start: {exc}") from None
                 if seen[key] not in allowed:
                     raise AssertionError(
-                        f"{where}: recovered neither the {len(acked)} acknowledged changes nor "
-                        f"those plus some of the {len(open_)} not yet answered"
+                        f"{where}: recovered neither the {acked} acknowledged changes nor "
+                        f"those plus some of the {open_} not yet settled"
                     )
     return checked
+
+
+def _allowed(commits: list[Commit], index: int) -> tuple[int, int, set[bytes]]:
+    """After disk operation `index`: how many changes are settled as saved, how many are
+    not settled, and the graphs a recovery may find (the saved ones, in order, with the
+    first n unsettled ones among them)."""
+    saved = [c.settled <= index and c.outcome == "ok" for c in commits]
+    open_ = [c.submitted <= index < c.settled for c in commits]
+    allowed = set()
+    for n in range(sum(open_) + 1):
+        ranks = itertools.accumulate(open_)  # among the unsettled: 1, 2, ...
+        chosen = [
+            commit
+            for commit, is_saved, is_open, rank in zip(commits, saved, open_, ranks, strict=True)
+            if is_saved or (is_open and rank <= n)
+        ]
+        with contextlib.suppress(KeyError):  # a saved change built on an unsettled one left out
+            allowed.add(_replay(chosen))
+    return sum(saved), sum(open_), allowed
 
 
 def _divergence(run: FaultRun, baseline: FaultRun | None) -> int:

@@ -17,9 +17,9 @@ import trio
 import trio.testing
 
 from unitsync.agent.broadcast import Watcher
-from unitsync.agent.disk import REAL_DISK, RealDisk
+from unitsync.agent.disk import REAL_DISK, RealDisk, append_all
 from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, Journal, JournalError
+from unitsync.agent.journal import LOG_NAME, Journal, JournalError, _Failed
 from unitsync.agent.main import _setup_failure
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
@@ -32,8 +32,14 @@ from faultloop import FaultRun, check_power_loss
 
 POWER_LOSS_TOO = {("ENOSPC", False), ("ENOSPC", True), ("short", False)}
 """Fault loops whose every trace is also crashed at every operation (faultloop.py). EDQUOT
-takes ENOSPC's path, and a short write from then on is many single ones; EIO answers
-"may or may not have been saved", which leaves nothing to hold a power loss to."""
+takes ENOSPC's path, and a short write from then on is many single ones."""
+
+
+def power_checked(kind: str, persistent: bool, run: FaultRun) -> bool:
+    """Whether `run`'s trace is crashed at every operation too: those of POWER_LOSS_TOO, and
+    every EIO run in which an fsync failed, whose writes the crash disk may then keep or
+    lose for good (fsyncgate): what was acknowledged must survive that, whatever came after."""
+    return (kind, persistent) in POWER_LOSS_TOO or (kind == "EIO" and "fsync!" in run.disk.calls)
 
 
 @pytest.fixture
@@ -55,7 +61,7 @@ def test_the_nth_operation_fails_for_every_n(folder: Path, kind: str, persistent
         if not run.disk.hits:
             break  # the workload is over before operation n
         runs.append(run)
-        if (kind, persistent) in POWER_LOSS_TOO:
+        if power_checked(kind, persistent, run):
             power_losses += check_power_loss(run, baseline=clean)
     assert len(runs) > (10 if kind == "short" else 40), f"only {len(runs)} operations to fail"
     refusals = sum(run.refusals for run in runs)
@@ -78,6 +84,29 @@ def skip_the_cut_back(self: Journal) -> None:
 
 def keep_the_refused_changes(self: Graph, durable: object) -> None:
     """The graph does not take over the durable state: the refused changes stay."""
+
+
+def retry_after_eio(self: Journal, data: bytes) -> None:
+    """The audit's patch to `Journal._write`: a failed fsync of a batch is retried, and the
+    batch acknowledged if the retry succeeds (which, after fsyncgate, proves nothing)."""
+    if self._torn:
+        self._cut_back()
+    assert self._fd is not None
+    self._torn, doing = True, "writing to"
+    try:
+        append_all(self._disk, self._fd, data)
+        doing = "fsync of"
+        try:
+            self._disk.fsync(self._fd)
+        except OSError:
+            self._disk.fsync(self._fd)  # the break
+    except OSError as exc:
+        failure = _Failed(doing, self.log_path, exc)
+        if failure.no_space:
+            self._cut_back()
+        raise failure from exc
+    self._torn = False
+    self.fsyncs += 1
 
 
 @pytest.mark.parametrize(
@@ -247,3 +276,18 @@ async def test_a_failed_fsync_tells_the_client_and_stops_the_agent(
     assert "fsync of" in str(told.value) and str(config.state_dir) in str(told.value)
     assert stopped.group_contains(JournalError, match="Check the disk")
     assert _setup_failure(stopped.value) is not None  # main prints it and exits 1
+
+
+def test_the_power_checked_fault_loop_catches_a_retry_after_eio(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[retry after EIO]: every run of the fault loop passes with the retry (the change is
+    acknowledged, and the files hold it); only a power loss shows it was never on disk."""
+    clean = FaultRun(folder, None).run()
+    monkeypatch.setattr(Journal, "_write", retry_after_eio)
+    with pytest.raises(AssertionError, match=r"recovered neither the .* acknowledged") as caught:
+        for n in range(1, 60):
+            run = FaultRun(folder, Fault("EIO", n, persistent=False)).run()  # passes
+            if "fsync!" in run.disk.calls:
+                check_power_loss(run, baseline=clean)
+    print(f"\nretry after EIO: {caught.value}")

@@ -7,7 +7,8 @@ recovered and held to the oracle (powerloss.py). The mutation tests at the end b
 the journal on purpose: the harness must catch each break.
 
 More seeds for a nightly run: `UNITSYNC_POWERLOSS_SEEDS=200 python -m pytest -q -s
-tests/test_powerloss.py -k long` (the figures are printed with -s).
+tests/test_powerloss.py -k long` (the figures are printed with -s); one failing seed
+alone: `UNITSYNC_POWERLOSS_SEED=137 python -m pytest -q -s tests/test_powerloss.py -k long`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from powerloss import OPS, Report, check, random_ops, run_workload
 
 SEEDS = int(os.environ.get("UNITSYNC_POWERLOSS_SEEDS", "4"))
 """Long random workloads checked (4 in CI; a nightly run sets more)."""
+ONE_SEED = os.environ.get("UNITSYNC_POWERLOSS_SEED")
+"""Set, only this seed's workload is checked: to re-run the one a failure named."""
 LONG = 40
 """Operations in each long random workload."""
 
@@ -62,10 +65,11 @@ def test_every_sequence_of_up_to_three_operations_survives_power_loss(folder: Pa
 
 def test_long_random_workloads_survive_power_loss(folder: Path) -> None:
     report = Report()
-    for seed in range(SEEDS):
+    seeds = [int(ONE_SEED)] if ONE_SEED is not None else range(SEEDS)
+    for seed in seeds:
         check(run_workload(folder, f"long-{seed}", random_ops(seed, LONG)), folder, report)
-    print(f"\npower loss, {SEEDS} seeded workloads of {LONG} operations: {report}")
-    assert report.workloads == SEEDS
+    print(f"\npower loss, seeds {seeds}, workloads of {LONG} operations: {report}")
+    assert report.workloads == len(seeds)
 
 
 # --- the harness has teeth: each break below must be caught --------------------------------
