@@ -23,7 +23,13 @@ import msgspec
 
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.client.retry import Backoff
-from unitsync.wire.errors import EXIT_TIMED_OUT, EXIT_USAGE, AgentUnavailable, AlreadyDone
+from unitsync.wire.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TIMED_OUT,
+    EXIT_USAGE,
+    AgentUnavailable,
+    AlreadyDone,
+)
 from unitsync.wire.processes import COMMAND_LIMIT, owner
 from unitsync.wire.protocol import Owner
 from unitsync.wire.timefmt import duration
@@ -146,6 +152,9 @@ def run_unit(
         progress.clear()
         say(f"unitsync: {exc}; not running {command[0]}")
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C while waiting: as `start` says it
+        progress.interrupted()
+        return EXIT_INTERRUPTED
     progress.done(started)
     # From here on `run` talks to the agent that holds its run; if that one goes away it
     # waits for it to come back rather than start another (whoever stopped it may mean it).

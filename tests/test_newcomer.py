@@ -362,12 +362,13 @@ def test_the_wait_is_counted_across_an_agent_restart(agent_process: AgentProcess
 # --- 12. Ctrl-C on a terminal -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", [["start", "app"], ["run", "app", "--", "true"]])
 def test_ctrl_c_on_a_waiting_start_ends_the_line_says_so_and_exits_130(
-    agent_process: AgentProcess,
+    agent_process: AgentProcess, command: list[str]
 ) -> None:
     s = sock(agent_process)
     run_cli("sync", "want", "app", "db", socket=s)
-    proc, terminal = on_a_terminal("sync", "start", "app", socket=s)
+    proc, terminal = on_a_terminal("sync", *command, socket=s)
     read_until(terminal, b"waiting for db (")
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
     shown = read_until(terminal, b"interrupted")
