@@ -107,6 +107,13 @@ def agent(
     from unitsync.agent.main import main
     from unitsync.agent.server import AgentConfig
 
+    if max_connections < 1:
+        print(
+            f"unitsync agent: --max-connections {max_connections} would refuse every "
+            f"client; give 1 or more [default: {DEFAULT_MAX_CONNECTIONS}]",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         etcd = _etcd_config(
             store,

@@ -408,3 +408,16 @@ def test_sigterm_stops_the_cli_like_any_program(agent_process: AgentProcess) -> 
     assert waiter.stderr is not None and "waiting for db" in waiter.stderr.readline()
     waiter.send_signal(signal.SIGTERM)
     assert waiter.wait(timeout=30) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("limit", ["0", "-5"])
+def test_an_agent_that_would_refuse_everyone_is_a_usage_error(short_tmp: Path, limit: str) -> None:
+    result = run_cli(
+        "agent",
+        "--max-connections",
+        limit,
+        "--state-dir",
+        str(short_tmp / "state"),
+        socket=short_tmp / "run" / "agent.sock",
+    )
+    assert result.code == 2 and f"--max-connections {limit} would refuse every client" in result.err
