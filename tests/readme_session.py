@@ -123,7 +123,7 @@ class Shell:
 
     def __init__(self, cwd: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            ["bash", "--norc", "--noprofile"],
+            ["bash"],  # reading commands from a pipe, it reads no startup file
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
