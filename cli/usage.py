@@ -37,6 +37,16 @@ USAGE = {
 }
 """Each command's usage line, as the README's command table writes it."""
 
+TAKE_UNITS = {"want", "start", "complete", "fail", "reset", "forget", "status", "critical-chain"}
+"""Commands whose positional words are unit names."""
+DURATION_OPTIONS = {
+    "--timeout",
+    "--ready-timeout",
+    "--ready-interval",
+    "--reclaim-grace",
+    "--etcd-timeout",
+    "--etcd-watch-silence",
+}
 DURATION_HINT = "a duration is one word: 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 for forever"
 
 
@@ -54,24 +64,20 @@ def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
         return f"{where}missing {name}", usage
     if isinstance(exc, UnknownOptionError):
         token = str(getattr(exc.token, "keyword", None) or exc.token.value)
-        if command in USAGE:
-            return (
-                f"{where}unknown option {token!r}; if it is a unit name, put `--` before it "
-                f"(unitsync sync {command} -- {token})",
-                usage,
-            )
-        return f"unknown option {token!r}", usage
+        return f"{where}unknown option {token!r}{_unknown_option_hint(command, token, argv)}", usage
     if isinstance(exc, UnusedCliTokensError):
         extra = list(exc.unused_tokens or [])
         first = extra[0] if extra else ""
         if command not in USAGE:  # `unitsync sync bogus`: a command that does not exist
             see = " ".join(["unitsync", *chain[-1:], "--help"])
             return f"unknown command {first!r}; see `{see}`", None
-        after = _token_before(argv, first)
-        if after is not None and after.startswith("--timeout"):
-            return f"{where}unexpected {first!r} after --timeout: {DURATION_HINT}", usage
+        after = (_token_before(argv, first) or "").split("=")[0]
+        if after in DURATION_OPTIONS:
+            return f"{where}unexpected {first!r} after {after}: {DURATION_HINT}", usage
         words = " ".join(repr(token) for token in extra)
-        return f"{where}unexpected {words} (quote a name that has spaces)", usage
+        if command in TAKE_UNITS:
+            return f"{where}unexpected {words} (quote a name that has spaces)", usage
+        return f"{where}unexpected {words}: `{command}` takes no such argument", usage
     if isinstance(exc, CoercionError):
         name = exc.argument.name if exc.argument is not None else "a value"
         value = exc.token.value if exc.token is not None else ""
@@ -81,6 +87,22 @@ def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
         token = exc.unused_tokens[0] if exc.unused_tokens else ""
         return f"unknown command {token!r}; see `unitsync --help`", None
     return _plain(exc), usage
+
+
+def _unknown_option_hint(command: str | None, token: str, argv: list[str]) -> str:
+    """What to do about an unknown option: it depends on where it was and what it may be."""
+    if "--" in argv and token in argv[argv.index("--") + 1 :]:
+        return "; options go before `--`, not after it"
+    if command == "run" and "--" in argv:
+        return "; see the usage (a UNIT of `run` cannot begin with `-`)"
+    if command == "run":
+        return "; put `--` before the command, so that its options are its own (see the usage)"
+    if command in TAKE_UNITS:
+        return (
+            f"; if it is a unit name, put it after `--`, with the options before "
+            f"(unitsync sync {command} [OPTIONS] -- {token})"
+        )
+    return ""
 
 
 def _token_before(argv: list[str], token: str) -> str | None:

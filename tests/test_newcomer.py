@@ -280,9 +280,29 @@ def test_waiting_on_shows_only_what_a_waiting_start_waits_for(agent_process: Age
         ),
         (
             ["sync", "start", "-weird"],
-            "unknown option '-weird'; if it is a unit name, put `--` before it "
-            "(unitsync sync start -- -weird)",
+            "unknown option '-weird'; if it is a unit name, put it after `--`, with the options "
+            "before (unitsync sync start [OPTIONS] -- -weird)",
             "unitsync sync start UNIT",
+        ),
+        (
+            ["sync", "start", "--", "-weird", "--timeout", "1s"],
+            "unknown option '--timeout'; options go before `--`, not after it",
+            "unitsync sync start UNIT",
+        ),
+        (
+            ["sync", "run", "lsx", "ls", "-l", "/"],
+            "unknown option '-l'; put `--` before the command, so that its options are its own",
+            "-- COMMAND [ARGS...]",
+        ),
+        (
+            ["agent", "--reclaim-grace", "5", "minutes"],
+            "unexpected 'minutes' after --reclaim-grace: a duration is one word",
+            "unitsync agent [--socket P]",
+        ),
+        (
+            ["sync", "blame", "extra"],
+            "unexpected 'extra': `blame` takes no such argument",
+            "unitsync sync blame [--boot N]",
         ),
         (
             ["sync", "status", "-o", "xml"],
