@@ -184,7 +184,11 @@ def _etcd_config(
 
 
 def _positive(text: str, option: str) -> float:
-    seconds = parse_duration(text)
+    """A duration above 0 (these are kept as text: their defaults hold until a store is given)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid value {text!r} for {option}: {exc}") from None
     if seconds is None:
         raise ValueError(f"{option} must be more than 0")
     return seconds

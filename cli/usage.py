@@ -19,7 +19,8 @@ from cyclopts.exceptions import (
 
 USAGE = {
     "agent": "unitsync agent [--socket P] [--state-dir D] [--boot-id ID] [--log-level L] "
-    "[--salvage] [--reclaim-grace 10s] [--max-connections N]",
+    "[--salvage] [--reclaim-grace 10s] [--max-connections N] [--store etcd://... [--host-id H] "
+    "[--etcd-* ...]]",
     "ping": "unitsync sync ping",
     "want": "unitsync sync want UNIT DEP [DEP...] [--once]",
     "start": "unitsync sync start UNIT [--timeout 5m] [--rerun] [--once] [--owner PID]",
@@ -118,7 +119,9 @@ def _choices(exc: CoercionError) -> str:
     from typing import get_args
 
     choices = get_args(exc.target_type) if exc.target_type is not None else ()
-    return f"choose one of {', '.join(map(str, choices))}" if choices else "not valid here"
+    if choices:
+        return f"choose one of {', '.join(map(str, choices))}"
+    return "a whole number is needed" if exc.target_type is int else "not valid here"
 
 
 def _plain(exc: CycloptsError) -> str:

@@ -300,6 +300,11 @@ def test_waiting_on_shows_only_what_a_waiting_start_waits_for(agent_process: Age
             "unitsync agent [--socket P]",
         ),
         (
+            ["sync", "timeline", "--boot", "x"],
+            "invalid value 'x' for --boot: a whole number is needed",
+            "unitsync sync timeline [--boot N]",
+        ),
+        (
             ["sync", "blame", "extra"],
             "unexpected 'extra': `blame` takes no such argument",
             "unitsync sync blame [--boot N]",
