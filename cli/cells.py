@@ -10,6 +10,10 @@ from __future__ import annotations
 import unicodedata
 
 ELLIPSIS = "…"
+NAME_CELLS = 40
+"""Widest a unit name is shown in text (tables, the chart, blame, critical-chain) and in
+the SVG's name column: room for any sensible name. Longer ones keep their head and end
+in an ellipsis there; JSON and the SVG's tooltips have them whole."""
 
 
 def char_width(char: str) -> int:
@@ -45,3 +49,19 @@ def shorten(text: str, cells: int, ellipsis: str = ELLIPSIS) -> str:
         kept.append(char)
         used += size
     return "".join(kept) + ellipsis
+
+
+def short_name(name: str, ellipsis: str = ELLIPSIS) -> str:
+    """A unit name as every text view shows it: whole, or cut to NAME_CELLS columns."""
+    return shorten(name, NAME_CELLS, ellipsis)
+
+
+def columns(rows: list[list[str]]) -> str:
+    """Left-aligned columns two spaces apart; every column but the last at most NAME_CELLS
+    wide (a long unit name is shortened with an ellipsis rather than widen every row)."""
+    rows = [[shorten(cell, NAME_CELLS) for cell in row[:-1]] + row[-1:] for row in rows]
+    widths = [max(width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(fit(cell, size) for cell, size in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

@@ -171,7 +171,7 @@ def render_chart(
     if not timeline.rows:
         return cells.fit(empty_message(timeline), usable).rstrip()
     fixed = 2 + FIGURE_CELLS + 1 + FIGURE_CELLS + 3  # "  WAITED RAN m "
-    longest = max(cells.width(row.name) for row in timeline.rows)
+    longest = min(max(cells.width(row.name) for row in timeline.rows), cells.NAME_CELLS)
     name_cells = max(4, min(longest, (usable - fixed) // 3))
     bar_cells = max(usable - fixed - name_cells, MIN_BAR_CELLS)
     name_cells = max(4, min(name_cells, usable - fixed - bar_cells))

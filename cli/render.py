@@ -11,7 +11,7 @@ from unitsync.wire.protocol import OwnerView, Transition, UnitView
 from unitsync.wire.timefmt import clock
 from unitsync.wire.timefmt import duration as format_duration
 
-from .cells import fit, shorten, width
+from .cells import columns
 
 TABLE_COLUMNS = ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "OWNER", "REASON")
 """The columns of the every-unit table, the same in `status` and `status --watch`."""
@@ -24,7 +24,7 @@ def render_table(units: list[UnitView], now: float, boot: int, boot_since: float
         return f"{heading}: no units yet (`unitsync sync want` or `start` names the first one)"
     rows = [list(TABLE_COLUMNS)]
     rows += [table_row(unit, now) for unit in sorted(units, key=lambda u: u.name)]
-    return f"{heading}\n{_columns(rows)}"
+    return f"{heading}\n{columns(rows)}"
 
 
 def table_row(unit: UnitView, now: float) -> list[str]:
@@ -79,7 +79,7 @@ def render_unit(unit: UnitView, now: float) -> str:
             [d.unit, d.required, d.current, "yes" if d.satisfied else "no"]
             for d in unit.dependencies
         ]
-        lines += ["  " + line for line in _columns(rows).splitlines()]
+        lines += ["  " + line for line in columns(rows).splitlines()]
     if unit.history:
         lines += ["", "history:"]
         rows = [["TIME", "FROM", "TO", "WAITED", "REASON"]]
@@ -87,7 +87,7 @@ def render_unit(unit: UnitView, now: float) -> str:
             [clock(t.at), t.from_, t.to, _maybe_duration(t.waited), t.reason or "-"]
             for t in unit.history
         ]
-        lines += ["  " + line for line in _columns(rows).splitlines()]
+        lines += ["  " + line for line in columns(rows).splitlines()]
     return "\n".join(lines)
 
 
@@ -178,22 +178,6 @@ def render_mermaid(units: list[UnitView]) -> str:
 
 def _maybe_duration(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(seconds)
-
-
-def _columns(rows: list[list[str]]) -> str:
-    """Left-aligned columns two spaces apart; every column but the last at most NAME_CELLS
-    wide (a long unit name is shortened with an ellipsis rather than widen every row)."""
-    rows = [[shorten(cell, NAME_CELLS) for cell in row[:-1]] + row[-1:] for row in rows]
-    widths = [max(width(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(fit(cell, cells) for cell, cells in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-NAME_CELLS = 40
-"""Widest a table column gets (but the last): room for any sensible unit name; longer
-ones end in an ellipsis in tables, never in JSON."""
 
 
 def _node_ids(units: list[UnitView]) -> dict[str, str]:

@@ -8,6 +8,7 @@ font. One `<g class="unit">` per unit holds its name, its bars (wait, then run) 
 
 from __future__ import annotations
 
+import math
 import re
 
 from . import axis, cells
@@ -18,14 +19,14 @@ MARGIN = 16
 ROW_HEIGHT = 22
 BAR_HEIGHT = 14
 FONT_SIZE = 12
-CELL_PX = 7.0
-"""Width of one terminal cell of text at FONT_SIZE in a sans font: names are measured in
-cells (CJK counts two), so this sizes the name column without knowing the font."""
-NAME_CELLS = 40
-"""Longer names are shown cut with an ellipsis; the tooltip has them whole."""
+TITLE_SIZE = 15
+TICK_SIZE = 11
 PLOT_WIDTH = 960
-FIGURE_WIDTH = 150
-"""Room right of the plot for the figure written after the last bar."""
+RIGHT_ROOM = 40
+"""At least this much right of the plot: half the last tick label, an open run's arrow."""
+FIGURE_CELLS = 60
+"""Longest the figure after a bar gets (a failure's reason may be 4 KiB): cut with an
+ellipsis; the tooltip has it whole. The figure widens the drawing as far as it needs."""
 TICK_SPACING_PX = 80
 """At least this far apart, so that tick labels never touch."""
 HEADER_HEIGHT = 84
@@ -40,43 +41,62 @@ font-size:12px;fill:#1f2328}
 .running{fill:#0969da}.interrupted{fill:#d4a72c}
 .name.failed,.figure.failed{fill:#cf222e;font-weight:600}
 """
-"""Colours also tell the legend apart in grey: light wait, mid run, dark failure."""
+"""Colours also tell the legend apart in grey: light wait, mid run, dark failure. Sizes as
+FONT_SIZE, TITLE_SIZE and TICK_SIZE say: `text_px` measures with them."""
 
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """Characters XML 1.0 cannot hold (U+FFFE, U+FFFF, control characters in a reason)."""
 
 
 def render_svg(timeline: Timeline) -> str:
-    names = [cells.fit(row.name, NAME_CELLS).rstrip() for row in timeline.rows]
-    name_px = max([cells.width(name) * CELL_PX for name in names] + [60.0])
+    names = [cells.short_name(row.name) for row in timeline.rows]
+    name_px = max([text_px(name, bold=True) for name in names] + [60.0])  # failed: bold
     plot_x = MARGIN + name_px + 12
-    width = plot_x + PLOT_WIDTH + FIGURE_WIDTH + MARGIN
     rows_bottom = HEADER_HEIGHT + len(timeline.rows) * ROW_HEIGHT
     height = rows_bottom + 40
     scale = _Scale(timeline, plot_x)
-    out = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height}" '
-        f'viewBox="0 0 {width:.0f} {height}">',
-        f"<title>unitsync timeline, boot {timeline.boot}</title>",
-        f"<style>{STYLE}</style>",
-        '<rect width="100%" height="100%" fill="#ffffff"/>',
-        f'<text class="title" x="{MARGIN}" y="24">unitsync timeline: boot {timeline.boot}, '
+    title = (
+        f"unitsync timeline: boot {timeline.boot}, "
         f"{len(timeline.rows)} unit{'s' if len(timeline.rows) != 1 else ''}, "
-        f"{precise(timeline.span)}</text>",
+        f"{precise(timeline.span)}"
+    )
+    legend, legend_end = _legend(plot_x)
+    body = [
+        f'<text class="title" x="{MARGIN}" y="24">{title}</text>',
         f'<text class="sub" x="{MARGIN}" y="42">{_text(caption(timeline))}</text>',
-        *_legend(plot_x),
+        *legend,
         *_axis(scale, plot_x, rows_bottom),
     ]
+    # The drawing is as wide as its widest text: nothing is cut at the right edge.
+    right = max(
+        plot_x + PLOT_WIDTH + RIGHT_ROOM,
+        MARGIN + text_px(title, TITLE_SIZE, bold=True),
+        MARGIN + text_px(caption(timeline)),
+        legend_end,
+    )
     for i, (row, name) in enumerate(zip(timeline.rows, names, strict=True)):
-        out += _unit(row, name, timeline, scale, HEADER_HEIGHT + i * ROW_HEIGHT)
+        parts, end = _unit(row, name, timeline, scale, HEADER_HEIGHT + i * ROW_HEIGHT)
+        body += parts
+        right = max(right, end)
     if not timeline.rows:
-        out.append(
-            f'<text class="sub" x="{plot_x:.1f}" y="{HEADER_HEIGHT + 16}">'
-            f"{_text(caption(timeline))}: no units</text>"
+        empty = f"{caption(timeline)}: no units"
+        body.append(
+            f'<text class="sub" x="{plot_x:.1f}" y="{HEADER_HEIGHT + 16}">{_text(empty)}</text>'
         )
-    out.append("</svg>")
-    return "\n".join(out)
+        right = max(right, plot_x + text_px(empty))
+    width = math.ceil(right + MARGIN)
+    return "\n".join(
+        [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}">',
+            f"<title>unitsync timeline, boot {timeline.boot}</title>",
+            f"<style>{STYLE}</style>",
+            '<rect width="100%" height="100%" fill="#ffffff"/>',
+            *body,
+            "</svg>",
+        ]
+    )
 
 
 class _Scale:
@@ -92,7 +112,10 @@ class _Scale:
         return self.plot_x + (moment - self.origin) / self.span * PLOT_WIDTH
 
 
-def _unit(row: Row, name: str, timeline: Timeline, scale: _Scale, top: int) -> list[str]:
+def _unit(
+    row: Row, name: str, timeline: Timeline, scale: _Scale, top: int
+) -> tuple[list[str], float]:
+    """The unit's group, and where its rightmost text ends."""
     failed = " failed" if row.outcome == "failed" else ""
     bar_y = top + (ROW_HEIGHT - BAR_HEIGHT) / 2
     text_y = top + ROW_HEIGHT / 2 + FONT_SIZE * 0.35
@@ -130,13 +153,13 @@ def _unit(row: Row, name: str, timeline: Timeline, scale: _Scale, top: int) -> l
             f'L{x:.2f} {bar_y + BAR_HEIGHT:.1f}L{x - 7:.2f} {mid:.1f}Z"/>'
         )
         right = x + 7
-    figure = _figure(row)
+    figure = cells.shorten(_figure(row), FIGURE_CELLS)
     x = (right if right is not None else scale.plot_x) + 6
     parts.append(
         f'<text class="figure{failed}" x="{x:.1f}" y="{text_y:.1f}">{_text(figure)}</text>'
     )
     parts.append("</g>")
-    return parts
+    return parts, x + text_px(figure, bold=bool(failed))
 
 
 def _or(moment: float | None, instead: float) -> float:
@@ -176,7 +199,8 @@ def _tooltip(row: Row, timeline: Timeline) -> str:
     return "\n".join(lines)
 
 
-def _legend(plot_x: float) -> list[str]:
+def _legend(plot_x: float) -> tuple[list[str], float]:
+    """The legend's shapes and words, and where its last words end."""
     items = [
         ("wait", "waited for dependencies"),
         ("completed", "ran"),
@@ -188,8 +212,8 @@ def _legend(plot_x: float) -> list[str]:
     for kind, words in items:
         out.append(f'<rect class="{kind}" x="{x:.1f}" y="50" width="14" height="10" rx="2"/>')
         out.append(f'<text class="sub" x="{x + 19:.1f}" y="59">{words}</text>')
-        x += 19 + len(words) * CELL_PX + 18
-    return out
+        x += 19 + text_px(words) + 18
+    return out, x - 18
 
 
 def _axis(scale: _Scale, plot_x: float, rows_bottom: int) -> list[str]:
@@ -219,3 +243,44 @@ def _text(text: str) -> str:
     (By hand: `xml.sax.saxutils.escape` would import urllib, 30 ms of start-up.)"""
     text = _NOT_XML.sub("\ufffd", text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --- measuring text ----------------------------------------------------------------------------
+
+_NARROW_EM = 0.42
+_EM = 0.65
+_CAPITAL_EM = 0.8
+_BROAD_EM = 1.0
+_BOLD = 1.1
+"""Widths in ems, on the wide side of DejaVu Sans (what Linux draws `sans-serif` with, and
+wider than the system fonts of macOS and Windows): digits and most lower case 0.64,
+capitals up to 0.86, `m` and `W` nearly 1; bold is about a tenth wider."""
+_ASCII_EM = {
+    chr(code): _NARROW_EM
+    if chr(code) in " !'(),-./:;I[]fijlrt|"
+    else _BROAD_EM
+    if chr(code) in "%@MWmw"
+    else _CAPITAL_EM
+    if chr(code).isupper()
+    else _EM
+    for code in range(32, 127)
+}
+
+
+def text_px(text: str, size: float = FONT_SIZE, bold: bool = False) -> float:
+    """How wide `text` is drawn at `size` px, estimated without the font: per character,
+    never narrower than DejaVu Sans draws it, so that room made with it is enough."""
+    if text.isascii():
+        ems = sum(_ASCII_EM.get(char, _EM) for char in text)
+    else:
+        ems = sum(_em(char) for char in text)
+    return ems * size * (_BOLD if bold else 1.0)
+
+
+def _em(char: str) -> float:
+    if char in _ASCII_EM:
+        return _ASCII_EM[char]
+    cells_wide = cells.char_width(char)
+    if cells_wide != 1:
+        return cells_wide * _BROAD_EM / 2  # CJK a full em; combining marks nothing
+    return _CAPITAL_EM if char.isupper() else _EM

@@ -59,7 +59,7 @@ def render_table(timeline: Timeline) -> str:
     for row in timeline.rows:
         lines.append(
             [
-                row.name,
+                row.name,  # cut to NAME_CELLS by `cells.columns`
                 row.outcome,
                 _at(timeline, row.wait_began),
                 _at(timeline, row.started),
@@ -69,7 +69,7 @@ def render_table(timeline: Timeline) -> str:
                 row.reason or "-",
             ]
         )
-    return caption(timeline) + "\n" + _columns(lines)
+    return caption(timeline) + "\n" + cells.columns(lines)
 
 
 def ran(row: Row) -> str:
@@ -111,7 +111,7 @@ def render_blame(rows: list[Row]) -> str:
     figures = [ran(row) for row in rows]
     width = max(len(figure) for figure in figures)
     return "\n".join(
-        f"{figure:>{width}} {row.name}{_fate(row)}"
+        f"{figure:>{width}} {cells.short_name(row.name)}{_fate(row)}"
         for figure, row in zip(figures, rows, strict=True)
     )
 
@@ -125,7 +125,8 @@ def render_chain(timeline: Timeline, chain: list[Row]) -> str:
     ]
     for depth, row in enumerate(chain):
         indent = "" if depth == 0 else "  " * (depth - 1) + "└─"
-        lines.append(f"{indent}{row.name}{_chain_figures(timeline, row)}{_fate(row)}")
+        name = cells.short_name(row.name)
+        lines.append(f"{indent}{name}{_chain_figures(timeline, row)}{_fate(row)}")
     return "\n".join(lines)
 
 
@@ -156,12 +157,3 @@ def _fate(row: Row) -> str:
 
 def _at(timeline: Timeline, moment: float | None) -> str:
     return "-" if moment is None else "@" + precise(timeline.offset(moment))
-
-
-def _columns(rows: list[list[str]]) -> str:
-    """Aligned columns, measured in terminal cells (names may be CJK)."""
-    widths = [max(cells.width(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cells.fit(cell, size) for cell, size in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
-from .cells import width
+from .cells import NAME_CELLS, width
 from .gantt import rich_bar
-from .render import NAME_CELLS, STATUS_STYLES, TABLE_COLUMNS, plain, table_row
+from .render import STATUS_STYLES, TABLE_COLUMNS, plain, table_row
 from .timeline import Timeline, build_timeline, note_waits
 
 if TYPE_CHECKING:

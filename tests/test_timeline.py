@@ -21,7 +21,7 @@ from unitsync.cli import axis, cells
 from unitsync.cli.critical_chain import critical_chain, default_unit
 from unitsync.cli.gantt import render_chart
 from unitsync.cli.timeline import build_timeline, by_run_time, note_waits
-from unitsync.cli.timeline_svg import render_svg
+from unitsync.cli.timeline_svg import FONT_SIZE, TICK_SIZE, TITLE_SIZE, render_svg, text_px
 from unitsync.cli.timeline_text import render_blame, render_chain, render_table, to_json
 from unitsync.cli.watch import _Board
 from unitsync.wire.errors import NotInHistory
@@ -400,6 +400,65 @@ def test_the_svg_is_self_contained() -> None:
     lint = next(g for g in root.iter(f"{SVG}g") if g.find(f"{SVG}text").text == "lint")
     assert lint.get("class") == "unit failed"
     assert lint.find(f"{SVG}text").get("class") == "name failed"
+
+
+def crowded() -> Graph:
+    """What pushes an SVG's text to its edges: a run going for 14m51.955s, a 255-byte name,
+    a failure with a 4 KiB reason, a start waiting on the long-named unit."""
+    long = "migrate-the-orders-database-" + "x" * 227
+    graph = Graph()
+    graph.want("report", [long], 100.0)
+    graph.start("base", False, 100.0, waited=0.0)
+    graph.complete("base", False, 101.0)
+    graph.start(long, False, 101.0, waited=0.0)
+    graph.start("lint", False, 101.0, waited=0.0)
+    graph.fail("lint", "WARNING: " * 455, 102.0)
+    graph.start("名" * 85, False, 100.5, waited=0.0)
+    graph.fail("名" * 85, "exit status 1", 101.0)
+    return graph
+
+
+def crowded_svg() -> str:
+    return render_svg(build_timeline(views(crowded(), {"report": 1}), now=101.0 + 891.955))
+
+
+def text_extents(svg: str) -> tuple[float, list[tuple[str, float, float]]]:
+    """The SVG's width, and each text's (text, left, right) as `text_px` estimates them."""
+    root = ET.fromstring(svg)
+    width = float(root.get("viewBox").split()[2])
+    extents = []
+    for text in root.iter(f"{SVG}text"):
+        classes = text.get("class", "").split()
+        size = TITLE_SIZE if "title" in classes else TICK_SIZE if "tick" in classes else FONT_SIZE
+        drawn = text_px(text.text, size, bold="title" in classes or "failed" in classes)
+        left = float(text.get("x")) - (drawn / 2 if text.get("text-anchor") == "middle" else 0)
+        extents.append((text.text, left, left + drawn))
+    return width, extents
+
+
+def test_every_svg_label_fits_inside_the_drawing() -> None:
+    svg = crowded_svg()
+    width, extents = text_extents(svg)
+    outside = [
+        (text[:40], left, right) for text, left, right in extents if left < 0 or right > width
+    ]
+    assert not outside, (width, outside)
+    labels = [text for text, _, _ in extents]
+    assert "14m51.955s so far, running" in labels
+    long = next(name for name in crowded().units if name.startswith("migrate"))
+    shown = next(label for label in labels if label.startswith("migrate"))
+    assert shown == long[:39] + "…"  # as `status` shortens it
+    titles = [g.find(f"{SVG}title").text for g in ET.fromstring(svg).iter(f"{SVG}g")]
+    assert any(title.startswith(f"{long}: running") for title in titles)  # whole in the tooltip
+    assert any(("WARNING: " * 455).strip() in title for title in titles)  # the whole reason
+    # The name column holds the widest name; bars start right of it.
+    names_end = max(right for text, _, right in extents if text.startswith(("migrate", "名")))
+    runs = [
+        float(r.get("x"))
+        for r in ET.fromstring(svg).iter(f"{SVG}rect")
+        if "run" in r.get("class", "")
+    ]
+    assert names_end < min(runs)
 
 
 # --- the axis, cells and the live watch --------------------------------------------------------

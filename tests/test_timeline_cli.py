@@ -8,6 +8,7 @@ in a real headless browser and its screenshot checked for what it should show.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -168,6 +169,42 @@ def test_an_empty_history_and_what_is_not_there(agent_process: AgentProcess) -> 
     assert re.fullmatch(r"only @\d+ms \+\d+ms", single[-1])
 
 
+LONG = "migrate-the-orders-database-" + "x" * 217 + "-then-seed"
+"""A 255-character unit name: the longest there is."""
+TEXT_WIDTH = 120
+"""The widest a line of `timeline`, `blame` or `critical-chain` gets with a unit name cut
+to NAME_CELLS (40) columns and the figures of short runs."""
+
+
+def test_a_long_name_is_shortened_in_text_and_whole_in_json(
+    agent_process: AgentProcess,
+) -> None:
+    from unitsync.cli import cells
+
+    socket = agent_process.config.socket
+    assert len(LONG) == 255
+    for unit, wants in (("base", []), (LONG, ["base"]), ("after", [LONG])):
+        run = ("sync", "run", unit, *[a for dep in wants for a in ("--want", dep)], "--", "true")
+        assert run_cli(*run, socket=socket).code == 0
+    shown = LONG[:39] + "…"  # recognisable: the head, then the ellipsis (as `status` does)
+    outputs = {
+        "timeline": run_cli("sync", "timeline", socket=socket).out,
+        "blame": run_cli("sync", "blame", socket=socket).out,
+        "critical-chain": run_cli("sync", "critical-chain", socket=socket).out,
+    }
+    for command, text in outputs.items():
+        assert shown in text and LONG not in text, (command, text)
+        too_wide = [line for line in text.splitlines() if cells.width(line) > TEXT_WIDTH]
+        assert not too_wide, (command, too_wide)
+    chart = in_terminal(["sync", "timeline"], socket, 200, {"NO_COLOR": "1"})
+    assert shown + "  " in chart and LONG[:41] not in chart  # the name column: 40, not 59
+    chain = outputs["critical-chain"].splitlines()[3:]
+    assert [line.split()[0].removeprefix("└─") for line in chain] == ["after", shown, "base"]
+    units = json.loads(run_cli("sync", "timeline", "-o", "json", socket=socket).out)["units"]
+    assert [unit["name"] for unit in units] == ["base", LONG, "after"]
+    assert units[2]["dependencies"] == [LONG]
+
+
 # --- on a terminal -----------------------------------------------------------------------------
 
 
@@ -271,6 +308,31 @@ def decode_png(data: bytes) -> tuple[int, int, int, bytes]:
     return width, height, bpp, bytes(out)
 
 
+def headless(browser: str, tmp: Path, *args: str | Path) -> str:
+    """Run Chromium headless on a page (the last argument); what it printed."""
+    *options, page = args
+    return subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",  # CI runs as root
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp / 'profile'}",
+            *map(str, options),
+            Path(page).as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
 def test_a_real_browser_shows_the_svg(started_up: StartUp) -> None:
     browser = chromium()
     if browser is None:
@@ -279,26 +341,7 @@ def test_a_real_browser_shows_the_svg(started_up: StartUp) -> None:
     with tempfile.TemporaryDirectory(prefix="us-browser-") as tmp:
         page, shot = Path(tmp) / "timeline.svg", Path(tmp) / "shot.png"
         page.write_text(svg)
-        subprocess.run(
-            [
-                browser,
-                "--headless",
-                "--no-sandbox",  # CI runs as root
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
-                f"--user-data-dir={Path(tmp) / 'profile'}",
-                f"--screenshot={shot}",
-                "--window-size=1300,420",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )
+        headless(browser, Path(tmp), f"--screenshot={shot}", "--window-size=1300,420", page)
         width, height, bpp, pixels = decode_png(shot.read_bytes())
     assert (width, height) == (1300, 420)
     counts = {"ink": 0, "red": 0, "green": 0, "wait": 0}
@@ -314,3 +357,39 @@ def test_a_real_browser_shows_the_svg(started_up: StartUp) -> None:
             counts["wait"] += 1  # waits (#c8d1dc)
     assert counts["ink"] > 5000, counts  # text and bars, not a blank page
     assert counts["green"] > 2000 and counts["red"] > 100 and counts["wait"] > 1000, counts
+
+
+MEASURE = """<!DOCTYPE html><html><body>{svg}<pre id="measured"></pre><script>
+const svg = document.querySelector("svg");
+document.getElementById("measured").textContent = JSON.stringify({{
+  width: svg.viewBox.baseVal.width,
+  texts: [...svg.querySelectorAll("text")].map(t => {{
+    const box = t.getBBox(); return [box.x, box.x + box.width];
+  }}),
+}});
+</script></body></html>"""
+"""A page around the SVG whose script writes where the browser drew each text (the SVG
+itself has no script: this is the test's harness, read back with --dump-dom)."""
+
+
+def test_a_real_browser_draws_every_label_inside_the_svg(started_up: StartUp) -> None:
+    from test_timeline import crowded_svg, text_extents
+
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium here: install Debian's `chromium` package (.ci/run does)")
+    real = run_cli("sync", "timeline", "-o", "svg", socket=started_up.socket).out
+    for svg in (real, crowded_svg()):
+        with tempfile.TemporaryDirectory(prefix="us-browser-") as tmp:
+            page = Path(tmp) / "measure.html"
+            page.write_text(MEASURE.format(svg=svg.split("\n", 1)[1]))  # without <?xml ...?>
+            dom = headless(browser, Path(tmp), "--dump-dom", page)
+        found = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
+        assert found, dom[-2000:]
+        measured = json.loads(html.unescape(found.group(1)))
+        width, estimated = text_extents(svg)
+        assert measured["width"] == width
+        assert len(measured["texts"]) == len(estimated)
+        for (left, right), (text, _, guess) in zip(measured["texts"], estimated, strict=True):
+            assert left >= 0 and right <= width, (text[:60], left, right, width)
+            assert right <= guess + 0.5, (text[:60], right, guess)  # estimated on the wide side
