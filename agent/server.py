@@ -10,8 +10,10 @@
 Before the listeners start, a new boot is journaled (SPEC §7): nobody is served a state
 from before a workspace restart.
 
-Shutdown is cancellation of `run_agent`: connections stop first (a waiting
-`start` is told why), then the journal flushes, then the socket file goes.
+Shutdown is cancellation of `run_agent`: accepting and connections stop first (a
+waiting `start` is told why), then the journal flushes, then the socket file goes, and
+only then does the socket stop listening (`socket_keeper`): a file that refuses
+connections means a crash, which clients that lose their agent act on.
 """
 
 from __future__ import annotations

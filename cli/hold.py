@@ -5,7 +5,9 @@ once if that connection ends before `run` reports how its command ended. When th
 itself goes away (restarted, upgraded), the connection closes: `run` notices at once (its
 socket turns readable in the same event loop as its command's events: no polling),
 reconnects with backoff and takes the run back (the same start, same token), well within
-the agent's grace period. The command never notices.
+the agent's grace period. The command never notices. If the agent crashed, the first
+reconnection starts another (as every client that lost its agent does: `Client._connect`);
+if it was stopped, `run` waits for whoever stopped it to start it again.
 
 Resource rules: a `RunHold` watches the client's current connection in the service's
 reactor and owns nothing else; `close` stops the watching. If the agent gave the run up

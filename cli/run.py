@@ -156,9 +156,8 @@ def run_unit(
         progress.interrupted()
         return EXIT_INTERRUPTED
     progress.done(started)
-    # From here on `run` talks to the agent that holds its run; if that one goes away it
-    # waits for it to come back rather than start another (whoever stopped it may mean it).
-    client.autostart = False
+    # From here on the client holds the run: if its agent goes away, taking the run back
+    # and reporting start another only where that one crashed (`Client._connect`).
     with ServiceRun(command, detector, ready_timeout) as service:
         agent = UnitAgent(client, unit, service=detector is not None, hold=service.reactor)
         try:

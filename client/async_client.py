@@ -12,7 +12,8 @@ session mid-exchange, and the next call opens a fresh connection, so no reply ev
 answers the wrong request. A waiting `start` and a watch reconnect with backoff if
 the agent restarts, as in the blocking client.
 
-Unlike the blocking client, it never starts an agent when it finds none (`NoAgent`):
+Unlike the blocking client, it never starts an agent when it finds none (`NoAgent`), not
+even after a crash (`AgentCrashed`):
 a trio program runs the agent in a nursery of its own (`unitsync.agent.server.run_agent`)
 or uses one that something supervises, and an agent spawned from inside an event loop
 would outlive the nursery that should own it.

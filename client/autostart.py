@@ -1,5 +1,8 @@
 """Start an agent for a client that found none (SPEC §7): exactly one, however many ask at once.
 
+Who asks is `Client._connect`'s rule: a first call that finds no agent, or a client that
+lost its agent to a crash (the socket file left behind, refusing: `AgentCrashed`).
+
     ensure_agent(socket)
     ├── the socket's folder: created 0700 if missing, and trusted as for connecting
     └── `<socket>.autostart.lock`, an flock taken with a bounded wait: one starter at a time

@@ -6,9 +6,12 @@ survive an agent restart: they reconnect with backoff and carry on (a `start` wi
 its timeout, with the same token, so a start the old agent acknowledged is not repeated).
 
 A call that finds no agent at the socket starts one and goes on (`autostart.py`, SPEC §7;
-off with `UNITSYNC_AUTOSTART=0` or `autostart=False`). A wait that loses its agent does
-not: it waits for the agent to come back, since whoever stopped it may mean it (an
-upgrade, a restart by hand or by systemd), and the next call starts one if none does.
+off with `UNITSYNC_AUTOSTART=0` or `autostart=False`). What had an agent and lost it (a
+waiting `start`, a watch, a held run taking itself back and reporting) starts one only if
+that agent crashed, its socket file left behind (`AgentCrashed`): there may be no next
+command to do it. An agent that stopped cleanly removed its file; then it waits for the
+agent to come back, since whoever stopped it may mean it (an upgrade, a restart by hand
+or by systemd). The rule is `_connect`'s, for every caller.
 
 Resource rules: a `Client` holds at most one socket, opened on first use and closed
 by `close()` (or the `with` block). A call that fails half way closes it, so the next
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 import msgspec
 
 from unitsync.wire.errors import (
+    AgentCrashed,
     AgentGone,
     AgentUnavailable,
     DependencyFailed,
@@ -180,7 +184,8 @@ class Client:
         self.on_autostart = on_autostart
         self._conn: Connection | None = None
         self.holding: dict[str, Start] = {}
-        """Runs this client holds (`start(hold=True)`), by unit: what `take_back` resends."""
+        """Runs this client holds (`start(hold=True)`), by unit: what `take_back` resends.
+        A client holding a run had an agent: its calls start one only where that one crashed."""
 
     def __enter__(self) -> Client:
         return self
@@ -232,7 +237,8 @@ class Client:
         return self._call(Status(unit), StatusReply)
 
     def _call(self, request: Request, expect: type[R]) -> R:
-        conn = self._connection()
+        lost = bool(self.holding)  # a held run's agent was there: if it is not, it was lost
+        conn = self._connection(lost=lost)
         try:
             try:
                 conn.send(request)
@@ -242,7 +248,7 @@ class Client:
                     raise
                 # A reused connection the agent closed as idle never carried this request.
                 self.close()
-                conn = self._connection()
+                conn = self._connection(lost=lost)
                 conn.send(request)
                 reply = conn.receive()
         except TimeoutError:
@@ -257,20 +263,25 @@ class Client:
         assert isinstance(reply, expect)  # the session checked the reply's type
         return reply
 
-    def _connection(self, *, autostart: bool = True) -> Connection:
-        """The open connection if it is between exchanges, else a new one."""
+    def _connection(self, *, lost: bool) -> Connection:
+        """The open connection if it is between exchanges, else a new one (`_connect`)."""
         if self._conn is not None and self._conn.session.state not in (State.NEW, State.IDLE):
             self.close()  # a call given up half way: its reply must not answer the next
         if self._conn is None:
-            self._conn = self._connect(autostart=autostart)
+            self._conn = self._connect(lost=lost)
         return self._conn
 
-    def _connect(self, *, autostart: bool) -> Connection:
-        """A new connection; with `autostart`, to an agent started for it if none listens."""
+    def _connect(self, *, lost: bool) -> Connection:
+        """A new connection; if none listens, to an agent started for it (SPEC §7).
+
+        `lost`: the caller had an agent and lost it. It starts one only where that agent
+        crashed (`AgentCrashed`: nobody else will, and there may be no next command); one
+        that stopped cleanly is waited for, since whoever stopped it may mean it.
+        """
         try:
             return Connection(self.path, self.name)
-        except NoAgent:
-            if not autostart or self.autostart is False:
+        except NoAgent as exc:
+            if self.autostart is False or (lost and not isinstance(exc, AgentCrashed)):
                 raise
             from .autostart import enabled, ensure_agent  # the rare path pays for its imports
 
@@ -306,7 +317,7 @@ class Client:
         the latest news every `tick` seconds (for a live display). If the agent goes away
         while we wait (restart, crash, upgrade), reconnect with backoff and keep waiting;
         the request carries a token so a start the old agent acknowledged but could not
-        answer is not repeated.
+        answer is not repeated. If it crashed, start another (as `_connect` says).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         request = start_request(unit, rerun, once=once, owner=owner, hold=hold)
@@ -315,7 +326,7 @@ class Client:
         connected_once = False
         while True:
             try:
-                conn = self._connection(autostart=not connected_once)
+                conn = self._connection(lost=connected_once)
                 connected_once = True
                 again = asked_again(request, began)
                 started = self._wait_started(conn, again, deadline, on_progress, tick)
@@ -419,7 +430,7 @@ class Client:
         connected_once = False
         while True:
             try:
-                with contextlib.closing(self._connect(autostart=not connected_once)) as conn:
+                with contextlib.closing(self._connect(lost=connected_once)) as conn:
                     conn.send(Watch(unit))
                     connected_once = True
                     while True:

@@ -33,6 +33,7 @@ import msgspec
 
 from unitsync.wire import __version__
 from unitsync.wire.errors import (
+    AgentCrashed,
     AgentGone,
     AgentUnavailable,
     AgentUntrusted,
@@ -148,7 +149,9 @@ def check_trust(path: Path, folder: os.stat_result, peer: Peer, me: int) -> None
 def unreachable(path: Path, exc: OSError) -> AgentUnavailable:
     """The error for a connection attempt that failed, the same in every client."""
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
-        return NoAgent(
+        # A file nobody accepts on is a dead agent's: a clean stop removes it first.
+        kind = AgentCrashed if isinstance(exc, ConnectionRefusedError) else NoAgent
+        return kind(
             f"no agent is listening at {path}; start one with `unitsync agent` "
             "(or point --socket / UNITSYNC_SOCKET at the right socket)"
         )

@@ -20,10 +20,18 @@ from pathlib import Path
 
 import pytest
 
+from unitsync.agent.server import AgentConfig
 from unitsync.client.autostart import Autostarted
 from unitsync.client.client import Client, NoAgent
 
-from conftest import agents_running, on_a_terminal, read_until, run_cli, stop_agents
+from conftest import (
+    AgentProcess,
+    agents_running,
+    on_a_terminal,
+    read_until,
+    run_cli,
+    stop_agents,
+)
 
 LIMIT = 60
 """A safety net against a hung child, never a measure of speed."""
@@ -277,3 +285,143 @@ def test_a_client_finds_an_activated_socket_and_never_autostarts(place: Place) -
         activator.communicate(timeout=LIMIT)
     assert activator.returncode == 0
     assert place.socket.exists()  # the socket is systemd's: the agent left it in place
+
+
+# --- an agent lost while scripts wait and run ----------------------------------------------
+
+
+@dataclass
+class Script:
+    """A `unitsync` process of a workspace script; its stderr read as it comes."""
+
+    proc: subprocess.Popen[str]
+    said: bytes = b""
+
+    def says(self, text: str) -> None:
+        """Until it has written `text` on stderr; fails if it never does."""
+        assert self.proc.stderr is not None
+        needle = text.encode()
+        if needle not in self.said:
+            self.said += read_until(self.proc.stderr.fileno(), needle, LIMIT)
+            assert needle in self.said, f"it never said {text!r}; it said:\n{self.said.decode()}"
+
+    def ends(self) -> tuple[int, str]:
+        """Its exit status, and all it wrote on stderr."""
+        _out, rest = self.proc.communicate(timeout=LIMIT)
+        return self.proc.returncode, self.said.decode() + rest
+
+
+@dataclass
+class Scripts:
+    """The scripts a test starts: `run db` runs until `go` exists; none outlives the test."""
+
+    go: Path
+    started: list[subprocess.Popen[str]]
+
+    def waiting(self, *args: str) -> Script:
+        """`unitsync sync start app ARGS`, once it says it waits for db."""
+        script = self._script("sync", "start", "app", *args)
+        script.says("app: waiting for db")
+        return script
+
+    def running(self) -> Script:
+        """`unitsync sync run db`, once its command runs."""
+        wait = f"until [ -e {self.go} ]; do sleep 0.05; done"
+        script = self._script("sync", "run", "db", "--", "sh", "-c", wait)
+        script.says("db: started")
+        return script
+
+    def _script(self, *args: str) -> Script:
+        self.started.append(cli(*args))
+        return Script(self.started[-1])
+
+
+@pytest.fixture
+def scripts(place: Place, short_tmp: Path) -> Iterator[Scripts]:
+    """`app` wants `db`, on an agent the first call started."""
+    assert run_cli("sync", "want", "app", "db").code == 0
+    them = Scripts(short_tmp / "go", [])
+    yield them
+    them.go.touch()
+    for proc in them.started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=LIMIT)
+
+
+def test_an_agent_that_crashes_under_its_scripts_is_started_again_by_them(
+    place: Place, scripts: Scripts
+) -> None:
+    """SIGKILL leaves the socket file: the first script to find it refusing starts an agent
+    (exactly one), the run takes its run back and the waiter goes on."""
+    waiter, runner = scripts.waiting("--timeout", "0"), scripts.running()
+    crashed = place.agent_pid()
+    os.kill(crashed, signal.SIGKILL)
+
+    runner.says("took the run back")
+    again = place.agent_pid()
+    assert again != crashed
+    assert agents_running(str(place.socket)) == [again]
+    scripts.go.touch()
+    ran, ran_said = runner.ends()
+    assert ran == 0, ran_said
+    waited, waiter_said = waiter.ends()
+    assert waited == 0, waiter_said
+    assert "app: started after waiting" in waiter_said
+    [_first, second] = place.starts()  # one agent started again, by one of the two,
+    said_by = {waiter.proc.pid: waiter_said, runner.proc.pid: ran_said}
+    starter = next(pid for pid in said_by if f"pid {pid} found no agent" in second)
+    assert f"started an agent (pid {again})" in said_by[starter]  # which said so
+    with Client(autostart=False) as client:
+        assert {u.name: u.status for u in client.status()} == {"app": "started", "db": "completed"}
+
+
+def test_with_autostart_off_a_crashed_agent_is_waited_for(
+    place: Place, scripts: Scripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNITSYNC_AUTOSTART", "0")
+    waiter = scripts.waiting("--timeout", "5s")
+    os.kill(place.agent_pid(), signal.SIGKILL)
+
+    code, said = waiter.ends()
+    assert code == 5, said
+    assert "timed out after 5s waiting to start 'app' (the agent was unreachable)" in said
+    assert place.socket.exists()  # what a crash leaves: the waiter saw it, and started nothing
+    assert len(place.starts()) == 1
+    assert agents_running(str(place.socket)) == []
+
+
+def test_a_stopped_agent_is_waited_for_until_someone_starts_it(
+    place: Place, scripts: Scripts
+) -> None:
+    """A clean stop (an upgrade, a restart by hand) is not a crash: the scripts start
+    nothing, and the agent started by hand serves them."""
+    waiter, terminal = on_a_terminal("sync", "start", "app", "--timeout", "0", socket=place.socket)
+    try:
+        assert b"waiting for db" in read_until(terminal, b"waiting for db")
+        runner = scripts.running()
+        stop_agents([place.agent_pid()])
+        assert not place.socket.exists()
+        runner.says("the agent went away; taking the run back")
+        # Drawn twice: two reconnections (the run's take-back retries alongside) found no
+        # agent and started none.
+        no_agent = b"reconnecting (no agent is listening at"
+        seen = read_until(terminal, no_agent) + read_until(terminal, no_agent)
+        assert seen.count(no_agent) >= 2, seen
+        assert agents_running(str(place.socket)) == []
+        assert len(place.starts()) == 1
+
+        by_hand = AgentProcess(AgentConfig(place.socket, place.state_dir)).start()
+        runner.says("took the run back")
+        scripts.go.touch()
+        ran, ran_said = runner.ends()
+        assert ran == 0, ran_said
+        assert b"app: started" in read_until(terminal, b"app: started")
+        assert waiter.wait(timeout=LIMIT) == 0
+        assert agents_running(str(place.socket)) == [by_hand.proc.pid]
+        assert by_hand.stop()[0] == 0
+    finally:
+        os.close(terminal)
+        if waiter.poll() is None:
+            waiter.kill()
+    assert len(place.starts()) == 1  # the scripts never started one

@@ -7,6 +7,7 @@ import signal
 import socket as sockets
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from unitsync.client.client import Client, UnitsyncError
@@ -107,3 +108,45 @@ def test_a_second_sigint_forces_the_exit(agent_process: AgentProcess) -> None:
     assert proc.returncode == 128 + signal.SIGINT
     assert "second SIGINT: exiting at once" in err
     stuck.close()
+
+
+def test_a_clean_stop_never_shows_a_socket_file_that_refuses(agent_process: AgentProcess) -> None:
+    """A socket file nobody accepts on is what a crash leaves, and a client that lost its
+    agent starts another when it finds one (test_autostart.py). A SIGTERM must never show
+    one, even for a moment: the file goes before the socket stops listening."""
+    path = agent_process.config.socket
+    outcomes: Counter[str] = Counter()
+    for _stop in range(3):
+        with Client(path) as client:
+            client.want("app", "db")
+        waiters = [
+            spawn_cli("sync", "start", "app", "--timeout", "0", socket=path) for _ in range(4)
+        ]
+        for waiter in waiters:  # each is told, which makes the stop take a moment
+            assert waiter.stderr is not None and "waiting for db" in waiter.stderr.readline()
+        stopped = threading.Event()
+        knocker = threading.Thread(target=knock, args=(path, stopped, outcomes))
+        knocker.start()
+        code, log = agent_process.stop(signal.SIGTERM)
+        stopped.set()
+        knocker.join(timeout=30)
+        assert code == 0, log
+        for waiter in waiters:
+            waiter.kill()
+            waiter.communicate(timeout=30)
+        agent_process.start()
+    assert outcomes["a file that refuses"] == 0, outcomes
+    assert outcomes["no file"] > 0  # the knocking went on past the stop
+
+
+def knock(path: Path, stopped: threading.Event, outcomes: Counter[str]) -> None:
+    """Connect to `path` again and again until `stopped`, counting what each try found."""
+    while not stopped.is_set():
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                outcomes["accepted or queued"] += 1
+            except FileNotFoundError:
+                outcomes["no file"] += 1
+            except ConnectionRefusedError:
+                outcomes["a file that refuses"] += 1

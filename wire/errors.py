@@ -17,8 +17,10 @@ exits with `exc.exit_code`.
     ├── NotInHistory                   exit 1   no boot or run of that name to show (§9)
     └── AgentUnavailable               exit 3   no (trustworthy) agent to talk to
         ├── NoAgent                             nobody listens at the socket (a client may
-        │                                       start an agent then: SPEC §7)
+        │   │                                   start an agent then: SPEC §7)
+        │   └── AgentCrashed                    its file is there, refusing: a dead agent's
         ├── AgentStartFailed                    a client started an agent; it did not come up
+        │                                       (never retried)
         ├── AgentBusy                           past the agent's connection cap
         ├── AgentGone                           the connection broke, or the agent is stopping
         └── AgentUntrusted                      the socket's folder or peer is not the user's
@@ -132,11 +134,22 @@ class NoAgent(AgentUnavailable):
     default_code = "no_agent"
 
 
+class AgentCrashed(NoAgent):
+    """The socket file is there but nothing accepts on it: what an agent that died leaves
+    (SIGKILL, the OOM killer, a crash). An agent that stops cleanly removes its file before
+    it stops listening, so a client that had an agent and finds this starts another, where
+    it would wait for a stopped one to be started again (`Client._connect`)."""
+
+    default_code = "agent_crashed"
+
+
 class AgentStartFailed(AgentUnavailable):
     """A client found no agent and started one, and it did not come up: the message
-    carries the agent's own last words from its log."""
+    carries the agent's own last words from its log. Not passing: a waiter that retried
+    would start one again, to fail the same way; it says why instead, as a first call does."""
 
     default_code = "start_failed"
+    passing = False
 
 
 class AgentBusy(AgentUnavailable):
