@@ -23,6 +23,7 @@ import pty
 import re
 import resource
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -505,7 +506,107 @@ def views(runs: int = 3) -> list[Figure]:
                         f"median of {runs}" + ("; output to a pseudo-terminal" if terminal else ""),
                     )
                 )
+            figures += live_watch(socket, runs)
     return figures
+
+
+WATCH_TERMINAL = (50, 200)
+"""Rows and columns of the terminal the live watch is measured on."""
+REFRESH_INTERVAL = 0.5
+"""The live table's redraw interval (`cli.watch.REFRESHES_PER_SECOND`): one redraw must
+take a small part of it, or the watch pegs a core."""
+
+
+def live_watch(socket: Path, runs: int) -> list[Figure]:
+    """`status --watch` of 10,000 units: its first frame and Ctrl-C, end to end on a
+    pseudo-terminal; one redraw, in-process (what the watch pays twice a second)."""
+    command = [str(UNITSYNC), "sync", "status", "--watch", "--socket", str(socket)]
+    first, stop = zip(*[_first_frame_and_ctrl_c(command) for _ in range(runs)], strict=True)
+    idle, changed = _redraws(socket)
+    rows, columns = WATCH_TERMINAL
+    where = f"median of {runs}; a {columns}x{rows} pseudo-terminal"
+    return [
+        Figure(
+            f"status --watch, {VIEW_UNITS:,} units: to the first frame",
+            f"{statistics.median(first) * 1000:.0f} ms",
+            "< 1 s",
+            statistics.median(first) < 1,
+            where,
+        ),
+        Figure(
+            f"status --watch, {VIEW_UNITS:,} units: Ctrl-C to exit",
+            f"{statistics.median(stop) * 1000:.0f} ms",
+            "< 1 s",
+            statistics.median(stop) < 1,
+            where,
+        ),
+        Figure(
+            f"status --watch, {VIEW_UNITS:,} units: one redraw (no change / after one)",
+            f"{idle * 1000:.1f} / {changed * 1000:.1f} ms",
+            f"< {REFRESH_INTERVAL * 100:.0f} ms",  # a tenth
+            max(idle, changed) < REFRESH_INTERVAL / 10,
+            f"median of 20 in-process redraws, {rows} rows; a tenth of the "
+            f"{REFRESH_INTERVAL * 1000:.0f} ms between redraws",
+        ),
+    ]
+
+
+def _first_frame_and_ctrl_c(command: list[str]) -> tuple[float, float]:
+    """Seconds from starting the watch to its first frame with units (the line saying how
+    many are not shown ends it), and from Ctrl-C to its exit."""
+    master, slave = pty.openpty()
+    rows, columns = WATCH_TERMINAL
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    shown = b""
+    while b"more units" not in shown:
+        shown += os.read(master, 1 << 16)
+    first = time.perf_counter() - started
+    interrupted = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    try:
+        while os.read(master, 1 << 16):
+            pass
+    except OSError:  # EIO: the watch closed the terminal
+        pass
+    proc.wait()
+    stop = time.perf_counter() - interrupted
+    os.close(master)
+    return first, stop
+
+
+def _redraws(socket: Path, repeat: int = 20) -> tuple[float, float]:
+    """Median seconds of one redraw of the live table: with no change since the last one,
+    and after one change (the rows are picked again, the changed unit's bar rebuilt)."""
+    import io
+
+    from rich.console import Console
+
+    from unitsync.cli.watch import _Board
+    from unitsync.client.client import Client
+    from unitsync.wire.protocol import Changed, FullView
+
+    with Client(socket, autostart=False) as client:
+        units = client.status()
+    board = _Board(None)
+    board.apply(FullView(units, time.time()))
+    rows, columns = WATCH_TERMINAL
+    console = Console(file=io.StringIO(), width=columns, height=rows, force_terminal=True)
+    console.print(board)  # the first frame builds every unit's row
+
+    def redraw(change: bool) -> float:
+        if change:
+            board.apply(Changed(units[len(units) // 2], time.time()))
+        started = time.perf_counter()
+        console.print(board)
+        return time.perf_counter() - started
+
+    idle = statistics.median(redraw(False) for _ in range(repeat))
+    changed = statistics.median(redraw(True) for _ in range(repeat))
+    return idle, changed
 
 
 def _time_output(command: list[str], terminal: bool) -> float:

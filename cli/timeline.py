@@ -122,10 +122,9 @@ def build_timeline(
     hints = wait_began or {}
     rows, moments = [], []
     for unit in units:
-        story = _story(unit.history, boot)
-        if not story and (unit.history or not current):
-            continue  # the unit did nothing in this boot
-        row = _row(unit, story, current, now, hints.get(unit.name))
+        row = unit_row(unit, boot, current, now, hints.get(unit.name))
+        if row is None:
+            continue
         rows.append(row)
         moments += [m for m in (row.wait_began, row.started, row.ended) if m is not None]
     origin = min(moments, default=None)
@@ -144,6 +143,19 @@ def by_run_time(timeline: Timeline) -> list[Row]:
 
 
 # --- one unit --------------------------------------------------------------------------------
+
+
+def unit_row(
+    unit: UnitView, boot: int, current: bool, now: float, wait_began: float | None = None
+) -> Row | None:
+    """The unit's row in `boot` (`current`: the latest boot), None if it did nothing there.
+
+    One unit alone decides its row, so a live view can rebuild just the units that changed.
+    """
+    story = _story(unit.history, boot)
+    if not story and (unit.history or not current):
+        return None
+    return _row(unit, story, current, now, wait_began)
 
 
 def _story(history: list[Transition], boot: int) -> list[int]:

@@ -1,9 +1,16 @@
-"""`status --watch`: a live table on a terminal, one JSON object per event otherwise."""
+"""`status --watch`: a live table on a terminal, one JSON object per event otherwise.
+
+The live table has two threads: the watch (the main thread, where Ctrl-C lands) feeds a
+`_Board`; rich's refresh thread draws it. The board's lock is all they share, and is held
+only to apply an event or to build one frame's rows, never while waiting on the agent.
+"""
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -11,19 +18,15 @@ from typing import TYPE_CHECKING
 from unitsync.client.client import Client, UnitsyncError
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
-from .cells import NAME_CELLS, width
 from .gantt import rich_bar
+from .live_columns import layout
+from .live_timeline import LiveTimeline
 from .render import STATUS_STYLES, TABLE_COLUMNS, plain, table_row
-from .timeline import Timeline, build_timeline, note_waits
+from .timeline import Timeline, note_waits
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions
     from rich.table import Table
-
-BAR_CELLS = 30
-"""The widest a unit's timeline bar gets (the whole boot, rescaled as it grows)."""
-MIN_BAR_CELLS = 10
-"""Narrower than this a bar says nothing: a terminal that narrow gets no timeline column."""
 
 
 def follow(client: Client, unit: str | None, live: bool) -> int:
@@ -59,43 +62,31 @@ def _json_lines(client: Client, unit: str | None) -> None:
         print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
-FIXED_CELLS = {
-    "STATUS": len("completed"),
-    "READY": len("READY"),
-    "SINCE": 8,
-    "FOR": 6,
-    "OWNER": len("OWNER"),
-}
-"""Columns that never give way: whatever the terminal's width, these stay readable."""
-SHARES = {"UNIT": 0.45, "WAITING ON": 0.25}
-"""On a narrow terminal, the part of the remaining width names may take (REASON: the rest)."""
-CELL_OVERHEAD = 3
-"""A border and two cells of padding per column."""
+REFRESHES_PER_SECOND = 2
+"""How often the live table redraws: durations tick and a change shows within half a
+second, however fast changes come (a start-up of 10,000 units is not 10,000 redraws). A
+redraw costs rich about a millisecond per row shown: a few percent of a core at this rate."""
+FRAME_LINES = 8
+"""Lines of a frame besides its rows: title, the header's three, the bottom border, the
+caption, the line saying how many units are not shown, and one spare (a frame as tall as
+the terminal would scroll it)."""
+ATTENTION = {"failed": 0, "waiting": 1, "started": 2, "pending": 3, "completed": 4}
+"""The live table's order, units that need a look first: what failed, what waits for its
+dependencies, what runs; then what has not started and what is done. By name within each."""
 
 
-def column_widths(rows: list[list[str]], cells: int) -> dict[str, int]:
-    """Widths for the flexible columns (UNIT, WAITING ON, REASON) so the table fits `cells`."""
-    natural = {
-        name: max([width(row[i]) for row in rows] + [len(name)])
-        for i, name in enumerate(TABLE_COLUMNS)
-    }
-    natural["UNIT"] = min(natural["UNIT"], NAME_CELLS)
-    natural["WAITING ON"] = min(natural["WAITING ON"], NAME_CELLS)
-    room = cells - _fixed_and_borders()
-    widths = {name: natural[name] for name in SHARES}
-    if sum(widths.values()) + natural["REASON"] > room:
-        for name, share in SHARES.items():
-            widths[name] = max(min(natural[name], int(room * share)), len(name[:7]))
-    widths["REASON"] = max(min(room - sum(widths.values()), natural["REASON"]), 6)
-    return widths
-
-
-def _fixed_and_borders() -> int:
-    return sum(FIXED_CELLS.values()) + CELL_OVERHEAD * len(TABLE_COLUMNS) + 1
+def attention(view: UnitView) -> tuple[int, str]:
+    """Where a unit goes in the live table (a start waiting on it counts as waiting)."""
+    return ATTENTION["waiting" if view.waiters else view.status], view.name
 
 
 class _Board:
-    """The live table's state; rendered afresh on every refresh so durations tick."""
+    """The live table's state, drawn by rich's refresh thread, fed by the watch.
+
+    A frame shows as many units as the terminal has lines for, those in `attention` order;
+    its cost grows with the rows shown, plus, only after changes, one pass over the units
+    to pick them again and to catch the timeline up.
+    """
 
     def __init__(self, unit: str | None) -> None:
         self.unit = unit
@@ -103,26 +94,56 @@ class _Board:
         self.note = ""
         self.wait_began: dict[str, float] = {}
         """When each waiting start began to wait, as seen by this watch (for its bar)."""
+        self._timeline = LiveTimeline()
+        self._picked: list[str] = []
+        self._picked_for: int | None = None
+        """How many rows `_picked` was chosen for; None: chosen before the last change."""
+        self._lock = threading.Lock()
+        """Between the watch (main thread) and rich's refresh thread."""
 
     def apply(self, event: FullView | Changed) -> None:
-        if isinstance(event, FullView):
-            self.units = {u.name: u for u in event.units}
-            note_waits(self.wait_began, event.units, None)  # since when, it cannot say
-        else:
-            self.units[event.unit.name] = event.unit
-            note_waits(self.wait_began, [event.unit], event.at)
-        self.note = ""
+        with self._lock:
+            if isinstance(event, FullView):
+                self._timeline.mark(self.units)  # units gone from the new view lose their row
+                self.units = {u.name: u for u in event.units}
+                note_waits(self.wait_began, event.units, None)  # since when, it cannot say
+                self._timeline.mark(self.units)
+            else:
+                self.units[event.unit.name] = event.unit
+                note_waits(self.wait_began, [event.unit], event.at)
+                self._timeline.mark([event.unit.name])
+            self._picked_for = None
+            self.note = ""
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
-        """The table, with each unit's timeline bar in the width the terminal leaves free."""
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[object]:
+        """The table, with each unit's timeline bar when the terminal is wide enough."""
+        from rich.text import Text
+
+        with self._lock:
+            table, hidden = self._frame(options.max_width, options.size.height)
+        yield table
+        if hidden:
+            more = f"… and {hidden:,} more unit{'s' if hidden != 1 else ''}"
+            line = f"{more}: `unitsync sync status` lists them all"
+            yield Text(line, no_wrap=True, overflow="ellipsis")
+
+    def _frame(self, cells: int, lines: int) -> tuple[Table, int]:
         now = time.time()
-        views = sorted(self.units.values(), key=lambda u: u.name)
+        shown = self._pick(max(1, lines - FRAME_LINES))
+        views = [self.units[name] for name in shown]
         rows = [table_row(view, now) for view in views]
-        widths = column_widths(rows, options.max_width)
-        free = options.max_width - sum(widths.values()) - _fixed_and_borders() - CELL_OVERHEAD
-        bar_cells = min(free, BAR_CELLS) if free >= MIN_BAR_CELLS else 0
-        timeline = build_timeline(list(self.units.values()), now, wait_began=self.wait_began)
-        yield self._table(views, rows, widths, timeline, bar_cells)
+        widths = layout(rows, cells)
+        timeline = self._timeline.timeline(self.units, now, self.wait_began, shown)
+        return self._table(views, rows, widths, timeline), len(self.units) - len(shown)
+
+    def _pick(self, count: int) -> list[str]:
+        """The names of the `count` units first in `attention` order, picked again only
+        after a change or a resize."""
+        if self._picked_for != count:
+            picked = heapq.nsmallest(count, self.units.values(), key=attention)
+            self._picked = [view.name for view in picked]
+            self._picked_for = count
+        return self._picked
 
     def _table(
         self,
@@ -130,31 +151,27 @@ class _Board:
         rows: list[list[str]],
         widths: dict[str, int],
         timeline: Timeline,
-        bar_cells: int,
     ) -> Table:
         from rich.markup import escape
         from rich.table import Table
+        from rich.text import Text
 
         title = f"{self.unit} and its dependencies" if self.unit else "every unit"
-        caption = self.note or "Ctrl-C to stop"
+        caption = Text(self.note or "Ctrl-C to stop", no_wrap=True, overflow="ellipsis")
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
-        for column in TABLE_COLUMNS:
-            if column in FIXED_CELLS:
-                table.add_column(column, min_width=FIXED_CELLS[column], no_wrap=True)
-            else:
-                table.add_column(
-                    column, max_width=widths[column], overflow="ellipsis", no_wrap=True
-                )
-        if bar_cells:
-            table.add_column("TIMELINE", no_wrap=True, width=bar_cells)
+        for column in widths:
+            table.add_column(column, width=widths[column], overflow="ellipsis", no_wrap=True)
+        kept = [TABLE_COLUMNS.index(column) for column in widths if column in TABLE_COLUMNS]
+        status = TABLE_COLUMNS.index("STATUS")
         bars = {row.name: row for row in timeline.rows}
         for view, row in zip(views, rows, strict=True):
             cells = [escape(cell) for cell in row]  # names are not markup
-            cells[1] = f"[{STATUS_STYLES[view.status][0]}]{cells[1]}[/]"
-            if bar_cells:
+            cells[status] = f"[{STATUS_STYLES[view.status][0]}]{cells[status]}[/]"
+            shown: list[object] = [cells[i] for i in kept]
+            if "TIMELINE" in widths:
                 bar = bars.get(view.name)
-                cells.append(rich_bar(bar, timeline, bar_cells) if bar else "")
-            table.add_row(*cells)
+                shown.append(rich_bar(bar, timeline, widths["TIMELINE"]) if bar else "")
+            table.add_row(*shown)
         return table
 
 
@@ -165,9 +182,9 @@ def _live_table(client: Client, unit: str | None) -> None:
 
     def unreachable(exc: UnitsyncError) -> None:
         board.note = f"agent unreachable, reconnecting: {exc}"
-        live.refresh()
 
-    with Live(board, refresh_per_second=2, auto_refresh=True) as live:
+    with Live(board, refresh_per_second=REFRESHES_PER_SECOND, auto_refresh=True) as live:
         for event in client.watch(unit, on_unreachable=unreachable):
             board.apply(event)
-            live.refresh()
+            if isinstance(event, FullView):  # the first frame, or one after a reconnection
+                live.refresh()

@@ -140,3 +140,41 @@ def test_the_live_table_keeps_status_and_ready_readable_however_long_the_names(
     assert [row.split("│")[2].strip() for row in rows] == ["started", "completed"]
     assert all(row.split("│")[3].strip() in ("yes", "no") for row in rows)
     assert all("…" in row.split("│")[1] for row in rows)
+
+
+@pytest.mark.parametrize("cells", range(60, 201, 10))
+def test_the_live_columns_fit_the_terminal_whatever_the_cells(cells: int) -> None:
+    """The widest cells there are (a 255-byte name, a 7-digit pid, a run of 12 hours, a
+    long reason): the table fits, and what gives way is what the README says."""
+    from unitsync.cli.live_columns import COLUMNS, TIMELINE_FROM_CELLS, layout, table_cells
+
+    widest = ["n" * 255, "completed", "yes", "w" * 100, "10:00:00", "12h05m", "pid 4194304 gone"]
+    widths = layout(
+        [[*widest, "r" * 300], ["git", "pending", "no", "-", "-", "1.2s", "-", "-"]], cells
+    )
+    assert table_cells(widths) <= cells
+    assert list(widths) == [c for c in COLUMNS if c in widths]  # in order
+    assert {"UNIT", "STATUS", "FOR", "REASON"} <= set(widths)
+    assert ("TIMELINE" in widths) == (cells >= TIMELINE_FROM_CELLS)
+    assert ("OWNER" in widths) == (cells >= 80) and widths.get("OWNER", 16) == 16  # never cut
+    missing = set(COLUMNS) - set(widths) - ({"TIMELINE"} if cells < TIMELINE_FROM_CELLS else set())
+    assert not missing or "SINCE" in missing  # the first to go
+
+
+def test_the_live_columns_keep_everything_when_it_fits() -> None:
+    from unitsync.cli.live_columns import layout, table_cells
+
+    row = ["claude", "started", "yes", "-", "07:25:37", "3.3s", "run 4242", "-"]
+    widths = layout([row], 200)
+    assert widths == {
+        "UNIT": 6,
+        "STATUS": 9,
+        "READY": 5,
+        "WAITING ON": 10,
+        "SINCE": 8,
+        "FOR": 6,
+        "OWNER": 8,
+        "REASON": 6,
+        "TIMELINE": 30,
+    }
+    assert table_cells(widths) < 200

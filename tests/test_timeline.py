@@ -20,10 +20,11 @@ from unitsync.agent.views import unit_view
 from unitsync.cli import axis, cells
 from unitsync.cli.critical_chain import critical_chain, default_unit
 from unitsync.cli.gantt import render_chart
-from unitsync.cli.timeline import build_timeline, by_run_time, note_waits
+from unitsync.cli.live_timeline import LiveTimeline
+from unitsync.cli.timeline import Row, build_timeline, by_run_time, note_waits
 from unitsync.cli.timeline_svg import FONT_SIZE, TICK_SIZE, TITLE_SIZE, render_svg, text_px
 from unitsync.cli.timeline_text import render_blame, render_chain, render_table, to_json
-from unitsync.cli.watch import _Board
+from unitsync.cli.watch import FRAME_LINES, _Board
 from unitsync.wire.errors import NotInHistory
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
@@ -96,7 +97,7 @@ def test_the_latest_boot_is_the_default_and_an_old_boot_has_no_open_run() -> Non
     graph.complete("git", False, 112.0)
     # Boot 2 begins with the reset (the sixth entry of each unit that had run).
     marked = [
-        in_boot(v, 2, first=next(i for i, e in enumerate(v.history) if e.at >= 110))
+        in_boot(v, 2, next((i for i, e in enumerate(v.history) if e.at >= 110), 99))
         for v in views(graph)
     ]
     latest = build_timeline(marked, now=120.0)
@@ -512,3 +513,68 @@ def test_the_live_watch_draws_each_units_bar_growing(monkeypatch: pytest.MonkeyP
     assert "▶" in late["claude"] and "░" in late["claude"]
     narrow = frame(110.0, width=80)  # no room for a bar: the table's own columns come first
     assert "█" not in narrow["claude"] and narrow["claude"].rstrip().endswith("│")
+
+
+def test_the_live_timeline_kept_one_unit_at_a_time_matches_one_built_from_scratch() -> None:
+    """The watch rebuilds only the rows of the units that changed; what it draws is what
+    `build_timeline` makes of every view, through runs, a failure, a reset and a new boot."""
+    graph = startup()
+    live = LiveTimeline()
+    units: dict[str, UnitView] = {}
+
+    def catch_up(latest: list[UnitView], now: float) -> None:
+        changed = [view.name for view in latest if units.get(view.name) != view]
+        units.update({view.name: view for view in latest})
+        live.mark(changed)  # as the watch does: only what an event named
+        expected = build_timeline(list(units.values()), now)
+        drawn = live.timeline(units, now, {}, [row.name for row in expected.rows])
+        assert (drawn.boot, drawn.origin, drawn.horizon) == (
+            expected.boot,
+            expected.origin,
+            expected.horizon,
+        )
+        assert set(live.rows) == {row.name for row in expected.rows}
+        assert [_bar_figures(row) for row in drawn.rows] == list(map(_bar_figures, expected.rows))
+
+    catch_up(views(graph), 105.0)
+    graph.complete("tests", False, 106.0)
+    catch_up(views(graph), 107.0)
+    graph.reset("lint", 108.0)
+    catch_up(views(graph), 109.0)
+    graph.reset(None, 110.0)
+    graph.start("git", False, 111.0, waited=0.0)
+    graph.complete("git", False, 112.0)
+    catch_up(  # boot 2 begins with the reset: every row is another run now
+        [
+            in_boot(v, 2, next((i for i, e in enumerate(v.history) if e.at >= 110), 99))
+            for v in views(graph)
+        ],
+        120.0,
+    )
+    assert {row.name: row.outcome for row in live.rows.values()}["git"] == "completed"
+
+
+def _bar_figures(row: Row) -> tuple[object, ...]:
+    """What a bar is drawn from (a running row's `ran` ticks: the bar reads the axis)."""
+    return (row.name, row.outcome, row.wait_began, row.started, row.ended, row.reason)
+
+
+def test_the_live_table_shows_what_needs_a_look_first_and_says_how_many_it_leaves_out() -> None:
+    graph = Graph()
+    for i in range(50):
+        graph.want(f"unit-{i:02d}", ["base"], 100.0)
+    graph.start("base", False, 100.0, waited=0.0)
+    graph.complete("base", False, 101.0)
+    graph.start("unit-30", False, 102.0, waited=0.0)
+    graph.fail("unit-40", "exit status 1", 103.0)
+    board = _Board(None)
+    board.apply(FullView(views(graph, {"unit-20": 1}), at=104.0))
+    console = Console(file=io.StringIO(), width=120, height=20, record=True, color_system=None)
+    console.print(board)
+    lines = console.export_text().splitlines()
+    assert len(lines) < 20  # the terminal's height, with a line to spare
+    names = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert names[:3] == ["unit-40", "unit-20", "unit-30"]  # failed, waiting, running
+    assert names[3:] == sorted(names[3:]) and "base" not in names  # pending, then completed
+    assert len(names) == 20 - FRAME_LINES
+    assert lines[-1] == f"… and {51 - len(names)} more units: `unitsync sync status` lists them all"
