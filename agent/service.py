@@ -198,8 +198,9 @@ class Service:
             names.update(dict.fromkeys(sorted(self.graph.units[name].dependents)))
         self.hub.stage(seq, [self.view(name) for name in names])
 
-    def _waiting_changed(self, name: str) -> None:
-        """A start began or stopped waiting: not a durable change, but watchers show it."""
+    def _shown_changed(self, name: str) -> None:
+        """Not a durable change, but watchers show it: a start began or stopped waiting, a
+        `run` took hold of its unit (its owner shows as running only from then on)."""
         self._stage(self.store.applied_seq, [name])
         self.hub.release(self.store.durable_seq)
 
@@ -540,6 +541,7 @@ class Service:
         assert isinstance(move, Move) and move.waited is not None
         if request.hold and holder is not None:
             self.holds.take(name, request.token, holder)
+            self._shown_changed(name)  # the view sent with the move showed no hold yet
         return Started(name, at=move.at, waited=move.waited)
 
     async def _dependency_failed(self, name: str, dep: str, began: float) -> DependencyFailed:
@@ -578,7 +580,7 @@ class _Blocked:
         if not self.active:
             self.active = True
             self.service.waiting[self.name] += 1
-            self.service._waiting_changed(self.name)
+            self.service._shown_changed(self.name)
 
     def end(self) -> None:
         if self.active:
@@ -587,4 +589,4 @@ class _Blocked:
             waiting[self.name] -= 1
             if not waiting[self.name]:
                 del waiting[self.name]
-            self.service._waiting_changed(self.name)
+            self.service._shown_changed(self.name)

@@ -16,7 +16,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,30 +72,50 @@ def spawn(command: Sequence[str], **options: Any) -> Child:
         raise SpawnFailed(126, f"permission denied: {command[0]}") from None
 
 
-@contextlib.contextmanager
-def forwarding_signals(child: Child) -> Iterator[None]:
-    """Pass the usual signals on to `child`'s process group while the block runs (SPEC §2's
-    `run`): the whole group, as a terminal would, since the command runs in its own.
+class Forwarding:
+    """Pass the usual signals on to the command's process group (SPEC §2's `run`): the
+    whole group, as a terminal would, since the command runs in its own.
 
-    Ctrl-C on a terminal `run` has lent to the command reaches its group directly (see
-    `group.Terminal`); one that reaches `run` (the terminal was not lent) is passed on.
-    A signal `run` was started with ignored (`nohup` ignores SIGHUP) stays ignored, as the
-    convention for such signals goes: the child inherited the same.
+    Installed before the command is spawned, so no signal finds `run` with the default
+    action (which would end `run` and leave its command running): one that arrives before
+    the command exists is passed on as soon as it does (`attach`). Ctrl-C on a terminal
+    `run` has lent to the command reaches its group directly (see `group.Terminal`); one
+    that reaches `run` (the terminal was not lent) is passed on. A signal `run` was started
+    with ignored (`nohup` ignores SIGHUP) stays ignored, as the convention for such signals
+    goes: the child inherited the same.
+
+    Resource rules: the handlers are `run`'s from `__enter__` to `__exit__`, which puts the
+    previous ones back.
     """
 
-    def forward(signum: int, _frame: object) -> None:
-        if child.returncode is None:  # until it is reaped, its pid is the group's id
-            signal_group(child.pid, signum)
+    def __init__(self) -> None:
+        self.child: Child | None = None
+        self._early: list[int] = []
+        self._previous: dict[int, object] = {}
 
-    previous: dict[int, object] = {}
-    for sig in FORWARDED:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            previous[sig] = signal.signal(sig, forward)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def __enter__(self) -> Forwarding:
+        for sig in FORWARDED:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, self._forward)
+        return self
+
+    def attach(self, child: Child) -> None:
+        """`child` is the command: pass on to its group what arrived meanwhile, and all after."""
+        self.child = child
+        early, self._early = self._early, []
+        for signum in early:
+            self._forward(signum, None)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        if self.child is None:
+            self._early.append(signum)
+        elif self.child.returncode is None:  # until it is reaped, its pid is the group's id
+            signal_group(self.child.pid, signum)
 
 
 class Exits:

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .children import Child, Ended, Exits, forwarding_signals, spawn
+from .children import Child, Ended, Exits, Forwarding, spawn
 from .group import Terminal, signal_group, wait_out_group
 from .reactor import Reactor, Timer
 
@@ -127,8 +127,10 @@ class ServiceRun:
         self._kill_at: float | None = None
         """When the group being stopped gets SIGKILL (`Reactor.now` time); None: not stopping."""
         self.terminal = Terminal()
+        self.forwarding = Forwarding()
 
     def __enter__(self) -> ServiceRun:
+        self.forwarding.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -138,6 +140,7 @@ class ServiceRun:
         """Spawn the service; `SpawnFailed` if it cannot be."""
         options = self.detector.child_options() if self.detector else {}
         self.child = spawn(self.command, **options)
+        self.forwarding.attach(self.child)
         self.terminal.lend(self.child.pid)
         self.exits.watch(self.child, self._exited)
         if self.detector:
@@ -148,14 +151,13 @@ class ServiceRun:
     def events(self) -> Iterator[Event]:
         """What happens, as it happens, up to and including `Exited`."""
         assert self.child is not None, "start() first"
-        with forwarding_signals(self.child):
-            while True:
-                while self._events:
-                    event = self._events.popleft()
-                    yield event
-                    if isinstance(event, Exited):
-                        return
-                self.reactor.run_once()
+        while True:
+            while self._events:
+                event = self._events.popleft()
+                yield event
+                if isinstance(event, Exited):
+                    return
+            self.reactor.run_once()
 
     def stop(self) -> None:
         """SIGTERM to the command's group now, SIGKILL to what is left `STOP_GRACE` later."""
@@ -182,6 +184,7 @@ class ServiceRun:
         self._finish()
         self.exits.close()
         self.reactor.close()
+        self.forwarding.__exit__()
 
     # --- what the detector reports (Listener) ---------------------------------------------
 

@@ -616,3 +616,14 @@ def test_without_pidfds_a_child_exit_is_still_noticed(monkeypatch: pytest.Monkey
         events = list(run.events())
     assert events == [Ready("`exit 0` succeeded on try 1"), Exited(Ended(7), was_ready=True)]
     assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # put back as it was
+
+
+def test_a_signal_before_the_command_is_spawned_reaches_it_once_it_is() -> None:
+    """`run` catches the forwarded signals before it spawns: a SIGTERM in between must
+    neither end `run` with the default action (orphaning its command) nor be lost."""
+    with ServiceRun(["sleep", "600"]) as run:
+        os.kill(os.getpid(), signal.SIGTERM)  # caught: remembered for the command
+        run.start()
+        events = list(run.events())
+    assert events == [Exited(Ended(-signal.SIGTERM), was_ready=False)]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back afterwards

@@ -118,6 +118,27 @@ def test_watch_prints_one_json_object_per_event_and_stops_on_ctrl_c(
     assert watcher.returncode == 0
 
 
+def test_a_watcher_sees_a_run_owning_its_unit_as_running(agent_process: AgentProcess) -> None:
+    """The hold is taken after the move is committed: the watcher is told again, so the
+    unit's latest view never says its owner is gone while `run` runs it."""
+    s = sock(agent_process)
+    watcher = spawn_cli("sync", "status", "--watch", "-o", "json", socket=s)
+    assert watcher.stdout is not None
+    json.loads(watcher.stdout.readline())  # the first full view: watching from now on
+    runner = spawn_cli("sync", "run", "job", "--", "sleep", "600", socket=s)
+    try:
+        seen = read_until(watcher.stdout.fileno(), b'"alive": true')  # bounded: 30 s
+        seen += read_until(watcher.stdout.fileno(), b"\n") if not seen.endswith(b"\n") else b""
+        latest = json.loads(seen.decode().splitlines()[-1])["unit"]
+        assert latest["name"] == "job" and latest["status"] == "started"
+        assert latest["owner"]["kind"] == "run" and latest["owner"]["alive"] is True
+    finally:
+        runner.terminate()
+        runner.communicate(timeout=60)
+        watcher.send_signal(signal.SIGINT)
+        watcher.communicate(timeout=30)
+
+
 def test_the_python_context_manager_completes_or_fails_the_unit(
     agent_process: AgentProcess,
 ) -> None:
