@@ -210,13 +210,11 @@ def start(
 
     described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
     if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
-        print(
-            f"unitsync: --owner {owner}: no process has that pid; give the pid of the script "
-            "this run belongs to (in a shell script: --owner $$)",
-            file=sys.stderr,
+        return _usage_error(
+            "start",
+            f"--owner {owner}: no process has that pid; give the pid of the script this run "
+            "belongs to (in a shell script: --owner $$)",
         )
-        print(f"usage: {USAGE['start']}", file=sys.stderr)
-        return EXIT_USAGE
     progress = StartProgress(unit, sys.stderr)
     try:
         with cli_client(socket) as client:
@@ -279,9 +277,7 @@ def reset(
 ) -> int:
     """Put UNIT (or every unit) back to pending; dependencies are kept."""
     if (unit is None) == (not all):
-        print("unitsync: reset needs a UNIT or --all (not both)", file=sys.stderr)
-        print(f"usage: {USAGE['reset']}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error("reset", "reset needs a UNIT or --all (not both)")
     return _change(socket, lambda client: client.reset(unit))
 
 
@@ -311,8 +307,7 @@ def status(
         from .watch import follow
 
         if output not in (None, "table", "json"):
-            print("unitsync: --watch shows a table or JSON lines, not graphs", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage_error("status", "--watch shows a table or JSON lines, not graphs")
         return follow(client, unit, live=output != "json" and sys.stdout.isatty())
     try:
         with client:
@@ -399,19 +394,15 @@ def run(
     killed, the unit fails at once.
     """
     if not command:
-        print("unitsync: run needs a command after `--`", file=sys.stderr)
-        print(f"usage: {USAGE['run']}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error("run", "run needs a command after `--`")
     if stray := _before_dashes(command):
         import shlex
 
-        print(
-            f"unitsync: run: {shlex.join(stray)} before `--` is neither UNIT nor an option's "
-            "value (a duration is one word: --timeout 5m); the command goes after `--`",
-            file=sys.stderr,
+        return _usage_error(
+            "run",
+            f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
+            "duration is one word: --timeout 5m); the command goes after `--`",
         )
-        print(f"usage: {USAGE['run']}", file=sys.stderr)
-        return EXIT_USAGE
     from .run import ReadyOptions, run_unit
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
@@ -477,6 +468,13 @@ def _whole_lines() -> None:
     and another process's line must never land inside one of ours."""
     sys.stdout.reconfigure(write_through=False)  # type: ignore[union-attr]
     sys.stderr.reconfigure(write_through=False, line_buffering=True)  # type: ignore[union-attr]
+
+
+def _usage_error(command: str, message: str) -> int:
+    """A command line that cannot be right: what is wrong, the usage line, exit 2."""
+    print(f"unitsync: {message}", file=sys.stderr)
+    print(f"usage: {USAGE[command]}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _stdout_gone() -> int:
