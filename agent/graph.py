@@ -347,13 +347,12 @@ class Graph:
         """Back to pending, edges kept; `None` resets every unit."""
         if name is not None:
             return self._move(name, RESET, set(), now)
-        return self._applied(
-            [
-                Move(n, "pending", now, "reset", boot=self.boot)
-                for n, unit in self.units.items()
-                if unit.status != "pending"
-            ]
-        )
+        moves = []
+        for each, unit in self.units.items():  # the table's move for each, in one change
+            result = outcome(unit.status, RESET, frozenset())
+            if isinstance(result, Go):
+                moves.append(Move(each, result.to, now, result.reason, boot=self.boot))
+        return self._applied(moves)
 
     def forget(self, name: str, now: float) -> list[Record]:
         """Remove a unit nobody wants, with its history (typos must not live forever)."""

@@ -135,6 +135,23 @@ def test_every_move_of_the_table_is_what_the_graph_does(
     assert unit.history[-1].from_ == (status or "pending")
 
 
+def test_reset_of_every_unit_moves_each_as_the_table_says() -> None:
+    """`reset --all` is one change, but each unit in it moves as `reset UNIT` would."""
+    graph = Graph()
+    for status in STATES:
+        graph.apply(Known(status, T0))
+        if status != "pending":
+            graph.apply(Move(status, status, T0 + 1))
+    graph.reset(None, T0 + 2)
+    for status in STATES:
+        expected = outcome(status, Command.RESET, frozenset())
+        unit = graph.units[status]
+        if isinstance(expected, Stay):
+            assert unit.status == status and not unit.history  # nothing moved
+        else:
+            assert (unit.status, unit.reason) == (expected.to, expected.reason)
+
+
 def test_the_table_covers_every_status_and_command() -> None:
     assert set(MOVES) == {(s, c) for s in (None, *STATES) for c in Command}
     overrides = {flag for r in MOVES.values() if isinstance(r, Refuse) for flag in r.overrides}
