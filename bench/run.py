@@ -551,31 +551,40 @@ def live_watch(socket: Path, runs: int) -> list[Figure]:
     ]
 
 
+def _on_a_terminal(command: list[str], rows: int, columns: int) -> tuple[subprocess.Popen, int]:
+    """`command` started with a pseudo-terminal of that size as its stdio; (process, pty)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    return proc, master
+
+
+def _to_the_end(proc: subprocess.Popen, master: int) -> None:
+    """Read the terminal until the command closes it, reap the command, close the pty."""
+    try:
+        while os.read(master, 1 << 16):
+            pass
+    except OSError:  # EIO: the command closed the terminal
+        pass
+    proc.wait()
+    os.close(master)
+
+
 def _first_frame_and_ctrl_c(command: list[str]) -> tuple[float, float]:
     """Seconds from starting the watch to its first frame with units (the line saying how
     many are not shown ends it), and from Ctrl-C to its exit."""
-    master, slave = pty.openpty()
-    rows, columns = WATCH_TERMINAL
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env)
-    os.close(slave)
+    proc, master = _on_a_terminal(command, *WATCH_TERMINAL)
     shown = b""
     while b"more units" not in shown:
         shown += os.read(master, 1 << 16)
     first = time.perf_counter() - started
     interrupted = time.perf_counter()
     proc.send_signal(signal.SIGINT)
-    try:
-        while os.read(master, 1 << 16):
-            pass
-    except OSError:  # EIO: the watch closed the terminal
-        pass
-    proc.wait()
-    stop = time.perf_counter() - interrupted
-    os.close(master)
-    return first, stop
+    _to_the_end(proc, master)
+    return first, time.perf_counter() - interrupted
 
 
 def _redraws(socket: Path, repeat: int = 20) -> tuple[float, float]:
@@ -615,20 +624,10 @@ def _time_output(command: list[str], terminal: bool) -> float:
         started = time.perf_counter()
         subprocess.run(command, capture_output=True, check=True)
         return time.perf_counter() - started
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env)
-    os.close(slave)
-    try:
-        while os.read(master, 1 << 16):
-            pass
-    except OSError:  # EIO: the command closed the terminal
-        pass
-    proc.wait()
+    proc, master = _on_a_terminal(command, 50, 200)
+    _to_the_end(proc, master)
     elapsed = time.perf_counter() - started
-    os.close(master)
     if proc.returncode:
         raise RuntimeError(f"{command} exited {proc.returncode}")
     return elapsed
