@@ -84,7 +84,7 @@ class Forwarding:
     with ignored (`nohup` ignores SIGHUP) stays ignored, as the convention for such signals
     goes: the child inherited the same.
 
-    Resource rules: the handlers are `run`'s from `__enter__` to `__exit__`, which puts the
+    Resource rules: the handlers are `run`'s from `install` to `restore`, which puts the
     previous ones back.
     """
 
@@ -93,11 +93,10 @@ class Forwarding:
         self._early: list[int] = []
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> Forwarding:
+    def install(self) -> None:
         for sig in FORWARDED:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 self._previous[sig] = signal.signal(sig, self._forward)
-        return self
 
     def attach(self, child: Child) -> None:
         """`child` is the command: pass on to its group what arrived meanwhile, and all after."""
@@ -106,7 +105,7 @@ class Forwarding:
         for signum in early:
             self._forward(signum, None)
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()

@@ -130,7 +130,7 @@ class ServiceRun:
         self.forwarding = Forwarding()
 
     def __enter__(self) -> ServiceRun:
-        self.forwarding.__enter__()
+        self.forwarding.install()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -184,7 +184,7 @@ class ServiceRun:
         self._finish()
         self.exits.close()
         self.reactor.close()
-        self.forwarding.__exit__()
+        self.forwarding.restore()
 
     # --- what the detector reports (Listener) ---------------------------------------------
 

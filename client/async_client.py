@@ -100,7 +100,7 @@ class AsyncClient:
     async def _open(self) -> None:
         await self.aclose()
         try:
-            stream = await _connect(self.path)
+            stream = await _open_stream(self.path)
         except OSError as exc:
             raise unreachable(self.path, exc) from None
         try:
@@ -259,7 +259,7 @@ class AsyncClient:
                 await trio.sleep(backoff.next_delay(None, unit or "", None))
 
 
-async def _connect(path: Path) -> trio.SocketStream:
+async def _open_stream(path: Path) -> trio.SocketStream:
     """A stream connected to `path`. Not `trio.open_unix_socket`: it takes a Unix socket's
     EAGAIN (the listen backlog is full) for "in progress" and hands back a socket that is
     not connected; this waits for room instead, as a blocking connect does."""

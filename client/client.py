@@ -113,7 +113,7 @@ class Connection:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(CONNECT_TIMEOUT)
         try:
-            _connect(self.sock, path, time.monotonic() + CONNECT_TIMEOUT)
+            _connect_when_there_is_room(self.sock, path, time.monotonic() + CONNECT_TIMEOUT)
             check_trust(path, os.stat(path.parent), peer_of(self.sock), os.getuid())
         except OSError as exc:
             self.sock.close()
@@ -446,7 +446,7 @@ class Client:
                 time.sleep(backoff.next_delay(None, unit or "", None))
 
 
-def _connect(sock: socket.socket, path: Path, deadline: float) -> None:
+def _connect_when_there_is_room(sock: socket.socket, path: Path, deadline: float) -> None:
     """Connect, waiting while the agent's listen backlog is full (EAGAIN) until `deadline`."""
     delay, longest = BACKLOG_FULL_DELAYS
     while True:
