@@ -318,7 +318,7 @@ class Service:
                 code="in_use",
                 unit=name,
             )
-        if self.holds.is_held(name) or name in self.holds.unclaimed:
+        if self.holds.is_held(name):  # held now, or its run not yet back after a restart
             raise Refused(
                 f"unit {name!r} is a service whose `unitsync sync run` still runs it: stop "
                 "that run first (its end is recorded on the unit), then forget it",
