@@ -300,6 +300,17 @@ def test_waiting_on_shows_only_what_a_waiting_start_waits_for(agent_process: Age
             "unitsync agent [--socket P]",
         ),
         (
+            ["sync", "start", "a", "--timeout", "nan"],
+            "invalid value 'nan' for --timeout: not a duration: 'nan'",
+            "unitsync sync start UNIT",
+        ),
+        (
+            ["sync", "run", "a", "--timeout", "1e9", "--", "true"],
+            "invalid value '1e9' for --timeout: '1e9' is longer than a year: give 0 to wait "
+            "forever",
+            "unitsync sync run UNIT",
+        ),
+        (
             ["sync", "timeline", "--boot", "x"],
             "invalid value 'x' for --boot: a whole number is needed",
             "unitsync sync timeline [--boot N]",
@@ -446,3 +457,18 @@ def test_an_agent_that_would_refuse_everyone_is_a_usage_error(short_tmp: Path, l
         socket=short_tmp / "run" / "agent.sock",
     )
     assert result.code == 2 and f"--max-connections {limit} would refuse every client" in result.err
+
+
+def test_an_etcd_duration_that_is_no_duration_is_a_usage_error(short_tmp: Path) -> None:
+    result = run_cli(
+        "agent",
+        "--store",
+        "etcd://127.0.0.1:1/ws",
+        "--etcd-timeout",
+        "soon",
+        "--state-dir",
+        str(short_tmp / "state"),
+        socket=short_tmp / "run" / "agent.sock",
+    )
+    assert result.code == 2
+    assert "invalid value 'soon' for --etcd-timeout: not a duration: 'soon'" in result.err
