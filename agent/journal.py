@@ -37,7 +37,9 @@ When the disk fails (SPEC §4):
   be saved) and given STOP_GRACE to say so; then `run` raises `JournalError` and
   the agent stops. The next start recovers the last synced state.
 
-replaced by an empty log of the snapshot's generation.
+The graph's id (SPEC §11) is in every log header and snapshot (`logfile`): made when the
+state dir is created, carried through every compaction. A state dir written before graphs
+had ids takes one on its first open, made durable by the log's rewrite on recovery.
 
 As the service's `Store`, the journal is the one-host case: a command is decided once, on
 the graph it applies to at once, and the caller waits for the batch's fsync.
@@ -59,6 +61,7 @@ from typing import TYPE_CHECKING, NoReturn
 import trio
 
 from unitsync.wire.errors import AgentGone, NotDurable
+from unitsync.wire.graph_id import new_graph_id
 
 from . import logfile
 from .disk import REAL_DISK, Disk, append_all, close_quietly, write_durably, write_temp
@@ -115,6 +118,7 @@ class Journal:
         graph: Graph,
         generation: int,
         *,
+        graph_id: str,
         log_bytes: int,
         log_records: int,
         snapshot_bytes: int,
@@ -129,6 +133,8 @@ class Journal:
         self.snapshot_path = state_dir / SNAPSHOT_NAME
         self.graph = graph
         self.generation = generation
+        self.graph_id = graph_id
+        """The graph's identity (SPEC §11): in every log header and snapshot, for good."""
         self._disk = disk
         self._fd: int | None = fd
         """The log, open for appending; None while a compaction's fresh log is not written."""
@@ -203,6 +209,7 @@ class Journal:
                 state_dir,
                 recovered.graph,
                 recovered.generation,
+                graph_id=recovered.graph_id,
                 log_bytes=recovered.log_bytes,
                 log_records=recovered.log_records,
                 snapshot_bytes=recovered.snapshot_bytes,
@@ -457,7 +464,7 @@ class Journal:
         started = time.monotonic()
         self._crash_point("batch-written")
         generation = self.generation + 1
-        data = logfile.snapshot(generation, boot, images)
+        data = logfile.snapshot(generation, boot, images, self.graph_id)
         disk = self._disk
         try:
             with _doing("writing", self.snapshot_path):
@@ -498,7 +505,7 @@ class Journal:
             self._snapshot_named = True
             self._crash_point("snapshot-written")
         with _doing("writing a fresh", self.log_path):
-            _write_fresh_log(self._disk, self.state_dir, self.generation)
+            _write_fresh_log(self._disk, self.state_dir, self.generation, self.graph_id)
             self._fd = self._disk.open_append(self.log_path)
         self._torn = False
 
@@ -510,8 +517,10 @@ class Journal:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def lock_state_dir(state_dir: Path) -> contextlib.ExitStack:
-    """Create the state dir (private) and take its lock: one agent per state dir.
+def lock_state_dir(state_dir: Path, serving: Path | None = None) -> contextlib.ExitStack:
+    """Create the state dir (private) and take its lock: one agent per state dir. The lock
+    file records our pid and `serving`, the socket this agent serves, so a client whose
+    agent cannot start here can tell which socket the state dir's agent is at.
 
     Returned as an ExitStack so the journal can own it from then on.
     """
@@ -523,6 +532,7 @@ def lock_state_dir(state_dir: Path) -> contextlib.ExitStack:
                 state_dir / LOCK_NAME,
                 f"the state dir {state_dir}",
                 "give this one another --state-dir",
+                str(serving) if serving is not None else "",
             )
         )
     except SetupError as exc:
@@ -543,8 +553,8 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _write_fresh_log(disk: Disk, state_dir: Path, generation: int) -> None:
-    write_durably(disk, state_dir / LOG_NAME, logfile.log_header(generation))
+def _write_fresh_log(disk: Disk, state_dir: Path, generation: int, graph_id: str) -> None:
+    write_durably(disk, state_dir / LOG_NAME, logfile.log_header(generation, graph_id))
 
 
 def _mount_point(path: Path) -> Path:
@@ -568,6 +578,9 @@ class _Recovery:
         self.log_path = state_dir / LOG_NAME
         self.snapshot_path = state_dir / SNAPSHOT_NAME
         self.generation = 0
+        self.graph_id = ""
+        """The graph's id, from the snapshot or the log; made here for a new state dir, or
+        one written before graphs had ids (`_take_graph_id`)."""
         self.graph = Graph()
         self.snapshot_bytes = 0
         self.log_bytes = 0
@@ -588,23 +601,46 @@ class _Recovery:
         self._load_snapshot()
         with _doing("reading", self.log_path):
             data = self.disk.read(self.log_path)
-        if data is None:
+        header = None if data is None else self._log_header(data)
+        self._take_graph_id(header)
+        if data is None or header is None:
             if repair:
                 self._fresh_log()
             return
-        log_generation = self._log_generation(data)
-        if log_generation < self.generation:
+        if header.generation < self.generation:
             if repair:
                 log.info("finishing an interrupted compaction: the snapshot holds the old journal")
                 self._fresh_log()
             return
-        if log_generation > self.generation:
+        if header.generation > self.generation:
             raise JournalError(
-                f"{self.log_path} continues snapshot generation {log_generation}, but "
+                f"{self.log_path} continues snapshot generation {header.generation}, but "
                 f"{self.snapshot_path} is generation {self.generation}: the snapshot is missing "
                 "or old; restore it, or move both files aside to start empty"
             )
-        self._replay(data, repair)
+        self._replay(data, header, repair)
+
+    def _take_graph_id(self, header: logfile.LogHeader | None) -> None:
+        """The snapshot's id, else the log's; a new one for a new state dir, or for one
+        written before graphs had ids (the log rewritten on this open makes it durable)."""
+        logged = header.graph if header is not None else ""
+        same_generation = header is not None and header.generation == self.generation
+        if self.graph_id and logged and same_generation and logged != self.graph_id:
+            raise JournalError(
+                f"{self.log_path} belongs to graph {logged}, but {self.snapshot_path} to "
+                f"graph {self.graph_id}: the two files come from different state dirs; no "
+                "file was changed. Put back the journal that goes with the snapshot, or move "
+                "both aside to start empty"
+            )
+        self.graph_id = self.graph_id or logged
+        if not self.graph_id:
+            self.graph_id = new_graph_id()
+            if header is not None or self.snapshot_bytes:
+                log.info(
+                    "the state dir %s was written before graphs had ids: its graph is now %s",
+                    self.state_dir,
+                    self.graph_id,
+                )
 
     def _remove_leftovers(self) -> None:
         """A temp file is a crash mid-write, never renamed: nothing in it was acknowledged."""
@@ -615,7 +651,7 @@ class _Recovery:
 
     def _fresh_log(self) -> None:
         with _doing("writing a fresh", self.log_path):
-            _write_fresh_log(self.disk, self.state_dir, self.generation)
+            _write_fresh_log(self.disk, self.state_dir, self.generation, self.graph_id)
 
     def _load_snapshot(self) -> None:
         with _doing("reading", self.snapshot_path):
@@ -623,17 +659,18 @@ class _Recovery:
         if data is None:
             return
         try:
-            self.generation, boot, images = logfile.read_snapshot(data)
+            snapshot = logfile.read_snapshot(data)
         except logfile.Damaged as exc:
             raise JournalError(
                 f"{self.snapshot_path} is damaged ({exc}); no file was changed. The snapshot "
                 "cannot be salvaged: restore it from a backup, or move the state dir aside to "
                 "start empty"
             ) from None
-        self.graph = Graph.from_images(images, boot)
+        self.generation, self.graph_id = snapshot.generation, snapshot.graph
+        self.graph = Graph.from_images(snapshot.units, snapshot.boot)
         self.snapshot_bytes = len(data)
 
-    def _log_generation(self, data: bytes) -> int:
+    def _log_header(self, data: bytes) -> logfile.LogHeader:
         try:
             return logfile.read_log_header(data)
         except logfile.Damaged as exc:
@@ -642,8 +679,8 @@ class _Recovery:
                 "start from the snapshot alone"
             ) from None
 
-    def _replay(self, data: bytes, repair: bool) -> None:
-        scan = logfile.Scan(end=logfile.LOG_HEADER.size)
+    def _replay(self, data: bytes, header: logfile.LogHeader, repair: bool) -> None:
+        scan = logfile.Scan(end=header.size)
         apply = self.graph.apply
         try:
             for records in logfile.entries(data, scan):
@@ -659,10 +696,10 @@ class _Recovery:
         if repair:
             if scan.torn:
                 log.warning("%s: cut off a torn tail: %s", self.log_path, scan.torn)
-            self._settle(data[: scan.end])
-        self.log_bytes, self.log_records = scan.end - logfile.LOG_HEADER.size, scan.count
+            self._settle(data[: scan.end], header)
+        self.log_bytes, self.log_records = scan.end - header.size, scan.count
 
-    def _settle(self, data: bytes) -> None:
+    def _settle(self, data: bytes, header: logfile.LogHeader) -> None:
         """Make the log recovery found durable before anything is acknowledged on top of it:
         a process that died (or failed) between a write and its fsync left it in the page
         cache only (the names were synced first, in `run`).
@@ -672,12 +709,18 @@ class _Recovery:
         may have marked its pages clean and told that agent alone, so an fsync here would
         succeed with those bytes never on disk (fsyncgate). Pages this process writes and
         syncs are its own to hear about. With no room for the copy it is fsynced in place, as
-        a full disk is far likelier than a restart after a failed fsync."""
+        a full disk is far likelier than a restart after a failed fsync.
+
+        The copy has the header of today's format, with the graph's id: how a log written
+        before graphs had ids takes one, durably. That one cannot be synced in place: with
+        no room for its copy, the agent does not start (it says to free some space)."""
+        fresh = logfile.log_header(header.generation, self.graph_id)
+        in_place = data[: header.size] == fresh
         try:
             with _doing("copying", self.log_path):
-                write_durably(self.disk, self.log_path, data)
+                write_durably(self.disk, self.log_path, fresh + data[header.size :])
         except _Failed as failure:
-            if not failure.no_space:
+            if not (failure.no_space and in_place):
                 raise
             log.warning("%s; syncing it in place instead", failure)
             with contextlib.suppress(OSError):

@@ -144,7 +144,9 @@ class BootImage(msgspec.Struct, array_like=True, gc=False):
 
 
 class SnapshotBody(msgspec.Struct, array_like=True, gc=False):
-    """A snapshot's body (format 2): the boot, then every unit. Format 1 held the units only."""
+    """A snapshot's body (format 3): the boot, every unit, the graph's id. Format 2 had no
+    graph id (decoded with "" here); format 1 held the units only."""
 
     boot: BootImage
     units: list[UnitImage]
+    graph: str = ""

@@ -39,6 +39,8 @@ from unitsync.wire.processes import start_ticks
 UNITSYNC = Path(sys.executable).with_name("unitsync")
 UNITS = 10_000
 BOOT_ID = "bench-boot"
+BENCH_GRAPH = "b" * 32
+"""The graph id of the state dirs written here (any id will do: one graph per state dir)."""
 """The boot the state dir was written in: starting with it again is an agent restart."""
 READY_TIMEOUT = 60.0
 """Far beyond any start-up of 10,000 units: only a broken agent takes this long."""
@@ -68,9 +70,9 @@ def write_state(state_dir: Path, units: int = UNITS) -> int:
             graph.complete(name, False, at + 0.008)
     state_dir.mkdir(mode=0o700, parents=True)
     (state_dir / SNAPSHOT_NAME).write_bytes(
-        logfile.snapshot(1, graph.boot_image(), list(graph.images()))
+        logfile.snapshot(1, graph.boot_image(), list(graph.images()), BENCH_GRAPH)
     )
-    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1))
+    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1, BENCH_GRAPH))
     return sum(
         unit.status != "pending" and not (unit.once and unit.status == "completed")
         for unit in graph.units.values()
@@ -80,8 +82,7 @@ def write_state(state_dir: Path, units: int = UNITS) -> int:
 def journal_entries(state_dir: Path) -> list[list[Record]]:
     """Every entry of the state dir's log, as `logfile` reads it at recovery."""
     data = (state_dir / LOG_NAME).read_bytes()
-    logfile.read_log_header(data)
-    scan = logfile.Scan(logfile.LOG_HEADER.size)
+    scan = logfile.Scan(logfile.read_log_header(data).size)
     entries = list(logfile.entries(data, scan))
     if scan.torn:
         raise RuntimeError(f"{state_dir / LOG_NAME}: {scan.torn}")
@@ -143,8 +144,8 @@ def reset_in_process(template: Path, repeat: int = 5) -> float:
     data = (template / SNAPSHOT_NAME).read_bytes()
     times = []
     for i in range(repeat):
-        _generation, boot, images = logfile.read_snapshot(data)
-        graph = Graph.from_images(images, boot)
+        snapshot = logfile.read_snapshot(data)
+        graph = Graph.from_images(snapshot.units, snapshot.boot)
         started = time.perf_counter()
         logfile.entry(graph.begin_boot(f"{BOOT_ID}-in-process-{i}", time.time()))
         times.append(time.perf_counter() - started)

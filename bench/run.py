@@ -43,6 +43,7 @@ import msgspec
 import new_boot
 import services
 import trio
+from new_boot import BENCH_GRAPH
 
 from unitsync.agent import logfile
 from unitsync.agent.etcd_client import EtcdClient
@@ -361,7 +362,7 @@ def raw_fsync_rate(folder: Path, seconds: float = 1.0) -> float:
 
 def write_journal(state_dir: Path, records: int, units: int = 1000) -> None:
     state_dir.mkdir(mode=0o700, parents=True)
-    parts = [logfile.log_header(0)]
+    parts = [logfile.log_header(0, BENCH_GRAPH)]
     parts += [logfile.entry([Known(f"unit-{u}", 1.0)]) for u in range(units)]
     states = ("started", "completed", "pending")
     parts += [
@@ -380,9 +381,9 @@ def write_snapshot(state_dir: Path, units: int) -> None:
         graph.reset(f"u{u}", 3.0)
     state_dir.mkdir(mode=0o700, parents=True)
     (state_dir / SNAPSHOT_NAME).write_bytes(
-        logfile.snapshot(1, graph.boot_image(), list(graph.images()))
+        logfile.snapshot(1, graph.boot_image(), list(graph.images()), BENCH_GRAPH)
     )
-    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1))
+    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1, BENCH_GRAPH))
 
 
 def recovery_seconds(state_dir: Path, repeat: int = 3) -> float:
@@ -481,9 +482,9 @@ def write_started_snapshot(state_dir: Path, units: int) -> None:
             graph.complete(f"unit-{u}", False, at + 0.008)
     state_dir.mkdir(mode=0o700, parents=True)
     (state_dir / SNAPSHOT_NAME).write_bytes(
-        logfile.snapshot(1, graph.boot_image(), list(graph.images()))
+        logfile.snapshot(1, graph.boot_image(), list(graph.images()), BENCH_GRAPH)
     )
-    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1))
+    (state_dir / LOG_NAME).write_bytes(logfile.log_header(1, BENCH_GRAPH))
 
 
 def views(runs: int = 3) -> list[Figure]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from unitsync.agent import logfile
 from unitsync.agent.server import AgentConfig
 
 from conftest import AgentProcess, run_cli, sock, spawn_cli
@@ -154,13 +155,14 @@ def test_a_damaged_journal_stops_the_agent_with_file_and_offset(short_tmp: Path)
     agent.stop()
     journal = config.state_dir / "journal.log"
     data = bytearray(journal.read_bytes())
-    data[20] ^= 0xFF  # inside the first entry, with valid entries after it
+    first_entry = logfile.LOG_HEADER.size
+    data[first_entry + 4] ^= 0xFF  # inside the first entry, with valid entries after it
     journal.write_bytes(bytes(data))
     args = ("agent", "--socket", str(config.socket), "--state-dir", str(config.state_dir))
     refused = run_cli(*args, timeout=30)
     assert refused.code == 1
     assert refused.err.startswith(f"unitsync agent: {journal} is damaged")
-    assert "byte offset 16" in refused.err and "--salvage" in refused.err
+    assert f"byte offset {first_entry}" in refused.err and "--salvage" in refused.err
     assert "Traceback" not in refused.err
     salvaged = AgentProcess(config, extra=("--salvage",)).start()
     assert run_cli("sync", "ping", socket=config.socket).code == 0

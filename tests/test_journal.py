@@ -22,6 +22,9 @@ from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalErro
 from unitsync.agent.records import BootImage, Known, UnitImage
 from unitsync.wire.errors import AgentGone
 
+GRAPH = "0123456789abcdef" * 2
+"""A graph id for the files these tests write by hand."""
+
 
 def images(graph: Graph) -> list[UnitImage]:
     return sorted(graph.images(), key=lambda image: image.name)
@@ -285,7 +288,7 @@ BAD_ENTRIES = {
 @pytest.mark.parametrize("why", BAD_ENTRIES)
 def test_damage_is_named_and_located(why: str) -> None:
     good = logfile.entry([Known("a", 1.0)])
-    head = logfile.log_header(0)
+    head = logfile.log_header(0, GRAPH)
     data = head + good + BAD_ENTRIES[why] + good
     with pytest.raises(logfile.Damaged) as caught:
         list(logfile.entries(data, logfile.Scan(end=len(head))))
@@ -297,7 +300,7 @@ def test_damage_is_named_and_located(why: str) -> None:
     [(b"\x00\x00", "incomplete entry header"), (b"\x00\x00\x00\x09....", "runs past the end")],
 )
 def test_a_torn_tail_is_named_and_the_rest_is_kept(tail: bytes, why: str) -> None:
-    head = logfile.log_header(0)
+    head = logfile.log_header(0, GRAPH)
     good = logfile.entry([Known("a", 1.0)])
     scan = logfile.Scan(end=len(head))
     assert list(logfile.entries(head + good + tail, scan)) == [[Known("a", 1.0)]]
@@ -307,7 +310,7 @@ def test_a_torn_tail_is_named_and_the_rest_is_kept(tail: bytes, why: str) -> Non
 
 def test_a_log_newer_than_its_snapshot_is_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
-    (tmp_path / LOG_NAME).write_bytes(logfile.log_header(3))
+    (tmp_path / LOG_NAME).write_bytes(logfile.log_header(3, GRAPH))
     with pytest.raises(JournalError, match="snapshot is missing"):
         Journal.open(tmp_path)
 
@@ -315,7 +318,9 @@ def test_a_log_newer_than_its_snapshot_is_refused(tmp_path: Path) -> None:
 def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
     data = bytearray(
-        logfile.snapshot(1, BootImage(1, "x", 1.0), [UnitImage("a", "pending", 1.0, "", [], [])])
+        logfile.snapshot(
+            1, BootImage(1, "x", 1.0), [UnitImage("a", "pending", 1.0, "", [], [])], GRAPH
+        )
     )
     data[-1] ^= 1
     (tmp_path / SNAPSHOT_NAME).write_bytes(bytes(data))
