@@ -2,6 +2,9 @@
 
 Keys, under the prefix P of `--store etcd://.../P`:
 
+    P/graph             the graph's id (SPEC §11): created once, by the first agent that opens
+                        the prefix (a txn that creates it only if absent, so agents opening an
+                        empty prefix at once agree on one), then never written again
     P/units/NAME        the unit's image (`records.UnitImage`, msgpack): status, deps, history
     P/edges             rewritten by every change that adds edges: its mod revision is compared
     P/changes/AGENT/N   the records of one change (msgpack), on a lease of a minute or more
@@ -76,6 +79,7 @@ import msgspec
 import trio
 
 from unitsync.wire.errors import NotDurable, Refused
+from unitsync.wire.graph_id import is_graph_id, new_graph_id
 
 from .etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdRefused, EtcdUnavailable
 from .etcd_wire import (
@@ -149,11 +153,12 @@ class _Keys:
     units: bytes
     edges: bytes
     changes: bytes
+    graph: bytes
 
     @classmethod
     def under(cls, prefix: str) -> _Keys:
         root = prefix.encode() + b"/"
-        return cls(root, root + b"units/", root + b"edges", root + b"changes/")
+        return cls(root, root + b"units/", root + b"edges", root + b"changes/", root + b"graph")
 
     def unit(self, name: str) -> bytes:
         return self.units + name.encode()
@@ -177,6 +182,8 @@ class EtcdStore:
         self.client = client
         self.location = config.url
         self.keys = _Keys.under(config.prefix)
+        self.graph_id = ""
+        """The graph's id, read (or created) from P/graph when the store opens."""
         self.graph = Graph()
         self.graph.applies_decisions = False
         self.revision = 0
@@ -210,6 +217,7 @@ class EtcdStore:
             raise SetupError(str(exc)) from None
         try:
             store = cls(config, client)
+            await store._take_graph_id()
             await store._first_list()
             yield store
         finally:
@@ -456,6 +464,42 @@ class EtcdStore:
             nursery.start_soon(self._follow)
             nursery.start_soon(self._compact_history)
             task_status.started()
+
+    async def _take_graph_id(self) -> None:
+        """Read the prefix's graph id, or create it if there is none yet, in one txn: of
+        several agents opening an empty prefix at once, one creates it and the others read
+        it. Sent again unchanged while etcd does not answer: an attempt that was applied
+        unanswered makes the next one read the id it created."""
+        key, mine = self.keys.graph, new_graph_id()
+        request = TxnRequest(
+            [Compare(key, "CREATE", create_revision=0)],
+            [_put(key, mine.encode())],
+            [Op(request_range=RangeRequest(key))],
+        )
+        delay = 0.05
+        while True:
+            try:
+                reply = await self.client.txn(request)
+                break
+            except EtcdUnavailable as exc:
+                self._warn(f"waiting for etcd at {self.location}: {exc}")
+            except EtcdRefused as exc:
+                raise SetupError(f"cannot read the graph's id at {self.location}: {exc}") from None
+            await trio.sleep(delay)
+            delay = min(2 * delay, BACKOFF_LIMIT)
+        if reply.succeeded:
+            self.graph_id = mine
+            log.info("%s holds no graph yet: its graph is %s", self.location, mine)
+            return
+        found = reply.responses[0].response_range
+        value = found.kvs[0].value.decode(errors="replace") if found and found.kvs else ""
+        if not is_graph_id(value):
+            raise SetupError(
+                f"{key.decode(errors='replace')} at {self.location} holds {value!r}, not a graph "
+                "id: it was written by hand or by another program; give this graph another "
+                "prefix, or delete the key to give this one a new id"
+            )
+        self.graph_id = value
 
     async def _first_list(self) -> None:
         delay = 0.05
