@@ -4,6 +4,12 @@ A connection is served by one task. Bad frames get an error reply and the
 connection goes on (the frame boundary is intact); an oversize frame gets an
 error and the connection is closed (the boundary is lost). Nothing a peer
 sends can disturb another connection.
+
+The welcome names the graph the agent serves (SPEC §11). A hello that names another (a
+client that talked to another agent at this socket before: another state dir, another
+etcd prefix) gets its welcome, then `graph_changed`, and the connection is closed before
+any request on it is read: nothing a client does after a reconnection may act on a graph
+it did not start with.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from unitsync.wire.framing import (
     decode_request,
     take_frame,
 )
+from unitsync.wire.graph_id import short
 from unitsync.wire.local import peer_of
 from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
@@ -81,7 +88,7 @@ async def serve_connection(service: Service, stream: trio.SocketStream, limits: 
     holder = Holder()
     async with stream:
         try:
-            if await _admit_peer(frames) and await _handshake(frames, limits):
+            if await _admit_peer(frames) and await _handshake(service, frames, limits):
                 await _serve_requests(service, frames, limits, holder)
         except (FrameTooLarge, Stalled) as exc:
             with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
@@ -164,16 +171,16 @@ async def _admit_peer(frames: FrameStream) -> bool:
     return False
 
 
-async def _handshake(frames: FrameStream, limits: Limits) -> bool:
+async def _handshake(service: Service, frames: FrameStream, limits: Limits) -> bool:
     with trio.move_on_after(limits.hello_timeout):
         body = await frames.receive()
         if body is None:
             return False
-        return await _greet(frames, body)
+        return await _greet(service, frames, body)
     raise Stalled(f"no hello within {limits.hello_timeout:g}s of connecting")
 
 
-async def _greet(frames: FrameStream, body: bytes) -> bool:
+async def _greet(service: Service, frames: FrameStream, body: bytes) -> bool:
     hello = _decode(body)
     if isinstance(hello, Error):  # it did not decode: say why
         await frames.send(hello)
@@ -190,7 +197,17 @@ async def _greet(frames: FrameStream, body: bytes) -> bool:
             )
         )
         return False
-    await frames.send(Welcome(PROTOCOL_VERSION, __version__, os.getpid()))
+    graph, state = service.store.graph_id, service.store.location
+    await frames.send(Welcome(PROTOCOL_VERSION, __version__, os.getpid(), graph, state))
+    if hello.graph and hello.graph != graph:
+        await frames.send(
+            Error(
+                "graph_changed",
+                f"this agent serves graph {short(graph)} (state in {state}), not graph "
+                f"{short(hello.graph)}, the one this client talked to before; nothing was done",
+            )
+        )
+        return False
     return True
 
 

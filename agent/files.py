@@ -9,7 +9,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from unitsync.wire.local import same_file
+from unitsync.wire.local import parse_lock_record, same_file
 
 
 class SetupError(Exception):
@@ -44,9 +44,10 @@ def ensure_private_dir(path: Path, elsewhere: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[int]:
-    """Hold an flock on `path` (which records our pid) for as long as the block runs; the
-    block gets the lock file's descriptor.
+def exclusive_lock(path: Path, what: str, elsewhere: str, serving: str = "") -> Iterator[int]:
+    """Hold an flock on `path` (which records our pid, and `serving`: the socket this agent
+    serves, if given) for as long as the block runs; the block gets the lock file's
+    descriptor. The pid stays alone on the first line (`kill $(head -1 lock)`).
 
     The file is removed when the lock is released, so a clean stop leaves nothing behind;
     a taker checks after locking that the file it locked is still the one at `path`
@@ -57,10 +58,13 @@ def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[int]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            record = parse_lock_record(os.pread(fd, 4096, 0).decode(errors="replace"))
             os.close(fd)
+            holder = f"pid {record.pid}" if record else "pid unknown"
+            if record and record.serving:
+                holder += f", serving the socket {record.serving}"
             raise SetupError(
-                f"another unitsync agent (pid {holder}) is already serving {what}; "
+                f"another unitsync agent ({holder}) is already serving {what}; "
                 f"stop it first, or {elsewhere}"
             ) from None
         if same_file(fd, path):
@@ -68,7 +72,8 @@ def exclusive_lock(path: Path, what: str, elsewhere: str) -> Iterator[int]:
         os.close(fd)
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        record = f"{os.getpid()}\n{serving}\n" if serving else f"{os.getpid()}\n"
+        os.pwrite(fd, record.encode(), 0)
         yield fd
     finally:
         if same_file(fd, path):  # (not if it was removed, and maybe taken anew, meanwhile)

@@ -23,6 +23,7 @@ from .journal import JournalError
 from .notify import Notifier
 from .server import AgentConfig, run_agent
 from .service import Service
+from .socket_keeper import Displaced
 
 log = logging.getLogger("unitsync.agent")
 
@@ -37,10 +38,14 @@ def main(config: AgentConfig, log_level: str = "info") -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per request to etcd
     try:
         trio.run(_until_signalled, _adopt_passed_socket(config), notifier)
-    except (SetupError, JournalError, BaseExceptionGroup) as exc:
+    except (SetupError, JournalError, Displaced, BaseExceptionGroup) as exc:
         reason = _setup_failure(exc)
         if reason is None:
             raise
+        if isinstance(reason, Displaced):  # an orderly stop, leaving the path to its holder
+            log.warning("%s", reason)
+            log.info("stopped")
+            return 0
         print(f"unitsync agent: {reason}", file=sys.stderr)
         return 1
     log.info("stopped")
@@ -51,7 +56,7 @@ def _setup_failure(exc: BaseException) -> BaseException | None:
     """The setup error inside `exc` (nurseries wrap it in groups), if that is all it is."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, SetupError | JournalError) else None
+    return exc if isinstance(exc, SetupError | JournalError | Displaced) else None
 
 
 def _adopt_passed_socket(config: AgentConfig) -> AgentConfig:

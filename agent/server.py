@@ -10,6 +10,12 @@
 Before the listeners start, a new boot is journaled (SPEC §7): nobody is served a state
 from before a workspace restart.
 
+Locks, in order: the state dir's, then the socket path's (`socket_keeper`). With socket
+activation, an agent that bound this very path itself (when the socket unit had failed)
+may still hold them: it steps aside within seconds of finding systemd's socket in its
+place, and systemd's agent waits for it, bounded (`_await_handover`), rather than fail and
+be restarted into systemd's start limit.
+
 Shutdown is cancellation of `run_agent`: accepting and connections stop first (a
 waiting `start` is told why), then the journal flushes, then the socket file goes, and
 only then does the socket stop listening (`socket_keeper`): a file that refuses
@@ -22,6 +28,7 @@ import dataclasses
 import gc
 import logging
 import math
+import os
 import platform
 import resource
 import socket
@@ -33,17 +40,27 @@ from typing import Any
 
 import trio
 
+from unitsync.wire.graph_id import short
+from unitsync.wire.local import lock_holder, read_lock_record, socket_lock_name
+from unitsync.wire.processes import is_running
+
 from .boots import boot_identity
 from .connection import refuse_busy, serve_connection
 from .holds import RECLAIM_GRACE
-from .journal import lock_state_dir
+from .journal import LOCK_NAME, lock_state_dir
 from .limits import Limits
 from .service import Service
-from .socket_keeper import SocketKeeper
+from .socket_keeper import RECHECK_INTERVAL, SocketKeeper
 from .store_config import EtcdConfig
 from .stores import RunningStore, open_store
 
 log = logging.getLogger("unitsync.agent")
+
+HANDOVER_WAIT = 3 * RECHECK_INTERVAL
+"""With socket activation, how long to wait for an agent that served this very path to step
+aside: it notices systemd's socket within RECHECK_INTERVAL and then stops in order."""
+HANDOVER_POLL = 0.1
+"""How often the lock holders are looked at meanwhile (a few dozen looks, once in a while)."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +89,9 @@ async def run_agent(
     """Serve until cancelled. Setup errors are raised before `task_status.started`."""
     # The state dir first: a second agent on it is turned away before it touches any socket.
     # Bound before the state loads: clients that connect meanwhile wait in the backlog.
+    await _await_handover(config)
     with (
-        lock_state_dir(config.state_dir) as state_lock,
+        lock_state_dir(config.state_dir, config.socket) as state_lock,
         SocketKeeper(config.socket, config.inherited) as keeper,
     ):
         async with open_store(
@@ -88,9 +106,10 @@ async def run_agent(
                 host=config.host_id or platform.node(),
             )
             log.info(
-                "listening on %s (state in %s, %d units)",
+                "listening on %s (state in %s, graph %s, %d units)",
                 config.socket,
                 store.location,
+                short(store.graph_id),
                 len(store.graph.units),
             )
             limits = _fit_to_open_file_limit(config.limits)
@@ -117,6 +136,47 @@ async def _serve(
             await trio.sleep_forever()
         finally:
             store_scope.cancel()
+
+
+async def _await_handover(config: AgentConfig) -> None:
+    """With socket activation: while an agent that served this same path holds the socket's
+    lock or the state dir's, wait for it to step aside (up to HANDOVER_WAIT); then take the
+    locks as usual, which names it if it is still there."""
+    if config.inherited is None:
+        return
+    deadline = trio.current_time() + HANDOVER_WAIT
+    told = False
+    while trio.current_time() < deadline:
+        holder = await trio.to_thread.run_sync(_agent_on_this_path, config)
+        if holder is None:
+            return
+        if not told:
+            log.info(
+                "the agent (pid %d) that served %s before systemd's socket still runs; "
+                "waiting up to %gs for it to step aside",
+                holder,
+                config.socket,
+                HANDOVER_WAIT,
+            )
+            told = True
+        await trio.sleep(HANDOVER_POLL)
+
+
+def _agent_on_this_path(config: AgentConfig) -> int | None:
+    """The pid of a live agent holding this socket path's lock, or the state dir's lock
+    while serving this same path; None if there is none."""
+    holder = lock_holder(socket_lock_name(config.socket))
+    if holder is not None and holder.pid > 0 and holder.uid == os.getuid():
+        return holder.pid
+    record = read_lock_record(config.state_dir / LOCK_NAME)
+    if (
+        record is not None
+        and record.pid != os.getpid()
+        and record.serving == str(config.socket)
+        and is_running(record.pid)  # (a crash leaves the file behind)
+    ):
+        return record.pid
+    return None
 
 
 async def _begin_boot(service: Service, boot_id: str | None) -> None:

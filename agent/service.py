@@ -88,6 +88,8 @@ class Store(Protocol):
 
     location: str
     """Where the graph is kept, for the log."""
+    graph_id: str
+    """The graph's identity (SPEC §11): made once when the graph was created, kept for good."""
 
     @property
     def applied_seq(self) -> int:
@@ -240,6 +242,7 @@ class Service:
             state_dir=str(self.state_dir or ""),
             boot=self.graph.boot,
             boot_since=self.graph.boot_since,
+            graph=self.store.graph_id,
         )
 
     async def begin_boot(self, identity: str) -> int:

@@ -120,8 +120,10 @@ def cli_client(socket: Path | None) -> Client:
 
 
 def _say_started(agent: "Autostarted") -> None:
+    why = f"{agent.because}; " if agent.because else ""
     print(
-        f"unitsync: started an agent (pid {agent.pid}) at {agent.socket}; its log: {agent.log}",
+        f"unitsync: {why}started an agent (pid {agent.pid}) at {agent.socket}; "
+        f"its log: {agent.log}",
         file=sys.stderr,
     )
 
@@ -147,7 +149,7 @@ def _change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
 
 @sync.command(usage=f"Usage: {USAGE['ping']}")
 def ping(*, socket: SocketOption = None) -> int:
-    """Check that the agent answers; print its version and uptime."""
+    """Check that the agent answers; print its version, graph and uptime."""
     from unitsync.wire.timefmt import duration as format_duration
 
     try:
@@ -155,11 +157,13 @@ def ping(*, socket: SocketOption = None) -> int:
             pong = client.ping()
     except UnitsyncError as exc:
         return _fail(exc)
+    from unitsync.wire.graph_id import short
     from unitsync.wire.timefmt import clock
 
     print(
-        f"unitsync agent {pong.agent} (pid {pong.pid}) at {pong.socket}, "
-        f"up {format_duration(pong.uptime)}, boot {pong.boot} since {clock(pong.boot_since)}"
+        f"unitsync agent {pong.agent} (pid {pong.pid}) at {pong.socket}, graph "
+        f"{short(pong.graph)}, up {format_duration(pong.uptime)}, boot {pong.boot} since "
+        f"{clock(pong.boot_since)}"
     )
     return 0
 

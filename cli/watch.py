@@ -3,6 +3,10 @@
 The live table has two threads: the watch (the main thread, where Ctrl-C lands) feeds a
 `_Board`; rich's refresh thread draws it. The board's lock is all they share, and is held
 only to apply an event or to build one frame's rows, never while waiting on the agent.
+
+A watch follows whatever graph the socket serves (SPEC §11): when a reconnection finds an
+agent of another graph (another state dir), it does not stop, but says so, in the table's
+note line (which stays) or as a `graph-changed` JSON event, before that graph's snapshot.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.client import Client, GraphChanged, UnitsyncError
+from unitsync.wire.graph_id import short
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
 from .gantt import rich_bar
@@ -53,7 +58,17 @@ def _json_lines(client: Client, unit: str | None) -> None:
             print(f"unitsync: agent unreachable, reconnecting: {exc}", file=sys.stderr)
         outage = True
 
-    for event in client.watch(unit, on_unreachable=unreachable):
+    def graph_changed(exc: GraphChanged) -> None:
+        line = {
+            "event": "graph-changed",
+            "at": time.time(),
+            "socket": str(client.path),
+            "from": {"graph": exc.expected, "state": exc.expected_state},
+            "to": {"graph": exc.found, "state": exc.found_state},
+        }
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+
+    for event in client.watch(unit, on_unreachable=unreachable, on_graph_changed=graph_changed):
         outage = False
         if isinstance(event, FullView):
             line = {"event": "snapshot", "at": event.at, "units": [plain(u) for u in event.units]}
@@ -92,6 +107,9 @@ class _Board:
         self.unit = unit
         self.units: dict[str, UnitView] = {}
         self.note = ""
+        """What the watch is going through (an outage): gone with the next event."""
+        self.graph_note = ""
+        """The graph changed under the watch: said for as long as it runs."""
         self.wait_began: dict[str, float] = {}
         """When each waiting start began to wait, as seen by this watch (for its bar)."""
         self._timeline = LiveTimeline()
@@ -157,7 +175,8 @@ class _Board:
         from rich.text import Text
 
         title = f"{self.unit} and its dependencies" if self.unit else "every unit"
-        caption = Text(self.note or "Ctrl-C to stop", no_wrap=True, overflow="ellipsis")
+        said = self.note or self.graph_note
+        caption = Text(said or "Ctrl-C to stop", no_wrap=True, overflow="ellipsis")
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
         for column in widths:
             table.add_column(column, width=widths[column], overflow="ellipsis", no_wrap=True)
@@ -183,8 +202,14 @@ def _live_table(client: Client, unit: str | None) -> None:
     def unreachable(exc: UnitsyncError) -> None:
         board.note = f"agent unreachable, reconnecting: {exc}"
 
+    def graph_changed(exc: GraphChanged) -> None:
+        board.graph_note = (
+            f"another graph since {time.strftime('%H:%M:%S')}: {short(exc.found)} (state in "
+            f"{exc.found_state}), not {short(exc.expected)} (state in {exc.expected_state})"
+        )
+
     with Live(board, refresh_per_second=REFRESHES_PER_SECOND, auto_refresh=True) as live:
-        for event in client.watch(unit, on_unreachable=unreachable):
+        for event in client.watch(unit, on_unreachable=unreachable, on_graph_changed=graph_changed):
             board.apply(event)
             if isinstance(event, FullView):  # the first frame, or one after a reconnection
                 live.refresh()

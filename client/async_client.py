@@ -18,6 +18,9 @@ a trio program runs the agent in a nursery of its own (`unitsync.agent.server.ru
 or uses one that something supervises, and an agent spawned from inside an event loop
 would outlive the nursery that should own it.
 
+A client talks to one graph, as the blocking one does (SPEC §11): a reconnection that finds
+another raises `GraphChanged` and carries out nothing (a watch may follow it instead).
+
 Resource rules: an `AsyncClient` holds at most one socket, closed by `aclose()` (or the
 `async with` block); one task uses it at a time.
 """
@@ -34,7 +37,7 @@ from typing import TypeVar
 
 import trio
 
-from unitsync.wire.errors import AgentGone, AgentUnavailable, UnitsyncError
+from unitsync.wire.errors import AgentGone, AgentUnavailable, GraphChanged, UnitsyncError
 from unitsync.wire.local import peer_of
 from unitsync.wire.paths import default_socket
 from unitsync.wire.protocol import (
@@ -61,7 +64,15 @@ from unitsync.wire.protocol import (
 )
 
 from .retry import BACKLOG_FULL_DELAYS, Backoff, asked_again, start_request
-from .session import NEED_DATA, Session, State, check_trust, failure_reason, unreachable
+from .session import (
+    NEED_DATA,
+    GraphMemory,
+    Session,
+    State,
+    check_trust,
+    failure_reason,
+    unreachable,
+)
 
 RECEIVE_SIZE = 65536
 
@@ -75,7 +86,9 @@ class AsyncClient:
         self.path = path
         self.name = name
         self._stream: trio.SocketStream | None = None
-        self._session = Session(path, name)
+        self.memory = GraphMemory()
+        """The graph of this client's first welcome: every later one must name it."""
+        self._session = Session(path, name, self.memory)
 
     @classmethod
     async def connect(cls, socket_path: str | Path | None = None) -> AsyncClient:
@@ -95,6 +108,11 @@ class AsyncClient:
             stream, self._stream = self._stream, None
             await stream.aclose()
 
+    @property
+    def graph(self) -> str:
+        """The id of the graph this client talks to (its first welcome's); "" before."""
+        return self.memory.graph
+
     # --- bytes in, bytes out ---------------------------------------------------------------
 
     async def _open(self) -> None:
@@ -109,7 +127,7 @@ class AsyncClient:
         except BaseException:
             await stream.aclose()
             raise
-        self._stream, self._session = stream, Session(self.path, self.name)
+        self._stream, self._session = stream, Session(self.path, self.name, self.memory)
 
     async def _send(self, request: Request) -> None:
         """Send on the open connection if it is between exchanges, else on a new one."""
@@ -235,11 +253,18 @@ class AsyncClient:
             raise
         await self.complete(name)
 
-    async def watch(self, unit: str | None = None) -> AsyncIterator[FullView | Changed]:
+    async def watch(
+        self,
+        unit: str | None = None,
+        *,
+        on_graph_changed: Callable[[GraphChanged], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[FullView | Changed]:
         """Every change, as it is acknowledged; starts with a full view of what is watched.
 
         Reconnects if the agent restarts (a new full view follows). The connection stays a
-        watch until the iteration ends; the next call opens another.
+        watch until the iteration ends; the next call opens another. If a reconnection
+        finds another graph, `on_graph_changed` is told and the watch goes on with that
+        graph; without it, GraphChanged is raised.
         """
         backoff = Backoff()
         connected_once = False
@@ -252,6 +277,12 @@ class AsyncClient:
                     assert isinstance(event, FullView | Changed)
                     backoff = Backoff()
                     yield event
+            except GraphChanged as exc:
+                await self.aclose()
+                if on_graph_changed is None:
+                    raise
+                await on_graph_changed(exc)
+                self.memory.adopt(exc)
             except AgentUnavailable as exc:
                 await self.aclose()
                 if not connected_once or not exc.passing:

@@ -1,17 +1,31 @@
 """Start an agent for a client that found none (SPEC §7): exactly one, however many ask at once.
 
 Who asks is `Client._connect`'s rule: a first call that finds no agent, or a client that
-lost its agent to a crash (the socket file left behind, refusing: `AgentCrashed`).
+lost its agent (to a crash at once; to a clean stop after a grace for its supervisor).
 
-    ensure_agent(socket)
+    ensure_agent(socket, patience)
     ├── the socket's folder: created 0700 if missing, and trusted as for connecting
-    └── `<socket>.autostart.lock`, an flock taken with a bounded wait: one starter at a time
-        ├── an agent answers now: another client started it; nothing to do
-        ├── we had to wait, and still none answers: that client's agent did not come up;
-        │   say so with its log, rather than start a second one to fail the same way
-        └── spawn `python -m unitsync.cli agent --socket S --state-dir D`: its own session,
-            stdin /dev/null, stdout and stderr appended to `agent.log` in the state dir;
-            then wait, bounded, for its READY=1 on a private NOTIFY_SOCKET, or its exit
+    ├── `<socket>.autostart.lock`, an flock taken with a bounded wait: one starter at a time
+    │   ├── an agent answers now: another client started it; nothing to do
+    │   ├── a live agent holds the socket's lock (it is re-creating its removed socket):
+    │   │   start nothing, wait for it below
+    │   ├── we had to wait, and still none answers: that client's agent did not come up;
+    │   │   if a live agent holds the state dir, wait for it below; else say so with the
+    │   │   log, rather than start a second one to fail the same way
+    │   └── spawn `python -m unitsync.cli agent --socket S --state-dir D`: its own session,
+    │       stdin /dev/null, stdout and stderr appended to `agent.log` in the state dir;
+    │       then wait, bounded, for its READY=1 on a private NOTIFY_SOCKET, or its exit;
+    │       if it exited because a live agent holds the socket or the state dir, wait below
+    └── (the lock released) wait, within `patience`, for that live agent to answer at the
+        socket: one that serves the state dir at ANOTHER socket is named at once instead,
+        and one that goes away meanwhile is replaced by starting again
+
+Why wait for a live agent rather than fail: an agent whose socket (or its folder) was
+removed re-creates it within seconds, and one stopping in order still holds the state dir
+for a moment; a command that came in between should be served by it, not exit 3 (issue
+19, sequence 2). Its lock on the socket is an abstract socket that tells its pid to anyone
+who connects (`wire.local.lock_holder`); the state dir's lock file records the holder's
+pid and the socket it serves, and /proc/locks says whether that lock is held.
 
 Why READY=1 rather than watching the socket: the agent binds its socket before it loads
 its journal (clients queue in the backlog meanwhile), so a socket file says nothing about
@@ -48,8 +62,17 @@ from pathlib import Path
 from typing import Literal
 
 from unitsync.wire.errors import AgentStartFailed
-from unitsync.wire.local import CREDENTIALS, Peer, notify_receiver, same_file
+from unitsync.wire.local import (
+    CREDENTIALS,
+    Peer,
+    lock_holder,
+    notify_receiver,
+    read_lock_record,
+    same_file,
+    socket_lock_name,
+)
 from unitsync.wire.paths import STATE_DIR_ENV, default_state_dir
+from unitsync.wire.processes import is_running
 
 from .session import check_trust
 
@@ -74,6 +97,15 @@ LOG_LINES_SHOWN = 6
 """The last lines of a failed agent's log quoted in the error: its reason is the last one."""
 TAIL_BYTES = 8192
 """How much of the log's end is read for those lines."""
+LIVE_AGENT_WAIT = 10.0
+"""How long a command without a timeout of its own waits for a live agent that holds the
+socket or the state dir to answer at the socket: it re-creates a removed socket within
+2 s (the agent's RECHECK_INTERVAL), so ten leaves room for a loaded machine."""
+ANSWER_DELAYS = (0.02, 0.25)
+"""First and longest pause between looks at the socket while a live agent re-creates it:
+nothing signals a file's return (inotify would need ctypes); the wait is short and rare."""
+STATE_LOCK = "lock"
+"""The state dir's lock file (`agent.journal.LOCK_NAME`)."""
 START_NOTE = "unitsync.autostart: "
 """Begins the line a client writes to the log before each agent it starts."""
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
@@ -93,6 +125,8 @@ class Autostarted:
     pid: int
     socket: Path
     log: Path
+    because: str = ""
+    """Why, when a client that had an agent started it ("the agent crashed", ...)."""
 
 
 def enabled() -> bool:
@@ -100,25 +134,117 @@ def enabled() -> bool:
     return os.environ.get(ENV, "").strip().lower() not in OFF
 
 
-def ensure_agent(path: Path) -> Autostarted | None:
-    """Make an agent listen at `path`: the one we started, or None if another client did.
+def ensure_agent(path: Path, patience: float = LIVE_AGENT_WAIT) -> Autostarted | None:
+    """Make an agent listen at `path`: the one we started, or None if another did.
 
     Raises `AgentStartFailed` (with the agent's own last words) if none comes up, and
-    `AgentUntrusted` if the socket's folder is not the user's own.
+    `AgentUntrusted` if the socket's folder is not the user's own. A live agent that holds
+    the socket or the state dir is waited for, up to `patience` seconds.
     """
     _agents[:] = [agent for agent in _agents if agent.poll() is None]
     path = path.absolute()
-    _private_folder(path)
-    with _start_lock(path.with_name(path.name + ".autostart.lock")) as waited:
+    deadline = time.monotonic() + patience
+    while True:
+        _private_folder(path)
+        state_dir = default_state_dir().absolute()
+        with _start_lock(path.with_name(path.name + ".autostart.lock")) as waited:
+            if not _nobody_listens(path):
+                return None
+            holder = _socket_holder(path)
+            if holder is None:
+                log = AgentLog(state_dir / LOG_NAME)
+                try:
+                    if waited:
+                        raise AgentStartFailed(
+                            f"another client started an agent for {path}, and it did not "
+                            f"come up{log.last_words()}"
+                        )
+                    return _start(path, log)
+                except AgentStartFailed:
+                    holder = _socket_holder(path) or _state_dir_holder(path, state_dir)
+                    if holder is None:
+                        raise
+        if _await_answer(path, holder, deadline, patience):
+            return None  # it answers (or went away: then start again)
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """A live agent that holds the socket or the state dir our agent needed."""
+
+    pid: int
+    what: str
+    """What it holds: "the socket S", "the state dir D"."""
+
+
+def _socket_holder(path: Path) -> _Holder | None:
+    """The live agent holding the socket's lock (SetupError-free: never stale)."""
+    peer = lock_holder(socket_lock_name(path))
+    if peer is None:
+        return None
+    me = os.getuid()
+    if peer.pid and peer.uid != me:
+        raise AgentStartFailed(
+            f"cannot start an agent for {path}: the lock of that socket (an abstract Unix "
+            f"socket) is held by uid {peer.uid} (pid {peer.pid}), not by you (uid {me}); it "
+            "cannot be your agent: point --socket / UNITSYNC_SOCKET at another path"
+        )
+    return _Holder(peer.pid, f"the socket {path}")
+
+
+def _state_dir_holder(path: Path, state_dir: Path) -> _Holder | None:
+    """The live agent holding the state dir's lock, from the pid and socket its lock file
+    records (and /proc/locks, so a crashed agent's file whose pid was reused misleads no
+    one); AgentStartFailed at once if it serves another socket than `path`."""
+    lock = state_dir / STATE_LOCK
+    record = read_lock_record(lock)
+    if record is None or not _flock_held(lock, record.pid):
+        return None
+    if record.serving and record.serving != str(path):
+        raise AgentStartFailed(
+            f"cannot start an agent for {path}: the state dir {state_dir} is in use by the "
+            f"agent (pid {record.pid}) serving the socket {record.serving}; point --socket / "
+            f"UNITSYNC_SOCKET at {record.serving} to use it, or {STATE_DIR_ENV} at another "
+            "state dir"
+        )
+    return _Holder(record.pid, f"the state dir {state_dir}")
+
+
+def _flock_held(lock: Path, pid: int) -> bool:
+    """Does `pid` hold an flock on file `lock`? (Without /proc/locks: is `pid` running?)"""
+    try:
+        info = os.stat(lock)
+    except OSError:
+        return False
+    try:
+        with open("/proc/locks") as locks:
+            table = locks.read()
+    except OSError:
+        return is_running(pid)
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and where in fields and str(pid) in fields:
+            return True
+    return False
+
+
+def _await_answer(path: Path, holder: _Holder, deadline: float, patience: float) -> bool:
+    """Wait until something answers at `path` (True) or the holder is gone (False: start
+    again); AgentStartFailed past `deadline`."""
+    delay, longest = ANSWER_DELAYS
+    while True:
         if not _nobody_listens(path):
-            return None
-        log = AgentLog(default_state_dir().absolute() / LOG_NAME)
-        if waited:
+            return True
+        if holder.pid and not is_running(holder.pid):
+            return False
+        if time.monotonic() + delay > deadline:
             raise AgentStartFailed(
-                f"another client started an agent for {path}, and it did not come up"
-                f"{log.last_words()}"
+                f"the agent (pid {holder.pid}) that holds {holder.what} did not answer at "
+                f"{path} within {patience:g}s; if it is stuck, stop it (`kill {holder.pid}`)"
             )
-        return _start(path, log)
+        time.sleep(delay)
+        delay = min(delay * 2, longest)
 
 
 def _start(path: Path, log: AgentLog) -> Autostarted | None:

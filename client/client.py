@@ -7,11 +7,16 @@ its timeout, with the same token, so a start the old agent acknowledged is not r
 
 A call that finds no agent at the socket starts one and goes on (`autostart.py`, SPEC §7;
 off with `UNITSYNC_AUTOSTART=0` or `autostart=False`). What had an agent and lost it (a
-waiting `start`, a watch, a held run taking itself back and reporting) starts one only if
-that agent crashed, its socket file left behind (`AgentCrashed`): there may be no next
-command to do it. An agent that stopped cleanly removed its file; then it waits for the
-agent to come back, since whoever stopped it may mean it (an upgrade, a restart by hand
-or by systemd). The rule is `_connect`'s, for every caller.
+waiting `start`, a watch, a held run taking itself back and reporting) starts one too,
+since there may be no next command to do it (SPEC §11): at once if that agent crashed,
+its socket file left behind (`AgentCrashed`); after RESTART_GRACE if it stopped cleanly
+(its file removed), so that a supervisor restarting it (systemd, a restart by hand) wins.
+The rule is `_connect`'s, for every caller.
+
+A client talks to one graph (SPEC §11): the session checks each welcome against the
+graph of the first (`session.GraphMemory`); a reconnection that finds another raises
+`GraphChanged` and nothing is carried out. A watch may follow the new graph instead
+(`on_graph_changed`).
 
 Resource rules: a `Client` holds at most one socket, opened on first use and closed
 by `close()` (or the `with` block). A call that fails half way closes it, so the next
@@ -21,6 +26,7 @@ call starts on a fresh connection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -35,6 +41,7 @@ from unitsync.wire.errors import (
     AgentGone,
     AgentUnavailable,
     DependencyFailed,
+    GraphChanged,
     NoAgent,
     Refused,
     UnitsyncError,
@@ -74,7 +81,15 @@ from .retry import (
     start_request,
     timed_out,
 )
-from .session import NEED_DATA, Session, State, check_trust, failure_reason, unreachable
+from .session import (
+    NEED_DATA,
+    GraphMemory,
+    Session,
+    State,
+    check_trust,
+    failure_reason,
+    unreachable,
+)
 
 if TYPE_CHECKING:
     from .autostart import Autostarted
@@ -84,6 +99,7 @@ __all__ = [
     "AgentUnavailable",
     "Client",
     "DependencyFailed",
+    "GraphChanged",
     "NoAgent",
     "Refused",
     "UnitsyncError",
@@ -98,6 +114,11 @@ REPLY_TIMEOUT = 30.0
 thirty seconds without one means the agent (or its disk) is stuck, and a script should
 hear so rather than hang."""
 RECEIVE_SIZE = 65536
+RESTART_GRACE = 2.0
+"""How long a client that lost a cleanly stopped agent waits before starting one itself:
+a supervisor restarts it sooner (systemd's default RestartSec is 100 ms, and the agent
+serves about 0.3 s after it is started), and its agent must win, or it would find ours
+holding the socket and the state dir. Two seconds more is all a stall costs otherwise."""
 
 R = TypeVar("R")
 
@@ -108,8 +129,10 @@ ProgressCallback = Callable[[Waiting | UnitsyncError], None]
 class Connection:
     """One socket and its session: the blocking I/O loop around `Session`."""
 
-    def __init__(self, path: Path, client: str = "python") -> None:
-        self.session = Session(path, client)
+    def __init__(
+        self, path: Path, client: str = "python", memory: GraphMemory | None = None
+    ) -> None:
+        self.session = Session(path, client, memory)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(CONNECT_TIMEOUT)
         try:
@@ -183,6 +206,11 @@ class Client:
         self.autostart = autostart
         self.on_autostart = on_autostart
         self._conn: Connection | None = None
+        self.memory = GraphMemory()
+        """The graph of this client's first welcome: every later one must name it."""
+        self._missing_since: float | None = None
+        """When the agent this client had was first found gone (cleanly stopped): the grace
+        before starting one counts from here. None while an agent answers."""
         self.holding: dict[str, Start] = {}
         """Runs this client holds (`start(hold=True)`), by unit: what `take_back` resends.
         A client holding a run had an agent: its calls start one only where that one crashed."""
@@ -197,6 +225,11 @@ class Client:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    @property
+    def graph(self) -> str:
+        """The id of the graph this client talks to (its first welcome's); "" before."""
+        return self.memory.graph
 
     # --- one request, one reply ----------------------------------------------------------
 
@@ -263,34 +296,49 @@ class Client:
         assert isinstance(reply, expect)  # the session checked the reply's type
         return reply
 
-    def _connection(self, *, lost: bool) -> Connection:
+    def _connection(self, *, lost: bool, deadline: float | None = None) -> Connection:
         """The open connection if it is between exchanges, else a new one (`_connect`)."""
         if self._conn is not None and self._conn.session.state not in (State.NEW, State.IDLE):
             self.close()  # a call given up half way: its reply must not answer the next
         if self._conn is None:
-            self._conn = self._connect(lost=lost)
+            self._conn = self._connect(lost=lost, deadline=deadline)
         return self._conn
 
-    def _connect(self, *, lost: bool) -> Connection:
-        """A new connection; if none listens, to an agent started for it (SPEC §7).
+    def _connect(self, *, lost: bool, deadline: float | None = None) -> Connection:
+        """A new connection; if none listens, to an agent started for it (SPEC §7, §11).
 
-        `lost`: the caller had an agent and lost it. It starts one only where that agent
-        crashed (`AgentCrashed`: nobody else will, and there may be no next command); one
-        that stopped cleanly is waited for, since whoever stopped it may mean it.
+        `lost`: the caller had an agent and lost it. Where that agent crashed
+        (`AgentCrashed`) it starts one at once; where it stopped cleanly, only once
+        RESTART_GRACE has passed without one coming back (the caller retries meanwhile).
+        `deadline` (a `time.monotonic()`) bounds the wait for a live agent that holds the
+        socket or the state dir (autostart's LIVE_AGENT_WAIT when None).
         """
         try:
-            return Connection(self.path, self.name)
+            conn = Connection(self.path, self.name, self.memory)
         except NoAgent as exc:
-            if self.autostart is False or (lost and not isinstance(exc, AgentCrashed)):
+            if self.autostart is False:
                 raise
-            from .autostart import enabled, ensure_agent  # the rare path pays for its imports
+            from .autostart import LIVE_AGENT_WAIT, enabled, ensure_agent  # the rare path
 
             if self.autostart is None and not enabled():
                 raise
-            started = ensure_agent(self.path)
-        if started is not None and self.on_autostart is not None:
-            self.on_autostart(started)
-        return Connection(self.path, self.name)
+            because = ""
+            if lost and not isinstance(exc, AgentCrashed):
+                now = time.monotonic()
+                if self._missing_since is None:
+                    self._missing_since = now
+                if now - self._missing_since < RESTART_GRACE:
+                    raise
+                because = f"the agent stopped and none came back within {RESTART_GRACE:g}s"
+            elif lost:
+                because = "the agent crashed"
+            patience = LIVE_AGENT_WAIT if deadline is None else _remaining(deadline) or 0.0
+            started = ensure_agent(self.path, patience)
+            if started is not None and self.on_autostart is not None:
+                self.on_autostart(dataclasses.replace(started, because=because))
+            conn = Connection(self.path, self.name, self.memory)
+        self._missing_since = None
+        return conn
 
     # --- start: wait, surviving agent restarts ---------------------------------------------
 
@@ -326,7 +374,7 @@ class Client:
         connected_once = False
         while True:
             try:
-                conn = self._connection(lost=connected_once)
+                conn = self._connection(lost=connected_once, deadline=deadline)
                 connected_once = True
                 again = asked_again(request, began)
                 started = self._wait_started(conn, again, deadline, on_progress, tick)
@@ -421,10 +469,13 @@ class Client:
         unit: str | None = None,
         *,
         on_unreachable: Callable[[UnitsyncError], None] | None = None,
+        on_graph_changed: Callable[[GraphChanged], None] | None = None,
     ) -> Iterator[FullView | Changed]:
         """Every acknowledged change, starting with a full view; reconnects if the agent restarts.
 
         A new full view follows each reconnection (and any time this client fell behind).
+        If a reconnection finds another graph, `on_graph_changed` is told and the watch
+        goes on with that graph; without it, GraphChanged is raised.
         """
         backoff = Backoff()
         connected_once = False
@@ -438,6 +489,11 @@ class Client:
                         assert isinstance(event, FullView | Changed)
                         backoff = Backoff()
                         yield event
+            except GraphChanged as exc:
+                if on_graph_changed is None:
+                    raise
+                on_graph_changed(exc)
+                self.memory.adopt(exc)
             except AgentUnavailable as exc:
                 if not connected_once or not exc.passing:
                     raise

@@ -7,6 +7,11 @@ only move bytes, so every rule of talking to the agent lives here once:
   writable by others, and the process listening must run as the user (or root), from
   SO_PEERCRED; otherwise `AgentUntrusted` and nothing is sent (`check_trust`);
 - the hello goes out with the first request, and the welcome must be the first reply;
+- one graph per client (SPEC §11): the client remembers the graph of its first welcome
+  (`GraphMemory`, shared by every session of one client); each later hello names it,
+  and a welcome naming another graph (the agent at the socket was replaced by one with
+  another state dir) ends the connection with `GraphChanged` before any reply is taken.
+  The agent carries out nothing on such a connection either (`agent.connection`);
 - each request has the replies it may get (`EXPECTED`); anything else is a breach;
 - a reply split over several frames (`more`) comes out whole;
 - an `Error` reply ends the exchange and is raised as the same exception in every client
@@ -37,11 +42,13 @@ from unitsync.wire.errors import (
     AgentGone,
     AgentUnavailable,
     AgentUntrusted,
+    GraphChanged,
     NoAgent,
     ProtocolError,
     from_reply,
 )
 from unitsync.wire.framing import decode_reply, encode, take_frame
+from unitsync.wire.graph_id import short
 from unitsync.wire.local import Peer
 from unitsync.wire.paths import private_socket_hint
 from unitsync.wire.protocol import (
@@ -158,14 +165,82 @@ def unreachable(path: Path, exc: OSError) -> AgentUnavailable:
     return AgentUnavailable(f"cannot reach the agent at {path}: {exc.strerror or exc}")
 
 
+class GraphMemory:
+    """The graph a client first talked to: remembered from its first welcome, named in every
+    later hello, and checked against every later welcome (one per client, shared by the
+    sessions of its connections)."""
+
+    def __init__(self) -> None:
+        self.graph = ""
+        """The remembered graph's id; "" before the first welcome."""
+        self.state = ""
+        """Where that graph is kept, as its agent said."""
+
+    def check(self, welcome: Welcome, path: Path, request: Request | None) -> None:
+        """Remember `welcome`'s graph if it is the first; GraphChanged if it is another."""
+        if not self.graph:
+            self.graph, self.state = welcome.graph, welcome.state
+            return
+        if welcome.graph == self.graph:
+            return
+        raise GraphChanged(
+            f"the agent at {path} now serves another graph ({short(welcome.graph)}, state in "
+            f"{welcome.state}), not the one {_what_waited(request)} ({short(self.graph)}, "
+            f"state in {self.state}); {_not_done(request)}",
+            expected=self.graph,
+            expected_state=self.state,
+            found=welcome.graph,
+            found_state=welcome.state,
+        )
+
+    def adopt(self, changed: GraphChanged) -> None:
+        """Go on with the graph found instead (a watch follows whatever the socket serves)."""
+        self.graph, self.state = changed.found, changed.found_state
+
+
+def _what_waited(request: Request | None) -> str:
+    """Who was in the first graph, as the message about a changed graph names it."""
+    match request:
+        case Start(unit=unit, again=True):
+            return f"{unit!r} was running in"
+        case Start(unit=unit):
+            return f"{unit!r} was waiting in"
+        case Complete(unit=unit) | Fail(unit=unit) | SetReason(unit=unit):
+            return f"{unit!r} was running in"
+        case Watch():
+            return "this watch began with"
+    return "this client talked to before"
+
+
+def _not_done(request: Request | None) -> str:
+    """What was not done about it: the request, named as a person would."""
+    match request:
+        case Start(unit=unit, again=True):
+            return f"not taking {unit}'s run back"
+        case Start(unit=unit):
+            return f"not starting {unit}"
+        case Complete(unit=unit):
+            return f"not completing {unit}"
+        case Fail(unit=unit):
+            return f"not failing {unit}"
+        case SetReason(unit=unit):
+            return f"not telling it what {unit} does"
+    return "nothing was sent to it"
+
+
 class Session:
     """The client's side of one connection: what to send, and what the bytes received mean."""
 
-    def __init__(self, path: Path, client: str = "python") -> None:
+    def __init__(
+        self, path: Path, client: str = "python", memory: GraphMemory | None = None
+    ) -> None:
         self.path = path
         self.client = client
+        self.memory = memory if memory is not None else GraphMemory()
+        """The client's graph: one per client, shared by its sessions."""
         self.state = State.NEW
         self.welcome: Welcome | None = None
+        self._request: Request | None = None
         self._buffer = bytearray()
         self._ended = False
         """The peer closed its side: no more bytes will come."""
@@ -184,7 +259,9 @@ class Session:
             raise RuntimeError(f"cannot send {type(request).__name__} in state {self.state.name}")
         frames = encode(request)
         if self.state is State.NEW:
-            frames = encode(Hello(PROTOCOL_VERSION, f"{self.client}/{__version__}")) + frames
+            hello = Hello(PROTOCOL_VERSION, f"{self.client}/{__version__}", self.memory.graph)
+            frames = encode(hello) + frames
+        self._request = request
         self.state = State.GREETING if self.state is State.NEW else State.AWAITING
         self._expected = EXPECTED[type(request)]
         self._received = 0
@@ -259,7 +336,13 @@ class Session:
                 raise from_reply(reply)
             if not isinstance(reply, Welcome):
                 raise self._broken(f"the agent answered {type(reply).__name__} before its welcome")
-            self.welcome, self.state = reply, State.AWAITING
+            self.welcome = reply
+            try:
+                self.memory.check(reply, self.path, self._request)
+            except GraphChanged:
+                self.state = State.CLOSED
+                raise
+            self.state = State.AWAITING
             return None
         if self.state not in (State.AWAITING, State.WATCHING):
             raise self._broken(f"the agent sent {type(reply).__name__} when nothing was asked")

@@ -34,7 +34,8 @@ from unitsync.wire.protocol import (
 )
 
 PATH = Path("/run/user/1000/unitsync/agent.sock")
-WELCOME = encode(Welcome(PROTOCOL_VERSION, "0.1.0", 42))
+GRAPH = "a1" * 16
+WELCOME = encode(Welcome(PROTOCOL_VERSION, "0.1.0", 42, GRAPH, "/home/me/.local/state/unitsync"))
 PONG = encode(Pong("0.1.0", 42, 1.0, str(PATH)))
 ME = 1000
 

@@ -23,8 +23,11 @@ exits with `exc.exit_code`.
         │                                       (never retried)
         ├── AgentBusy                           past the agent's connection cap
         ├── AgentGone                           the connection broke, or the agent is stopping
-        └── AgentUntrusted                      the socket's folder or peer is not the user's
-                                                (never retried: `passing` is False)
+        ├── AgentUntrusted                      the socket's folder or peer is not the user's
+        │                                       (never retried: `passing` is False)
+        └── GraphChanged                        the agent at the socket now serves another
+                                                graph than the one this client began with:
+                                                nothing was done (never retried)
 
 Not errors, but exit statuses of the command line all the same: 130 interrupted (Ctrl-C),
 141 its output closed early (`| head`).
@@ -171,6 +174,35 @@ class AgentUntrusted(AgentUnavailable):
     passing = False
 
 
+class GraphChanged(AgentUnavailable):
+    """A reconnection found, at the same socket, an agent serving another graph than the
+    one this client talked to first (SPEC §11): another state dir, another etcd prefix. The
+    request was not carried out, and is never retried: the units it names in the new graph
+    are not the ones the client was waiting on, so nothing it does there may count.
+
+    `expected` and `found` are the two graphs' ids; `expected_state` and `found_state` say
+    where each is kept."""
+
+    default_code = "graph_changed"
+    passing = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: str = "",
+        expected_state: str = "",
+        found: str = "",
+        found_state: str = "",
+        **kwargs: str | None,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.expected = expected
+        self.expected_state = expected_state
+        self.found = found
+        self.found_state = found_state
+
+
 _BY_CODE: dict[str, type[UnitsyncError]] = {
     "dependency_failed": DependencyFailed,
     "protocol": ProtocolError,
@@ -178,6 +210,7 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
     "busy": AgentBusy,
     "not_durable": NotDurable,
     "once_done": AlreadyDone,
+    "graph_changed": GraphChanged,
 }
 """Codes whose error is not a plain refusal; every other code is `Refused`."""
 

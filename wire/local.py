@@ -54,3 +54,61 @@ def notify_receiver(label: str) -> tuple[socket.socket, str]:
     name = f"unitsync/{label}/{os.getpid()}/{os.urandom(16).hex()}"
     sock.bind(f"\0{name}")
     return sock, f"@{name}"
+
+
+SOCKET_LOCK_PREFIX = "unitsync/socket-lock"
+"""The abstract name of the lock an agent holds on its socket path (`socket_lock_name`)."""
+LOCK_PROBE_TIMEOUT = 1.0
+"""A holder accepts (and drops) a probe at once; a connect that takes longer is past its
+backlog, which still says that someone holds the name."""
+
+
+def socket_lock_name(path: Path) -> str:
+    """The abstract-namespace name (leading NUL) an agent binds for as long as it serves
+    `path`: the user's uid and a hash of the path's real location. The kernel releases it
+    when the agent dies, and no removal of the path or its folder can take it away, which a
+    lock file beside the socket cannot promise (it goes with the folder)."""
+    import hashlib
+
+    folder = os.path.realpath(path.parent)
+    digest = hashlib.sha256(os.fsencode(os.path.join(folder, path.name))).hexdigest()[:32]
+    return f"\0{SOCKET_LOCK_PREFIX}/{os.getuid()}/{digest}"
+
+
+def lock_holder(name: str) -> Peer | None:
+    """The process that holds the abstract socket `name` (listening), or None if nobody
+    does. A holder whose backlog is full is `Peer(0, -1, -1)`: someone, unnamed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(LOCK_PROBE_TIMEOUT)
+        try:
+            probe.connect(name)
+        except ConnectionRefusedError:
+            return None
+        except OSError:  # EAGAIN, a timeout: a listener too busy to take us
+            return Peer(0, -1, -1)
+        return peer_of(probe)
+
+
+class LockRecord(NamedTuple):
+    """What an agent writes in a lock file it holds: its pid, and the socket it serves."""
+
+    pid: int
+    serving: str = ""
+
+
+def read_lock_record(path: Path) -> LockRecord | None:
+    """The record in lock file `path` (which may be stale: check the pid), or None."""
+    try:
+        with open(path, "rb") as file:
+            text = file.read(4096).decode(errors="replace")
+    except OSError:
+        return None
+    return parse_lock_record(text)
+
+
+def parse_lock_record(text: str) -> LockRecord | None:
+    """`PID` on the first line, the socket served (if recorded) on the second."""
+    lines = text.splitlines()
+    if not lines or not lines[0].strip().isdigit():
+        return None
+    return LockRecord(int(lines[0]), lines[1] if len(lines) > 1 else "")

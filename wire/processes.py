@@ -116,3 +116,9 @@ def still_runs(pid: int, ticks: int, pidns: str) -> bool | None:
         return None
     fields = _stat(pid)
     return fields is not None and fields[0] not in DEAD and int(fields[19]) == ticks
+
+
+def is_running(pid: int) -> bool:
+    """Is there a process `pid` that has not exited (a zombie has)?"""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in DEAD

@@ -17,7 +17,9 @@ from typing import Literal
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: `hello`, `welcome` and `pong` name the graph (SPEC §11); a client of version 1 is
+refused with the version message, since its hello decodes as before."""
 
 State = Literal["pending", "started", "completed", "failed"]
 
@@ -32,6 +34,9 @@ class Base(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, omit_defa
 class Hello(Base, tag="hello"):
     version: int
     client: str = ""
+    graph: str = ""
+    """The graph this client talked to before (empty on first contact): an agent serving
+    another answers its welcome, then `graph_changed`, and carries out nothing (SPEC §11)."""
 
 
 class Ping(Base, tag="ping"):
@@ -189,6 +194,10 @@ class Welcome(Base, tag="welcome"):
     agent: str
     """The agent's software version."""
     pid: int
+    graph: str
+    """The id of the graph the agent serves, made once when the graph was created."""
+    state: str
+    """Where that graph is kept: the state dir, or the etcd store's location."""
 
 
 class Pong(Base, tag="pong"):
@@ -201,6 +210,8 @@ class Pong(Base, tag="pong"):
     """The workspace's current boot (1, 2, 3...: one more at each workspace restart)."""
     boot_since: float = 0.0
     """Unix time the current boot began (its first agent start)."""
+    graph: str = ""
+    """The id of the graph the agent serves (as in its welcome)."""
 
 
 class Ok(Base, tag="ok"):
@@ -238,6 +249,7 @@ ErrorCode = Literal[
     "shutting_down",
     "busy",  # the agent cannot take more connections
     "not_durable",  # the change could not be made durable (disk full, store unreachable)
+    "graph_changed",  # the hello named another graph than the agent serves: nothing was done
 ]
 
 
