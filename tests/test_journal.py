@@ -21,6 +21,7 @@ from unitsync.agent.graph import Graph
 from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
 from unitsync.agent.records import BootImage, Known, UnitImage
 from unitsync.wire.errors import AgentGone
+from unitsync.wire.graph_id import is_graph_id
 
 GRAPH = "0123456789abcdef" * 2
 """A graph id for the files these tests write by hand."""
@@ -427,3 +428,59 @@ def test_a_state_dir_written_in_format_2_still_loads(tmp_path: Path) -> None:
     assert units["git"]["once"] and units["git"]["status"] == "completed"  # kept by boot 2
     assert units["app"]["owner"] is not None
     assert {entry["boot"] for entry in units["app"]["history"]} == {1, 2}
+
+
+def test_a_state_dir_written_in_format_3_loads_as_it_is(tmp_path: Path) -> None:
+    """Format 3 (the graph's id in the snapshot and the log header) is pinned the same way;
+    loading it rewrites neither file (the log is copied on recovery, byte for byte)."""
+    graph, expected = loaded("journal-v3", tmp_path)
+    graph_id = expected.pop("graph")
+    assert graph == expected
+    assert (FIXTURES / "journal-v3" / LOG_NAME).read_bytes() == (tmp_path / LOG_NAME).read_bytes()
+    with Journal.open(tmp_path) as journal:
+        assert journal.graph_id == graph_id
+    assert expected["units"]["git"]["once"] and expected["units"]["app"]["owner"] is not None
+
+
+@pytest.mark.parametrize("fixture", ["journal-v1", "journal-v2"])
+async def test_an_older_state_dir_takes_a_graph_id_once_and_keeps_it(
+    fixture: str, tmp_path: Path
+) -> None:
+    """A state dir written before graphs had ids takes one on its first open, durably (its
+    log is rewritten with today's header), and keeps it across restarts and compactions."""
+    _graph, _expected = loaded(fixture, tmp_path)  # the first open
+    header = logfile.read_log_header((tmp_path / LOG_NAME).read_bytes())
+    assert is_graph_id(header.graph)
+    with Journal.open(tmp_path) as journal:
+        assert journal.graph_id == header.graph  # the same after a restart
+    journal = Journal.open(tmp_path, compact_ratio=0.0, compact_min_records=1)
+    generation = journal.generation
+    await run_commands(journal, journal.graph, range(5))
+    journal.close()
+    assert journal.generation > generation  # compacted: a snapshot of format 3
+    assert (tmp_path / SNAPSHOT_NAME).read_bytes()[:4] == logfile.SNAPSHOT_MAGIC
+    for _ in range(2):
+        with Journal.open(tmp_path) as journal:
+            assert journal.graph_id == header.graph
+
+
+def test_a_new_state_dir_gets_its_own_graph_id(tmp_path: Path) -> None:
+    with Journal.open(tmp_path / "a") as a, Journal.open(tmp_path / "b") as b:
+        assert is_graph_id(a.graph_id) and is_graph_id(b.graph_id)
+        assert a.graph_id != b.graph_id
+    with Journal.open(tmp_path / "a") as again:
+        assert again.graph_id == a.graph_id
+
+
+def test_a_log_of_another_graph_than_its_snapshot_is_refused(tmp_path: Path) -> None:
+    """The two files of a state dir name one graph; a log put beside another state dir's
+    snapshot is refused before anything is changed."""
+    for name in ("snapshot.bin", "journal.log"):
+        shutil.copy(FIXTURES / "journal-v3" / name, tmp_path / name)
+    data = bytearray((tmp_path / LOG_NAME).read_bytes())
+    generation = logfile.read_log_header(bytes(data)).generation
+    data[: logfile.LOG_HEADER.size] = logfile.log_header(generation, GRAPH)
+    (tmp_path / LOG_NAME).write_bytes(bytes(data))
+    with pytest.raises(JournalError, match=f"{LOG_NAME} belongs to graph {GRAPH}, but"):
+        Journal.open(tmp_path)
+    assert (tmp_path / LOG_NAME).read_bytes() == bytes(data)
