@@ -109,7 +109,7 @@ class _Board:
         self.note = ""
         """What the watch is going through (an outage): gone with the next event."""
         self.graph_note = ""
-        """The graph changed under the watch: said for as long as it runs."""
+        """The graph changed under the watch: said below the table for as long as it runs."""
         self.wait_began: dict[str, float] = {}
         """When each waiting start began to wait, as seen by this watch (for its bar)."""
         self._timeline = LiveTimeline()
@@ -138,12 +138,16 @@ class _Board:
         from rich.text import Text
 
         with self._lock:
-            table, hidden = self._frame(options.max_width, options.size.height)
+            graph_note = self.graph_note
+            lines = options.size.height - (1 if graph_note else 0)
+            table, hidden = self._frame(options.max_width, lines)
         yield table
         if hidden:
             more = f"… and {hidden:,} more unit{'s' if hidden != 1 else ''}"
             line = f"{more}: `unitsync sync status` lists them all"
             yield Text(line, no_wrap=True, overflow="ellipsis")
+        if graph_note:  # a line of its own, as wide as the terminal: both states must show
+            yield Text(graph_note, style="bold", no_wrap=True, overflow="ellipsis")
 
     def _frame(self, cells: int, lines: int) -> tuple[Table, int]:
         now = time.time()
@@ -175,8 +179,7 @@ class _Board:
         from rich.text import Text
 
         title = f"{self.unit} and its dependencies" if self.unit else "every unit"
-        said = self.note or self.graph_note
-        caption = Text(said or "Ctrl-C to stop", no_wrap=True, overflow="ellipsis")
+        caption = Text(self.note or "Ctrl-C to stop", no_wrap=True, overflow="ellipsis")
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
         for column in widths:
             table.add_column(column, width=widths[column], overflow="ellipsis", no_wrap=True)

@@ -153,19 +153,30 @@ def ensure_agent(path: Path, patience: float = LIVE_AGENT_WAIT) -> Autostarted |
             holder = _socket_holder(path)
             if holder is None:
                 log = AgentLog(state_dir / LOG_NAME)
-                try:
-                    if waited:
+                if waited:  # another client's agent did not come up: was a live one in the way?
+                    holder = _state_dir_holder(path, state_dir)
+                    if holder is None:
                         raise AgentStartFailed(
                             f"another client started an agent for {path}, and it did not "
                             f"come up{log.last_words()}"
                         )
-                    return _start(path, log)
-                except AgentStartFailed:
-                    holder = _socket_holder(path) or _state_dir_holder(path, state_dir)
-                    if holder is None:
-                        raise
-        if _await_answer(path, holder, deadline, patience):
-            return None  # it answers (or went away: then start again)
+                else:
+                    held_before = _state_dir_holder(path, state_dir) is not None
+                    try:
+                        return _start(path, log)
+                    except AgentStartFailed:
+                        holder = _socket_holder(path) or _state_dir_holder(path, state_dir)
+                        if holder is None and not held_before:
+                            raise
+        # A live agent holds the socket or the state dir: wait for it to answer. If it has
+        # gone (an agent that was stopping in order), start one again.
+        if holder is not None and _await_answer(path, holder, deadline, patience):
+            return None
+        if time.monotonic() > deadline:
+            raise AgentStartFailed(
+                f"cannot start an agent for {path}: the agents holding its socket or the "
+                f"state dir {state_dir} kept changing for {patience:g}s"
+            )
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,17 @@ class _Holder:
     pid: int
     what: str
     """What it holds: "the socket S", "the state dir D"."""
+    lock: Path | None = None
+    """The state dir's lock file it holds; None: it holds the socket's lock."""
+    socket: Path | None = None
+
+    def holds(self) -> bool:
+        """Does it still hold what it held? (Not once it has stopped: start again then.)"""
+        if self.lock is not None:
+            return _flock_held(self.lock, self.pid)
+        assert self.socket is not None
+        peer = lock_holder(socket_lock_name(self.socket))
+        return peer is not None and peer.pid in (0, self.pid)
 
 
 def _socket_holder(path: Path) -> _Holder | None:
@@ -189,7 +211,7 @@ def _socket_holder(path: Path) -> _Holder | None:
             f"socket) is held by uid {peer.uid} (pid {peer.pid}), not by you (uid {me}); it "
             "cannot be your agent: point --socket / UNITSYNC_SOCKET at another path"
         )
-    return _Holder(peer.pid, f"the socket {path}")
+    return _Holder(peer.pid, f"the socket {path}", socket=path)
 
 
 def _state_dir_holder(path: Path, state_dir: Path) -> _Holder | None:
@@ -207,7 +229,7 @@ def _state_dir_holder(path: Path, state_dir: Path) -> _Holder | None:
             f"UNITSYNC_SOCKET at {record.serving} to use it, or {STATE_DIR_ENV} at another "
             "state dir"
         )
-    return _Holder(record.pid, f"the state dir {state_dir}")
+    return _Holder(record.pid, f"the state dir {state_dir}", lock=lock)
 
 
 def _flock_held(lock: Path, pid: int) -> bool:
@@ -236,7 +258,7 @@ def _await_answer(path: Path, holder: _Holder, deadline: float, patience: float)
     while True:
         if not _nobody_listens(path):
             return True
-        if holder.pid and not is_running(holder.pid):
+        if not holder.holds():
             return False
         if time.monotonic() + delay > deadline:
             raise AgentStartFailed(

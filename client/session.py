@@ -225,7 +225,7 @@ def _not_done(request: Request | None) -> str:
             return f"not failing {unit}"
         case SetReason(unit=unit):
             return f"not telling it what {unit} does"
-    return "nothing was sent to it"
+    return "nothing was done there"
 
 
 class Session:

@@ -22,7 +22,7 @@ import pytest
 
 from unitsync.agent.server import AgentConfig
 from unitsync.client.autostart import Autostarted
-from unitsync.client.client import Client, NoAgent
+from unitsync.client.client import RESTART_GRACE, Client, NoAgent
 
 from conftest import (
     AgentProcess,
@@ -221,30 +221,50 @@ def test_autostart_uses_the_socket_and_state_dir_it_is_given(
     assert f"at {place.socket}," in pong.out
 
 
-def test_a_wait_that_loses_its_agent_waits_and_the_next_call_starts_one(place: Place) -> None:
-    """A stopped agent may be meant to stay stopped (an upgrade): a waiting `start` does not
-    bring it back; the next command that finds no agent does, and the wait goes on."""
+def test_a_wait_that_loses_its_agent_brings_one_back_after_a_grace(place: Place) -> None:
+    """A stopped agent (SIGTERM: an upgrade, a restart by hand) is given RESTART_GRACE to be
+    restarted by whoever stopped it; then the waiting `start` starts one itself, as a new
+    command would, says so once, and goes on waiting (issue 19, sequence 7)."""
     assert run_cli("sync", "want", "app", "db").code == 0
     waiter, terminal = on_a_terminal("sync", "start", "app", "--timeout", "0", socket=place.socket)
     try:
         assert b"waiting for db" in read_until(terminal, b"waiting for db")
-        stop_agents([place.agent_pid()])
-        # Drawn only after a reconnection attempt found no agent and started none:
+        stopped = place.agent_pid()
+        stop_agents([stopped])
         seen = read_until(terminal, b"reconnecting (no agent is listening at")
-        assert b"reconnecting (no agent is listening at" in seen
-        assert len(place.starts()) == 1
+        assert b"reconnecting (no agent is listening at" in seen  # first, the grace
+        said = read_until(terminal, b"its log:")
+        assert b"the agent stopped and none came back within 2s; started an agent (pid" in said
+        assert said.count(b"started an agent") == 1
         completer = cli("sync", "complete", "db", "--force")
         _out, err = completer.communicate(timeout=LIMIT)
         assert completer.returncode == 0, err
-        assert "started an agent" in err
+        assert "started an agent" not in err  # the waiter's agent serves it
         assert b"app: started" in read_until(terminal, b"app: started")
         assert waiter.wait(timeout=LIMIT) == 0
     finally:
         os.close(terminal)
         if waiter.poll() is None:
             waiter.kill()
-    second = place.starts()[1]
-    assert f"pid {completer.pid} found no agent" in second  # not the waiter
+    [_first, second] = place.starts()
+    assert f"pid {waiter.pid} found no agent" in second
+    assert place.agent_pid() != stopped
+
+
+def test_within_the_grace_a_client_that_lost_its_agent_starts_nothing(place: Place) -> None:
+    """The grace is what lets a supervisor's restart win: a client that finds its agent
+    stopped cleanly starts none until RESTART_GRACE has passed since it first found it gone."""
+    with Client() as client:
+        client.ping()
+        stop_agents([place.agent_pid()])
+        with pytest.raises(NoAgent):
+            client._connect(lost=True)  # just now: wait
+        assert len(place.starts()) == 1
+        assert client._missing_since is not None
+        client._missing_since -= RESTART_GRACE  # as if the grace had passed
+        client._connect(lost=True).close()
+        assert len(place.starts()) == 2
+        assert client._missing_since is None
 
 
 def test_the_python_client_autostarts_unless_told_not_to(place: Place) -> None:
@@ -391,11 +411,39 @@ def test_with_autostart_off_a_crashed_agent_is_waited_for(
     assert agents_running(str(place.socket)) == []
 
 
-def test_a_stopped_agent_is_waited_for_until_someone_starts_it(
+def test_a_stopped_agent_is_brought_back_by_the_scripts_that_wait_on_it(
     place: Place, scripts: Scripts
 ) -> None:
-    """A clean stop (an upgrade, a restart by hand) is not a crash: the scripts start
-    nothing, and the agent started by hand serves them."""
+    """Issue 19, sequence 7: a clean stop no longer stalls a start-up until someone types a
+    command. After the grace, exactly one of the scripts starts an agent and says so; the
+    run takes its run back, the waiter goes on, and both end as they would have."""
+    waiter, runner = scripts.waiting("--timeout", "0"), scripts.running()
+    stopped = place.agent_pid()
+    stop_agents([stopped])
+
+    runner.says("took the run back")
+    again = place.agent_pid()
+    assert again != stopped
+    assert agents_running(str(place.socket)) == [again]
+    scripts.go.touch()
+    ran, ran_said = runner.ends()
+    assert ran == 0, ran_said
+    waited, waiter_said = waiter.ends()
+    assert waited == 0, waiter_said
+    [_first, second] = place.starts()
+    said_by = {waiter.proc.pid: waiter_said, runner.proc.pid: ran_said}
+    starter = next(pid for pid in said_by if f"pid {pid} found no agent" in second)
+    told = "the agent stopped and none came back within 2s; started an agent"
+    assert said_by[starter].count(told) == 1
+    assert all(told not in said for pid, said in said_by.items() if pid != starter)
+
+
+def test_with_autostart_off_a_stopped_agent_is_waited_for_until_someone_starts_it(
+    place: Place, scripts: Scripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With UNITSYNC_AUTOSTART=0 the scripts start nothing, as before: the agent started by
+    hand serves them."""
+    monkeypatch.setenv("UNITSYNC_AUTOSTART", "0")
     waiter, terminal = on_a_terminal("sync", "start", "app", "--timeout", "0", socket=place.socket)
     try:
         assert b"waiting for db" in read_until(terminal, b"waiting for db")
@@ -408,6 +456,7 @@ def test_a_stopped_agent_is_waited_for_until_someone_starts_it(
         no_agent = b"reconnecting (no agent is listening at"
         seen = read_until(terminal, no_agent) + read_until(terminal, no_agent)
         assert seen.count(no_agent) >= 2, seen
+        time.sleep(RESTART_GRACE)  # past the grace too: still nothing started
         assert agents_running(str(place.socket)) == []
         assert len(place.starts()) == 1
 

@@ -13,17 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.client.session import NEED_DATA, Session, State, check_trust
-from unitsync.wire.errors import AgentBusy, AgentGone, AgentUntrusted, DependencyFailed
+from unitsync.client.session import NEED_DATA, GraphMemory, Session, State, check_trust
+from unitsync.wire.errors import (
+    AgentBusy,
+    AgentGone,
+    AgentUntrusted,
+    DependencyFailed,
+    GraphChanged,
+)
 from unitsync.wire.framing import decode_request, encode, take_frame
 from unitsync.wire.local import Peer
 from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
+    Complete,
     Error,
     Hello,
     Ok,
     Ping,
     Pong,
+    Request,
     Start,
     Status,
     StatusReply,
@@ -115,6 +123,63 @@ def test_an_error_reply_is_raised_as_its_error_and_ends_the_exchange() -> None:
         session.next_event()
     assert caught.value.exit_code == 4
     assert session.state is State.IDLE  # the connection may carry the next request
+
+
+# --- one graph per client (SPEC §11) ------------------------------------------------------------
+
+
+def test_a_client_names_the_graph_of_its_first_welcome_in_every_later_hello() -> None:
+    memory = GraphMemory()
+    first = Session(PATH, memory=memory)
+    [hello, _ping] = sent(first.send(Ping()))
+    assert hello.graph == ""  # type: ignore[attr-defined]  # first contact
+    first.receive_data(WELCOME + PONG)
+    assert isinstance(first.next_event(), Pong)
+    assert (memory.graph, memory.state) == (GRAPH, "/home/me/.local/state/unitsync")
+    [again, _ping] = sent(Session(PATH, memory=memory).send(Ping()))
+    assert again.graph == GRAPH  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("request_", "said"),
+    [
+        (
+            Start("app"),
+            "not the one 'app' was waiting in (a1a1a1a1, state in D1); not starting app",
+        ),
+        (
+            Start("svc", again=True),
+            "not the one 'svc' was running in (a1a1a1a1, state in D1); not taking svc's run back",
+        ),
+        (
+            Complete("svc"),
+            "not the one 'svc' was running in (a1a1a1a1, state in D1); not completing svc",
+        ),
+        (
+            Ping(),
+            "not the one this client talked to before (a1a1a1a1, state in D1); "
+            "nothing was done there",
+        ),
+    ],
+)
+def test_a_welcome_from_another_graph_ends_the_connection_naming_both(
+    request_: Request, said: str
+) -> None:
+    memory = GraphMemory()
+    memory.graph, memory.state = GRAPH, "D1"
+    session = Session(PATH, memory=memory)
+    session.send(request_)
+    other = "b2" * 16
+    session.receive_data(encode(Welcome(PROTOCOL_VERSION, "0.1.0", 43, other, "D2")) + PONG)
+    with pytest.raises(GraphChanged) as caught:
+        session.next_event()
+    assert str(caught.value) == (
+        f"the agent at {PATH} now serves another graph (b2b2b2b2, state in D2), {said}"
+    )
+    assert caught.value.exit_code == 3 and not caught.value.passing  # never retried
+    assert (caught.value.expected, caught.value.found) == (GRAPH, other)
+    assert session.state is State.CLOSED  # no reply of the other graph is ever taken
+    assert memory.graph == GRAPH  # still the client's graph
 
 
 # --- breaches: the session ends, saying what happened ------------------------------------------
