@@ -168,7 +168,7 @@ class Journal:
         self._flushed = trio.Event()
         self._broken: JournalError | None = None
         self._changes: Changes | None = None
-        self.location = str(state_dir)
+        self.location = str(state_dir.absolute())
         self.shared = False
         """One agent's own graph: a boot is one of its records (`records.Boot`)."""
         self.fsyncs = 0

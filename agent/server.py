@@ -91,7 +91,7 @@ async def run_agent(
     # Bound before the state loads: clients that connect meanwhile wait in the backlog.
     await _await_handover(config)
     with (
-        lock_state_dir(config.state_dir, config.socket) as state_lock,
+        lock_state_dir(config.state_dir, config.socket.absolute()) as state_lock,
         SocketKeeper(config.socket, config.inherited) as keeper,
     ):
         async with open_store(
@@ -172,7 +172,7 @@ def _agent_on_this_path(config: AgentConfig) -> int | None:
     if (
         record is not None
         and record.pid != os.getpid()
-        and record.serving == str(config.socket)
+        and record.serving == str(config.socket.absolute())
         and is_running(record.pid)  # (a crash leaves the file behind)
     ):
         return record.pid

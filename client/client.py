@@ -213,7 +213,8 @@ class Client:
         before starting one counts from here. None while an agent answers."""
         self.holding: dict[str, Start] = {}
         """Runs this client holds (`start(hold=True)`), by unit: what `take_back` resends.
-        A client holding a run had an agent: its calls start one only where that one crashed."""
+        A client holding a run had an agent: its calls start one as a client that lost its
+        agent does (`_connect`)."""
 
     def __enter__(self) -> Client:
         return self

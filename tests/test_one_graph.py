@@ -313,7 +313,7 @@ def test_autostart_names_the_socket_the_state_dirs_agent_serves(
 
 
 def test_autostart_waits_for_the_state_dirs_agent_and_starts_one_once_it_has_gone(
-    short_tmp: Path, autostart: None, monkeypatch: pytest.MonkeyPatch
+    short_tmp: Path, agents: list[AgentProcess], autostart: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An agent stopping in order still holds the state dir for a moment: the agent started
     meanwhile exits, and the command waits (within its own timeout) for the state dir's
@@ -343,7 +343,6 @@ def test_autostart_waits_for_the_state_dirs_agent_and_starts_one_once_it_has_gon
     assert command.returncode == 0, err
     assert "db: started" in err
     assert err.count("started an agent") == 1
-    stop_agents(agents_running(str(socket_path)))
 
 
 def test_an_agent_leaves_its_path_to_another_listener_and_stops_in_order(
