@@ -23,6 +23,7 @@ from unitsync.wire.timefmt import timestamp
 from .machine import (
     COMPLETE,
     FAIL,
+    FORCED_RESET_REASON,
     FORGET,
     OWNER_GONE,
     RESET,
@@ -388,21 +389,31 @@ class Graph:
         unit = self.units.get(name)
         alive = owner_alive(name) if unit is not None and unit.owner is not None else True
         overrides = self._owner_overrides(unit, alive, "force" if force else None)
-        return self._move(name, RESET, overrides, now, owner_alive=alive)
+        result = self._decide(name, RESET, overrides, alive)
+        return self._move(name, RESET, overrides, now, reason=_reset_reason(result, overrides))
 
     def reset_all(
-        self, now: float, *, force: bool = False, owner_alive: OwnerAlive = _owners_run
+        self,
+        now: float,
+        *,
+        force: bool = False,
+        owner_alive: OwnerAlive = _owners_run,
+        only_failed: bool = False,
     ) -> tuple[list[Record], list[str]]:
-        """`reset --all`, in one change: every unit moves as `reset UNIT` would, and those it
-        would refuse (a run whose owner still runs) are left alone; also their names."""
+        """`reset --all` (`--failed`: of the failed units only), in one change: every unit
+        moves as `reset UNIT` would, and those it would refuse (a run whose owner still
+        runs) are left alone; also their names."""
         moves: list[Record] = []
         left_alone = []
         for each, unit in self.units.items():
+            if only_failed and unit.status != "failed":
+                continue
             alive = owner_alive(each) if unit.owner is not None else True
             overrides = self._owner_overrides(unit, alive, "force" if force else None)
             result = outcome(unit.status, RESET, frozenset(overrides))
             if isinstance(result, Go):
-                moves.append(Move(each, result.to, now, result.reason, boot=self.boot))
+                why = _reset_reason(result, overrides)
+                moves.append(Move(each, result.to, now, why, boot=self.boot))
             elif isinstance(result, Refuse):
                 left_alone.append(each)
         return self._applied(moves), left_alone
@@ -580,6 +591,14 @@ def _check_reason(name: str, reason: str) -> None:
             "(put long logs in a file and name the file)",
             unit=name,
         )
+
+
+def _reset_reason(result: Go | Stay | Drop, overrides: set[str]) -> str | None:
+    """A reset that took a run whose owner still runs says so in the unit's history (None:
+    the table's reason)."""
+    if isinstance(result, Go) and overrides == {"force"}:
+        return FORCED_RESET_REASON
+    return result.reason if isinstance(result, Go) else None
 
 
 def _still(owner: OwnerRecord, owner_alive: bool | None) -> str:

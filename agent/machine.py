@@ -112,6 +112,8 @@ FORCE_OR_NO_LIVE_OWNER = ("force", OWNER_GONE, NO_OWNER)
 """`reset` of a unit in a run: `--force`, or no owner is known to run it (SPEC §11)."""
 FORCED = "forced"
 RESET_REASON = "reset"
+FORCED_RESET_REASON = "reset --force"
+"""The reason of a reset that took a run whose owner still runs (and superseded it)."""
 
 MOVES: dict[tuple[Status, Command], Outcome] = {
     (None, START): Go("started"),

@@ -170,6 +170,8 @@ def test_every_move_of_the_table_is_what_the_graph_does(
     assert unit.status == expected.to
     if OWNER_GONE in facts and not override and expected.reason == "new run":
         assert unit.reason.startswith("new run: its previous owner, `unitsync sync run` (pid")
+    elif command is Command.RESET and override and not facts:  # it took a live run
+        assert unit.reason == "reset --force"
     else:
         assert unit.reason == expected.reason
     assert unit.history[-1].from_ == (status or "pending")
@@ -1267,7 +1269,9 @@ class GraphMachine(RuleBasedStateMachine):
             return  # no run to report on
         self.expect(
             None,
-            lambda: self.graph.complete(unit, False, self.now(), keep_owner=True, token=found.token),
+            lambda: self.graph.complete(
+                unit, False, self.now(), keep_owner=True, token=found.token
+            ),
         )
         if found.status != "completed":
             self.model.move(unit, "completed", self.clock, "", owner=found.owner)
@@ -1364,7 +1368,9 @@ class GraphMachine(RuleBasedStateMachine):
         changes = [n for n in names if m.status(n) != "pending" and not left_alone(n)]
         assert bool(result) == bool(changes)
         for name in changes:
-            m.move(name, "pending", self.clock, "reset")
+            found = m.units[name]
+            took_a_live_run = found.status in ("started", "completed") and found.owner_lives
+            m.move(name, "pending", self.clock, "reset --force" if took_a_live_run else "reset")
 
     @rule(unit=NAMES)
     def forget(self, unit: str) -> None:
