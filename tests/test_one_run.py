@@ -33,6 +33,7 @@ from unitsync.wire.processes import owner
 from unitsync.wire.protocol import Order
 
 from conftest import AgentProcess, run_cli, sock
+from etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60.0
 """Bounds every wait, so that a broken build fails instead of hanging; never asserted."""
@@ -523,3 +524,33 @@ def _held_and_superseded(socket: Path) -> None:
         assert fd is not None and select.select([fd], [], [], LIMIT)[0]
         assert [order.what for order in holder.take_orders()] == ["supersede"]
         assert holder.ping().pid == os.getpid()  # the same connection, still serving
+
+
+# --- one graph across hosts --------------------------------------------------------------------
+
+
+def test_a_rerun_on_another_host_supersedes_the_run_held_here(
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
+) -> None:
+    """It is the applied change that supersedes, whichever agent made it: a `--rerun` on
+    host B reaches the `run` holding the unit through host A's agent (SPEC §10, §11)."""
+    url = etcd.url("one-run")
+    host_a = etcd_agents(url, "--host-id", "host-a")
+    host_b = etcd_agents(url, "--host-id", "host-b")
+    with cleaned_up("sleep 6031", "sleep 6032"):
+        first = spawn_run(host_a.socket, "svc", "--ready-log", "ready", "--", *service(6031))
+        wait_for(lambda: owned_by(host_b.socket, "svc", first.pid), "host B to see svc ready")
+        refused = host_b.cli("run", "svc", "--ready-log", "ready", "--", *service(6032))
+        assert refused.returncode == 1
+        assert f"`unitsync sync run` (pid {first.pid}," in refused.stderr
+        assert "the agent cannot tell whether it still runs" in refused.stderr  # not guessed
+        second = spawn_run(
+            host_b.socket, "svc", "--rerun", "--ready-log", "ready", "--", *service(6032)
+        )
+        _out, err = first.communicate(timeout=LIMIT)
+        assert first.returncode == 0, err
+        assert f"svc: superseded by a new run (pid {second.pid}); stopping\n" in err
+        assert copies("sleep 6031") == []
+        wait_for(lambda: owned_by(host_a.socket, "svc", second.pid), "host A to see the new run")
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=LIMIT)
