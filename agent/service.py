@@ -248,8 +248,13 @@ class Service:
             return  # it ended otherwise meanwhile, or the change was refused and undone
         self.holds.release(name)
         self._remember_superseded(token, by)
-        log.info("%s: its run (token %s) was superseded by %s; telling its `run`", name, token, by)
         holder = held[1]
+        told = (
+            "telling its `run` to stop its command"
+            if holder is not None
+            else "its `run` is told when it comes back"
+        )
+        log.info("%s: its run was superseded by %s; %s", name, by, told)
         if holder is not None:
             holder.push(Order(name, "supersede", token, by))
         self._shown_changed(name)  # its owner's hold is gone
@@ -265,11 +270,9 @@ class Service:
         by, logged = self.superseded.get(token, ("a newer run", False))
         if not logged:
             log.info(
-                "%s: ignored %s from a superseded run (token %s, superseded by %s); "
-                "reports of that run change nothing",
+                "%s: ignored %s from a run superseded by %s: nothing that run reports counts",
                 name,
                 what,
-                token,
                 by,
             )
             self._remember_superseded(token, by, logged=True)

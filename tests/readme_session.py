@@ -43,6 +43,7 @@ NORMALISE = [
     (re.compile(r"\b\d{10}(\.\d+)?\b"), "<unix time>"),
     (re.compile(r"\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+(\.\d+)?(ms|s)\b"), "<duration>"),
     (re.compile(r"\bpid \d+"), "pid <n>"),
+    (re.compile(r"`kill \d+`"), "`kill <n>`"),  # a refusal's way out names the pid to stop
     (re.compile(r"(?:/[\w.@+-]+)+/agent\.sock"), "<socket>"),
     (re.compile(r"(?:/[\w.@+-]+)+/agent\.log"), "<agent log>"),
     (re.compile(r"(?:/[\w.@+-]+)+/unitsync(?=[ ,)]|$)"), "<state dir>"),

@@ -481,10 +481,12 @@ def test_a_held_run_is_pushed_an_order_when_superseded(agent_process: AgentProce
         assert order == Order("svc", "supersede", token, "a new run")
         reply = holder.complete("svc")  # sent with the held run's token: changes nothing
         assert "superseded" in reply.message
+        holder.fail("svc", "exited with status 1")
         assert units(s)["svc"]["status"] == "started"
     log = agent_process.stop()[1]
-    assert f"svc: its run (token {token}) was superseded by a new run; telling its `run`" in log
-    assert log.count(f"from a superseded run (token {token}") == 1  # logged once per run
+    assert "svc: its run was superseded by a new run; telling its `run` to stop its command" in log
+    assert "svc: ignored its end from a run superseded by a new run" in log
+    assert log.count("svc: ignored") == 1  # logged once per run, not per report
 
 
 def test_taking_back_a_superseded_run_is_refused_as_superseded(
