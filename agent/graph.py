@@ -99,8 +99,9 @@ class Unit:
     status: State = "pending"
     reason: str = ""
     token: str = ""
-    """The token of the current run: that of the `start` that began it; none once the unit
-    is pending (no run). A report carrying another token is a superseded run's."""
+    """The token of the current run: that of the `start` that began it. A report carrying
+    another token is a superseded run's; so is every report once the unit is pending (it
+    has no run then: the token left is its last run's)."""
     deps: dict[str, None] = field(default_factory=dict)
     """Units this one wants, in declaration order (a dict used as an ordered set)."""
     dependents: set[str] = field(default_factory=set)
@@ -150,8 +151,6 @@ class Graph:
             unit.owner = record.owner
             if record.to == "started":
                 unit.token, unit.host = record.token, record.host
-            elif record.to == "pending":
-                unit.token = ""  # no run: whatever ran before is superseded
         elif kind is Edge:
             self.units[record.unit].deps[record.dep] = None
             self.units[record.dep].dependents.add(record.unit)
@@ -198,12 +197,11 @@ class Graph:
                     boot.at, unit.status, "pending", WORKSPACE_RESTARTED, None, boot.number
                 )
             )
-            unit.status, unit.since, unit.reason, unit.owner, unit.token = (
+            unit.status, unit.since, unit.reason, unit.owner = (
                 "pending",
                 boot.at,
                 WORKSPACE_RESTARTED,
                 None,
-                "",
             )
 
     # --- commands ------------------------------------------------------------------------
@@ -425,13 +423,14 @@ class Graph:
         return _refusal_message(name, unit, Refuse("in_use"), owner_alive, RESET)
 
     def superseded(self, name: str, token: str) -> bool:
-        """Is `token` (a report's) another run's than `name`'s current one? Reports with no
-        token (a script's `complete`, an operator's `fail`) are the unit's own."""
+        """Is `token` (a report's) another run's than `name`'s current one (a pending unit has
+        none)? Reports with no token (a script's `complete`, an operator's `fail`) are the
+        unit's own."""
         check_name(name)
         if not token:
             return False
         unit = self.units.get(name)
-        return unit is None or unit.token != token
+        return unit is None or unit.token != token or unit.status == "pending"
 
     def forget(self, name: str, now: float) -> list[Record]:
         """Remove a unit nobody wants, with its history (typos must not live forever)."""

@@ -243,8 +243,7 @@ class Service:
         """A durable change replaced the held run `token` of `name`: end its hold, tell its
         `run` (now, or when it comes back after a restart), and ignore its reports."""
         held = self.holds.held(name)
-        unit = self.graph.units.get(name)
-        if held is None or held[0] != token or (unit is not None and unit.token == token):
+        if held is None or held[0] != token or not self.graph.superseded(name, token):
             return  # it ended otherwise meanwhile, or the change was refused and undone
         self.holds.release(name)
         self._remember_superseded(token, by)
@@ -556,7 +555,7 @@ class Service:
             return same_run
         if request.again:
             unit = graph.units.get(name)
-            if unit is None or unit.token != request.token:  # a newer run, or a reset
+            if unit is None or graph.superseded(name, request.token):  # a newer run, a reset
                 by = self.superseded.get(request.token, ("a newer run", False))[0]
                 raise Superseded(
                     f"{name}: the run this `run` held was superseded by {by} while the agent "

@@ -1052,14 +1052,25 @@ class Model:
         unit.history.append((at, unit.status, to, reason, waited))
         unit.status, unit.since, unit.reason = to, at, reason
         unit.owner = owner
-        if to == "pending":  # no run: whatever ran is superseded
-            self.end_run(name)
 
-    def end_run(self, name: str) -> None:
+    def new_run(self, name: str, token: str) -> None:
         unit = self.units[name]
         if unit.token:
             unit.old_tokens.append(unit.token)
-        unit.token = ""
+        unit.token = token
+
+    def current_token(self, name: str) -> str:
+        """The token of the unit's current run ("" if it has none: pending, or never ran)."""
+        unit = self.units.get(name)
+        return unit.token if unit is not None and unit.status != "pending" else ""
+
+    def stale_tokens(self, name: str) -> list[str]:
+        """Tokens of its runs that are not current: earlier ones, and a pending unit's last."""
+        unit = self.units.get(name)
+        if unit is None:
+            return []
+        last = [unit.token] if unit.status == "pending" and unit.token else []
+        return unit.old_tokens + last
 
     def status(self, name: str) -> str | None:
         return self.units[name].status if name in self.units else None
@@ -1247,9 +1258,8 @@ class GraphMachine(RuleBasedStateMachine):
                     reason = GONE_REASON
                 else:
                     reason = "new run"
-                m.end_run(unit)
                 m.move(unit, "started", now, reason, now - admitted, "runs" if owned else None)
-                m.units[unit].token = token
+                m.new_run(unit, token)
         self.waiters.remove((unit, rerun, admitted))
 
     @rule(unit=st.sampled_from(VALID), says=st.sampled_from(sorted(OWNER_SAYS)))
@@ -1265,13 +1275,12 @@ class GraphMachine(RuleBasedStateMachine):
         """The `run` of a unit's current run says its service is ready: completed, and the
         run goes on owning it."""
         found = self.model.units.get(unit)
-        if found is None or not found.token:
+        token = self.model.current_token(unit)
+        if found is None or not token:
             return  # no run to report on
         self.expect(
             None,
-            lambda: self.graph.complete(
-                unit, False, self.now(), keep_owner=True, token=found.token
-            ),
+            lambda: self.graph.complete(unit, False, self.now(), keep_owner=True, token=token),
         )
         if found.status != "completed":
             self.model.move(unit, "completed", self.clock, "", owner=found.owner)
@@ -1279,19 +1288,19 @@ class GraphMachine(RuleBasedStateMachine):
     @rule(
         unit=NAMES,
         kind=st.sampled_from(["complete", "ready", "fail", "reason"]),
-        token=st.sampled_from(["old", "never issued"]),
+        pick=st.integers(0, 7),
     )
-    def superseded_report(self, unit: str, kind: str, token: str) -> None:
+    def superseded_report(self, unit: str, kind: str, pick: int) -> None:
         """A report carrying a token that is not the unit's current run's (an earlier run's,
-        or one never issued): it changes nothing, in every state."""
-        found = self.model.units.get(unit)
-        stale = found.old_tokens[-1] if token == "old" and found and found.old_tokens else "x"
+        a pending unit's last, or one never issued): it changes nothing, in every state."""
+        stale = [*self.model.stale_tokens(unit), "never issued"]
+        token = stale[pick % len(stale)]
         now = self.now()
         report = {
-            "complete": lambda: self.graph.complete(unit, False, now, token=stale),
-            "ready": lambda: self.graph.complete(unit, False, now, keep_owner=True, token=stale),
-            "fail": lambda: self.graph.fail(unit, "boom", now, token=stale),
-            "reason": lambda: self.graph.set_reason(unit, "booting", token=stale),
+            "complete": lambda: self.graph.complete(unit, False, now, token=token),
+            "ready": lambda: self.graph.complete(unit, False, now, keep_owner=True, token=token),
+            "fail": lambda: self.graph.fail(unit, "boom", now, token=token),
+            "reason": lambda: self.graph.set_reason(unit, "booting", token=token),
         }[kind]
         before, images = state(self.graph), list(self.graph.images())
         result = self.expect("invalid" if invalid(unit) else None, report)
@@ -1328,8 +1337,7 @@ class GraphMachine(RuleBasedStateMachine):
             code = "unknown_unit"
         else:
             code = None
-        found = self.model.units.get(unit)
-        token = found.token if current and found is not None else ""
+        token = self.model.current_token(unit) if current else ""
         self.expect(code, self.graph.fail, unit, reason, self.now(), force, token=token)
         if code is None:
             self.model.know(unit, self.clock)
