@@ -447,6 +447,7 @@ class Service:
             return records
 
         records = await self.commit(decide, None if name is None else [name])
+        left_alone.sort()  # (in the order people look for them, not the graph's)
         count = sum(isinstance(r, Move) for r in records)
         what = request.unit or ("every failed unit" if request.failed else "every unit")
         message = f"reset {what} ({count} changed)"
