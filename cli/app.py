@@ -187,7 +187,9 @@ def start(
     rerun: Annotated[
         bool,
         Parameter(
-            negative=(), help="Start a new run even if UNIT is started (or a done one-time unit)."
+            negative=(),
+            help="Start a new run even if UNIT's run goes on (a `run` owning it then stops its "
+            "command), or if it is a done one-time unit.",
         ),
     ] = False,
     once: OnceOption = False,
