@@ -264,6 +264,19 @@ class Service:
         while len(self.superseded) > SUPERSEDED_KEPT:
             self.superseded.popitem(last=False)
 
+    async def _report(self, name: str, token: str, decide: Decide) -> tuple[list[Record], bool]:
+        """Commit a run's report (`decide`: the graph ignores a superseded run's); its records,
+        and whether it came from a superseded run (decided with the change, in one step)."""
+        superseded = False
+
+        def checked() -> list[Record]:
+            nonlocal superseded
+            superseded = self.graph.superseded(name, token)
+            return decide()
+
+        records = await self.commit(checked, [name])
+        return records, superseded
+
     def _ignored(self, name: str, token: str, what: str) -> Ok:
         """The reply to a superseded run's report, which changed nothing; logged once per run."""
         by, logged = self.superseded.get(token, ("a newer run", False))
@@ -365,16 +378,13 @@ class Service:
         held = holder is not None and name in holder.units
         # A ready service's `run` goes on holding its run; any other report ends the hold.
         keep = request.hold and held
-        superseded = False
-
-        def decide() -> list[Record]:
-            nonlocal superseded
-            superseded = graph.superseded(name, token)
-            return graph.complete(
+        records, superseded = await self._report(
+            name,
+            token,
+            lambda: graph.complete(
                 name, request.force, self.clock(), once=request.once, keep_owner=keep, token=token
-            )
-
-        records = await self.commit(decide, [name])
+            ),
+        )
         if superseded:
             return self._ignored(name, token, "its readiness" if request.hold else "its end")
         if held and not keep:
@@ -384,14 +394,11 @@ class Service:
 
     async def fail(self, request: Fail, holder: Holder | None = None) -> Ok:
         graph, name, token = self.graph, request.unit, request.token
-        superseded = False
-
-        def decide() -> list[Record]:
-            nonlocal superseded
-            superseded = graph.superseded(name, token)
-            return graph.fail(name, request.reason, self.clock(), request.force, token=token)
-
-        await self.commit(decide, [name])
+        _records, superseded = await self._report(
+            name,
+            token,
+            lambda: graph.fail(name, request.reason, self.clock(), request.force, token=token),
+        )
         if superseded:
             return self._ignored(name, token, f"its end ({request.reason})")
         if holder is not None and name in holder.units:
@@ -419,14 +426,9 @@ class Service:
 
     async def set_reason(self, request: SetReason) -> Ok:
         graph, name, token = self.graph, request.unit, request.token
-        superseded = False
-
-        def decide() -> list[Record]:
-            nonlocal superseded
-            superseded = graph.superseded(name, token)
-            return graph.set_reason(name, request.reason, token)
-
-        await self.commit(decide, [name])
+        _records, superseded = await self._report(
+            name, token, lambda: graph.set_reason(name, request.reason, token)
+        )
         if superseded:
             return self._ignored(name, token, f"its status ({request.reason})")
         return Ok(unit=name)

@@ -46,9 +46,9 @@ from .say import say
 from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
 
 EXIT_SUPERSEDED = 0
-"""`run`'s status once a newer run superseded its run and it stopped its command: as for
-systemd's `stop` (and unitsync's own `sync stop`), the command ended because it was asked
-to, not because it failed; nothing failed, and what the unit becomes is the newer run's."""
+"""`run`'s status once a newer run superseded its run and it stopped its command: as after
+systemd's `stop`, the command ended because it was asked to, not because it failed; and what
+the unit becomes is the newer run's business, not this one's."""
 DEFAULT_INTERVAL = 1.0
 """How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
 for the cost of one short process a second while it starts."""
@@ -237,7 +237,8 @@ class UnitAgent:
     def ready(self, how: str) -> None:
         # A ready service's `run` goes on holding the unit: if it dies now, the unit fails.
         self._tell("is ready", lambda: self.client.complete(self.unit, hold=True))
-        say(f"{self.unit}: ready ({how})")
+        if not self.superseded:  # (told so in the same breath: it is being stopped)
+            say(f"{self.unit}: ready ({how})")
 
     def status(self, text: str) -> None:
         self._tell("says what it is doing", lambda: self.client.set_reason(self.unit, text))
