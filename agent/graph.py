@@ -480,9 +480,8 @@ class Graph:
         reason: str | None = None,
         owner: OwnerRecord | None = None,
         host: str = "",
-        owner_alive: bool | None = True,
     ) -> list[Record]:
-        result = self._decide(name, command, overrides, owner_alive)
+        result = self._decide(name, command, overrides)
         records = self._known(name, now)
         if isinstance(result, Go):
             why = result.reason if reason is None else reason

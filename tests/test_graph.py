@@ -1351,34 +1351,54 @@ class GraphMachine(RuleBasedStateMachine):
             self.model.know(unit, self.clock)
             self.model.move(unit, "failed", self.clock, f"flap {i}")
 
-    @rule(unit=st.none() | NAMES, force=st.booleans())
-    def reset(self, unit: str | None, force: bool) -> None:
+    def left_alone(self, name: str, force: bool) -> bool:
+        """`reset` leaves a run alone while its owner lives (or cannot be seen), unless forced."""
+        found = self.model.units[name]
+        return not force and found.status in ("started", "completed") and found.owner_lives
+
+    def reset_in_model(self, names: list[str], force: bool) -> None:
         m = self.model
-
-        def left_alone(name: str) -> bool:
+        for name in names:
             found = m.units[name]
-            return not force and found.status in ("started", "completed") and found.owner_lives
+            took_a_live_run = found.status in ("started", "completed") and found.owner_lives
+            m.move(name, "pending", self.clock, "reset --force" if took_a_live_run else "reset")
 
-        if unit is not None and invalid(unit):
+    @rule(unit=NAMES, force=st.booleans())
+    def reset(self, unit: str, force: bool) -> None:
+        m = self.model
+        if invalid(unit):
             code = "invalid"
-        elif unit is not None and m.status(unit) is None:
+        elif m.status(unit) is None:
             code = "unknown_unit"
-        elif unit is not None and left_alone(unit):
+        elif self.left_alone(unit, force):
             code = "in_use"
         else:
             code = None
         result = self.expect(
             code, self.graph.reset, unit, self.now(), force=force, owner_alive=self.owner_alive
         )
-        if code is not None:
-            return
-        names = list(m.units) if unit is None else [unit]
-        changes = [n for n in names if m.status(n) != "pending" and not left_alone(n)]
-        assert bool(result) == bool(changes)
-        for name in changes:
-            found = m.units[name]
-            took_a_live_run = found.status in ("started", "completed") and found.owner_lives
-            m.move(name, "pending", self.clock, "reset --force" if took_a_live_run else "reset")
+        if code is None:
+            assert bool(result) == (m.status(unit) != "pending")
+            self.reset_in_model([unit] if m.status(unit) != "pending" else [], force)
+
+    @rule(force=st.booleans(), only_failed=st.booleans())
+    def reset_all(self, force: bool, only_failed: bool) -> None:
+        """`reset --all` (`--failed`): what it would refuse it leaves alone, and names."""
+        m = self.model
+        now = self.now()
+        records, left_alone = self.expect(
+            None,
+            self.graph.reset_all,
+            now,
+            force=force,
+            owner_alive=self.owner_alive,
+            only_failed=only_failed,
+        )
+        names = [n for n in m.units if not only_failed or m.status(n) == "failed"]
+        changes = [n for n in names if m.status(n) != "pending" and not self.left_alone(n, force)]
+        assert left_alone == [n for n in names if self.left_alone(n, force)]
+        assert sorted(r.unit for r in records) == sorted(changes)
+        self.reset_in_model(changes, force)
 
     @rule(unit=NAMES)
     def forget(self, unit: str) -> None:
