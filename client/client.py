@@ -145,7 +145,8 @@ class Connection:
     def pushed(self) -> list[Order]:
         """Orders the agent pushed unasked, read without blocking (between exchanges);
         AgentGone if it closed the connection."""
-        self.sock.settimeout(0.0)  # (with a timeout, Python waits for data first)
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)  # (with a timeout, Python would wait for data first)
         try:
             data = self.sock.recv(RECEIVE_SIZE)
         except BlockingIOError:
@@ -154,6 +155,8 @@ class Connection:
             raise self.session.connection_lost(exc) from None
         else:
             self.session.receive_data(data)
+        finally:
+            self.sock.settimeout(timeout)
         return self.session.take_orders()
 
     def _read(self, deadline: float | None) -> None:
