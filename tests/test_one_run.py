@@ -57,16 +57,17 @@ def status_of(socket: Path, name: str) -> str | None:
 
 def copies(command: str) -> list[int]:
     """Live processes running exactly `command` (a service's `sleep 6001`)."""
+    wanted = [word.encode() for word in command.split()]
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode().split("\0")[:-1]
+        try:  # (bytes: other processes' command lines need not be UTF-8)
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
             state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if argv == command.split() and state != b"Z":
+        if argv == wanted and state != b"Z":
             found.append(int(entry.name))
     return found
 
@@ -89,9 +90,23 @@ def service(marker: int, *, ignore_term: bool = False) -> list[str]:
     return ["sh", "-c", f"{trap}echo ready; exec sleep {marker}"]
 
 
+SPAWNED: list[subprocess.Popen[str]] = []
+"""The `run`s a test started: whatever is left of them when it ends is killed."""
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind() -> Iterator[None]:
+    yield
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=LIMIT)
+
+
 def spawn_run(socket: Path, *args: str) -> subprocess.Popen[str]:
     """`unitsync sync run ARGS` in the background, stdout discarded, stderr read by tests."""
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "unitsync.cli", "sync", "run", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -99,6 +114,8 @@ def spawn_run(socket: Path, *args: str) -> subprocess.Popen[str]:
         text=True,
         env=dict(os.environ, UNITSYNC_SOCKET=str(socket)),
     )
+    SPAWNED.append(proc)
+    return proc
 
 
 def read_err_until(proc: subprocess.Popen[str], needle: str) -> str:
@@ -323,6 +340,7 @@ def run_workspace(
             stderr=subprocess.DEVNULL,
             env=dict(os.environ, UNITSYNC_SOCKET=str(socket)),
         )
+        SPAWNED.append(scripts[name])
         wait_for(
             lambda name=name, moves=moves: (
                 scripts[name].poll() is not None or seen_by_agent(socket, name, moves)
