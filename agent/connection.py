@@ -1,4 +1,4 @@
-"""One client connection: frames in, replies out.
+"""One client connection: frames in, replies out, and orders pushed to a `run`.
 
 A connection is served by one task. Bad frames get an error reply and the
 connection goes on (the frame boundary is intact); an oversize frame gets an
@@ -10,6 +10,11 @@ client that talked to another agent at this socket before: another state dir, an
 etcd prefix) gets its welcome, then `graph_changed`, and the connection is closed before
 any request on it is read: nothing a client does after a reconnection may act on a graph
 it did not start with.
+
+A connection that holds a run can also be told something unasked (an `Order`: its run
+was superseded). Another task decides that; it leaves the order in the connection's
+`Outbox` and wakes the connection's task, which sends it between replies: one task
+writes each connection, so an order never lands inside a reply.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from unitsync.wire.protocol import (
     Forget,
     FullView,
     Hello,
+    Order,
     Ping,
     Reset,
     SetReason,
@@ -77,6 +83,35 @@ class Stalled(Exception):
     """The peer stopped in the middle of a frame, or never said hello."""
 
 
+class Outbox:
+    """Orders for the peer, decided by other tasks (`Holder.push`), sent by the connection's
+    own task before it reads the next request; a push wakes that task from its read."""
+
+    def __init__(self) -> None:
+        self.orders: list[Order] = []
+        self._wake: trio.CancelScope | None = None
+
+    def push(self, order: Order) -> None:
+        self.orders.append(order)
+        if self._wake is not None:
+            self._wake.cancel()
+
+    async def read_more(self, frames: FrameStream) -> bool | None:
+        """`frames.read_more()`, or None if an order came first (nothing was read: a read
+        is cancelled only while it waits for the socket)."""
+        with trio.CancelScope() as wake:
+            self._wake = wake
+            try:
+                return await frames.read_more()
+            finally:
+                self._wake = None
+        return None
+
+    async def send(self, frames: FrameStream) -> None:
+        while self.orders:
+            await frames.send(self.orders.pop(0))
+
+
 async def serve_connection(service: Service, stream: trio.SocketStream, limits: Limits) -> None:
     """Handle one client from hello to hang-up.
 
@@ -85,11 +120,12 @@ async def serve_connection(service: Service, stream: trio.SocketStream, limits: 
     `run` reconnects to the next agent and takes its run back).
     """
     frames = FrameStream(stream)
-    holder = Holder()
+    outbox = Outbox()
+    holder = Holder(outbox.push)
     async with stream:
         try:
             if await _admit_peer(frames) and await _handshake(service, frames, limits):
-                await _serve_requests(service, frames, limits, holder)
+                await _serve_requests(service, frames, limits, holder, outbox)
         except (FrameTooLarge, Stalled) as exc:
             with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
                 await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
@@ -111,9 +147,9 @@ async def refuse_busy(stream: trio.SocketStream, limits: Limits) -> None:
 
 
 async def _serve_requests(
-    service: Service, frames: FrameStream, limits: Limits, holder: Holder
+    service: Service, frames: FrameStream, limits: Limits, holder: Holder, outbox: Outbox
 ) -> None:
-    """Requests until the peer hangs up or runs out of time.
+    """Requests until the peer hangs up or runs out of time; orders between them.
 
     One timer for the whole connection (a scope per request costs more than the request):
     its deadline is the idle timeout between requests, the frame timeout while a frame
@@ -130,8 +166,18 @@ async def _serve_requests(
                 timer.deadline = math.inf
             else:
                 _push_back(timer, limits.idle_timeout)
-            if not frames.buffer and not await frames.read_more():
-                return
+            if outbox.orders:
+                serving = True  # (an order half sent is a reply half sent)
+                await outbox.send(frames)
+                serving = False
+            if not frames.buffer:
+                # Only a connection holding a run can be pushed an order: the others read
+                # without the cost of a cancel scope.
+                more = await (outbox.read_more(frames) if holder else frames.read_more())
+                if more is None:
+                    continue  # an order to send first
+                if not more:
+                    return
             body = take_frame(frames.buffer)
             in_pieces = body is None
             if in_pieces:

@@ -14,7 +14,7 @@ has committed them, in the store's order, like every other agent's.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from unitsync.wire.errors import Refused
@@ -23,7 +23,9 @@ from unitsync.wire.timefmt import timestamp
 from .machine import (
     COMPLETE,
     FAIL,
+    FORCED_RESET_REASON,
     FORGET,
+    OWNER_GONE,
     RESET,
     START,
     START_ONCE,
@@ -34,6 +36,7 @@ from .machine import (
     State,
     Stay,
     outcome,
+    owner_facts,
 )
 from .records import (
     Boot,
@@ -57,6 +60,16 @@ MAX_REASON_BYTES = 4096
 """Keeps a unit's view (100 transitions with reasons) far below one frame."""
 WORKSPACE_RESTARTED = "workspace restarted"
 """The reason every unit gets when a new boot puts it back to pending (SPEC §7)."""
+
+OwnerAlive = Callable[[str], "bool | None"]
+"""Does the owner recorded for a unit's current run still run (None: this agent cannot
+tell)? Only the agent's shell can look (at /proc, at `run` connections); asked only of
+units that have an owner."""
+
+
+def _owners_run(_name: str) -> bool | None:
+    """Without a shell to ask: every recorded owner counts as running (nothing is taken)."""
+    return True
 
 
 def check_name(name: str) -> None:
@@ -86,7 +99,9 @@ class Unit:
     status: State = "pending"
     reason: str = ""
     token: str = ""
-    """The token of the `start` that began the current run."""
+    """The token of the current run: that of the `start` that began it. A report carrying
+    another token is a superseded run's; so is every report once the unit is pending (it
+    has no run then: the token left is its last run's)."""
     deps: dict[str, None] = field(default_factory=dict)
     """Units this one wants, in declaration order (a dict used as an ordered set)."""
     dependents: set[str] = field(default_factory=set)
@@ -263,10 +278,11 @@ class Graph:
         owner_alive: bool | None = True,
     ) -> list[Record]:
         """First step of `start`: register the unit (one-time, if `once`), and refuse a second
-        concurrent run early. `owner_alive`: does the current run's owner still run (None:
-        the agent cannot tell)?"""
+        concurrent run early. `owner_alive`: does the current run's owner, if one is
+        recorded, still run (None: the agent cannot tell)?"""
         command = START_ONCE if once else START
-        self._decide(name, command, _start_overrides(rerun, owner_alive), owner_alive)
+        overrides = self._start_overrides(name, rerun, owner_alive)
+        self._decide(name, command, overrides, owner_alive)
         records = self._applied(self._known(name, now))
         return records + self._applied(self._marked_once(name, once))
 
@@ -289,11 +305,11 @@ class Graph:
         if not readiness.ready:
             raise AssertionError(f"start of {name!r} before it is ready: {readiness}")
         command = START_ONCE if once else START
-        overrides = _start_overrides(rerun, owner_alive)
+        overrides = self._start_overrides(name, rerun, owner_alive)
         self._decide(name, command, overrides, owner_alive)  # before anything is applied
         unit = self.units.get(name)
         reason = None
-        if unit and unit.status == "started" and unit.owner and owner_alive is False and not rerun:
+        if unit and unit.owner and OWNER_GONE in overrides and not rerun:
             reason = f"new run: its previous owner, {_describe(unit.owner)}, is gone"
         records = self._applied(self._known(name, now))
         records += self._applied(self._marked_once(name, once))
@@ -309,8 +325,12 @@ class Graph:
         *,
         once: bool = False,
         keep_owner: bool = False,
+        token: str = "",
     ) -> list[Record]:
-        """`keep_owner`: a service's `run` reports it ready and goes on owning the run."""
+        """`keep_owner`: a service's `run` reports it ready and goes on owning the run.
+        `token`: the reporting run's (a superseded run's report changes nothing)."""
+        if self.superseded(name, token):
+            return []
         unit = self.units.get(name)
         owner = unit.owner if keep_owner and unit is not None else None
         records = self._move(name, COMPLETE, {"force"} if force else set(), now, owner=owner)
@@ -324,15 +344,22 @@ class Graph:
         force: bool = False,
         *,
         waited: float | None = None,
+        token: str = "",
     ) -> list[Record]:
-        """`waited`: a start that failed because a dependency did says how long it waited."""
+        """`waited`: a start that failed because a dependency did says how long it waited.
+        `token`: the reporting run's (a superseded run's report changes nothing)."""
         _check_reason(name, reason)
+        if self.superseded(name, token):
+            return []
         overrides = {"force"} if force else set()
         return self._move(name, FAIL, overrides, now, waited=waited, reason=reason)
 
-    def set_reason(self, name: str, reason: str) -> list[Record]:
-        """Say what a started unit is doing (a service while it starts); not a transition."""
+    def set_reason(self, name: str, reason: str, token: str = "") -> list[Record]:
+        """Say what a started unit is doing (a service while it starts); not a transition.
+        `token`: the reporting run's (a superseded run's reason changes nothing)."""
         _check_reason(name, reason)
+        if self.superseded(name, token):
+            return []
         unit = self.get(name)
         if unit.status != "started":
             raise Refused(
@@ -343,16 +370,67 @@ class Graph:
             )
         return [] if unit.reason == reason else self._applied([Reason(name, reason)])
 
-    def reset(self, name: str | None, now: float) -> list[Record]:
-        """Back to pending, edges kept; `None` resets every unit."""
-        if name is not None:
-            return self._move(name, RESET, set(), now)
-        moves = []
-        for each, unit in self.units.items():  # the table's move for each, in one change
-            result = outcome(unit.status, RESET, frozenset())
+    def reset(
+        self,
+        name: str | None,
+        now: float,
+        *,
+        force: bool = False,
+        owner_alive: OwnerAlive = _owners_run,
+    ) -> list[Record]:
+        """Back to pending, edges kept; `None` resets every unit but those left alone.
+
+        A unit whose run's owner still runs (`owner_alive`) is refused, unless `force`.
+        """
+        if name is None:
+            return self.reset_all(now, force=force, owner_alive=owner_alive)[0]
+        unit = self.units.get(name)
+        alive = owner_alive(name) if unit is not None and unit.owner is not None else True
+        overrides = self._owner_overrides(unit, alive, "force" if force else None)
+        result = self._decide(name, RESET, overrides, alive)
+        return self._move(name, RESET, overrides, now, reason=_reset_reason(result, overrides))
+
+    def reset_all(
+        self,
+        now: float,
+        *,
+        force: bool = False,
+        owner_alive: OwnerAlive = _owners_run,
+        only_failed: bool = False,
+    ) -> tuple[list[Record], list[str]]:
+        """`reset --all` (`--failed`: of the failed units only), in one change: every unit
+        moves as `reset UNIT` would, and those it would refuse (a run whose owner still
+        runs) are left alone; also their names."""
+        moves: list[Record] = []
+        left_alone = []
+        for each, unit in self.units.items():
+            if only_failed and unit.status != "failed":
+                continue
+            alive = owner_alive(each) if unit.owner is not None else True
+            overrides = self._owner_overrides(unit, alive, "force" if force else None)
+            result = outcome(unit.status, RESET, frozenset(overrides))
             if isinstance(result, Go):
-                moves.append(Move(each, result.to, now, result.reason, boot=self.boot))
-        return self._applied(moves)
+                why = _reset_reason(result, overrides)
+                moves.append(Move(each, result.to, now, why, boot=self.boot))
+            elif isinstance(result, Refuse):
+                left_alone.append(each)
+        return self._applied(moves), left_alone
+
+    def live_run(self, name: str, owner_alive: bool | None) -> str:
+        """Why `reset` leaves `name` alone (it is refused or skipped): its run's owner, as a
+        message names it, and the way out."""
+        unit = self.units[name]
+        return _refusal_message(name, unit, Refuse("in_use"), owner_alive, RESET)
+
+    def superseded(self, name: str, token: str) -> bool:
+        """Is `token` (a report's) another run's than `name`'s current one (a pending unit has
+        none)? Reports with no token (a script's `complete`, an operator's `fail`) are the
+        unit's own."""
+        check_name(name)
+        if not token:
+            return False
+        unit = self.units.get(name)
+        return unit is None or unit.token != token or unit.status == "pending"
 
     def forget(self, name: str, now: float) -> list[Record]:
         """Remove a unit nobody wants, with its history (typos must not live forever)."""
@@ -369,6 +447,16 @@ class Graph:
 
     # --- the table, applied ----------------------------------------------------------------
 
+    def _start_overrides(self, name: str, rerun: bool, owner_alive: bool | None) -> set[str]:
+        """What may let a start go ahead over a run in progress."""
+        return self._owner_overrides(self.units.get(name), owner_alive, "rerun" if rerun else None)
+
+    @staticmethod
+    def _owner_overrides(unit: Unit | None, alive: bool | None, flag: str | None) -> set[str]:
+        """The command's override flag, if given, and the facts about the run's owner."""
+        facts = owner_facts(unit is not None and unit.owner is not None, alive)
+        return {*facts, flag} if flag else set(facts)
+
     def _decide(
         self, name: str, command: Command, overrides: set[str], owner_alive: bool | None = True
     ) -> Go | Stay | Drop:
@@ -377,7 +465,7 @@ class Graph:
         unit = self.units.get(name)
         result = outcome(unit.status if unit else None, command, frozenset(overrides))
         if isinstance(result, Refuse):
-            message = _refusal_message(name, unit, result, owner_alive)
+            message = _refusal_message(name, unit, result, owner_alive, command)
             raise Refused(message, code=result.code, unit=name)
         return result
 
@@ -503,11 +591,24 @@ def _check_reason(name: str, reason: str) -> None:
         )
 
 
-def _start_overrides(rerun: bool, owner_alive: bool | None) -> set[str]:
-    """What may let a start go ahead over a run in progress."""
-    return {
-        flag for flag, given in (("rerun", rerun), ("owner_gone", owner_alive is False)) if given
-    }
+def _reset_reason(result: Go | Stay | Drop, overrides: set[str]) -> str | None:
+    """A reset that took a run whose owner still runs says so in the unit's history (None:
+    the table's reason)."""
+    if isinstance(result, Go) and overrides == {"force"}:
+        return FORCED_RESET_REASON
+    return result.reason if isinstance(result, Go) else None
+
+
+def _still(owner: OwnerRecord, owner_alive: bool | None) -> str:
+    """How sure the agent is that `owner` still runs, as a refusal says it."""
+    if owner_alive is None:
+        return ", in another PID namespace: the agent cannot tell whether it still runs"
+    return ", which still runs"
+
+
+def _stopped(owner: OwnerRecord) -> str:
+    """What happens to the old run when it is superseded: only a `run` can be told."""
+    return " (that `run` then stops its command)" if owner.kind == "run" else ""
 
 
 def _describe(owner: OwnerRecord) -> str:
@@ -518,22 +619,35 @@ def _describe(owner: OwnerRecord) -> str:
 
 
 def _refusal_message(
-    name: str, unit: Unit | None, refusal: Refuse, owner_alive: bool | None = True
+    name: str,
+    unit: Unit | None,
+    refusal: Refuse,
+    owner_alive: bool | None = True,
+    command: Command = START,
 ) -> str:
     """What a refused command says: what is wrong, and what to do instead."""
+    if refusal.code == "already_started" and unit is not None and unit.status == "completed":
+        assert unit.owner is not None  # a completed unit with no owner is not refused
+        return (
+            f"unit {name!r} is completed and its run goes on: {_describe(unit.owner)}"
+            f"{_still(unit.owner, owner_alive)}; use --rerun to start a new run anyway"
+            f"{_stopped(unit.owner)}, or stop that run first (`kill {unit.owner.pid}`)"
+        )
     if refusal.code == "already_started":
         assert unit is not None
         by = f" by {_describe(unit.owner)}" if unit.owner else ""
-        still = ""
-        if unit.owner is not None:
-            still = (
-                ", in another PID namespace: the agent cannot tell whether it still runs"
-                if owner_alive is None
-                else ", which still runs"
-            )
+        still = _still(unit.owner, owner_alive) if unit.owner is not None else ""
+        stopped = _stopped(unit.owner) if unit.owner is not None else ""
         return (
             f"unit {name!r} already started at {timestamp(unit.since)}{by}{still}; "
-            "use --rerun to start a new run"
+            f"use --rerun to start a new run{stopped}"
+        )
+    if refusal.code == "in_use" and command is RESET:
+        assert unit is not None and unit.owner is not None
+        return (
+            f"unit {name!r} is {unit.status} and its run goes on: {_describe(unit.owner)}"
+            f"{_still(unit.owner, owner_alive)}; stop that run first (`kill {unit.owner.pid}`), "
+            f"or use --force to reset it anyway{_stopped(unit.owner)}"
         )
     if refusal.code == "once_done":
         assert unit is not None

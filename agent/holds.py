@@ -9,10 +9,18 @@ After an agent restart no connection holds anything yet: the runs that were held
 *unclaimed* until their `run` reconnects and takes them back (a `start` with the same
 token), for at most RECLAIM_GRACE; then they fail the same way.
 
-Pure bookkeeping: no I/O, no trio. The service acts on what it says.
+A held run that a newer run of its unit supersedes (SPEC §11) is released, and its
+connection is told (`Holder.push`, an `Order`): from then on nothing of it counts.
+
+Pure bookkeeping: no I/O, no trio. The service acts on what it says; the connection
+delivers what is pushed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from unitsync.wire.protocol import Order
 
 RECLAIM_GRACE = 10.0
 """How long after an agent restart a `run` has to come back: it notices the agent's
@@ -20,10 +28,12 @@ connection closing at once and reconnects with a backoff of at most a second."""
 
 
 class Holder:
-    """One connection's side: the units it holds, by the token of their run."""
+    """One connection's side: the units it holds, by the token of their run, and how to
+    tell its peer something unasked (`push`: the connection sends it between replies)."""
 
-    def __init__(self) -> None:
+    def __init__(self, push: Callable[[Order], None] = lambda _order: None) -> None:
         self.units: dict[str, str] = {}
+        self.push = push
 
     def __bool__(self) -> bool:
         return bool(self.units)
@@ -48,6 +58,15 @@ class Holds:
         if held is not None:
             held[1].units.pop(unit, None)
         self.unclaimed.pop(unit, None)
+
+    def held(self, unit: str) -> tuple[str, Holder | None] | None:
+        """The token of `unit`'s held run and the holder (None: not yet back after a
+        restart); None if no run of it is held."""
+        if unit in self._by_unit:
+            return self._by_unit[unit]
+        if unit in self.unclaimed:
+            return self.unclaimed[unit], None
+        return None
 
     def is_held(self, unit: str) -> bool:
         """Held by a connection now, or waiting for its `run` to come back."""

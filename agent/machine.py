@@ -1,21 +1,30 @@
-"""The legal moves of a unit, as data: (status, command) -> outcome (SPEC §1).
+"""The legal moves of a unit, as data: (status, command) -> outcome (SPEC §1, §11).
 
 `MOVES` is the whole state machine. A command that is not refused also makes a
 unit no command had named known (pending) first. The graph's commands look their outcome up
 here and nowhere else; `tests/test_graph.py` iterates the same table, so a rule
 changed here is a rule changed (and tested) everywhere.
 
-    status \\ command  start          start --once   complete       fail           reset    forget
-    (never named)      started        started        refused|force  refused|force  refused  refused
-    pending            started        started        refused|force  failed         -        removed
-    started            refused|rerun  refused|rerun  completed      failed         pending  refused
-    completed          started (new)  refused|rerun  -              failed         pending  removed
-    failed             started (new)  started (new)  completed      failed         pending  removed
+    status \\ command  start          start --once   complete   fail     reset          forget
+    (never named)      started        started        no|force   no|force no             no
+    pending            started        started        no|force   failed   -              removed
+    started            no|rerun,gone  no|rerun,gone  completed  failed   no|force,free  no
+    completed          no|rerun,free  no|rerun       -          failed   no|force,free  removed
+    failed             started (new)  started (new)  completed  failed   pending        removed
 
-(`refused|force`: refused unless the command's override flag is given; `refused|rerun`:
-unless `--rerun`, or, for a started unit, its owner process is gone; `-`: no change;
-`(new)`: a new run.) `start --once` marks the unit one-time first; on a completed one it
-is refused with `once_done` (exit 7): the one-time work is done.
+(`no`: refused; `no|force`: refused unless the command's override flag is given (`--force`,
+`--rerun`); `,gone`: or the owner process of the unit's current run is gone (`OWNER_GONE`);
+`,free`: or no owner is known to run it: it is gone, or none is recorded (`NO_OWNER`: a
+completed unit whose run ended, a plain `run`'s or a `complete`d one's; a started unit of a
+client that named no owner). `-`: no change; `(new)`: a new run.) So one run at a time: a
+second start of a started unit, or of a completed service whose `run` still runs, is refused
+while that owner lives, and `reset` leaves such a run alone, unless told otherwise (`--rerun`,
+`reset --force`: the old run is then superseded, see `service.py`). A started unit with no
+recorded owner may still be running: only `--rerun` starts it again, but `reset` takes it
+(no owner is known to run it).
+
+`start --once` marks the unit one-time first; on a completed one it is refused with
+`once_done` (exit 7): the one-time work is done.
 
 Every command but `start` refuses a name no command has named yet: it is most likely a
 typo, and would otherwise become a unit forever (`fail --force` declares a failure on
@@ -26,6 +35,10 @@ also refuses to forget a unit that others want, naming them.
 that died after it was ready, an operator who knows better), and its dependents'
 later starts must see it. `failed -> completed` is legal too: an operator who
 fixed by hand what a script could not says so with `complete`.
+
+Reports of a run (`complete`, `fail` and a reason, sent by the `run` that holds it, with
+its token) are not commands of this table when the run is not the unit's current one: a
+superseded run's reports change nothing, in every state (`Graph.superseded`).
 """
 
 from __future__ import annotations
@@ -86,17 +99,27 @@ START, START_ONCE, COMPLETE, FAIL, RESET, FORGET = Command
 
 NEW_RUN = "new run"
 RERUN = ("rerun",)
-RERUN_OR_OWNER_GONE = ("rerun", "owner_gone")
+OWNER_GONE = "owner_gone"
+"""A fact, not a flag: the owner process of the unit's current run is gone (SPEC §7)."""
+NO_OWNER = "no_owner"
+"""A fact: the unit's current run has no recorded owner."""
+RERUN_OR_OWNER_GONE = ("rerun", OWNER_GONE)
 """A second run of a started unit: `--rerun`, or its owner process is gone (SPEC §7)."""
+RERUN_OR_NO_LIVE_OWNER = ("rerun", OWNER_GONE, NO_OWNER)
+"""A new run of a completed unit: `--rerun`, or no owner runs it any more (SPEC §11)."""
 FORCE = ("force",)
+FORCE_OR_NO_LIVE_OWNER = ("force", OWNER_GONE, NO_OWNER)
+"""`reset` of a unit in a run: `--force`, or no owner is known to run it (SPEC §11)."""
 FORCED = "forced"
 RESET_REASON = "reset"
+FORCED_RESET_REASON = "reset --force"
+"""The reason of a reset that took a run whose owner still runs (and superseded it)."""
 
 MOVES: dict[tuple[Status, Command], Outcome] = {
     (None, START): Go("started"),
     ("pending", START): Go("started"),
     ("started", START): Refuse("already_started", RERUN_OR_OWNER_GONE, Go("started", NEW_RUN)),
-    ("completed", START): Go("started", NEW_RUN),
+    ("completed", START): Refuse("already_started", RERUN_OR_NO_LIVE_OWNER, Go("started", NEW_RUN)),
     ("failed", START): Go("started", NEW_RUN),
     (None, START_ONCE): Go("started"),
     ("pending", START_ONCE): Go("started"),
@@ -115,8 +138,8 @@ MOVES: dict[tuple[Status, Command], Outcome] = {
     ("failed", FAIL): Go("failed"),
     (None, RESET): Refuse("unknown_unit"),
     ("pending", RESET): Stay(),
-    ("started", RESET): Go("pending", RESET_REASON),
-    ("completed", RESET): Go("pending", RESET_REASON),
+    ("started", RESET): Refuse("in_use", FORCE_OR_NO_LIVE_OWNER, Go("pending", RESET_REASON)),
+    ("completed", RESET): Refuse("in_use", FORCE_OR_NO_LIVE_OWNER, Go("pending", RESET_REASON)),
     ("failed", RESET): Go("pending", RESET_REASON),
     (None, FORGET): Refuse("unknown_unit"),
     ("pending", FORGET): Drop(),
@@ -127,7 +150,8 @@ MOVES: dict[tuple[Status, Command], Outcome] = {
 
 
 def outcome(status: Status, command: Command, overrides: frozenset[str] = frozenset()) -> Outcome:
-    """What `command` does to a unit in `status`, given the override flags the caller set.
+    """What `command` does to a unit in `status`, given the override flags the caller set
+    and the facts about its run's owner (`OWNER_GONE`, `NO_OWNER`).
 
     A refusal the caller overrides becomes its `then`; any other refusal stays one.
     """
@@ -135,3 +159,12 @@ def outcome(status: Status, command: Command, overrides: frozenset[str] = frozen
     if isinstance(result, Refuse) and result.then is not None and overrides & {*result.overrides}:
         return result.then
     return result
+
+
+def owner_facts(has_owner: bool, alive: bool | None) -> frozenset[str]:
+    """The facts about a run's owner that the table's overrides name: none is recorded
+    (`NO_OWNER`), or it is gone (`OWNER_GONE`: `alive` is False). An owner that runs, or
+    one this agent cannot see (`alive` None), gives none: nothing is taken from it."""
+    if not has_owner:
+        return frozenset({NO_OWNER})
+    return frozenset({OWNER_GONE}) if alive is False else frozenset()

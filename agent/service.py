@@ -14,6 +14,15 @@ Owners (SPEC §7): a `run` holds its unit's run through its connection (`holds.p
 owners of other hosts' runs (a shared store) cannot be checked from here: they count as
 alive, so nothing is taken from another host on a guess.
 
+One run at a time (SPEC §11): the graph refuses a second run while the owner of the
+current one lives, unless `--rerun` (or `reset --force`). The run that a new one replaces
+is *superseded*: once the change is durable, its hold ends and its `run` is told (an
+`Order` pushed on its connection, or a `Superseded` refusal when it comes back after an
+agent restart). Every report of a run carries its token; a superseded run's reports (its
+service's end, its readiness, its reason) change nothing, and the agent logs the first
+of them. This works the same whichever agent began the new run: it is the applied change
+that supersedes, in `applied`, not the request.
+
 A store that cannot make a change durable refuses it with `NotDurable` (the disk is full;
 etcd is unreachable). The journal then rebuilds the graph from its durable files, in
 place (`Graph.become`, then `replaced`: every blocked start checks its readiness again,
@@ -26,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -34,13 +43,14 @@ from typing import Protocol
 import trio
 
 from unitsync.wire import __version__
-from unitsync.wire.errors import DependencyFailed, NotDurable, Refused
+from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, Superseded
 from unitsync.wire.processes import still_runs
 from unitsync.wire.protocol import (
     Complete,
     Fail,
     Forget,
     Ok,
+    Order,
     Pong,
     Reset,
     SetReason,
@@ -55,8 +65,9 @@ from unitsync.wire.protocol import (
 
 from . import host_boot
 from .broadcast import Hub
-from .graph import Graph
+from .graph import WORKSPACE_RESTARTED, Graph
 from .holds import RECLAIM_GRACE, Holder, Holds
+from .machine import FORCED_RESET_REASON, RESET_REASON
 from .records import Boot, Edge, Move, OwnerRecord, Record
 from .records import Forget as Forgotten
 from .views import owner_record, unit_view
@@ -119,6 +130,10 @@ class Store(Protocol):
 
 START_RETRY = 1.0
 """A ready start whose change the store could not make durable tries again this often."""
+SUPERSEDED_KEPT = 1024
+"""Superseded runs remembered (by token) for what they are told when they come back and for
+logging their first ignored report once: far more than a workspace supersedes between two
+reports of one run, and a bound on what an agent that runs for months keeps."""
 
 Progress = Callable[[Waiting], Awaitable[None]]
 Idle = Callable[[], Awaitable[None]]
@@ -156,6 +171,12 @@ class Service:
             }
         )
         """Runs held by `run` connections; those held before a restart start unclaimed."""
+        self._superseding: deque[tuple[int, str, str, str]] = deque()
+        """Held runs that an applied change supersedes: (seq, unit, token, by whom), told
+        once the change is durable (a refused change supersedes nothing)."""
+        self.superseded: OrderedDict[str, tuple[str, bool]] = OrderedDict()
+        """Superseded runs, newest last: token -> (by whom, whether an ignored report of it
+        was logged)."""
         store.listen(self)
 
     async def commit(
@@ -165,16 +186,25 @@ class Service:
         # If the agent stops meanwhile, the journal's writer still flushes this; the client
         # just gets no reply (a start's token makes its retry safe).
         records = await self.store.commit(decide, about, confirm_noop=confirm_noop)
-        self.hub.release(self.store.durable_seq)
+        self._release()
         return records
 
     async def settle(self) -> None:
         """Return once what `status` or a watcher is about to be shown is durable."""
         await self.store.settle()
-        self.hub.release(self.store.durable_seq)
+        self._release()
+
+    def _release(self) -> None:
+        """What waited for changes to be durable goes out: watchers' views, superseding."""
+        durable = self.store.durable_seq
+        self.hub.release(durable)
+        while self._superseding and self._superseding[0][0] <= durable:
+            _seq, name, token, by = self._superseding.popleft()
+            self._supersede(name, token, by)
 
     def applied(self, records: list[Record], seq: int) -> None:
-        """A change reached the graph: wake the waiters it concerns, stage views for watchers."""
+        """A change reached the graph: wake the waiters it concerns, stage views for watchers
+        and the superseding of the held runs it replaced."""
         changed = {r.unit for r in records if isinstance(r, Edge | Move)}
         self.waiters.notify(changed)
         if any(isinstance(r, Forgotten | Boot) for r in records):
@@ -182,7 +212,12 @@ class Service:
                 self.hub.stage(seq, None)
         else:
             self._stage(seq, [r.unit for r in records], moved=changed)  # type: ignore[union-attr]
-        self.hub.release(self.store.durable_seq)
+        for record in records:
+            if type(record) is Move and record.to in ("started", "pending"):
+                held = self.holds.held(record.unit)
+                if held is not None and held[0] != record.token:  # a new run, or none
+                    self._superseding.append((seq, record.unit, held[0], _superseder(record)))
+        self._release()
 
     def replaced(self, seq: int) -> None:
         """The graph was rebuilt (etcd listed afresh; the journal undid refused changes):
@@ -205,6 +240,60 @@ class Service:
         `run` took hold of its unit (its owner shows as running only from then on)."""
         self._stage(self.store.applied_seq, [name])
         self.hub.release(self.store.durable_seq)
+
+    def _supersede(self, name: str, token: str, by: str) -> None:
+        """A durable change replaced the held run `token` of `name`: end its hold, tell its
+        `run` (now, or when it comes back after a restart), and ignore its reports."""
+        held = self.holds.held(name)
+        if held is None or held[0] != token or not self.graph.superseded(name, token):
+            return  # it ended otherwise meanwhile, or the change was refused and undone
+        self.holds.release(name)
+        self._remember_superseded(token, by)
+        holder = held[1]
+        told = (
+            "telling its `run` to stop its command"
+            if holder is not None
+            else "its `run` is told when it comes back"
+        )
+        log.info("%s: its run was superseded by %s; %s", name, by, told)
+        if holder is not None:
+            holder.push(Order(name, "supersede", token, by))
+        self._shown_changed(name)  # its owner's hold is gone
+
+    def _remember_superseded(self, token: str, by: str, logged: bool = False) -> None:
+        self.superseded[token] = (by, logged)
+        self.superseded.move_to_end(token)
+        while len(self.superseded) > SUPERSEDED_KEPT:
+            self.superseded.popitem(last=False)
+
+    async def _report(self, name: str, token: str, decide: Decide) -> tuple[list[Record], bool]:
+        """Commit a run's report (`decide`: the graph ignores a superseded run's); its records,
+        and whether it came from a superseded run (decided with the change, in one step)."""
+        superseded = False
+
+        def checked() -> list[Record]:
+            nonlocal superseded
+            superseded = self.graph.superseded(name, token)
+            return decide()
+
+        records = await self.commit(checked, [name])
+        return records, superseded
+
+    def _ignored(self, name: str, token: str, what: str) -> Ok:
+        """The reply to a superseded run's report, which changed nothing; logged once per run."""
+        by, logged = self.superseded.get(token, ("a newer run", False))
+        if not logged:
+            log.info(
+                "%s: ignored %s from a run superseded by %s: nothing that run reports counts",
+                name,
+                what,
+                by,
+            )
+            self._remember_superseded(token, by, logged=True)
+        return Ok(
+            unit=name,
+            message=f"{name}: this run was superseded by {by}; its report changed nothing",
+        )
 
     def watch_filter(self, unit: str | None) -> Callable[[str], bool]:
         """Which units a watcher sees: every unit, or one unit and its dependencies."""
@@ -288,26 +377,33 @@ class Service:
         return Ok(unit=request.unit, message=message, notes=notes)
 
     async def complete(self, request: Complete, holder: Holder | None = None) -> Ok:
-        graph, name = self.graph, request.unit
+        graph, name, token = self.graph, request.unit, request.token
         held = holder is not None and name in holder.units
         # A ready service's `run` goes on holding its run; any other report ends the hold.
         keep = request.hold and held
-        records = await self.commit(
+        records, superseded = await self._report(
+            name,
+            token,
             lambda: graph.complete(
-                name, request.force, self.clock(), once=request.once, keep_owner=keep
+                name, request.force, self.clock(), once=request.once, keep_owner=keep, token=token
             ),
-            [name],
         )
+        if superseded:
+            return self._ignored(name, token, "its readiness" if request.hold else "its end")
         if held and not keep:
             self.holds.release(name)
         moved = any(isinstance(r, Move) for r in records)
         return Ok(unit=name, message=f"{name} {'completed' if moved else 'was already completed'}")
 
     async def fail(self, request: Fail, holder: Holder | None = None) -> Ok:
-        graph, name = self.graph, request.unit
-        await self.commit(
-            lambda: graph.fail(name, request.reason, self.clock(), request.force), [name]
+        graph, name, token = self.graph, request.unit, request.token
+        _records, superseded = await self._report(
+            name,
+            token,
+            lambda: graph.fail(name, request.reason, self.clock(), request.force, token=token),
         )
+        if superseded:
+            return self._ignored(name, token, f"its end ({request.reason})")
         if holder is not None and name in holder.units:
             self.holds.release(name)
         return Ok(unit=name, message=f"{name} failed")
@@ -332,18 +428,42 @@ class Service:
         return Ok(unit=name, message=f"forgot {name} and its history")
 
     async def set_reason(self, request: SetReason) -> Ok:
-        graph, name = self.graph, request.unit
-        await self.commit(lambda: graph.set_reason(name, request.reason), [name])
+        graph, name, token = self.graph, request.unit, request.token
+        _records, superseded = await self._report(
+            name, token, lambda: graph.set_reason(name, request.reason, token)
+        )
+        if superseded:
+            return self._ignored(name, token, f"its status ({request.reason})")
         return Ok(unit=name)
 
     async def reset(self, request: Reset) -> Ok:
-        graph, name = self.graph, request.unit
-        records = await self.commit(
-            lambda: graph.reset(name, self.clock()), None if name is None else [name]
-        )
+        """Back to pending; a unit whose run's owner still runs is refused (`reset UNIT`) or
+        left alone (`reset --all`, naming it), unless `force`: then its run is superseded."""
+        graph, name, force = self.graph, request.unit, request.force
+        left_alone: list[str] = []
+
+        def decide() -> list[Record]:
+            now = self.clock()
+            if name is not None:
+                return graph.reset(name, now, force=force, owner_alive=self.owner_alive)
+            records, left_alone[:] = graph.reset_all(
+                now, force=force, owner_alive=self.owner_alive, only_failed=request.failed
+            )
+            return records
+
+        records = await self.commit(decide, None if name is None else [name])
+        left_alone.sort()  # (in the order people look for them, not the graph's)
         count = sum(isinstance(r, Move) for r in records)
-        what = request.unit or "every unit"
-        return Ok(unit=request.unit, message=f"reset {what} ({count} changed)")
+        what = request.unit or ("every failed unit" if request.failed else "every unit")
+        message = f"reset {what} ({count} changed)"
+        if left_alone:
+            message = f"reset {what} ({count} changed; left alone: {', '.join(left_alone)})"
+        return Ok(
+            unit=request.unit,
+            message=message,
+            notes=[graph.live_run(each, self.owner_alive(each)) for each in left_alone],
+            left_alone=left_alone,
+        )
 
     async def status(self, request: Status) -> StatusReply:
         while True:
@@ -367,10 +487,12 @@ class Service:
     # --- owners ------------------------------------------------------------------------------
 
     def owner_alive(self, name: str) -> bool | None:
-        """Does the owner of `name`'s run still run? True when there is no run to own; None
-        when this agent cannot tell (another PID namespace, another host)."""
+        """Does the owner of `name`'s current run (a started unit's, a ready service's) still
+        run? True when there is none to ask about (the graph tells a unit with no owner
+        apart itself); None when this agent cannot tell (another PID namespace, another
+        host)."""
         unit = self.graph.units.get(name)
-        if unit is None or unit.status != "started" or unit.owner is None:
+        if unit is None or unit.status not in ("started", "completed") or unit.owner is None:
             return True
         owner = unit.owner
         if not self._here(owner):
@@ -438,7 +560,15 @@ class Service:
                 self.holds.take(name, request.token, holder)
             return same_run
         if request.again:
-            now_is = graph.units[name].status if name in graph.units else "gone"
+            unit = graph.units.get(name)
+            if unit is None or graph.superseded(name, request.token):  # a newer run, a reset
+                by = self.superseded.get(request.token, ("a newer run", False))[0]
+                raise Superseded(
+                    f"{name}: the run this `run` held was superseded by {by} while the agent "
+                    "restarted",
+                    unit=name,
+                )
+            now_is = unit.status
             raise Refused(
                 f"the run of {name!r} this `run` held was given up (the unit is now {now_is}): "
                 "its command goes on, but its end will not be recorded",
@@ -593,3 +723,16 @@ class _Blocked:
             if not waiting[self.name]:
                 del waiting[self.name]
             self.service._shown_changed(self.name)
+
+
+def _superseder(move: Move) -> str:
+    """Who superseded a run, as its `run` says it: the new run's owner, or a forced reset."""
+    if move.to == "started":
+        return f"a new run (pid {move.owner.pid})" if move.owner is not None else "a new run"
+    if move.reason == FORCED_RESET_REASON:
+        return "`unitsync sync reset --force`"
+    if move.reason == RESET_REASON:
+        return "`unitsync sync reset`"
+    if move.reason == WORKSPACE_RESTARTED:
+        return "a workspace restart"
+    return f"the unit going back to pending ({move.reason})"

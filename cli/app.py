@@ -26,6 +26,7 @@ from unitsync.wire import __version__
 from unitsync.wire.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
+    EXIT_REFUSED,
     EXIT_USAGE,
     UnitsyncError,
 )
@@ -190,7 +191,9 @@ def start(
     rerun: Annotated[
         bool,
         Parameter(
-            negative=(), help="Start a new run even if UNIT is started (or a done one-time unit)."
+            negative=(),
+            help="Start a new run even if UNIT's run goes on (a `run` owning it then stops its "
+            "command), or if it is a done one-time unit.",
         ),
     ] = False,
     once: OnceOption = False,
@@ -277,12 +280,36 @@ def reset(
     /,
     *,
     all: Annotated[bool, Parameter(name="--all", negative=(), help="Reset every unit.")] = False,
+    failed: Annotated[
+        bool,
+        Parameter(name="--failed", negative=(), help="Reset every failed unit (to retry them)."),
+    ] = False,
+    force: Annotated[
+        bool,
+        Parameter(
+            negative=(),
+            help="Reset units whose run's owner still runs too; a `run` owning one stops its "
+            "command.",
+        ),
+    ] = False,
     socket: SocketOption = None,
 ) -> int:
-    """Put UNIT (or every unit) back to pending; dependencies are kept."""
-    if (unit is None) == (not all):
-        return _usage_error("reset", "reset needs a UNIT or --all (not both)")
-    return _change(socket, lambda client: client.reset(unit))
+    """Put UNIT (or every unit, or every failed one) back to pending; dependencies are kept.
+
+    A unit whose run's owner still runs (a started unit's script, a service's `run`) is left
+    alone, named, and the exit status is 1, unless --force.
+    """
+    if [unit is not None, all, failed].count(True) != 1:
+        return _usage_error("reset", "reset needs one of UNIT, --all or --failed")
+    try:
+        with cli_client(socket) as client:
+            reply = client.reset(unit, force=force, failed=failed)
+    except UnitsyncError as exc:
+        return _fail(exc)
+    print(reply.message)
+    for note in reply.notes:  # why each unit was left alone
+        print(f"unitsync: left alone: {note}", file=sys.stderr)
+    return EXIT_REFUSED if reply.left_alone else 0
 
 
 @sync.command(usage=f"Usage: {USAGE['forget']}")
@@ -388,6 +415,14 @@ def run(
             help="A one-time unit: if it is completed (in any boot), do not run COMMAND; exit 0.",
         ),
     ] = False,
+    rerun: Annotated[
+        bool,
+        Parameter(
+            negative=(),
+            help="Start a new run even if UNIT's run goes on (its `run` then stops its "
+            "command and exits 0).",
+        ),
+    ] = False,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
@@ -395,7 +430,8 @@ def run(
     Exits with COMMAND's status. If a dependency fails or the wait times out, COMMAND does not run.
     With --ready-cmd, --ready-log or --notify, COMMAND is a service: UNIT is completed when it
     is ready, and failed when it exits. `run` holds the unit while COMMAND runs: if `run` is
-    killed, the unit fails at once.
+    killed, the unit fails at once. While UNIT's run goes on (started, or a service still
+    running), another `run` is refused (exit 1) unless --rerun.
     """
     if not command:
         return _usage_error("run", "run needs a command after `--`")
@@ -411,7 +447,7 @@ def run(
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with cli_client(socket) as client:
-        return run_unit(client, unit, command, want, timeout, readiness, once=once)
+        return run_unit(client, unit, command, want, timeout, readiness, once=once, rerun=rerun)
 
 
 def main() -> None:

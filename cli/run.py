@@ -7,6 +7,10 @@ every agent call `run` makes is here: `run_unit` declares and starts the unit, a
 Plain `run` completes the unit when the command exits 0. With a readiness option the
 command is a service: the unit completes when the service is ready and fails when it
 exits (before or after), or when it is not ready in time (`run` then exits 5).
+
+A `run` whose run a newer one supersedes (`run --rerun`, `start --rerun`, `reset --force`:
+SPEC §11) stops its command the documented way, says so, reports nothing more (the unit is
+the newer run's) and exits EXIT_SUPERSEDED.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ from .reactor import Reactor
 from .say import say
 from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
 
+EXIT_SUPERSEDED = 0
+"""`run`'s status once a newer run superseded its run and it stopped its command: as after
+systemd's `stop`, the command ended because it was asked to, not because it failed; and what
+the unit becomes is the newer run's business, not this one's."""
 DEFAULT_INTERVAL = 1.0
 """How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
 for the cost of one short process a second while it starts."""
@@ -118,6 +126,7 @@ def run_unit(
     readiness: ReadyOptions = ReadyOptions(),
     *,
     once: bool = False,
+    rerun: bool = False,
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code."""
     try:
@@ -137,6 +146,7 @@ def run_unit(
             client.want(unit, *wants)
         started = client.start(
             unit,
+            rerun=rerun,
             timeout=timeout,
             on_progress=progress.update,
             tick=1.0 if progress.live else None,
@@ -157,9 +167,12 @@ def run_unit(
         return EXIT_INTERRUPTED
     progress.done(started)
     # From here on the client holds the run: if its agent goes away, taking the run back
-    # and reporting start another only where that one crashed (`Client._connect`).
+    # and reporting bring one back as `Client._connect` says (a crash at once, a clean
+    # stop after a grace).
     with ServiceRun(command, detector, ready_timeout) as service:
-        agent = UnitAgent(client, unit, service=detector is not None, hold=service.reactor)
+        agent = UnitAgent(
+            client, unit, service=detector is not None, hold=service.reactor, stop=service.stop
+        )
         try:
             service.start()
         except SpawnFailed as exc:
@@ -172,6 +185,10 @@ def follow(service: ServiceRun, agent: UnitAgent) -> int:
     """Tell the agent what happens to the command, as it happens; `run`'s exit status."""
     not_ready = False
     for event in service.events():
+        if agent.superseded and isinstance(event, Exited):
+            return EXIT_SUPERSEDED  # stopped on the agent's word: nothing more to say
+        if agent.superseded:
+            continue
         match event:
             case Ready(how):
                 agent.ready(how)
@@ -191,18 +208,38 @@ class UnitAgent:
 
     The run is held by `run`'s connection until its end is reported (`hold.RunHold`); a
     report that finds the agent gone waits for it to come back, up to REPORT_PATIENCE.
+    Once a newer run supersedes this one, the command is stopped (`stop`) and nothing more
+    is reported.
     """
 
-    def __init__(self, client: Client, unit: str, *, service: bool, hold: Reactor) -> None:
+    def __init__(
+        self,
+        client: Client,
+        unit: str,
+        *,
+        service: bool,
+        hold: Reactor,
+        stop: Callable[[], None] = lambda: None,
+    ) -> None:
         self.client = client
         self.unit = unit
         self.service = service
-        self.hold = RunHold(client, hold, unit)
+        self.stop = stop
+        self.hold = RunHold(client, hold, unit, on_superseded=self._superseded)
+
+    @property
+    def superseded(self) -> bool:
+        return self.hold.superseded
+
+    def _superseded(self, by: str) -> None:
+        say(f"{self.unit}: superseded by {by}; stopping")
+        self.stop()
 
     def ready(self, how: str) -> None:
         # A ready service's `run` goes on holding the unit: if it dies now, the unit fails.
         self._tell("is ready", lambda: self.client.complete(self.unit, hold=True))
-        say(f"{self.unit}: ready ({how})")
+        if not self.superseded:  # (told so in the same breath: it is being stopped)
+            say(f"{self.unit}: ready ({how})")
 
     def status(self, text: str) -> None:
         self._tell("says what it is doing", lambda: self.client.set_reason(self.unit, text))
@@ -255,6 +292,7 @@ class UnitAgent:
             _patiently(call, before=self.hold.ensure)
         except UnitsyncError as exc:
             say(f"unitsync: {self.unit} {what}, but telling the agent failed: {exc}")
+        self.hold.after_call()
 
 
 REPORT_PATIENCE = 30.0

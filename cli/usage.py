@@ -26,10 +26,10 @@ USAGE = {
     "start": "unitsync sync start UNIT [--timeout 5m] [--rerun] [--once] [--owner PID]",
     "complete": "unitsync sync complete UNIT [--force] [--once]",
     "fail": "unitsync sync fail UNIT [--reason TEXT] [--force]",
-    "reset": "unitsync sync reset UNIT | --all",
+    "reset": "unitsync sync reset UNIT | --all | --failed [--force]",
     "forget": "unitsync sync forget UNIT",
     "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
-    "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] [--once] "
+    "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] [--once] [--rerun] "
     "[--ready-cmd CMD [--ready-interval 1s] | --ready-log REGEX | --notify] "
     "[--ready-timeout D] -- COMMAND [ARGS...]",
     "timeline": "unitsync sync timeline [--boot N] [-o table|json|svg]",

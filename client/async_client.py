@@ -63,7 +63,7 @@ from unitsync.wire.protocol import (
     Watch,
 )
 
-from .retry import BACKLOG_FULL_DELAYS, Backoff, asked_again, start_request
+from .retry import BACKLOG_FULL_DELAYS, Backoff, asked_again, new_token, start_request
 from .session import (
     NEED_DATA,
     GraphMemory,
@@ -176,24 +176,36 @@ class AsyncClient:
     async def want(self, unit: str, *deps: str, once: bool = False) -> Ok:
         return await self._call(Want(unit, list(deps), once), Ok)
 
-    async def complete(self, unit: str, *, force: bool = False, once: bool = False) -> Ok:
-        return await self._call(Complete(unit, force, once), Ok)
+    async def complete(
+        self, unit: str, *, force: bool = False, once: bool = False, token: str = ""
+    ) -> Ok:
+        """`token`: the run this report is from (its `start`'s); once a newer run
+        superseded it, the report changes nothing."""
+        return await self._call(Complete(unit, force, once, token=token), Ok)
 
-    async def fail(self, unit: str, reason: str = "", *, force: bool = False) -> Ok:
-        """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet."""
-        return await self._call(Fail(unit, reason, force), Ok)
+    async def fail(
+        self, unit: str, reason: str = "", *, force: bool = False, token: str = ""
+    ) -> Ok:
+        """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet.
+        `token`: as for `complete`."""
+        return await self._call(Fail(unit, reason, force, token), Ok)
 
     async def forget(self, unit: str) -> Ok:
         """Remove a unit no other unit wants, with its history."""
         return await self._call(Forget(unit), Ok)
 
-    async def set_reason(self, unit: str, reason: str) -> Ok:
-        """Say what a started unit is doing, without changing its state."""
-        return await self._call(SetReason(unit, reason), Ok)
+    async def set_reason(self, unit: str, reason: str, *, token: str = "") -> Ok:
+        """Say what a started unit is doing, without changing its state (`token`: as for
+        `complete`)."""
+        return await self._call(SetReason(unit, reason, token), Ok)
 
-    async def reset(self, unit: str | None = None) -> Ok:
-        """Back to pending; `None` resets every unit."""
-        return await self._call(Reset(unit), Ok)
+    async def reset(
+        self, unit: str | None = None, *, force: bool = False, failed: bool = False
+    ) -> Ok:
+        """Back to pending; `None` resets every unit (`failed`: every failed one). A unit
+        whose run's owner still runs is refused (`None`: left alone, named in `left_alone`),
+        unless `force`."""
+        return await self._call(Reset(unit, force, failed), Ok)
 
     async def status(self, unit: str | None = None) -> list[UnitView]:
         return (await self.state(unit)).units
@@ -210,13 +222,16 @@ class AsyncClient:
         on_progress: Callable[[Waiting | UnitsyncError], Awaitable[None]] | None = None,
         once: bool = False,
         owner: Owner | None = None,
+        token: str = "",
     ) -> Started:
         """Wait for the dependencies, then start; bound it with `trio.move_on_after`.
 
         If the agent goes away meanwhile, reconnect with backoff and ask again with the
-        same token (`on_progress` hears of it), as the blocking client does.
+        same token (`on_progress` hears of it), as the blocking client does. `token` names
+        the run (default: a fresh one), for its reports (`complete`).
         """
-        request, began = start_request(unit, rerun, once=once, owner=owner), time.monotonic()
+        request = start_request(unit, rerun, once=once, owner=owner, token=token)
+        began = time.monotonic()
         backoff = Backoff()
         connected_once = False
         while True:
@@ -244,14 +259,15 @@ class AsyncClient:
         if the block raises (a cancellation too), fail it with the exception as reason."""
         if wants:
             await self.want(name, *wants)
-        started = await self.start(name)
+        token = new_token()  # its reports count only while it is the unit's current run
+        started = await self.start(name, token=token)
         try:
             yield started
         except BaseException as exc:
             with trio.CancelScope(shield=True):  # so a cancelled block still reports its end
-                await self.fail(name, reason=failure_reason(exc))
+                await self.fail(name, reason=failure_reason(exc), token=token)
             raise
-        await self.complete(name)
+        await self.complete(name, token=token)
 
     async def watch(
         self,

@@ -56,6 +56,7 @@ from unitsync.wire.protocol import (
     Forget,
     FullView,
     Ok,
+    Order,
     Owner,
     Ping,
     Pong,
@@ -78,6 +79,7 @@ from .retry import (
     DEFAULT_WAIT,
     Backoff,
     asked_again,
+    new_token,
     start_request,
     timed_out,
 )
@@ -163,6 +165,23 @@ class Connection:
     def close(self) -> None:
         self.sock.close()
 
+    def pushed(self) -> list[Order]:
+        """Orders the agent pushed unasked, read without blocking (between exchanges);
+        AgentGone if it closed the connection."""
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)  # (with a timeout, Python would wait for data first)
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise self.session.connection_lost(exc) from None
+        else:
+            self.session.receive_data(data)
+        finally:
+            self.sock.settimeout(timeout)
+        return self.session.take_orders()
+
     def _read(self, deadline: float | None) -> None:
         if deadline is not None:
             remaining = deadline - time.monotonic()
@@ -242,26 +261,43 @@ class Client:
         return self._call(Want(unit, list(deps), once), Ok)
 
     def complete(
-        self, unit: str, *, force: bool = False, once: bool = False, hold: bool = False
+        self,
+        unit: str,
+        *,
+        force: bool = False,
+        once: bool = False,
+        hold: bool = False,
+        token: str = "",
     ) -> Ok:
-        """`hold`: from a `run` holding the unit, ready but still running (a service)."""
-        return self._call(Complete(unit, force, once, hold), Ok)
+        """`hold`: from a `run` holding the unit, ready but still running (a service).
+        `token`: the run this report is from (a held run's goes by itself); once a newer
+        run superseded it, the report changes nothing."""
+        return self._call(Complete(unit, force, once, hold, self._token(unit, token)), Ok)
 
-    def fail(self, unit: str, reason: str = "", *, force: bool = False) -> Ok:
-        """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet."""
-        return self._call(Fail(unit, reason, force), Ok)
+    def fail(self, unit: str, reason: str = "", *, force: bool = False, token: str = "") -> Ok:
+        """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet.
+        `token`: as for `complete`."""
+        return self._call(Fail(unit, reason, force, self._token(unit, token)), Ok)
 
     def forget(self, unit: str) -> Ok:
         """Remove a unit no other unit wants, with its history."""
         return self._call(Forget(unit), Ok)
 
-    def set_reason(self, unit: str, reason: str) -> Ok:
-        """Say what a started unit is doing, without changing its state."""
-        return self._call(SetReason(unit, reason), Ok)
+    def set_reason(self, unit: str, reason: str, *, token: str = "") -> Ok:
+        """Say what a started unit is doing, without changing its state (`token`: as for
+        `complete`)."""
+        return self._call(SetReason(unit, reason, self._token(unit, token)), Ok)
 
-    def reset(self, unit: str | None = None) -> Ok:
-        """Back to pending; `None` resets every unit."""
-        return self._call(Reset(unit), Ok)
+    def reset(self, unit: str | None = None, *, force: bool = False, failed: bool = False) -> Ok:
+        """Back to pending; `None` resets every unit (`failed`: every failed one). A unit
+        whose run's owner still runs is refused (`None`: left alone, named in `left_alone`),
+        unless `force`."""
+        return self._call(Reset(unit, force, failed), Ok)
+
+    def _token(self, unit: str, token: str) -> str:
+        """The token a report goes with: the one given, or that of the run held here."""
+        held = self.holding.get(unit)
+        return token or (held.token if held is not None else "")
 
     def status(self, unit: str | None = None) -> list[UnitView]:
         return self.state(unit).units
@@ -354,6 +390,7 @@ class Client:
         once: bool = False,
         owner: Owner | None = None,
         hold: bool = False,
+        token: str = "",
     ) -> Started:
         """Wait until every dependency of `unit` is completed, then mark it started.
 
@@ -367,9 +404,10 @@ class Client:
         while we wait (restart, crash, upgrade), reconnect with backoff and keep waiting;
         the request carries a token so a start the old agent acknowledged but could not
         answer is not repeated. If it crashed, start another (as `_connect` says).
+        `token` names the run (default: a fresh one), for its reports (`complete`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = start_request(unit, rerun, once=once, owner=owner, hold=hold)
+        request = start_request(unit, rerun, once=once, owner=owner, hold=hold, token=token)
         began = time.monotonic()
         backoff = Backoff()
         connected_once = False
@@ -398,20 +436,20 @@ class Client:
         start, same token). Refused if the agent gave the run up meanwhile."""
         return self._call(msgspec.structs.replace(self.holding[unit], again=True), Started)
 
+    def take_orders(self) -> list[Order]:
+        """What the agent pushed on the open connection (a held run is told when a newer run
+        supersedes it), read without blocking; AgentGone if the agent closed it."""
+        if self._conn is None:
+            return []
+        try:
+            return self._conn.pushed()
+        except AgentGone:
+            self.close()
+            raise
+
     def fileno(self) -> int | None:
         """The open connection's descriptor (for an event loop to watch), if there is one."""
         return self._conn.sock.fileno() if self._conn is not None else None
-
-    def closed_by_agent(self) -> bool:
-        """Has the agent closed the open connection (it sends nothing unasked)?"""
-        if self._conn is None:
-            return True
-        try:
-            return self._conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
 
     def _wait_started(
         self,
@@ -457,13 +495,14 @@ class Client:
         """
         if wants:
             self.want(name, *wants)
-        started = self.start(name, timeout=timeout)
+        token = new_token()  # its reports count only while it is the unit's current run
+        started = self.start(name, timeout=timeout, token=token)
         try:
             yield started
         except BaseException as exc:
-            self.fail(name, reason=failure_reason(exc))
+            self.fail(name, reason=failure_reason(exc), token=token)
             raise
-        self.complete(name)
+        self.complete(name, token=token)
 
     def watch(
         self,

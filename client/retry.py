@@ -35,9 +35,17 @@ def start_request(
     once: bool = False,
     owner: Owner | None = None,
     hold: bool = False,
+    token: str = "",
 ) -> Start:
-    """A `start` with a fresh token: one token per call, reused by every retry of it."""
-    return Start(unit, rerun, token=os.urandom(8).hex(), once=once, owner=owner, hold=hold)
+    """A `start` with a fresh token (unless given): one token per call, reused by every
+    retry of it; it names the run the start begins, in that run's reports."""
+    token = token or new_token()
+    return Start(unit, rerun, token=token, once=once, owner=owner, hold=hold)
+
+
+def new_token() -> str:
+    """A run's token: random, so no two runs (of any agent, any boot) share one."""
+    return os.urandom(8).hex()
 
 
 def asked_again(request: Start, began: float) -> Start:

@@ -18,7 +18,10 @@ only move bytes, so every rule of talking to the agent lives here once:
   (`unitsync.wire.errors.from_reply`);
 - the reconnect-once rule: the agent closes idle connections between requests, never
   during one, so a reused connection found closed before any reply never carried the
-  request, and sending it again on a new connection is safe (`retry_is_safe`).
+  request, and sending it again on a new connection is safe (`retry_is_safe`);
+- orders: on a connection that holds a run, the agent may push an `Order` unasked (its run
+  was superseded), between replies or before one; it is never a reply to anything, so it
+  is set aside in `orders` for the caller (`take_orders`), whatever the exchange.
 
 Resource rules: a session owns no socket. It is used for one connection; after
 `CLOSED` (the peer went, or the caller gave up half way) the caller opens a new
@@ -61,6 +64,7 @@ from unitsync.wire.protocol import (
     FullView,
     Hello,
     Ok,
+    Order,
     Ping,
     Pong,
     Reply,
@@ -250,6 +254,8 @@ class Session:
         self._exchanges = 0
         self._received = 0
         """Bytes received since the current request was sent."""
+        self.orders: list[Order] = []
+        """Orders the agent pushed, not yet taken (`take_orders`)."""
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -322,6 +328,23 @@ class Session:
         cause = f": {exc}" if exc else ""
         return self._broken(f"lost the connection to the agent at {self.path}{cause}")
 
+    def take_orders(self) -> list[Order]:
+        """Between exchanges: the orders received so far (read what is waiting and
+        `receive_data` it first). AgentGone if the agent closed the connection and pushed
+        nothing more: a connection holding a run is closed only when the agent goes."""
+        if self.state is State.CLOSED and not self.orders:
+            raise self._broken(f"the agent at {self.path} closed the connection")
+        if self.state is State.IDLE:
+            try:
+                event = self.next_event()
+            except AgentGone:
+                if not self.orders:
+                    raise
+            else:
+                assert event is NEED_DATA  # anything else raised: nothing was asked
+        orders, self.orders = self.orders, []
+        return orders
+
     def abandon(self) -> None:
         """The caller gives up on this connection (a watch left, a call cancelled)."""
         self.state = State.CLOSED
@@ -330,6 +353,9 @@ class Session:
 
     def _accept(self, reply: Reply) -> Reply | None:
         """Check a decoded frame against the exchange; the event to hand on, if any."""
+        if isinstance(reply, Order) and self.welcome is not None:
+            self.orders.append(reply)  # pushed, not an answer: the exchange goes on
+            return None
         if self.state is State.GREETING:
             if isinstance(reply, Error):  # refused before the hello: busy, another uid
                 self.state = State.CLOSED

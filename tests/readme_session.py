@@ -44,6 +44,7 @@ NORMALISE = [
     (re.compile(r"\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+(\.\d+)?(ms|s)\b"), "<duration>"),
     (re.compile(r"\bpid \d+"), "pid <n>"),
     (re.compile(r"\b[0-9a-f]{8}(?=, state in )|(?<=\bgraph )[0-9a-f]{8}\b"), "<graph>"),
+    (re.compile(r"`kill \d+`"), "`kill <n>`"),  # a refusal's way out names the pid to stop
     (re.compile(r"(?:/[\w.@+-]+)+/agent\.sock"), "<socket>"),
     (re.compile(r"(?:/[\w.@+-]+)+/agent\.log"), "<agent log>"),
     (re.compile(r"(?:/[\w.@+-]+)+/unitsync(?=[ ,)]|$)"), "<state dir>"),

@@ -400,7 +400,7 @@ async def test_both_clients_say_the_same_when_the_connection_is_reset(
 # --- the same methods --------------------------------------------------------------------------
 
 
-RUN_ONLY = {"take_back", "fileno", "closed_by_agent"}
+RUN_ONLY = {"take_back", "fileno", "take_orders"}
 """What `unitsync sync run` needs of the blocking client to hold its run from its own loop."""
 
 

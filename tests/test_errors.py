@@ -18,6 +18,7 @@ EXIT_STATUS = {
     "shutting_down": ("AgentGone", 3),
     "protocol": ("ProtocolError", 1),
     "graph_changed": ("GraphChanged", 3),
+    "superseded": ("Superseded", 1),
 }
 """What README's exit-code table says of each code; every other code is a refusal, exit 1."""
 

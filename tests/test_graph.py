@@ -25,8 +25,19 @@ from unitsync.agent.graph import (
     Refused,
     check_name,
 )
-from unitsync.agent.machine import MOVES, STATES, Command, Drop, Refuse, Status, Stay, outcome
-from unitsync.agent.records import Edge, Forget, Known, Move, Record, UnitImage
+from unitsync.agent.machine import (
+    MOVES,
+    NO_OWNER,
+    OWNER_GONE,
+    STATES,
+    Command,
+    Drop,
+    Refuse,
+    Status,
+    Stay,
+    outcome,
+)
+from unitsync.agent.records import Edge, Forget, Known, Move, OwnerRecord, Record, UnitImage
 from unitsync.agent.views import transition, unit_view
 
 T0 = 1_700_000_000.0
@@ -64,12 +75,17 @@ def moves(graph: Graph, name: str) -> list[tuple[float, str, str, str]]:
 
 
 def run(
-    graph: Graph, name: str, now: float, rerun: bool = False, once: bool = False
+    graph: Graph,
+    name: str,
+    now: float,
+    rerun: bool = False,
+    once: bool = False,
+    owner_alive: bool | None = True,
 ) -> list[Record]:
     """What the agent does for `start` when the unit is already ready: admit, then start."""
-    records = graph.admit(name, rerun, now, once=once)
+    records = graph.admit(name, rerun, now, once=once, owner_alive=owner_alive)
     assert graph.readiness(name).ready
-    return records + graph.start(name, rerun, now, once=once)
+    return records + graph.start(name, rerun, now, once=once, owner_alive=owner_alive)
 
 
 def clock(at: float) -> str:
@@ -79,50 +95,70 @@ def clock(at: float) -> str:
 
 # --- the state machine's table -----------------------------------------------------------
 
-BY_TABLE: dict[Command, Callable[[Graph, str, bool, float], list[Record]]] = {
-    Command.START: lambda g, name, flag, now: run(g, name, now, rerun=flag),
-    Command.START_ONCE: lambda g, name, flag, now: run(g, name, now, rerun=flag, once=True),
-    Command.COMPLETE: lambda g, name, flag, now: g.complete(name, flag, now),
-    Command.FAIL: lambda g, name, flag, now: g.fail(name, "", now, force=flag),
-    Command.RESET: lambda g, name, _flag, now: g.reset(name, now),
-    Command.FORGET: lambda g, name, _flag, now: g.forget(name, now),
+Alive = bool | None
+BY_TABLE: dict[Command, Callable[[Graph, str, bool, float, Alive], list[Record]]] = {
+    Command.START: lambda g, name, flag, now, alive: run(g, name, now, flag, owner_alive=alive),
+    Command.START_ONCE: lambda g, name, flag, now, alive: run(g, name, now, flag, True, alive),
+    Command.COMPLETE: lambda g, name, flag, now, _alive: g.complete(name, flag, now),
+    Command.FAIL: lambda g, name, flag, now, _alive: g.fail(name, "", now, force=flag),
+    Command.RESET: lambda g, name, flag, now, alive: g.reset(
+        name, now, force=flag, owner_alive=lambda _name: alive
+    ),
+    Command.FORGET: lambda g, name, _flag, now, _alive: g.forget(name, now),
 }
-"""Each command of the table as the agent runs it; `flag` is its override (FLAGS)."""
+"""Each command of the table as the agent runs it; `flag` is its override (FLAGS), `alive`
+what the agent's shell says of the owner of the unit's run."""
 FLAGS = {
     Command.START: "rerun",
     Command.START_ONCE: "rerun",
     Command.COMPLETE: "force",
     Command.FAIL: "force",
+    Command.RESET: "force",
 }
 """The flag by which each command overrides a refusal."""
+OWNERS: dict[str, tuple[Alive, frozenset[str]]] = {
+    "no owner": (True, frozenset({NO_OWNER})),
+    "owner runs": (True, frozenset()),
+    "owner gone": (False, frozenset({OWNER_GONE})),
+    "owner unseen": (None, frozenset()),
+}
+"""The owner of the unit's run, as the shell tells it, and the facts the table then gets:
+none recorded, one that runs, one that is gone, one this agent cannot see."""
 
 
-def graph_with(status: Status) -> Graph:
-    """A graph holding unit `u` in `status` (or not holding it, for None)."""
+def graph_with(status: Status, owner: str = "no owner") -> Graph:
+    """A graph holding unit `u` in `status` (or not holding it, for None), its run owned
+    by a `run` process unless `owner` is "no owner"."""
     graph = Graph()
     if status is None:
         return graph
     graph.apply(Known("u", T0))
     if status != "pending":
-        graph.apply(Move("u", status, T0 + 1))
+        record = OwnerRecord(4242, 1, "sleep 600", "run") if owner != "no owner" else None
+        graph.apply(Move("u", status, T0 + 1, owner=record))
     return graph
 
 
 @pytest.mark.parametrize(("status", "command"), list(MOVES), ids=str)
 @pytest.mark.parametrize("override", [False, True], ids=["plain", "override"])
+@pytest.mark.parametrize("owner", OWNERS)
 def test_every_move_of_the_table_is_what_the_graph_does(
-    status: Status, command: Command, override: bool
+    status: Status, command: Command, override: bool, owner: str
 ) -> None:
-    """The graph does exactly what `machine.MOVES` says, for every (status, command) pair."""
-    graph = graph_with(status)
+    """The graph does exactly what `machine.MOVES` says, for every (status, command) pair,
+    whoever owns the unit's run."""
+    graph = graph_with(status, owner)
     before = state(graph)
+    alive, facts = OWNERS[owner]
+    if status in (None, "pending"):
+        facts = frozenset({NO_OWNER})  # no run, no owner
     flags = frozenset({FLAGS[command]} if override and command in FLAGS else ())
-    expected = outcome(status, command, flags)
+    expected = outcome(status, command, flags | facts)
     if isinstance(expected, Refuse):
-        refused(expected.code, BY_TABLE[command], graph, "u", override, T0 + 2)
+        refused(expected.code, BY_TABLE[command], graph, "u", override, T0 + 2, alive)
         assert state(graph) == before  # a refusal changes nothing
         return
-    records = BY_TABLE[command](graph, "u", override, T0 + 2)
+    records = BY_TABLE[command](graph, "u", override, T0 + 2, alive)
     if isinstance(expected, Drop):
         assert "u" not in graph.units
         return
@@ -131,31 +167,58 @@ def test_every_move_of_the_table_is_what_the_graph_does(
         assert [r for r in records if isinstance(r, Move)] == []
         assert unit.status == (status or "pending")
         return
-    assert (unit.status, unit.reason) == (expected.to, expected.reason)
+    assert unit.status == expected.to
+    if OWNER_GONE in facts and not override and expected.reason == "new run":
+        assert unit.reason.startswith("new run: its previous owner, `unitsync sync run` (pid")
+    elif command is Command.RESET and override and not facts:  # it took a live run
+        assert unit.reason == "reset --force"
+    else:
+        assert unit.reason == expected.reason
     assert unit.history[-1].from_ == (status or "pending")
 
 
 def test_reset_of_every_unit_moves_each_as_the_table_says() -> None:
-    """`reset --all` is one change, but each unit in it moves as `reset UNIT` would."""
+    """`reset --all` is one change, but each unit in it moves as `reset UNIT` would; those
+    `reset UNIT` would refuse (a run whose owner still runs) are left alone and named."""
     graph = Graph()
-    for status in STATES:
-        graph.apply(Known(status, T0))
+    cases = [(status, owner) for status in STATES for owner in OWNERS]
+    for status, owner in cases:
+        name = f"{status}/{owner}"
+        graph.apply(Known(name, T0))
         if status != "pending":
-            graph.apply(Move(status, status, T0 + 1))
-    graph.reset(None, T0 + 2)
-    for status in STATES:
-        expected = outcome(status, Command.RESET, frozenset())
-        unit = graph.units[status]
+            record = OwnerRecord(4242, 1, "sleep 600", "run") if owner != "no owner" else None
+            graph.apply(Move(name, status, T0 + 1, owner=record))
+    _records, left_alone = graph.reset_all(
+        T0 + 2, owner_alive=lambda name: OWNERS[name.split("/")[1]][0]
+    )
+    expected_left_alone = []
+    for status, owner in cases:
+        facts = OWNERS[owner][1] if status != "pending" else frozenset({NO_OWNER})
+        expected = outcome(status, Command.RESET, facts)
+        unit = graph.units[f"{status}/{owner}"]
         if isinstance(expected, Stay):
             assert unit.status == status and not unit.history  # nothing moved
+        elif isinstance(expected, Refuse):
+            assert unit.status == status and len(unit.history) == 1
+            expected_left_alone.append(unit.name)
         else:
             assert (unit.status, unit.reason) == (expected.to, expected.reason)
+    assert left_alone == expected_left_alone
+    assert left_alone == [
+        "started/owner runs",
+        "started/owner unseen",
+        "completed/owner runs",
+        "completed/owner unseen",
+    ]
+    forced, left_alone = graph.reset_all(T0 + 3, force=True)
+    assert left_alone == [] and len(forced) == 4
+    assert {unit.status for unit in graph.units.values()} == {"pending"}
 
 
 def test_the_table_covers_every_status_and_command() -> None:
     assert set(MOVES) == {(s, c) for s in (None, *STATES) for c in Command}
     overrides = {flag for r in MOVES.values() if isinstance(r, Refuse) for flag in r.overrides}
-    assert overrides <= {*FLAGS.values(), "owner_gone"}
+    assert overrides <= {*FLAGS.values(), OWNER_GONE, NO_OWNER}
 
 
 def test_a_completed_unit_can_fail_and_its_dependents_see_it() -> None:
@@ -939,6 +1002,11 @@ INVALID = ["", "tab\there", "del\x7f", "é" * 128, "\ud800"]
 NAMES = st.sampled_from(VALID * 10 + INVALID)
 """Mostly valid names, an invalid one about one time in eleven."""
 REASONS = st.sampled_from(["", "boom", "disk full", "é" * 2048, "é" * 2049])
+RUN_OWNER = OwnerRecord(4242, 1, "sleep 600", "run")
+"""The owner every owned run of the model has: what matters is what the shell says of it."""
+OWNER_SAYS: dict[str, bool | None] = {"runs": True, "gone": False, "unseen": None}
+"""What the agent's shell says of an owner, by the model's word for it."""
+GONE_REASON = "new run: its previous owner, `unitsync sync run` (pid 4242, sleep 600), is gone"
 
 
 @dataclass
@@ -949,6 +1017,15 @@ class ModelUnit:
     token: str = ""
     deps: list[str] = field(default_factory=list)
     history: list[tuple[float, str, str, str, float | None]] = field(default_factory=list)
+    owner: str | None = None
+    """The owner of the current run: None (none recorded), or a key of OWNER_SAYS."""
+    old_tokens: list[str] = field(default_factory=list)
+    """The tokens of its earlier runs: their reports are a superseded run's."""
+
+    @property
+    def owner_lives(self) -> bool:
+        """Its run's owner runs, or cannot be seen: nothing takes the run from it."""
+        return self.owner in ("runs", "unseen")
 
 
 class Model:
@@ -962,11 +1039,38 @@ class Model:
             self.units[name] = ModelUnit(since=at)
 
     def move(
-        self, name: str, to: str, at: float, reason: str = "", waited: float | None = None
+        self,
+        name: str,
+        to: str,
+        at: float,
+        reason: str = "",
+        waited: float | None = None,
+        owner: str | None = None,
     ) -> None:
+        """Every move records who owns the run from then on; none unless told (`owner`)."""
         unit = self.units[name]
         unit.history.append((at, unit.status, to, reason, waited))
         unit.status, unit.since, unit.reason = to, at, reason
+        unit.owner = owner
+
+    def new_run(self, name: str, token: str) -> None:
+        unit = self.units[name]
+        if unit.token:
+            unit.old_tokens.append(unit.token)
+        unit.token = token
+
+    def current_token(self, name: str) -> str:
+        """The token of the unit's current run ("" if it has none: pending, or never ran)."""
+        unit = self.units.get(name)
+        return unit.token if unit is not None and unit.status != "pending" else ""
+
+    def stale_tokens(self, name: str) -> list[str]:
+        """Tokens of its runs that are not current: earlier ones, and a pending unit's last."""
+        unit = self.units.get(name)
+        if unit is None:
+            return []
+        last = [unit.token] if unit.status == "pending" and unit.token else []
+        return unit.old_tokens + last
 
     def status(self, name: str) -> str | None:
         return self.units[name].status if name in self.units else None
@@ -1015,11 +1119,11 @@ class GraphMachine(RuleBasedStateMachine):
         self.clock += 1.0
         return self.clock
 
-    def expect(self, code: str | None, fn: Callable[..., Any], *args: Any) -> Any:
+    def expect(self, code: str | None, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """Run a command; it must be refused exactly when the model says, with its code."""
         before = state(self.graph)
         try:
-            result = fn(*args)
+            result = fn(*args, **kw)
         except Refused as exc:
             assert exc.code == code, f"refused with {exc.code} ({exc.message}); model: {code}"
             assert state(self.graph) == before, "a refusal changed the graph"
@@ -1072,33 +1176,50 @@ class GraphMachine(RuleBasedStateMachine):
             assert dst in self.model.deps(src), f"{src} -> {dst} is not an edge: {message}"
         assert len(set(path[:-1])) == len(path) - 1, f"path repeats a unit: {message}"
 
+    def owner_alive(self, unit: str) -> bool | None:
+        """What the agent's shell says of the owner of `unit`'s run (True when it has none)."""
+        found = self.model.units.get(unit)
+        return OWNER_SAYS[found.owner] if found is not None and found.owner else True
+
+    def start_refused(self, unit: str, rerun: bool) -> bool:
+        """One run at a time: a started unit's run goes on unless its owner is gone (none
+        recorded: it may still run), a completed one's while its owner lives."""
+        found = self.model.units.get(unit)
+        if found is None or rerun:
+            return False
+        if found.status == "started":
+            return found.owner != "gone"
+        return found.status == "completed" and found.owner_lives
+
     @rule(unit=NAMES, rerun=st.booleans())
     def admit(self, unit: str, rerun: bool) -> None:
         m = self.model
         if invalid(unit):
             code = "invalid"
-        elif m.status(unit) == "started" and not rerun:
+        elif self.start_refused(unit, rerun):
             code = "already_started"
         else:
             code = None
-        result = self.expect(code, self.graph.admit, unit, rerun, self.now())
+        alive = self.owner_alive(unit)
+        result = self.expect(code, self.graph.admit, unit, rerun, self.now(), owner_alive=alive)
         if code is None:
             assert bool(result) == (m.status(unit) is None)
             m.know(unit, self.clock)
             self.waiters.append((unit, rerun, self.clock))
 
-    @rule(unit=NAMES, rerun=st.booleans())
-    def start(self, unit: str, rerun: bool) -> None:
+    @rule(unit=NAMES, rerun=st.booleans(), owned=st.booleans())
+    def start(self, unit: str, rerun: bool, owned: bool) -> None:
         """`start` of a unit with nothing to wait for: admit and proceed in one step."""
         waiting = len(self.waiters)
         self.admit(unit, rerun)
         if len(self.waiters) > waiting:
-            self.proceed(len(self.waiters) - 1)
+            self.proceed(len(self.waiters) - 1, owned)
 
     @precondition(lambda self: self.waiters)
-    @rule(index=st.integers(0, 7))
-    def proceed(self, index: int) -> None:
-        """The agent's side of a waiting `start`: fail, start, or keep waiting."""
+    @rule(index=st.integers(0, 7), owned=st.booleans())
+    def proceed(self, index: int, owned: bool) -> None:
+        """The agent's side of a waiting `start`: fail, start, or keep waiting. `owned`: the
+        new run has an owner (a `run`, a script), as every CLI start has."""
         m = self.model
         unit, rerun, admitted = self.waiters[index % len(self.waiters)]
         readiness = self.graph.readiness(unit)
@@ -1114,16 +1235,78 @@ class GraphMachine(RuleBasedStateMachine):
             return  # still waiting
         else:
             assert readiness.ready
-            code = "already_started" if m.status(unit) == "started" and not rerun else None
+            code = "already_started" if self.start_refused(unit, rerun) else None
             now = self.now()
             self.tokens += 1
             token = f"tok{self.tokens}"
-            self.expect(code, self.graph.start, unit, rerun, now, token, now - admitted)
+            self.expect(
+                code,
+                self.graph.start,
+                unit,
+                rerun,
+                now,
+                token,
+                now - admitted,
+                owner=RUN_OWNER if owned else None,
+                owner_alive=self.owner_alive(unit),
+            )
             if code is None:
-                reason = "" if m.status(unit) == "pending" else "new run"
-                m.move(unit, "started", now, reason, now - admitted)
-                m.units[unit].token = token
+                before = m.units[unit]
+                if before.status == "pending":
+                    reason = ""
+                elif before.owner == "gone" and not rerun:
+                    reason = GONE_REASON
+                else:
+                    reason = "new run"
+                m.move(unit, "started", now, reason, now - admitted, "runs" if owned else None)
+                m.new_run(unit, token)
         self.waiters.remove((unit, rerun, admitted))
+
+    @rule(unit=st.sampled_from(VALID), says=st.sampled_from(sorted(OWNER_SAYS)))
+    def owner_changes(self, unit: str, says: str) -> None:
+        """The owner of a unit's run exits, or is seen again, or cannot be seen: nothing in
+        the graph changes, but what the shell tells its commands does."""
+        found = self.model.units.get(unit)
+        if found is not None and found.owner is not None:
+            found.owner = says
+
+    @rule(unit=st.sampled_from(VALID))
+    def ready(self, unit: str) -> None:
+        """The `run` of a unit's current run says its service is ready: completed, and the
+        run goes on owning it."""
+        found = self.model.units.get(unit)
+        token = self.model.current_token(unit)
+        if found is None or not token:
+            return  # no run to report on
+        self.expect(
+            None,
+            lambda: self.graph.complete(unit, False, self.now(), keep_owner=True, token=token),
+        )
+        if found.status != "completed":
+            self.model.move(unit, "completed", self.clock, "", owner=found.owner)
+
+    @rule(
+        unit=NAMES,
+        kind=st.sampled_from(["complete", "ready", "fail", "reason"]),
+        pick=st.integers(0, 7),
+    )
+    def superseded_report(self, unit: str, kind: str, pick: int) -> None:
+        """A report carrying a token that is not the unit's current run's (an earlier run's,
+        a pending unit's last, or one never issued): it changes nothing, in every state."""
+        stale = [*self.model.stale_tokens(unit), "never issued"]
+        token = stale[pick % len(stale)]
+        now = self.now()
+        report = {
+            "complete": lambda: self.graph.complete(unit, False, now, token=token),
+            "ready": lambda: self.graph.complete(unit, False, now, keep_owner=True, token=token),
+            "fail": lambda: self.graph.fail(unit, "boom", now, token=token),
+            "reason": lambda: self.graph.set_reason(unit, "booting", token=token),
+        }[kind]
+        before, images = state(self.graph), list(self.graph.images())
+        result = self.expect("invalid" if invalid(unit) else None, report)
+        if not invalid(unit):
+            assert result == []
+            assert state(self.graph) == before and list(self.graph.images()) == images
 
     @rule(unit=NAMES, force=st.booleans())
     def complete(self, unit: str, force: bool) -> None:
@@ -1144,8 +1327,9 @@ class GraphMachine(RuleBasedStateMachine):
                     unit, "completed", self.clock, "forced" if status in (None, "pending") else ""
                 )
 
-    @rule(unit=NAMES, reason=REASONS, force=st.booleans())
-    def fail(self, unit: str, reason: str, force: bool) -> None:
+    @rule(unit=NAMES, reason=REASONS, force=st.booleans(), current=st.booleans())
+    def fail(self, unit: str, reason: str, force: bool, current: bool) -> None:
+        """An operator's `fail`, or (`current`) the report of the unit's current run."""
         too_long = len(reason.encode()) > MAX_REASON_BYTES
         if invalid(unit) or too_long:
             code = "invalid"
@@ -1153,7 +1337,8 @@ class GraphMachine(RuleBasedStateMachine):
             code = "unknown_unit"
         else:
             code = None
-        self.expect(code, self.graph.fail, unit, reason, self.now(), force)
+        token = self.model.current_token(unit) if current else ""
+        self.expect(code, self.graph.fail, unit, reason, self.now(), force, token=token)
         if code is None:
             self.model.know(unit, self.clock)
             self.model.move(unit, "failed", self.clock, reason)
@@ -1166,24 +1351,54 @@ class GraphMachine(RuleBasedStateMachine):
             self.model.know(unit, self.clock)
             self.model.move(unit, "failed", self.clock, f"flap {i}")
 
-    @rule(unit=st.none() | NAMES)
-    def reset(self, unit: str | None) -> None:
+    def left_alone(self, name: str, force: bool) -> bool:
+        """`reset` leaves a run alone while its owner lives (or cannot be seen), unless forced."""
+        found = self.model.units[name]
+        return not force and found.status in ("started", "completed") and found.owner_lives
+
+    def reset_in_model(self, names: list[str], force: bool) -> None:
         m = self.model
-        if unit is not None and invalid(unit):
+        for name in names:
+            found = m.units[name]
+            took_a_live_run = found.status in ("started", "completed") and found.owner_lives
+            m.move(name, "pending", self.clock, "reset --force" if took_a_live_run else "reset")
+
+    @rule(unit=NAMES, force=st.booleans())
+    def reset(self, unit: str, force: bool) -> None:
+        m = self.model
+        if invalid(unit):
             code = "invalid"
-        elif unit is not None and m.status(unit) is None:
+        elif m.status(unit) is None:
             code = "unknown_unit"
+        elif self.left_alone(unit, force):
+            code = "in_use"
         else:
             code = None
-        result = self.expect(code, self.graph.reset, unit, self.now())
-        if code is not None:
-            return
-        names = list(m.units) if unit is None else [unit]
-        changes = [n for n in names if m.status(n) not in (None, "pending")]
-        assert bool(result) == bool(changes)
-        for name in names:
-            if m.units[name].status != "pending":
-                m.move(name, "pending", self.clock, "reset")
+        result = self.expect(
+            code, self.graph.reset, unit, self.now(), force=force, owner_alive=self.owner_alive
+        )
+        if code is None:
+            assert bool(result) == (m.status(unit) != "pending")
+            self.reset_in_model([unit] if m.status(unit) != "pending" else [], force)
+
+    @rule(force=st.booleans(), only_failed=st.booleans())
+    def reset_all(self, force: bool, only_failed: bool) -> None:
+        """`reset --all` (`--failed`): what it would refuse it leaves alone, and names."""
+        m = self.model
+        now = self.now()
+        records, left_alone = self.expect(
+            None,
+            self.graph.reset_all,
+            now,
+            force=force,
+            owner_alive=self.owner_alive,
+            only_failed=only_failed,
+        )
+        names = [n for n in m.units if not only_failed or m.status(n) == "failed"]
+        changes = [n for n in names if m.status(n) != "pending" and not self.left_alone(n, force)]
+        assert left_alone == [n for n in names if self.left_alone(n, force)]
+        assert sorted(r.unit for r in records) == sorted(changes)
+        self.reset_in_model(changes, force)
 
     @rule(unit=NAMES)
     def forget(self, unit: str) -> None:

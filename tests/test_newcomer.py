@@ -325,7 +325,16 @@ def test_waiting_on_shows_only_what_a_waiting_start_waits_for(agent_process: Age
             "invalid value 'xml' for --output: choose one of table, json, dot, mermaid",
             "unitsync sync status [UNIT]",
         ),
-        (["sync", "reset"], "reset needs a UNIT or --all", "unitsync sync reset UNIT | --all"),
+        (
+            ["sync", "reset"],
+            "reset needs one of UNIT, --all or --failed",
+            "unitsync sync reset UNIT | --all | --failed [--force]",
+        ),
+        (
+            ["sync", "reset", "db", "--all"],
+            "reset needs one of UNIT, --all or --failed",
+            "unitsync sync reset UNIT | --all | --failed [--force]",
+        ),
         (["sync", "bogus"], "unknown command 'bogus'; see `unitsync sync --help`", None),
     ],
 )

@@ -8,6 +8,8 @@ exits with `exc.exit_code`.
     UnitsyncError                      exit 1
     ├── Refused                        exit 1   the agent will not do it (cycle, name, state)
     │   ├── DependencyFailed           exit 4
+    │   ├── Superseded                 exit 1   a `run` taking back a run that a newer one
+    │   │                                       superseded meanwhile (it stops its command)
     │   └── ProtocolError              exit 1   a frame that is not a valid message
     ├── WaitTimeout                    exit 5
     ├── AlreadyDone                    exit 7   `start --once` of a one-time unit already done
@@ -82,6 +84,14 @@ class Refused(UnitsyncError):
 class DependencyFailed(Refused):
     exit_code = EXIT_DEPENDENCY_FAILED
     default_code = "dependency_failed"
+
+
+class Superseded(Refused):
+    """The run a `run` held was superseded (a newer run of the unit began, or it was reset
+    with --force) while that `run` was away; like an `Order` to supersede, it stops its
+    command. The message says by what."""
+
+    default_code = "superseded"
 
 
 class ProtocolError(Refused):
@@ -211,6 +221,7 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
     "not_durable": NotDurable,
     "once_done": AlreadyDone,
     "graph_changed": GraphChanged,
+    "superseded": Superseded,
 }
 """Codes whose error is not a plain refusal; every other code is `Refused`."""
 

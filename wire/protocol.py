@@ -93,6 +93,9 @@ class Complete(Base, tag="complete"):
     hold: bool = False
     """From a `run` that holds the unit: the run goes on (a service that is ready); losing
     the connection later still fails the unit."""
+    token: str = ""
+    """The reporting run's (its `start`'s token): if a newer run superseded it, the report
+    changes nothing. Empty: a report about the unit, whichever run it is in."""
 
 
 class Fail(Base, tag="fail"):
@@ -100,6 +103,8 @@ class Fail(Base, tag="fail"):
     reason: str = ""
     force: bool = False
     """Fail a unit no command has named yet (declare a failure on purpose)."""
+    token: str = ""
+    """The reporting run's, as for `Complete`."""
 
 
 class SetReason(Base, tag="set_reason"):
@@ -108,11 +113,17 @@ class SetReason(Base, tag="set_reason"):
 
     unit: str
     reason: str
+    token: str = ""
+    """The reporting run's, as for `Complete`."""
 
 
 class Reset(Base, tag="reset"):
     unit: str | None = None
     """None resets every unit."""
+    force: bool = False
+    """Reset units whose run's owner still runs too (their runs are superseded)."""
+    failed: bool = False
+    """With no unit: only the units that are failed (`reset --failed`)."""
 
 
 class Forget(Base, tag="forget"):
@@ -219,6 +230,9 @@ class Ok(Base, tag="ok"):
     message: str = ""
     notes: list[str] = []
     """Things the user should know although the request succeeded."""
+    left_alone: list[str] = []
+    """Units the request did not change although it named them (`reset --all`: their run's
+    owner still runs; `notes` says why for each)."""
 
 
 class Waiting(Base, tag="waiting"):
@@ -227,6 +241,22 @@ class Waiting(Base, tag="waiting"):
     unit: str
     on: list[str]
     since: float
+
+
+class Order(Base, tag="order"):
+    """Event, pushed unasked on a connection that holds a run (a `run`'s): what the agent
+    asks of the run whose token is `token`. The agent sends it between replies, never in
+    the middle of one.
+
+    `supersede`: a newer run of `unit` began (`--rerun`), or the unit was reset with
+    `--force`: the run is no longer the unit's, its reports change nothing; the `run`
+    stops its command and exits. `by` says who, for people: "a new run (pid 4242)".
+    """
+
+    unit: str
+    what: Literal["supersede"]
+    token: str
+    by: str = ""
 
 
 class Started(Base, tag="started"):
@@ -245,6 +275,7 @@ ErrorCode = Literal[
     "not_started",
     "in_use",  # forget of a unit that others want, that is started, or that a start waits for
     "once_done",  # start --once of a one-time unit that is completed: nothing to do
+    "superseded",  # a `run` taking back a run that a newer one superseded meanwhile
     "dependency_failed",
     "shutting_down",
     "busy",  # the agent cannot take more connections
@@ -290,4 +321,4 @@ class Changed(Base, tag="changed"):
     at: float
 
 
-Reply = Welcome | Pong | Ok | Waiting | Started | Error | StatusReply | FullView | Changed
+Reply = Welcome | Pong | Ok | Waiting | Started | Error | StatusReply | FullView | Changed | Order
