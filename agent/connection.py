@@ -20,6 +20,7 @@ import msgspec
 import trio
 
 from unitsync.wire import __version__
+from unitsync.wire.bounds import MAX_DEPS, check_request
 from unitsync.wire.errors import ProtocolError, UnitsyncError, to_reply
 from unitsync.wire.frame_stream import FrameStream, PeerGone
 from unitsync.wire.framing import (
@@ -159,7 +160,7 @@ async def _admit_peer(frames: FrameStream) -> bool:
     log.warning("refused a connection from uid %d (the agent runs as uid %d)", uid, os.getuid())
     await _send_quietly(
         frames,
-        Error("protocol", f"uid {uid} may not use this agent; it serves uid {os.getuid()} only"),
+        Error("untrusted", f"uid {uid} may not use this agent; it serves uid {os.getuid()} only"),
     )
     return False
 
@@ -204,13 +205,25 @@ def _decode(body: bytes) -> object:
 
 async def _serve(service: Service, frames: FrameStream, request: object, holder: Holder) -> None:
     try:
+        if not isinstance(request, Error):  # (an Error stands for a frame that did not decode)
+            check_request(request)  # type: ignore[arg-type]
         reply = await _dispatch(service, frames, request, holder)
     except UnitsyncError as exc:
         reply = to_reply(exc)
     if isinstance(reply, StatusReply):
         await _send_units(frames, reply)
-    else:
+        return
+    try:
         await frames.send(reply)
+    except FrameTooLarge as exc:  # nothing was sent: the connection goes on
+        await frames.send(Error("protocol", _too_large(exc.size)))
+
+
+def _too_large(size: int) -> str:
+    return (
+        f"the reply would be {size} bytes, past the {MAX_FRAME}-byte frame limit, so it was "
+        "not sent; every reply should fit (SPEC §12): please report this as a bug"
+    )
 
 
 async def _send_units(frames: FrameStream, whole: StatusReply | FullView) -> None:
@@ -258,6 +271,8 @@ async def _start(
     """Wait for the start in this task, reading the socket meanwhile to notice a hang-up."""
 
     async def progress(event: Waiting) -> None:
+        if len(event.on) > MAX_DEPS:  # a unit from a journal written before the bound
+            event = msgspec.structs.replace(event, on=event.on[:MAX_DEPS])
         await frames.send(event)
 
     async def idle() -> None:

@@ -34,7 +34,7 @@ from typing import Protocol
 import trio
 
 from unitsync.wire import __version__
-from unitsync.wire.errors import DependencyFailed, NotDurable, Refused
+from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, as_text
 from unitsync.wire.processes import still_runs
 from unitsync.wire.protocol import (
     Complete,
@@ -236,8 +236,8 @@ class Service:
             agent=__version__,
             pid=os.getpid(),
             uptime=time.monotonic() - self.started_at,
-            socket=str(self.socket),
-            state_dir=str(self.state_dir or ""),
+            socket=as_text(str(self.socket)),
+            state_dir=as_text(str(self.state_dir or "")),
             boot=self.graph.boot,
             boot_since=self.graph.boot_since,
         )

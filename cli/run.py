@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from .progress import StartProgress
 from .reactor import Reactor
 from .say import say
 from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
+from .words import shell_line, shell_word
 
 DEFAULT_INTERVAL = 1.0
 """How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
@@ -146,11 +146,11 @@ def run_unit(
         )
     except AlreadyDone as exc:
         progress.clear()
-        say(f"{unit}: {exc}; not running {command[0]}")
+        say(f"{unit}: {exc}; not running {shell_word(command[0])}")
         return 0
     except UnitsyncError as exc:
         progress.clear()
-        say(f"unitsync: {exc}; not running {command[0]}")
+        say(f"unitsync: {exc}; not running {shell_word(command[0])}")
         return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C while waiting: as `start` says it
         progress.interrupted()
@@ -281,11 +281,12 @@ def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: 
 
 def _run_owner(command: Sequence[str]) -> Owner | None:
     """`run` itself owns the run; it is named by the command it runs, which is what a
-    person looking at `status` or at a lost run's reason recognises."""
+    person looking at `status` or at a lost run's reason recognises (bytes that are not
+    UTF-8 escaped, as a shell takes them back: `/bin/echo $'\\xff'`)."""
     me = owner(os.getpid(), "run")
     if me is None:
         return None
-    line = shlex.join(command)
+    line = shell_line(command)
     if len(line) > COMMAND_LIMIT:
         line = line[: COMMAND_LIMIT - 1] + "…"
     return msgspec.structs.replace(me, command=line)

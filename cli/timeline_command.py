@@ -77,9 +77,13 @@ def critical_chain(
     socket: SocketOption = None,
 ) -> int:
     """Show the chain of dependencies that decided when UNIT could start."""
+    from .app import _usage_error
     from .critical_chain import critical_chain as chain_of
     from .timeline_text import render_chain
+    from .words import utf8_problem
 
+    if problem := utf8_problem([("UNIT", unit)]):
+        return _usage_error("critical-chain", problem)
     try:
         model = _timeline(socket, boot)
         chain = chain_of(model, unit)

@@ -17,6 +17,7 @@ EXIT_STATUS = {
     "busy": ("AgentBusy", 3),
     "shutting_down": ("AgentGone", 3),
     "protocol": ("ProtocolError", 1),
+    "untrusted": ("AgentUntrusted", 3),
 }
 """What README's exit-code table says of each code; every other code is a refusal, exit 1."""
 

@@ -18,16 +18,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from unitsync.agent.graph import (
-    HISTORY_LIMIT,
-    MAX_REASON_BYTES,
-    Graph,
-    Refused,
-    check_name,
-)
+from unitsync.agent.graph import Graph, Refused
 from unitsync.agent.machine import MOVES, STATES, Command, Drop, Refuse, Status, Stay, outcome
 from unitsync.agent.records import Edge, Forget, Known, Move, Record, UnitImage
 from unitsync.agent.views import transition, unit_view
+from unitsync.wire.bounds import HISTORY_LIMIT, MAX_REASON_BYTES, check_name
 
 T0 = 1_700_000_000.0
 """A fixed, realistic Unix time; tests add small offsets so every transition is distinct."""
@@ -180,7 +175,8 @@ CONTROL_CHARS = [chr(c) for c in range(0x20)] + ["\x7f"]
         "claude code",
         "ünït",
         "x/y:z.service@1",
-        " ",  # U+0020 is the first character after the control range
+        "a b",  # U+0020 is the first character after the control range
+        " a ",
         "~",  # U+007E is just below DEL
         "a" * 255,
         "é" * 127 + "a",  # 255 bytes
