@@ -12,7 +12,9 @@ a command makes durable) is watched; the run checks:
   the graph the service serves is exactly the one the files hold; after a refusal,
   status still answers;
 - no space from then on: the next change is refused too; once space returns (the
-  fault lifted) the very next change is acknowledged by the same journal, no restart;
+  fault lifted) the very next change is acknowledged by the same journal, no restart,
+  after the journal had time to try the compaction it owes (`PAUSE`: a refusal, or a
+  compaction or start-up that found no room, is followed by one on a timer);
 - a stopped journal (EIO) raises JournalError; a start on a still-failing disk is
   refused clearly; once the disk is fixed the next start recovers;
 - every (re)start recovers exactly the acknowledged changes, plus a prefix (in order)
@@ -40,7 +42,13 @@ import trio.testing
 
 from unitsync.agent import logfile
 from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
+from unitsync.agent.journal import (
+    COMPACT_RETRY_MAX,
+    LOG_NAME,
+    SNAPSHOT_NAME,
+    Journal,
+    JournalError,
+)
 from unitsync.agent.records import Record
 from unitsync.agent.service import Service
 from unitsync.wire.errors import EXIT_NOT_DURABLE, AgentGone, NotDurable, Refused
@@ -89,6 +97,10 @@ RESTART = "restart"
 COMPACT = "compact"
 BACKGROUND = "background"
 JOIN = "join"
+PAUSE = "pause"
+"""Time passes with no change coming: the journal tries what it owes on its own timer (a
+compaction, or the fresh log of one, that found no room)."""
+PAUSE_SECONDS = 3 * COMPACT_RETRY_MAX
 
 STEPS: list[list[Command] | tuple[str, ...]] = [
     [want("app", "db", "cache")],
@@ -96,6 +108,7 @@ STEPS: list[list[Command] | tuple[str, ...]] = [
     [complete("db"), fail("cache", "c" * 300), want("web", "app")],
     (COMPACT,),
     [want("extra", "db")],
+    (PAUSE,),
     (RESTART,),
     (BACKGROUND, "web"),  # a start of web, waiting for app, across the next steps
     [reset("cache"), complete("db")],
@@ -200,9 +213,11 @@ class FaultRun:
             if step == (COMPACT,):
                 journal.compact_min_records, journal.compact_ratio = 0, 0.0
                 continue
+            if step == (PAUSE,):
+                await trio.sleep(PAUSE_SECONDS)
             if step[0] == BACKGROUND:
                 nursery.start_soon(self._command, service, start(step[1], limit=float("inf")))
-            elif step == (JOIN,):
+            elif step in ((JOIN,), (PAUSE,)):
                 await trio.testing.wait_all_tasks_blocked()
             else:
                 refused_before = self.refusals
@@ -241,6 +256,7 @@ class FaultRun:
         if self.refusals == before:
             raise self.problem("a change was accepted while the disk was still full")
         self.disk.lift()  # space returns
+        await trio.sleep(PAUSE_SECONDS)  # the compaction the refusals owe, on its timer
         before = len(self.commits)
         await self._command(service, want("after", "db"))
         accepted = [c.outcome for c in self.commits[before:]]
