@@ -31,12 +31,14 @@ When the disk fails (SPEC §4):
   again, so changes work as soon as there is room.
 - A journal that fills its disk by itself frees it: a refusal makes the writer try a
   compaction at once (the snapshot of the live graph is usually far smaller than the
-  log), if it would take less room than the snapshot and log it replaces. A compaction
-  that runs out of space is put off and tried again on a backoff in time
-  (COMPACT_RETRY_FIRST doubling to COMPACT_RETRY_MAX), with or without changes coming;
-  so is one whose snapshot was renamed into place but whose fresh log found no room
-  (changes are refused until it is written), and one a start-up owes because it had no
-  room to copy the log (`_Recovery._settle`).
+  log), if it would take less room than the snapshot and log it replaces. Until one
+  succeeds a compaction is owed: each batch is preceded by a compaction of the durable
+  state (`_make_room`), and refused without being tried if that finds no room, so the
+  log never takes the room its compaction needs, a little freed space at a time; with no
+  batch coming it is tried on a backoff in time (COMPACT_RETRY_FIRST doubling to
+  COMPACT_RETRY_MAX). So are a fresh log that found no room after its snapshot was
+  renamed into place (changes are refused until it is written), and the compaction a
+  start-up owes because it had no room to copy the log (`_Recovery._settle`).
 - Any other failure (EIO above all), of a write or of an fsync: the kernel may
   have dropped the unwritten pages and forgotten the error, so no retry can be
   trusted (fsyncgate). Waiters are told `AgentGone` (their change may or may not
@@ -333,12 +335,15 @@ class Journal:
         batch, self._pending = self._pending, []
         records, self._pending_records = self._pending_records, 0
         upto = self._appended
+        room_first = self._compaction_owed is not None and self._fd is not None
         # Taken now, the images hold exactly what this batch ends with.
-        due, only_if_smaller = self._compaction_due(records)
+        due, only_if_smaller = (False, False) if room_first else self._compaction_due(records)
         images = (self.graph.boot_image(), list(self.graph.images())) if due else None
         data = b"".join(batch)
         with trio.CancelScope(shield=True):  # a batch taken must be written, even at shutdown
             try:
+                if room_first:  # the log must not take the room its compaction needs
+                    await self._make_room()
                 await trio.to_thread.run_sync(self._write, data)
             except _Failed as failure:
                 if not failure.no_space:
@@ -492,6 +497,33 @@ class Journal:
             return
         images = (self.graph.boot_image(), list(self.graph.images()))
         await self._compact_now(images, only_if_smaller=True)
+
+    async def _make_room(self) -> None:
+        """Before a batch, while a compaction is owed for lack of space: compact the durable
+        state first. If that finds no room, the batch is refused (`_Failed`) without being
+        tried: what room there is, the compaction needs, and it frees far more."""
+        try:
+            done = await trio.to_thread.run_sync(self._compact_durable_state)
+        except JournalError as exc:  # the files do not read back: as when refusing
+            await self._stop(exc)
+        except _Failed as failure:
+            if not failure.no_space:
+                raise
+            self._put_off(failure)
+            if self._fd is not None:  # (else the snapshot is in place: the log goes on)
+                raise
+            return
+        if done:
+            self._compacted()
+        else:
+            self._compaction_owed = None
+
+    def _compact_durable_state(self) -> bool:
+        """In a worker thread: compact to the state the files hold (`_compact`), if it takes
+        less room than they do."""
+        with _collector_paused():
+            graph = _Recovery(self.state_dir, self._disk, salvage=False).run(repair=False).graph
+        return self._compact(graph.boot_image(), list(graph.images()), True)
 
     async def _compact_now(
         self, images: tuple[BootImage, list[UnitImage]], only_if_smaller: bool

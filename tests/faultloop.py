@@ -12,9 +12,9 @@ a command makes durable) is watched; the run checks:
   the graph the service serves is exactly the one the files hold; after a refusal,
   status still answers;
 - no space from then on: the next change is refused too; once space returns (the
-  fault lifted) the very next change is acknowledged by the same journal, no restart,
-  after the journal had time to try the compaction it owes (`PAUSE`: a refusal, or a
-  compaction or start-up that found no room, is followed by one on a timer);
+  fault lifted) the very next change is acknowledged by the same journal, no restart
+  (the compaction the refusals owe goes first); then time passes (`PAUSE`), for what a
+  journal owes after no room to be made on its timer;
 - a stopped journal (EIO) raises JournalError; a start on a still-failing disk is
   refused clearly; once the disk is fixed the next start recovers;
 - every (re)start recovers exactly the acknowledged changes, plus a prefix (in order)
@@ -52,7 +52,7 @@ from unitsync.agent.journal import (
 from unitsync.agent.records import Record
 from unitsync.agent.service import Service
 from unitsync.wire.errors import EXIT_NOT_DURABLE, AgentGone, NotDurable, Refused
-from unitsync.wire.protocol import Complete, Fail, Reset, Start, Status, Want
+from unitsync.wire.protocol import Complete, Fail, Forget, Reset, Start, Status, Want
 
 from crashdisk import SimDisk
 from faultdisk import Fault, FaultyDisk
@@ -93,6 +93,10 @@ def reset(unit: str) -> Command:
     return lambda service: service.reset(Reset(unit))
 
 
+def forget(unit: str) -> Command:
+    return lambda service: service.forget(Forget(unit))
+
+
 RESTART = "restart"
 COMPACT = "compact"
 BACKGROUND = "background"
@@ -109,6 +113,9 @@ STEPS: list[list[Command] | tuple[str, ...]] = [
     (COMPACT,),
     [want("extra", "db")],
     (PAUSE,),
+    [fail("junk", "j" * 900), fail("junk", "k" * 900)],
+    [forget("junk")],  # the log holds what no snapshot will: a compaction frees space
+    [fail("extra", "e" * 500)],  # a compaction still owed (no room yet): room first
     (RESTART,),
     (BACKGROUND, "web"),  # a start of web, waiting for app, across the next steps
     [reset("cache"), complete("db")],
@@ -255,13 +262,13 @@ class FaultRun:
         await self._command(service, want("probe", "db"))
         if self.refusals == before:
             raise self.problem("a change was accepted while the disk was still full")
-        self.disk.lift()  # space returns
-        await trio.sleep(PAUSE_SECONDS)  # the compaction the refusals owe, on its timer
+        self.disk.lift()  # space returns: the change makes room first (the compaction owed)
         before = len(self.commits)
-        await self._command(service, want("after", "db"))
+        await self._command(service, fail("after", "space returned"))
         accepted = [c.outcome for c in self.commits[before:]]
         if accepted != ["ok"]:
             raise self.problem(f"space returned, but the next change ended {accepted}")
+        await trio.sleep(PAUSE_SECONDS)  # and what is still owed, on the journal's timer
 
     # --- what is checked -------------------------------------------------------------------
 
