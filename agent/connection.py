@@ -56,6 +56,7 @@ from unitsync.wire.protocol import (
 from .broadcast import Watcher
 from .holds import Holder
 from .limits import Limits
+from .partial_frames import MeteredFrames, PartialFrames
 from .service import Service
 
 log = logging.getLogger("unitsync.agent")
@@ -71,24 +72,37 @@ class Stalled(Exception):
     """The peer stopped in the middle of a frame, or never said hello."""
 
 
-async def serve_connection(service: Service, stream: trio.SocketStream, limits: Limits) -> None:
+async def serve_connection(
+    service: Service,
+    stream: trio.SocketStream,
+    limits: Limits,
+    partial: PartialFrames | None = None,
+) -> None:
     """Handle one client from hello to hang-up.
 
     A connection that ends while it holds a run (a `run` killed before it could report its
     command's end) fails that run; one cancelled because the agent stops does not (the
-    `run` reconnects to the next agent and takes its run back).
+    `run` reconnects to the next agent and takes its run back). `partial` counts the bytes
+    of frames not yet whole across connections, and closes this one if it holds the most
+    past the cap.
     """
-    frames = FrameStream(stream)
+    partial = partial or PartialFrames(limits.partial_frames)
+    frames = MeteredFrames(stream, partial)
     holder = Holder()
     async with stream:
-        try:
-            if await _admit_peer(frames) and await _handshake(frames, limits):
-                await _serve_requests(service, frames, limits, holder)
-        except (FrameTooLarge, Stalled) as exc:
-            with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
-                await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
-        except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        with partial.counting(frames), trio.CancelScope() as frames.scope:
+            try:
+                if await _admit_peer(frames) and await _handshake(frames, limits):
+                    await _serve_requests(service, frames, limits, holder)
+            except (FrameTooLarge, Stalled) as exc:
+                with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
+                    message = f"{exc}; closing the connection"
+                    await _send_quietly(frames, Error("protocol", message))
+            except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        if frames.evicted:
+            with trio.move_on_after(limits.frame_timeout):
+                await _send_quietly(frames, Error("busy", partial.message(frames)))
     if holder:
         await service.runs_lost(holder)
 
@@ -339,6 +353,8 @@ async def _until_hangup(frames: FrameStream, work: Callable[[], Awaitable[None]]
 
 
 async def _say_goodbye(frames: FrameStream) -> None:
+    if getattr(frames, "evicted", 0):  # not the agent stopping: it is told why it was closed
+        return
     with trio.CancelScope(shield=True, deadline=trio.current_time() + GOODBYE_TIMEOUT):
         await _send_quietly(frames, SHUTTING_DOWN)
 
