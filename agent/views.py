@@ -99,7 +99,7 @@ def unit_view(
         owner=owner
         and OwnerView(
             owner.pid,
-            _bounded("owner: its command", owner.command, MAX_COMMAND_BYTES, cut),
+            _bounded("owner", owner.command, MAX_COMMAND_BYTES, cut, "its command "),
             owner.kind,  # type: ignore[arg-type]
             owner_alive,
         ),
@@ -115,16 +115,12 @@ def _not_listed(what: str, total: int, shown: int, why: str) -> str:
     return f"{what}: {total - shown:,} of {total:,} not listed ({why})"
 
 
-def _bounded(what: str, text: str, limit: int, cut: list[str]) -> str:
+def _bounded(field: str, text: str, limit: int, cut: list[str], what: str = "") -> str:
     """`text`, or, past `limit` bytes (a journal from before the bound), its head, noted."""
-    if len(text) <= limit // 4 or not _too_long(
-        text, limit
-    ):  # the first test is enough, nearly always
+    if len(text) <= limit // 4 or not _too_long(text, limit):  # nearly always the first test
         return text
-    cut.append(
-        f"{what}: cut to {limit:,} of {len(text.encode('utf-8', 'surrogatepass')):,} bytes "
-        f"({BEFORE_THE_BOUNDS})"
-    )
+    size = len(text.encode("utf-8", "surrogatepass"))
+    cut.append(f"{field}: {what}cut to {limit:,} of {size:,} bytes ({BEFORE_THE_BOUNDS})")
     return _cut(text, limit)
 
 

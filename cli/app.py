@@ -398,7 +398,8 @@ def run(
     from .words import utf8_problem
 
     if problem := utf8_problem((("--ready-cmd", ready_cmd), ("--ready-log", ready_log))):
-        return _usage_error("run", problem)
+        print(f"unitsync: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if stray := _before_dashes(command):
         import shlex
 

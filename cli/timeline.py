@@ -141,9 +141,14 @@ def build_timeline(
     return Timeline(boot, boots, origin, now, horizon, tuple(rows), cut)
 
 
+TIMELINE_FIELDS = ("dependencies:", "waiting_on:", "reason:", "history:")
+"""The fields of a view a timeline uses: when one was cut, the timeline says so."""
+
+
 def _cut_for_timeline(unit: UnitView) -> bool:
-    """Did the view leave out what a timeline uses? (The units that want it, it does not.)"""
-    return any(not what.startswith("dependents:") for what in unit.cut)
+    """Did the view leave out what a timeline uses (not the units that want it, not its
+    owner's command)?"""
+    return any(what.startswith(TIMELINE_FIELDS) for what in unit.cut)
 
 
 def by_run_time(timeline: Timeline) -> list[Row]:
