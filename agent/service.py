@@ -34,6 +34,7 @@ from typing import Protocol
 import trio
 
 from unitsync.wire import __version__
+from unitsync.wire.bounds import MAX_DEPS, listed
 from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, as_text
 from unitsync.wire.processes import still_runs
 from unitsync.wire.protocol import (
@@ -277,10 +278,9 @@ class Service:
 
         records = await self.commit(decide, [request.unit, *request.deps])
         added = sum(isinstance(r, Edge) for r in records)
+        deps = listed(list(dict.fromkeys(request.deps)), MAX_DEPS)  # each once: it fits a frame
         message = (
-            f"{request.unit} now wants {', '.join(request.deps)}"
-            if added
-            else f"{request.unit} already wants {', '.join(request.deps)}"
+            f"{request.unit} now wants {deps}" if added else f"{request.unit} already wants {deps}"
         )
         return Ok(unit=request.unit, message=message, notes=notes)
 
