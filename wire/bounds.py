@@ -111,17 +111,22 @@ def check_request(request: Request) -> None:
         check_reason(request.reason, request.unit)
     elif isinstance(request, Start):
         _utf8("token", request.token)
-        _at_most("a start's token", request.token, MAX_TOKEN_BYTES, "use a shorter token")
+        _at_most("a start's token", request.token, MAX_TOKEN_BYTES, "make a shorter one")
         if request.owner is not None:
             _utf8("owner command", request.owner.command)
             _at_most(
                 "an owner's command line",
                 request.owner.command,
                 MAX_COMMAND_BYTES,
-                "cut it (clients keep 200 characters)",
+                "cut it (clients send its first 200 characters)",
             )
             _utf8("owner PID namespace", request.owner.pidns)
-            _at_most("an owner's PID namespace", request.owner.pidns, MAX_PIDNS_BYTES, "")
+            _at_most(
+                "an owner's PID namespace",
+                request.owner.pidns,
+                MAX_PIDNS_BYTES,
+                "give it as /proc/PID/ns/pid names it (pid:[4026531836])",
+            )
 
 
 def check_reason(reason: str, unit: str | None = None) -> None:
@@ -191,8 +196,7 @@ def _utf8(what: str, value: str) -> None:
 def _at_most(what: str, value: str, limit: int, fix: str) -> None:
     size = len(value.encode("utf-8"))
     if size > limit:
-        then = f"; {fix}" if fix else ""
-        raise Refused(f"{what} is {size} bytes long; the limit is {limit} bytes{then}")
+        raise Refused(f"{what} is {size} bytes long; the limit is {limit} bytes: {fix}")
 
 
 def _category(char: str) -> str:
