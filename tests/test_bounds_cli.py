@@ -211,6 +211,20 @@ def test_an_argument_that_is_not_utf8_is_one_line_and_exit_2(
     assert "\\xff'" in result.err and "not valid UTF-8" in result.err
 
 
+@pytest.mark.parametrize("option", ["--boot-id", "--host-id"])
+def test_an_agent_option_kept_as_text_that_is_not_utf8_is_refused(
+    short_tmp: Path, option: str
+) -> None:
+    """The agent keeps these in its journal and shows them: they are text too."""
+    state = short_tmp / "state"
+    result = run_cli("agent", "--state-dir", str(state), option, BAD, timeout=60)
+    assert result.code == 2, result.err
+    assert result.err == f"unitsync agent: {option} 'a\\xff' is not valid UTF-8 (the bytes " + (
+        "shown as \\xNN); give it in UTF-8\n"
+    )
+    assert not state.exists()  # refused before anything was made
+
+
 def test_run_passes_bytes_that_are_not_utf8_to_its_command_and_shows_them_escaped(
     agent_process: AgentProcess,
 ) -> None:
