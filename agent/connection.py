@@ -31,6 +31,7 @@ import msgspec
 import trio
 
 from unitsync.wire import __version__
+from unitsync.wire.bounds import MAX_DEPS, check_request
 from unitsync.wire.errors import ProtocolError, UnitsyncError, to_reply
 from unitsync.wire.frame_stream import FrameStream, PeerGone
 from unitsync.wire.framing import (
@@ -68,6 +69,7 @@ from unitsync.wire.protocol import (
 from .broadcast import Watcher
 from .holds import Holder
 from .limits import Limits
+from .partial_frames import MeteredFrames, PartialFrames
 from .service import Service
 
 log = logging.getLogger("unitsync.agent")
@@ -112,25 +114,38 @@ class Outbox:
             await frames.send(self.orders.pop(0))
 
 
-async def serve_connection(service: Service, stream: trio.SocketStream, limits: Limits) -> None:
+async def serve_connection(
+    service: Service,
+    stream: trio.SocketStream,
+    limits: Limits,
+    partial: PartialFrames | None = None,
+) -> None:
     """Handle one client from hello to hang-up.
 
     A connection that ends while it holds a run (a `run` killed before it could report its
     command's end) fails that run; one cancelled because the agent stops does not (the
-    `run` reconnects to the next agent and takes its run back).
+    `run` reconnects to the next agent and takes its run back). `partial` counts the bytes
+    of frames not yet whole across connections, and closes this one if it holds the most
+    past the cap.
     """
-    frames = FrameStream(stream)
+    partial = partial or PartialFrames(limits.partial_frames)
+    frames = MeteredFrames(stream, partial)
     outbox = Outbox()
     holder = Holder(outbox.push)
     async with stream:
-        try:
-            if await _admit_peer(frames) and await _handshake(service, frames, limits):
-                await _serve_requests(service, frames, limits, holder, outbox)
-        except (FrameTooLarge, Stalled) as exc:
-            with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
-                await _send_quietly(frames, Error("protocol", f"{exc}; closing the connection"))
-        except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        with partial.counting(frames), trio.CancelScope() as frames.scope:
+            try:
+                if await _admit_peer(frames) and await _handshake(service, frames, limits):
+                    await _serve_requests(service, frames, limits, holder, outbox)
+            except (FrameTooLarge, Stalled) as exc:
+                with trio.move_on_after(limits.frame_timeout):  # it may not be reading either
+                    message = f"{exc}; closing the connection"
+                    await _send_quietly(frames, Error("protocol", message))
+            except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        if frames.evicted:
+            with trio.move_on_after(limits.frame_timeout):
+                await _send_quietly(frames, Error("busy", partial.message(frames)))
     if holder:
         await service.runs_lost(holder)
 
@@ -212,7 +227,7 @@ async def _admit_peer(frames: FrameStream) -> bool:
     log.warning("refused a connection from uid %d (the agent runs as uid %d)", uid, os.getuid())
     await _send_quietly(
         frames,
-        Error("protocol", f"uid {uid} may not use this agent; it serves uid {os.getuid()} only"),
+        Error("untrusted", f"uid {uid} may not use this agent; it serves uid {os.getuid()} only"),
     )
     return False
 
@@ -267,13 +282,25 @@ def _decode(body: bytes) -> object:
 
 async def _serve(service: Service, frames: FrameStream, request: object, holder: Holder) -> None:
     try:
+        if not isinstance(request, Error):  # (an Error stands for a frame that did not decode)
+            check_request(request)  # type: ignore[arg-type]
         reply = await _dispatch(service, frames, request, holder)
     except UnitsyncError as exc:
         reply = to_reply(exc)
     if isinstance(reply, StatusReply):
         await _send_units(frames, reply)
-    else:
+        return
+    try:
         await frames.send(reply)
+    except FrameTooLarge as exc:  # nothing was sent: the connection goes on
+        await frames.send(Error("protocol", _too_large(exc.size)))
+
+
+def _too_large(size: int) -> str:
+    return (
+        f"the reply would be {size} bytes, past the {MAX_FRAME}-byte frame limit, so it was "
+        "not sent; every reply should fit (SPEC §12): please report this as a bug"
+    )
 
 
 async def _send_units(frames: FrameStream, whole: StatusReply | FullView) -> None:
@@ -321,6 +348,8 @@ async def _start(
     """Wait for the start in this task, reading the socket meanwhile to notice a hang-up."""
 
     async def progress(event: Waiting) -> None:
+        if len(event.on) > MAX_DEPS:  # a unit from a journal written before the bound
+            event = msgspec.structs.replace(event, on=event.on[:MAX_DEPS])
         await frames.send(event)
 
     async def idle() -> None:
@@ -387,6 +416,8 @@ async def _until_hangup(frames: FrameStream, work: Callable[[], Awaitable[None]]
 
 
 async def _say_goodbye(frames: FrameStream) -> None:
+    if getattr(frames, "evicted", 0):  # not the agent stopping: it is told why it was closed
+        return
     with trio.CancelScope(shield=True, deadline=trio.current_time() + GOODBYE_TIMEOUT):
         await _send_quietly(frames, SHUTTING_DOWN)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -73,7 +74,11 @@ def exclusive_lock(path: Path, what: str, elsewhere: str, serving: str = "") -> 
     try:
         os.ftruncate(fd, 0)
         record = f"{os.getpid()}\n{serving}\n" if serving else f"{os.getpid()}\n"
-        os.pwrite(fd, record.encode(), 0)
+        try:
+            os.pwrite(fd, record.encode(), 0)
+        except OSError as exc:  # the pid only names the holder: a full disk may start anyway
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         yield fd
     finally:
         if same_file(fd, path):  # (not if it was removed, and maybe taken anew, meanwhile)

@@ -17,6 +17,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from unitsync.wire.bounds import (
+    HISTORY_LIMIT,
+    MAX_DEPS,
+    NAMES_IN_A_MESSAGE,
+    check_name,
+    check_reason,
+    listed,
+    too_many_deps,
+)
 from unitsync.wire.errors import Refused
 from unitsync.wire.timefmt import timestamp
 
@@ -53,11 +62,6 @@ from .records import (
     UnitImage,
 )
 
-HISTORY_LIMIT = 100
-"""Transitions kept per unit: an agent that runs for months does not grow without bound."""
-MAX_NAME_BYTES = 255
-MAX_REASON_BYTES = 4096
-"""Keeps a unit's view (100 transitions with reasons) far below one frame."""
 WORKSPACE_RESTARTED = "workspace restarted"
 """The reason every unit gets when a new boot puts it back to pending (SPEC §7)."""
 
@@ -70,26 +74,6 @@ units that have an owner."""
 def _owners_run(_name: str) -> bool | None:
     """Without a shell to ask: every recorded owner counts as running (nothing is taken)."""
     return True
-
-
-def check_name(name: str) -> None:
-    """Enforce SPEC §1: non-empty UTF-8, at most 255 bytes, no control characters."""
-    if not name:
-        raise Refused("a unit name must not be empty")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise Refused(f"unit name {name!r} is not valid UTF-8") from None
-    if size > MAX_NAME_BYTES:
-        raise Refused(
-            f"unit name {name[:40]!r}... is {size} bytes long; the limit is {MAX_NAME_BYTES} bytes"
-        )
-    for char in name:
-        if ord(char) < 0x20 or ord(char) == 0x7F:
-            raise Refused(
-                f"unit name {name!r} contains the control character U+{ord(char):04X}; "
-                "control characters (U+0000-U+001F, U+007F) are not allowed"
-            )
 
 
 @dataclass(eq=False)
@@ -241,14 +225,17 @@ class Graph:
         if not deps:
             raise Refused("want needs at least one dependency", unit=name)
         for each in (name, *deps):
-            check_name(each)
+            self._check_new(each)
         if name in deps:
             raise Refused(f"unit {name!r} cannot depend on itself", unit=name)
         new_edges = [dep for dep in deps if dep not in self._deps(name)]
+        total = len(new_edges) + (len(self.units[name].deps) if name in self.units else 0)
+        if new_edges and total > MAX_DEPS:
+            raise Refused(too_many_deps(name, total), unit=name)
         for dep in new_edges:
             cycle = self._path(dep, name)
             if cycle:
-                path = " -> ".join([name, *cycle])
+                path = _path_text([name, *cycle])
                 raise Refused(f"dependency would close a cycle: {path}", code="cycle", unit=name)
         records: list[Record] = [Known(n, now) for n in (name, *new_edges) if n not in self.units]
         records += [Edge(name, dep) for dep in new_edges]
@@ -437,7 +424,7 @@ class Graph:
         self._decide(name, FORGET, set())
         dependents = self.units[name].dependents
         if dependents:
-            names = ", ".join(sorted(dependents))
+            names = listed(sorted(dependents))
             raise Refused(
                 f"unit {name!r} is still wanted by {names}: forget {names} first, or keep {name!r}",
                 code="in_use",
@@ -461,7 +448,7 @@ class Graph:
         self, name: str, command: Command, overrides: set[str], owner_alive: bool | None = True
     ) -> Go | Stay | Drop:
         """The table's outcome for `command` on `name`, or the refusal it calls for."""
-        check_name(name)
+        self._check_new(name)
         unit = self.units.get(name)
         result = outcome(unit.status if unit else None, command, frozenset(overrides))
         if isinstance(result, Refuse):
@@ -509,7 +496,7 @@ class Graph:
         return Readiness(pending=tuple(pending))
 
     def get(self, name: str) -> Unit:
-        check_name(name)
+        self._check_new(name)
         try:
             return self.units[name]
         except KeyError:
@@ -559,6 +546,12 @@ class Graph:
 
     # --- internals -----------------------------------------------------------------------
 
+    def _check_new(self, name: str) -> None:
+        """The name rules hold for names new to the graph: a unit named before a rule was
+        added (an older journal) stays usable (SPEC §12)."""
+        if name not in self.units:
+            check_name(name)
+
     def _deps(self, name: str) -> Iterable[str]:
         unit = self.units.get(name)
         return unit.deps if unit else ()
@@ -582,13 +575,16 @@ class Graph:
 
 
 def _check_reason(name: str, reason: str) -> None:
-    if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON_BYTES:
-        check_name(name)
-        raise Refused(
-            f"the reason is longer than {MAX_REASON_BYTES} bytes; shorten it "
-            "(put long logs in a file and name the file)",
-            unit=name,
-        )
+    check_reason(reason, name)
+
+
+def _path_text(path: list[str]) -> str:
+    """A cycle as `a -> b -> c -> a`; a long one with its middle counted, not listed."""
+    if len(path) <= NAMES_IN_A_MESSAGE:
+        return " -> ".join(path)
+    head, tail = path[: NAMES_IN_A_MESSAGE - 3], path[-3:]
+    skipped = len(path) - len(head) - len(tail)
+    return f"{' -> '.join(head)} -> ({skipped:,} more) -> {' -> '.join(tail)}"
 
 
 def _reset_reason(result: Go | Stay | Drop, overrides: set[str]) -> str | None:

@@ -27,10 +27,18 @@ When the disk fails (SPEC §4):
   may build on a refused one, so all of them are refused together, and the graph
   is rebuilt from the durable files by the same code as a restart (compaction
   keeps that short) and taken over by the graph the service holds (`Changes.replaced`,
-  as when etcd lists afresh). Nothing retries:
-  the next change just tries again, so changes work as soon as there is room. A
-  compaction that runs out of space is put off; if its snapshot was already
-  renamed into place, changes are refused until its fresh log can be written.
+  as when etcd lists afresh). Nothing retries a change: the next change just tries
+  again, so changes work as soon as there is room.
+- A journal that fills its disk by itself frees it: a refusal makes the writer try a
+  compaction at once (the snapshot of the live graph is usually far smaller than the
+  log), if it would take less room than the snapshot and log it replaces. Until one
+  succeeds a compaction is owed: each batch is preceded by a compaction of the durable
+  state (`_make_room`), and refused without being tried if that finds no room, so the
+  log never takes the room its compaction needs, a little freed space at a time; with no
+  batch coming it is tried on a backoff in time (COMPACT_RETRY_FIRST doubling to
+  COMPACT_RETRY_MAX). So are a fresh log that found no room after its snapshot was
+  renamed into place (changes are refused until it is written), and the compaction a
+  start-up owes because it had no room to copy the log (`_Recovery._settle`).
 - Any other failure (EIO above all), of a write or of an fsync: the kernel may
   have dropped the unwritten pages and forgotten the error, so no retry can be
   trusted (fsyncgate). Waiters are told `AgentGone` (their change may or may not
@@ -51,6 +59,7 @@ import contextlib
 import errno
 import gc
 import logging
+import math
 import os
 import signal
 import time
@@ -84,6 +93,13 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 """The failures that leave the disk healthy: refuse the change, keep serving."""
 STOP_GRACE = 0.5
 """Seconds a journal that cannot go on gives the requests it failed to tell their clients why."""
+COMPACT_RETRY_FIRST = 0.25
+"""After a compaction found no room: the first retry, soon (a user freeing space is seen
+within a second)."""
+COMPACT_RETRY_MAX = 4.0
+"""The longest wait between retries while the disk stays full: changes work again within
+seconds of space returning, for one snapshot attempt (which fails at its first write) every
+few seconds while it does not."""
 
 
 class JournalError(Exception):
@@ -127,6 +143,7 @@ class Journal:
         fd: int,
         lock: contextlib.ExitStack,
         disk: Disk,
+        settled_in_place: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.log_path = state_dir / LOG_NAME
@@ -149,8 +166,14 @@ class Journal:
         self._snapshot_bytes = snapshot_bytes
         self.compact_ratio = compact_ratio
         self.compact_min_records = compact_min_records
-        self._compact_floor = 0
-        """After a compaction ran out of space: the log size at which to try again."""
+        self._compaction_owed: str | None = "start-up" if settled_in_place else None
+        """Why a compaction is owed for lack of space (a refusal, a compaction or a start-up
+        that found no room), None if none is: tried at `_retry_at`, and again with backoff."""
+        self._retry_at = 0.0
+        """trio time before which no compaction is tried (after one found no room)."""
+        self._retry_delay = COMPACT_RETRY_FIRST
+        self._compact_tries = 0
+        """Compactions that found no room since the last that did."""
         self._pending: list[bytes] = []
         self._pending_records = 0
         self._appended = 0
@@ -218,6 +241,7 @@ class Journal:
                 fd=fd,
                 lock=lock.pop_all(),
                 disk=disk,
+                settled_in_place=recovered.settled_in_place,
             )
 
     def __enter__(self) -> Journal:
@@ -304,7 +328,11 @@ class Journal:
             while True:
                 if not self._pending:
                     self._work = trio.Event()
-                    await self._work.wait()
+                    with trio.move_on_at(self._retry_deadline()):
+                        await self._work.wait()
+                    if not self._pending:  # no change came: time for an owed compaction
+                        await self._compact_owed()
+                        continue
                 await self._flush()
         except trio.Cancelled:  # an orderly stop: nothing accepted may stay behind
             with trio.CancelScope(shield=True):
@@ -316,12 +344,15 @@ class Journal:
         batch, self._pending = self._pending, []
         records, self._pending_records = self._pending_records, 0
         upto = self._appended
+        room_first = self._compaction_owed is not None and self._fd is not None
         # Taken now, the images hold exactly what this batch ends with.
-        due = self._compaction_due(records)
+        due, only_if_smaller = (False, False) if room_first else self._compaction_due(records)
         images = (self.graph.boot_image(), list(self.graph.images())) if due else None
         data = b"".join(batch)
         with trio.CancelScope(shield=True):  # a batch taken must be written, even at shutdown
             try:
+                if room_first:  # the log must not take the room its compaction needs
+                    await self._make_room()
                 await trio.to_thread.run_sync(self._write, data)
             except _Failed as failure:
                 if not failure.no_space:
@@ -330,10 +361,7 @@ class Journal:
                 return
             self._written(len(data), records, upto)
             if images is not None:
-                try:
-                    await trio.to_thread.run_sync(self._compact, *images)
-                except _Failed as failure:
-                    await self._stop(failure)
+                await self._compact_now(images, only_if_smaller)
 
     def _write(self, data: bytes) -> None:
         """In a worker thread: append `data` to the log and fsync it."""
@@ -416,6 +444,10 @@ class Journal:
         if self._changes is not None:
             self._changes.replaced(upto)
         self._wake()
+        # The graph is the durable state again: the journal may be what fills the disk.
+        self._compaction_owed = self._compaction_owed or "a change was refused"
+        if trio.current_time() >= self._retry_at:
+            await self._compact_now((graph.boot_image(), list(graph.images())), True)
 
     def _durable_state(self) -> tuple[Graph, Path]:
         """In a worker thread: the graph as the durable files hold it, and the disk they are on."""
@@ -451,44 +483,127 @@ class Journal:
 
     # --- compaction --------------------------------------------------------------------------
 
-    def _compaction_due(self, incoming: int) -> bool:
+    def _compaction_due(self, incoming: int) -> tuple[bool, bool]:
+        """Is a compaction due after the batch of `incoming` records, and is it owed for
+        lack of space only (then worth running only if it frees space)?"""
+        if trio.current_time() < self._retry_at:
+            return False, False
         records = self._log_records + incoming
-        return (
+        by_size = (
             records >= self.compact_min_records
             and self._log_bytes >= self.compact_ratio * max(self._snapshot_bytes, 1)
-            and self._log_bytes >= self._compact_floor
         )
+        return by_size or self._compaction_owed is not None, not by_size
 
-    def _compact(self, boot: BootImage, images: list[UnitImage]) -> None:
-        """Steps 2 and 3 of the module docstring (step 1 is the batch just written)."""
+    def _retry_deadline(self) -> float:
+        """When the writer, idle, tries an owed compaction (or a fresh log) on its own."""
+        return self._retry_at if self._compaction_owed is not None else math.inf
+
+    async def _compact_owed(self) -> None:
+        """With no change pending (the graph is exactly the durable state): the compaction
+        owed for lack of space (or the fresh log one could not write), if it is time."""
+        if self._compaction_owed is None or trio.current_time() < self._retry_at:
+            return
+        images = (self.graph.boot_image(), list(self.graph.images()))
+        await self._compact_now(images, only_if_smaller=True)
+
+    async def _make_room(self) -> None:
+        """Before a batch, while a compaction is owed for lack of space: compact the durable
+        state first. If that finds no room, the batch is refused (`_Failed`) without being
+        tried: what room there is, the compaction needs, and it frees far more."""
+        try:
+            done = await trio.to_thread.run_sync(self._compact_durable_state)
+        except JournalError as exc:  # the files do not read back: as when refusing
+            await self._stop(exc)
+        except _Failed as failure:
+            if not failure.no_space:
+                raise
+            self._put_off(failure)
+            if self._fd is not None:  # (else the snapshot is in place: the log goes on)
+                raise
+            return
+        if done:
+            self._compacted()
+        else:
+            self._compaction_owed = None
+
+    def _compact_durable_state(self) -> bool:
+        """In a worker thread: compact to the state the files hold (`_compact`), if it takes
+        less room than they do."""
+        with _collector_paused():
+            graph = _Recovery(self.state_dir, self._disk, salvage=False).run(repair=False).graph
+        return self._compact(graph.boot_image(), list(graph.images()), True)
+
+    async def _compact_now(
+        self, images: tuple[BootImage, list[UnitImage]], only_if_smaller: bool
+    ) -> None:
+        """Compact to `images` (the durable state) in a worker thread; put off on no room."""
+        with trio.CancelScope(shield=True):  # its steps are the journal's state: finish them
+            try:
+                done = await trio.to_thread.run_sync(self._compact, *images, only_if_smaller)
+            except _Failed as failure:
+                if not failure.no_space:
+                    await self._stop(failure)
+                self._put_off(failure)
+                return
+        if done:
+            self._compacted()
+        else:  # it would not free space: nothing owed until the next refusal
+            self._compaction_owed = None
+
+    def _put_off(self, failure: _Failed) -> None:
+        """A compaction (or its fresh log) found no room: try again after the backoff."""
+        self._compaction_owed = self._compaction_owed or "a compaction found no room"
+        self._compact_tries += 1
+        delay = self._retry_delay
+        self._retry_at = trio.current_time() + delay
+        self._retry_delay = min(delay * 2, COMPACT_RETRY_MAX)
+        if self._compact_tries == 1:
+            log.warning(
+                "could not compact the journal (%s); trying again in %gs, backing off to "
+                "every %gs while there is no room",
+                failure,
+                delay,
+                COMPACT_RETRY_MAX,
+            )
+
+    def _compacted(self) -> None:
+        if self._compact_tries:
+            log.info(
+                "the journal is compacted after %d tries that found no room", self._compact_tries
+            )
+        self._compaction_owed, self._compact_tries = None, 0
+        self._retry_at, self._retry_delay = 0.0, COMPACT_RETRY_FIRST
+
+    def _compact(self, boot: BootImage, images: list[UnitImage], only_if_smaller: bool) -> bool:
+        """Steps 2 and 3 of the module docstring (step 1 is the batch just written), in a
+        worker thread. False if, `only_if_smaller`, it would not take less room than the
+        snapshot and log it replaces (nothing is written then). `_Failed` if a step failed:
+        with no room for the snapshot, nothing changed; for the fresh log, changes wait for
+        it (`_fd` is None)."""
+        if self._fd is None:  # the snapshot is in place; its fresh log found no room
+            self._start_fresh_log()
+            return True
         started = time.monotonic()
         self._crash_point("batch-written")
         generation = self.generation + 1
         data = logfile.snapshot(generation, boot, images, self.graph_id)
+        if only_if_smaller and len(data) >= self._snapshot_bytes + self._log_bytes:
+            return False
         disk = self._disk
         try:
             with _doing("writing", self.snapshot_path):
                 disk.rename(write_temp(disk, self.snapshot_path, data), self.snapshot_path)
         except _Failed as failure:
-            if not failure.no_space:
-                raise
-            with contextlib.suppress(OSError):
-                disk.unlink(self.snapshot_path.with_name(SNAPSHOT_NAME + ".tmp"))
-            self._compact_floor = 2 * self._log_bytes
-            log.warning("could not compact the journal (%s); will try again later", failure)
-            return
+            if failure.no_space:
+                with contextlib.suppress(OSError):
+                    disk.unlink(self.snapshot_path.with_name(SNAPSHOT_NAME + ".tmp"))
+            raise
         # A restart may find the new snapshot from now on: the old log must not grow again.
         close_quietly(disk, self._fd)  # type: ignore[arg-type]
         self._fd, self.generation, self._snapshot_named = None, generation, False
         self._snapshot_bytes, self._log_bytes, self._log_records = len(data), 0, 0
-        self._compact_floor = 0
-        try:
-            self._start_fresh_log()
-        except _Failed as failure:
-            if not failure.no_space:
-                raise
-            log.warning("compaction: %s; changes wait for a fresh log", failure)
-            return
+        self._start_fresh_log()
         self._crash_point("log-replaced")
         log.info(
             "compacted the journal: %d units in a %d-byte snapshot (%.0f ms)",
@@ -496,6 +611,7 @@ class Journal:
             len(data),
             (time.monotonic() - started) * 1000,
         )
+        return True
 
     def _start_fresh_log(self) -> None:
         """Step 3 of compaction, which a full disk may put off until the next batch."""
@@ -585,6 +701,8 @@ class _Recovery:
         self.snapshot_bytes = 0
         self.log_bytes = 0
         self.log_records = 0
+        self.settled_in_place = False
+        """There was no room to copy the log: a compaction is owed once there is."""
 
     def run(self, *, repair: bool = True) -> _Recovery:
         """Load the durable state; with `repair`, also finish what a crash left half done
@@ -733,6 +851,7 @@ class _Recovery:
                 finally:
                     close_quietly(self.disk, fd)
                 self.disk.fsync_dir(self.state_dir)
+            self.settled_in_place = True
 
     def _damaged(self, data: bytes, scan: logfile.Scan, exc: logfile.Damaged, repair: bool) -> None:
         if not (self.salvage and repair):

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 DEFAULT_MAX_CONNECTIONS = 16_384
 """Far above any workspace's scripts, far below what the agent's memory would bear."""
+DEFAULT_PARTIAL_FRAMES = 32 << 20
+"""Bytes of frames not yet whole the agent holds across all connections (32 MiB): 32 frames
+of the largest size in flight at once, hundreds of the largest real request (a `want` of
+500 long names, 130 kB); a peer sending frames whole and promptly never comes near it."""
 
 
 @dataclass(frozen=True)
@@ -19,3 +23,5 @@ class Limits:
     idle_timeout: float = 600.0
     """Between requests: an idle connection is closed (clients reconnect)."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    partial_frames: int = DEFAULT_PARTIAL_FRAMES
+    """Bytes held for frames not yet whole, across all connections (`partial_frames.py`)."""

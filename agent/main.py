@@ -21,6 +21,7 @@ from .activation import listening_socket, take_listen_fds
 from .files import SetupError
 from .journal import JournalError
 from .notify import Notifier
+from .partial_frames import return_big_buffers
 from .server import AgentConfig, run_agent
 from .service import Service
 from .socket_keeper import Displaced
@@ -34,6 +35,7 @@ def main(config: AgentConfig, log_level: str = "info") -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    return_big_buffers()  # so the cap on frames in progress bounds memory (partial_frames.py)
     notifier = Notifier.from_environ()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per request to etcd
     try:

@@ -49,6 +49,7 @@ from .connection import refuse_busy, serve_connection
 from .holds import RECLAIM_GRACE
 from .journal import LOCK_NAME, lock_state_dir
 from .limits import Limits
+from .partial_frames import PartialFrames
 from .service import Service
 from .socket_keeper import RECHECK_INTERVAL, SocketKeeper
 from .store_config import EtcdConfig
@@ -201,6 +202,7 @@ class _Gate:
         self.open = 0
         self.refused = 0
         self.faults = _FaultLog()
+        self.partial = PartialFrames(limits.partial_frames)
 
     async def serve(self, service: Service, stream: trio.SocketStream) -> None:
         if self.open >= self.limits.max_connections:
@@ -215,7 +217,7 @@ class _Gate:
             return
         self.open += 1
         try:
-            await serve_connection(service, stream, self.limits)
+            await serve_connection(service, stream, self.limits, self.partial)
         except Exception as exc:
             # A bug in serving one client must not take the agent down for everyone, nor
             # may a peer that triggers it fill the log: one line, rate-limited.

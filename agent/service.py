@@ -43,7 +43,8 @@ from typing import Protocol
 import trio
 
 from unitsync.wire import __version__
-from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, Superseded
+from unitsync.wire.bounds import MAX_DEPS, listed
+from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, Superseded, as_text
 from unitsync.wire.processes import still_runs
 from unitsync.wire.protocol import (
     Complete,
@@ -327,8 +328,8 @@ class Service:
             agent=__version__,
             pid=os.getpid(),
             uptime=time.monotonic() - self.started_at,
-            socket=str(self.socket),
-            state_dir=str(self.state_dir or ""),
+            socket=as_text(str(self.socket)),
+            state_dir=as_text(str(self.state_dir or "")),
             boot=self.graph.boot,
             boot_since=self.graph.boot_since,
             graph=self.store.graph_id,
@@ -369,10 +370,9 @@ class Service:
 
         records = await self.commit(decide, [request.unit, *request.deps])
         added = sum(isinstance(r, Edge) for r in records)
+        deps = listed(list(dict.fromkeys(request.deps)), MAX_DEPS)  # each once: it fits a frame
         message = (
-            f"{request.unit} now wants {', '.join(request.deps)}"
-            if added
-            else f"{request.unit} already wants {', '.join(request.deps)}"
+            f"{request.unit} now wants {deps}" if added else f"{request.unit} already wants {deps}"
         )
         return Ok(unit=request.unit, message=message, notes=notes)
 

@@ -107,6 +107,12 @@ def agent(
     from unitsync.agent.main import main
     from unitsync.agent.server import AgentConfig
 
+    from .words import utf8_problem
+
+    texts = (("--boot-id", boot_id), ("--host-id", host_id), ("--store", store))
+    if problem := utf8_problem((*texts, ("--etcd-user", etcd_user))):
+        print(f"unitsync agent: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if max_connections < 1:
         print(
             f"unitsync agent: --max-connections {max_connections} would refuse every "

@@ -435,6 +435,11 @@ def run(
     """
     if not command:
         return _usage_error("run", "run needs a command after `--`")
+    from .words import utf8_problem
+
+    if problem := utf8_problem((("--ready-cmd", ready_cmd), ("--ready-log", ready_log))):
+        print(f"unitsync: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if stray := _before_dashes(command):
         import shlex
 
@@ -506,7 +511,8 @@ def _whole_lines() -> None:
     """Every line leaves in one write, even under PYTHONUNBUFFERED (where `print` writes a
     line and its newline separately): scripts run side by side share a terminal or a log,
     and another process's line must never land inside one of ours."""
-    sys.stdout.reconfigure(write_through=False)  # type: ignore[union-attr]
+    # A terminal or pipe that is not UTF-8 gets what it cannot show escaped, not a traceback.
+    sys.stdout.reconfigure(write_through=False, errors="backslashreplace")  # type: ignore[union-attr]
     sys.stderr.reconfigure(write_through=False, line_buffering=True)  # type: ignore[union-attr]
 
 

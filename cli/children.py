@@ -22,6 +22,7 @@ from typing import Any
 
 from .group import signal_group
 from .reactor import Reactor
+from .words import shell_word
 
 FORWARDED = (
     signal.SIGTERM,
@@ -64,12 +65,13 @@ class SpawnFailed(Exception):
 def spawn(command: Sequence[str], **options: Any) -> Child:
     """Start `command` in a process group of its own (see `group`); SpawnFailed (127 or
     126, as a shell says) if it cannot be."""
+    argv = [os.fsencode(word) for word in command]  # the bytes given, UTF-8 or not
     try:
-        return subprocess.Popen(list(command), process_group=0, **options)
+        return subprocess.Popen(argv, process_group=0, **options)
     except FileNotFoundError:
-        raise SpawnFailed(127, f"command not found: {command[0]}") from None
+        raise SpawnFailed(127, f"command not found: {shell_word(command[0])}") from None
     except PermissionError:
-        raise SpawnFailed(126, f"permission denied: {command[0]}") from None
+        raise SpawnFailed(126, f"permission denied: {shell_word(command[0])}") from None
 
 
 class Forwarding:

@@ -17,7 +17,7 @@ from unitsync.wire.timefmt import timestamp
 
 from . import axis, cells
 from .timeline import Outcome, Row, Timeline
-from .timeline_text import empty_message
+from .timeline_text import cut_line, empty_message
 
 Kind = Literal["gap", "wait", "completed", "failed", "running", "interrupted"]
 """What one stretch of a bar shows."""
@@ -184,6 +184,8 @@ def render_chart(
     for row in timeline.rows:
         lines.append(_line(row, timeline, scale, name_cells, glyphs, colour))
     lines += _wrap(_legend(glyphs), usable)
+    if timeline.cut:
+        lines += _wrap([cut_line(timeline).strip()], usable)
     return "\n".join(lines)
 
 

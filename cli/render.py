@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import msgspec
 
+from unitsync.wire.bounds import listed
 from unitsync.wire.protocol import OwnerView, Transition, UnitView
 from unitsync.wire.timefmt import clock
 from unitsync.wire.timefmt import duration as format_duration
@@ -24,7 +25,19 @@ def render_table(units: list[UnitView], now: float, boot: int, boot_since: float
         return f"{heading}: no units yet (`unitsync sync want` or `start` names the first one)"
     rows = [list(TABLE_COLUMNS)]
     rows += [table_row(unit, now) for unit in sorted(units, key=lambda u: u.name)]
-    return f"{heading}\n{columns(rows)}"
+    cut = cut_note(units)
+    return f"{heading}\n{columns(rows)}" + (f"\n{cut}" if cut else "")
+
+
+def cut_note(units: list[UnitView]) -> str:
+    """One line naming the units whose views leave something out ("" if none)."""
+    names = sorted(unit.name for unit in units if unit.cut)
+    if not names:
+        return ""
+    return (
+        f"cut: the views of {listed(names, 5)} leave something out; "
+        "`unitsync sync status UNIT` says what"
+    )
 
 
 def table_row(unit: UnitView, now: float) -> list[str]:
@@ -72,6 +85,7 @@ def render_unit(unit: UnitView, now: float) -> str:
         lines.append(f"waiting:    {unit.waiters} start(s), on {', '.join(unit.waiting_on) or '-'}")
     lines += _run_times(unit.history, unit.status, now)
     lines.append(f"dependents: {', '.join(unit.dependents) or '-'}")
+    lines += [f"cut:        {what}" for what in unit.cut]
     if unit.dependencies:
         lines += ["", "dependencies:"]
         rows = [["UNIT", "REQUIRED", "CURRENT", "SATISFIED"]]

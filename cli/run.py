@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from .progress import StartProgress
 from .reactor import Reactor
 from .say import say
 from .service import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
+from .words import shell_line, shell_word
 
 EXIT_SUPERSEDED = 0
 """`run`'s status once a newer run superseded its run and it stopped its command: as after
@@ -156,11 +156,11 @@ def run_unit(
         )
     except AlreadyDone as exc:
         progress.clear()
-        say(f"{unit}: {exc}; not running {command[0]}")
+        say(f"{unit}: {exc}; not running {shell_word(command[0])}")
         return 0
     except UnitsyncError as exc:
         progress.clear()
-        say(f"unitsync: {exc}; not running {command[0]}")
+        say(f"unitsync: {exc}; not running {shell_word(command[0])}")
         return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C while waiting: as `start` says it
         progress.interrupted()
@@ -319,11 +319,12 @@ def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: 
 
 def _run_owner(command: Sequence[str]) -> Owner | None:
     """`run` itself owns the run; it is named by the command it runs, which is what a
-    person looking at `status` or at a lost run's reason recognises."""
+    person looking at `status` or at a lost run's reason recognises (bytes that are not
+    UTF-8 escaped, as a shell takes them back: `/bin/echo $'\\xff'`)."""
     me = owner(os.getpid(), "run")
     if me is None:
         return None
-    line = shlex.join(command)
+    line = shell_line(command)
     if len(line) > COMMAND_LIMIT:
         line = line[: COMMAND_LIMIT - 1] + "…"
     return msgspec.structs.replace(me, command=line)

@@ -78,6 +78,9 @@ class Timeline:
     """Where the time axis ends: the last moment of any row (`now` while something runs)."""
     rows: tuple[Row, ...]
     """Rows in the order they began (rows that never began last, by name)."""
+    cut: tuple[str, ...] = ()
+    """Units of the rows whose views left out something the timeline uses (dependencies,
+    reasons: a journal written before the bounds), by name."""
 
     @property
     def span(self) -> float:
@@ -133,7 +136,19 @@ def build_timeline(
     open_rows = any(row.outcome in ("running", "waiting") for row in rows)
     horizon = max([*moments, now] if open_rows else moments, default=now)
     rows.sort(key=_row_order)
-    return Timeline(boot, boots, origin, now, horizon, tuple(rows))
+    shown = {row.name for row in rows}
+    cut = tuple(sorted(u.name for u in units if u.name in shown and _cut_for_timeline(u)))
+    return Timeline(boot, boots, origin, now, horizon, tuple(rows), cut)
+
+
+TIMELINE_FIELDS = ("dependencies:", "waiting_on:", "reason:", "history:")
+"""The fields of a view a timeline uses: when one was cut, the timeline says so."""
+
+
+def _cut_for_timeline(unit: UnitView) -> bool:
+    """Did the view leave out what a timeline uses (not the units that want it, not its
+    owner's command)?"""
+    return any(what.startswith(TIMELINE_FIELDS) for what in unit.cut)
 
 
 def by_run_time(timeline: Timeline) -> list[Row]:

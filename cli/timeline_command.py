@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from cyclopts import Parameter
 
 from unitsync.client.client import UnitsyncError
+from unitsync.wire.errors import EXIT_USAGE
 from unitsync.wire.protocol import UnitView
 
 from .app import SocketOption, cli_client
@@ -79,7 +80,11 @@ def critical_chain(
     """Show the chain of dependencies that decided when UNIT could start."""
     from .critical_chain import critical_chain as chain_of
     from .timeline_text import render_chain
+    from .words import utf8_problem
 
+    if problem := utf8_problem([("unit name", unit)]):
+        print(f"unitsync: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         model = _timeline(socket, boot)
         chain = chain_of(model, unit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from unitsync.wire.bounds import listed
 from unitsync.wire.timefmt import clock, timestamp
 
 from . import cells
@@ -16,6 +17,10 @@ from .timeline import Row, Timeline
 
 OPEN = "…"
 """Marks a figure still growing: a run in progress."""
+CHAIN_INDENT_STEPS = 16
+"""Steps of a critical chain each indented one more than the last; deeper steps stay at
+that indentation and say their depth (`└─[17] `): the output grows with the chain's
+length, not with its square (a 5,000-deep chain printed 25 MB of spaces)."""
 
 
 def precise(seconds: float) -> str:
@@ -69,7 +74,17 @@ def render_table(timeline: Timeline) -> str:
                 row.reason or "-",
             ]
         )
-    return caption(timeline) + "\n" + cells.columns(lines)
+    return caption(timeline) + "\n" + cells.columns(lines) + cut_line(timeline)
+
+
+def cut_line(timeline: Timeline) -> str:
+    """A line after the text naming the units whose views were cut ("" if none)."""
+    if not timeline.cut:
+        return ""
+    return (
+        f"\ncut: the agent's views of {listed(list(timeline.cut), 5)} leave something out "
+        "(`unitsync sync status UNIT` says what), so the figures here may miss it"
+    )
 
 
 def ran(row: Row) -> str:
@@ -100,6 +115,7 @@ def to_json(timeline: Timeline) -> str:
             }
             for row in timeline.rows
         ],
+        "cut": list(timeline.cut),
     }
     return msgspec.json.format(msgspec.json.encode(document), indent=2).decode()
 
@@ -124,10 +140,15 @@ def render_chain(timeline: Timeline, chain: list[Row]) -> str:
         "",
     ]
     for depth, row in enumerate(chain):
-        indent = "" if depth == 0 else "  " * (depth - 1) + "└─"
+        if depth == 0:
+            indent = ""
+        elif depth <= CHAIN_INDENT_STEPS:
+            indent = "  " * (depth - 1) + "└─"
+        else:
+            indent = "  " * (CHAIN_INDENT_STEPS - 1) + f"└─[{depth}] "
         name = cells.short_name(row.name)
         lines.append(f"{indent}{name}{_chain_figures(timeline, row)}{_fate(row)}")
-    return "\n".join(lines)
+    return "\n".join(lines) + cut_line(timeline)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from unitsync.wire.protocol import Changed, FullView, UnitView
 from .gantt import rich_bar
 from .live_columns import layout
 from .live_timeline import LiveTimeline
-from .render import STATUS_STYLES, TABLE_COLUMNS, plain, table_row
+from .render import STATUS_STYLES, TABLE_COLUMNS, cut_note, plain, table_row
 from .timeline import Timeline, note_waits
 
 if TYPE_CHECKING:
@@ -179,7 +179,10 @@ class _Board:
         from rich.text import Text
 
         title = f"{self.unit} and its dependencies" if self.unit else "every unit"
-        caption = Text(self.note or "Ctrl-C to stop", no_wrap=True, overflow="ellipsis")
+        note = self.note or "Ctrl-C to stop"
+        if cut := cut_note(list(self.units.values())):
+            note = f"{note} · {cut}"
+        caption = Text(note, no_wrap=True, overflow="ellipsis")
         table = Table(title=f"unitsync: {title}", caption=caption, title_justify="left")
         for column in widths:
             table.add_column(column, width=widths[column], overflow="ellipsis", no_wrap=True)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from unitsync.wire.bounds import check_request
 from unitsync.wire.errors import (
     AgentCrashed,
     AgentGone,
@@ -307,6 +308,7 @@ class Client:
         return self._call(Status(unit), StatusReply)
 
     def _call(self, request: Request, expect: type[R]) -> R:
+        check_request(request)  # before connecting: a script hears of it even with no agent
         lost = bool(self.holding)  # a held run's agent was there: if it is not, it was lost
         conn = self._connection(lost=lost)
         try:
@@ -408,6 +410,7 @@ class Client:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         request = start_request(unit, rerun, once=once, owner=owner, hold=hold, token=token)
+        check_request(request)
         began = time.monotonic()
         backoff = Backoff()
         connected_once = False

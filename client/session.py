@@ -6,6 +6,8 @@ only move bytes, so every rule of talking to the agent lives here once:
 - trust: before a byte is sent, the socket's folder must be the user's own and not
   writable by others, and the process listening must run as the user (or root), from
   SO_PEERCRED; otherwise `AgentUntrusted` and nothing is sent (`check_trust`);
+- a request past a bound, or with a string that is not UTF-8, is refused before anything
+  is sent, as the agent would refuse it (`wire.bounds.check_request`);
 - the hello goes out with the first request, and the welcome must be the first reply;
 - one graph per client (SPEC §11): the client remembers the graph of its first welcome
   (`GraphMemory`, shared by every session of one client); each later hello names it,
@@ -40,6 +42,7 @@ from pathlib import Path
 import msgspec
 
 from unitsync.wire import __version__
+from unitsync.wire.bounds import check_request
 from unitsync.wire.errors import (
     AgentCrashed,
     AgentGone,
@@ -263,6 +266,7 @@ class Session:
         """The bytes to write for `request` (with the hello, the first time)."""
         if self.state not in (State.NEW, State.IDLE):
             raise RuntimeError(f"cannot send {type(request).__name__} in state {self.state.name}")
+        check_request(request)  # as the agent would, before a frame too big is even built
         frames = encode(request)
         if self.state is State.NEW:
             hello = Hello(PROTOCOL_VERSION, f"{self.client}/{__version__}", self.memory.graph)

@@ -78,6 +78,8 @@ class AgentProcess:
     extra: tuple[str, ...] = ()
     env: dict[str, str] | None = None
     """Extra environment variables for the agent process."""
+    startup_log: str = ""
+    """What it logged since its latest start, up to the last line `await_line` waited for."""
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
@@ -96,15 +98,18 @@ class AgentProcess:
             text=True,
             env={**os.environ, **(self.env or {})},
         )
-        self._await_line("listening on")
+        self.startup_log = ""
+        self.await_line("listening on")
         return self
 
-    def _await_line(self, needle: str) -> None:
+    def await_line(self, needle: str) -> None:
+        """Read its log until a line holds `needle` (AssertionError if it exits first)."""
         assert self.proc is not None and self.proc.stderr is not None
         seen = []
         for line in self.proc.stderr:
             seen.append(line)
             if needle in line:
+                self.startup_log += "".join(seen)
                 return
         raise AssertionError(f"agent exited before {needle!r}:\n{''.join(seen)}")
 

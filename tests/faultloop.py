@@ -12,7 +12,9 @@ a command makes durable) is watched; the run checks:
   the graph the service serves is exactly the one the files hold; after a refusal,
   status still answers;
 - no space from then on: the next change is refused too; once space returns (the
-  fault lifted) the very next change is acknowledged by the same journal, no restart;
+  fault lifted) the very next change is acknowledged by the same journal, no restart
+  (the compaction the refusals owe goes first); then time passes (`PAUSE`), for what a
+  journal owes after no room to be made on its timer;
 - a stopped journal (EIO) raises JournalError; a start on a still-failing disk is
   refused clearly; once the disk is fixed the next start recovers;
 - every (re)start recovers exactly the acknowledged changes, plus a prefix (in order)
@@ -40,11 +42,17 @@ import trio.testing
 
 from unitsync.agent import logfile
 from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
+from unitsync.agent.journal import (
+    COMPACT_RETRY_MAX,
+    LOG_NAME,
+    SNAPSHOT_NAME,
+    Journal,
+    JournalError,
+)
 from unitsync.agent.records import Record
 from unitsync.agent.service import Service
 from unitsync.wire.errors import EXIT_NOT_DURABLE, AgentGone, NotDurable, Refused
-from unitsync.wire.protocol import Complete, Fail, Reset, Start, Status, Want
+from unitsync.wire.protocol import Complete, Fail, Forget, Reset, Start, Status, Want
 
 from crashdisk import SimDisk
 from faultdisk import Fault, FaultyDisk
@@ -85,10 +93,18 @@ def reset(unit: str) -> Command:
     return lambda service: service.reset(Reset(unit))
 
 
+def forget(unit: str) -> Command:
+    return lambda service: service.forget(Forget(unit))
+
+
 RESTART = "restart"
 COMPACT = "compact"
 BACKGROUND = "background"
 JOIN = "join"
+PAUSE = "pause"
+"""Time passes with no change coming: the journal tries what it owes on its own timer (a
+compaction, or the fresh log of one, that found no room)."""
+PAUSE_SECONDS = 3 * COMPACT_RETRY_MAX
 
 STEPS: list[list[Command] | tuple[str, ...]] = [
     [want("app", "db", "cache")],
@@ -96,6 +112,10 @@ STEPS: list[list[Command] | tuple[str, ...]] = [
     [complete("db"), fail("cache", "c" * 300), want("web", "app")],
     (COMPACT,),
     [want("extra", "db")],
+    (PAUSE,),
+    [fail("junk", "j" * 900), fail("junk", "k" * 900)],
+    [forget("junk")],  # the log holds what no snapshot will: a compaction frees space
+    [fail("extra", "e" * 500)],  # a compaction still owed (no room yet): room first
     (RESTART,),
     (BACKGROUND, "web"),  # a start of web, waiting for app, across the next steps
     [reset("cache"), complete("db")],
@@ -200,9 +220,11 @@ class FaultRun:
             if step == (COMPACT,):
                 journal.compact_min_records, journal.compact_ratio = 0, 0.0
                 continue
+            if step == (PAUSE,):
+                await trio.sleep(PAUSE_SECONDS)
             if step[0] == BACKGROUND:
                 nursery.start_soon(self._command, service, start(step[1], limit=float("inf")))
-            elif step == (JOIN,):
+            elif step in ((JOIN,), (PAUSE,)):
                 await trio.testing.wait_all_tasks_blocked()
             else:
                 refused_before = self.refusals
@@ -240,12 +262,13 @@ class FaultRun:
         await self._command(service, want("probe", "db"))
         if self.refusals == before:
             raise self.problem("a change was accepted while the disk was still full")
-        self.disk.lift()  # space returns
+        self.disk.lift()  # space returns: the change makes room first (the compaction owed)
         before = len(self.commits)
-        await self._command(service, want("after", "db"))
+        await self._command(service, fail("after", "space returned"))
         accepted = [c.outcome for c in self.commits[before:]]
         if accepted != ["ok"]:
             raise self.problem(f"space returned, but the next change ended {accepted}")
+        await trio.sleep(PAUSE_SECONDS)  # and what is still owed, on the journal's timer
 
     # --- what is checked -------------------------------------------------------------------
 

@@ -115,14 +115,14 @@ def repeatable(seed: str) -> Iterator[None]:
     state = scheduler.getstate()
     scheduler.seed(seed)
     try:
-        with _inline_threads():
+        with inline_threads():
             yield
     finally:
         scheduler.setstate(state)
 
 
 @contextlib.contextmanager
-def _inline_threads() -> Iterator[None]:
+def inline_threads() -> Iterator[None]:
 
     async def run_sync(fn: Callable[..., Any], *args: Any, **_kw: Any) -> Any:
         await trio.lowlevel.checkpoint()

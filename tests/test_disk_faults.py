@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -19,16 +21,24 @@ import trio.testing
 from unitsync.agent.broadcast import Watcher
 from unitsync.agent.disk import REAL_DISK, RealDisk, append_all
 from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, Journal, JournalError, _Failed
+from unitsync.agent.journal import (
+    COMPACT_RETRY_MAX,
+    LOG_NAME,
+    SNAPSHOT_NAME,
+    Journal,
+    JournalError,
+    _Failed,
+)
 from unitsync.agent.main import _setup_failure
 from unitsync.agent.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient
 from unitsync.wire.errors import AgentGone, NotDurable, UnitsyncError
-from unitsync.wire.protocol import Complete, Start, Started, Status, Want
+from unitsync.wire.protocol import Complete, Reset, Start, Started, Status, Want
 
 from faultdisk import KINDS, Fault, FaultyDisk
 from faultloop import FaultRun, check_power_loss
+from powerloss import inline_threads as threads_inline
 
 POWER_LOSS_TOO = {("ENOSPC", False), ("ENOSPC", True), ("short", False)}
 """Fault loops whose every trace is also crashed at every operation (faultloop.py). EDQUOT
@@ -128,6 +138,78 @@ def test_the_fault_loop_catches_a_broken_journal(
             FaultRun(folder, Fault("ENOSPC", n, persistent=True)).run()
 
 
+def snapshot_before_the_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compaction a refusal makes snapshots the graph as it was before the refused
+    changes were undone: the snapshot holds changes its clients were told were refused."""
+    real_refuse, real_compact_now = Journal._refuse, Journal._compact_now
+    stale: dict[Journal, object] = {}
+
+    async def refuse(self: Journal, failure: _Failed) -> None:
+        stale[self] = (self.graph.boot_image(), list(self.graph.images()))  # the break
+        try:
+            await real_refuse(self, failure)
+        finally:
+            stale.pop(self, None)
+
+    async def compact_now(self: Journal, images: object, only_if_smaller: bool) -> None:
+        await real_compact_now(self, stale.get(self, images), only_if_smaller)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Journal, "_refuse", refuse)
+    monkeypatch.setattr(Journal, "_compact_now", compact_now)
+
+
+def fresh_log_before_its_snapshot_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fresh log a compaction owes (its snapshot renamed, then no room) is written, on
+    the retry, without first syncing the folder that names the new snapshot."""
+    real = Journal._compact
+
+    def compact(self: Journal, boot: object, images: object, only_if_smaller: bool) -> bool:
+        if self._fd is None:
+            self._snapshot_named = True  # the break
+        return real(self, boot, images, only_if_smaller)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Journal, "_compact", compact)
+
+
+def room_made_with_the_batch_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compaction that makes room before a batch snapshots the graph in memory, which
+    already holds the batch, instead of the durable state."""
+
+    def compact(self: Journal) -> bool:
+        return self._compact(self.graph.boot_image(), list(self.graph.images()), True)
+
+    monkeypatch.setattr(Journal, "_compact_durable_state", compact)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "finding"),
+    [
+        (snapshot_before_the_rollback, "recovered a state|recovered neither"),
+        (fresh_log_before_its_snapshot_is_named, "recovery refused to start"),
+        (room_made_with_the_batch_in_it, "recovered a state|recovered neither"),
+    ],
+    ids=[
+        "compaction after a refusal keeps the refused",
+        "retried fresh log before its snapshot",
+        "room made with the batch in it",
+    ],
+)
+def test_the_fault_loop_catches_a_broken_compaction_after_no_room(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, breakage: Any, finding: str
+) -> None:
+    """The paths a full disk takes since the journal compacts itself to make room (after a
+    refusal, on a timer, at a start-up that had no room to copy the log) are held to the
+    same rules: each break below is caught by the fault loop and its power-loss states."""
+    clean = FaultRun(folder, None).run()
+    breakage(monkeypatch)
+    with pytest.raises(AssertionError, match=finding) as caught:
+        for persistent in (False, True):
+            for n in range(1, 70):
+                run = FaultRun(folder, Fault("ENOSPC", n, persistent)).run()
+                check_power_loss(run, baseline=clean)
+    print(f"\n{breakage.__name__}: {caught.value}")
+
+
 # --- one behaviour at a time, on real files --------------------------------------------------
 
 
@@ -222,6 +304,89 @@ async def test_a_full_disk_refuses_changes_while_reads_and_waits_go_on(tmp_path:
         "db": "completed",
     }
     recovered.close()
+
+
+@pytest.fixture
+def inline_threads() -> Iterator[None]:
+    """Disk work in the trio thread, so a mock clock does not run ahead of it."""
+    with threads_inline():
+        yield
+
+
+async def churn(service: Service, unit: str, changes: int) -> None:
+    """`changes` changes of one unit (start, complete, reset, ...): the log grows, the graph
+    does not (a unit keeps its last 100 transitions)."""
+    for i in range(changes):
+        if i % 3 == 0:
+            await service.start(Start(unit), progress=_ignore)
+        elif i % 3 == 1:
+            await service.complete(Complete(unit))
+        else:
+            await service.reset(Reset(unit))
+
+
+async def test_a_journal_that_fills_its_disk_compacts_itself_once_there_is_room(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    """The log of one unit's 600 changes is what fills the disk: the refusal makes the
+    journal try a compaction (none fits yet); once space returns it compacts on its own
+    timer, with no change coming, and changes are taken again. (Disk work runs inline, so
+    the mock clock stands still while it does.)"""
+    folder = tmp_path / "state"
+    agent = Agent(folder)
+    service = agent.service
+    log, snapshot = folder / LOG_NAME, folder / SNAPSHOT_NAME
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.journal.run)
+        await churn(service, "u", 600)
+        full_log = log.stat().st_size
+        agent.fail_from_now_on("ENOSPC")
+        with pytest.raises(NotDurable):
+            await service.start(Start("u"), progress=_ignore)
+        await trio.testing.wait_all_tasks_blocked()
+        refused_at = agent.disk.calls.index("write!")
+        assert "create!" in agent.disk.calls[refused_at:]  # a snapshot was tried at once
+        assert log.stat().st_size == full_log and not snapshot.exists()  # no room for it
+
+        agent.disk.lift()  # space returns; no change comes
+        await trio.sleep(2 * COMPACT_RETRY_MAX)
+        assert snapshot.exists() and log.stat().st_size < full_log / 20
+        await service.start(Start("u"), progress=_ignore)  # and changes are taken again
+        nursery.cancel_scope.cancel()
+    agent.journal.close()
+    with Journal.open(folder) as recovered:
+        assert recovered.graph.units["u"].status == "started"
+        assert len(recovered.graph.units["u"].history) == 100
+
+
+async def test_a_start_with_no_room_to_copy_the_log_compacts_once_there_is(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    """A start-up that cannot copy the log syncs it in place (a full disk), and owes the
+    compaction that frees the disk: it is made once space returns, with no change coming."""
+    folder = tmp_path / "state"
+    agent = Agent(folder)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.journal.run)
+        await churn(agent.service, "u", 600)
+        nursery.cancel_scope.cancel()
+    agent.journal.close()
+    full_log = (folder / LOG_NAME).stat().st_size
+
+    disk = FaultyDisk(REAL_DISK, Fault("ENOSPC", 2, persistent=True))  # full after its first sync
+    with Journal.open(folder, disk=disk) as journal:
+        assert "create!" in disk.calls  # the copy of the log found no room
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            await trio.sleep(2 * COMPACT_RETRY_MAX)
+            assert (folder / LOG_NAME).stat().st_size == full_log  # tried, and tries again
+            disk.lift()
+            await trio.sleep(2 * COMPACT_RETRY_MAX)
+            assert (folder / LOG_NAME).stat().st_size < full_log / 20
+            assert (folder / SNAPSHOT_NAME).exists()
+            nursery.cancel_scope.cancel()
+    with Journal.open(folder) as recovered:
+        assert recovered.graph.units["u"].status == "pending"  # its last change, a reset
 
 
 async def test_a_failed_fsync_stops_the_journal_and_is_never_retried(tmp_path: Path) -> None:

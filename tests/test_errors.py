@@ -19,6 +19,7 @@ EXIT_STATUS = {
     "protocol": ("ProtocolError", 1),
     "graph_changed": ("GraphChanged", 3),
     "superseded": ("Superseded", 1),
+    "untrusted": ("AgentUntrusted", 3),
 }
 """What README's exit-code table says of each code; every other code is a refusal, exit 1."""
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from unitsync.agent import logfile
@@ -27,6 +28,7 @@ from unitsync.agent.journal import LOG_NAME
 from unitsync.agent.server import AgentConfig
 from unitsync.client.client import Client
 from unitsync.wire.errors import NotDurable
+from unitsync.wire.processes import owner
 
 from conftest import AgentProcess, run_cli, spawn_cli
 
@@ -203,5 +205,130 @@ def test_a_full_disk_refuses_changes_and_the_same_agent_recovers(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.kill()
+
+
+# --- a journal that fills its own disk (SPEC §12) -----------------------------------------------
+
+CHURN = 16_000
+"""Changes of one unit (start, complete, reset, ...): the measured sequence. Their log is
+about 1 MiB; the graph's snapshot is a few kilobytes."""
+AFTER = 10_000
+"""Changes made once the filler is gone, with nothing but the journal on the disk: their
+log alone would fill it."""
+FILLER = 700 * 1024
+FILLER_STEP = 4 * 1024
+"""What the user frees at each refusal: a page at a time, less than a snapshot takes, so
+a journal that goes on appending eats it before it can compact."""
+PATIENCE = 120.0
+"""How long a change may stay refused with nothing but the journal on the disk: only a
+journal that never frees its disk takes that long."""
+
+
+SCRIPT = "/bin/sh /workspaces/app/.devcontainer/start-u.sh"
+"""The script each start names as the run's owner, as `unitsync sync start` does."""
+
+
+def churn_change(client: Client, i: int) -> None:
+    if i % 3 == 0:
+        me = owner(os.getpid(), "start")
+        client.start("u", owner=me and msgspec.structs.replace(me, command=SCRIPT))
+    elif i % 3 == 1:
+        client.complete("u")
+    else:
+        client.reset("u")
+
+
+def test_a_journal_that_fills_its_disk_by_itself_frees_it_without_a_restart(
+    tiny_disk: Path, short_tmp: Path
+) -> None:
+    """The measured sequence: 1 MiB tmpfs, a filler file, 16,000 changes of one unit, 4 KiB
+    of filler removed at each refusal; then the rest of the filler and 10,000 changes more.
+    The journal compacts itself when a change is refused, and its log never takes the room
+    that compaction needs, so changes go on (they were refused for good, even after a
+    restart, with the log at 1,044,443 bytes for a one-unit graph)."""
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"\0" * FILLER)
+    config = AgentConfig(socket=short_tmp / "run" / "agent.sock", state_dir=tiny_disk / "state")
+    agent = AgentProcess(config).start()
+    refusals, longest = 0, 0.0
+    try:
+        with Client(config.socket) as client:
+            for i in range(CHURN + AFTER):
+                if i == CHURN and filler.exists():
+                    filler.unlink()
+                refused_at = None
+                while True:
+                    try:
+                        churn_change(client, i)
+                        break
+                    except NotDurable:
+                        refusals += 1
+                        refused_at = refused_at or time.monotonic()
+                        if filler.exists():
+                            size = filler.stat().st_size - FILLER_STEP
+                            if size > 0:
+                                os.truncate(filler, size)
+                            else:
+                                filler.unlink()
+                            continue
+                        waited = time.monotonic() - refused_at
+                        assert waited < PATIENCE, f"refused for good after {i} changes"
+                        time.sleep(0.05)
+                if refused_at is not None:
+                    longest = max(longest, time.monotonic() - refused_at)
+        log_size = (config.state_dir / LOG_NAME).stat().st_size
+        print(
+            f"\n{CHURN + AFTER} changes, {refusals} refused (the longest refusal lasted "
+            f"{longest:.2f}s); journal.log is now {log_size} bytes"
+        )
+        assert refusals > 0, "the disk never filled: the test did not test anything"
+        code, log = agent.stop()
+        assert code == 0, log
+        assert "compacted the journal" in log
+        agent.start()
+        with Client(config.socket) as client:
+            [view] = client.status("u")
+        assert view.status == "completed"  # the last change, after a restart
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.kill()
+
+
+def test_an_agent_started_on_a_full_disk_compacts_its_journal_once_there_is_room(
+    tiny_disk: Path, short_tmp: Path
+) -> None:
+    """A start-up that finds no room to copy the log syncs it in place, and owes the
+    compaction that frees the disk: it is made as soon as some space is freed, without a
+    change or another restart."""
+    config = AgentConfig(socket=short_tmp / "run" / "agent.sock", state_dir=tiny_disk / "state")
+    agent = AgentProcess(config).start()
+    try:
+        with Client(config.socket) as client:
+            for i in range(6_000):  # a log of about 400 KB: under the compaction thresholds
+                churn_change(client, i)
+        agent.stop()
+        log_path = config.state_dir / LOG_NAME
+        full_log = log_path.stat().st_size
+        filler = tiny_disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # the disk is full to its last page
+            while os.write(fd, b"\0" * 4096):
+                pass
+        os.close(fd)
+        agent.start()
+        agent.await_line("could not compact the journal")  # tried at once: no room
+        os.truncate(filler, filler.stat().st_size - 64 * 1024)  # some room, no change
+        freed = time.monotonic()
+        while log_path.stat().st_size >= full_log and time.monotonic() - freed < PATIENCE:
+            time.sleep(0.05)
+        print(f"\nthe journal was compacted {time.monotonic() - freed:.2f}s after space was freed")
+        assert log_path.stat().st_size < full_log / 20
+        code, log = agent.stop()
+        assert code == 0, log
+        assert "syncing it in place instead" in agent.startup_log
+        assert "compacted the journal" in log
+    finally:
         if agent.proc is not None and agent.proc.poll() is None:
             agent.kill()

@@ -18,13 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from unitsync.agent.graph import (
-    HISTORY_LIMIT,
-    MAX_REASON_BYTES,
-    Graph,
-    Refused,
-    check_name,
-)
+from unitsync.agent.graph import Graph, Refused
 from unitsync.agent.machine import (
     MOVES,
     NO_OWNER,
@@ -39,6 +33,7 @@ from unitsync.agent.machine import (
 )
 from unitsync.agent.records import Edge, Forget, Known, Move, OwnerRecord, Record, UnitImage
 from unitsync.agent.views import transition, unit_view
+from unitsync.wire.bounds import HISTORY_LIMIT, MAX_DEPS, MAX_REASON_BYTES, check_name
 
 T0 = 1_700_000_000.0
 """A fixed, realistic Unix time; tests add small offsets so every transition is distinct."""
@@ -243,7 +238,8 @@ CONTROL_CHARS = [chr(c) for c in range(0x20)] + ["\x7f"]
         "claude code",
         "ünït",
         "x/y:z.service@1",
-        " ",  # U+0020 is the first character after the control range
+        "a b",  # U+0020 is the first character after the control range
+        " a ",
         "~",  # U+007E is just below DEL
         "a" * 255,
         "é" * 127 + "a",  # 255 bytes
@@ -285,6 +281,84 @@ def test_every_control_character_is_refused(char: str, where: str) -> None:
     message = refused("invalid", check_name, name).message
     assert f"U+{ord(char):04X}" in message
     assert "control character" in message
+
+
+INVISIBLE_OR_BREAKING = {
+    "\u0085": "Cc",  # NEL: a line break to some terminals
+    "\u2028": "Zl",
+    "\u2029": "Zp",
+    "\u202e": "Cf",  # a bidi override: the rest of the line shows reversed
+    "\u200b": "Cf",  # zero width: two names that look the same
+    "\ufeff": "Cf",
+    "\u00ad": "Cf",  # a soft hyphen
+}
+
+
+@pytest.mark.parametrize("char", INVISIBLE_OR_BREAKING, ids=lambda c: f"U+{ord(c):04X}")
+def test_invisible_and_line_breaking_characters_are_refused(char: str) -> None:
+    """SPEC §12: Unicode categories Cc, Cf, Zl, Zp, wherever they are; the message names
+    the character, its category's meaning and the whole rule."""
+    message = refused("invalid", check_name, f"un{char}it").message
+    assert f"U+{ord(char):04X}" in message
+    assert "Cc, Cf, Zl, Zp" in message and "255 bytes" in message
+
+
+@pytest.mark.parametrize("name", [" ", "   ", "\t", "\u3000", "\u00a0 "])
+def test_a_name_of_whitespace_only_is_refused(name: str) -> None:
+    message = refused("invalid", check_name, name).message
+    assert "whitespace" in message or "control character" in message
+
+
+def test_names_from_before_the_rules_stay_usable() -> None:
+    """A journal may hold names today's rules refuse (a lone space, a zero-width space):
+    they load, show, change and can be forgotten; only names new to the graph are checked."""
+    old = [" ", "zero\u200bwidth", "nel\u0085x"]
+    graph = Graph.from_images(
+        [UnitImage(name, "pending", T0, "", [], []) for name in old]
+        + [UnitImage("app", "pending", T0, "", [" "], [])]
+    )
+    for name in old:
+        assert unit_view(graph, name).name == name
+        run(graph, name, T0 + 1)
+        graph.complete(name, False, T0 + 2)
+    graph.want("app", [" ", "zero\u200bwidth"], T0 + 3)  # known names: no new rule applies
+    refused("invalid", graph.want, "app", ["new\u200b"], T0 + 4)
+    graph.forget("nel\u0085x", T0 + 5)
+    assert "nel\u0085x" not in graph.units
+
+
+def test_dependencies_per_unit_are_bounded() -> None:
+    """A unit wants at most MAX_DEPS units: the want that would pass it is refused whole,
+    naming the bound and what to do; wanting what it already wants stays a no-op."""
+    graph = Graph()
+    graph.want("big", [f"d{i}" for i in range(MAX_DEPS - 1)], T0)
+    graph.want("big", ["last"], T0)
+    before = state(graph)
+    error = refused("invalid", graph.want, "big", ["one-more", "d1"], T0)
+    assert f"would want {MAX_DEPS + 1} units" in error.message
+    assert f"at most {MAX_DEPS}" in error.message and "group them" in error.message
+    assert state(graph) == before
+    graph.want("big", ["d1", "last"], T0)  # nothing new
+
+
+def test_a_long_cycle_is_named_with_its_middle_counted() -> None:
+    """The refusal of an edge closing a cycle of 2,000 units names its ends, not 2,000
+    names (a reply must fit a frame, and a person reads it)."""
+    graph = Graph()
+    for i in range(2000):
+        graph.want(f"c{i}", [f"c{i + 1}"], T0)
+    message = refused("cycle", graph.want, "c2000", ["c0"], T0).message
+    assert message.startswith("dependency would close a cycle: c2000 -> c0 -> c1 ->")
+    assert "c15 -> (1,982 more) -> c1998" in message and message.endswith("c1999 -> c2000")
+    assert len(message) < 500
+
+
+def test_forget_names_some_of_many_that_still_want_a_unit() -> None:
+    graph = Graph()
+    for i in range(1000):
+        graph.want(f"w{i:04d}", ["base"], T0)
+    message = refused("in_use", graph.forget, "base", T0).message
+    assert "w0000, w0001" in message and "and 980 more" in message and len(message) < 500
 
 
 COMMANDS: dict[str, Callable[[Graph, str], Any]] = {

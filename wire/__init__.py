@@ -3,6 +3,7 @@
     protocol      the frame types (requests, replies, events, unit views); msgspec only
     framing       bytes <-> frames: the length prefix, the size limit, the one decode path
     errors        every error unitsync reports, its wire code and its exit status
+    bounds        what a unit may hold: every bound on what the agent stores, and the checks
     frame_stream  frames over a trio socket (the only module here that imports trio)
     paths         where the agent listens and keeps its state by default
     processes     processes as /proc names them: a run's owner, and does it still run

@@ -222,6 +222,7 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
     "once_done": AlreadyDone,
     "graph_changed": GraphChanged,
     "superseded": Superseded,
+    "untrusted": AgentUntrusted,
 }
 """Codes whose error is not a plain refusal; every other code is `Refused`."""
 
@@ -233,10 +234,24 @@ def from_reply(reply: Error) -> UnitsyncError:
 
 
 def to_reply(exc: UnitsyncError) -> Error:
-    """The `Error` reply the agent sends for `exc`."""
+    """The `Error` reply the agent sends for `exc` (a path in its message that is not UTF-8
+    shown with those bytes escaped: a frame holds only UTF-8)."""
     return Error(
-        exc.code,
-        exc.message,  # type: ignore[arg-type]
+        exc.code,  # type: ignore[arg-type]
+        as_text(exc.message),
         unit=exc.unit,
         dependency=exc.dependency,
     )
+
+
+def as_text(text: str) -> str:
+    """`text`, with any byte that was not UTF-8 (a lone surrogate, from a path) as \\xNN."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            data = text.encode("utf-8", "surrogateescape")  # the bytes of a path
+        except UnicodeEncodeError:  # a surrogate no byte stands for
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return data.decode("utf-8", "backslashreplace")
+    return text

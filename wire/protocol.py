@@ -195,6 +195,11 @@ class UnitView(msgspec.Struct):
     """A one-time unit: once completed, it stays completed across workspace restarts."""
     owner: OwnerView | None = None
     """The process that owns the current run (started units, and ready services)."""
+    cut: list[str] = []
+    """What this view leaves out (empty: nothing), one entry per field cut, each beginning
+    with that field's name (`dependents: 24,500 of 25,000 not listed (...)`): the units that
+    want it past the ones listed, and what a journal written before the bounds holds past
+    them (`wire.bounds`). So every view fits in a frame."""
 
 
 # --- replies and events --------------------------------------------------------------------
@@ -281,6 +286,7 @@ ErrorCode = Literal[
     "busy",  # the agent cannot take more connections
     "not_durable",  # the change could not be made durable (disk full, store unreachable)
     "graph_changed",  # the hello named another graph than the agent serves: nothing was done
+    "untrusted",  # the connecting process runs as another user: refused before its hello
 ]
 
 
