@@ -413,7 +413,7 @@ class Graph:
         """Is `token` (a report's) another run's than `name`'s current one (a pending unit has
         none)? Reports with no token (a script's `complete`, an operator's `fail`) are the
         unit's own."""
-        check_name(name)
+        self._check_new(name)
         if not token:
             return False
         unit = self.units.get(name)
