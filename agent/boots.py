@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unitsync.wire.processes import start_ticks
+from unitsync.wire.host.processes import start_ticks
 
 KERNEL_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 UNKNOWN = "unknown"

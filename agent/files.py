@@ -10,7 +10,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from unitsync.wire.local import parse_lock_record, same_file
+from unitsync.wire.host.peer import parse_lock_record, same_file
 
 
 class SetupError(Exception):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import msgspec
 
-from .disk import REAL_DISK, write_durably
-from .records import BootImage
+from .core.records import BootImage
+from .store.journal.disk import REAL_DISK, write_durably
 
 BOOT_NAME = "boot"
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import trio
 
-from .activation import listening_socket, take_listen_fds
 from .files import SetupError
-from .journal import JournalError
 from .notify import Notifier
-from .partial_frames import return_big_buffers
-from .server import AgentConfig, run_agent
+from .serve.activation import listening_socket, take_listen_fds
+from .serve.partial_frames import return_big_buffers
+from .serve.server import AgentConfig, run_agent
+from .serve.socket_keeper import Displaced
 from .service import Service
-from .socket_keeper import Displaced
+from .store.journal.writer import JournalError
 
 log = logging.getLogger("unitsync.agent")
 

@@ -5,7 +5,7 @@ datagram socket's address in `NOTIFY_SOCKET` (`@name` for the abstract namespace
 a path) and waits for `READY=1`. The protocol is one datagram of newline-separated
 `KEY=VALUE` lines, so it is written out here rather than taken from a library:
 python-systemd needs libsystemd and a compiler, the small pure-Python packages are
-unmaintained, and either would cost more than the few lines it saves. (`cli/notify.py`
+unmaintained, and either would cost more than the few lines it saves. (`cli/run/notify.py`
 is the receiving side of the same protocol, for `run --notify`.)
 
 Error rules: notifying is best effort, as in sd_notify: a listener that has gone, or

@@ -45,7 +45,7 @@ import trio
 from unitsync.wire import __version__
 from unitsync.wire.bounds import MAX_DEPS, listed
 from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, Superseded, as_text
-from unitsync.wire.processes import still_runs
+from unitsync.wire.host.processes import still_runs
 from unitsync.wire.protocol import (
     Complete,
     Fail,
@@ -66,12 +66,12 @@ from unitsync.wire.protocol import (
 
 from . import host_boot
 from .broadcast import Hub
-from .graph import WORKSPACE_RESTARTED, Graph
+from .core.graph import WORKSPACE_RESTARTED, Graph
+from .core.machine import FORCED_RESET_REASON, RESET_REASON
+from .core.records import Boot, Edge, Move, OwnerRecord, Record
+from .core.records import Forget as Forgotten
+from .core.views import owner_record, unit_view
 from .holds import RECLAIM_GRACE, Holder, Holds
-from .machine import FORCED_RESET_REASON, RESET_REASON
-from .records import Boot, Edge, Move, OwnerRecord, Record
-from .records import Forget as Forgotten
-from .views import owner_record, unit_view
 from .waiters import Waiters
 
 log = logging.getLogger("unitsync.agent")

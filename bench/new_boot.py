@@ -13,8 +13,8 @@ fresh copy of it, start the agent
   one-time ones goes back to pending before the agent serves anyone;
 
 each timed from the process's start to READY=1 and then its first answered `ping`. The
-copies' journals are read back with `unitsync.agent.logfile`: the agent restart must add
-no entry, the workspace restart exactly one (its `Boot` record).
+copies' journals are read back with `unitsync.agent.store.journal.logfile`: the agent
+restart must add no entry, the workspace restart exactly one (its `Boot` record).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from unitsync.agent import logfile
-from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal
-from unitsync.agent.records import Boot, OwnerRecord, Record
+from unitsync.agent.core.graph import Graph
+from unitsync.agent.core.records import Boot, OwnerRecord, Record
+from unitsync.agent.store.journal import logfile
+from unitsync.agent.store.journal.writer import LOG_NAME, SNAPSHOT_NAME, Journal
 from unitsync.client.client import Client
-from unitsync.wire.processes import start_ticks
+from unitsync.wire.host.processes import start_ticks
 
 UNITSYNC = Path(sys.executable).with_name("unitsync")
 UNITS = 10_000
@@ -205,7 +205,7 @@ def measure(rounds: int = 15) -> list[tuple[str, str, str, bool | None, str]]:
             f"{said('new')}; same boot: {said('same')}",
             "1 entry",
             one_entry,
-            f"read back with unitsync.agent.logfile after every round; it put "
+            f"read back with unitsync.agent.store.journal.logfile after every round; it put "
             f"{reset_wanted:,} units back to pending, the completed one-time units kept",
         ),
     ]

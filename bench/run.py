@@ -45,17 +45,17 @@ import services
 import trio
 from new_boot import BENCH_GRAPH
 
-from unitsync.agent import logfile
-from unitsync.agent.etcd_client import EtcdClient
-from unitsync.agent.etcd_wire import Op, PutRequest, TxnRequest
-from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal
-from unitsync.agent.records import Known, Move
+from unitsync.agent.core.graph import Graph
+from unitsync.agent.core.records import Known, Move
+from unitsync.agent.store.etcd.client import EtcdClient
+from unitsync.agent.store.etcd.messages import Op, PutRequest, TxnRequest
+from unitsync.agent.store.journal import logfile
+from unitsync.agent.store.journal.writer import LOG_NAME, SNAPSHOT_NAME, Journal
 from unitsync.client.async_client import AsyncClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from etcd_cluster import EtcdAgent, EtcdCluster  # noqa: E402  (the tests' real cluster)
+from harness.etcd_cluster import EtcdAgent, EtcdCluster  # noqa: E402  (the tests' real cluster)
 
 encode = msgspec.msgpack.Encoder().encode
 UNITSYNC = Path(sys.executable).with_name("unitsync")

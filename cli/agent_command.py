@@ -11,10 +11,10 @@ from typing import Annotated, Literal
 from cyclopts import Parameter
 
 from unitsync.agent.holds import RECLAIM_GRACE
-from unitsync.agent.limits import DEFAULT_MAX_CONNECTIONS
-from unitsync.agent.store_config import EtcdConfig, parse_store
+from unitsync.agent.serve.limits import DEFAULT_MAX_CONNECTIONS
+from unitsync.agent.store.etcd.config import EtcdConfig, parse_store
 from unitsync.wire.errors import EXIT_USAGE
-from unitsync.wire.paths import SOCKET_ENV, STATE_DIR_ENV, default_socket, default_state_dir
+from unitsync.wire.host.paths import SOCKET_ENV, STATE_DIR_ENV, default_socket, default_state_dir
 
 from .durations import duration_option, parse_duration
 
@@ -103,9 +103,9 @@ def agent(
     ] = "15m",
 ) -> int:
     """Run the agent in the foreground until SIGINT or SIGTERM."""
-    from unitsync.agent.limits import Limits
     from unitsync.agent.main import main
-    from unitsync.agent.server import AgentConfig
+    from unitsync.agent.serve.limits import Limits
+    from unitsync.agent.serve.server import AgentConfig
 
     from .words import utf8_problem
 

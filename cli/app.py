@@ -30,7 +30,7 @@ from unitsync.wire.errors import (
     EXIT_USAGE,
     UnitsyncError,
 )
-from unitsync.wire.paths import SOCKET_ENV
+from unitsync.wire.host.paths import SOCKET_ENV
 from unitsync.wire.protocol import Ok, StatusReply
 
 from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
@@ -64,7 +64,7 @@ for _name, _help in (
     ("blame", "List the units of the boot by how long they ran, longest first."),
 ):  # SPEC §9, loaded only when used
     sync.command(
-        f"unitsync.cli.timeline_command:{_name.replace('-', '_')}",
+        f"unitsync.cli.timeline.command:{_name.replace('-', '_')}",
         name=_name,
         help=_help,
         usage=f"Usage: {USAGE[_name]}",
@@ -212,8 +212,8 @@ def start(
 
     Exits 7 if UNIT is a completed one-time unit and --once is given (nothing to do).
     """
-    from unitsync.wire.processes import calling_script
-    from unitsync.wire.processes import owner as owner_of
+    from unitsync.wire.host.processes import calling_script
+    from unitsync.wire.host.processes import owner as owner_of
 
     described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
     if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
@@ -448,7 +448,7 @@ def run(
             f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
             "duration is one word: --timeout 5m); the command goes after `--`",
         )
-    from .run import ReadyOptions, run_unit
+    from .run.command import ReadyOptions, run_unit
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with cli_client(socket) as client:

@@ -23,11 +23,11 @@ from unitsync.client.client import Client, GraphChanged, UnitsyncError
 from unitsync.wire.graph_id import short
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
-from .gantt import rich_bar
 from .live_columns import layout
-from .live_timeline import LiveTimeline
 from .render import STATUS_STYLES, TABLE_COLUMNS, cut_note, plain, table_row
-from .timeline import Timeline, note_waits
+from .timeline.gantt import rich_bar
+from .timeline.live import LiveTimeline
+from .timeline.model import Timeline, note_waits
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions

@@ -14,7 +14,7 @@ the agent restarts, as in the blocking client.
 
 Unlike the blocking client, it never starts an agent when it finds none (`NoAgent`), not
 even after a crash (`AgentCrashed`):
-a trio program runs the agent in a nursery of its own (`unitsync.agent.server.run_agent`)
+a trio program runs the agent in a nursery of its own (`unitsync.agent.serve.server.run_agent`)
 or uses one that something supervises, and an agent spawned from inside an event loop
 would outlive the nursery that should own it.
 
@@ -38,8 +38,8 @@ from typing import TypeVar
 import trio
 
 from unitsync.wire.errors import AgentGone, AgentUnavailable, GraphChanged, UnitsyncError
-from unitsync.wire.local import peer_of
-from unitsync.wire.paths import default_socket
+from unitsync.wire.host.paths import default_socket
+from unitsync.wire.host.peer import peer_of
 from unitsync.wire.protocol import (
     Changed,
     Complete,
@@ -62,9 +62,7 @@ from unitsync.wire.protocol import (
     Want,
     Watch,
 )
-
-from .retry import BACKLOG_FULL_DELAYS, Backoff, asked_again, new_token, start_request
-from .session import (
+from unitsync.wire.session import (
     NEED_DATA,
     GraphMemory,
     Session,
@@ -73,6 +71,8 @@ from .session import (
     failure_reason,
     unreachable,
 )
+
+from .retry import BACKLOG_FULL_DELAYS, Backoff, asked_again, new_token, start_request
 
 RECEIVE_SIZE = 65536
 

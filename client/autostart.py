@@ -62,7 +62,8 @@ from pathlib import Path
 from typing import Literal
 
 from unitsync.wire.errors import AgentStartFailed
-from unitsync.wire.local import (
+from unitsync.wire.host.paths import STATE_DIR_ENV, default_state_dir
+from unitsync.wire.host.peer import (
     CREDENTIALS,
     Peer,
     lock_holder,
@@ -71,10 +72,8 @@ from unitsync.wire.local import (
     same_file,
     socket_lock_name,
 )
-from unitsync.wire.paths import STATE_DIR_ENV, default_state_dir
-from unitsync.wire.processes import is_running
-
-from .session import check_trust
+from unitsync.wire.host.processes import is_running
+from unitsync.wire.session import check_trust
 
 ENV = "UNITSYNC_AUTOSTART"
 OFF = frozenset({"0", "false", "no", "off"})

@@ -48,8 +48,8 @@ from unitsync.wire.errors import (
     UnitsyncError,
     WaitTimeout,
 )
-from unitsync.wire.local import peer_of
-from unitsync.wire.paths import default_socket
+from unitsync.wire.host.paths import default_socket
+from unitsync.wire.host.peer import peer_of
 from unitsync.wire.protocol import (
     Changed,
     Complete,
@@ -74,6 +74,15 @@ from unitsync.wire.protocol import (
     Want,
     Watch,
 )
+from unitsync.wire.session import (
+    NEED_DATA,
+    GraphMemory,
+    Session,
+    State,
+    check_trust,
+    failure_reason,
+    unreachable,
+)
 
 from .retry import (
     BACKLOG_FULL_DELAYS,
@@ -83,15 +92,6 @@ from .retry import (
     new_token,
     start_request,
     timed_out,
-)
-from .session import (
-    NEED_DATA,
-    GraphMemory,
-    Session,
-    State,
-    check_trust,
-    failure_reason,
-    unreachable,
 )
 
 if TYPE_CHECKING:

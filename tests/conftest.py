@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 
-from etcd_cluster import ETCD, EtcdAgent, EtcdCluster
+from harness.etcd_cluster import ETCD, EtcdAgent, EtcdCluster
 
 
 @pytest.fixture(autouse=True)

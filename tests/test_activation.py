@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.activation import take_listen_fds
 from unitsync.agent.files import SetupError
 from unitsync.agent.notify import Notifier
+from unitsync.agent.serve.activation import take_listen_fds
 from unitsync.client.client import Client
 
 LIMIT = 60

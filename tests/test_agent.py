@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from unitsync.agent.files import SetupError
-from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import AgentGone, Client, DependencyFailed, Refused

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.client.autostart import Autostarted
 from unitsync.client.client import RESTART_GRACE, Client, NoAgent
 

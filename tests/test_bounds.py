@@ -15,12 +15,12 @@ import msgspec
 import pytest
 import trio
 
-from unitsync.agent import views
-from unitsync.agent.graph import Graph
-from unitsync.agent.records import HistoryEntry, OwnerRecord, UnitImage
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.core import views
+from unitsync.agent.core.graph import Graph
+from unitsync.agent.core.records import HistoryEntry, OwnerRecord, UnitImage
+from unitsync.agent.core.views import unit_view
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.agent.views import unit_view
 from unitsync.client.client import Client
 from unitsync.wire import bounds
 from unitsync.wire.bounds import (
@@ -213,9 +213,9 @@ def test_the_bounds_are_the_documented_numbers() -> None:
 
 def test_a_5000_deep_critical_chain_prints_in_proportion_to_its_length() -> None:
     """It printed 25 MB: each step was indented one more than the last."""
-    from unitsync.cli.critical_chain import critical_chain
-    from unitsync.cli.timeline import build_timeline
-    from unitsync.cli.timeline_text import render_chain
+    from unitsync.cli.timeline.critical_chain import critical_chain
+    from unitsync.cli.timeline.model import build_timeline
+    from unitsync.cli.timeline.text import render_chain
 
     graph, depth, now = Graph(), 5000, 1_700_000_000.0
     for i in range(1, depth):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.client.client import Client
 from unitsync.wire.bounds import MAX_DEPS
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unitsync.agent import logfile
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
+from unitsync.agent.store.journal import logfile
 
 from conftest import AgentProcess, run_cli, sock, spawn_cli
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
 from unitsync.client import client as blocking_module
 from unitsync.client.async_client import AsyncClient

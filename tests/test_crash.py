@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unitsync.agent.graph import Graph, Refused
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.core.graph import Graph, Refused
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.client.client import AgentUnavailable, Client, UnitsyncError, WaitTimeout
 
 from conftest import AgentProcess, spawn_cli

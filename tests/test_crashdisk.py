@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crashdisk import EXHAUSTIVE, SAMPLES, SECTOR, SimDisk, fates
+from harness.crashdisk import EXHAUSTIVE, SAMPLES, SECTOR, SimDisk, fates
 
 FOLDER = Path("/state")
 

@@ -19,9 +19,12 @@ import trio
 import trio.testing
 
 from unitsync.agent.broadcast import Watcher
-from unitsync.agent.disk import REAL_DISK, RealDisk, append_all
-from unitsync.agent.graph import Graph
-from unitsync.agent.journal import (
+from unitsync.agent.core.graph import Graph
+from unitsync.agent.main import _setup_failure
+from unitsync.agent.serve.server import AgentConfig, run_agent
+from unitsync.agent.service import Service
+from unitsync.agent.store.journal.disk import REAL_DISK, RealDisk, append_all
+from unitsync.agent.store.journal.writer import (
     COMPACT_RETRY_MAX,
     LOG_NAME,
     SNAPSHOT_NAME,
@@ -29,16 +32,13 @@ from unitsync.agent.journal import (
     JournalError,
     _Failed,
 )
-from unitsync.agent.main import _setup_failure
-from unitsync.agent.server import AgentConfig, run_agent
-from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient
 from unitsync.wire.errors import AgentGone, NotDurable, UnitsyncError
 from unitsync.wire.protocol import Complete, Reset, Start, Started, Status, Want
 
-from faultdisk import KINDS, Fault, FaultyDisk
-from faultloop import FaultRun, check_power_loss
-from powerloss import inline_threads as threads_inline
+from harness.faultdisk import KINDS, Fault, FaultyDisk
+from harness.faultloop import FaultRun, check_power_loss
+from harness.powerloss import inline_threads as threads_inline
 
 POWER_LOSS_TOO = {("ENOSPC", False), ("ENOSPC", True), ("short", False)}
 """Fault loops whose every trace is also crashed at every operation (faultloop.py). EDQUOT

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from etcd_cluster import ETCD, EtcdAgent, EtcdCluster, Tls, free_port
+from harness.etcd_cluster import ETCD, EtcdAgent, EtcdCluster, Tls, free_port
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Callable
 
-from etcd_cluster import EtcdAgent, EtcdCluster
+from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 
 def units(agent: EtcdAgent) -> dict[str, dict]:

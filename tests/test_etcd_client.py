@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from unitsync.agent.etcd_client import EtcdClient, EtcdCompacted, EtcdRefused, EtcdUnavailable
-from unitsync.agent.etcd_wire import (
+from unitsync.agent.store.etcd.client import EtcdClient, EtcdCompacted, EtcdRefused, EtcdUnavailable
+from unitsync.agent.store.etcd.messages import (
     Compare,
     Op,
     PutRequest,
@@ -21,7 +21,7 @@ from unitsync.agent.etcd_wire import (
     prefix_end,
 )
 
-from etcd_cluster import ETCD, EtcdCluster, Tls, free_port
+from harness.etcd_cluster import ETCD, EtcdCluster, Tls, free_port
 
 
 def put(key: bytes, value: bytes) -> Op:

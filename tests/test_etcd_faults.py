@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from unitsync.agent.machine import MOVES, Go, Refuse
+from unitsync.agent.core.machine import MOVES, Go, Refuse
 from unitsync.client.async_client import AsyncClient
 from unitsync.wire.errors import EXIT_NOT_DURABLE, Refused, UnitsyncError
 from unitsync.wire.protocol import UnitView
 
 from conftest import spawn_cli
-from etcd_cluster import EtcdAgent, EtcdCluster
+from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 
 def statuses(agent: EtcdAgent) -> dict[str, tuple]:

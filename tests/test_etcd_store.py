@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from unitsync.agent.etcd_client import EtcdUnavailable
-from unitsync.agent.etcd_store import EtcdStore
-from unitsync.agent.etcd_wire import WatchResponse
-from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
-from unitsync.agent.store_config import parse_store
+from unitsync.agent.store.etcd.client import EtcdUnavailable
+from unitsync.agent.store.etcd.config import parse_store
+from unitsync.agent.store.etcd.messages import WatchResponse
+from unitsync.agent.store.etcd.store import EtcdStore
 from unitsync.client.async_client import AsyncClient
 from unitsync.wire.errors import Refused
 from unitsync.wire.protocol import Started
 
-from etcd_cluster import EtcdCluster
+from harness.etcd_cluster import EtcdCluster
 
 _prefixes = itertools.count()
 

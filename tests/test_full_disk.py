@@ -23,12 +23,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from unitsync.agent import logfile
-from unitsync.agent.journal import LOG_NAME
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
+from unitsync.agent.store.journal import logfile
+from unitsync.agent.store.journal.writer import LOG_NAME
 from unitsync.client.client import Client
 from unitsync.wire.errors import NotDurable
-from unitsync.wire.processes import owner
+from unitsync.wire.host.processes import owner
 
 from conftest import AgentProcess, run_cli, spawn_cli
 

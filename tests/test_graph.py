@@ -18,8 +18,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from unitsync.agent.graph import Graph, Refused
-from unitsync.agent.machine import (
+from unitsync.agent.core.graph import Graph, Refused
+from unitsync.agent.core.machine import (
     MOVES,
     NO_OWNER,
     OWNER_GONE,
@@ -31,8 +31,8 @@ from unitsync.agent.machine import (
     Stay,
     outcome,
 )
-from unitsync.agent.records import Edge, Forget, Known, Move, OwnerRecord, Record, UnitImage
-from unitsync.agent.views import transition, unit_view
+from unitsync.agent.core.records import Edge, Forget, Known, Move, OwnerRecord, Record, UnitImage
+from unitsync.agent.core.views import transition, unit_view
 from unitsync.wire.bounds import HISTORY_LIMIT, MAX_DEPS, MAX_REASON_BYTES, check_name
 
 T0 = 1_700_000_000.0

@@ -13,9 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from unitsync.agent import server
-from unitsync.agent.limits import Limits
-from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.agent.serve import server
+from unitsync.agent.serve.limits import Limits
+from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import AgentUnavailable, Client
 from unitsync.wire.framing import decode_reply, encode

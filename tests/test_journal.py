@@ -15,11 +15,11 @@ import msgspec
 import pytest
 import trio
 
-from unitsync.agent import logfile
-from unitsync.agent.disk import RealDisk
-from unitsync.agent.graph import Graph
-from unitsync.agent.journal import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
-from unitsync.agent.records import BootImage, Known, UnitImage
+from unitsync.agent.core.graph import Graph
+from unitsync.agent.core.records import BootImage, Known, UnitImage
+from unitsync.agent.store.journal import logfile
+from unitsync.agent.store.journal.disk import RealDisk
+from unitsync.agent.store.journal.writer import LOG_NAME, SNAPSHOT_NAME, Journal, JournalError
 from unitsync.wire.errors import AgentGone
 from unitsync.wire.graph_id import is_graph_id
 

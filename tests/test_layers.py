@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-NEEDS_TRIO = {"unitsync.wire.frame_stream", "unitsync.client.async_client"}
+NEEDS_TRIO = {"unitsync.agent.serve.frames", "unitsync.client.async_client"}
 """Trio's own I/O loops: everything else a client or the command line imports is trio-free."""
 
 RUNS_THE_AGENT = {"unitsync.cli.agent_command"}
@@ -73,5 +73,5 @@ def test_the_shared_package_imports_neither_side() -> None:
 
 def test_the_check_names_the_module_that_breaks_a_rule() -> None:
     """The harness has teeth: trio's own client is caught, and named."""
-    found = first_to_import(["unitsync.client.session", "unitsync.client.async_client"], ["trio"])
+    found = first_to_import(["unitsync.wire.session", "unitsync.client.async_client"], ["trio"])
     assert found is not None and found.startswith("unitsync.client.async_client -> trio")

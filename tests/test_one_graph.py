@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import Client, GraphChanged
 from unitsync.wire.graph_id import short
-from unitsync.wire.local import socket_lock_name
+from unitsync.wire.host.peer import socket_lock_name
 
 from conftest import (
     AgentProcess,
@@ -37,7 +37,7 @@ from conftest import (
     spawn_cli,
     stop_agents,
 )
-from etcd_cluster import EtcdAgent, EtcdCluster
+from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60
 """A safety net against a hung child, never a measure of speed."""

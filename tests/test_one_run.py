@@ -24,16 +24,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import Client
 from unitsync.wire.errors import Refused, Superseded
-from unitsync.wire.processes import owner
+from unitsync.wire.host.processes import owner
 from unitsync.wire.protocol import Order
 
 from conftest import AgentProcess, run_cli, sock
-from etcd_cluster import EtcdAgent, EtcdCluster
+from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60.0
 """Bounds every wait, so that a broken build fails instead of hanging; never asserted."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import trio
 
-from unitsync.agent.limits import DEFAULT_PARTIAL_FRAMES, Limits
-from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.agent.serve.limits import DEFAULT_PARTIAL_FRAMES, Limits
+from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.client.client import Client
 from unitsync.wire.framing import HEADER, MAX_FRAME, decode_reply, encode, take_frame
 from unitsync.wire.protocol import PROTOCOL_VERSION, Error, Hello, Welcome
@@ -147,7 +147,7 @@ async def test_the_connection_holding_the_most_is_closed_not_the_one_that_read_l
 
 def test_a_frame_in_progress_is_counted_by_the_memory_its_buffer_takes() -> None:
     """The bound is on memory: a growing buffer keeps room to grow, and that counts."""
-    from unitsync.agent.partial_frames import MeteredFrames, PartialFrames
+    from unitsync.agent.serve.partial_frames import MeteredFrames, PartialFrames
 
     meter = PartialFrames(cap=100 * MAX_FRAME)
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent import journal as journal_module
-from unitsync.agent.disk import Disk, write_all
-from unitsync.agent.journal import SNAPSHOT_NAME, Journal
+from unitsync.agent.store.journal import writer as journal_module
+from unitsync.agent.store.journal.disk import Disk, write_all
+from unitsync.agent.store.journal.writer import SNAPSHOT_NAME, Journal
 
-from crashdisk import SimDisk
-from powerloss import OPS, Report, check, random_ops, run_workload
+from harness.crashdisk import SimDisk
+from harness.powerloss import OPS, Report, check, random_ops, run_workload
 
 SEEDS = int(os.environ.get("UNITSYNC_POWERLOSS_SEEDS", "4"))
 """Long random workloads checked (4 in CI; a nightly run sets more)."""

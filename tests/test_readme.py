@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from readme_session import Shell, blocks, normalise
 
 from conftest import agents_running, stop_agents
+from harness.readme_session import Shell, blocks, normalise
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 COMMAND_TIMEOUT = 60.0

@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from unitsync.agent.graph import Graph
-from unitsync.agent.views import unit_view
+from unitsync.agent.core.graph import Graph
+from unitsync.agent.core.views import unit_view
 from unitsync.cli import render
 from unitsync.cli.durations import parse_duration
 from unitsync.wire.protocol import UnitView

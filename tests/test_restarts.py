@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.client.client import Client
 from unitsync.wire.errors import AlreadyDone, Refused
-from unitsync.wire.processes import owner, start_ticks
+from unitsync.wire.host.processes import owner, start_ticks
 from unitsync.wire.protocol import Owner
 
 from conftest import AgentProcess, read_until, run_cli, spawn_cli

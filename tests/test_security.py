@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.files import SetupError
-from unitsync.agent.journal import JournalError
-from unitsync.agent.server import AgentConfig, run_agent
+from unitsync.agent.serve.server import AgentConfig, run_agent
+from unitsync.agent.store.journal.writer import JournalError
 from unitsync.client.client import Client, UnitsyncError
 
 from conftest import AgentProcess

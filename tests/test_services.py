@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.graph import Graph, Refused
-from unitsync.agent.records import Reason
-from unitsync.cli import children
-from unitsync.cli import service as service_module
-from unitsync.cli.children import Ended
-from unitsync.cli.probe import ProbeReady
-from unitsync.cli.service import Exited, NotReady, Ready, ServiceRun
+from unitsync.agent.core.graph import Graph, Refused
+from unitsync.agent.core.records import Reason
+from unitsync.cli.run import children
+from unitsync.cli.run import supervisor as service_module
+from unitsync.cli.run.children import Ended
+from unitsync.cli.run.probe import ProbeReady
+from unitsync.cli.run.supervisor import Exited, NotReady, Ready, ServiceRun
 from unitsync.client.client import Client
 
 from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, unit_status
@@ -386,7 +386,7 @@ def test_on_its_controlling_terminal_the_command_reads_it_and_ctrl_c_stops_it() 
     """`run` in the foreground lends the terminal to its command's group (see `group`)."""
     script = textwrap.dedent(
         """
-        from unitsync.cli.service import ServiceRun
+        from unitsync.cli.run.supervisor import ServiceRun
         with ServiceRun(["sh", "-c", "read line; echo got $line; exec sleep 600"]) as run:
             run.start()
             events = list(run.events())

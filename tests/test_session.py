@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.client.session import NEED_DATA, GraphMemory, Session, State, check_trust
 from unitsync.wire.errors import (
     AgentBusy,
     AgentGone,
@@ -22,7 +21,7 @@ from unitsync.wire.errors import (
     GraphChanged,
 )
 from unitsync.wire.framing import decode_request, encode, take_frame
-from unitsync.wire.local import Peer
+from unitsync.wire.host.peer import Peer
 from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
     Complete,
@@ -40,6 +39,7 @@ from unitsync.wire.protocol import (
     Want,
     Welcome,
 )
+from unitsync.wire.session import NEED_DATA, GraphMemory, Session, State, check_trust
 
 PATH = Path("/run/user/1000/unitsync/agent.sock")
 GRAPH = "a1" * 16

@@ -1,7 +1,7 @@
 """The socket file removed while the agent runs (SPEC §4): noticed, re-created, logged.
 
 A temp-dir cleaner or a logout may remove the socket, or its whole folder. The agent
-checks its path every RECHECK_INTERVAL (one lstat; see agent/socket_keeper.py) and
+checks its path every RECHECK_INTERVAL (one lstat; see agent/serve/socket_keeper.py) and
 binds a fresh socket at the same path; connections already open are kept.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.server import AgentConfig
-from unitsync.agent.socket_keeper import RECHECK_INTERVAL
+from unitsync.agent.serve.server import AgentConfig
+from unitsync.agent.serve.socket_keeper import RECHECK_INTERVAL
 from unitsync.client.client import Client
 
 from conftest import AgentProcess, spawn_cli

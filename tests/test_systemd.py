@@ -3,7 +3,7 @@ sequence 6), under a real systemd user manager with docs/systemd.md's units.
 
 systemd cannot run as this machine's init, but its user manager runs fine as root in a
 private mount namespace with a tmpfs over /run/systemd holding an empty `system/` (how
-docs/systemd.md was recorded). `systemd_user.py` does that and plays the sequence; this
+docs/systemd.md was recorded). `harness/systemd_user.py` does that and plays the sequence; this
 checks what it saw.
 """
 
@@ -41,13 +41,14 @@ def test_sequence_6_a_socket_unit_back_from_its_start_limit_listens_alone(
     work = short_tmp / "sd"
     work.mkdir()
     try:
+        driver = HERE / "harness" / "systemd_user.py"
+        units = HERE.parent / "docs" / "systemd.md"
         done = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", sys.executable,
-             str(HERE / "systemd_user.py"), str(work), str(HERE.parent / "docs" / "systemd.md")],
+            ["unshare", "-m", "--propagation", "private", sys.executable, driver, work, units],
             capture_output=True,
             text=True,
             timeout=LIMIT,
-        )  # fmt: skip
+        )
     finally:
         stop_agents(agents_running(str(work)))  # nothing may outlive the namespace's manager
     assert done.returncode == 0, done.stderr[-6000:]

@@ -15,15 +15,16 @@ import msgspec
 import pytest
 from rich.console import Console
 
-from unitsync.agent.graph import Graph
-from unitsync.agent.views import unit_view
-from unitsync.cli import axis, cells
-from unitsync.cli.critical_chain import critical_chain, default_unit
-from unitsync.cli.gantt import render_chart
-from unitsync.cli.live_timeline import LiveTimeline
-from unitsync.cli.timeline import Row, build_timeline, by_run_time, note_waits
-from unitsync.cli.timeline_svg import FONT_SIZE, TICK_SIZE, TITLE_SIZE, render_svg, text_px
-from unitsync.cli.timeline_text import render_blame, render_chain, render_table, to_json
+from unitsync.agent.core.graph import Graph
+from unitsync.agent.core.views import unit_view
+from unitsync.cli import cells
+from unitsync.cli.timeline import axis
+from unitsync.cli.timeline.critical_chain import critical_chain, default_unit
+from unitsync.cli.timeline.gantt import render_chart
+from unitsync.cli.timeline.live import LiveTimeline
+from unitsync.cli.timeline.model import Row, build_timeline, by_run_time, note_waits
+from unitsync.cli.timeline.svg import FONT_SIZE, TICK_SIZE, TITLE_SIZE, render_svg, text_px
+from unitsync.cli.timeline.text import render_blame, render_chain, render_table, to_json
 from unitsync.cli.watch import FRAME_LINES, _Board
 from unitsync.wire.errors import NotInHistory
 from unitsync.wire.protocol import Changed, FullView, UnitView

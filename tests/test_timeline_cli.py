@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
 
 from conftest import AgentProcess, on_a_terminal, read_all, run_cli, spawn_cli
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from unitsync.wire.frame_stream import FrameStream
+from unitsync.agent.serve.frames import FrameStream
 from unitsync.wire.framing import decode_request
 from unitsync.wire.protocol import Want
 

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from unitsync.agent.broadcast import QUEUE_LIMIT
-from unitsync.agent.server import AgentConfig
+from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import Refused

@@ -7,7 +7,7 @@ mismatch is caught before anything else happens. How frames become bytes is
 `framing`'s business; what a refusal means is `errors`'.
 
 These types are the wire's alone: the agent's journal has its own record types and
-converts at one seam (`unitsync.agent.views`), so changing a frame never changes the
+converts at one seam (`unitsync.agent.core.views`), so changing a frame never changes the
 on-disk format. This module imports only msgspec: the CLI's start-up time depends on it.
 """
 

@@ -1,0 +1,1 @@
+"""Serving the socket: listening, one task per connection, limits, systemd activation."""

@@ -1,0 +1,1 @@
+"""The shared store: one graph for several agents, kept in etcd."""

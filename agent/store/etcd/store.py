@@ -1,0 +1,744 @@
+"""One graph shared by several agents, kept in etcd (SPEC §10).
+
+Keys, under the prefix P of `--store etcd://.../P`:
+
+    P/graph             the graph's id (SPEC §11): created once, by the first agent that opens
+                        the prefix (a txn that creates it only if absent, so agents opening an
+                        empty prefix at once agree on one), then never written again
+    P/units/NAME        the unit's image (`records.UnitImage`, msgpack): status, deps, history
+    P/edges             rewritten by every change that adds edges: its mod revision is compared
+    P/changes/AGENT/N   the records of one change (msgpack), on a lease of a minute or more
+
+Replica. Each agent lists P/units/ at a revision R, then watches P/changes/ from R+1 (and
+lists again if that revision was compacted away). The watch is the only way changes reach
+the replica, this agent's own included, so every agent applies the same records in the
+same (revision) order through `Graph.apply`, as the journal's replay does. Reads, `status`
+and waits use the replica alone; a `complete` on host B wakes a `start` on host A when the
+watch brings it. Unit keys are written only with a change key in the same txn: don't
+edit them by hand (an agent that notices lists again).
+
+A change, from `commit`:
+
+1. decide: the command runs against the replica (whose `applies_decisions` is off: the
+   graph returns records and stays as it is);
+2. one txn puts the new images of the units the records write, P/edges if they add an
+   edge, and the change's own key. Its compares are the change's real preconditions:
+   every unit it writes or is about (and a start's dependencies, whose states made it
+   ready) still has the mod revision the replica saw, 0 for "still absent"; P/edges too
+   if it adds an edge, so two agents cannot close a cycle between them; and the change's
+   key does not exist yet;
+3. committed at revision R: wait until the watch has brought R into the replica (the
+   agent reads its own writes), then answer;
+4. a compare failed: the failure branch reads the compared keys' mod revisions now; wait
+   until the replica holds them, and decide again.
+
+No hot key: two changes conflict only when they touch the same unit or both add edges.
+
+Idempotency: a txn whose answer was lost (the connection broke after sending, etcd timed
+the proposal out) is sent again, unchanged. If the first one was committed, the compares
+now fail and the failure branch finds the change's key: the change is applied once.
+Change keys expire with their lease, long after any retry.
+
+An outcome that commits nothing (a refusal such as "already started", or "already
+completed") is confirmed before it is returned: the mod revisions of the units the command
+is about are read from etcd, the replica catches up to them, and the command is decided
+again. So a script acting on what a script on another host has just done is not answered
+from a replica a few milliseconds behind.
+
+Faults: with no etcd member answering, a change fails with `NotDurable` after
+`config.timeout`, saying whether it may have been made (when its txn was sent and no
+answer came back). That is one deadline for the whole change: every call it makes to etcd
+(lease, txn, confirming read), with every member each call tries, ends by then. Reads and
+waits go on from the replica, and the watch resumes after the last revision it saw once
+etcd is back. The agents compact etcd's history every `COMPACT_EVERY`, keeping that much
+of it.
+
+Large changes: a txn writes at most `MAX_UNITS_PER_TXN` units (etcd takes at most 128
+operations in one). A change of many independent units (`reset --all`) is committed in
+batches, each decided afresh, so it is not atomic; a `want` of more new units than fit in
+one txn is refused.
+
+Boots per host (SPEC §7 and §10): a start's `Move` names the host whose agent decided it
+(and that host's boot); a host's workspace restart is one `decide` that moves to pending
+every non-pending unit whose latest run that host started (not the completed one-time
+units), committed with `commit(decide, None)`: in batches like `reset --all`. The host's
+own boot number lives in its agent's state dir (`host_boot`), not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
+import trio
+
+from unitsync.wire.errors import NotDurable, Refused
+from unitsync.wire.graph_id import is_graph_id, new_graph_id
+
+from ...core.graph import Graph
+from ...core.records import Edge, Move, Record, UnitImage
+from ...files import SetupError
+from .client import EtcdClient, EtcdCompacted, EtcdError, EtcdRefused, EtcdUnavailable
+from .config import EtcdConfig
+from .messages import (
+    NOT_FOUND,
+    Compare,
+    KeyValue,
+    Op,
+    PutRequest,
+    RangeRequest,
+    RangeResponse,
+    TxnRequest,
+    TxnResponse,
+    WatchCreateRequest,
+    WatchResponse,
+    prefix_end,
+)
+
+if TYPE_CHECKING:
+    from ...service import Changes, Decide
+
+log = logging.getLogger("unitsync.etcd")
+
+T = TypeVar("T")
+
+MAX_UNITS_PER_TXN = 100
+"""etcd takes at most 128 operations per txn branch (--max-txn-ops): 100 unit puts leave
+room for the change's key and P/edges."""
+MAX_COMPARED = 100
+"""More units than this to compare one by one, and the txn compares them all at once:
+"nothing under P/units/ changed since the replica's revision" (stricter, as safe)."""
+MAX_TXN_BYTES = 1 << 20
+"""Values per txn, below etcd's default request limit of 1.5 MiB (--max-request-bytes)."""
+LIST_PAGE = 1000
+"""Units per range request when listing: bounded replies, however large the graph."""
+ECHO_LIMIT = 2.0
+"""A watch that has not brought a change this long after etcd acknowledged it is presumed
+stuck and reopened (the watch normally brings it as fast as the txn's own reply)."""
+COMPACT_EVERY = 300.0
+"""How often the agents compact etcd's history, and how much of it they keep: enough for
+a watch to resume after a short outage without listing again."""
+BACKOFF_LIMIT = 1.0
+"""Longest pause between attempts to reach etcd: waiters resume within it once etcd is back."""
+FINAL_REFUSALS = frozenset({"invalid", "cycle"})
+"""Refusals no change by another agent can undo (bad arguments; edges are never removed),
+returned without confirming them against etcd."""
+LOG_EVERY = 30.0
+"""At most one warning this often about etcd staying unreachable."""
+
+_UNIT = msgspec.msgpack.Decoder(UnitImage)
+_CHANGE = msgspec.msgpack.Decoder(list[Record])
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class _Diverged(Exception):
+    """The replica no longer matches etcd (keys written by hand?): list again."""
+
+
+class _LeaseGone(Exception):
+    """The change's lease expired before its txn was sent (the agent was suspended?)."""
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """Where each thing lives under the prefix."""
+
+    root: bytes
+    units: bytes
+    edges: bytes
+    changes: bytes
+    graph: bytes
+
+    @classmethod
+    def under(cls, prefix: str) -> _Keys:
+        root = prefix.encode() + b"/"
+        return cls(root, root + b"units/", root + b"edges", root + b"changes/", root + b"graph")
+
+    def unit(self, name: str) -> bytes:
+        return self.units + name.encode()
+
+
+@dataclass
+class _Plan:
+    """One txn for the first `len(records)` records of a change."""
+
+    request: TxnRequest
+    records: list[Record]
+    lease: int
+
+
+class EtcdStore:
+    shared = True
+    """Several agents, on several hosts, share this graph: a boot is each host's own."""
+
+    def __init__(self, config: EtcdConfig, client: EtcdClient) -> None:
+        self.config = config
+        self.client = client
+        self.location = config.url
+        self.keys = _Keys.under(config.prefix)
+        self.graph_id = ""
+        """The graph's id, read (or created) from P/graph when the store opens."""
+        self.graph = Graph()
+        self.graph.applies_decisions = False
+        self.revision = 0
+        """Every change up to this etcd revision is in the replica."""
+        self.mods: dict[str, int] = {}
+        """Each unit's mod revision in etcd, as of `revision`."""
+        self.edges_mod = 0
+        self._agent = secrets.token_hex(6)
+        self._changes_made = 0
+        self._changes: Changes | None = None
+        self._advanced = trio.Event()
+        self._watch_scope: trio.CancelScope | None = None
+        self._must_list = False
+        self._leases = _Leases(client, ttl=max(60, math.ceil(3 * config.timeout)))
+        self._quiet_until = -math.inf
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, config: EtcdConfig) -> AsyncIterator[EtcdStore]:
+        """Connect and list the graph (waiting for etcd as long as it takes)."""
+        try:
+            client = EtcdClient(
+                config.endpoints,
+                ca=config.ca,
+                cert=config.cert,
+                key=config.key,
+                user=config.user,
+                password=config.password,
+            )
+        except EtcdRefused as exc:
+            raise SetupError(str(exc)) from None
+        try:
+            store = cls(config, client)
+            await store._take_graph_id()
+            await store._first_list()
+            yield store
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
+    # --- the service's store -------------------------------------------------------------------
+
+    @property
+    def applied_seq(self) -> int:
+        return self.revision
+
+    @property
+    def durable_seq(self) -> int:
+        return self.revision  # the replica holds committed changes only
+
+    def listen(self, changes: Changes) -> None:
+        self._changes = changes
+
+    async def settle(self) -> None:
+        await trio.lowlevel.checkpoint()  # nothing in the replica can be taken back
+
+    async def commit(
+        self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
+    ) -> list[Record]:
+        deadline = trio.current_time() + self.config.timeout
+        confirmed = False
+        committed: list[Record] = []
+        while True:
+            lease = await self._retrying(self._leases.current, deadline, False)
+            # No checkpoint from here to the plan: its compares must hold the mod revisions
+            # the decision saw, not those of a replica that moved on meanwhile.
+            try:
+                records = decide()
+            except Refused as exc:
+                if confirmed or exc.code in FINAL_REFUSALS:
+                    raise
+                await self._confirm(about, deadline)
+                confirmed = True
+                continue
+            if not records:
+                if confirmed or committed or not confirm_noop:
+                    return committed
+                await self._confirm(about, deadline)
+                confirmed = True
+                continue
+            plan = self._plan(records, about, lease)
+            try:
+                done = await self._commit_once(plan, deadline)
+            except _LeaseGone:
+                self._leases.expired(lease)
+                continue
+            if done:
+                committed += plan.records
+                if len(plan.records) == len(records):
+                    return committed
+            elif trio.current_time() > deadline:
+                raise NotDurable(
+                    f"the change kept conflicting with other agents' changes for "
+                    f"{self.config.timeout:g}s; nothing was changed: retry"
+                )
+            confirmed = True  # the replica caught up with every unit the change is about
+
+    # --- committing one txn --------------------------------------------------------------------
+
+    async def _commit_once(self, plan: _Plan, deadline: float) -> bool:
+        """Send the plan's txn until etcd answers; True if it was committed (now, or by an
+        attempt whose answer was lost), False if a compare failed."""
+        reply = await self._send(plan, deadline)
+        changed = reply.responses[0].response_range if not reply.succeeded else None
+        if reply.succeeded or (changed is not None and changed.kvs):
+            revision = reply.header.revision if reply.succeeded else changed.kvs[0].mod_revision  # type: ignore[union-attr]
+            if not await self._caught_up(max(deadline, trio.current_time() + ECHO_LIMIT), revision):
+                log.warning("acknowledging revision %d before the watch brought it", revision)
+            return True
+        current = _mod_revisions(plan.request.failure, reply, skip=1)
+        if not await self._caught_up(deadline, max(current.values(), default=0)):
+            raise NotDurable(
+                "etcd's watch is not bringing other agents' changes, so the change cannot "
+                "be decided again; nothing was changed: retry"
+            )
+        self._check_replica(current)
+        return False
+
+    def _plan(self, records: list[Record], about: Sequence[str] | None, lease: int) -> _Plan:
+        keys = self.keys
+        records, images = self._first_batch(records)
+        compared = dict.fromkeys(images)
+        if about is not None:
+            compared.update(dict.fromkeys(about))
+        for record in records:
+            if isinstance(record, Move) and record.to == "started":
+                # The start was decided because these were completed: they still must be.
+                unit = self.graph.units.get(record.unit)
+                compared.update(unit.deps if unit else {})
+        self._changes_made += 1
+        change_key = keys.changes + f"{self._agent}/{self._changes_made}".encode()
+        compares = [Compare(change_key, "CREATE", create_revision=0)]
+        success = [_put(keys.unit(name), _encode(image)) for name, image in images.items()]
+        failure = [_read(change_key)]
+        if len(compared) <= MAX_COMPARED:
+            for name in compared:
+                key = keys.unit(name)
+                compares.append(Compare(key, "MOD", mod_revision=self.mods.get(name, 0)))
+                failure.append(_read(key))
+        else:
+            units_end = prefix_end(keys.units)
+            compares.append(
+                Compare(keys.units, "MOD", "LESS", self.revision + 1, range_end=units_end)
+            )
+            failure.append(_latest(keys.units, units_end))
+        if any(isinstance(record, Edge) for record in records):
+            compares.append(Compare(keys.edges, "MOD", mod_revision=self.edges_mod))
+            success.append(_put(keys.edges, change_key))
+            failure.append(_read(keys.edges))
+        success.append(Op(request_put=PutRequest(change_key, _encode(records), lease)))
+        return _Plan(TxnRequest(compares, success, failure), records, lease)
+
+    def _first_batch(self, records: list[Record]) -> tuple[list[Record], dict[str, UnitImage]]:
+        """As many of `records` as one txn takes (a unit's records stay together), and the
+        images of the units they write."""
+        images = _images_after(self.graph, records)
+        if len(images) <= 1:
+            return records, images
+        size = sum(len(_encode(image)) for image in images.values())
+        if len(images) <= MAX_UNITS_PER_TXN and size <= MAX_TXN_BYTES:
+            return records, images
+        if any(isinstance(record, Edge) for record in records):
+            raise Refused(
+                f"this change names {len(images)} units; with the etcd store one change may "
+                f"name at most {MAX_UNITS_PER_TXN}: split the `want` into several"
+            )
+        # Independent units (a reset of many): each image depends on its own records only.
+        batch, size = {}, 0
+        for name, image in images.items():
+            size += len(_encode(image))
+            if batch and (len(batch) == MAX_UNITS_PER_TXN or size > MAX_TXN_BYTES):
+                break
+            batch[name] = image
+        return [record for record in records if record.unit in batch], batch
+
+    async def _send(self, plan: _Plan, deadline: float) -> TxnResponse:
+        """The txn's answer, sending it again (unchanged) while etcd does not give one."""
+        delay, sent = 0.05, False  # sent: an attempt may have reached etcd unanswered
+        while True:
+            try:
+                return await self.client.txn(plan.request, deadline=deadline)
+            except EtcdUnavailable as exc:
+                sent |= exc.maybe_applied
+                if trio.current_time() + delay > deadline:
+                    raise NotDurable(_unreachable(exc, sent)) from None
+                self._warn(f"etcd did not take a change, retrying: {exc}")
+            except EtcdRefused as exc:
+                if exc.code == NOT_FOUND and "lease" in str(exc) and not sent:
+                    raise _LeaseGone from None
+                if sent:
+                    raise NotDurable(_unreachable(exc, sent)) from None
+                raise NotDurable(f"etcd refused the change ({exc}); nothing was changed") from None
+            await trio.sleep(delay)
+            delay = min(2 * delay, BACKOFF_LIMIT)
+
+    async def _confirm(self, about: Sequence[str] | None, deadline: float) -> None:
+        """Bring the replica up to etcd's present for the units `about` (None: all of them)."""
+        keys = self.keys
+        if about is None or len(about) > MAX_COMPARED:
+            reads = [_latest(keys.units, prefix_end(keys.units))]
+        else:
+            reads = [_read(keys.unit(name)) for name in about]
+
+        async def read(deadline: float) -> TxnResponse:
+            return await self.client.txn(TxnRequest(success=reads), deadline=deadline)
+
+        reply = await self._retrying(read, deadline, True)
+        current = _mod_revisions(reads, reply)
+        if not await self._caught_up(deadline, max(current.values(), default=0)):
+            raise NotDurable(
+                "etcd's watch is not bringing other agents' changes, so this answer cannot be "
+                "confirmed; nothing was changed: retry"
+            )
+
+    async def _retrying(
+        self, call: Callable[[float], Awaitable[T]], deadline: float, reading: bool
+    ) -> T:
+        """`call(deadline)` (which sends nothing that changes anything), again while etcd is
+        unreachable, until `deadline`."""
+        delay = 0.05
+        while True:
+            try:
+                return await call(deadline)
+            except EtcdUnavailable as exc:
+                if trio.current_time() + delay > deadline:
+                    what = "could not confirm this answer" if reading else "nothing was changed"
+                    raise NotDurable(f"etcd is unreachable ({exc}); {what}: retry") from None
+                self._warn(f"etcd unreachable, retrying: {exc}")
+            except EtcdRefused as exc:
+                raise NotDurable(f"etcd refused a request ({exc}); nothing was changed") from None
+            await trio.sleep(delay)
+            delay = min(2 * delay, BACKOFF_LIMIT)
+
+    async def _caught_up(self, deadline: float, revision: int) -> bool:
+        """Wait until the replica holds `revision`; False if it does not by `deadline`.
+
+        A watch that is late by `ECHO_LIMIT` is reopened once (it may be stuck on a member
+        that lost touch without closing the connection).
+        """
+        late = trio.current_time() + ECHO_LIMIT
+        while self.revision < revision:
+            with trio.move_on_at(min(late, deadline)):
+                await self._advanced.wait()
+                continue
+            if trio.current_time() >= deadline:
+                return False
+            log.warning(
+                "the watch has not brought revision %d within %gs (the replica is at %d): "
+                "reopening it",
+                revision,
+                ECHO_LIMIT,
+                self.revision,
+            )
+            self._reopen_watch()
+            late = math.inf
+        return True
+
+    def _check_replica(self, current: dict[bytes, int]) -> None:
+        """After a conflict, the replica must now agree with etcd on every compared key."""
+        for key, mod in current.items():
+            if key == self.keys.edges:
+                ours = self.edges_mod
+            elif key.startswith(self.keys.units):
+                ours = self.mods.get(key[len(self.keys.units) :].decode(), 0)
+            else:
+                continue
+            if (mod == 0 and ours != 0) or mod > ours:
+                log.warning("the replica disagrees with etcd about %r: listing again", key)
+                self._must_list = True
+                self._reopen_watch()
+                return
+
+    # --- the replica ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow etcd until cancelled: the watch that feeds the replica, and compaction."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow)
+            nursery.start_soon(self._compact_history)
+            task_status.started()
+
+    async def _take_graph_id(self) -> None:
+        """Read the prefix's graph id, or create it if there is none yet, in one txn: of
+        several agents opening an empty prefix at once, one creates it and the others read
+        it. Sent again unchanged while etcd does not answer: an attempt that was applied
+        unanswered makes the next one read the id it created."""
+        key, mine = self.keys.graph, new_graph_id()
+        request = TxnRequest(
+            [Compare(key, "CREATE", create_revision=0)],
+            [_put(key, mine.encode())],
+            [Op(request_range=RangeRequest(key))],
+        )
+        delay = 0.05
+        while True:
+            try:
+                reply = await self.client.txn(request)
+                break
+            except EtcdUnavailable as exc:
+                self._warn(f"waiting for etcd at {self.location}: {exc}")
+            except EtcdRefused as exc:
+                raise SetupError(f"cannot read the graph's id at {self.location}: {exc}") from None
+            await trio.sleep(delay)
+            delay = min(2 * delay, BACKOFF_LIMIT)
+        if reply.succeeded:
+            self.graph_id = mine
+            log.info("%s holds no graph yet: its graph is %s", self.location, mine)
+            return
+        found = reply.responses[0].response_range
+        value = found.kvs[0].value.decode(errors="replace") if found and found.kvs else ""
+        if not is_graph_id(value):
+            raise SetupError(
+                f"{key.decode(errors='replace')} at {self.location} holds {value!r}, not a graph "
+                "id: it was written by hand or by another program; give this graph another "
+                "prefix, or delete the key to give this one a new id"
+            )
+        self.graph_id = value
+
+    async def _first_list(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._list()
+            except EtcdUnavailable as exc:
+                self._warn(f"waiting for etcd at {self.location}: {exc}")
+            except EtcdCompacted:  # compacted while it was read in pages: again, afresh
+                continue
+            except (EtcdRefused, _Diverged) as exc:
+                raise SetupError(f"cannot load the graph from {self.location}: {exc}") from None
+            else:
+                return
+            await trio.sleep(delay)
+            delay = min(2 * delay, BACKOFF_LIMIT)
+
+    async def _list(self) -> None:
+        """Load every unit as of one revision: the replica starts again from there."""
+        keys, kvs = self.keys, []
+        started = trio.current_time()
+        end = prefix_end(keys.units)
+        reply = await self.client.range(RangeRequest(keys.units, end, limit=LIST_PAGE))
+        revision = reply.header.revision
+        kvs += reply.kvs
+        while reply.more:
+            start = kvs[-1].key + b"\0"
+            request = RangeRequest(start, end, limit=LIST_PAGE, revision=revision)
+            reply = await self.client.range(request)
+            kvs += reply.kvs
+        edges = await self.client.range(RangeRequest(keys.edges, revision=revision))
+        try:
+            fresh = Graph.from_images([_UNIT.decode(kv.value) for kv in kvs])
+        except (msgspec.DecodeError, KeyError) as exc:
+            raise _Diverged(f"the units under {keys.units!r} do not form a graph: {exc}") from None
+        self.graph.units = fresh.units
+        self.mods = {kv.key[len(keys.units) :].decode(): kv.mod_revision for kv in kvs}
+        self.edges_mod = edges.kvs[0].mod_revision if edges.kvs else 0
+        self._advance(revision)
+        log.info(
+            "listed %d units from %s at revision %d (%.0f ms)",
+            len(kvs),
+            self.location,
+            revision,
+            (trio.current_time() - started) * 1000,
+        )
+        if self._changes is not None:
+            self._changes.replaced(revision)
+
+    async def _follow(self) -> None:
+        """Keep the replica fed: watch from the revision after the last one applied."""
+        delay = 0.05
+        while True:
+            if self._must_list:
+                try:
+                    await self._list()
+                    self._must_list = False
+                except (EtcdError, _Diverged) as exc:
+                    self._warn(f"cannot list the graph from {self.location}: {exc}")
+                    await trio.sleep(delay)
+                    delay = min(2 * delay, BACKOFF_LIMIT)
+                    continue
+            request = WatchCreateRequest(
+                self.keys.changes,
+                prefix_end(self.keys.changes),
+                self.revision + 1,
+                progress_notify=True,
+                filters=["NODELETE"],  # change keys expiring with their lease are no news
+            )
+            seen = self.revision
+            with trio.CancelScope() as self._watch_scope:
+                try:
+                    await self.client.watch(
+                        request, self._on_watch, silence=self.config.watch_silence
+                    )
+                except EtcdCompacted as exc:
+                    log.info("%s; listing the graph again", exc)
+                    self._must_list = True
+                except _Diverged as exc:
+                    log.warning("%s; listing the graph again", exc)
+                    self._must_list = True
+                except EtcdError as exc:
+                    self._warn(f"the watch on {self.location} broke ({exc}); resuming it")
+            self._watch_scope = None
+            if self.revision > seen or self._must_list:
+                delay = 0.05
+            else:
+                await trio.sleep(delay)
+                delay = min(2 * delay, BACKOFF_LIMIT)
+
+    def _reopen_watch(self) -> None:
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+
+    def _on_watch(self, response: WatchResponse) -> None:
+        if response.is_progress:  # every event up to its revision has been sent
+            self._advance(max(self.revision, response.header.revision))
+            return
+        for event in response.events:
+            if event.kv.mod_revision > self.revision:  # a resumed watch brings none twice
+                self._apply(event.kv)
+
+    def _apply(self, change: KeyValue) -> None:
+        """Apply a change, committed at its key's revision, to the replica.
+
+        The units its records name are those its txn wrote, at that same revision: the
+        change alone tells the replica their new mod revisions, so the watch need not
+        bring their images (the bulk of each txn) to every agent.
+        """
+        revision = change.mod_revision
+        records = _CHANGE.decode(change.value)
+        try:
+            for record in records:
+                self.graph.apply(record)
+        except KeyError as exc:
+            raise _Diverged(f"the change at revision {revision} names unknown unit {exc}") from None
+        for record in records:
+            self.mods[record.unit] = revision
+            if type(record) is Edge:
+                self.edges_mod = revision
+        self.revision = revision
+        if self._changes is not None:
+            self._changes.applied(records, revision)
+        self._advance(revision)
+
+    def _advance(self, revision: int) -> None:
+        self.revision = revision
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    async def _compact_history(self) -> None:
+        """Every `COMPACT_EVERY`, drop etcd's history older than the previous round."""
+        previous = 0
+        while True:
+            await trio.sleep(COMPACT_EVERY)
+            if previous:
+                try:
+                    await self.client.compact(previous)
+                except EtcdCompacted:
+                    pass  # another agent compacted as far already
+                except EtcdRefused as exc:
+                    log.warning(
+                        "not compacting etcd's history (%s): run etcd with "
+                        "--auto-compaction-retention instead",
+                        exc,
+                    )
+                    return
+                except EtcdUnavailable as exc:
+                    self._warn(f"could not compact etcd's history: {exc}")
+            previous = self.revision
+
+    def _warn(self, message: str) -> None:
+        """Log etcd trouble: the first time, then at most every `LOG_EVERY` seconds."""
+        now = trio.current_time()
+        if now >= self._quiet_until:
+            self._quiet_until = now + LOG_EVERY
+            log.warning("%s", message)
+
+
+class _Leases:
+    """The lease that change keys live on: granted when first needed, replaced well before
+    it expires, so a change key outlives any retry of its txn by a wide margin."""
+
+    def __init__(self, client: EtcdClient, ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+        self.id = 0
+        self.renew_at = -math.inf
+        self._lock = trio.Lock()
+
+    async def current(self, deadline: float) -> int:
+        if trio.current_time() < self.renew_at:
+            return self.id
+        # The lock's holder has the same timeout and started first: it lets go by `deadline`.
+        async with self._lock:
+            if trio.current_time() >= self.renew_at:
+                self.id = await self.client.grant_lease(self.ttl, deadline=deadline)
+                self.renew_at = trio.current_time() + self.ttl / 3
+        return self.id
+
+    def expired(self, lease: int) -> None:
+        if self.id == lease:
+            self.renew_at = -math.inf
+
+
+def _images_after(graph: Graph, records: list[Record]) -> dict[str, UnitImage]:
+    """The images of the units `records` write, once applied (the replica stays as it is).
+
+    The records are applied to a scratch graph holding copies of those units (and of the
+    units their new edges point to), through `Graph.apply`, like every other change.
+    """
+    names = dict.fromkeys(record.unit for record in records)
+    targets = {record.dep for record in records if isinstance(record, Edge)}
+    view = Graph()
+    view.units = {n: graph.units[n] for n in (*names, *targets) if n in graph.units}
+    images = list(view.images())
+    missing = {dep for image in images for dep in image.deps} - view.units.keys()
+    stubs = [UnitImage(name, "pending", 0.0, "", [], []) for name in missing]
+    scratch = Graph.from_images(images + stubs)
+    for record in records:
+        scratch.apply(record)
+    return {image.name: image for image in scratch.images() if image.name in names}
+
+
+def _mod_revisions(reads: Sequence[Op], reply: TxnResponse, skip: int = 0) -> dict[bytes, int]:
+    """Each key read by `reads` (after the first `skip`) and its mod revision now, 0 for a
+    key that is absent; for a `_latest` read, the key found last changed."""
+    current: dict[bytes, int] = {}
+    for op, response in zip(reads[skip:], reply.responses[skip:], strict=True):
+        assert op.request_range is not None
+        found = response.response_range or RangeResponse()
+        if op.request_range.range_end:
+            current.update((kv.key, kv.mod_revision) for kv in found.kvs)
+        else:
+            current[op.request_range.key] = found.kvs[0].mod_revision if found.kvs else 0
+    return current
+
+
+def _put(key: bytes, value: bytes) -> Op:
+    return Op(request_put=PutRequest(key, value))
+
+
+def _read(key: bytes) -> Op:
+    return Op(request_range=RangeRequest(key, keys_only=True))
+
+
+def _latest(key: bytes, end: bytes) -> Op:
+    """The key in [key, end) changed last (its mod revision tells how far to catch up)."""
+    return Op(
+        request_range=RangeRequest(
+            key, end, limit=1, sort_order="DESCEND", sort_target="MOD", keys_only=True
+        )
+    )
+
+
+def _unreachable(exc: EtcdError, sent: bool) -> str:
+    if sent:
+        return (
+            f"etcd stopped answering while the change was being committed ({exc}): it may or "
+            "may not have been made; `unitsync sync status` shows which once etcd is back"
+        )
+    return f"etcd is unreachable ({exc}); nothing was changed: retry once it is back"

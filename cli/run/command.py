@@ -1,0 +1,330 @@
+"""`sync run`: want, wait, run a command as the unit, then complete or fail it (SPEC §2, §8).
+
+The command's life (spawn, signals, readiness, output, exit) is `service.ServiceRun`'s;
+every agent call `run` makes is here: `run_unit` declares and starts the unit, and
+`UnitAgent` tells the agent what the command's events mean for it.
+
+Plain `run` completes the unit when the command exits 0. With a readiness option the
+command is a service: the unit completes when the service is ready and fails when it
+exits (before or after), or when it is not ready in time (`run` then exits 5).
+
+A `run` whose run a newer one supersedes (`run --rerun`, `start --rerun`, `reset --force`:
+SPEC §11) stops its command the documented way, says so, reports nothing more (the unit is
+the newer run's) and exits EXIT_SUPERSEDED.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.retry import Backoff
+from unitsync.wire.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TIMED_OUT,
+    EXIT_USAGE,
+    AgentUnavailable,
+    AlreadyDone,
+)
+from unitsync.wire.host.processes import COMMAND_LIMIT, owner
+from unitsync.wire.protocol import Owner
+from unitsync.wire.timefmt import duration
+
+from ..progress import StartProgress
+from ..say import say
+from ..words import shell_line, shell_word
+from .children import Ended, SpawnFailed
+from .hold import RunHold
+from .reactor import Reactor
+from .supervisor import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
+
+EXIT_SUPERSEDED = 0
+"""`run`'s status once a newer run superseded its run and it stopped its command: as after
+systemd's `stop`, the command ended because it was asked to, not because it failed; and what
+the unit becomes is the newer run's business, not this one's."""
+DEFAULT_INTERVAL = 1.0
+"""How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
+for the cost of one short process a second while it starts."""
+
+
+@dataclass(frozen=True)
+class ReadyOptions:
+    """How a service says it is ready, as given on the command line."""
+
+    command: str | None = None
+    interval: float | None = None
+    """Seconds between probes (None: DEFAULT_INTERVAL)."""
+    log: str | None = None
+    notify: bool = False
+    timeout: float | None = None
+    """Seconds to be ready in (None: no limit)."""
+
+
+class BadOption(ValueError):
+    """A readiness option that makes no sense; the message says which and why."""
+
+
+def readiness_detector(options: ReadyOptions) -> tuple[Detector | None, float | None]:
+    """The detector and ready timeout the options ask for; BadOption if they conflict."""
+    kinds = [
+        name
+        for name, given in (
+            ("--ready-cmd", options.command is not None),
+            ("--ready-log", options.log is not None),
+            ("--notify", options.notify),
+        )
+        if given
+    ]
+    if len(kinds) > 1:
+        raise BadOption(f"{' and '.join(kinds)} cannot be combined: choose one way to be ready")
+    if options.interval is not None and options.command is None:
+        raise BadOption("--ready-interval is the interval of --ready-cmd's probe: add --ready-cmd")
+    if options.timeout is not None and not kinds:
+        raise BadOption(
+            "--ready-timeout needs a way to be ready: --ready-cmd, --ready-log or --notify"
+        )
+    timeout = options.timeout
+    if options.command is not None:
+        from .probe import ProbeReady
+
+        return ProbeReady(options.command, options.interval or DEFAULT_INTERVAL), timeout
+    if options.log is not None:
+        from .output import LogReady
+
+        try:
+            pattern = re.compile(options.log)
+        except re.error as exc:
+            raise BadOption(
+                f"--ready-log: {options.log!r} is not a valid regular expression: {exc}"
+            ) from None
+        return LogReady(pattern), timeout
+    if options.notify:
+        from .notify import NotifyReady
+
+        return NotifyReady(), timeout
+    return None, None
+
+
+def _seconds(seconds: float) -> str:
+    """A duration as it was probably typed: 30s, 1.5s; 5m00s past a minute."""
+    return f"{seconds:g}s" if seconds < 60 else duration(seconds)
+
+
+def run_unit(
+    client: Client,
+    unit: str,
+    command: Sequence[str],
+    wants: Sequence[str],
+    timeout: float | None,
+    readiness: ReadyOptions = ReadyOptions(),
+    *,
+    once: bool = False,
+    rerun: bool = False,
+) -> int:
+    """Exit with the command's status; if it never runs, with the start's exit code."""
+    try:
+        detector, ready_timeout = readiness_detector(readiness)
+    except BadOption as exc:
+        say(f"unitsync: {exc}")
+        return EXIT_USAGE
+    if once and detector is not None:
+        say(
+            "unitsync: --once is for one-time setup, not services: a service must start "
+            "again in every boot, or its dependents would trust one that is not running"
+        )
+        return EXIT_USAGE
+    progress = StartProgress(unit, sys.stderr)
+    try:
+        if wants:
+            client.want(unit, *wants)
+        started = client.start(
+            unit,
+            rerun=rerun,
+            timeout=timeout,
+            on_progress=progress.update,
+            tick=1.0 if progress.live else None,
+            once=once,
+            owner=_run_owner(command),
+            hold=True,
+        )
+    except AlreadyDone as exc:
+        progress.clear()
+        say(f"{unit}: {exc}; not running {shell_word(command[0])}")
+        return 0
+    except UnitsyncError as exc:
+        progress.clear()
+        say(f"unitsync: {exc}; not running {shell_word(command[0])}")
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C while waiting: as `start` says it
+        progress.interrupted()
+        return EXIT_INTERRUPTED
+    progress.done(started)
+    # From here on the client holds the run: if its agent goes away, taking the run back
+    # and reporting bring one back as `Client._connect` says (a crash at once, a clean
+    # stop after a grace).
+    with ServiceRun(command, detector, ready_timeout) as service:
+        agent = UnitAgent(
+            client, unit, service=detector is not None, hold=service.reactor, stop=service.stop
+        )
+        try:
+            service.start()
+        except SpawnFailed as exc:
+            say(f"unitsync: {exc.reason}")
+            return agent.ended(exc.status, exc.reason)
+        return follow(service, agent)
+
+
+def follow(service: ServiceRun, agent: UnitAgent) -> int:
+    """Tell the agent what happens to the command, as it happens; `run`'s exit status."""
+    not_ready = False
+    for event in service.events():
+        if agent.superseded and isinstance(event, Exited):
+            return EXIT_SUPERSEDED  # stopped on the agent's word: nothing more to say
+        if agent.superseded:
+            continue
+        match event:
+            case Ready(how):
+                agent.ready(how)
+            case Status(text):
+                agent.status(text)
+            case NotReady(within, waiting_for):
+                not_ready = True
+                agent.not_ready(f"not ready within {_seconds(within)}: {waiting_for}")
+            case Exited(ended, was_ready):
+                # Stopped for not being ready: the unit's reason already says why.
+                return EXIT_TIMED_OUT if not_ready else agent.exited(ended, was_ready)
+    raise AssertionError("the service's events end with its exit")
+
+
+class UnitAgent:
+    """Every agent call `run` makes once its command runs, and what each one prints.
+
+    The run is held by `run`'s connection until its end is reported (`hold.RunHold`); a
+    report that finds the agent gone waits for it to come back, up to REPORT_PATIENCE.
+    Once a newer run supersedes this one, the command is stopped (`stop`) and nothing more
+    is reported.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        unit: str,
+        *,
+        service: bool,
+        hold: Reactor,
+        stop: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.client = client
+        self.unit = unit
+        self.service = service
+        self.stop = stop
+        self.hold = RunHold(client, hold, unit, on_superseded=self._superseded)
+
+    @property
+    def superseded(self) -> bool:
+        return self.hold.superseded
+
+    def _superseded(self, by: str) -> None:
+        say(f"{self.unit}: superseded by {by}; stopping")
+        self.stop()
+
+    def ready(self, how: str) -> None:
+        # A ready service's `run` goes on holding the unit: if it dies now, the unit fails.
+        self._tell("is ready", lambda: self.client.complete(self.unit, hold=True))
+        if not self.superseded:  # (told so in the same breath: it is being stopped)
+            say(f"{self.unit}: ready ({how})")
+
+    def status(self, text: str) -> None:
+        self._tell("says what it is doing", lambda: self.client.set_reason(self.unit, text))
+
+    def not_ready(self, reason: str) -> None:
+        say(
+            f"unitsync: {self.unit} {reason}; stopping it "
+            f"(SIGTERM, then SIGKILL after {STOP_GRACE:g}s)"
+        )
+        self._tell("is not ready", lambda: self.client.fail(self.unit, reason))
+
+    def exited(self, ended: Ended, was_ready: bool) -> int:
+        """Record how the command ended; its status (or the agent's exit code)."""
+        if not self.service:  # plain `run`: its end is the unit's end
+            if ended.signal_name:
+                return self.ended(ended.status, f"killed by signal {ended.signal_name}")
+            return self.ended(ended.status, f"exit status {ended.status}" if ended.status else None)
+        # A service that is gone is not ready, whatever its status.
+        how = (
+            f"killed by signal {ended.signal_name}"
+            if ended.signal_name
+            else f"exited with status {ended.status}"
+        )
+        when = "after being ready" if was_ready else "before being ready"
+        return self.ended(ended.status, f"{how} {when}")
+
+    def ended(self, status: int, reason: str | None) -> int:
+        """Complete the unit (no reason) or fail it; `status`, unless recording failed."""
+        self.hold.close()  # the end is reported on whichever connection is open now
+        if self.hold.given_up:  # the unit is no longer this run's: say nothing more of it
+            return status
+        try:
+            _patiently(
+                lambda: (
+                    self.client.complete(self.unit)
+                    if reason is None
+                    else self.client.fail(self.unit, reason)
+                )
+            )
+        except UnitsyncError as exc:
+            say(f"unitsync: {self.unit} ran, but recording its end failed: {exc}")
+            return exc.exit_code if status == 0 else status
+        return status
+
+    def _tell(self, what: str, call: Callable[[], object]) -> None:
+        """A change while the command runs: if it cannot be recorded, say so and go on."""
+        if self.hold.given_up:
+            return
+        try:
+            _patiently(call, before=self.hold.ensure)
+        except UnitsyncError as exc:
+            say(f"unitsync: {self.unit} {what}, but telling the agent failed: {exc}")
+        self.hold.after_call()
+
+
+REPORT_PATIENCE = 30.0
+"""How long a report waits for an agent that is restarting: far longer than a restart takes,
+short enough that a `run` whose agent is gone for good still ends."""
+
+
+def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: None) -> None:
+    """Make an agent call; while no agent answers, retry with backoff for REPORT_PATIENCE
+    (`before` each try)."""
+    deadline = time.monotonic() + REPORT_PATIENCE
+    backoff = Backoff()
+    while True:
+        try:
+            before()
+            call()
+            return
+        except AgentUnavailable as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not exc.passing:
+                raise
+            time.sleep(backoff.next_delay(remaining, "", None))
+
+
+def _run_owner(command: Sequence[str]) -> Owner | None:
+    """`run` itself owns the run; it is named by the command it runs, which is what a
+    person looking at `status` or at a lost run's reason recognises (bytes that are not
+    UTF-8 escaped, as a shell takes them back: `/bin/echo $'\\xff'`)."""
+    me = owner(os.getpid(), "run")
+    if me is None:
+        return None
+    line = shell_line(command)
+    if len(line) > COMMAND_LIMIT:
+        line = line[: COMMAND_LIMIT - 1] + "…"
+    return msgspec.structs.replace(me, command=line)

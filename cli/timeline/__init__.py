@@ -1,0 +1,1 @@
+"""`timeline`, `critical-chain`, `blame` (SPEC §9): the model and its views."""
