@@ -13,6 +13,7 @@ import time
 import msgspec
 
 from unitsync.wire.errors import WaitTimeout
+from unitsync.wire.host import backoff
 from unitsync.wire.protocol import Owner, Start
 
 DEFAULT_WAIT = 300.0
@@ -22,10 +23,6 @@ BACKLOG_FULL_DELAYS = (0.001, 0.05)
 """First and longest pause before connecting again when the agent's listen backlog is full:
 connect() to a Unix socket then fails with EAGAIN (where TCP would say "in progress"; mio,
 asio and pacemaker met the same), and a blocking connect would simply have waited for room."""
-FIRST_DELAY = 0.05
-"""A restarting agent is back within tens of milliseconds: try soon."""
-MAX_DELAY = 1.0
-"""An agent that is down for longer is picked up within a second of its return."""
 
 
 def start_request(
@@ -59,16 +56,12 @@ def timed_out(unit: str, timeout: float | None, *, unreachable: bool = False) ->
     return WaitTimeout(f"timed out after {timeout:g}s waiting to start {unit!r}{why}")
 
 
-class Backoff:
-    """Exponential backoff for reconnecting: FIRST_DELAY doubling up to MAX_DELAY."""
-
-    def __init__(self) -> None:
-        self.delay = FIRST_DELAY
+class Backoff(backoff.Backoff):
+    """Backoff for reconnecting to the agent (`wire.host.backoff`'s defaults) that
+    ends a wait whose time is up with WaitTimeout."""
 
     def next_delay(self, remaining: float | None, unit: str, timeout: float | None) -> float:
         """How long to sleep before the next try; WaitTimeout if no time is left."""
         if remaining is not None and remaining <= 0:
             raise timed_out(unit, timeout, unreachable=True)
-        delay = self.delay if remaining is None else min(self.delay, remaining)
-        self.delay = min(self.delay * 2, MAX_DELAY)
-        return delay
+        return self.next(remaining)
