@@ -1,13 +1,16 @@
 """What the agent does with each request: the graph, made durable and awaitable.
 
 `commit` is the one seam through which every change flows. A command is handed to the
-store as a `decide` function (the graph's rule for it, with the arguments bound); the
-store runs it against the graph, makes the records durable and applies them, then the
-caller answers. The local journal decides once and applies at once (`journal.Journal`);
-etcd may decide again after another agent's change got in first (`etcd_store.EtcdStore`),
+store as a `decide` function (the graph's rule for it, with the arguments bound, which
+only decides); the store runs it against its graph, makes the records durable and
+applies them, then the caller answers (`store/base.py`). The local journal decides once
+and applies as it appends (`store/journal/writer.py`); etcd may decide again after
+another agent's change got in first, and applies from its watch (`store/etcd/store.py`),
 which is why a decision is a function and not its records. Either way the store reports
 every change it applies, this agent's or another's, to `applied`, which wakes the waiters
-it concerns and stages views for watchers. Views for clients are built by `views.py`.
+it concerns and stages views for watchers. The graph is the store's: the service reads
+`store.graph` each time, never keeping its own, as a store may replace it. Views for
+clients are built by `core/views.py`; the start wait is `starting.py`.
 
 Owners (SPEC §7): a `run` holds its unit's run through its connection (`holds.py`); a
 `start` names the script it belongs to, whose liveness the agent checks in /proc. The
@@ -24,27 +27,31 @@ of them. This works the same whichever agent began the new run: it is the applie
 that supersedes, in `applied`, not the request.
 
 A store that cannot make a change durable refuses it with `NotDurable` (the disk is full;
-etcd is unreachable). The journal then rebuilds the graph from its durable files, in
-place (`Graph.become`, then `replaced`: every blocked start checks its readiness again,
+etcd is unreachable). The journal then rebuilds the graph from its durable files and
+replaces its graph with it (`replaced`: every blocked start checks its readiness again,
 every watcher gets a full view); a start whose dependency's completion was refused goes
 back to waiting instead of failing.
+
+Superseded runs' reports are answered, never refused, and logged once per run
+(`log_throttle`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
 from unitsync.wire import __version__
 from unitsync.wire.bounds import MAX_DEPS, listed
-from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, Superseded, as_text
+from unitsync.wire.errors import NotDurable, Refused, as_text
 from unitsync.wire.host.processes import still_runs
 from unitsync.wire.protocol import (
     Complete,
@@ -55,96 +62,34 @@ from unitsync.wire.protocol import (
     Pong,
     Reset,
     SetReason,
-    Start,
-    Started,
     Status,
     StatusReply,
     UnitView,
-    Waiting,
     Want,
 )
 
-from . import host_boot
-from .broadcast import Hub
+from .broadcast import Hub, Watcher
 from .core.graph import WORKSPACE_RESTARTED, Graph
 from .core.machine import FORCED_RESET_REASON, RESET_REASON
 from .core.records import Boot, Edge, Move, OwnerRecord, Record
 from .core.records import Forget as Forgotten
-from .core.views import owner_record, unit_view
+from .core.views import unit_view
 from .holds import RECLAIM_GRACE, Holder, Holds
+from .log_throttle import Throttle
+from .store.base import Decide, Store
 from .waiters import Waiters
 
 log = logging.getLogger("unitsync.agent")
 
-Decide = Callable[[], list[Record]]
-"""A command bound to its arguments: the records it makes against the graph as it stands
-now (none when there is nothing to do), or `Refused`."""
-
-
-class Changes(Protocol):
-    """What a store tells about the changes it applies to the graph (the service)."""
-
-    def applied(self, records: list[Record], seq: int) -> None:
-        """`records` were applied to the graph, as change number `seq`."""
-
-    def replaced(self, seq: int) -> None:
-        """The whole graph was replaced (a shared store listed it afresh) at `seq`."""
-
-
-class Store(Protocol):
-    """Makes changes durable and applies them to the graph, in one order.
-
-    Implemented by the local journal (`journal.Journal`) and by etcd
-    (`etcd_store.EtcdStore`, where several agents share the graph).
-    """
-
-    location: str
-    """Where the graph is kept, for the log."""
-    graph_id: str
-    """The graph's identity (SPEC §11): made once when the graph was created, kept for good."""
-
-    @property
-    def applied_seq(self) -> int:
-        """The sequence number of the last change applied to the graph."""
-
-    @property
-    def durable_seq(self) -> int:
-        """Every change up to this sequence number is durable."""
-
-    def listen(self, changes: Changes) -> None:
-        """Report every change applied from now on to `changes`."""
-
-    async def commit(
-        self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
-    ) -> list[Record]:
-        """Decide a change, make it durable, apply it; return its records once all is done.
-
-        `about` names the units whose state the command's outcome rests on (None: every
-        unit): a shared store checks that none changed meanwhile, and confirms against the
-        store an outcome that changes nothing (a refusal, "already so") before returning
-        it, unless `confirm_noop` is false (a step that merely found nothing to do).
-        """
-
-    async def settle(self) -> None:
-        """Return once everything the graph shows is durable (before showing it)."""
-
-
-START_RETRY = 1.0
-"""A ready start whose change the store could not make durable tries again this often."""
 SUPERSEDED_KEPT = 1024
 """Superseded runs remembered (by token) for what they are told when they come back and for
 logging their first ignored report once: far more than a workspace supersedes between two
 reports of one run, and a bound on what an agent that runs for months keeps."""
 
-Progress = Callable[[Waiting], Awaitable[None]]
-Idle = Callable[[], Awaitable[None]]
-"""What a blocked start does until woken: the connection watches its socket for a hang-up."""
-
 
 class Service:
     def __init__(
         self,
-        graph: Graph,
         store: Store,
         *,
         socket: Path,
@@ -152,7 +97,6 @@ class Service:
         clock: Callable[[], float] = time.time,
         host: str = "",
     ) -> None:
-        self.graph = graph
         self.store = store
         self.socket = socket
         self.state_dir = state_dir
@@ -167,7 +111,7 @@ class Service:
         self.holds = Holds(
             {
                 name: unit.token
-                for name, unit in graph.units.items()
+                for name, unit in store.graph.units.items()
                 if unit.owner is not None and unit.owner.kind == "run" and self._here(unit.owner)
             }
         )
@@ -175,10 +119,16 @@ class Service:
         self._superseding: deque[tuple[int, str, str, str]] = deque()
         """Held runs that an applied change supersedes: (seq, unit, token, by whom), told
         once the change is durable (a refused change supersedes nothing)."""
-        self.superseded: OrderedDict[str, tuple[str, bool]] = OrderedDict()
-        """Superseded runs, newest last: token -> (by whom, whether an ignored report of it
-        was logged)."""
+        self.superseded: OrderedDict[str, str] = OrderedDict()
+        """Superseded runs, newest last: token -> by whom."""
+        self._ignored_reports = Throttle(math.inf, keys_kept=SUPERSEDED_KEPT)
+        """Superseded runs (by token) whose first ignored report was logged."""
         store.listen(self)
+
+    @property
+    def graph(self) -> Graph:
+        """The store's graph, as it is now (a store may replace it: never keep it)."""
+        return self.store.graph
 
     async def commit(
         self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
@@ -236,7 +186,7 @@ class Service:
             names.update(dict.fromkeys(sorted(self.graph.units[name].dependents)))
         self.hub.stage(seq, [self.view(name) for name in names])
 
-    def _shown_changed(self, name: str) -> None:
+    def show(self, name: str) -> None:
         """Not a durable change, but watchers show it: a start began or stopped waiting, a
         `run` took hold of its unit (its owner shows as running only from then on)."""
         self._stage(self.store.applied_seq, [name])
@@ -259,10 +209,10 @@ class Service:
         log.info("%s: its run was superseded by %s; %s", name, by, told)
         if holder is not None:
             holder.push(Order(name, "supersede", token, by))
-        self._shown_changed(name)  # its owner's hold is gone
+        self.show(name)  # its owner's hold is gone
 
-    def _remember_superseded(self, token: str, by: str, logged: bool = False) -> None:
-        self.superseded[token] = (by, logged)
+    def _remember_superseded(self, token: str, by: str) -> None:
+        self.superseded[token] = by
         self.superseded.move_to_end(token)
         while len(self.superseded) > SUPERSEDED_KEPT:
             self.superseded.popitem(last=False)
@@ -282,15 +232,14 @@ class Service:
 
     def _ignored(self, name: str, token: str, what: str) -> Ok:
         """The reply to a superseded run's report, which changed nothing; logged once per run."""
-        by, logged = self.superseded.get(token, ("a newer run", False))
-        if not logged:
+        by = self.superseded.get(token, "a newer run")
+        if self._ignored_reports.passes(token) is not None:
             log.info(
                 "%s: ignored %s from a run superseded by %s: nothing that run reports counts",
                 name,
                 what,
                 by,
             )
-            self._remember_superseded(token, by, logged=True)
         return Ok(
             unit=name,
             message=f"{name}: this run was superseded by {by}; its report changed nothing",
@@ -307,6 +256,17 @@ class Service:
             return name == unit or (found is not None and name in found.deps)
 
         return wanted
+
+    @contextlib.contextmanager
+    def watching(self, unit: str | None) -> Iterator[Watcher]:
+        """A watcher of `unit` and its dependencies (None: every unit), which is offered
+        every change made durable while the block runs (`Unknown unit`: refused now)."""
+        watcher = Watcher(self.watch_filter(unit))
+        self.hub.watchers.add(watcher)
+        try:
+            yield watcher
+        finally:
+            self.hub.watchers.discard(watcher)
 
     def views(self, wanted: Callable[[str], bool]) -> list[UnitView]:
         return [self.view(name) for name in self.graph.units if wanted(name)]
@@ -336,35 +296,18 @@ class Service:
         )
 
     async def begin_boot(self, identity: str) -> int:
-        """Before serving anyone: make the new boot durable, if it is one; its number.
-
-        With the journal, a boot is one record of it. In a shared graph, the boot is this
-        host's own (kept in its state dir), and a new one starts over only the units whose
-        latest run this host started (SPEC §10).
-        """
-        graph = self.graph
-        if not getattr(self.store, "shared", False):
-            await self.commit(lambda: graph.begin_boot(identity, self.clock()), None)
-            return graph.boot
-        assert self.state_dir is not None
-        known = host_boot.load(self.state_dir)
-        if known is not None and known.identity == identity:
-            graph.boot, graph.boot_identity, graph.boot_since = known.number, identity, known.since
-            return graph.boot
-        now = self.clock()
-        graph.boot = known.number + 1 if known is not None else 1
-        graph.boot_identity, graph.boot_since = identity, now
-        if known is not None:  # a crash before `save` starts over the same units again: no-op
-            await self.commit(lambda: graph.restart_host(self.host, now), None)
-        host_boot.save(self.state_dir, graph.boot_image())
-        return graph.boot
+        """Before serving anyone: make the new boot durable, if it is one (each store keeps
+        boots its own way: `Store.begin_boot`); its number."""
+        number = await self.store.begin_boot(identity, now=self.clock(), host=self.host)
+        self._release()
+        return number
 
     async def want(self, request: Want) -> Ok:
         notes: list[str] = []
 
         def decide() -> list[Record]:
             records, notes[:] = self.graph.want(
-                request.unit, request.deps, self.clock(), once=request.once
+                request.unit, request.deps, now=self.clock(), once=request.once
             )
             return records
 
@@ -377,15 +320,20 @@ class Service:
         return Ok(unit=request.unit, message=message, notes=notes)
 
     async def complete(self, request: Complete, holder: Holder | None = None) -> Ok:
-        graph, name, token = self.graph, request.unit, request.token
+        name, token = request.unit, request.token
         held = holder is not None and name in holder.units
         # A ready service's `run` goes on holding its run; any other report ends the hold.
         keep = request.hold and held
         records, superseded = await self._report(
             name,
             token,
-            lambda: graph.complete(
-                name, request.force, self.clock(), once=request.once, keep_owner=keep, token=token
+            lambda: self.graph.complete(
+                name,
+                now=self.clock(),
+                force=request.force,
+                once=request.once,
+                keep_owner=keep,
+                token=token,
             ),
         )
         if superseded:
@@ -396,11 +344,13 @@ class Service:
         return Ok(unit=name, message=f"{name} {'completed' if moved else 'was already completed'}")
 
     async def fail(self, request: Fail, holder: Holder | None = None) -> Ok:
-        graph, name, token = self.graph, request.unit, request.token
+        name, token = request.unit, request.token
         _records, superseded = await self._report(
             name,
             token,
-            lambda: graph.fail(name, request.reason, self.clock(), request.force, token=token),
+            lambda: self.graph.fail(
+                name, request.reason, now=self.clock(), force=request.force, token=token
+            ),
         )
         if superseded:
             return self._ignored(name, token, f"its end ({request.reason})")
@@ -409,7 +359,7 @@ class Service:
         return Ok(unit=name, message=f"{name} failed")
 
     async def forget(self, request: Forget) -> Ok:
-        graph, name = self.graph, request.unit
+        name = request.unit
         if self.waiting[name]:
             raise Refused(
                 f"unit {name!r} has a start waiting for its dependencies; "
@@ -424,13 +374,13 @@ class Service:
                 code="in_use",
                 unit=name,
             )
-        await self.commit(lambda: graph.forget(name, self.clock()), [name])
+        await self.commit(lambda: self.graph.forget(name, now=self.clock()), [name])
         return Ok(unit=name, message=f"forgot {name} and its history")
 
     async def set_reason(self, request: SetReason) -> Ok:
-        graph, name, token = self.graph, request.unit, request.token
+        name, token = request.unit, request.token
         _records, superseded = await self._report(
-            name, token, lambda: graph.set_reason(name, request.reason, token)
+            name, token, lambda: self.graph.set_reason(name, request.reason, token=token)
         )
         if superseded:
             return self._ignored(name, token, f"its status ({request.reason})")
@@ -439,15 +389,15 @@ class Service:
     async def reset(self, request: Reset) -> Ok:
         """Back to pending; a unit whose run's owner still runs is refused (`reset UNIT`) or
         left alone (`reset --all`, naming it), unless `force`: then its run is superseded."""
-        graph, name, force = self.graph, request.unit, request.force
+        name, force = request.unit, request.force
         left_alone: list[str] = []
 
         def decide() -> list[Record]:
-            now = self.clock()
+            now, graph = self.clock(), self.graph
             if name is not None:
-                return graph.reset(name, now, force=force, owner_alive=self.owner_alive)
+                return graph.reset(name, now=now, force=force, owner_alive=self.owner_alive)
             records, left_alone[:] = graph.reset_all(
-                now, force=force, owner_alive=self.owner_alive, only_failed=request.failed
+                now=now, force=force, owner_alive=self.owner_alive, only_failed=request.failed
             )
             return records
 
@@ -461,7 +411,9 @@ class Service:
         return Ok(
             unit=request.unit,
             message=message,
-            notes=[graph.live_run(each, self.owner_alive(each)) for each in left_alone],
+            notes=[
+                self.graph.live_run(each, owner_alive=self.owner_alive(each)) for each in left_alone
+            ],
             left_alone=left_alone,
         )
 
@@ -521,10 +473,8 @@ class Service:
             )
 
     async def _fail_lost_run(self, name: str, token: str, what: str) -> None:
-        graph = self.graph
-
         def decide() -> list[Record]:
-            unit = graph.units.get(name)
+            unit = self.graph.units.get(name)
             if (
                 unit is None
                 or unit.token != token
@@ -536,193 +486,9 @@ class Service:
             owner = unit.owner
             reason = f"lost its run: `unitsync sync run` (pid {owner.pid}, {owner.command}) {what}"
             log.warning("%s %s", name, reason)
-            return graph.fail(name, reason, self.clock())
+            return self.graph.fail(name, reason, now=self.clock())
 
         await self.commit(decide, [name], confirm_noop=False)
-
-    # --- start -------------------------------------------------------------------------------
-
-    async def start(
-        self,
-        request: Start,
-        progress: Progress,
-        idle: Idle = trio.sleep_forever,
-        holder: Holder | None = None,
-    ) -> Started:
-        """Wait until the unit is ready, then start it; fail it if a dependency failed.
-
-        With `hold`, the run is `holder`'s connection's from then on (a `run`).
-        """
-        name, graph = request.unit, self.graph
-        same_run = self._same_run(request)
-        if same_run is not None:  # a retry of a start we acknowledged, or a `run` back
-            if request.hold and holder is not None:
-                self.holds.take(name, request.token, holder)
-            return same_run
-        if request.again:
-            unit = graph.units.get(name)
-            if unit is None or graph.superseded(name, request.token):  # a newer run, a reset
-                by = self.superseded.get(request.token, ("a newer run", False))[0]
-                raise Superseded(
-                    f"{name}: the run this `run` held was superseded by {by} while the agent "
-                    "restarted",
-                    unit=name,
-                )
-            now_is = unit.status
-            raise Refused(
-                f"the run of {name!r} this `run` held was given up (the unit is now {now_is}): "
-                "its command goes on, but its end will not be recorded",
-                code="not_started",
-                unit=name,
-            )
-        if request.once:  # before admit, which may refuse a completed unit as done
-            await self.commit(lambda: graph.declare_once(name), [name], confirm_noop=False)
-        await self.commit(
-            lambda: graph.admit(
-                name,
-                request.rerun,
-                self.clock(),
-                once=request.once,
-                owner_alive=self.owner_alive(name),
-            ),
-            [name],
-            confirm_noop=False,
-        )
-        blocked = _Blocked(self, name)
-        began = self.clock() - max(request.waited_before, 0.0)  # the whole wait, across agents
-        try:
-            return await self._wait_and_start(request, began, progress, idle, blocked, holder)
-        finally:
-            blocked.end()
-
-    def _same_run(self, request: Start) -> Started | None:
-        """The reply to a start whose run is already under way: same token, run not over."""
-        unit = self.graph.units.get(request.unit)
-        if not request.token or unit is None or unit.token != request.token:
-            return None
-        held_service = unit.status == "completed" and unit.owner is not None
-        if unit.status != "started" and not held_service:
-            return None
-        began = next((h for h in reversed(unit.history) if h.to == "started"), None)
-        at, waited = (began.at, began.waited or 0.0) if began else (unit.since, 0.0)
-        return Started(request.unit, at=at, waited=waited)
-
-    async def _wait_and_start(
-        self,
-        request: Start,
-        began: float,
-        progress: Progress,
-        idle: Idle,
-        blocked: _Blocked,
-        holder: Holder | None,
-    ) -> Started:
-        name, graph = request.unit, self.graph
-        told: tuple[str, ...] | None = None
-        while True:
-            if (same_run := self._same_run(request)) is not None:  # see NotDurable below
-                return same_run
-            readiness = graph.readiness(name)
-            try:
-                if readiness.failed is not None:
-                    blocked.end()
-                    raise await self._dependency_failed(name, readiness.failed, began)
-                if readiness.ready:
-                    blocked.end()
-                    return await self._start_now(request, began, holder)
-            except _Overtaken:
-                continue
-            except NotDurable:
-                if graph.readiness(name) != readiness:
-                    continue  # what made it ready (or failed) was refused too: wait on
-                if not getattr(self.store, "shared", False):
-                    raise  # the disk is full: say so now (exit 6), as for any change
-                # etcd is unreachable: a start is a wait, bounded by its client's timeout, so
-                # it waits on. If the commit was made after all, its token shows it above.
-                await trio.sleep(START_RETRY)
-                continue
-            blocked.begin()
-            # Registered before telling the client, so a change during the send is not missed;
-            # the send itself is outside the scope, so a wake-up never cuts a frame in half.
-            with self.waiters.watching([name, *readiness.pending]) as woken:
-                if readiness.pending != told:
-                    told = readiness.pending
-                    await progress(Waiting(name, list(told), since=began))
-                with woken:
-                    await idle()
-
-    async def _start_now(self, request: Start, began: float, holder: Holder | None) -> Started:
-        """Start a unit found ready (a shared store decides again if that changed meanwhile)."""
-        name, graph = request.unit, self.graph
-
-        def decide() -> list[Record]:
-            if not graph.readiness(name).ready:
-                raise _Overtaken
-            now = self.clock()
-            return graph.start(
-                name,
-                request.rerun,
-                now,
-                request.token,
-                now - began,
-                once=request.once,
-                owner=owner_record(request.owner, self.host),
-                owner_alive=self.owner_alive(name),
-                host=self.host,
-            )
-
-        move = (await self.commit(decide, [name]))[-1]
-        assert isinstance(move, Move) and move.waited is not None
-        if request.hold and holder is not None:
-            self.holds.take(name, request.token, holder)
-            self._shown_changed(name)  # the view sent with the move showed no hold yet
-        return Started(name, at=move.at, waited=move.waited)
-
-    async def _dependency_failed(self, name: str, dep: str, began: float) -> DependencyFailed:
-        graph = self.graph
-
-        def decide() -> list[Record]:
-            if graph.readiness(name).failed != dep:
-                raise _Overtaken
-            now = self.clock()
-            return graph.fail(name, f"dependency {dep} failed", now, waited=now - began)
-
-        await self.commit(decide, [name, dep])
-        dep_reason = graph.units[dep].reason
-        because = f" ({dep_reason})" if dep_reason else ""
-        return DependencyFailed(
-            f"cannot start {name}: dependency {dep} failed{because}; {name} is now failed too",
-            unit=name,
-            dependency=dep,
-        )
-
-
-class _Overtaken(Exception):
-    """What a start was about to do no longer holds: another agent's change got in first
-    (only a shared store decides again); the start looks at the graph afresh."""
-
-
-class _Blocked:
-    """Counts a start as waiting (for status and watchers) only while it is really blocked."""
-
-    def __init__(self, service: Service, name: str) -> None:
-        self.service = service
-        self.name = name
-        self.active = False
-
-    def begin(self) -> None:
-        if not self.active:
-            self.active = True
-            self.service.waiting[self.name] += 1
-            self.service._shown_changed(self.name)
-
-    def end(self) -> None:
-        if self.active:
-            self.active = False
-            waiting = self.service.waiting
-            waiting[self.name] -= 1
-            if not waiting[self.name]:
-                del waiting[self.name]
-            self.service._shown_changed(self.name)
 
 
 def _superseder(move: Move) -> str:

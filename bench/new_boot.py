@@ -48,26 +48,36 @@ TARGET = 0.100
 """SPEC §7 / issue 11: what a new boot of 10,000 units may add to start-up."""
 
 
+def applied(graph: Graph, records: list[Record]) -> list[Record]:
+    """Apply a command's records to `graph` (commands only decide), as the journal does
+    when it appends them; the records."""
+    for record in records:
+        graph.apply(record)
+    return records
+
+
 def write_state(state_dir: Path, units: int = UNITS) -> int:
     """A finished start-up of `units` units (a binary tree: each wants its parent) as a
     compacted state dir; the number of units a workspace restart puts back to pending."""
     graph = Graph()
     began = time.time() - 600
-    graph.begin_boot(BOOT_ID, began)
+    applied(graph, graph.begin_boot(BOOT_ID, now=began))
     owner = OwnerRecord(os.getpid(), start_ticks(os.getpid()) or 0, "sh setup.sh", "start")
     for u in range(1, units):
-        graph.want(f"unit-{u}", [f"unit-{(u - 1) // 2}"], began, once=u % 50 == 0)
+        applied(
+            graph, graph.want(f"unit-{u}", [f"unit-{(u - 1) // 2}"], now=began, once=u % 50 == 0)[0]
+        )
     for u in range(units):
         name, at, leaf = f"unit-{u}", began + u * 0.01, u >= units // 2
         if leaf and u % 89 == 7:
             continue  # never started: stays pending
-        graph.start(name, False, at, waited=0.0, owner=owner)
+        applied(graph, graph.start(name, now=at, waited=0.0, owner=owner))
         if leaf and u % 10 == 3:
             continue  # still running
         if leaf and u % 97 == 5:
-            graph.fail(name, "exit status 1", at + 0.008)
+            applied(graph, graph.fail(name, "exit status 1", now=at + 0.008))
         else:
-            graph.complete(name, False, at + 0.008)
+            applied(graph, graph.complete(name, now=at + 0.008))
     state_dir.mkdir(mode=0o700, parents=True)
     (state_dir / SNAPSHOT_NAME).write_bytes(
         logfile.snapshot(1, graph.boot_image(), list(graph.images()), BENCH_GRAPH)
@@ -147,7 +157,9 @@ def reset_in_process(template: Path, repeat: int = 5) -> float:
         snapshot = logfile.read_snapshot(data)
         graph = Graph.from_images(snapshot.units, snapshot.boot)
         started = time.perf_counter()
-        logfile.entry(graph.begin_boot(f"{BOOT_ID}-in-process-{i}", time.time()))
+        logfile.entry(
+            applied(graph, graph.begin_boot(f"{BOOT_ID}-in-process-{i}", now=time.time()))
+        )
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

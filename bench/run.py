@@ -43,7 +43,7 @@ import msgspec
 import new_boot
 import services
 import trio
-from new_boot import BENCH_GRAPH
+from new_boot import BENCH_GRAPH, applied
 
 from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.records import Known, Move
@@ -375,10 +375,12 @@ def write_journal(state_dir: Path, records: int, units: int = 1000) -> None:
 def write_snapshot(state_dir: Path, units: int) -> None:
     graph = Graph()
     for u in range(units):
-        graph.want(f"u{u}", [f"u{u + 1}"] if u + 1 < units else ["root"], 1.0)
+        applied(
+            graph, graph.want(f"u{u}", [f"u{u + 1}"] if u + 1 < units else ["root"], now=1.0)[0]
+        )
     for u in range(units):
-        graph.fail(f"u{u}", "first", 2.0)
-        graph.reset(f"u{u}", 3.0)
+        applied(graph, graph.fail(f"u{u}", "first", now=2.0))
+        applied(graph, graph.reset(f"u{u}", now=3.0))
     state_dir.mkdir(mode=0o700, parents=True)
     (state_dir / SNAPSHOT_NAME).write_bytes(
         logfile.snapshot(1, graph.boot_image(), list(graph.images()), BENCH_GRAPH)
@@ -471,15 +473,15 @@ def write_started_snapshot(state_dir: Path, units: int) -> None:
     graph = Graph()
     began = time.time() - 120
     for u in range(1, units):
-        graph.want(f"unit-{u}", [f"unit-{(u - 1) // 2}"], began)
+        applied(graph, graph.want(f"unit-{u}", [f"unit-{(u - 1) // 2}"], now=began)[0])
     for u in range(units):
         at = began + u * 0.01
-        graph.start(f"unit-{u}", False, at, waited=u * 0.01)
+        applied(graph, graph.start(f"unit-{u}", now=at, waited=u * 0.01))
         leaf = u >= units // 2
         if leaf and u % 97 == 5:
-            graph.fail(f"unit-{u}", "exit status 1", at + 0.008)
+            applied(graph, graph.fail(f"unit-{u}", "exit status 1", now=at + 0.008))
         elif not leaf or u % 89 != 3:
-            graph.complete(f"unit-{u}", False, at + 0.008)
+            applied(graph, graph.complete(f"unit-{u}", now=at + 0.008))
     state_dir.mkdir(mode=0o700, parents=True)
     (state_dir / SNAPSHOT_NAME).write_bytes(
         logfile.snapshot(1, graph.boot_image(), list(graph.images()), BENCH_GRAPH)
@@ -727,10 +729,12 @@ def etcd_restart(units: int = 10_000) -> Figure:
     """An agent started on a graph of `units` units already in etcd, until it serves."""
     graph = Graph()
     for u in range(units):
-        graph.want(f"u{u}", [f"u{u + 1}"] if u + 1 < units else ["root"], 1.0)
+        applied(
+            graph, graph.want(f"u{u}", [f"u{u + 1}"] if u + 1 < units else ["root"], now=1.0)[0]
+        )
     for u in range(units):
-        graph.fail(f"u{u}", "first", 2.0)
-        graph.reset(f"u{u}", 3.0)
+        applied(graph, graph.fail(f"u{u}", "first", now=2.0))
+        applied(graph, graph.reset(f"u{u}", now=3.0))
 
     async def fill(cluster: EtcdCluster) -> None:
         client = EtcdClient(tuple(cluster.endpoints))

@@ -49,6 +49,8 @@ from unitsync.wire.protocol import (
     Want,
 )
 
+from harness.applied import AppliedGraph
+
 BIG_INT = 2**63 - 1
 """Numbers encode at most this wide."""
 
@@ -217,12 +219,12 @@ def test_a_5000_deep_critical_chain_prints_in_proportion_to_its_length() -> None
     from unitsync.cli.timeline.model import build_timeline
     from unitsync.cli.timeline.text import render_chain
 
-    graph, depth, now = Graph(), 5000, 1_700_000_000.0
+    graph, depth, now = AppliedGraph(), 5000, 1_700_000_000.0
     for i in range(1, depth):
-        graph.want(f"c{i}", [f"c{i - 1}"], now)
+        graph.want(f"c{i}", [f"c{i - 1}"], now=now)
     for i in range(depth):
-        graph.start(f"c{i}", False, now + i)
-        graph.complete(f"c{i}", False, now + i + 0.5)
+        graph.start(f"c{i}", now=now + i)
+        graph.complete(f"c{i}", now=now + i + 0.5)
     timeline = build_timeline([unit_view(graph, name) for name in graph.units], now + depth)
     text = render_chain(timeline, critical_chain(timeline, f"c{depth - 1}"))
     lines = text.splitlines()

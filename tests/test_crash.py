@@ -21,6 +21,7 @@ from unitsync.agent.serve.server import AgentConfig
 from unitsync.client.client import AgentUnavailable, Client, UnitsyncError, WaitTimeout
 
 from conftest import AgentProcess, spawn_cli
+from harness.applied import AppliedGraph
 
 ROUNDS = 12
 CLIENTS = 4
@@ -35,16 +36,16 @@ def apply_op(model: Graph, op: Op) -> None:
     try:
         match kind:
             case "want":
-                model.want(unit, rest, 0.0)
+                model.want(unit, rest, now=0.0)
             case "start":
-                model.admit(unit, True, 0.0)
-                model.start(unit, True, 0.0)
+                model.admit(unit, rerun=True, now=0.0)
+                model.start(unit, rerun=True, now=0.0)
             case "complete":
-                model.complete(unit, True, 0.0)
+                model.complete(unit, force=True, now=0.0)
             case "fail":
-                model.fail(unit, rest[0], 0.0)
+                model.fail(unit, rest[0], now=0.0)
             case "reset":
-                model.reset(unit, 0.0)
+                model.reset(unit, now=0.0)
     except Refused:
         pass  # refused by the agent too: no change
 
@@ -136,7 +137,7 @@ def check_recovered(worker: Worker, socket: Path) -> None:
     with Client(socket) as client:
         views = client.status()
     seen = observable(views, worker.units)
-    without = Graph()
+    without = AppliedGraph()
     for op in worker.acknowledged:
         apply_op(without, op)
     candidates = [observable(without, worker.units)]

@@ -18,12 +18,12 @@ import pytest
 import trio
 import trio.testing
 
-from unitsync.agent.broadcast import Watcher
 from unitsync.agent.core.graph import Graph
 from unitsync.agent.main import _setup_failure
 from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
-from unitsync.agent.store.journal.disk import REAL_DISK, RealDisk, append_all
+from unitsync.agent.starting import start_when_ready
+from unitsync.agent.store.journal.disk import REAL_DISK, RealDisk
 from unitsync.agent.store.journal.writer import (
     COMPACT_RETRY_MAX,
     LOG_NAME,
@@ -88,35 +88,38 @@ def test_the_nth_operation_fails_for_every_n(folder: Path, kind: str, persistent
         assert refusals > 0 and stops == 0
 
 
-def skip_the_cut_back(self: Journal) -> None:
-    self._torn = False
+def skip_the_cut_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that failed part way is not cut back: its part stays in the log."""
+
+    def cut_back(self: Journal) -> None:
+        self._torn = False  # the break
+
+    monkeypatch.setattr(Journal, "_cut_back", cut_back)
 
 
-def keep_the_refused_changes(self: Graph, durable: object) -> None:
-    """The graph does not take over the durable state: the refused changes stay."""
+def keep_the_refused_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal does not take the durable state back: the refused changes stay."""
+    real = Journal._durable_state
+
+    def durable_state(self: Journal) -> tuple[Graph, Path]:
+        _durable, mount = real(self)
+        return self.graph, mount  # the break
+
+    monkeypatch.setattr(Journal, "_durable_state", durable_state)
 
 
-def retry_after_eio(self: Journal, data: bytes) -> None:
+def retry_after_eio(monkeypatch: pytest.MonkeyPatch) -> None:
     """The audit's patch to `Journal._write`: a failed fsync of a batch is retried, and the
     batch acknowledged if the retry succeeds (which, after fsyncgate, proves nothing)."""
-    if self._torn:
-        self._cut_back()
-    assert self._fd is not None
-    self._torn, doing = True, "writing to"
-    try:
-        append_all(self._disk, self._fd, data)
-        doing = "fsync of"
+    real = Journal._sync_batch
+
+    def sync_batch(self: Journal, fd: int) -> None:
         try:
-            self._disk.fsync(self._fd)
+            real(self, fd)
         except OSError:
-            self._disk.fsync(self._fd)  # the break
-    except OSError as exc:
-        failure = _Failed(doing, self.log_path, exc)
-        if failure.no_space:
-            self._cut_back()
-        raise failure from exc
-    self._torn = False
-    self.fsyncs += 1
+            real(self, fd)  # the break
+
+    monkeypatch.setattr(Journal, "_sync_batch", sync_batch)
 
 
 @pytest.mark.parametrize(
@@ -128,11 +131,9 @@ def retry_after_eio(self: Journal, data: bytes) -> None:
     ids=["no cut back", "no rollback"],
 )
 def test_the_fault_loop_catches_a_broken_journal(
-    folder: Path, monkeypatch: pytest.MonkeyPatch, breakage: object, finding: str
+    folder: Path, monkeypatch: pytest.MonkeyPatch, breakage: Any, finding: str
 ) -> None:
-    owner = Journal if breakage is skip_the_cut_back else Graph
-    name = "_cut_back" if breakage is skip_the_cut_back else "become"
-    monkeypatch.setattr(owner, name, breakage)
+    breakage(monkeypatch)
     with pytest.raises(AssertionError, match=finding):
         for n in range(1, 60):
             FaultRun(folder, Fault("ENOSPC", n, persistent=True)).run()
@@ -220,9 +221,7 @@ class Agent:
     def __init__(self, folder: Path) -> None:
         self.disk = FaultyDisk(REAL_DISK)
         self.journal = Journal.open(folder, disk=self.disk)
-        self.service = Service(
-            self.journal.graph, self.journal, socket=Path("unused"), state_dir=folder
-        )
+        self.service = Service(self.journal, socket=Path("unused"), state_dir=folder)
 
     def fail_from_now_on(self, kind: str) -> None:
         self.disk.fault = Fault(kind, self.disk.ops + 1, persistent=True)
@@ -250,7 +249,7 @@ class Waiter:
 
         async def run() -> None:
             try:
-                waiter.result = await service.start(Start(unit, token="t"), progress)
+                waiter.result = await start_when_ready(service, Start(unit, token="t"), progress)
             except UnitsyncError as exc:
                 waiter.result = exc
             waiter.done.set()
@@ -266,36 +265,35 @@ async def test_a_full_disk_refuses_changes_while_reads_and_waits_go_on(tmp_path:
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.journal.run)
         await service.want(Want("app", ["db"]))
-        await service.start(Start("db"), progress=_ignore)
+        await start_when_ready(service, Start("db"), progress=_ignore)
         waiter = await Waiter.start(service, "app", nursery)
-        watcher = Watcher(service.watch_filter(None))
-        service.hub.watchers.add(watcher)
-        log = tmp_path / "state" / LOG_NAME
-        size = log.stat().st_size
+        with service.watching(None) as watcher:
+            log = tmp_path / "state" / LOG_NAME
+            size = log.stat().st_size
 
-        agent.fail_from_now_on("ENOSPC")  # the disk fills up
-        with pytest.raises(NotDurable) as refused:
+            agent.fail_from_now_on("ENOSPC")  # the disk fills up
+            with pytest.raises(NotDurable) as refused:
+                await service.complete(Complete("db"))
+            assert refused.value.exit_code == 6
+            assert str(tmp_path / "state") in str(refused.value)
+            assert "free some space there and retry" in str(refused.value)
+            assert log.stat().st_size == size  # cut back to the last whole entry
+            await trio.testing.wait_all_tasks_blocked()
+            units = {view.name: view for view in (await service.status(Status())).units}
+            assert (units["db"].status, units["app"].status, units["app"].waiters) == (
+                "started",  # the completion was undone
+                "pending",
+                1,  # and the start of app goes on waiting
+            )
+            assert not waiter.done.is_set()
+            assert await watcher.next() is None  # the watcher is sent a fresh full view
+            with pytest.raises(NotDurable):
+                await service.want(Want("web", ["app"]))
+
+            agent.disk.lift()  # space returns: no restart needed
             await service.complete(Complete("db"))
-        assert refused.value.exit_code == 6
-        assert str(tmp_path / "state") in str(refused.value)
-        assert "free some space there and retry" in str(refused.value)
-        assert log.stat().st_size == size  # cut back to the last whole entry
-        await trio.testing.wait_all_tasks_blocked()
-        units = {view.name: view for view in (await service.status(Status())).units}
-        assert (units["db"].status, units["app"].status, units["app"].waiters) == (
-            "started",  # the completion was undone
-            "pending",
-            1,  # and the start of app goes on waiting
-        )
-        assert not waiter.done.is_set()
-        assert await watcher.next() is None  # the watcher is sent a fresh full view
-        with pytest.raises(NotDurable):
-            await service.want(Want("web", ["app"]))
-
-        agent.disk.lift()  # space returns: no restart needed
-        await service.complete(Complete("db"))
-        await waiter.done.wait()
-        assert isinstance(waiter.result, Started)
+            await waiter.done.wait()
+            assert isinstance(waiter.result, Started)
         nursery.cancel_scope.cancel()
     agent.journal.close()
     recovered = Journal.open(tmp_path / "state")
@@ -318,7 +316,7 @@ async def churn(service: Service, unit: str, changes: int) -> None:
     does not (a unit keeps its last 100 transitions)."""
     for i in range(changes):
         if i % 3 == 0:
-            await service.start(Start(unit), progress=_ignore)
+            await start_when_ready(service, Start(unit), progress=_ignore)
         elif i % 3 == 1:
             await service.complete(Complete(unit))
         else:
@@ -342,7 +340,7 @@ async def test_a_journal_that_fills_its_disk_compacts_itself_once_there_is_room(
         full_log = log.stat().st_size
         agent.fail_from_now_on("ENOSPC")
         with pytest.raises(NotDurable):
-            await service.start(Start("u"), progress=_ignore)
+            await start_when_ready(service, Start("u"), progress=_ignore)
         await trio.testing.wait_all_tasks_blocked()
         refused_at = agent.disk.calls.index("write!")
         assert "create!" in agent.disk.calls[refused_at:]  # a snapshot was tried at once
@@ -351,7 +349,7 @@ async def test_a_journal_that_fills_its_disk_compacts_itself_once_there_is_room(
         agent.disk.lift()  # space returns; no change comes
         await trio.sleep(2 * COMPACT_RETRY_MAX)
         assert snapshot.exists() and log.stat().st_size < full_log / 20
-        await service.start(Start("u"), progress=_ignore)  # and changes are taken again
+        await start_when_ready(service, Start("u"), progress=_ignore)  # and changes are taken again
         nursery.cancel_scope.cancel()
     agent.journal.close()
     with Journal.open(folder) as recovered:
@@ -449,7 +447,7 @@ def test_the_power_checked_fault_loop_catches_a_retry_after_eio(
     """[retry after EIO]: every run of the fault loop passes with the retry (the change is
     acknowledged, and the files hold it); only a power loss shows it was never on disk."""
     clean = FaultRun(folder, None).run()
-    monkeypatch.setattr(Journal, "_write", retry_after_eio)
+    retry_after_eio(monkeypatch)
     with pytest.raises(AssertionError, match=r"recovered neither the .* acknowledged") as caught:
         for n in range(1, 60):
             run = FaultRun(folder, Fault("EIO", n, persistent=False)).run()  # passes

@@ -35,14 +35,16 @@ from unitsync.agent.core.records import Edge, Forget, Known, Move, OwnerRecord, 
 from unitsync.agent.core.views import transition, unit_view
 from unitsync.wire.bounds import HISTORY_LIMIT, MAX_DEPS, MAX_REASON_BYTES, check_name
 
+from harness.applied import AppliedGraph
+
 T0 = 1_700_000_000.0
 """A fixed, realistic Unix time; tests add small offsets so every transition is distinct."""
 
 
-def refused(code: str, fn: Callable[..., Any], *args: Any) -> Refused:
+def refused(code: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Refused:
     """Run a command that must be refused with `code` and return the refusal."""
     with pytest.raises(Refused) as caught:
-        fn(*args)
+        fn(*args, **kw)
     assert caught.value.code == code, caught.value.message
     return caught.value
 
@@ -78,9 +80,9 @@ def run(
     owner_alive: bool | None = True,
 ) -> list[Record]:
     """What the agent does for `start` when the unit is already ready: admit, then start."""
-    records = graph.admit(name, rerun, now, once=once, owner_alive=owner_alive)
+    records = graph.admit(name, rerun=rerun, now=now, once=once, owner_alive=owner_alive)
     assert graph.readiness(name).ready
-    return records + graph.start(name, rerun, now, once=once, owner_alive=owner_alive)
+    return records + graph.start(name, rerun=rerun, now=now, once=once, owner_alive=owner_alive)
 
 
 def clock(at: float) -> str:
@@ -94,12 +96,12 @@ Alive = bool | None
 BY_TABLE: dict[Command, Callable[[Graph, str, bool, float, Alive], list[Record]]] = {
     Command.START: lambda g, name, flag, now, alive: run(g, name, now, flag, owner_alive=alive),
     Command.START_ONCE: lambda g, name, flag, now, alive: run(g, name, now, flag, True, alive),
-    Command.COMPLETE: lambda g, name, flag, now, _alive: g.complete(name, flag, now),
-    Command.FAIL: lambda g, name, flag, now, _alive: g.fail(name, "", now, force=flag),
+    Command.COMPLETE: lambda g, name, flag, now, _alive: g.complete(name, force=flag, now=now),
+    Command.FAIL: lambda g, name, flag, now, _alive: g.fail(name, "", now=now, force=flag),
     Command.RESET: lambda g, name, flag, now, alive: g.reset(
-        name, now, force=flag, owner_alive=lambda _name: alive
+        name, now=now, force=flag, owner_alive=lambda _name: alive
     ),
-    Command.FORGET: lambda g, name, _flag, now, _alive: g.forget(name, now),
+    Command.FORGET: lambda g, name, _flag, now, _alive: g.forget(name, now=now),
 }
 """Each command of the table as the agent runs it; `flag` is its override (FLAGS), `alive`
 what the agent's shell says of the owner of the unit's run."""
@@ -124,7 +126,7 @@ none recorded, one that runs, one that is gone, one this agent cannot see."""
 def graph_with(status: Status, owner: str = "no owner") -> Graph:
     """A graph holding unit `u` in `status` (or not holding it, for None), its run owned
     by a `run` process unless `owner` is "no owner"."""
-    graph = Graph()
+    graph = AppliedGraph()
     if status is None:
         return graph
     graph.apply(Known("u", T0))
@@ -175,7 +177,7 @@ def test_every_move_of_the_table_is_what_the_graph_does(
 def test_reset_of_every_unit_moves_each_as_the_table_says() -> None:
     """`reset --all` is one change, but each unit in it moves as `reset UNIT` would; those
     `reset UNIT` would refuse (a run whose owner still runs) are left alone and named."""
-    graph = Graph()
+    graph = AppliedGraph()
     cases = [(status, owner) for status in STATES for owner in OWNERS]
     for status, owner in cases:
         name = f"{status}/{owner}"
@@ -184,7 +186,7 @@ def test_reset_of_every_unit_moves_each_as_the_table_says() -> None:
             record = OwnerRecord(4242, 1, "sleep 600", "run") if owner != "no owner" else None
             graph.apply(Move(name, status, T0 + 1, owner=record))
     _records, left_alone = graph.reset_all(
-        T0 + 2, owner_alive=lambda name: OWNERS[name.split("/")[1]][0]
+        now=T0 + 2, owner_alive=lambda name: OWNERS[name.split("/")[1]][0]
     )
     expected_left_alone = []
     for status, owner in cases:
@@ -205,7 +207,7 @@ def test_reset_of_every_unit_moves_each_as_the_table_says() -> None:
         "completed/owner runs",
         "completed/owner unseen",
     ]
-    forced, left_alone = graph.reset_all(T0 + 3, force=True)
+    forced, left_alone = graph.reset_all(now=T0 + 3, force=True)
     assert left_alone == [] and len(forced) == 4
     assert {unit.status for unit in graph.units.values()} == {"pending"}
 
@@ -218,11 +220,11 @@ def test_the_table_covers_every_status_and_command() -> None:
 
 def test_a_completed_unit_can_fail_and_its_dependents_see_it() -> None:
     """completed -> failed is legal (a service that was ready died): later starts fail."""
-    graph = Graph()
-    graph.want("app", ["db"], T0)
+    graph = AppliedGraph()
+    graph.want("app", ["db"], now=T0)
     run(graph, "db", T0 + 1)
-    graph.complete("db", False, T0 + 2)
-    graph.fail("db", "exited with status 1 after being ready", T0 + 3)
+    graph.complete("db", now=T0 + 2)
+    graph.fail("db", "exited with status 1 after being ready", now=T0 + 3)
     assert graph.readiness("app").failed == "db"
 
 
@@ -249,11 +251,11 @@ CONTROL_CHARS = [chr(c) for c in range(0x20)] + ["\x7f"]
 def test_valid_names_are_accepted_everywhere(name: str) -> None:
     """Names up to the limit, with spaces and non-ASCII, are usable by every command."""
     check_name(name)
-    graph = Graph()
-    graph.want(name, ["dep"], T0)
-    graph.complete("dep", True, T0)
+    graph = AppliedGraph()
+    graph.want(name, ["dep"], now=T0)
+    graph.complete("dep", force=True, now=T0)
     run(graph, name, T0 + 1)
-    graph.complete(name, False, T0 + 2)
+    graph.complete(name, now=T0 + 2)
     assert unit_view(graph, name).status == "completed"
 
 
@@ -313,62 +315,62 @@ def test_names_from_before_the_rules_stay_usable() -> None:
     """A journal may hold names today's rules refuse (a lone space, a zero-width space):
     they load, show, change and can be forgotten; only names new to the graph are checked."""
     old = [" ", "zero\u200bwidth", "nel\u0085x"]
-    graph = Graph.from_images(
+    graph = AppliedGraph.from_images(
         [UnitImage(name, "pending", T0, "", [], []) for name in old]
         + [UnitImage("app", "pending", T0, "", [" "], [])]
     )
     for name in old:
         assert unit_view(graph, name).name == name
         run(graph, name, T0 + 1)
-        graph.complete(name, False, T0 + 2)
-    graph.want("app", [" ", "zero\u200bwidth"], T0 + 3)  # known names: no new rule applies
-    refused("invalid", graph.want, "app", ["new\u200b"], T0 + 4)
-    graph.forget("nel\u0085x", T0 + 5)
+        graph.complete(name, now=T0 + 2)
+    graph.want("app", [" ", "zero\u200bwidth"], now=T0 + 3)  # known names: no new rule applies
+    refused("invalid", graph.want, "app", ["new\u200b"], now=T0 + 4)
+    graph.forget("nel\u0085x", now=T0 + 5)
     assert "nel\u0085x" not in graph.units
 
 
 def test_dependencies_per_unit_are_bounded() -> None:
     """A unit wants at most MAX_DEPS units: the want that would pass it is refused whole,
     naming the bound and what to do; wanting what it already wants stays a no-op."""
-    graph = Graph()
-    graph.want("big", [f"d{i}" for i in range(MAX_DEPS - 1)], T0)
-    graph.want("big", ["last"], T0)
+    graph = AppliedGraph()
+    graph.want("big", [f"d{i}" for i in range(MAX_DEPS - 1)], now=T0)
+    graph.want("big", ["last"], now=T0)
     before = state(graph)
-    error = refused("invalid", graph.want, "big", ["one-more", "d1"], T0)
+    error = refused("invalid", graph.want, "big", ["one-more", "d1"], now=T0)
     assert f"would want {MAX_DEPS + 1} units" in error.message
     assert f"at most {MAX_DEPS}" in error.message and "group them" in error.message
     assert state(graph) == before
-    graph.want("big", ["d1", "last"], T0)  # nothing new
+    graph.want("big", ["d1", "last"], now=T0)  # nothing new
 
 
 def test_a_long_cycle_is_named_with_its_middle_counted() -> None:
     """The refusal of an edge closing a cycle of 2,000 units names its ends, not 2,000
     names (a reply must fit a frame, and a person reads it)."""
-    graph = Graph()
+    graph = AppliedGraph()
     for i in range(2000):
-        graph.want(f"c{i}", [f"c{i + 1}"], T0)
-    message = refused("cycle", graph.want, "c2000", ["c0"], T0).message
+        graph.want(f"c{i}", [f"c{i + 1}"], now=T0)
+    message = refused("cycle", graph.want, "c2000", ["c0"], now=T0).message
     assert message.startswith("dependency would close a cycle: c2000 -> c0 -> c1 ->")
     assert "c15 -> (1,982 more) -> c1998" in message and message.endswith("c1999 -> c2000")
     assert len(message) < 500
 
 
 def test_forget_names_some_of_many_that_still_want_a_unit() -> None:
-    graph = Graph()
+    graph = AppliedGraph()
     for i in range(1000):
-        graph.want(f"w{i:04d}", ["base"], T0)
-    message = refused("in_use", graph.forget, "base", T0).message
+        graph.want(f"w{i:04d}", ["base"], now=T0)
+    message = refused("in_use", graph.forget, "base", now=T0).message
     assert "w0000, w0001" in message and "and 980 more" in message and len(message) < 500
 
 
 COMMANDS: dict[str, Callable[[Graph, str], Any]] = {
-    "want unit": lambda g, n: g.want(n, ["ok"], T0),
-    "want dep": lambda g, n: g.want("ok", ["fine", n], T0),
-    "admit": lambda g, n: g.admit(n, False, T0),
-    "start": lambda g, n: g.start(n, False, T0),
-    "complete": lambda g, n: g.complete(n, True, T0),
-    "fail": lambda g, n: g.fail(n, "why", T0),
-    "reset": lambda g, n: g.reset(n, T0),
+    "want unit": lambda g, n: g.want(n, ["ok"], now=T0),
+    "want dep": lambda g, n: g.want("ok", ["fine", n], now=T0),
+    "admit": lambda g, n: g.admit(n, now=T0),
+    "start": lambda g, n: g.start(n, now=T0),
+    "complete": lambda g, n: g.complete(n, force=True, now=T0),
+    "fail": lambda g, n: g.fail(n, "why", now=T0),
+    "reset": lambda g, n: g.reset(n, now=T0),
     "get": lambda g, n: g.get(n),
     "view": lambda g, n: unit_view(g, n),
 }
@@ -378,8 +380,8 @@ COMMANDS: dict[str, Callable[[Graph, str], Any]] = {
 @pytest.mark.parametrize("name", ["", "bad\nname", "x" * 256])
 def test_every_command_validates_names_and_registers_nothing(command: str, name: str) -> None:
     """A bad name is refused by every command, before anything (even a good name) is known."""
-    graph = Graph()
-    graph.want("existing", ["other"], T0)
+    graph = AppliedGraph()
+    graph.want("existing", ["other"], now=T0)
     before = state(graph)
     refused("invalid", COMMANDS[command], graph, name)
     assert state(graph) == before
@@ -390,8 +392,8 @@ def test_every_command_validates_names_and_registers_nothing(command: str, name:
 
 def test_want_makes_every_named_unit_known_and_pending() -> None:
     """Units first named as a unit or as a dependency become known, pending, since `now`."""
-    graph = Graph()
-    records, notes = graph.want("claude", ["git", "node"], T0)
+    graph = AppliedGraph()
+    records, notes = graph.want("claude", ["git", "node"], now=T0)
     assert notes == []
     assert records == [
         Known("claude", T0),
@@ -409,9 +411,9 @@ def test_want_makes_every_named_unit_known_and_pending() -> None:
 
 def test_want_only_adds_what_is_new() -> None:
     """Known units are not re-registered; only the missing edges are added."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
-    records, _ = graph.want("a", ["b", "c"], T0 + 1)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
+    records, _ = graph.want("a", ["b", "c"], now=T0 + 1)
     assert records == [Known("c", T0 + 1), Edge("a", "c")]
     assert graph.units["b"].since == T0  # not re-registered
     assert list(graph.units["a"].deps) == ["b", "c"]
@@ -419,78 +421,78 @@ def test_want_only_adds_what_is_new() -> None:
 
 def test_declaring_the_same_edge_again_is_a_no_op_success() -> None:
     """Repeating a want (or naming a dependency twice) changes nothing and returns no records."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
     before = state(graph)
-    assert graph.want("a", ["b"], T0 + 1) == ([], [])
-    assert graph.want("a", ["b", "b"], T0 + 2) == ([], [])
+    assert graph.want("a", ["b"], now=T0 + 1) == ([], [])
+    assert graph.want("a", ["b", "b"], now=T0 + 2) == ([], [])
     assert state(graph) == before
 
 
 def test_a_dependency_named_twice_in_one_want_is_one_edge() -> None:
     """`want a b b` declares a single edge."""
-    graph = Graph()
-    records, _ = graph.want("a", ["b", "b"], T0)
+    graph = AppliedGraph()
+    records, _ = graph.want("a", ["b", "b"], now=T0)
     assert records.count(Edge("a", "b")) == 1
     assert list(graph.units["a"].deps) == ["b"]
 
 
 def test_want_needs_a_dependency() -> None:
     """An empty dependency list is an argument error, not a silent success."""
-    graph = Graph()
-    refused("invalid", graph.want, "a", [], T0)
+    graph = AppliedGraph()
+    refused("invalid", graph.want, "a", [], now=T0)
     assert graph.units == {}
 
 
 @pytest.mark.parametrize("deps", [["a"], ["b", "a"], ["a", "b"]])
 def test_a_unit_cannot_want_itself(deps: list[str]) -> None:
     """`want A A` is refused, also inside a longer list, and nothing is registered."""
-    graph = Graph()
-    error = refused("invalid", graph.want, "a", deps, T0)
+    graph = AppliedGraph()
+    error = refused("invalid", graph.want, "a", deps, now=T0)
     assert "itself" in error.message
     assert graph.units == {}
 
 
 def test_a_two_unit_cycle_is_refused_with_its_path() -> None:
     """The shortest cycle is named in full."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
-    error = refused("cycle", graph.want, "b", ["a"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
+    error = refused("cycle", graph.want, "b", ["a"], now=T0)
     assert "b -> a -> b" in error.message
 
 
 def test_a_cycle_is_refused_naming_the_whole_cycle() -> None:
     """The message names every unit on the cycle, in dependency order: `c -> a -> b -> c`."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
-    graph.want("b", ["c"], T0)
-    error = refused("cycle", graph.want, "c", ["a"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
+    graph.want("b", ["c"], now=T0)
+    error = refused("cycle", graph.want, "c", ["a"], now=T0)
     assert error.message.endswith("c -> a -> b -> c")
     assert error.unit == "c"
 
 
 def test_the_cycle_path_follows_real_edges_only() -> None:
     """With side branches around, the reported path is the actual cycle and nothing else."""
-    graph = Graph()
-    graph.want("a", ["x", "b"], T0)
-    graph.want("x", ["y"], T0)
-    graph.want("b", ["c", "z"], T0)
-    graph.want("c", ["d"], T0)
-    error = refused("cycle", graph.want, "d", ["a"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["x", "b"], now=T0)
+    graph.want("x", ["y"], now=T0)
+    graph.want("b", ["c", "z"], now=T0)
+    graph.want("c", ["d"], now=T0)
+    error = refused("cycle", graph.want, "d", ["a"], now=T0)
     path = error.message.rsplit(": ", 1)[1]
     assert path == "d -> a -> b -> c -> d"
 
 
 def test_a_multi_dependency_want_is_all_or_nothing() -> None:
     """One bad dependency refuses the whole want: no new units, no new edges."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
     before = state(graph)
-    refused("cycle", graph.want, "b", ["fresh", "a"], T0 + 1)
+    refused("cycle", graph.want, "b", ["fresh", "a"], now=T0 + 1)
     assert state(graph) == before
-    refused("invalid", graph.want, "b", ["fresh", "bad\x00"], T0 + 1)
+    refused("invalid", graph.want, "b", ["fresh", "bad\x00"], now=T0 + 1)
     assert state(graph) == before
-    refused("invalid", graph.want, "new", ["fresh", ""], T0 + 1)
+    refused("invalid", graph.want, "new", ["fresh", ""], now=T0 + 1)
     assert state(graph) == before
 
 
@@ -498,25 +500,25 @@ def test_a_multi_dependency_want_is_all_or_nothing() -> None:
 def test_want_on_a_running_or_done_unit_applies_to_its_next_start(status: str) -> None:
     """The edge is accepted, the unit keeps its state, the command says so, and the next start
     waits for the new dependency."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "web", T0)
     if status == "completed":
-        graph.complete("web", False, T0 + 1)
-    _, notes = graph.want("web", ["cache"], T0 + 2)
+        graph.complete("web", now=T0 + 1)
+    _, notes = graph.want("web", ["cache"], now=T0 + 2)
     assert len(notes) == 1
     assert f"already {status}" in notes[0] and "next start" in notes[0]
     assert graph.units["web"].status == status
-    graph.admit("web", True, T0 + 3)
+    graph.admit("web", rerun=True, now=T0 + 3)
     assert graph.readiness("web").pending == ("cache",)
 
 
 def test_want_on_a_pending_unit_or_a_repeated_edge_has_no_note() -> None:
     """The note is only for a new edge that cannot affect the current run."""
-    graph = Graph()
-    assert graph.want("a", ["b"], T0)[1] == []
+    graph = AppliedGraph()
+    assert graph.want("a", ["b"], now=T0)[1] == []
     run(graph, "c", T0)
-    graph.want("c", ["d"], T0)
-    assert graph.want("c", ["d"], T0 + 1) == ([], [])
+    graph.want("c", ["d"], now=T0)
+    assert graph.want("c", ["d"], now=T0 + 1) == ([], [])
 
 
 # --- readiness -----------------------------------------------------------------------------
@@ -524,27 +526,27 @@ def test_want_on_a_pending_unit_or_a_repeated_edge_has_no_note() -> None:
 
 def test_readiness_lists_pending_dependencies_in_declaration_order() -> None:
     """A waiter is told exactly what it still waits for, in the order it was declared."""
-    graph = Graph()
-    graph.want("app", ["db", "cache"], T0)
-    graph.want("app", ["queue"], T0)
+    graph = AppliedGraph()
+    graph.want("app", ["db", "cache"], now=T0)
+    graph.want("app", ["queue"], now=T0)
     assert graph.readiness("app").pending == ("db", "cache", "queue")
     run(graph, "cache", T0 + 1)
     assert graph.readiness("app").pending == ("db", "cache", "queue")  # started is not enough
-    graph.complete("cache", False, T0 + 2)
+    graph.complete("cache", now=T0 + 2)
     assert graph.readiness("app").pending == ("db", "queue")
     assert not graph.readiness("app").ready
-    graph.complete("db", True, T0 + 3)
-    graph.complete("queue", True, T0 + 3)
+    graph.complete("db", force=True, now=T0 + 3)
+    graph.complete("queue", force=True, now=T0 + 3)
     readiness = graph.readiness("app")
     assert readiness.ready and readiness.pending == () and readiness.failed is None
 
 
 def test_readiness_reports_a_failed_dependency() -> None:
     """A failed dependency makes the unit not ready and is named, so the waiter can fail."""
-    graph = Graph()
-    graph.want("app", ["db", "queue"], T0)
-    graph.complete("db", True, T0)
-    graph.fail("queue", "oom", T0 + 1)
+    graph = AppliedGraph()
+    graph.want("app", ["db", "queue"], now=T0)
+    graph.complete("db", force=True, now=T0)
+    graph.fail("queue", "oom", now=T0 + 1)
     readiness = graph.readiness("app")
     assert readiness.failed == "queue"
     assert not readiness.ready
@@ -552,19 +554,19 @@ def test_readiness_reports_a_failed_dependency() -> None:
 
 def test_a_dependency_going_back_to_pending_makes_the_unit_wait_again() -> None:
     """Readiness follows the current state of dependencies, not their past."""
-    graph = Graph()
-    graph.want("app", ["db"], T0)
-    graph.complete("db", True, T0)
+    graph = AppliedGraph()
+    graph.want("app", ["db"], now=T0)
+    graph.complete("db", force=True, now=T0)
     assert graph.readiness("app").ready
-    graph.reset("db", T0 + 1)
+    graph.reset("db", now=T0 + 1)
     assert graph.readiness("app").pending == ("db",)
 
 
 def test_a_unit_without_dependencies_is_ready() -> None:
     """Nothing to wait for: ready at once, also before it is known."""
-    graph = Graph()
+    graph = AppliedGraph()
     assert graph.readiness("anything").ready
-    graph.want("a", ["b"], T0)
+    graph.want("a", ["b"], now=T0)
     assert graph.readiness("b").ready
 
 
@@ -573,10 +575,10 @@ def test_a_unit_without_dependencies_is_ready() -> None:
 
 def test_start_registers_a_new_unit_and_records_the_transition() -> None:
     """`start` on an unknown unit makes it known, then moves it pending -> started."""
-    graph = Graph()
-    records = graph.admit("a", False, T0)
+    graph = AppliedGraph()
+    records = graph.admit("a", now=T0)
     assert records == [Known("a", T0)]
-    records = graph.start("a", False, T0 + 2, token="tok", waited=2.0)
+    records = graph.start("a", now=T0 + 2, token="tok", waited=2.0)
     assert records == [Move("a", "started", T0 + 2, "", "tok", 2.0)]
     unit = graph.units["a"]
     assert (unit.status, unit.since, unit.token) == ("started", T0 + 2, "tok")
@@ -586,22 +588,22 @@ def test_start_registers_a_new_unit_and_records_the_transition() -> None:
 
 def test_admit_of_a_known_unit_that_may_start_changes_nothing() -> None:
     """Admission only registers; the transition happens in `start`."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
     before = state(graph)
-    assert graph.admit("a", False, T0 + 1) == []
-    assert graph.admit("b", True, T0 + 1) == []
+    assert graph.admit("a", now=T0 + 1) == []
+    assert graph.admit("b", rerun=True, now=T0 + 1) == []
     assert state(graph) == before
 
 
 def test_starting_a_started_unit_is_refused_with_its_start_time_and_a_hint() -> None:
     """'already started at T' shows when it started (not now) and suggests --rerun."""
-    graph = Graph()
+    graph = AppliedGraph()
     started_at = T0
     run(graph, "a", started_at)
     before = state(graph)
     later = started_at + 5 * 3600 + 7
-    error = refused("already_started", graph.admit, "a", False, later)
+    error = refused("already_started", graph.admit, "a", now=later)
     assert "already started at" in error.message
     assert clock(started_at) in error.message
     assert clock(later) not in error.message
@@ -612,11 +614,11 @@ def test_starting_a_started_unit_is_refused_with_its_start_time_and_a_hint() -> 
 
 def test_rerun_starts_a_new_run_of_a_started_unit() -> None:
     """With --rerun a started unit starts again: a started -> started transition, new token."""
-    graph = Graph()
-    graph.admit("a", False, T0)
-    graph.start("a", False, T0, token="first")
-    graph.admit("a", True, T0 + 1)
-    graph.start("a", True, T0 + 1, token="second")
+    graph = AppliedGraph()
+    graph.admit("a", now=T0)
+    graph.start("a", now=T0, token="first")
+    graph.admit("a", rerun=True, now=T0 + 1)
+    graph.start("a", rerun=True, now=T0 + 1, token="second")
     assert moves(graph, "a") == [
         (T0, "pending", "started", ""),
         (T0 + 1, "started", "started", "new run"),
@@ -627,12 +629,12 @@ def test_rerun_starts_a_new_run_of_a_started_unit() -> None:
 @pytest.mark.parametrize("end", ["completed", "failed"])
 def test_start_after_the_end_begins_a_new_run(end: str) -> None:
     """A completed or failed unit can be started again without --rerun."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "a", T0)
     if end == "completed":
-        graph.complete("a", False, T0 + 1)
+        graph.complete("a", now=T0 + 1)
     else:
-        graph.fail("a", "crash", T0 + 1)
+        graph.fail("a", "crash", now=T0 + 1)
     run(graph, "a", T0 + 2)
     assert graph.units["a"].status == "started"
     assert moves(graph, "a")[-1] == (T0 + 2, end, "started", "new run")
@@ -640,10 +642,10 @@ def test_start_after_the_end_begins_a_new_run(end: str) -> None:
 
 def test_a_new_run_of_a_dependency_leaves_started_dependents_alone() -> None:
     """Restarting `db` does not touch an `app` already running, but new starts wait again."""
-    graph = Graph()
-    graph.want("app", ["db"], T0)
+    graph = AppliedGraph()
+    graph.want("app", ["db"], now=T0)
     run(graph, "db", T0)
-    graph.complete("db", False, T0 + 1)
+    graph.complete("db", now=T0 + 1)
     run(graph, "app", T0 + 2)
     run(graph, "db", T0 + 3)
     assert graph.units["app"].status == "started"
@@ -652,38 +654,38 @@ def test_a_new_run_of_a_dependency_leaves_started_dependents_alone() -> None:
 
 def test_a_waiter_that_lost_the_race_is_refused_at_start() -> None:
     """Two `start A` wait together; after the first proceeds, the second is refused."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
-    graph.admit("a", False, T0)  # first client waits
-    graph.admit("a", False, T0)  # second client waits too: a is still pending
-    graph.complete("b", True, T0 + 1)
-    graph.start("a", False, T0 + 1)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
+    graph.admit("a", now=T0)  # first client waits
+    graph.admit("a", now=T0)  # second client waits too: a is still pending
+    graph.complete("b", force=True, now=T0 + 1)
+    graph.start("a", now=T0 + 1)
     before = state(graph)
-    refused("already_started", graph.start, "a", False, T0 + 2)
+    refused("already_started", graph.start, "a", now=T0 + 2)
     assert state(graph) == before
 
 
 def test_the_agent_fails_a_unit_whose_dependency_failed() -> None:
     """The agent's failure path: `dependency B failed` on A, which cascades to A's dependents."""
-    graph = Graph()
-    graph.want("app", ["db"], T0)
-    graph.want("web", ["app"], T0)
-    graph.admit("app", False, T0)
-    graph.fail("db", "disk full", T0 + 1)
+    graph = AppliedGraph()
+    graph.want("app", ["db"], now=T0)
+    graph.want("web", ["app"], now=T0)
+    graph.admit("app", now=T0)
+    graph.fail("db", "disk full", now=T0 + 1)
     failed = graph.readiness("app").failed
     assert failed == "db"
-    graph.fail("app", f"dependency {failed} failed", T0 + 1)
+    graph.fail("app", f"dependency {failed} failed", now=T0 + 1)
     assert unit_view(graph, "app").reason == "dependency db failed"
     assert graph.readiness("web").failed == "app"
 
 
 def test_start_before_ready_is_a_programming_error_not_a_state_change() -> None:
     """The agent must wait first; calling start early must not silently start the unit."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
     before = state(graph)
     with pytest.raises(AssertionError):
-        graph.start("a", False, T0)
+        graph.start("a", now=T0)
     assert state(graph) == before
 
 
@@ -692,65 +694,65 @@ def test_start_before_ready_is_a_programming_error_not_a_state_change() -> None:
 
 def test_complete_a_started_unit() -> None:
     """The normal path: started -> completed, reason empty."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "a", T0)
-    assert graph.complete("a", False, T0 + 1) == [Move("a", "completed", T0 + 1)]
+    assert graph.complete("a", now=T0 + 1) == [Move("a", "completed", T0 + 1)]
     assert moves(graph, "a")[-1] == (T0 + 1, "started", "completed", "")
 
 
 def test_completing_a_completed_unit_is_a_no_op() -> None:
     """No records, no history entry, even with --force."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "a", T0)
-    graph.complete("a", False, T0 + 1)
+    graph.complete("a", now=T0 + 1)
     before = state(graph)
-    assert graph.complete("a", False, T0 + 2) == []
-    assert graph.complete("a", True, T0 + 3) == []
+    assert graph.complete("a", now=T0 + 2) == []
+    assert graph.complete("a", force=True, now=T0 + 3) == []
     assert state(graph) == before
 
 
 def test_completing_a_never_started_unit_is_refused() -> None:
     """A known but pending unit: refused, suggesting --force (it catches misspelt names)."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
     before = state(graph)
-    error = refused("not_started", graph.complete, "b", False, T0 + 1)
+    error = refused("not_started", graph.complete, "b", now=T0 + 1)
     assert "never started" in error.message and "--force" in error.message
     assert state(graph) == before
 
 
 def test_completing_an_unknown_unit_is_refused_and_registers_nothing() -> None:
     """A typo must not create a unit."""
-    graph = Graph()
-    graph.want("git", ["net"], T0)
-    error = refused("not_started", graph.complete, "gti", False, T0)
+    graph = AppliedGraph()
+    graph.want("git", ["net"], now=T0)
+    error = refused("not_started", graph.complete, "gti", now=T0)
     assert "not known" in error.message and "--force" in error.message
     assert "gti" not in graph.units
 
 
 def test_force_completes_a_pending_unit() -> None:
     """--force: pending -> completed with reason 'forced', waking its dependents."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
-    graph.complete("b", True, T0 + 1)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
+    graph.complete("b", force=True, now=T0 + 1)
     assert moves(graph, "b") == [(T0 + 1, "pending", "completed", "forced")]
     assert graph.readiness("a").ready
 
 
 def test_force_completes_and_registers_an_unknown_unit() -> None:
     """--force on an unknown unit registers it, then completes it."""
-    graph = Graph()
-    records = graph.complete("new", True, T0)
+    graph = AppliedGraph()
+    records = graph.complete("new", force=True, now=T0)
     assert records == [Known("new", T0), Move("new", "completed", T0, "forced")]
     assert unit_view(graph, "new").status == "completed"
 
 
 def test_a_failed_unit_can_be_completed() -> None:
     """A failed run was started, so completing it needs no --force."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "a", T0)
-    graph.fail("a", "flaky", T0 + 1)
-    graph.complete("a", False, T0 + 2)
+    graph.fail("a", "flaky", now=T0 + 1)
+    graph.complete("a", now=T0 + 2)
     assert moves(graph, "a")[-1] == (T0 + 2, "failed", "completed", "")
     assert unit_view(graph, "a").reason == ""  # the old failure reason no longer shows
 
@@ -760,9 +762,9 @@ def test_a_failed_unit_can_be_completed() -> None:
 
 def test_fail_records_the_reason() -> None:
     """The reason is on the unit, in its history and in its view."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "db", T0)
-    assert graph.fail("db", "disk full", T0 + 1) == [Move("db", "failed", T0 + 1, "disk full")]
+    assert graph.fail("db", "disk full", now=T0 + 1) == [Move("db", "failed", T0 + 1, "disk full")]
     view = unit_view(graph, "db")
     assert (view.status, view.reason, view.since) == ("failed", "disk full", T0 + 1)
     assert moves(graph, "db")[-1] == (T0 + 1, "started", "failed", "disk full")
@@ -770,11 +772,11 @@ def test_fail_records_the_reason() -> None:
 
 def test_fail_of_an_unknown_unit_needs_force_and_the_reason_is_optional() -> None:
     """A typo must not become a failed unit forever; `--force` declares a failure on purpose."""
-    graph = Graph()
-    error = refused("unknown_unit", graph.fail, "new", "", T0)
+    graph = AppliedGraph()
+    error = refused("unknown_unit", graph.fail, "new", "", now=T0)
     assert "use --force" in error.message
     assert "new" not in graph.units
-    assert graph.fail("new", "", T0, force=True) == [
+    assert graph.fail("new", "", now=T0, force=True) == [
         Known("new", T0),
         Move("new", "failed", T0, ""),
     ]
@@ -783,12 +785,12 @@ def test_fail_of_an_unknown_unit_needs_force_and_the_reason_is_optional() -> Non
 
 def test_reasons_are_bounded_in_bytes() -> None:
     """A reason of 4096 UTF-8 bytes is kept; one byte more is refused without a change."""
-    graph = Graph()
+    graph = AppliedGraph()
     longest = "é" * (MAX_REASON_BYTES // 2)
-    graph.fail("a", longest, T0, force=True)
+    graph.fail("a", longest, now=T0, force=True)
     assert graph.units["a"].reason == longest
     before = state(graph)
-    error = refused("invalid", graph.fail, "a", longest + "x", T0 + 1)
+    error = refused("invalid", graph.fail, "a", longest + "x", now=T0 + 1)
     assert str(MAX_REASON_BYTES) in error.message
     assert state(graph) == before
 
@@ -798,12 +800,12 @@ def test_reasons_are_bounded_in_bytes() -> None:
 
 def test_reset_one_unit_back_to_pending_keeping_edges() -> None:
     """Only the named unit moves; its edges in both directions stay."""
-    graph = Graph()
-    graph.want("app", ["db"], T0)
-    graph.want("web", ["app"], T0)
-    graph.complete("db", True, T0)
+    graph = AppliedGraph()
+    graph.want("app", ["db"], now=T0)
+    graph.want("web", ["app"], now=T0)
+    graph.complete("db", force=True, now=T0)
     run(graph, "app", T0 + 1)
-    assert graph.reset("app", T0 + 2) == [Move("app", "pending", T0 + 2, "reset")]
+    assert graph.reset("app", now=T0 + 2) == [Move("app", "pending", T0 + 2, "reset")]
     assert moves(graph, "app")[-1] == (T0 + 2, "started", "pending", "reset")
     assert graph.units["db"].status == "completed"
     assert list(graph.units["app"].deps) == ["db"]
@@ -812,12 +814,12 @@ def test_reset_one_unit_back_to_pending_keeping_edges() -> None:
 
 def test_reset_all_moves_every_unit_that_is_not_pending() -> None:
     """`reset --all` leaves every unit pending and every edge in place."""
-    graph = Graph()
-    graph.want("a", ["b", "c"], T0)
-    graph.complete("b", True, T0)
-    graph.fail("c", "x", T0)
-    graph.want("d", ["a"], T0)
-    records = graph.reset(None, T0 + 1)
+    graph = AppliedGraph()
+    graph.want("a", ["b", "c"], now=T0)
+    graph.complete("b", force=True, now=T0)
+    graph.fail("c", "x", now=T0)
+    graph.want("d", ["a"], now=T0)
+    records, _left_alone = graph.reset_all(now=T0 + 1)
     assert sorted(r.unit for r in records) == ["b", "c"]
     assert all(isinstance(r, Move) and r.reason == "reset" for r in records)
     assert {u.status for u in graph.units.values()} == {"pending"}
@@ -827,28 +829,28 @@ def test_reset_all_moves_every_unit_that_is_not_pending() -> None:
         "c": [],
         "d": ["a"],
     }
-    assert graph.reset(None, T0 + 2) == []
-    assert Graph().reset(None, T0) == []
+    assert graph.reset_all(now=T0 + 2) == ([], [])
+    assert AppliedGraph().reset_all(now=T0) == ([], [])
 
 
 def test_reset_of_a_pending_unit_is_a_no_op_and_of_an_unknown_unit_is_refused() -> None:
     """No pending -> pending transitions; `reset` of a never-named unit (a typo) is refused."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
-    assert graph.reset("a", T0 + 1) == []
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
+    assert graph.reset("a", now=T0 + 1) == []
     assert graph.units["a"].history.maxlen == HISTORY_LIMIT
     assert list(graph.units["a"].history) == []
-    error = refused("unknown_unit", graph.reset, "new", T0 + 2)
+    error = refused("unknown_unit", graph.reset, "new", now=T0 + 2)
     assert "check the name" in error.message and "--force" not in error.message
     assert "new" not in graph.units
 
 
 def test_a_reset_unit_must_be_started_again_before_complete() -> None:
     """After reset the unit is pending again, so the never-started guard applies."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "a", T0)
-    graph.reset("a", T0 + 1)
-    error = refused("not_started", graph.complete, "a", False, T0 + 2)
+    graph.reset("a", now=T0 + 1)
+    error = refused("not_started", graph.complete, "a", now=T0 + 2)
     assert "has not been started since it was reset" in error.message
 
 
@@ -857,14 +859,14 @@ def test_a_reset_unit_must_be_started_again_before_complete() -> None:
 
 def test_history_records_every_transition_with_time_from_to_and_reason() -> None:
     """The full life of a unit, as `status` would show it."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "a", T0)
-    graph.fail("a", "crash", T0 + 1)
+    graph.fail("a", "crash", now=T0 + 1)
     run(graph, "a", T0 + 2)
-    graph.complete("a", False, T0 + 3)
-    graph.complete("a", False, T0 + 4)  # no-op: no entry
-    graph.reset("a", T0 + 5)
-    graph.complete("a", True, T0 + 6)
+    graph.complete("a", now=T0 + 3)
+    graph.complete("a", now=T0 + 4)  # no-op: no entry
+    graph.reset("a", now=T0 + 5)
+    graph.complete("a", force=True, now=T0 + 6)
     assert moves(graph, "a") == [
         (T0, "pending", "started", ""),
         (T0 + 1, "started", "failed", "crash"),
@@ -878,19 +880,19 @@ def test_history_records_every_transition_with_time_from_to_and_reason() -> None
 
 def test_history_keeps_the_newest_100_entries() -> None:
     """A long-lived unit does not grow without bound; the oldest entries go first."""
-    graph = Graph()
+    graph = AppliedGraph()
     total = HISTORY_LIMIT + 37
     for i in range(total):
-        graph.fail("a", f"attempt {i}", T0 + i, force=True)
+        graph.fail("a", f"attempt {i}", now=T0 + i, force=True)
     history = graph.units["a"].history
     assert HISTORY_LIMIT == 100
     assert len(history) == 100
     assert [t.reason for t in history] == [f"attempt {i}" for i in range(total - 100, total)]
     assert history[-1].at == T0 + total - 1
     # The cap survives a snapshot round trip and a replay.
-    restored = Graph.from_images(graph.images())
+    restored = AppliedGraph.from_images(graph.images())
     assert list(restored.units["a"].history) == list(history)
-    restored.fail("a", "one more", T0 + total)
+    restored.fail("a", "one more", now=T0 + total)
     assert len(restored.units["a"].history) == 100
     assert restored.units["a"].history[0].reason == f"attempt {total - 99}"
 
@@ -900,12 +902,12 @@ def test_history_keeps_the_newest_100_entries() -> None:
 
 def test_view_shows_status_dependencies_dependents_and_readiness() -> None:
     """Everything `status UNIT` shows, for a unit in the middle of a graph."""
-    graph = Graph()
-    graph.want("app", ["db", "cache"], T0)
-    graph.want("web", ["app"], T0)
-    graph.want("worker", ["app"], T0)
+    graph = AppliedGraph()
+    graph.want("app", ["db", "cache"], now=T0)
+    graph.want("web", ["app"], now=T0)
+    graph.want("worker", ["app"], now=T0)
     run(graph, "db", T0 + 1)
-    graph.complete("cache", True, T0 + 2)
+    graph.complete("cache", force=True, now=T0 + 2)
     view = unit_view(graph, "app", waiting_on=["db"], waiters=2)
     assert (view.name, view.status, view.ready, view.since) == ("app", "pending", False, T0)
     assert [(d.unit, d.required, d.current, d.satisfied) for d in view.dependencies] == [
@@ -914,7 +916,7 @@ def test_view_shows_status_dependencies_dependents_and_readiness() -> None:
     ]
     assert view.dependents == ["web", "worker"]
     assert (view.waiting_on, view.waiters) == (["db"], 2)
-    graph.complete("db", False, T0 + 3)
+    graph.complete("db", now=T0 + 3)
     view = unit_view(graph, "app")
     assert view.ready and all(d.satisfied for d in view.dependencies)
     assert (view.waiting_on, view.waiters) == ([], 0)
@@ -922,9 +924,9 @@ def test_view_shows_status_dependencies_dependents_and_readiness() -> None:
 
 def test_view_of_a_unit_with_a_failed_dependency_is_not_ready() -> None:
     """A failed dependency shows as unsatisfied with its current state."""
-    graph = Graph()
-    graph.want("app", ["db"], T0)
-    graph.fail("db", "x", T0)
+    graph = AppliedGraph()
+    graph.want("app", ["db"], now=T0)
+    graph.fail("db", "x", now=T0)
     view = unit_view(graph, "app")
     assert not view.ready
     assert [(d.current, d.satisfied) for d in view.dependencies] == [("failed", False)]
@@ -932,8 +934,8 @@ def test_view_of_a_unit_with_a_failed_dependency_is_not_ready() -> None:
 
 def test_status_of_an_unknown_unit_is_an_error() -> None:
     """`get`/`view` of a never-named unit: code unknown_unit, message 'unknown unit'."""
-    graph = Graph()
-    graph.want("a", ["b"], T0)
+    graph = AppliedGraph()
+    graph.want("a", ["b"], now=T0)
     for fn in (graph.get, lambda name: unit_view(graph, name)):
         error = refused("unknown_unit", fn, "ghost")
         assert "unknown unit" in error.message and "ghost" in error.message
@@ -945,22 +947,22 @@ def test_status_of_an_unknown_unit_is_an_error() -> None:
 # --- refusals change nothing ---------------------------------------------------------------
 
 REFUSALS: dict[str, tuple[str, Callable[[Graph], Any]]] = {
-    "bad unit name": ("invalid", lambda g: g.want("x\x1f", ["app"], T0 + 9)),
-    "bad dep name": ("invalid", lambda g: g.want("app", ["new", ""], T0 + 9)),
-    "self dependency": ("invalid", lambda g: g.want("app", ["new", "app"], T0 + 9)),
-    "no dependency": ("invalid", lambda g: g.want("app", [], T0 + 9)),
-    "cycle": ("cycle", lambda g: g.want("db", ["new", "web"], T0 + 9)),
-    "already started": ("already_started", lambda g: g.admit("web", False, T0 + 9)),
-    "start already started": ("already_started", lambda g: g.start("solo", False, T0 + 9)),
-    "complete pending": ("not_started", lambda g: g.complete("app", False, T0 + 9)),
-    "complete unknown": ("not_started", lambda g: g.complete("new", False, T0 + 9)),
-    "long reason": ("invalid", lambda g: g.fail("new", "r" * 5000, T0 + 9, force=True)),
-    "fail unknown": ("unknown_unit", lambda g: g.fail("new", "typo", T0 + 9)),
-    "bad reset name": ("invalid", lambda g: g.reset("\x7f", T0 + 9)),
-    "reset unknown": ("unknown_unit", lambda g: g.reset("new", T0 + 9)),
-    "forget unknown": ("unknown_unit", lambda g: g.forget("new", T0 + 9)),
-    "forget wanted": ("in_use", lambda g: g.forget("db", T0 + 9)),
-    "forget started": ("in_use", lambda g: g.forget("solo", T0 + 9)),
+    "bad unit name": ("invalid", lambda g: g.want("x\x1f", ["app"], now=T0 + 9)),
+    "bad dep name": ("invalid", lambda g: g.want("app", ["new", ""], now=T0 + 9)),
+    "self dependency": ("invalid", lambda g: g.want("app", ["new", "app"], now=T0 + 9)),
+    "no dependency": ("invalid", lambda g: g.want("app", [], now=T0 + 9)),
+    "cycle": ("cycle", lambda g: g.want("db", ["new", "web"], now=T0 + 9)),
+    "already started": ("already_started", lambda g: g.admit("web", now=T0 + 9)),
+    "start already started": ("already_started", lambda g: g.start("solo", now=T0 + 9)),
+    "complete pending": ("not_started", lambda g: g.complete("app", now=T0 + 9)),
+    "complete unknown": ("not_started", lambda g: g.complete("new", now=T0 + 9)),
+    "long reason": ("invalid", lambda g: g.fail("new", "r" * 5000, now=T0 + 9, force=True)),
+    "fail unknown": ("unknown_unit", lambda g: g.fail("new", "typo", now=T0 + 9)),
+    "bad reset name": ("invalid", lambda g: g.reset("\x7f", now=T0 + 9)),
+    "reset unknown": ("unknown_unit", lambda g: g.reset("new", now=T0 + 9)),
+    "forget unknown": ("unknown_unit", lambda g: g.forget("new", now=T0 + 9)),
+    "forget wanted": ("in_use", lambda g: g.forget("db", now=T0 + 9)),
+    "forget started": ("in_use", lambda g: g.forget("solo", now=T0 + 9)),
     "unknown status": ("unknown_unit", lambda g: unit_view(g, "new")),
 }
 
@@ -968,12 +970,12 @@ REFUSALS: dict[str, tuple[str, Callable[[Graph], Any]]] = {
 @pytest.mark.parametrize("refusal", REFUSALS)
 def test_a_refused_command_leaves_the_graph_unchanged(refusal: str) -> None:
     """All-or-nothing: a refusal neither adds units or edges nor moves anything."""
-    graph = Graph()
+    graph = AppliedGraph()
     run(graph, "web", T0)
-    graph.want("web", ["app"], T0 + 1)
-    graph.want("app", ["db"], T0 + 1)
-    graph.complete("db", True, T0 + 2)
-    graph.fail("other", "x", T0 + 3, force=True)
+    graph.want("web", ["app"], now=T0 + 1)
+    graph.want("app", ["db"], now=T0 + 1)
+    graph.complete("db", force=True, now=T0 + 2)
+    graph.fail("other", "x", now=T0 + 3, force=True)
     run(graph, "solo", T0 + 4)
     code, command = REFUSALS[refusal]
     before, images = state(graph), list(graph.images())
@@ -988,34 +990,34 @@ def test_a_refused_command_leaves_the_graph_unchanged(refusal: str) -> None:
 def _scripted(graph: Graph) -> list[Record]:
     """A session touching every command and record kind; returns the records it applied."""
     log: list[Record] = []
-    log += graph.want("app", ["db", "cache"], T0)[0]
-    log += graph.want("web", ["app"], T0 + 1)[0]
-    log += graph.admit("db", False, T0 + 2)
-    log += graph.start("db", False, T0 + 2, token="t1", waited=0.5)
-    log += graph.complete("db", False, T0 + 3)
-    log += graph.complete("cache", True, T0 + 4)
-    log += graph.admit("app", False, T0 + 5)
-    log += graph.start("app", False, T0 + 6, token="t2", waited=1.0)
-    log += graph.want("app", ["late"], T0 + 7)[0]
-    log += graph.fail("app", "boom", T0 + 8)
-    log += graph.admit("app", False, T0 + 9)
-    log += graph.fail("app", "dependency late failed", T0 + 9)
-    log += graph.reset("db", T0 + 10)
-    log += graph.admit("db", True, T0 + 11)
-    log += graph.start("db", True, T0 + 11, token="t3")
-    log += graph.admit("db", True, T0 + 12)
-    log += graph.start("db", True, T0 + 12, token="t4")
-    log += graph.fail("ghost", "never existed", T0 + 13, force=True)
-    log += graph.want("typo", ["ghost"], T0 + 13)[0]
-    log += graph.forget("typo", T0 + 13)
-    log += graph.reset(None, T0 + 14)
-    log += graph.complete("late", True, T0 + 15)
+    log += graph.want("app", ["db", "cache"], now=T0)[0]
+    log += graph.want("web", ["app"], now=T0 + 1)[0]
+    log += graph.admit("db", now=T0 + 2)
+    log += graph.start("db", now=T0 + 2, token="t1", waited=0.5)
+    log += graph.complete("db", now=T0 + 3)
+    log += graph.complete("cache", force=True, now=T0 + 4)
+    log += graph.admit("app", now=T0 + 5)
+    log += graph.start("app", now=T0 + 6, token="t2", waited=1.0)
+    log += graph.want("app", ["late"], now=T0 + 7)[0]
+    log += graph.fail("app", "boom", now=T0 + 8)
+    log += graph.admit("app", now=T0 + 9)
+    log += graph.fail("app", "dependency late failed", now=T0 + 9)
+    log += graph.reset("db", now=T0 + 10)
+    log += graph.admit("db", rerun=True, now=T0 + 11)
+    log += graph.start("db", rerun=True, now=T0 + 11, token="t3")
+    log += graph.admit("db", rerun=True, now=T0 + 12)
+    log += graph.start("db", rerun=True, now=T0 + 12, token="t4")
+    log += graph.fail("ghost", "never existed", now=T0 + 13, force=True)
+    log += graph.want("typo", ["ghost"], now=T0 + 13)[0]
+    log += graph.forget("typo", now=T0 + 13)
+    log += graph.reset_all(now=T0 + 14)[0]
+    log += graph.complete("late", force=True, now=T0 + 15)
     return log
 
 
 def test_replaying_the_returned_records_rebuilds_the_same_graph() -> None:
     """The journal is exactly the returned records: replay must reproduce every detail."""
-    graph = Graph()
+    graph = AppliedGraph()
     log = _scripted(graph)
     assert {type(r) for r in log} == {Known, Edge, Move, Forget}
     replica = Graph()
@@ -1027,7 +1029,7 @@ def test_replaying_the_returned_records_rebuilds_the_same_graph() -> None:
 
 def test_replay_through_msgpack_as_the_journal_stores_records() -> None:
     """Records survive msgspec msgpack encoding and still replay to the same graph."""
-    graph = Graph()
+    graph = AppliedGraph()
     log = _scripted(graph)
     decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(log), type=list[Record])
     assert decoded == log
@@ -1039,26 +1041,26 @@ def test_replay_through_msgpack_as_the_journal_stores_records() -> None:
 
 def test_snapshots_round_trip_through_msgpack() -> None:
     """from_images(images()) restores units, edges, dependents, history and tokens exactly."""
-    graph = Graph()
+    graph = AppliedGraph()
     _scripted(graph)
     images = list(graph.images())
     encoded = msgspec.msgpack.encode(images)
     decoded = msgspec.msgpack.decode(encoded, type=list[UnitImage])
     assert decoded == images
-    restored = Graph.from_images(decoded)
+    restored = AppliedGraph.from_images(decoded)
     assert list(restored.images()) == images
     assert state(restored) == state(graph)
     # The restored graph keeps working like the original.
     assert unit_view(restored, "web") == unit_view(graph, "web")
     for g in (graph, restored):
-        g.want("cache", ["extra"], T0 + 20)
-        refused("cycle", g.want, "late", ["web"], T0 + 21)
+        g.want("cache", ["extra"], now=T0 + 20)
+        refused("cycle", g.want, "late", ["web"], now=T0 + 21)
     assert state(restored) == state(graph)
 
 
 def test_a_replay_continues_from_a_snapshot() -> None:
     """Snapshot then the tail of the log gives the same graph as the whole log (compaction)."""
-    graph = Graph()
+    graph = AppliedGraph()
     log = _scripted(graph)
     partial = Graph()
     for record in log[:12]:
@@ -1181,7 +1183,7 @@ class GraphMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.graph = Graph()
+        self.graph = Graph()  # plain: `expect` applies what each command decides
         self.replica = Graph()
         self.model = Model()
         self.clock = T0
@@ -1194,7 +1196,8 @@ class GraphMachine(RuleBasedStateMachine):
         return self.clock
 
     def expect(self, code: str | None, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """Run a command; it must be refused exactly when the model says, with its code."""
+        """Run a command; it must be refused exactly when the model says, with its code. It
+        only decides: the records it returns are applied here, as its store would."""
         before = state(self.graph)
         try:
             result = fn(*args, **kw)
@@ -1203,8 +1206,11 @@ class GraphMachine(RuleBasedStateMachine):
             assert state(self.graph) == before, "a refusal changed the graph"
             return exc
         assert code is None, f"accepted; the model expected a refusal ({code})"
+        assert state(self.graph) == before, "deciding changed the graph"
         records = result[0] if isinstance(result, tuple) else result
-        if isinstance(records, list):
+        if isinstance(records, list):  # a command (not a query)
+            for record in records:
+                self.graph.apply(record)
             # The journal path: encode, decode, apply to a second graph.
             wire = msgspec.msgpack.encode(records)
             for record in msgspec.msgpack.decode(wire, type=list[Record]):
@@ -1225,7 +1231,7 @@ class GraphMachine(RuleBasedStateMachine):
             code = "cycle"
         else:
             code = None
-        result = self.expect(code, self.graph.want, unit, deps, self.now())
+        result = self.expect(code, self.graph.want, unit, deps, now=self.now())
         if code == "cycle":
             self.check_cycle_message(unit, deps, result.message)
         if code is not None:
@@ -1275,7 +1281,9 @@ class GraphMachine(RuleBasedStateMachine):
         else:
             code = None
         alive = self.owner_alive(unit)
-        result = self.expect(code, self.graph.admit, unit, rerun, self.now(), owner_alive=alive)
+        result = self.expect(
+            code, self.graph.admit, unit, now=self.now(), rerun=rerun, owner_alive=alive
+        )
         if code is None:
             assert bool(result) == (m.status(unit) is None)
             m.know(unit, self.clock)
@@ -1301,7 +1309,7 @@ class GraphMachine(RuleBasedStateMachine):
         if failed:
             assert readiness.failed in failed and not readiness.ready
             reason = f"dependency {readiness.failed} failed"
-            self.expect(None, self.graph.fail, unit, reason, self.now())
+            self.expect(None, self.graph.fail, unit, reason, now=self.now())
             m.move(unit, "failed", self.clock, reason)
         elif pending:
             assert readiness.failed is None and not readiness.ready
@@ -1317,10 +1325,10 @@ class GraphMachine(RuleBasedStateMachine):
                 code,
                 self.graph.start,
                 unit,
-                rerun,
-                now,
-                token,
-                now - admitted,
+                now=now,
+                token=token,
+                waited=now - admitted,
+                rerun=rerun,
                 owner=RUN_OWNER if owned else None,
                 owner_alive=self.owner_alive(unit),
             )
@@ -1354,7 +1362,7 @@ class GraphMachine(RuleBasedStateMachine):
             return  # no run to report on
         self.expect(
             None,
-            lambda: self.graph.complete(unit, False, self.now(), keep_owner=True, token=token),
+            lambda: self.graph.complete(unit, now=self.now(), keep_owner=True, token=token),
         )
         if found.status != "completed":
             self.model.move(unit, "completed", self.clock, "", owner=found.owner)
@@ -1371,9 +1379,9 @@ class GraphMachine(RuleBasedStateMachine):
         token = stale[pick % len(stale)]
         now = self.now()
         report = {
-            "complete": lambda: self.graph.complete(unit, False, now, token=token),
-            "ready": lambda: self.graph.complete(unit, False, now, keep_owner=True, token=token),
-            "fail": lambda: self.graph.fail(unit, "boom", now, token=token),
+            "complete": lambda: self.graph.complete(unit, now=now, token=token),
+            "ready": lambda: self.graph.complete(unit, now=now, keep_owner=True, token=token),
+            "fail": lambda: self.graph.fail(unit, "boom", now=now, token=token),
             "reason": lambda: self.graph.set_reason(unit, "booting", token=token),
         }[kind]
         before, images = state(self.graph), list(self.graph.images())
@@ -1392,7 +1400,7 @@ class GraphMachine(RuleBasedStateMachine):
             code = "not_started"
         else:
             code = None
-        result = self.expect(code, self.graph.complete, unit, force, self.now())
+        result = self.expect(code, self.graph.complete, unit, now=self.now(), force=force)
         if code is None:
             assert (result == []) == (status == "completed")
             if status != "completed":
@@ -1412,7 +1420,7 @@ class GraphMachine(RuleBasedStateMachine):
         else:
             code = None
         token = self.model.current_token(unit) if current else ""
-        self.expect(code, self.graph.fail, unit, reason, self.now(), force, token=token)
+        self.expect(code, self.graph.fail, unit, reason, now=self.now(), force=force, token=token)
         if code is None:
             self.model.know(unit, self.clock)
             self.model.move(unit, "failed", self.clock, reason)
@@ -1421,7 +1429,7 @@ class GraphMachine(RuleBasedStateMachine):
     def fail_repeatedly(self, unit: str, count: int) -> None:
         """A flapping unit: enough transitions to push its history past the cap."""
         for i in range(count):
-            self.expect(None, self.graph.fail, unit, f"flap {i}", self.now(), True)
+            self.expect(None, self.graph.fail, unit, f"flap {i}", now=self.now(), force=True)
             self.model.know(unit, self.clock)
             self.model.move(unit, "failed", self.clock, f"flap {i}")
 
@@ -1449,7 +1457,7 @@ class GraphMachine(RuleBasedStateMachine):
         else:
             code = None
         result = self.expect(
-            code, self.graph.reset, unit, self.now(), force=force, owner_alive=self.owner_alive
+            code, self.graph.reset, unit, now=self.now(), force=force, owner_alive=self.owner_alive
         )
         if code is None:
             assert bool(result) == (m.status(unit) != "pending")
@@ -1463,7 +1471,7 @@ class GraphMachine(RuleBasedStateMachine):
         records, left_alone = self.expect(
             None,
             self.graph.reset_all,
-            now,
+            now=now,
             force=force,
             owner_alive=self.owner_alive,
             only_failed=only_failed,
@@ -1489,7 +1497,7 @@ class GraphMachine(RuleBasedStateMachine):
             code = "in_use"
         else:
             code = None
-        result = self.expect(code, self.graph.forget, unit, self.now())
+        result = self.expect(code, self.graph.forget, unit, now=self.now())
         if wanted_by and code == "in_use" and m.status(unit) != "started":
             assert all(name in result.message for name in wanted_by), result.message
         if code is None:

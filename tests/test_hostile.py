@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from unitsync.agent.log_throttle import Throttle
 from unitsync.agent.serve import server
 from unitsync.agent.serve.limits import Limits
 from unitsync.agent.serve.server import AgentConfig, run_agent
@@ -226,11 +227,11 @@ async def test_connections_failing_unexpectedly_log_one_line_a_minute(
 
 def test_the_fault_log_counts_what_it_kept_quiet(caplog) -> None:
     now = [0.0]
-    faults = server._FaultLog(clock=lambda: now[0])
+    faults = Throttle(server.FAULT_LOG_INTERVAL, clock=lambda: now[0])
     with caplog.at_level(logging.ERROR, logger="unitsync.agent"):
         for second in range(0, 150):
             now[0] = float(second)
-            faults.report(RuntimeError("boom"))
+            server.log_fault(faults, RuntimeError("boom"))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3  # at 0 s, 60 s and 120 s
     assert lines[1].endswith("(59 more since the last report)")

@@ -36,17 +36,19 @@ def scripted(graph: Graph, step: int) -> list:
     name, dep = f"unit-{step % 7}", f"dep-{step % 3}"
     match step % 6:
         case 0:
-            return graph.want(name, [dep], 1000.0 + step)[0]
+            return graph.want(name, [dep], now=1000.0 + step)[0]
         case 1:
-            return graph.admit(name, True, 1000.0 + step) + graph.start(dep, True, 1000.0 + step)
+            return graph.admit(name, rerun=True, now=1000.0 + step) + graph.start(
+                dep, rerun=True, now=1000.0 + step
+            )
         case 2:
-            return graph.complete(dep, True, 1000.0 + step)
+            return graph.complete(dep, force=True, now=1000.0 + step)
         case 3:
-            return graph.fail(name, f"exit status {step}", 1000.0 + step, force=True)
+            return graph.fail(name, f"exit status {step}", now=1000.0 + step, force=True)
         case 4:
-            return graph.reset(name, 1000.0 + step) if name in graph.units else []
+            return graph.reset(name, now=1000.0 + step) if name in graph.units else []
         case _:
-            return graph.complete(name, True, 1000.0 + step)
+            return graph.complete(name, force=True, now=1000.0 + step)
 
 
 async def run_commands(journal: Journal, graph: Graph, steps: range) -> None:
@@ -82,7 +84,7 @@ async def test_concurrent_changes_share_fsyncs_and_wait_for_them(tmp_path: Path)
     acknowledged: list[str] = []
 
     async def client(i: int) -> None:
-        records = graph.want(f"client-{i}", [f"base-{i % 4}"], float(i))[0]
+        records = graph.want(f"client-{i}", [f"base-{i % 4}"], now=float(i))[0]
         await journal.durable(journal.append(records))
         acknowledged.append(f"client-{i}")
 
@@ -114,7 +116,7 @@ async def test_durable_returns_only_after_the_fsync(
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         for i in range(5):
-            await journal.durable(journal.append(graph.want(f"a{i}", ["b"], 1.0)[0]))
+            await journal.durable(journal.append(graph.want(f"a{i}", ["b"], now=1.0)[0]))
             assert synced_sizes and synced_sizes[-1] == (tmp_path / LOG_NAME).stat().st_size
         nursery.cancel_scope.cancel()
     journal.close()
@@ -125,7 +127,7 @@ async def test_cancelling_the_writer_flushes_what_is_buffered(tmp_path: Path) ->
     graph = journal.graph
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
-        journal.append(graph.want("late", ["x"], 1.0)[0])  # appended, never awaited
+        journal.append(graph.want("late", ["x"], now=1.0)[0])  # appended, never awaited
         nursery.cancel_scope.cancel()
     journal.close()
     assert "late" in reopen(tmp_path).units
@@ -360,7 +362,7 @@ async def test_a_write_failure_stops_acknowledgements_instead_of_hanging(
     with pytest.raises(BaseExceptionGroup) as caught:
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
-            seq = journal.append(graph.want("a", ["b"], 1.0)[0])
+            seq = journal.append(graph.want("a", ["b"], now=1.0)[0])
             # Shielded, as the service waits: without the fix this would wait forever.
             with trio.CancelScope(shield=True), trio.fail_after(10):
                 await journal.durable(seq)

@@ -7,7 +7,6 @@ import json
 import msgspec
 import pytest
 
-from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.views import unit_view
 from unitsync.cli import render
 from unitsync.cli.durations import parse_duration
@@ -15,15 +14,17 @@ from unitsync.wire.protocol import UnitView
 from unitsync.wire.timefmt import clock
 from unitsync.wire.timefmt import duration as format_duration
 
+from harness.applied import AppliedGraph
+
 
 def views() -> list[UnitView]:
-    graph = Graph()
-    graph.want("claude code", ["git", 'we"ird <name>'], 100.0)
-    graph.start("git", False, 101.0)
-    graph.complete("git", False, 103.0)
-    graph.fail('we"ird <name>', "exit status 2", 104.0)
+    graph = AppliedGraph()
+    graph.want("claude code", ["git", 'we"ird <name>'], now=100.0)
+    graph.start("git", now=101.0)
+    graph.complete("git", now=103.0)
+    graph.fail('we"ird <name>', "exit status 2", now=104.0)
     graph.units["claude code"].deps.pop('we"ird <name>')  # so that it can start
-    graph.start("claude code", False, 110.0, waited=9.5)
+    graph.start("claude code", now=110.0, waited=9.5)
     return [unit_view(graph, name) for name in graph.units]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.agent.core.graph import Graph, Refused
+from unitsync.agent.core.graph import Refused
 from unitsync.agent.core.records import Reason
 from unitsync.cli.run import children
 from unitsync.cli.run import supervisor as service_module
@@ -35,6 +35,7 @@ from unitsync.cli.run.supervisor import Exited, NotReady, Ready, ServiceRun
 from unitsync.client.client import Client
 
 from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, unit_status
+from harness.applied import AppliedGraph
 
 LIMIT = 30.0
 """Bounds every wait, so that a broken build fails instead of hanging; never asserted."""
@@ -573,9 +574,9 @@ def test_readiness_options_that_make_no_sense_are_usage_errors(
 
 
 def test_set_reason_changes_a_started_units_reason_and_nothing_else() -> None:
-    graph = Graph()
-    graph.admit("db", False, 1.0)
-    graph.start("db", False, 2.0)
+    graph = AppliedGraph()
+    graph.admit("db", now=1.0)
+    graph.start("db", now=2.0)
     assert graph.set_reason("db", "loading") == [Reason("db", "loading")]
     assert graph.set_reason("db", "loading") == []  # already so: nothing to journal
     unit = graph.units["db"]
@@ -585,7 +586,7 @@ def test_set_reason_changes_a_started_units_reason_and_nothing_else() -> None:
         2.0,
         1,
     )
-    graph.complete("db", False, 3.0)
+    graph.complete("db", now=3.0)
     assert unit.reason == ""  # a reason while starting only
     with pytest.raises(Refused, match="is completed, not started"):
         graph.set_reason("db", "late")

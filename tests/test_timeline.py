@@ -29,6 +29,8 @@ from unitsync.cli.watch import FRAME_LINES, _Board
 from unitsync.wire.errors import NotInHistory
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
+from harness.applied import AppliedGraph
+
 SVG = "{http://www.w3.org/2000/svg}"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -36,17 +38,17 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def startup() -> Graph:
     """git runs 100-102.2; claude waits for it from 100, runs to 103.6; lint fails at 103;
     tests (wants claude) starts at 103.6 and is still running."""
-    graph = Graph()
-    graph.want("claude", ["git"], 100.0)
-    graph.want("lint", ["git"], 100.0)
-    graph.want("tests", ["claude"], 100.0)
-    graph.start("git", False, 100.0, waited=0.0)
-    graph.complete("git", False, 102.2)
-    graph.start("claude", False, 102.2, waited=2.2)
-    graph.start("lint", False, 102.5, waited=0.3)
-    graph.fail("lint", "exit status 2", 103.0)
-    graph.complete("claude", False, 103.6)
-    graph.start("tests", False, 103.6, waited=3.6)
+    graph = AppliedGraph()
+    graph.want("claude", ["git"], now=100.0)
+    graph.want("lint", ["git"], now=100.0)
+    graph.want("tests", ["claude"], now=100.0)
+    graph.start("git", now=100.0, waited=0.0)
+    graph.complete("git", now=102.2)
+    graph.start("claude", now=102.2, waited=2.2)
+    graph.start("lint", now=102.5, waited=0.3)
+    graph.fail("lint", "exit status 2", now=103.0)
+    graph.complete("claude", now=103.6)
+    graph.start("tests", now=103.6, waited=3.6)
     return graph
 
 
@@ -93,9 +95,9 @@ def test_each_unit_has_its_wait_its_run_and_how_it_ended() -> None:
 
 def test_the_latest_boot_is_the_default_and_an_old_boot_has_no_open_run() -> None:
     graph = startup()
-    graph.reset(None, 110.0)  # the workspace restarts: everything is pending again
-    graph.start("git", False, 111.0, waited=0.0)
-    graph.complete("git", False, 112.0)
+    graph.reset_all(now=110.0)  # the workspace restarts: everything is pending again
+    graph.start("git", now=111.0, waited=0.0)
+    graph.complete("git", now=112.0)
     # Boot 2 begins with the reset (the sixth entry of each unit that had run).
     marked = [
         in_boot(v, 2, next((i for i, e in enumerate(v.history) if e.at >= 110), 99))
@@ -121,20 +123,20 @@ def test_the_latest_boot_is_the_default_and_an_old_boot_has_no_open_run() -> Non
 
 def test_a_reset_starts_a_units_story_over() -> None:
     graph = startup()
-    graph.reset("lint", 104.0)
+    graph.reset("lint", now=104.0)
     timeline = build_timeline(views(graph), now=105.0)
     lint = next(row for row in timeline.rows if row.name == "lint")
     assert (lint.outcome, lint.started, lint.ran) == ("pending", None, None)
-    graph.reset(None, 200.0)
-    graph.start("git", False, 300.0, waited=0.0)
+    graph.reset_all(now=200.0)
+    graph.start("git", now=300.0, waited=0.0)
     later = build_timeline(views(graph), now=301.0)
     assert later.origin == 300.0  # the old runs, and the reset itself, are not on the axis
 
 
 def test_a_start_that_waits_now_is_a_waiting_row_with_the_wait_a_watcher_saw() -> None:
-    graph = Graph()
-    graph.want("web", ["db"], 100.0)
-    graph.start("db", False, 101.0, waited=0.0)
+    graph = AppliedGraph()
+    graph.want("web", ["db"], now=100.0)
+    graph.start("db", now=101.0, waited=0.0)
     seen: dict[str, float] = {}
     note_waits(seen, views(graph, {"web": 1}), None)  # a full view: since when, unknown
     assert seen == {}
@@ -150,10 +152,10 @@ def test_a_start_that_waits_now_is_a_waiting_row_with_the_wait_a_watcher_saw() -
 
 
 def test_a_unit_failed_while_waiting_has_an_outcome_and_no_run() -> None:
-    graph = Graph()
-    graph.want("api", ["db"], 100.0)
-    graph.fail("db", "port in use", 101.0)
-    graph.fail("api", "dependency db failed", 101.0)
+    graph = AppliedGraph()
+    graph.want("api", ["db"], now=100.0)
+    graph.fail("db", "port in use", now=101.0)
+    graph.fail("api", "dependency db failed", now=101.0)
     timeline = build_timeline(views(graph), now=102.0)
     api = next(row for row in timeline.rows if row.name == "api")
     assert (api.outcome, api.started, api.ended, api.ran) == ("failed", None, 101.0, None)
@@ -162,18 +164,18 @@ def test_a_unit_failed_while_waiting_has_an_outcome_and_no_run() -> None:
 
 def diamond() -> Graph:
     """base 0-1s; left 1-1.2s and right 1-1.8s want base; top wants both, runs 1.8-2.1s."""
-    graph = Graph()
-    graph.want("left", ["base"], 0.0)
-    graph.want("right", ["base"], 0.0)
-    graph.want("top", ["left", "right"], 0.0)
-    graph.start("base", False, 1000.0, waited=0.0)
-    graph.complete("base", False, 1001.0)
-    graph.start("left", False, 1001.0, waited=1.0)
-    graph.start("right", False, 1001.0, waited=1.0)
-    graph.complete("left", False, 1001.2)
-    graph.complete("right", False, 1001.8)
-    graph.start("top", False, 1001.8, waited=1.8)
-    graph.complete("top", False, 1002.1)
+    graph = AppliedGraph()
+    graph.want("left", ["base"], now=0.0)
+    graph.want("right", ["base"], now=0.0)
+    graph.want("top", ["left", "right"], now=0.0)
+    graph.start("base", now=1000.0, waited=0.0)
+    graph.complete("base", now=1001.0)
+    graph.start("left", now=1001.0, waited=1.0)
+    graph.start("right", now=1001.0, waited=1.0)
+    graph.complete("left", now=1001.2)
+    graph.complete("right", now=1001.8)
+    graph.start("top", now=1001.8, waited=1.8)
+    graph.complete("top", now=1002.1)
     return graph
 
 
@@ -193,15 +195,15 @@ def test_the_critical_chain_follows_the_dependency_that_finished_last() -> None:
 
 
 def test_a_waiting_units_chain_goes_through_what_it_still_waits_for() -> None:
-    graph = Graph()
-    graph.want("web", ["db", "cache"], 0.0)
-    graph.start("cache", False, 10.0, waited=0.0)
-    graph.complete("cache", False, 11.0)
-    graph.start("db", False, 10.0, waited=0.0)
+    graph = AppliedGraph()
+    graph.want("web", ["db", "cache"], now=0.0)
+    graph.start("cache", now=10.0, waited=0.0)
+    graph.complete("cache", now=11.0)
+    graph.start("db", now=10.0, waited=0.0)
     timeline = build_timeline(views(graph, {"web": 1}), now=12.0)
     assert [row.name for row in critical_chain(timeline, "web")] == ["web", "db"]
     assert "(waiting on db)" in render_chain(timeline, critical_chain(timeline, "web"))
-    graph.reset(None, 13.0)
+    graph.reset_all(now=13.0)
     with pytest.raises(NotInHistory, match="no unit has completed in boot 1 yet; name the unit"):
         critical_chain(build_timeline(views(graph), now=14.0))
 
@@ -273,12 +275,12 @@ def test_the_chart_fits_the_terminal_and_reads_without_colour(columns: int) -> N
 
 
 def test_a_run_of_no_length_at_the_last_moment_still_shows() -> None:
-    graph = Graph()
-    graph.want("b", ["a"], 100.0)
-    graph.start("a", False, 100.0, waited=0.0)
-    graph.complete("a", False, 105.0)
-    graph.start("b", False, 105.0, waited=5.0)
-    graph.complete("b", False, 105.0)
+    graph = AppliedGraph()
+    graph.want("b", ["a"], now=100.0)
+    graph.start("a", now=100.0, waited=0.0)
+    graph.complete("a", now=105.0)
+    graph.start("b", now=105.0, waited=5.0)
+    graph.complete("b", now=105.0)
     chart = render_chart(build_timeline(views(graph), now=110.0), 60, colour=False)
     assert bar_of(chart, "b").endswith("░█")
     assert len(bar_of(chart, "b")) == len(bar_of(chart, "a"))
@@ -303,11 +305,11 @@ def long_names() -> list[str]:
 
 @pytest.mark.parametrize("columns", [80, 200])
 def test_long_non_ascii_names_render_within_the_width(columns: int) -> None:
-    graph = Graph()
+    graph = AppliedGraph()
     names = long_names()
     for i, name in enumerate(names):
-        graph.start(name, False, 100.0 + i, waited=0.0)
-        graph.complete(name, False, 101.0 + i)
+        graph.start(name, now=100.0 + i, waited=0.0)
+        graph.complete(name, now=101.0 + i)
     timeline = build_timeline(views(graph), now=110.0)
     chart = render_chart(timeline, columns)
     assert all(cells.width(ANSI.sub("", line)) <= columns for line in chart.splitlines())
@@ -321,17 +323,17 @@ def test_long_non_ascii_names_render_within_the_width(columns: int) -> None:
 
 @pytest.mark.parametrize("case", ["empty", "single", "failed", "running", "no_xml"])
 def test_every_output_renders_the_corner_cases(case: str) -> None:
-    graph = Graph()
+    graph = AppliedGraph()
     if case == "single":
-        graph.start("only", False, 100.0, waited=0.0)
-        graph.complete("only", False, 100.0)  # a run of no length at all
+        graph.start("only", now=100.0, waited=0.0)
+        graph.complete("only", now=100.0)  # a run of no length at all
     elif case == "failed":
-        graph.start("only", False, 100.0, waited=0.0)
-        graph.fail("only", "exit status 1", 101.0)
+        graph.start("only", now=100.0, waited=0.0)
+        graph.fail("only", "exit status 1", now=101.0)
     elif case == "running":
-        graph.start("only", False, 100.0, waited=0.0)
+        graph.start("only", now=100.0, waited=0.0)
     elif case == "no_xml":
-        graph.start("a\ufffe<&>\"'b", False, 100.0, waited=0.0)  # U+FFFE: not an XML character
+        graph.start("a\ufffe<&>\"'b", now=100.0, waited=0.0)  # U+FFFE: not an XML character
     timeline = build_timeline(views(graph), now=102.0)
     for columns in (80, 200):
         chart = render_chart(timeline, columns)
@@ -408,15 +410,15 @@ def crowded() -> Graph:
     """What pushes an SVG's text to its edges: a run going for 14m51.955s, a 255-byte name,
     a failure with a 4 KiB reason, a start waiting on the long-named unit."""
     long = "migrate-the-orders-database-" + "x" * 227
-    graph = Graph()
-    graph.want("report", [long], 100.0)
-    graph.start("base", False, 100.0, waited=0.0)
-    graph.complete("base", False, 101.0)
-    graph.start(long, False, 101.0, waited=0.0)
-    graph.start("lint", False, 101.0, waited=0.0)
-    graph.fail("lint", "WARNING: " * 455, 102.0)
-    graph.start("名" * 85, False, 100.5, waited=0.0)
-    graph.fail("名" * 85, "exit status 1", 101.0)
+    graph = AppliedGraph()
+    graph.want("report", [long], now=100.0)
+    graph.start("base", now=100.0, waited=0.0)
+    graph.complete("base", now=101.0)
+    graph.start(long, now=101.0, waited=0.0)
+    graph.start("lint", now=101.0, waited=0.0)
+    graph.fail("lint", "WARNING: " * 455, now=102.0)
+    graph.start("名" * 85, now=100.5, waited=0.0)
+    graph.fail("名" * 85, "exit status 1", now=101.0)
     return graph
 
 
@@ -491,11 +493,11 @@ def test_cells_measure_and_cut_wide_text() -> None:
 
 
 def test_the_live_watch_draws_each_units_bar_growing(monkeypatch: pytest.MonkeyPatch) -> None:
-    graph = Graph()
-    graph.want("claude", ["git"], 100.0)
-    graph.start("git", False, 100.0, waited=0.0)
-    graph.complete("git", False, 101.0)
-    graph.start("claude", False, 101.0, waited=1.0)
+    graph = AppliedGraph()
+    graph.want("claude", ["git"], now=100.0)
+    graph.start("git", now=100.0, waited=0.0)
+    graph.complete("git", now=101.0)
+    graph.start("claude", now=101.0, waited=1.0)
     board = _Board(None)
     board.apply(FullView(views(graph), at=101.0))
     board.apply(Changed(unit_view(graph, "claude"), at=101.0))
@@ -538,13 +540,13 @@ def test_the_live_timeline_kept_one_unit_at_a_time_matches_one_built_from_scratc
         assert [_bar_figures(row) for row in drawn.rows] == list(map(_bar_figures, expected.rows))
 
     catch_up(views(graph), 105.0)
-    graph.complete("tests", False, 106.0)
+    graph.complete("tests", now=106.0)
     catch_up(views(graph), 107.0)
-    graph.reset("lint", 108.0)
+    graph.reset("lint", now=108.0)
     catch_up(views(graph), 109.0)
-    graph.reset(None, 110.0)
-    graph.start("git", False, 111.0, waited=0.0)
-    graph.complete("git", False, 112.0)
+    graph.reset_all(now=110.0)
+    graph.start("git", now=111.0, waited=0.0)
+    graph.complete("git", now=112.0)
     catch_up(  # boot 2 begins with the reset: every row is another run now
         [
             in_boot(v, 2, next((i for i, e in enumerate(v.history) if e.at >= 110), 99))
@@ -561,13 +563,13 @@ def _bar_figures(row: Row) -> tuple[object, ...]:
 
 
 def test_the_live_table_shows_what_needs_a_look_first_and_says_how_many_it_leaves_out() -> None:
-    graph = Graph()
+    graph = AppliedGraph()
     for i in range(50):
-        graph.want(f"unit-{i:02d}", ["base"], 100.0)
-    graph.start("base", False, 100.0, waited=0.0)
-    graph.complete("base", False, 101.0)
-    graph.start("unit-30", False, 102.0, waited=0.0)
-    graph.fail("unit-40", "exit status 1", 103.0)
+        graph.want(f"unit-{i:02d}", ["base"], now=100.0)
+    graph.start("base", now=100.0, waited=0.0)
+    graph.complete("base", now=101.0)
+    graph.start("unit-30", now=102.0, waited=0.0)
+    graph.fail("unit-40", "exit status 1", now=103.0)
     board = _Board(None)
     board.apply(FullView(views(graph, {"unit-20": 1}), at=104.0))
     console = Console(file=io.StringIO(), width=120, height=20, record=True, color_system=None)

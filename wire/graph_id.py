@@ -1,8 +1,8 @@
 """A graph's identity (SPEC §11): made once when the graph is created, kept for good.
 
-A journal's state dir keeps it in its format (`agent.logfile`), an etcd prefix in one key
-(`agent.etcd_store`). The agent names it in every welcome and pong; a client remembers the
-one it first talked to (`client.session.GraphMemory`), so a reconnection that finds an
+A journal's state dir keeps it in its format (`agent.store.journal.logfile`), an etcd prefix
+in one key (`agent.store.etcd.store`). The agent names it in every welcome and pong; a client
+remembers the one it first talked to (`wire.session.GraphMemory`), so a reconnection that finds an
 agent of another graph, at the same socket, carries out nothing.
 
 An id is 32 lowercase hex digits (128 random bits): two graphs never share one. People

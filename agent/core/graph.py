@@ -1,14 +1,15 @@
 """The unit graph: plain Python, no I/O, no trio.
 
-Commands (`want`, `admit`, `start`, `complete`, `fail`, `reset`) look up what they may
-do in the state machine's table (`machine.MOVES`), raise `Refused` without changing
-anything when they must, and otherwise return the records they applied. `apply` is the
-only place that mutates the graph, so replaying a journal and serving a live request
-go through exactly the same code. Making the records durable is the service's job.
+Commands (`want`, `admit`, `start`, `complete`, `fail`, `reset`, ...) look up what they
+may do in the state machine's table (`machine.MOVES`) and decide: they raise `Refused`
+when they must, and otherwise return the records the change is made of. They never change
+the graph. `apply` is the only place that does, and only the store that owns the graph
+calls it (`agent/store/base.py`): the journal as it appends a decision's records, etcd as
+its watch brings them, a replay as it reads them. So replaying a journal, serving a live
+request and following another agent's change go through exactly the same code.
 
-A graph that replicates a shared store (`etcd_store`) sets `applies_decisions` to False:
-its commands then only decide, and their records reach it through `apply` once the store
-has committed them, in the store's order, like every other agent's.
+A command's arguments past the unit (and its deps or reason) are keyword-only, so a call
+reads as what it does: `graph.complete(name, now=t, force=True)`.
 """
 
 from __future__ import annotations
@@ -117,8 +118,6 @@ class Graph:
         """The current boot (1, 2, ...); 0 until the first `Boot` record."""
         self.boot_identity = ""
         self.boot_since = 0.0
-        self.applies_decisions = True
-        """Commands apply the records they return (False: they only decide)."""
 
     # --- the one mutation path ------------------------------------------------------------
 
@@ -150,23 +149,6 @@ class Graph:
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
 
-    def become(self, other: Graph) -> None:
-        """Take over `other`'s state (a store rebuilt the graph: the journal after refused
-        changes, etcd after listing afresh), so whoever holds this graph sees it."""
-        self.units = other.units
-        self.boot, self.boot_identity, self.boot_since = (
-            other.boot,
-            other.boot_identity,
-            other.boot_since,
-        )
-
-    def _applied(self, records: list[Record]) -> list[Record]:
-        """Apply `records` in memory and hand them back (for the service to make durable)."""
-        if self.applies_decisions:
-            for record in records:
-                self.apply(record)
-        return records
-
     def _begin(self, boot: Boot) -> None:
         """A new boot; after a workspace restart every unit starts over but completed
         one-time units (edges and history are kept)."""
@@ -190,7 +172,7 @@ class Graph:
 
     # --- commands ------------------------------------------------------------------------
 
-    def begin_boot(self, identity: str, now: float) -> list[Record]:
+    def begin_boot(self, identity: str, *, now: float) -> list[Record]:
         """At agent start-up: the records that begin boot `identity`, if it is a new one.
 
         The first boot of a state dir (or of one written before boots were recorded)
@@ -199,26 +181,24 @@ class Graph:
         """
         if self.boot and identity == self.boot_identity:
             return []
-        return self._applied([Boot(self.boot + 1, identity, now, restart=self.boot > 0)])
+        return [Boot(self.boot + 1, identity, now, restart=self.boot > 0)]
 
-    def restart_host(self, host: str, now: float) -> list[Record]:
+    def restart_host(self, host: str, *, now: float) -> list[Record]:
         """A workspace restart of one host of a shared graph: its units start over.
 
         A host's units are those whose latest run its agent started; completed one-time
         units stay completed, and the units of other hosts are not touched (SPEC §10).
         """
-        return self._applied(
-            [
-                Move(name, "pending", now, WORKSPACE_RESTARTED, boot=self.boot)
-                for name, unit in self.units.items()
-                if unit.host == host
-                and unit.status != "pending"
-                and not (unit.once and unit.status == "completed")
-            ]
-        )
+        return [
+            Move(name, "pending", now, WORKSPACE_RESTARTED, boot=self.boot)
+            for name, unit in self.units.items()
+            if unit.host == host
+            and unit.status != "pending"
+            and not (unit.once and unit.status == "completed")
+        ]
 
     def want(
-        self, name: str, deps: Iterable[str], now: float, *, once: bool = False
+        self, name: str, deps: Iterable[str], *, now: float, once: bool = False
     ) -> tuple[list[Record], list[str]]:
         """Declare that `name` depends on each of `deps` (and is one-time); all or nothing."""
         deps = list(dict.fromkeys(deps))
@@ -247,20 +227,20 @@ class Graph:
             notes.append(
                 f"{name} is already {unit.status}; the new dependencies apply to its next start"
             )
-        return self._applied(records), notes
+        return records, notes
 
     def declare_once(self, name: str) -> list[Record]:
         """`--once` given for a unit already known: it is one-time from now on, whatever the
         start then decides. So a unit completed before it was called one-time is refused as
         done (exit 7) and stays completed across workspace restarts, as the refusal says."""
-        return self._applied(self._marked_once(name, True)) if name in self.units else []
+        return self._marked_once(name, True) if name in self.units else []
 
     def admit(
         self,
         name: str,
-        rerun: bool,
-        now: float,
         *,
+        now: float,
+        rerun: bool = False,
         once: bool = False,
         owner_alive: bool | None = True,
     ) -> list[Record]:
@@ -270,46 +250,45 @@ class Graph:
         command = START_ONCE if once else START
         overrides = self._start_overrides(name, rerun, owner_alive)
         self._decide(name, command, overrides, owner_alive)
-        records = self._applied(self._known(name, now))
-        return records + self._applied(self._marked_once(name, once))
+        return self._known(name, now) + self._marked_once(name, once)
 
     def start(
         self,
         name: str,
-        rerun: bool,
+        *,
         now: float,
         token: str = "",
         waited: float | None = None,
-        *,
+        rerun: bool = False,
         once: bool = False,
         owner: OwnerRecord | None = None,
         owner_alive: bool | None = True,
         host: str = "",
     ) -> list[Record]:
         """Last step of `start`, once the unit is ready; decided afresh, as another start
-        may have begun a run while this one waited. `host`: the deciding agent's host."""
+        may have begun a run while this one waited. `token` names the new run, `waited`
+        says how long its start waited; `host`: the deciding agent's host."""
         readiness = self.readiness(name)
         if not readiness.ready:
             raise AssertionError(f"start of {name!r} before it is ready: {readiness}")
         command = START_ONCE if once else START
         overrides = self._start_overrides(name, rerun, owner_alive)
-        self._decide(name, command, overrides, owner_alive)  # before anything is applied
+        result = self._decide(name, command, overrides, owner_alive)
         unit = self.units.get(name)
         reason = None
         if unit and unit.owner and OWNER_GONE in overrides and not rerun:
             reason = f"new run: its previous owner, {_describe(unit.owner)}, is gone"
-        records = self._applied(self._known(name, now))
-        records += self._applied(self._marked_once(name, once))
-        return records + self._move(
-            name, command, overrides, now, token, waited, reason=reason, owner=owner, host=host
+        move = self._moved(
+            name, result, now, token=token, waited=waited, reason=reason, owner=owner, host=host
         )
+        return self._known(name, now) + self._marked_once(name, once) + move
 
     def complete(
         self,
         name: str,
-        force: bool,
-        now: float,
         *,
+        now: float,
+        force: bool = False,
         once: bool = False,
         keep_owner: bool = False,
         token: str = "",
@@ -320,16 +299,16 @@ class Graph:
             return []
         unit = self.units.get(name)
         owner = unit.owner if keep_owner and unit is not None else None
-        records = self._move(name, COMPLETE, {"force"} if force else set(), now, owner=owner)
-        return records + self._applied(self._marked_once(name, once))
+        records = self._move(name, COMPLETE, {"force"} if force else set(), now=now, owner=owner)
+        return records + self._marked_once(name, once)
 
     def fail(
         self,
         name: str,
         reason: str,
+        *,
         now: float,
         force: bool = False,
-        *,
         waited: float | None = None,
         token: str = "",
     ) -> list[Record]:
@@ -339,9 +318,9 @@ class Graph:
         if self.superseded(name, token):
             return []
         overrides = {"force"} if force else set()
-        return self._move(name, FAIL, overrides, now, waited=waited, reason=reason)
+        return self._move(name, FAIL, overrides, now=now, waited=waited, reason=reason)
 
-    def set_reason(self, name: str, reason: str, token: str = "") -> list[Record]:
+    def set_reason(self, name: str, reason: str, *, token: str = "") -> list[Record]:
         """Say what a started unit is doing (a service while it starts); not a transition.
         `token`: the reporting run's (a superseded run's reason changes nothing)."""
         _check_reason(name, reason)
@@ -355,32 +334,30 @@ class Graph:
                 code="not_started",
                 unit=name,
             )
-        return [] if unit.reason == reason else self._applied([Reason(name, reason)])
+        return [] if unit.reason == reason else [Reason(name, reason)]
 
     def reset(
         self,
-        name: str | None,
-        now: float,
+        name: str,
         *,
+        now: float,
         force: bool = False,
         owner_alive: OwnerAlive = _owners_run,
     ) -> list[Record]:
-        """Back to pending, edges kept; `None` resets every unit but those left alone.
+        """Back to pending, edges kept (every unit at once: `reset_all`).
 
         A unit whose run's owner still runs (`owner_alive`) is refused, unless `force`.
         """
-        if name is None:
-            return self.reset_all(now, force=force, owner_alive=owner_alive)[0]
         unit = self.units.get(name)
         alive = owner_alive(name) if unit is not None and unit.owner is not None else True
         overrides = self._owner_overrides(unit, alive, "force" if force else None)
         result = self._decide(name, RESET, overrides, alive)
-        return self._move(name, RESET, overrides, now, reason=_reset_reason(result, overrides))
+        return self._move(name, RESET, overrides, now=now, reason=_reset_reason(result, overrides))
 
     def reset_all(
         self,
-        now: float,
         *,
+        now: float,
         force: bool = False,
         owner_alive: OwnerAlive = _owners_run,
         only_failed: bool = False,
@@ -401,9 +378,9 @@ class Graph:
                 moves.append(Move(each, result.to, now, why, boot=self.boot))
             elif isinstance(result, Refuse):
                 left_alone.append(each)
-        return self._applied(moves), left_alone
+        return moves, left_alone
 
-    def live_run(self, name: str, owner_alive: bool | None) -> str:
+    def live_run(self, name: str, *, owner_alive: bool | None) -> str:
         """Why `reset` leaves `name` alone (it is refused or skipped): its run's owner, as a
         message names it, and the way out."""
         unit = self.units[name]
@@ -419,7 +396,7 @@ class Graph:
         unit = self.units.get(name)
         return unit is None or unit.token != token or unit.status == "pending"
 
-    def forget(self, name: str, now: float) -> list[Record]:
+    def forget(self, name: str, *, now: float) -> list[Record]:
         """Remove a unit nobody wants, with its history (typos must not live forever)."""
         self._decide(name, FORGET, set())
         dependents = self.units[name].dependents
@@ -430,7 +407,7 @@ class Graph:
                 code="in_use",
                 unit=name,
             )
-        return self._applied([Forget(name, now)])
+        return [Forget(name, now)]
 
     # --- the table, applied ----------------------------------------------------------------
 
@@ -461,22 +438,38 @@ class Graph:
         name: str,
         command: Command,
         overrides: set[str],
+        *,
         now: float,
+        waited: float | None = None,
+        reason: str | None = None,
+        owner: OwnerRecord | None = None,
+    ) -> list[Record]:
+        """`command`'s records for `name`, as the table decides it (or its refusal)."""
+        result = self._decide(name, command, overrides)
+        moved = self._moved(name, result, now, waited=waited, reason=reason, owner=owner)
+        return self._known(name, now) + moved
+
+    def _moved(
+        self,
+        name: str,
+        result: Go | Stay | Drop,
+        now: float,
+        *,
         token: str = "",
         waited: float | None = None,
         reason: str | None = None,
         owner: OwnerRecord | None = None,
         host: str = "",
     ) -> list[Record]:
-        result = self._decide(name, command, overrides)
-        records = self._known(name, now)
-        if isinstance(result, Go):
-            why = result.reason if reason is None else reason
-            records.append(Move(name, result.to, now, why, token, waited, owner, host, self.boot))
-        return self._applied(records)
+        """The move the table's `result` makes (none if it is not a `Go`); `reason`
+        instead of the table's, if given."""
+        if not isinstance(result, Go):
+            return []
+        why = result.reason if reason is None else reason
+        return [Move(name, result.to, now, why, token, waited, owner, host, self.boot)]
 
     def _marked_once(self, name: str, once: bool) -> list[Record]:
-        unit = self.units.get(name)  # (a replica that only decides has not applied Known)
+        unit = self.units.get(name)  # (a unit not yet known is marked after its Known)
         return [Once(name)] if once and not (unit is not None and unit.once) else []
 
     def _known(self, name: str, now: float) -> list[Record]:
@@ -508,8 +501,10 @@ class Graph:
 
     # --- snapshots -----------------------------------------------------------------------
 
-    def images(self) -> Iterator[UnitImage]:
-        for unit in self.units.values():
+    def images(self, names: Iterable[str] | None = None) -> Iterator[UnitImage]:
+        """Every unit's image (a snapshot), or those of the known units among `names`."""
+        units = self.units.values() if names is None else _known_of(self.units, names)
+        for unit in units:
             yield UnitImage(
                 unit.name,
                 unit.status,
@@ -572,6 +567,10 @@ class Graph:
                     parent[dep] = node
                     stack.append(dep)
         return None
+
+
+def _known_of(units: dict[str, Unit], names: Iterable[str]) -> Iterator[Unit]:
+    return (units[name] for name in names if name in units)
 
 
 def _check_reason(name: str, reason: str) -> None:

@@ -66,9 +66,9 @@ from unitsync.wire.protocol import (
     Welcome,
 )
 
-from ..broadcast import Watcher
 from ..holds import Holder
 from ..service import Service
+from ..starting import start_when_ready
 from .limits import Limits
 from .partial_frames import MeteredFrames, PartialFrames
 
@@ -357,7 +357,7 @@ async def _start(
         raise PeerGone("hung up while waiting to start")
 
     try:
-        return await service.start(request, progress, idle, holder)
+        return await start_when_ready(service, request, progress, idle, holder)
     except trio.Cancelled:  # the agent is shutting down: say so, then go
         await _say_goodbye(frames)
         raise
@@ -365,14 +365,12 @@ async def _start(
 
 async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoReturn:
     """Turn the connection into a stream of events until the peer hangs up."""
-    wanted = service.watch_filter(request.unit)
-    watcher = Watcher(wanted)
-    service.hub.watchers.add(watcher)
-    try:
+    with service.watching(request.unit) as watcher:
 
         async def full_view() -> None:
             """What it shows is on disk (taken again if some of it was refused)."""
-            await _send_units(frames, FullView(await service.durable_views(wanted), time.time()))
+            views = await service.durable_views(watcher.wanted)
+            await _send_units(frames, FullView(views, time.time()))
 
         async def stream() -> None:
             await full_view()
@@ -384,8 +382,6 @@ async def _watch(service: Service, frames: FrameStream, request: Watch) -> NoRet
                     await frames.send(Changed(view, at=time.time()))
 
         await _until_hangup(frames, stream)
-    finally:
-        service.hub.watchers.discard(watcher)
     raise PeerGone("stopped watching")
 
 

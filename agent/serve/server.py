@@ -27,13 +27,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import math
 import os
 import platform
 import resource
 import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +43,12 @@ from unitsync.wire.host.processes import is_running
 
 from ..boots import boot_identity
 from ..holds import RECLAIM_GRACE
+from ..log_throttle import Throttle
 from ..service import Service
+from ..store.base import Store
 from ..store.etcd.config import EtcdConfig
 from ..store.journal.writer import LOCK_NAME, lock_state_dir
-from ..store.open import RunningStore, open_store
+from ..store.open import open_store
 from .connection import refuse_busy, serve_connection
 from .limits import Limits
 from .partial_frames import PartialFrames
@@ -100,7 +99,6 @@ async def run_agent(
         ) as store:
             gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
             service = Service(
-                store.graph,
                 store,
                 socket=config.socket,
                 state_dir=config.state_dir,
@@ -119,7 +117,7 @@ async def run_agent(
 
 async def _serve(
     service: Service,
-    store: RunningStore,
+    store: Store,
     keeper: SocketKeeper,
     limits: Limits,
     config: AgentConfig,
@@ -201,7 +199,7 @@ class _Gate:
         self.limits = limits
         self.open = 0
         self.refused = 0
-        self.faults = _FaultLog()
+        self.faults = Throttle(FAULT_LOG_INTERVAL)
         self.partial = PartialFrames(limits.partial_frames)
 
     async def serve(self, service: Service, stream: trio.SocketStream) -> None:
@@ -221,7 +219,7 @@ class _Gate:
         except Exception as exc:
             # A bug in serving one client must not take the agent down for everyone, nor
             # may a peer that triggers it fill the log: one line, rate-limited.
-            self.faults.report(exc)
+            log_fault(self.faults, exc)
         finally:
             self.open -= 1
 
@@ -230,31 +228,20 @@ FAULT_LOG_INTERVAL = 60.0
 """At most one line per minute about connections that failed unexpectedly (plus a count)."""
 
 
-class _FaultLog:
-    """Logs an unexpected error while serving a connection: the first with its traceback,
+def log_fault(faults: Throttle, exc: Exception) -> None:
+    """Log an unexpected error while serving a connection: the first with its traceback,
     then one line a minute at most, counting the rest, so no peer can flood the log."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.count = 0
-        self.quiet_until = -math.inf
-        self.suppressed = 0
-
-    def report(self, exc: Exception) -> None:
-        self.count += 1
-        now = self.clock()
-        if now < self.quiet_until:
-            self.suppressed += 1
-            return
-        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
-        self.quiet_until, self.suppressed = now + FAULT_LOG_INTERVAL, 0
-        log.error(
-            "a connection failed unexpectedly and was closed: %s: %s%s",
-            type(exc).__name__,
-            exc,
-            more,
-            exc_info=exc if self.count == 1 else None,
-        )
+    held_back = faults.passes()
+    if held_back is None:
+        return
+    more = f" ({held_back} more since the last report)" if held_back else ""
+    log.error(
+        "a connection failed unexpectedly and was closed: %s: %s%s",
+        type(exc).__name__,
+        exc,
+        more,
+        exc_info=exc if faults.passed == 1 else None,
+    )
 
 
 RESERVED_FILES = 64

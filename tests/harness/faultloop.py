@@ -43,6 +43,7 @@ import trio.testing
 from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.records import Record
 from unitsync.agent.service import Service
+from unitsync.agent.starting import start_when_ready
 from unitsync.agent.store.journal import logfile
 from unitsync.agent.store.journal.writer import (
     COMPACT_RETRY_MAX,
@@ -75,7 +76,8 @@ def start(unit: str, limit: float = WAIT_LIMIT) -> Command:
             pass
 
         with trio.move_on_after(limit):
-            return await service.start(Start(unit, rerun=True, token=f"t-{unit}"), progress)
+            request = Start(unit, rerun=True, token=f"t-{unit}")
+            return await start_when_ready(service, request, progress)
         return "still waiting"
 
     return run
@@ -180,9 +182,7 @@ class FaultRun:
         steps = list(STEPS)
         while steps:
             journal = self._open()
-            service = Service(
-                journal.graph, journal, socket=Path("unused"), state_dir=self.folder, clock=_now
-            )
+            service = Service(journal, socket=Path("unused"), state_dir=self.folder, clock=_now)
             self._spy(service)
             try:
                 async with trio.open_nursery() as nursery:

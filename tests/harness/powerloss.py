@@ -199,25 +199,25 @@ def _change(graph: Graph, rng: random.Random, now: float) -> list[Record]:
     try:
         match rng.randrange(5):
             case 0:
-                return graph.want(name, [dep], now)[0]
+                return graph.want(name, [dep], now=now)[0]
             case 1:
-                records = graph.admit(name, True, now)
+                records = graph.admit(name, rerun=True, now=now)
                 if graph.readiness(name).ready:
-                    records += graph.start(name, True, now, token=reason[:16])
+                    records += graph.start(name, rerun=True, now=now, token=reason[:16])
                 return records
             case 2:
-                return graph.complete(name, True, now)
+                return graph.complete(name, force=True, now=now)
             case 3:
-                return graph.fail(name, reason, now, force=True)
+                return graph.fail(name, reason, now=now, force=True)
             case _:
-                return graph.reset(name, now)
+                return graph.reset(name, now=now)
     except Refused:
         return _new_unit(graph, rng, now)
 
 
 def _new_unit(graph: Graph, rng: random.Random, now: float) -> list[Record]:
     """A change that is never refused: a new unit wanting an old one."""
-    return graph.want(f"new-{len(graph.units)}", [rng.choice(UNITS)], now)[0]
+    return graph.want(f"new-{len(graph.units)}", [rng.choice(UNITS)], now=now)[0]
 
 
 # --- checking every crash state ------------------------------------------------------------

@@ -9,7 +9,7 @@ these types absorb:
 - fields at their default value (0, false, "", empty lists, `PUT` events) are left out:
   every field here has the same default.
 
-No I/O here: `etcd_client` sends these, `etcd_store` builds and reads them. Only the fields
+No I/O here: `client.py` sends these, `store.py` builds and reads them. Only the fields
 unitsync uses are declared; the rest of each reply is skipped by the decoder.
 """
 

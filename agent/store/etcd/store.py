@@ -12,15 +12,16 @@ Keys, under the prefix P of `--store etcd://.../P`:
 Replica. Each agent lists P/units/ at a revision R, then watches P/changes/ from R+1 (and
 lists again if that revision was compacted away). The watch is the only way changes reach
 the replica, this agent's own included, so every agent applies the same records in the
-same (revision) order through `Graph.apply`, as the journal's replay does. Reads, `status`
+same (revision) order through `Graph.apply`, as the journal's replay does: the watch is
+the only path by which the replica changes. Listing afresh builds a new graph, which
+replaces the replica (`Changes.replaced`). Reads, `status`
 and waits use the replica alone; a `complete` on host B wakes a `start` on host A when the
 watch brings it. Unit keys are written only with a change key in the same txn: don't
 edit them by hand (an agent that notices lists again).
 
 A change, from `commit`:
 
-1. decide: the command runs against the replica (whose `applies_decisions` is off: the
-   graph returns records and stays as it is);
+1. decide: the command runs against the replica (it returns records and changes nothing);
 2. one txn puts the new images of the units the records write, P/edges if they add an
    edge, and the change's own key. Its compares are the change's real preconditions:
    every unit it writes or is about (and a start's dependencies, whose states made it
@@ -62,7 +63,11 @@ Boots per host (SPEC §7 and §10): a start's `Move` names the host whose agent 
 (and that host's boot); a host's workspace restart is one `decide` that moves to pending
 every non-pending unit whose latest run that host started (not the completed one-time
 units), committed with `commit(decide, None)`: in batches like `reset --all`. The host's
-own boot number lives in its agent's state dir (`host_boot`), not here.
+own boot number lives in its agent's state dir (`host_boot`), not in etcd; the replica
+carries it across listings.
+
+Retries back off (`wire.host.backoff`) from BACKOFF_FIRST to BACKOFF_LIMIT; warnings about
+etcd staying unreachable are rate-limited (`log_throttle`).
 """
 
 from __future__ import annotations
@@ -73,17 +78,22 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import trio
 
 from unitsync.wire.errors import NotDurable, Refused
 from unitsync.wire.graph_id import is_graph_id, new_graph_id
+from unitsync.wire.host.backoff import Backoff
 
 from ...core.graph import Graph
-from ...core.records import Edge, Move, Record, UnitImage
+from ...core.records import Boot, BootImage, Edge, Move, Record, UnitImage
 from ...files import SetupError
+from ...log_throttle import Throttle
+from ..base import Changes, Decide
+from . import host_boot
 from .client import EtcdClient, EtcdCompacted, EtcdError, EtcdRefused, EtcdUnavailable
 from .config import EtcdConfig
 from .messages import (
@@ -100,9 +110,6 @@ from .messages import (
     WatchResponse,
     prefix_end,
 )
-
-if TYPE_CHECKING:
-    from ...service import Changes, Decide
 
 log = logging.getLogger("unitsync.etcd")
 
@@ -124,6 +131,9 @@ stuck and reopened (the watch normally brings it as fast as the txn's own reply)
 COMPACT_EVERY = 300.0
 """How often the agents compact etcd's history, and how much of it they keep: enough for
 a watch to resume after a short outage without listing again."""
+BACKOFF_FIRST = 0.05
+"""First pause before trying etcd again: a member restarting or electing a leader is back
+within tens of milliseconds."""
 BACKOFF_LIMIT = 1.0
 """Longest pause between attempts to reach etcd: waiters resume within it once etcd is back."""
 FINAL_REFUSALS = frozenset({"invalid", "cycle"})
@@ -174,18 +184,22 @@ class _Plan:
 
 
 class EtcdStore:
-    shared = True
-    """Several agents, on several hosts, share this graph: a boot is each host's own."""
+    recovers_unaided = True
+    """A change refused while etcd is unreachable may go through once it is back."""
 
-    def __init__(self, config: EtcdConfig, client: EtcdClient) -> None:
+    def __init__(self, config: EtcdConfig, client: EtcdClient, state_dir: Path) -> None:
         self.config = config
         self.client = client
+        self.state_dir = state_dir
+        """This agent's own state dir: the host's boot is kept there (`host_boot`)."""
         self.location = config.url
         self.keys = _Keys.under(config.prefix)
         self.graph_id = ""
         """The graph's id, read (or created) from P/graph when the store opens."""
         self.graph = Graph()
-        self.graph.applies_decisions = False
+        """The replica; replaced by a new one each time the graph is listed afresh."""
+        self._boot = BootImage(0, "", 0.0)
+        """This host's boot, carried into every replica (etcd does not hold it)."""
         self.revision = 0
         """Every change up to this etcd revision is in the replica."""
         self.mods: dict[str, int] = {}
@@ -198,11 +212,11 @@ class EtcdStore:
         self._watch_scope: trio.CancelScope | None = None
         self._must_list = False
         self._leases = _Leases(client, ttl=max(60, math.ceil(3 * config.timeout)))
-        self._quiet_until = -math.inf
+        self._trouble = Throttle(LOG_EVERY, clock=trio.current_time)
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: EtcdConfig) -> AsyncIterator[EtcdStore]:
+    async def open(cls, config: EtcdConfig, state_dir: Path) -> AsyncIterator[EtcdStore]:
         """Connect and list the graph (waiting for etcd as long as it takes)."""
         try:
             client = EtcdClient(
@@ -216,7 +230,7 @@ class EtcdStore:
         except EtcdRefused as exc:
             raise SetupError(str(exc)) from None
         try:
-            store = cls(config, client)
+            store = cls(config, client, state_dir)
             await store._take_graph_id()
             await store._first_list()
             yield store
@@ -239,6 +253,24 @@ class EtcdStore:
 
     async def settle(self) -> None:
         await trio.lowlevel.checkpoint()  # nothing in the replica can be taken back
+
+    async def begin_boot(self, identity: str, *, now: float, host: str) -> int:
+        """The boot is this host's own, kept in its state dir: a new one starts over only
+        the units whose latest run `host`'s agent started (SPEC §10)."""
+        known = await trio.to_thread.run_sync(host_boot.load, self.state_dir)
+        if known is not None and known.identity == identity:
+            self._take_boot(BootImage(known.number, identity, known.since))
+            return known.number
+        self._take_boot(BootImage(known.number + 1 if known is not None else 1, identity, now))
+        if known is not None:  # a crash before `save` starts over the same units again: no-op
+            await self.commit(lambda: self.graph.restart_host(host, now=now), None)
+        await trio.to_thread.run_sync(host_boot.save, self.state_dir, self._boot)
+        return self._boot.number
+
+    def _take_boot(self, boot: BootImage) -> None:
+        """This host's boot, in the replica now and in every one listed from now on."""
+        self._boot = boot
+        self.graph.apply(Boot(boot.number, boot.identity, boot.since, restart=False))
 
     async def commit(
         self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
@@ -361,12 +393,13 @@ class EtcdStore:
 
     async def _send(self, plan: _Plan, deadline: float) -> TxnResponse:
         """The txn's answer, sending it again (unchanged) while etcd does not give one."""
-        delay, sent = 0.05, False  # sent: an attempt may have reached etcd unanswered
+        backoff, sent = _backoff(), False  # sent: an attempt may have reached etcd unanswered
         while True:
             try:
                 return await self.client.txn(plan.request, deadline=deadline)
             except EtcdUnavailable as exc:
                 sent |= exc.maybe_applied
+                delay = backoff.next()
                 if trio.current_time() + delay > deadline:
                     raise NotDurable(_unreachable(exc, sent)) from None
                 self._warn(f"etcd did not take a change, retrying: {exc}")
@@ -377,7 +410,6 @@ class EtcdStore:
                     raise NotDurable(_unreachable(exc, sent)) from None
                 raise NotDurable(f"etcd refused the change ({exc}); nothing was changed") from None
             await trio.sleep(delay)
-            delay = min(2 * delay, BACKOFF_LIMIT)
 
     async def _confirm(self, about: Sequence[str] | None, deadline: float) -> None:
         """Bring the replica up to etcd's present for the units `about` (None: all of them)."""
@@ -403,11 +435,12 @@ class EtcdStore:
     ) -> T:
         """`call(deadline)` (which sends nothing that changes anything), again while etcd is
         unreachable, until `deadline`."""
-        delay = 0.05
+        backoff = _backoff()
         while True:
             try:
                 return await call(deadline)
             except EtcdUnavailable as exc:
+                delay = backoff.next()
                 if trio.current_time() + delay > deadline:
                     what = "could not confirm this answer" if reading else "nothing was changed"
                     raise NotDurable(f"etcd is unreachable ({exc}); {what}: retry") from None
@@ -415,7 +448,6 @@ class EtcdStore:
             except EtcdRefused as exc:
                 raise NotDurable(f"etcd refused a request ({exc}); nothing was changed") from None
             await trio.sleep(delay)
-            delay = min(2 * delay, BACKOFF_LIMIT)
 
     async def _caught_up(self, deadline: float, revision: int) -> bool:
         """Wait until the replica holds `revision`; False if it does not by `deadline`.
@@ -476,7 +508,7 @@ class EtcdStore:
             [_put(key, mine.encode())],
             [Op(request_range=RangeRequest(key))],
         )
-        delay = 0.05
+        backoff = _backoff()
         while True:
             try:
                 reply = await self.client.txn(request)
@@ -485,8 +517,7 @@ class EtcdStore:
                 self._warn(f"waiting for etcd at {self.location}: {exc}")
             except EtcdRefused as exc:
                 raise SetupError(f"cannot read the graph's id at {self.location}: {exc}") from None
-            await trio.sleep(delay)
-            delay = min(2 * delay, BACKOFF_LIMIT)
+            await trio.sleep(backoff.next())
         if reply.succeeded:
             self.graph_id = mine
             log.info("%s holds no graph yet: its graph is %s", self.location, mine)
@@ -502,7 +533,7 @@ class EtcdStore:
         self.graph_id = value
 
     async def _first_list(self) -> None:
-        delay = 0.05
+        backoff = _backoff()
         while True:
             try:
                 await self._list()
@@ -514,8 +545,7 @@ class EtcdStore:
                 raise SetupError(f"cannot load the graph from {self.location}: {exc}") from None
             else:
                 return
-            await trio.sleep(delay)
-            delay = min(2 * delay, BACKOFF_LIMIT)
+            await trio.sleep(backoff.next())
 
     async def _list(self) -> None:
         """Load every unit as of one revision: the replica starts again from there."""
@@ -532,10 +562,10 @@ class EtcdStore:
             kvs += reply.kvs
         edges = await self.client.range(RangeRequest(keys.edges, revision=revision))
         try:
-            fresh = Graph.from_images([_UNIT.decode(kv.value) for kv in kvs])
+            fresh = Graph.from_images([_UNIT.decode(kv.value) for kv in kvs], self._boot)
         except (msgspec.DecodeError, KeyError) as exc:
             raise _Diverged(f"the units under {keys.units!r} do not form a graph: {exc}") from None
-        self.graph.units = fresh.units
+        self.graph = fresh
         self.mods = {kv.key[len(keys.units) :].decode(): kv.mod_revision for kv in kvs}
         self.edges_mod = edges.kvs[0].mod_revision if edges.kvs else 0
         self._advance(revision)
@@ -551,7 +581,7 @@ class EtcdStore:
 
     async def _follow(self) -> None:
         """Keep the replica fed: watch from the revision after the last one applied."""
-        delay = 0.05
+        backoff = _backoff()
         while True:
             if self._must_list:
                 try:
@@ -559,8 +589,7 @@ class EtcdStore:
                     self._must_list = False
                 except (EtcdError, _Diverged) as exc:
                     self._warn(f"cannot list the graph from {self.location}: {exc}")
-                    await trio.sleep(delay)
-                    delay = min(2 * delay, BACKOFF_LIMIT)
+                    await trio.sleep(backoff.next())
                     continue
             request = WatchCreateRequest(
                 self.keys.changes,
@@ -585,10 +614,9 @@ class EtcdStore:
                     self._warn(f"the watch on {self.location} broke ({exc}); resuming it")
             self._watch_scope = None
             if self.revision > seen or self._must_list:
-                delay = 0.05
+                backoff.reset()
             else:
-                await trio.sleep(delay)
-                delay = min(2 * delay, BACKOFF_LIMIT)
+                await trio.sleep(backoff.next())
 
     def _reopen_watch(self) -> None:
         if self._watch_scope is not None:
@@ -653,9 +681,7 @@ class EtcdStore:
 
     def _warn(self, message: str) -> None:
         """Log etcd trouble: the first time, then at most every `LOG_EVERY` seconds."""
-        now = trio.current_time()
-        if now >= self._quiet_until:
-            self._quiet_until = now + LOG_EVERY
+        if self._trouble.passes() is not None:
             log.warning("%s", message)
 
 
@@ -685,6 +711,11 @@ class _Leases:
             self.renew_at = -math.inf
 
 
+def _backoff() -> Backoff:
+    """The pauses between attempts to reach etcd."""
+    return Backoff(BACKOFF_FIRST, BACKOFF_LIMIT)
+
+
 def _images_after(graph: Graph, records: list[Record]) -> dict[str, UnitImage]:
     """The images of the units `records` write, once applied (the replica stays as it is).
 
@@ -693,10 +724,8 @@ def _images_after(graph: Graph, records: list[Record]) -> dict[str, UnitImage]:
     """
     names = dict.fromkeys(record.unit for record in records)
     targets = {record.dep for record in records if isinstance(record, Edge)}
-    view = Graph()
-    view.units = {n: graph.units[n] for n in (*names, *targets) if n in graph.units}
-    images = list(view.images())
-    missing = {dep for image in images for dep in image.deps} - view.units.keys()
+    images = list(graph.images(dict.fromkeys([*names, *targets])))
+    missing = {dep for image in images for dep in image.deps} - {image.name for image in images}
     stubs = [UnitImage(name, "pending", 0.0, "", [], []) for name in missing]
     scratch = Graph.from_images(images + stubs)
     for record in records:

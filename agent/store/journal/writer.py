@@ -22,13 +22,13 @@ When the disk fails (SPEC §4):
 
 - No space (ENOSPC, EDQUOT) for a batch: the log is cut back to its last whole
   entry (truncate, fsync) and every change not yet durable is refused with
-  `NotDurable`. The service applies changes to the graph before they reach the
-  journal (so commands sharing a group commit see each other), and later changes
-  may build on a refused one, so all of them are refused together, and the graph
-  is rebuilt from the durable files by the same code as a restart (compaction
-  keeps that short) and taken over by the graph the service holds (`Changes.replaced`,
-  as when etcd lists afresh). Nothing retries a change: the next change just tries
-  again, so changes work as soon as there is room.
+  `NotDurable`. The journal applies each change to its graph as it appends it (so
+  commands sharing a group commit see each other), and later changes may build on a
+  refused one, so all of them are refused together, and the graph is rebuilt from the
+  durable files by the same code as a restart (compaction keeps that short): it
+  replaces the journal's graph, and the service hears of it (`Changes.replaced`, as
+  when etcd lists afresh). Nothing retries a change: the next change just tries again,
+  so changes work as soon as there is room.
 - A journal that fills its disk by itself frees it: a refusal makes the writer try a
   compaction at once (the snapshot of the live graph is usually far smaller than the
   log), if it would take less room than the snapshot and log it replaces. Until one
@@ -49,8 +49,10 @@ The graph's id (SPEC §11) is in every log header and snapshot (`logfile`): made
 state dir is created, carried through every compaction. A state dir written before graphs
 had ids takes one on its first open, made durable by the log's rewrite on recovery.
 
-As the service's `Store`, the journal is the one-host case: a command is decided once, on
-the graph it applies to at once, and the caller waits for the batch's fsync.
+As the service's `Store` (`agent/store/base.py`), the journal is the one-host case: a
+command is decided once, its records are applied to the journal's graph as they are
+appended, and the caller waits for the batch's fsync. A boot is one of its records
+(`records.Boot`).
 """
 
 from __future__ import annotations
@@ -65,21 +67,20 @@ import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import trio
 
 from unitsync.wire.errors import AgentGone, NotDurable
 from unitsync.wire.graph_id import new_graph_id
+from unitsync.wire.host.backoff import Backoff
 
 from ...core.graph import Graph
 from ...core.records import BootImage, Record, UnitImage
 from ...files import SetupError, ensure_private_dir, exclusive_lock
+from ..base import Changes, Decide
 from . import logfile
 from .disk import REAL_DISK, Disk, append_all, close_quietly, write_durably, write_temp
-
-if TYPE_CHECKING:
-    from ...service import Changes, Decide
 
 log = logging.getLogger("unitsync.journal")
 
@@ -149,6 +150,8 @@ class Journal:
         self.log_path = state_dir / LOG_NAME
         self.snapshot_path = state_dir / SNAPSHOT_NAME
         self.graph = graph
+        """The graph as the durable files and the appends since hold it; replaced whole
+        when changes are refused (`_refuse`)."""
         self.generation = generation
         self.graph_id = graph_id
         """The graph's identity (SPEC §11): in every log header and snapshot, for good."""
@@ -171,7 +174,7 @@ class Journal:
         that found no room), None if none is: tried at `_retry_at`, and again with backoff."""
         self._retry_at = 0.0
         """trio time before which no compaction is tried (after one found no room)."""
-        self._retry_delay = COMPACT_RETRY_FIRST
+        self._retry_delays = Backoff(COMPACT_RETRY_FIRST, COMPACT_RETRY_MAX)
         self._compact_tries = 0
         """Compactions that found no room since the last that did."""
         self._pending: list[bytes] = []
@@ -192,8 +195,8 @@ class Journal:
         self._broken: JournalError | None = None
         self._changes: Changes | None = None
         self.location = str(state_dir.absolute())
-        self.shared = False
-        """One agent's own graph: a boot is one of its records (`records.Boot`)."""
+        self.recovers_unaided = False
+        """A change refused for want of room goes through only once someone frees some."""
         self.fsyncs = 0
         """How many fsyncs of the log so far (group commit makes it far fewer than appends)."""
 
@@ -265,7 +268,7 @@ class Journal:
     async def commit(
         self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
     ) -> list[Record]:
-        """Decide (the graph applies the records as it decides), append, wait for the fsync.
+        """Decide, apply and append, then wait for the fsync.
 
         The service hears of the change before the fsync, so a waiter it wakes can have its
         own change in the same batch; nothing is acknowledged before the batch is on disk.
@@ -280,6 +283,12 @@ class Journal:
     async def settle(self) -> None:
         await self.durable(self._barrier)
 
+    async def begin_boot(self, identity: str, *, now: float, host: str) -> int:
+        """A new boot is one record of the journal; the graph's `Boot` starts every unit
+        over (SPEC §7). `host` plays no part: this graph is one host's own."""
+        await self.commit(lambda: self.graph.begin_boot(identity, now=now), None)
+        return self.graph.boot
+
     @property
     def applied_seq(self) -> int:
         """The last change the graph holds: refused ones are undone, so not those."""
@@ -288,8 +297,12 @@ class Journal:
     # --- appending ---------------------------------------------------------------------------
 
     def append(self, records: list[Record]) -> int:
-        """Buffer one command's records; return the sequence number to wait `durable` for."""
+        """Apply one command's records to the graph and buffer them; return the sequence
+        number to wait `durable` for."""
         if records:
+            apply = self.graph.apply
+            for record in records:
+                apply(record)
             self._pending.append(logfile.entry(records))
             self._pending_records += len(records)
             self._appended += 1
@@ -377,7 +390,7 @@ class Journal:
             append_all(disk, fd, data)
             self._crash_point("entry-written")
             doing = "fsync of"
-            disk.fsync(fd)
+            self._sync_batch(fd)
         except OSError as exc:
             failure = _Failed(doing, self.log_path, exc)
             if failure.no_space:
@@ -385,6 +398,12 @@ class Journal:
             raise failure from exc
         self._torn = False
         self.fsyncs += 1
+
+    def _sync_batch(self, fd: int) -> None:
+        """Make the batch just written durable: one fsync, never retried. A failed fsync
+        may have dropped the pages it was to write, and a second would then succeed with
+        them never on disk (fsyncgate): the failure is final (`_stop`)."""
+        self._disk.fsync(fd)
 
     def _written(self, size: int, records: int, upto: int) -> None:
         self._log_bytes += size
@@ -440,7 +459,7 @@ class Journal:
             self._refused.append((after, upto, message))
         self._refused_upto = upto
         self._barrier = after
-        self.graph.become(graph)  # the service holds this same graph
+        self.graph = graph
         if self._changes is not None:
             self._changes.replaced(upto)
         self._wake()
@@ -555,9 +574,8 @@ class Journal:
         """A compaction (or its fresh log) found no room: try again after the backoff."""
         self._compaction_owed = self._compaction_owed or "a compaction found no room"
         self._compact_tries += 1
-        delay = self._retry_delay
+        delay = self._retry_delays.next()
         self._retry_at = trio.current_time() + delay
-        self._retry_delay = min(delay * 2, COMPACT_RETRY_MAX)
         if self._compact_tries == 1:
             log.warning(
                 "could not compact the journal (%s); trying again in %gs, backing off to "
@@ -573,7 +591,8 @@ class Journal:
                 "the journal is compacted after %d tries that found no room", self._compact_tries
             )
         self._compaction_owed, self._compact_tries = None, 0
-        self._retry_at, self._retry_delay = 0.0, COMPACT_RETRY_FIRST
+        self._retry_at = 0.0
+        self._retry_delays.reset()
 
     def _compact(self, boot: BootImage, images: list[UnitImage], only_if_smaller: bool) -> bool:
         """Steps 2 and 3 of the module docstring (step 1 is the batch just written), in a

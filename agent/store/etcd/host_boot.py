@@ -4,6 +4,9 @@ With the local journal the boot is a record of the journal itself (`records.Boot
 graph shared through etcd each host restarts on its own (SPEC §10): its boot number and
 identity are its own, so they live in its agent's state dir, written durably like the
 snapshot. Each agent locks its state dir, so one agent writes this file.
+
+Blocking file work: the etcd store calls these in a worker thread, at start-up. A file that
+cannot be read or written raises its OSError.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from pathlib import Path
 
 import msgspec
 
-from .core.records import BootImage
-from .store.journal.disk import REAL_DISK, write_durably
+from ...core.records import BootImage
+from ..journal.disk import REAL_DISK, write_durably
 
 BOOT_NAME = "boot"
 
