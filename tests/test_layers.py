@@ -4,6 +4,10 @@
   `unitsync` dozens of times at start-up, and trio's import is most of a call's cost.
 - The agent never imports the client or the command line, and `wire/` (what both sides
   share) imports neither side: a change on one side cannot reach the other unseen.
+- Inside the agent (issue 21): `agent/core/` is pure (no trio, and nothing of the agent
+  outside the core), so a replay and a test run exactly the code a request does; the
+  stores (`agent/store/`) know nothing of serving a socket (`agent/serve/`); and `wire/`
+  outside `wire/host/` is sans-IO: no trio, on either side of a connection.
 
 Each check imports modules one at a time in a fresh interpreter and names the first one
 that brings in what it must not, so a failure says where to look.
@@ -32,6 +36,13 @@ def modules(package: str) -> list[str]:
         for info in pkgutil.iter_modules(found.__path__)
         if info.name != "__main__"  # runs the command line on import
     )
+
+
+def all_modules(package: str) -> list[str]:
+    """Every module of `package` and of its subpackages, the package's own too."""
+    found = importlib.import_module(package)
+    below = pkgutil.walk_packages(found.__path__, prefix=f"{package}.")
+    return sorted([package, *(info.name for info in below)])
 
 
 def first_to_import(names: list[str], forbidden: list[str]) -> str | None:
@@ -75,3 +86,37 @@ def test_the_check_names_the_module_that_breaks_a_rule() -> None:
     """The harness has teeth: trio's own client is caught, and named."""
     found = first_to_import(["unitsync.wire.session", "unitsync.client.async_client"], ["trio"])
     assert found is not None and found.startswith("unitsync.client.async_client -> trio")
+
+
+def test_the_core_of_the_agent_is_pure() -> None:
+    """No trio, no store, no service: only the core's own modules (and the wire's)."""
+    names = all_modules("unitsync.agent.core")
+    assert "unitsync.agent.core.graph" in names
+    outside = [
+        m
+        for m in all_modules("unitsync.agent")
+        if m not in names and m != "unitsync.agent"  # (the package itself holds nothing)
+    ]
+    assert first_to_import(names, ["trio", *outside]) is None
+
+
+def test_the_stores_know_nothing_of_serving_a_socket() -> None:
+    names = all_modules("unitsync.agent.store")
+    assert "unitsync.agent.store.journal.writer" in names
+    assert "unitsync.agent.store.etcd.store" in names
+    assert first_to_import(names, ["unitsync.agent.serve"]) is None
+
+
+def test_the_wire_outside_the_host_is_sans_io_on_both_sides() -> None:
+    names = [m for m in all_modules("unitsync.wire") if not m.startswith("unitsync.wire.host")]
+    assert "unitsync.wire.serving" in names and "unitsync.wire.session" in names
+    assert first_to_import(names, ["trio"]) is None
+
+
+def test_the_new_rules_catch_what_they_forbid() -> None:
+    """The harness has teeth for the agent's rooms too: the service is not the core's, and
+    the server is not a store's."""
+    found = first_to_import(["unitsync.agent.core.graph", "unitsync.agent.service"], ["trio"])
+    assert found is not None and found.startswith("unitsync.agent.service -> trio")
+    serve = first_to_import(["unitsync.agent.serve.server"], ["unitsync.agent.serve.connection"])
+    assert serve is not None

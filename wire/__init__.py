@@ -4,7 +4,8 @@
     framing       bytes <-> frames: the length prefix, the size limit, the one decode path
     errors        every error unitsync reports, its wire code and its exit status
     bounds        what a unit may hold: every bound on what the agent stores, and the checks
-    frame_stream  frames over a trio socket (the only module here that imports trio)
+    serving       the agent's side of a connection, sans-IO: the hello, what may be sent
+                  when, replies split over frames (the counterpart of `session`)
     paths         where the agent listens and keeps its state by default
     processes     processes as /proc names them: a run's owner, and does it still run
     local         Unix facts both sides need: the peer of a socket, sd_notify receivers

@@ -1,0 +1,244 @@
+"""The agent's side of one connection, with no I/O: frames in, frames to send out.
+
+The counterpart of `session.py` (the client's side), in the same style: the agent's
+connection task (`agent/serve/connection.py`) reads frames, hands their bodies to a
+`Serving`, carries out the requests it returns, and sends the frames it is given. Every
+rule of the agent's side of the protocol lives here once:
+
+- peers: only the agent's own user may talk to it (`untrusted`: the refusal, sent before
+  the hello is read; the uid comes from SO_PEERCRED, read by the caller);
+- the hello: the first frame must be a `Hello` of this protocol version, answered with the
+  `Welcome` naming the graph served (SPEC §11); nothing is sent before the welcome but a
+  refusal; a hello naming another graph (its client talked to another agent at this
+  socket before) gets its welcome, then `graph_changed`, and the connection ends before
+  any request is read, so nothing is carried out on a graph the client did not start with;
+- requests: each frame after the hello is one request, decoded and checked against the
+  bounds (`bounds.check_request`); a frame that is neither is answered with the `Error`
+  that says why, and the connection goes on (the frame boundary is intact); a second
+  hello is a protocol error;
+- what may be sent when: one exchange at a time, each answered with the replies its
+  request may get (`session.EXPECTED`, the client's own table), a start's `Waiting`s
+  before its `Started`, a watch's events until the connection ends; a reply holding a
+  list of units is split over frames under the size limit (`more` on all but the last);
+- orders (a held run was superseded): pushed by another task at any time, sent only
+  between exchanges, so an order never lands inside a reply, and never before the welcome.
+
+Error rules: a peer's mistake is answered with an `Error` frame (`protocol`, or the
+refusal a bound makes) and changes no state but the exchange's; the agent's own mistake
+(a reply the exchange does not allow, a frame sent in the wrong state) raises
+`RuntimeError`, a bug to fix, never sent.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from unitsync.wire import __version__
+from unitsync.wire.bounds import MAX_DEPS, check_request
+from unitsync.wire.errors import ProtocolError, UnitsyncError, to_reply
+from unitsync.wire.framing import MAX_FRAME, chunked, decode_request
+from unitsync.wire.graph_id import short
+from unitsync.wire.protocol import (
+    PROTOCOL_VERSION,
+    Changed,
+    Error,
+    FullView,
+    Hello,
+    Order,
+    Request,
+    Start,
+    StatusReply,
+    Waiting,
+    Watch,
+    Welcome,
+)
+from unitsync.wire.session import EXPECTED, FINAL
+
+SHUTTING_DOWN = Error(
+    "shutting_down", "the agent is shutting down; a waiting start reconnects to the next one"
+)
+"""What a waiting start or a watch is told when the agent stops in order."""
+
+Frame = msgspec.Struct
+"""A message to send as one frame (`framing.encode` makes its bytes)."""
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    """Connected: the first frame must be a hello; nothing but a refusal goes out yet."""
+    IDLE = "idle"
+    """Between exchanges: a request may come; orders go out."""
+    SERVING = "serving"
+    """A request is being answered: its replies only (a start's `Waiting`s first)."""
+    WATCHING = "watching"
+    """A watch: its events, until the connection ends."""
+    CLOSED = "closed"
+    """Nothing more is read; the connection ends."""
+
+
+def untrusted(uid: int, me: int) -> Error | None:
+    """The refusal for a peer running as another user (None: it may talk to the agent)."""
+    if uid == me:
+        return None
+    return Error("untrusted", f"uid {uid} may not use this agent; it serves uid {me} only")
+
+
+def busy(max_connections: int) -> Error:
+    """The refusal for a connection past the cap, sent at once instead of leaving it hanging."""
+    return Error(
+        "busy",
+        f"the agent is serving its limit of {max_connections} connections; "
+        "retry later, or raise --max-connections",
+    )
+
+
+def too_large(size: int) -> Error:
+    """What answers a request whose reply would not fit in a frame (none should: a bug)."""
+    return Error(
+        "protocol",
+        f"the reply would be {size} bytes, past the {MAX_FRAME}-byte frame limit, so it was "
+        "not sent; every reply should fit (SPEC §12): please report this as a bug",
+    )
+
+
+class Serving:
+    """The agent's side of one connection: what the frames received ask, what to send."""
+
+    def __init__(self, graph: str, state: str, pid: int) -> None:
+        self.welcome = Welcome(PROTOCOL_VERSION, __version__, pid, graph, state)
+        """What every accepted hello is answered with: the graph served, where it is kept."""
+        self.state = State.GREETING
+        self._request: Request | None = None
+        """The request being answered (SERVING, WATCHING)."""
+        self._orders: list[Order] = []
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def hello(self, body: bytes) -> list[Frame]:
+        """The frames that answer the first frame; the connection goes on if `state` is
+        IDLE after them, and ends if it is CLOSED."""
+        self._expect(State.GREETING, "a hello")
+        hello = _decoded(body)
+        self.state = State.CLOSED
+        if isinstance(hello, Error):  # it did not decode: say why
+            return [hello]
+        if not isinstance(hello, Hello):
+            return [Error("protocol", "the first frame must be a hello stating the version")]
+        if hello.version != PROTOCOL_VERSION:
+            return [
+                Error(
+                    "protocol",
+                    f"protocol version {hello.version} is not supported; this agent "
+                    f"({__version__}) speaks version {PROTOCOL_VERSION}: use a matching "
+                    "unitsync",
+                )
+            ]
+        graph, state = self.welcome.graph, self.welcome.state
+        if hello.graph and hello.graph != graph:
+            changed = Error(
+                "graph_changed",
+                f"this agent serves graph {short(graph)} (state in {state}), not graph "
+                f"{short(hello.graph)}, the one this client talked to before; nothing was done",
+            )
+            return [self.welcome, changed]
+        self.state = State.IDLE
+        return [self.welcome]
+
+    def request(self, body: bytes) -> Request | Error:
+        """The request in a frame, to carry out; or the `Error` that answers a frame that
+        is not a valid request (send it with `reply`). Either way an exchange begins."""
+        self._expect(State.IDLE, "a request")
+        request = _decoded(body)
+        self.state = State.SERVING
+        if isinstance(request, Error):
+            return request
+        if isinstance(request, Hello):
+            return Error("protocol", "hello may only be sent once, as the first frame")
+        try:
+            check_request(request)
+        except UnitsyncError as exc:
+            return to_reply(exc)
+        self._request = request
+        return request
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def reply(self, message: Frame) -> list[Frame]:
+        """The frames that carry `message`, a reply or an event of the exchange under way
+        (a `StatusReply` or `FullView` split under the frame limit); the exchange ends with
+        its final reply or an `Error`."""
+        if self.state is State.WATCHING:
+            if not isinstance(message, FullView | Changed):
+                raise RuntimeError(f"a watch sends no {type(message).__name__}")
+            return _frames(message)
+        self._expect(State.SERVING, f"a {type(message).__name__}")
+        request = self._request
+        if isinstance(message, Error):
+            self._end()
+            return [message]
+        if request is None or not isinstance(message, EXPECTED[type(request)]):
+            what = type(request).__name__ if request is not None else "a bad frame"
+            raise RuntimeError(f"{type(message).__name__} does not answer {what}")
+        if isinstance(message, Waiting) and len(message.on) > MAX_DEPS:
+            # A unit from a journal written before the bound: the client's frame stays legal.
+            message = msgspec.structs.replace(message, on=message.on[:MAX_DEPS])
+        if isinstance(request, Watch):
+            self.state = State.WATCHING
+        elif isinstance(message, FINAL):
+            self._end()
+        return _frames(message)
+
+    def closing(self, error: Error) -> list[Frame]:
+        """The last frame: why the agent ends the connection (a stall, an oversize frame, the
+        agent shutting down, eviction), in any state."""
+        self.state = State.CLOSED
+        return [error]
+
+    def push(self, order: Order) -> None:
+        """An order for the peer (its held run was superseded), sent between exchanges."""
+        self._orders.append(order)
+
+    def orders_due(self) -> list[Order]:
+        """The orders to send now: those pushed, once no exchange is under way (and the
+        hello was answered); none otherwise."""
+        if self.state is not State.IDLE or not self._orders:
+            return []
+        orders, self._orders = self._orders, []
+        return orders
+
+    @property
+    def open_ended(self) -> bool:
+        """Whether the exchange under way may last as long as it takes (a start waits for
+        its dependencies, a watch for changes): no timeout applies to it."""
+        return self.state is State.WATCHING or isinstance(self._request, Start | Watch)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _end(self) -> None:
+        self.state = State.IDLE
+        self._request = None
+
+    def _expect(self, state: State, what: str) -> None:
+        if self.state is not state:
+            raise RuntimeError(f"{what} in state {self.state.name}")
+
+
+def _decoded(body: bytes) -> object:
+    """The request in a frame body, or the `Error` that answers a body that is not one."""
+    try:
+        return decode_request(body)
+    except ProtocolError as exc:
+        return to_reply(exc)
+
+
+def _frames(message: Frame) -> list[Frame]:
+    """`message` as frames: a list of units over as many as keep each under the limit."""
+    if not isinstance(message, StatusReply | FullView):
+        return [message]
+    parts = chunked(message.units)
+    last = len(parts) - 1
+    return [
+        msgspec.structs.replace(message, units=part, more=i < last) for i, part in enumerate(parts)
+    ]
