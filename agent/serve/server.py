@@ -7,8 +7,11 @@
     ├── socket keeper   (accepts; binds the socket again if its file is removed)
     └── one task per connection (here, not under the keeper: a new socket drops none)
 
-Before the listeners start, a new boot is journaled (SPEC §7): nobody is served a state
-from before a workspace restart.
+Before the listeners start, a new boot is made durable by the store (SPEC §7,
+`Store.begin_boot`): nobody is served a state from before a workspace restart.
+
+A bug tripped while serving one connection closes that connection only, and is logged
+rate-limited (`log_fault`).
 
 Locks, in order: the state dir's, then the socket path's (`socket_keeper`). With socket
 activation, an agent that bound this very path itself (when the socket unit had failed)
