@@ -132,7 +132,7 @@ def test_a_hello_naming_this_graph_goes_on() -> None:
 def test_nothing_is_sent_before_the_welcome() -> None:
     serving = Serving(GRAPH, STATE, PID)
     serving.push(ORDER)
-    assert serving.orders_due() == []
+    assert not serving.orders_due()
     with pytest.raises(RuntimeError, match="a request in state GREETING"):
         serving.request(body(Ping()))
     with pytest.raises(RuntimeError, match="in state GREETING"):
@@ -236,16 +236,16 @@ def test_an_order_waits_for_the_end_of_the_exchange_under_way() -> None:
     serving.request(body(Start("web", token="t2")))
     serving.reply(Waiting("web", ["db"], 1.0))
     serving.push(ORDER)  # pushed by another task while the start waits
-    assert serving.orders_due() == []  # never inside a reply
+    assert not serving.orders_due()  # never inside a reply
     serving.reply(Started("web", at=2.0, waited=1.0))
-    assert serving.orders_due() == [ORDER]
-    assert serving.orders_due() == []  # sent once
+    assert list(serving.orders_due()) == [ORDER]
+    assert not serving.orders_due()  # sent once
 
 
 def test_an_order_pushed_between_exchanges_is_due_at_once() -> None:
     serving = greeted()
     serving.push(ORDER)
-    assert serving.orders_due() == [ORDER]
+    assert list(serving.orders_due()) == [ORDER]
 
 
 def test_a_watch_sends_its_events_until_the_end() -> None:
@@ -257,7 +257,7 @@ def test_a_watch_sends_its_events_until_the_end() -> None:
     changed = Changed(view("a"), at=2.0)
     assert serving.reply(changed) == [changed]
     serving.push(ORDER)
-    assert serving.orders_due() == []  # a watch has no between
+    assert not serving.orders_due()  # a watch has no between
     with pytest.raises(RuntimeError, match="a watch sends no Pong"):
         serving.reply(Pong(__version__, PID, 1.0, "/s"))
     assert serving.closing(SHUTTING_DOWN) == [SHUTTING_DOWN]

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
 import trio
@@ -361,7 +361,7 @@ async def _watch_hangup(frames: FrameStream) -> None:
     await trio.sleep_forever()
 
 
-async def _send(frames: FrameStream, messages: list[Frame]) -> None:
+async def _send(frames: FrameStream, messages: Sequence[Frame]) -> None:
     for message in messages:
         await frames.send(message)
 
