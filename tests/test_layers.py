@@ -72,8 +72,8 @@ def test_the_command_line_and_the_blocking_client_never_import_trio(package: str
 
 
 def test_the_agent_imports_neither_the_client_nor_the_command_line() -> None:
-    names = modules("unitsync.agent")
-    assert "unitsync.agent.service" in names
+    names = all_modules("unitsync.agent")
+    assert "unitsync.agent.service" in names and "unitsync.agent.serve.server" in names
     assert first_to_import(names, ["unitsync.client", "unitsync.cli"]) is None
 
 
