@@ -12,12 +12,12 @@ Keys, under the prefix P of `--store etcd://.../P`:
 Replica. Each agent lists P/units/ at a revision R, then watches P/changes/ from R+1 (and
 lists again if that revision was compacted away). The watch is the only way changes reach
 the replica, this agent's own included, so every agent applies the same records in the
-same (revision) order through `Graph.apply`, as the journal's replay does: the watch is
-the only path by which the replica changes. Listing afresh builds a new graph, which
-replaces the replica (`Changes.replaced`). Reads, `status`
-and waits use the replica alone; a `complete` on host B wakes a `start` on host A when the
-watch brings it. Unit keys are written only with a change key in the same txn: don't
-edit them by hand (an agent that notices lists again).
+same (revision) order through `Graph.apply`, as the journal's replay does. Listing afresh
+builds a new graph that replaces the replica (`Changes.replaced`); the host's own boot is
+the one thing applied to it from here (`begin_boot`). Reads, `status` and waits use the
+replica alone; a `complete` on host B wakes a `start` on host A when the watch brings it.
+Unit keys are written only with a change key in the same txn: don't edit them by hand (an
+agent that notices lists again).
 
 A change, from `commit`:
 
