@@ -269,7 +269,7 @@ async def test_a_replica_whose_watch_fell_behind_a_compaction_lists_again(
     (service_a, host_a), (service_b, host_b) = await agents.start(), await agents.start()
     await host_a.want("app", "db")
     store_a = store_of(service_a)
-    behind = store_a.revision
+    behind, replica, boot = store_a.revision, store_a.graph, (await host_a.ping()).boot
     store_a.client.watch = _never  # type: ignore[method-assign]
     store_a._reopen_watch()  # A's watch stops, and does not resume meanwhile
     await host_b.start("db")
@@ -281,6 +281,8 @@ async def test_a_replica_whose_watch_fell_behind_a_compaction_lists_again(
     await in_step(service_a, service_b)
     assert table(await host_a.status()) == table(await host_b.status())
     assert (await host_a.status("db"))[0].status == "completed"
+    assert store_a.graph is not replica and service_a.graph is store_a.graph  # listed afresh
+    assert boot >= 1 and (await host_a.ping()).boot == boot  # this host's boot, carried over
 
 
 async def _want(outcomes: dict[str, object], client: AsyncClient, unit: str, dep: str) -> None:
