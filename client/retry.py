@@ -8,7 +8,6 @@ the old agent acknowledged just before it died is recognised, not repeated.
 from __future__ import annotations
 
 import os
-import time
 
 import msgspec
 
@@ -26,6 +25,11 @@ FIRST_DELAY = 0.05
 """A restarting agent is back within tens of milliseconds: try soon."""
 MAX_DELAY = 1.0
 """An agent that is down for longer is picked up within a second of its return."""
+RESTART_GRACE = 2.0
+"""How long a client that lost a cleanly stopped agent waits before starting one itself:
+a supervisor restarts it sooner (systemd's default RestartSec is 100 ms, and the agent
+serves about 0.3 s after it is started), and its agent must win, or it would find ours
+holding the socket and the state dir. Two seconds more is all a stall costs otherwise."""
 
 
 def start_request(
@@ -48,10 +52,10 @@ def new_token() -> str:
     return os.urandom(8).hex()
 
 
-def asked_again(request: Start, began: float) -> Start:
+def asked_again(request: Start, waited: float) -> Start:
     """The same `start` (same token) for another connection, saying how long it has waited
-    already (since `began`, a `time.monotonic()`), so the wait reported is the whole wait."""
-    return msgspec.structs.replace(request, waited_before=time.monotonic() - began)
+    already (`waited` seconds), so the wait reported is the whole wait."""
+    return msgspec.structs.replace(request, waited_before=waited)
 
 
 def timed_out(unit: str, timeout: float | None, *, unreachable: bool = False) -> WaitTimeout:

@@ -16,9 +16,8 @@ import trio
 
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.client import client as blocking_module
-from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import Client
+from unitsync.client import AsyncClient, Client
+from unitsync.client._sync import client as blocking_module
 from unitsync.wire.errors import (
     AgentCrashed,
     AgentUntrusted,
@@ -409,7 +408,9 @@ def public(cls: type) -> set[str]:
 
 
 def test_both_clients_offer_the_same_calls() -> None:
-    assert public(Client) - RUN_ONLY - {"close"} == public(AsyncClient) - {"connect", "aclose"}
+    blocking = public(Client)
+    assert blocking == {name.replace("aclose", "close") for name in public(AsyncClient)}
+    assert blocking >= RUN_ONLY
 
 
 async def test_a_unit_block_that_raises_or_is_cancelled_fails_its_unit(
@@ -469,16 +470,21 @@ async def test_both_clients_wait_for_room_while_the_agents_backlog_is_full(
             accepted, _ = await server.accept()
             queued.append(accepted)
 
+    def peer(client: Client | AsyncClient) -> str:
+        """Where the client's socket is connected (an unconnected one has no peer)."""
+        fd = client.fileno()
+        assert fd is not None
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return sock.getpeername()
+
     async def blocking() -> None:
-        connection = await trio.to_thread.run_sync(blocking_module.Connection, path)
-        assert connection.sock.getpeername() == str(path)
-        connection.close()
+        with await trio.to_thread.run_sync(Client.connect, path) as client:
+            assert peer(client) == str(path)
 
     await nursery.start(accept_later)
     async with trio.open_nursery() as clients:
         clients.start_soon(blocking)
         async with await AsyncClient.connect(path) as client:
-            assert client._stream is not None
-            assert client._stream.socket.getpeername() == str(path)
+            assert peer(client) == str(path)
     for each in queued:
         each.close()

@@ -18,8 +18,9 @@ import sys
 
 import pytest
 
-NEEDS_TRIO = {"unitsync.agent.serve.frames", "unitsync.client.async_client"}
-"""Trio's own I/O loops: everything else a client or the command line imports is trio-free."""
+NEEDS_TRIO = {"unitsync.agent.serve.frames", "unitsync.client._async", "unitsync.client._backends"}
+"""Trio's own I/O loops (the trio client and its backend): everything else a client or the
+command line imports is trio-free."""
 
 RUNS_THE_AGENT = {"unitsync.cli.agent_command"}
 """`unitsync agent`: the one command that imports the agent (lazily, when run)."""
@@ -73,5 +74,5 @@ def test_the_shared_package_imports_neither_side() -> None:
 
 def test_the_check_names_the_module_that_breaks_a_rule() -> None:
     """The harness has teeth: trio's own client is caught, and named."""
-    found = first_to_import(["unitsync.wire.session", "unitsync.client.async_client"], ["trio"])
-    assert found is not None and found.startswith("unitsync.client.async_client -> trio")
+    found = first_to_import(["unitsync.wire.session", "unitsync.client._async.client"], ["trio"])
+    assert found is not None and found.startswith("unitsync.client._async.client -> trio")
