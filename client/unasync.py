@@ -141,14 +141,14 @@ def _first_difference(source: Path, target: Path, expected: str, actual: str) ->
 
 def main(argv: list[str]) -> int:
     if argv == ["--check"]:
-        if found := problems():
+        if found := problems(HERE):
             print("\n".join(found), file=sys.stderr)
             return 1
         return 0
     if argv:
         print(__doc__, file=sys.stderr)
         return 2
-    for path in generate():
+    for path in generate(HERE):
         print(f"wrote {path}")
     return 0
 

@@ -1,7 +1,9 @@
 """What each package may import (issue 9): the layers the README's Layout describes.
 
 - Importing the command line or the blocking client never imports trio: a script calls
-  `unitsync` dozens of times at start-up, and trio's import is most of a call's cost.
+  `unitsync` dozens of times at start-up, and trio's import is most of a call's cost. The
+  blocking client is generated from the trio one; `unitsync.client.AsyncClient` is imported
+  only when asked for.
 - The agent never imports the client or the command line, and `wire/` (what both sides
   share) imports neither side: a change on one side cannot reach the other unseen.
 
@@ -59,6 +61,21 @@ def test_the_command_line_and_the_blocking_client_never_import_trio(package: str
     names = [m for m in modules(package) if m not in NEEDS_TRIO | RUNS_THE_AGENT]
     assert names
     assert first_to_import(names, ["trio"]) is None
+
+
+def test_the_blocking_client_never_imports_trio_and_the_trio_client_only_when_asked() -> None:
+    """The blocking client is generated from the trio one (issue 21): the generated module
+    must not bring trio in, and `unitsync.client.AsyncClient` is imported on first use."""
+    blocking = ["unitsync.client", "unitsync.client._sync.client"]
+    assert first_to_import(blocking, ["trio"]) is None
+    script = (
+        "import sys, unitsync.client as client\n"
+        "before = 'trio' in sys.modules\n"
+        "client.AsyncClient\n"
+        "print(before, 'trio' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "True"], result.stderr
 
 
 def test_the_agent_imports_neither_the_client_nor_the_command_line() -> None:
