@@ -2,7 +2,9 @@
 
 A waiting `start` and a watch outlive an agent restart: the client reconnects with
 backoff and asks again. A `start` asks with the same token every time, so a start
-the old agent acknowledged just before it died is recognised, not repeated.
+the old agent acknowledged just before it died is recognised, not repeated. A client
+that may start agents (the blocking one) gives a cleanly stopped agent's supervisor
+RESTART_GRACE to bring it back first.
 """
 
 from __future__ import annotations
