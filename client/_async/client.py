@@ -45,7 +45,6 @@ fresh connection. One task (or thread) uses a client at a time.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -369,9 +368,9 @@ class AsyncClient:
             if because is None:
                 raise
             patience = None if deadline is None else self._remaining(deadline) or 0.0
-            started = await self._backend.start_agent(self.path, patience)
+            started = await self._backend.start_agent(self.path, patience, because)
             if started is not None and self.on_autostart is not None:
-                self.on_autostart(dataclasses.replace(started, because=because))
+                self.on_autostart(started)
             conn = await self._open()
         self._missing_since = None
         return conn

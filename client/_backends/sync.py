@@ -107,9 +107,13 @@ class SyncBackend:
 
         return enabled()
 
-    def start_agent(self, path: Path, patience: float | None) -> Autostarted | None:
-        """Start an agent for `path` (or find the one another client started); wait at most
+    def start_agent(self, path: Path, patience: float | None, because: str) -> Autostarted | None:
+        """Start an agent for `path` (or find the one another client started): what was
+        started, and `because` (why), for `on_autostart`; None if another did. Wait at most
         `patience` seconds for a live agent that holds the socket (None: autostart's own)."""
+        import dataclasses  # (loaded by autostart anyway; the CLI's usual path needs neither)
+
         from ..autostart import LIVE_AGENT_WAIT, ensure_agent
 
-        return ensure_agent(path, LIVE_AGENT_WAIT if patience is None else patience)
+        started = ensure_agent(path, LIVE_AGENT_WAIT if patience is None else patience)
+        return None if started is None else dataclasses.replace(started, because=because)

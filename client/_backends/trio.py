@@ -126,7 +126,9 @@ class TrioBackend:
     def may_start_agent(self) -> bool:
         return False
 
-    async def start_agent(self, path: Path, patience: float | None) -> Autostarted | None:
+    async def start_agent(
+        self, path: Path, patience: float | None, because: str
+    ) -> Autostarted | None:
         """Never called (`may_start_agent` is False): here so both backends offer one API."""
         raise RuntimeError(f"not starting an agent for {path}: {NEVER_STARTS}")
 

@@ -47,7 +47,6 @@ fresh connection. One task (or thread) uses a client at a time.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -371,9 +370,9 @@ class Client:
             if because is None:
                 raise
             patience = None if deadline is None else self._remaining(deadline) or 0.0
-            started = self._backend.start_agent(self.path, patience)
+            started = self._backend.start_agent(self.path, patience, because)
             if started is not None and self.on_autostart is not None:
-                self.on_autostart(dataclasses.replace(started, because=because))
+                self.on_autostart(started)
             conn = self._open()
         self._missing_since = None
         return conn
