@@ -33,7 +33,7 @@ from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.records import Boot, OwnerRecord, Record
 from unitsync.agent.store.journal import logfile
 from unitsync.agent.store.journal.writer import LOG_NAME, SNAPSHOT_NAME, Journal
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.wire.host.processes import start_ticks
 
 UNITSYNC = Path(sys.executable).with_name("unitsync")

@@ -51,7 +51,7 @@ from unitsync.agent.store.etcd.client import EtcdClient
 from unitsync.agent.store.etcd.messages import Op, PutRequest, TxnRequest
 from unitsync.agent.store.journal import logfile
 from unitsync.agent.store.journal.writer import LOG_NAME, SNAPSHOT_NAME, Journal
-from unitsync.client.async_client import AsyncClient
+from unitsync.client import AsyncClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -598,7 +598,7 @@ def _redraws(socket: Path, repeat: int = 20) -> tuple[float, float]:
     from rich.console import Console
 
     from unitsync.cli.watch import _Board
-    from unitsync.client.client import Client
+    from unitsync.client import Client
     from unitsync.wire.protocol import Changed, FullView
 
     with Client(socket, autostart=False) as client:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from unitsync.client.async_client import AsyncClient
+from unitsync.client import AsyncClient
 
 UNITSYNC = Path(sys.executable).with_name("unitsync")
 PROBE_INTERVAL = 0.2

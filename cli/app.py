@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.wire import __version__
 from unitsync.wire.errors import (
     EXIT_BROKEN_PIPE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from unitsync.client.client import UnitsyncError
+from unitsync.client import UnitsyncError
 from unitsync.wire.protocol import Started, Waiting
 from unitsync.wire.timefmt import duration as format_duration
 

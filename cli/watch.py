@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from unitsync.client.client import Client, GraphChanged, UnitsyncError
+from unitsync.client import Client, GraphChanged, UnitsyncError
 from unitsync.wire.graph_id import short
 from unitsync.wire.protocol import Changed, FullView, UnitView
 

@@ -2,13 +2,14 @@
 
 A waiting `start` and a watch outlive an agent restart: the client reconnects with
 backoff and asks again. A `start` asks with the same token every time, so a start
-the old agent acknowledged just before it died is recognised, not repeated.
+the old agent acknowledged just before it died is recognised, not repeated. A client
+that may start agents (the blocking one) gives a cleanly stopped agent's supervisor
+RESTART_GRACE to bring it back first.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import msgspec
 
@@ -23,6 +24,11 @@ BACKLOG_FULL_DELAYS = (0.001, 0.05)
 """First and longest pause before connecting again when the agent's listen backlog is full:
 connect() to a Unix socket then fails with EAGAIN (where TCP would say "in progress"; mio,
 asio and pacemaker met the same), and a blocking connect would simply have waited for room."""
+RESTART_GRACE = 2.0
+"""How long a client that lost a cleanly stopped agent waits before starting one itself:
+a supervisor restarts it sooner (systemd's default RestartSec is 100 ms, and the agent
+serves about 0.3 s after it is started), and its agent must win, or it would find ours
+holding the socket and the state dir. Two seconds more is all a stall costs otherwise."""
 
 
 def start_request(
@@ -45,10 +51,10 @@ def new_token() -> str:
     return os.urandom(8).hex()
 
 
-def asked_again(request: Start, began: float) -> Start:
+def asked_again(request: Start, waited: float) -> Start:
     """The same `start` (same token) for another connection, saying how long it has waited
-    already (since `began`, a `time.monotonic()`), so the wait reported is the whole wait."""
-    return msgspec.structs.replace(request, waited_before=time.monotonic() - began)
+    already (`waited` seconds), so the wait reported is the whole wait."""
+    return msgspec.structs.replace(request, waited_before=waited)
 
 
 def timed_out(unit: str, timeout: float | None, *, unreachable: bool = False) -> WaitTimeout:

@@ -132,7 +132,7 @@ def sock(agent: AgentProcess) -> Path:
 
 def unit_status(agent: AgentProcess, name: str) -> tuple[str, str]:
     """(status, reason) of one unit, asked of the agent directly."""
-    from unitsync.client.client import Client
+    from unitsync.client import Client
 
     with Client(sock(agent)) as client:
         [view] = client.status(name)

@@ -20,7 +20,7 @@ import pytest
 from unitsync.agent.files import SetupError
 from unitsync.agent.notify import Notifier
 from unitsync.agent.serve.activation import take_listen_fds
-from unitsync.client.client import Client
+from unitsync.client import Client
 
 LIMIT = 60
 """A safety net against a hung agent, never a measure of speed."""

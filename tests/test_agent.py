@@ -16,8 +16,7 @@ import trio.testing
 from unitsync.agent.files import SetupError
 from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
-from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import AgentGone, Client, DependencyFailed, Refused
+from unitsync.client import AgentGone, AsyncClient, Client, DependencyFailed, Refused
 from unitsync.wire.framing import MAX_FRAME, decode_reply, encode
 from unitsync.wire.protocol import (
     PROTOCOL_VERSION,

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.serve.server import AgentConfig
+from unitsync.client import Client, NoAgent
 from unitsync.client.autostart import Autostarted
-from unitsync.client.client import RESTART_GRACE, Client, NoAgent
+from unitsync.client.retry import RESTART_GRACE
 
 from conftest import (
     AgentProcess,

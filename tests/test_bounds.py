@@ -21,7 +21,7 @@ from unitsync.agent.core.records import HistoryEntry, OwnerRecord, UnitImage
 from unitsync.agent.core.views import unit_view
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.wire import bounds
 from unitsync.wire.bounds import (
     DEPENDENTS_SHOWN,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.serve.server import AgentConfig
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.wire.bounds import MAX_DEPS
 
 from conftest import AgentProcess, run_cli, spawn_cli

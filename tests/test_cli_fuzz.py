@@ -260,7 +260,7 @@ def test_random_command_lines_never_end_in_a_traceback(
     broken = fuzz(socket, tmp_path, RUNS, SEED)
     print(f"\n{RUNS} random command lines (seed {SEED}): {len(broken)} broke a rule")
     assert not broken, "\n\n".join(f"{o.problem()}: {o}" for o in broken[:5])
-    from unitsync.client.client import Client
+    from unitsync.client import Client
 
     with Client(socket) as client:  # the agent still serves
         assert client.ping().pid == agent_process.proc.pid  # type: ignore[union-attr]

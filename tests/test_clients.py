@@ -1,13 +1,18 @@
 """Both clients, one session: the same rules, errors and messages, and trust only in the user's
-own agent (issue 9: the blocking `Client` and the trio `AsyncClient` had drifted apart)."""
+own agent (issue 9: the blocking `Client` and the trio `AsyncClient` had drifted apart). Since
+issue 21 the blocking client is generated from the trio one: the check that they agree has
+teeth, and the trio client has what only the blocking one had."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import select
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -16,23 +21,27 @@ import trio
 
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.client import client as blocking_module
-from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import Client
+from unitsync.client import AsyncClient, Client, unasync
+from unitsync.client._sync import client as blocking_module
 from unitsync.wire.errors import (
     AgentCrashed,
+    AgentGone,
     AgentUntrusted,
     DependencyFailed,
     NoAgent,
     Refused,
     UnitsyncError,
+    WaitTimeout,
 )
 from unitsync.wire.framing import decode_reply, take_frame
-from unitsync.wire.protocol import Started, Waiting
+from unitsync.wire.host.processes import owner
+from unitsync.wire.protocol import FullView, Order, Started, Waiting
 
 from conftest import AgentProcess, run_cli
 
 NOBODY = 65534
+LIMIT = 60.0
+"""Only a hang waits this long for an event."""
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
 
 
@@ -409,7 +418,9 @@ def public(cls: type) -> set[str]:
 
 
 def test_both_clients_offer_the_same_calls() -> None:
-    assert public(Client) - RUN_ONLY - {"close"} == public(AsyncClient) - {"connect", "aclose"}
+    blocking = public(Client)
+    assert blocking == {name.replace("aclose", "close") for name in public(AsyncClient)}
+    assert blocking >= RUN_ONLY
 
 
 async def test_a_unit_block_that_raises_or_is_cancelled_fails_its_unit(
@@ -469,16 +480,147 @@ async def test_both_clients_wait_for_room_while_the_agents_backlog_is_full(
             accepted, _ = await server.accept()
             queued.append(accepted)
 
+    def peer(client: Client | AsyncClient) -> str:
+        """Where the client's socket is connected (an unconnected one has no peer)."""
+        fd = client.fileno()
+        assert fd is not None
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return sock.getpeername()
+
     async def blocking() -> None:
-        connection = await trio.to_thread.run_sync(blocking_module.Connection, path)
-        assert connection.sock.getpeername() == str(path)
-        connection.close()
+        with await trio.to_thread.run_sync(Client.connect, path) as client:
+            assert peer(client) == str(path)
 
     await nursery.start(accept_later)
     async with trio.open_nursery() as clients:
         clients.start_soon(blocking)
         async with await AsyncClient.connect(path) as client:
-            assert client._stream is not None
-            assert client._stream.socket.getpeername() == str(path)
+            assert peer(client) == str(path)
     for each in queued:
         each.close()
+
+
+# --- one source: the blocking client is generated from the trio client ------------------------
+
+
+def test_the_blocking_client_is_what_its_source_generates() -> None:
+    """What CI runs before the tests (`.ci/run`): `_sync/` is up to date with `_async/`."""
+    check = [sys.executable, "-m", "unitsync.client.unasync", "--check"]
+    result = subprocess.run(check, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_source_changed_without_regenerating_fails_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check has teeth: a change to the trio client that was not carried over, or an
+    edit by hand to the generated client, is named with its line; regenerating mends it."""
+    root = tmp_path / "client"
+    for folder in ("_async", "_sync"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(Path(unasync.__file__).parent / folder, root / folder, ignore=ignore)
+    monkeypatch.setattr(unasync, "HERE", root)
+    assert unasync.main(["--check"]) == 0
+    source, generated = root / "_async" / "client.py", root / "_sync" / "client.py"
+
+    source.write_text(source.read_text().replace("def ping(self)", "def ping(self, note='')"))
+    assert unasync.main(["--check"]) == 1
+    told = capsys.readouterr().err
+    assert f"{generated} is not what {source} makes" in told
+    assert "generated: \"    def ping(self, note='') -> Pong:\"" in told
+    assert "found:     '    def ping(self) -> Pong:'" in told
+
+    assert unasync.main([]) == 0  # regenerate
+    assert unasync.main(["--check"]) == 0
+    assert "    def ping(self, note='') -> Pong:\n" in generated.read_text()
+
+    generated.write_text(generated.read_text().replace("time out", "time  out") + "# mine\n")
+    assert unasync.main(["--check"]) == 1
+    assert "(the end)" in capsys.readouterr().err  # one line more than the source makes
+
+
+# --- the trio client: what it has by being the source ---------------------------------------
+
+
+async def test_the_trio_client_holds_a_run_as_run_does(agent_process: AgentProcess) -> None:
+    """What `unitsync sync run` needs of a client, the trio client has too: a held run's
+    reports carry its token by themselves, it is taken back after an agent restart, and its
+    connection is told of a newer run without asking."""
+    path = agent_process.config.socket
+    me = owner(os.getpid(), "run")
+    async with AsyncClient(path) as holder, AsyncClient(path) as other:
+        await holder.start("svc", owner=me, hold=True)
+        await holder.complete("svc", hold=True)
+        assert [view.status for view in await other.status("svc")] == ["completed"]
+        agent_process.kill()
+        agent_process.start()
+        assert (await holder.take_back("svc")).unit == "svc"
+        await other.start("svc", rerun=True)
+        fd = holder.fileno()
+        assert fd is not None
+        with trio.fail_after(LIMIT):
+            await trio.lowlevel.wait_readable(fd)
+        [order] = await holder.take_orders()
+        assert order == Order("svc", "supersede", holder.holding["svc"].token, "a new run")
+        reply = await holder.complete("svc")  # with the held run's token: changes nothing
+        assert "superseded" in reply.message
+        assert [view.status for view in await other.status("svc")] == ["started"]
+
+
+async def test_the_trio_client_retells_a_wait_every_tick_and_may_bound_it(
+    agent: Service, config: AgentConfig
+) -> None:
+    async with AsyncClient(config.socket) as client, AsyncClient(config.socket) as other:
+        await client.want("app", "db")
+        news: list[Waiting | UnitsyncError] = []
+
+        async def on_progress(latest: Waiting | UnitsyncError) -> None:
+            news.append(latest)
+            if len(news) == 3:  # the agent's reply, then told again twice by the tick
+                await other.complete("db", force=True)
+
+        with trio.fail_after(LIMIT):
+            assert (await client.start("app", tick=0.05, on_progress=on_progress)).unit == "app"
+        assert len(news) >= 3 and all(isinstance(each, Waiting) for each in news)
+
+        with pytest.raises(WaitTimeout, match=r"timed out after 0\.2s waiting to start 'report'"):
+            async with client.unit("report", wants=["never"], timeout=0.2):
+                raise AssertionError("the block ran without its dependency")
+        await trio.testing.wait_all_tasks_blocked()
+        [report] = await client.status("report")
+        assert (report.status, report.waiters) == ("pending", 0)  # the wait was given up
+
+
+async def test_a_trio_watch_says_when_the_agent_is_unreachable_and_goes_on(
+    agent_process: AgentProcess,
+) -> None:
+    told: list[UnitsyncError] = []
+
+    async def on_unreachable(exc: UnitsyncError) -> None:
+        told.append(exc)
+
+    path = agent_process.config.socket
+    async with AsyncClient(path) as client:
+        events = client.watch(on_unreachable=on_unreachable)
+        async with contextlib.aclosing(events):
+            assert isinstance(await anext(events), FullView)
+            agent_process.kill()
+            agent_process.start()
+            with trio.fail_after(LIMIT):
+                assert isinstance(await anext(events), FullView)  # from the new agent
+    assert told and isinstance(told[0], AgentGone)
+    assert str(path) in str(told[0])
+
+
+async def test_the_trio_client_never_starts_an_agent(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not even where a blocking client would (autostart on): it says there is none."""
+    monkeypatch.setenv("UNITSYNC_AUTOSTART", "1")
+    path = short_tmp / "run" / "agent.sock"
+    with pytest.raises(ValueError, match="the trio client never starts an agent"):
+        AsyncClient(path, autostart=True)
+    async with AsyncClient(path) as client:
+        with pytest.raises(NoAgent, match=f"no agent is listening at {path}"):
+            await client.ping()
+    assert not path.parent.exists()  # nothing was started: its folder was not even made

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from unitsync.agent.core.graph import Graph, Refused
 from unitsync.agent.serve.server import AgentConfig
-from unitsync.client.client import AgentUnavailable, Client, UnitsyncError, WaitTimeout
+from unitsync.client import AgentUnavailable, Client, UnitsyncError, WaitTimeout
 
 from conftest import AgentProcess, spawn_cli
 from harness.applied import AppliedGraph

@@ -32,7 +32,7 @@ from unitsync.agent.store.journal.writer import (
     JournalError,
     _Failed,
 )
-from unitsync.client.async_client import AsyncClient
+from unitsync.client import AsyncClient
 from unitsync.wire.errors import AgentGone, NotDurable, UnitsyncError
 from unitsync.wire.protocol import Complete, Reset, Start, Started, Status, Want
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from unitsync.agent.core.machine import MOVES, Go, Refuse
-from unitsync.client.async_client import AsyncClient
+from unitsync.client import AsyncClient
 from unitsync.wire.errors import EXIT_NOT_DURABLE, Refused, UnitsyncError
 from unitsync.wire.protocol import UnitView
 

@@ -16,7 +16,7 @@ from unitsync.agent.store.etcd.client import EtcdUnavailable
 from unitsync.agent.store.etcd.config import parse_store
 from unitsync.agent.store.etcd.messages import WatchResponse
 from unitsync.agent.store.etcd.store import EtcdStore
-from unitsync.client.async_client import AsyncClient
+from unitsync.client import AsyncClient
 from unitsync.wire.errors import Refused
 from unitsync.wire.protocol import Started
 

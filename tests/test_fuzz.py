@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unitsync.agent.serve.server import AgentConfig
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.wire.framing import MAX_FRAME, decode_reply, encode
 from unitsync.wire.protocol import PROTOCOL_VERSION, Error, Hello, Ping
 

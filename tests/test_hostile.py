@@ -17,8 +17,7 @@ from unitsync.agent.log_throttle import Throttle
 from unitsync.agent.serve import server
 from unitsync.agent.serve.limits import Limits
 from unitsync.agent.serve.server import AgentConfig, run_agent
-from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import AgentUnavailable, Client
+from unitsync.client import AgentUnavailable, AsyncClient, Client
 from unitsync.wire.framing import decode_reply, encode
 from unitsync.wire.protocol import PROTOCOL_VERSION, Error, Hello, Ping, Start, Started, Waiting
 

@@ -1,7 +1,9 @@
 """What each package may import (issue 9): the layers the README's Layout describes.
 
 - Importing the command line or the blocking client never imports trio: a script calls
-  `unitsync` dozens of times at start-up, and trio's import is most of a call's cost.
+  `unitsync` dozens of times at start-up, and trio's import is most of a call's cost. The
+  blocking client is generated from the trio one; `unitsync.client.AsyncClient` is imported
+  only when asked for.
 - The agent never imports the client or the command line, and `wire/` (what both sides
   share) imports neither side: a change on one side cannot reach the other unseen.
 - Inside the agent (issue 21): `agent/core/` is pure (no trio, and nothing of the agent
@@ -22,8 +24,9 @@ import sys
 
 import pytest
 
-NEEDS_TRIO = {"unitsync.agent.serve.frames", "unitsync.client.async_client"}
-"""Trio's own I/O loops: everything else a client or the command line imports is trio-free."""
+NEEDS_TRIO = {"unitsync.agent.serve.frames", "unitsync.client._async", "unitsync.client._backends"}
+"""Trio's own I/O loops (the trio client and its backend): everything else a client or the
+command line imports is trio-free."""
 
 RUNS_THE_AGENT = {"unitsync.cli.agent_command"}
 """`unitsync agent`: the one command that imports the agent (lazily, when run)."""
@@ -71,6 +74,21 @@ def test_the_command_line_and_the_blocking_client_never_import_trio(package: str
     assert first_to_import(names, ["trio"]) is None
 
 
+def test_the_blocking_client_never_imports_trio_and_the_trio_client_only_when_asked() -> None:
+    """The blocking client is generated from the trio one (issue 21): the generated module
+    must not bring trio in, and `unitsync.client.AsyncClient` is imported on first use."""
+    blocking = ["unitsync.client", "unitsync.client._sync.client"]
+    assert first_to_import(blocking, ["trio"]) is None
+    script = (
+        "import sys, unitsync.client as client\n"
+        "before = 'trio' in sys.modules\n"
+        "client.AsyncClient\n"
+        "print(before, 'trio' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "True"], result.stderr
+
+
 def test_the_agent_imports_neither_the_client_nor_the_command_line() -> None:
     names = all_modules("unitsync.agent")
     assert "unitsync.agent.service" in names and "unitsync.agent.serve.server" in names
@@ -84,8 +102,8 @@ def test_the_shared_package_imports_neither_side() -> None:
 
 def test_the_check_names_the_module_that_breaks_a_rule() -> None:
     """The harness has teeth: trio's own client is caught, and named."""
-    found = first_to_import(["unitsync.wire.session", "unitsync.client.async_client"], ["trio"])
-    assert found is not None and found.startswith("unitsync.client.async_client -> trio")
+    found = first_to_import(["unitsync.wire.session", "unitsync.client._async.client"], ["trio"])
+    assert found is not None and found.startswith("unitsync.client._async.client -> trio")
 
 
 def test_the_core_of_the_agent_is_pure() -> None:

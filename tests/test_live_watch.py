@@ -16,7 +16,7 @@ import pytest
 
 from unitsync.cli.cells import width
 from unitsync.cli.live_columns import TIMELINE_FROM_CELLS
-from unitsync.client.client import Client
+from unitsync.client import Client
 
 from conftest import AgentProcess, on_a_terminal, read_all, read_until, run_cli, spawn_cli
 

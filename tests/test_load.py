@@ -12,7 +12,7 @@ import resource
 import pytest
 import trio
 
-from unitsync.client.async_client import AsyncClient
+from unitsync.client import AsyncClient
 from unitsync.wire.protocol import Started, Waiting
 
 from conftest import AgentProcess

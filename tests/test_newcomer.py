@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.serve.server import AgentConfig
-from unitsync.client.client import Client
+from unitsync.client import Client
 
 from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, spawn_cli
 

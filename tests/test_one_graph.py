@@ -23,8 +23,7 @@ import pytest
 import trio
 
 from unitsync.agent.serve.server import AgentConfig, run_agent
-from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import Client, GraphChanged
+from unitsync.client import AsyncClient, Client, GraphChanged
 from unitsync.wire.graph_id import short
 from unitsync.wire.host.peer import socket_lock_name
 

@@ -26,8 +26,7 @@ import trio
 
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import Client
+from unitsync.client import AsyncClient, Client
 from unitsync.wire.errors import Refused, Superseded
 from unitsync.wire.host.processes import owner
 from unitsync.wire.protocol import Order

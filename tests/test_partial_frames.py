@@ -17,7 +17,7 @@ import trio
 
 from unitsync.agent.serve.limits import DEFAULT_PARTIAL_FRAMES, Limits
 from unitsync.agent.serve.server import AgentConfig, run_agent
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.wire.framing import HEADER, MAX_FRAME, decode_reply, encode, take_frame
 from unitsync.wire.protocol import PROTOCOL_VERSION, Error, Hello, Welcome
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.serve.server import AgentConfig
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.wire.errors import AlreadyDone, Refused
 from unitsync.wire.host.processes import owner, start_ticks
 from unitsync.wire.protocol import Owner

@@ -10,7 +10,7 @@ import pytest
 from unitsync.agent.files import SetupError
 from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.store.journal.writer import JournalError
-from unitsync.client.client import Client, UnitsyncError
+from unitsync.client import Client, UnitsyncError
 
 from conftest import AgentProcess
 

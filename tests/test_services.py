@@ -32,7 +32,7 @@ from unitsync.cli.run import supervisor as service_module
 from unitsync.cli.run.children import Ended
 from unitsync.cli.run.probe import ProbeReady
 from unitsync.cli.run.supervisor import Exited, NotReady, Ready, ServiceRun
-from unitsync.client.client import Client
+from unitsync.client import Client
 
 from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, unit_status
 from harness.applied import AppliedGraph

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from unitsync.client.client import Client, UnitsyncError
+from unitsync.client import Client, UnitsyncError
 from unitsync.wire.framing import encode
 from unitsync.wire.protocol import PROTOCOL_VERSION, Hello, Watch
 

@@ -17,7 +17,7 @@ import pytest
 
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.serve.socket_keeper import RECHECK_INTERVAL
-from unitsync.client.client import Client
+from unitsync.client import Client
 
 from conftest import AgentProcess, spawn_cli
 

@@ -12,8 +12,7 @@ import trio.testing
 from unitsync.agent.broadcast import QUEUE_LIMIT
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.client.async_client import AsyncClient
-from unitsync.client.client import Refused
+from unitsync.client import AsyncClient, Refused
 from unitsync.wire.framing import decode_reply, encode
 from unitsync.wire.protocol import PROTOCOL_VERSION, Changed, FullView, Hello, Watch
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.client.client import Client, DependencyFailed
+from unitsync.client import Client, DependencyFailed
 
 from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, spawn_cli, unit_status
 

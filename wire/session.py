@@ -1,7 +1,8 @@
 """One conversation with the agent, with no I/O: bytes in, events out (in the style of h11).
 
-Both clients (the blocking `Client` and the trio `AsyncClient`) drive a `Session` and
-only move bytes, so every rule of talking to the agent lives here once:
+The client (`unitsync.client`: the trio client and the blocking one generated from it)
+drives a `Session` and only moves bytes, so every rule of talking to the agent lives here
+once:
 
 - trust: before a byte is sent, the socket's folder must be the user's own and not
   writable by others, and the process listening must run as the user (or root), from
@@ -26,8 +27,8 @@ only move bytes, so every rule of talking to the agent lives here once:
   is set aside in `orders` for the caller (`take_orders`), whatever the exchange.
 
 Resource rules: a session owns no socket. It is used for one connection; after
-`CLOSED` (the peer went, or the caller gave up half way) the caller opens a new
-connection with a new session. A call cancelled half way leaves the session in
+`CLOSED` (the peer went, or broke the protocol) the caller opens a new connection with a
+new session. A call cancelled half way leaves the session in
 `AWAITING`, which the clients take as "open a new connection before the next call",
 so no reply ever answers the wrong request.
 """
@@ -321,14 +322,9 @@ class Session:
             if event is not None:
                 return event
 
-    def connection_lost(self, exc: BaseException | None = None) -> AgentGone:
-        """The socket failed: the session is over; the error to raise (naming the path).
-
-        `exc` is the socket's OSError, or what an I/O library wrapped it in (trio's
-        BrokenResourceError): the message names the OSError either way, so both clients
-        say the same."""
-        if exc is not None and isinstance(exc.__cause__, OSError):
-            exc = exc.__cause__
+    def connection_lost(self, exc: OSError | None = None) -> AgentGone:
+        """The socket failed: the session is over; the error to raise (naming the path and
+        the socket's own error: the clients' backends hand it on unwrapped)."""
         cause = f": {exc}" if exc else ""
         return self._broken(f"lost the connection to the agent at {self.path}{cause}")
 
@@ -348,10 +344,6 @@ class Session:
                 assert event is NEED_DATA  # anything else raised: nothing was asked
         orders, self.orders = self.orders, []
         return orders
-
-    def abandon(self) -> None:
-        """The caller gives up on this connection (a watch left, a call cancelled)."""
-        self.state = State.CLOSED
 
     # --- internals ---------------------------------------------------------------------------
 

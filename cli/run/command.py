@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from unitsync.client.client import Client, UnitsyncError
+from unitsync.client import Client, UnitsyncError
 from unitsync.client.retry import Backoff
 from unitsync.wire.errors import (
     EXIT_INTERRUPTED,

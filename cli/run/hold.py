@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from unitsync.client.client import Client
+from unitsync.client import Client
 from unitsync.client.retry import Backoff
 from unitsync.wire.errors import AgentUnavailable, Superseded, UnitsyncError
 from unitsync.wire.protocol import Order

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
-from unitsync.client.client import UnitsyncError
+from unitsync.client import UnitsyncError
 from unitsync.wire.errors import EXIT_USAGE
 from unitsync.wire.protocol import UnitView
 

@@ -1,36 +1,54 @@
-"""The blocking client: plain sockets, no trio. The CLI uses it; so can any Python script.
+# GENERATED from client/_async/client.py by `python -m unitsync.client.unasync`:
+# do not edit. Change the source, then run that command (CI checks they agree).
+"""The client: the agent's requests over one connection, reopened as needed.
 
-All protocol rules are the `Session`'s (`session.py`); this module only connects,
-writes what the session gives it and feeds it what arrives. `start` and `watch`
-survive an agent restart: they reconnect with backoff and carry on (a `start` within
-its timeout, with the same token, so a start the old agent acknowledged is not repeated).
+Written once: `client/_async/client.py` is the trio client, and `client/_sync/client.py`,
+the blocking client, is generated from it by token substitution (`python -m
+unitsync.client.unasync`; CI checks that the two agree). Both offer the same calls, keep
+the same rules and raise the same errors. The protocol's rules are the `Session`'s
+(`unitsync.wire.session`): this module connects, writes what the session gives it and
+feeds it what arrives, through its backend (`client/_backends/`), which also holds what
+differs between the two:
 
-A call that finds no agent at the socket starts one and goes on (`autostart.py`, SPEC §7;
-off with `UNITSYNC_AUTOSTART=0` or `autostart=False`). What had an agent and lost it (a
-waiting `start`, a watch, a held run taking itself back and reporting) starts one too,
-since there may be no next command to do it (SPEC §11): at once if that agent crashed,
-its socket file left behind (`AgentCrashed`); after RESTART_GRACE if it stopped cleanly
-(its file removed), so that a supervisor restarting it (systemd, a restart by hand) wins.
-The rule is `_connect`'s, for every caller.
+- bounds: the blocking client's waits have their own (CONNECT_TIMEOUT, REPLY_TIMEOUT, and
+  `start` waits START_WAIT, five minutes, unless told); the trio client's have none unless
+  told: a trio program bounds a call with trio's cancellation, and a call cancelled half
+  way leaves its session mid-exchange, so the next call opens a fresh connection and no
+  reply ever answers the wrong request;
+- callbacks: called by the blocking client, awaited by the trio client;
+- starting an agent (SPEC §7): a blocking client's call that finds none starts one and
+  goes on (off with UNITSYNC_AUTOSTART=0 or `autostart=False`); the trio client never
+  does (`_backends/trio.py` says why).
 
-A client talks to one graph (SPEC §11): the session checks each welcome against the
-graph of the first (`session.GraphMemory`); a reconnection that finds another raises
-`GraphChanged` and nothing is carried out. A watch may follow the new graph instead
-(`on_graph_changed`).
+`start` and `watch` survive an agent restart: they reconnect with backoff and carry on (a
+`start` within its timeout, with the same token, so a start the old agent acknowledged is
+not repeated). Where agents are started, what had an agent and lost it (a waiting `start`,
+a watch, a held run taking itself back and reporting) starts one too, since there may be
+no next command to do it (SPEC §11): at once if that agent crashed, its socket file left
+behind (`AgentCrashed`); after RESTART_GRACE if it stopped cleanly (its file removed), so
+that a supervisor restarting it (systemd, a restart by hand) wins. The rule is
+`_connect`'s, for every caller.
 
-Resource rules: a `Client` holds at most one socket, opened on first use and closed
-by `close()` (or the `with` block). A call that fails half way closes it, so the next
-call starts on a fresh connection.
+A client talks to one graph (SPEC §11): the session checks each welcome against the graph
+of the first (`GraphMemory`); a reconnection that finds another raises `GraphChanged` and
+nothing is carried out. A watch may follow the new graph instead (`on_graph_changed`).
+
+A run held by `start(hold=True)` (what `unitsync sync run` does) stays on the client's
+connection: `fileno` is that connection's descriptor, for an event loop to watch;
+`take_orders` reads what the agent pushed on it; `take_back` holds the run again after an
+agent restart; its reports (`complete`, `fail`, `set_reason`) carry its token by themselves.
+
+Resource rules: a client holds at most one socket for its calls, opened on first use and
+closed by `close()` (or the `with` block); a watch holds one of its own until its
+iteration ends. A call that fails half way closes its socket, so the next call starts on a
+fresh connection. One task (or thread) uses a client at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -41,12 +59,9 @@ from unitsync.wire.errors import (
     AgentCrashed,
     AgentGone,
     AgentUnavailable,
-    DependencyFailed,
     GraphChanged,
     NoAgent,
-    Refused,
     UnitsyncError,
-    WaitTimeout,
 )
 from unitsync.wire.host.paths import default_socket
 from unitsync.wire.host.peer import peer_of
@@ -84,9 +99,18 @@ from unitsync.wire.session import (
     unreachable,
 )
 
-from .retry import (
+from .._backends.sync import (
+    CLIENT_NAME,
+    CONNECT_TIMEOUT,
+    REPLY_TIMEOUT,
+    START_WAIT,
+    Callback,
+    SyncBackend,
+    SyncStream,
+)
+from ..retry import (
     BACKLOG_FULL_DELAYS,
-    DEFAULT_WAIT,
+    RESTART_GRACE,
     Backoff,
     asked_again,
     new_token,
@@ -95,136 +119,108 @@ from .retry import (
 )
 
 if TYPE_CHECKING:
-    from .autostart import Autostarted
+    from collections.abc import Iterator  # (apart: so its blocking name sorts alike)
 
-__all__ = [
-    "AgentGone",
-    "AgentUnavailable",
-    "Client",
-    "DependencyFailed",
-    "GraphChanged",
-    "NoAgent",
-    "Refused",
-    "UnitsyncError",
-    "WaitTimeout",
-]
+    from ..autostart import Autostarted
 
-CONNECT_TIMEOUT = 5.0
-"""A local agent accepts at once, even while it loads its journal (the backlog holds us):
-a connect that takes longer means the agent is hung."""
-REPLY_TIMEOUT = 30.0
-"""Every reply but a `start`'s or a watch's is computed at once and written after one fsync:
-thirty seconds without one means the agent (or its disk) is stuck, and a script should
-hear so rather than hang."""
 RECEIVE_SIZE = 65536
-RESTART_GRACE = 2.0
-"""How long a client that lost a cleanly stopped agent waits before starting one itself:
-a supervisor restarts it sooner (systemd's default RestartSec is 100 ms, and the agent
-serves about 0.3 s after it is started), and its agent must win, or it would find ours
-holding the socket and the state dir. Two seconds more is all a stall costs otherwise."""
+"""One read takes any ordinary reply whole; a bigger one comes over several reads."""
+DRAIN_WAIT = 1.0
+"""After a failed send, how long to look for the reason an agent that turned us away wrote
+before closing: it is already on its way, or it never comes."""
 
 R = TypeVar("R")
 
-ProgressCallback = Callable[[Waiting | UnitsyncError], None]
+ProgressCallback = Callback[Waiting | UnitsyncError]
 """Told what a `start` waits for, and when the agent cannot be reached while waiting."""
 
 
 class Connection:
-    """One socket and its session: the blocking I/O loop around `Session`."""
+    """One socket and its session: the I/O loop around `Session`."""
 
-    def __init__(
-        self, path: Path, client: str = "python", memory: GraphMemory | None = None
-    ) -> None:
-        self.session = Session(path, client, memory)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(CONNECT_TIMEOUT)
+    def __init__(self, stream: SyncStream, session: Session, backend: SyncBackend) -> None:
+        self.stream = stream
+        self.session = session
+        self._backend = backend
+
+    @classmethod
+    def open(cls, path: Path, session: Session, backend: SyncBackend) -> Connection:
+        """A connection to the agent at `path`, trusted before a byte is sent (SPEC §5)."""
         try:
-            _connect_when_there_is_room(self.sock, path, time.monotonic() + CONNECT_TIMEOUT)
-            check_trust(path, os.stat(path.parent), peer_of(self.sock), os.getuid())
+            stream = _connect_when_there_is_room(path, backend)
         except OSError as exc:
-            self.sock.close()
             raise unreachable(path, exc) from None
-        except UnitsyncError:
-            self.sock.close()
+        try:
+            check_trust(path, os.stat(path.parent), peer_of(stream.socket), os.getuid())
+        except OSError as exc:
+            stream.close()
+            raise unreachable(path, exc) from None
+        except BaseException:
+            stream.close()
             raise
+        return cls(stream, session, backend)
 
     def send(self, request: Request) -> None:
         data = self.session.send(request)
         try:
-            self.sock.sendall(data)
+            self.stream.send_all(data)
         except OSError as exc:
             # The agent may have turned us away and closed: its reason may be waiting.
-            self._drain(exc)
+            with contextlib.suppress(TimeoutError, OSError):
+                self.receive(DRAIN_WAIT)
+            raise self.session.connection_lost(exc) from None
 
-    def receive(self, timeout: float | None = REPLY_TIMEOUT) -> Reply:
+    def receive(self, timeout: float | None) -> Reply:
         """The next reply or event; TimeoutError when `timeout` seconds pass without one."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._backend.clock() + timeout
         while (event := self.session.next_event()) is NEED_DATA:
-            self._read(deadline)
+            wait = None if deadline is None else deadline - self._backend.clock()
+            if wait is not None and wait <= 0:
+                raise TimeoutError
+            try:
+                data = self.stream.receive(RECEIVE_SIZE, wait)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise self.session.connection_lost(exc) from None
+            self.session.receive_data(data)
         return event  # type: ignore[return-value]
 
-    def close(self) -> None:
-        self.sock.close()
-
     def pushed(self) -> list[Order]:
-        """Orders the agent pushed unasked, read without blocking (between exchanges);
+        """Orders the agent pushed unasked, read without waiting (between exchanges);
         AgentGone if it closed the connection."""
-        timeout = self.sock.gettimeout()
-        self.sock.settimeout(0.0)  # (with a timeout, Python would wait for data first)
         try:
-            data = self.sock.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            pass
+            data = self.stream.receive_now(RECEIVE_SIZE)
         except OSError as exc:
             raise self.session.connection_lost(exc) from None
-        else:
+        if data is not None:
             self.session.receive_data(data)
-        finally:
-            self.sock.settimeout(timeout)
         return self.session.take_orders()
 
-    def _read(self, deadline: float | None) -> None:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            self.sock.settimeout(remaining)
-        else:
-            self.sock.settimeout(None)
-        try:
-            data = self.sock.recv(RECEIVE_SIZE)
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise self.session.connection_lost(exc) from None
-        self.session.receive_data(data)
-
-    def _drain(self, exc: OSError) -> None:
-        """After a failed send: raise the agent's own reason if it sent one, else the loss."""
-        with contextlib.suppress(TimeoutError, OSError):
-            self.receive(timeout=1.0)
-        raise self.session.connection_lost(exc)
+    def close(self) -> None:
+        self.stream.close()
 
 
 class Client:
-    """Blocking client. Every method raises a `UnitsyncError` subclass on failure.
+    """A client of the agent. Every method raises a `UnitsyncError` subclass on failure.
 
-    `autostart`: start an agent when a call finds none; None (the default) means "unless
-    UNITSYNC_AUTOSTART=0". `on_autostart` is told when this client started one.
+    `autostart` (the blocking client's): start an agent when a call finds none; None (the
+    default) means "unless UNITSYNC_AUTOSTART=0". `on_autostart` is told when this client
+    started one. The trio client never starts one, and refuses `autostart=True`.
     """
 
     def __init__(
         self,
         socket_path: str | Path | None = None,
         *,
-        name: str = "python",
+        name: str = CLIENT_NAME,
         autostart: bool | None = None,
         on_autostart: Callable[[Autostarted], None] | None = None,
     ) -> None:
         self.path = Path(socket_path) if socket_path else default_socket()
         self.name = name
-        self.autostart = autostart
         self.on_autostart = on_autostart
+        self._backend = SyncBackend(autostart)
         self._conn: Connection | None = None
         self.memory = GraphMemory()
         """The graph of this client's first welcome: every later one must name it."""
@@ -236,6 +232,15 @@ class Client:
         A client holding a run had an agent: its calls start one as a client that lost its
         agent does (`_connect`)."""
 
+    @classmethod
+    def connect(
+        cls, socket_path: str | Path | None = None, *, name: str = CLIENT_NAME
+    ) -> Client:
+        """A client whose first connection is open (and trusted): errors surface here."""
+        client = cls(socket_path, name=name)
+        client._connection(lost=False)
+        return client
+
     def __enter__(self) -> Client:
         return self
 
@@ -244,8 +249,8 @@ class Client:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            conn.close()
 
     @property
     def graph(self) -> str:
@@ -273,9 +278,12 @@ class Client:
         """`hold`: from a `run` holding the unit, ready but still running (a service).
         `token`: the run this report is from (a held run's goes by itself); once a newer
         run superseded it, the report changes nothing."""
-        return self._call(Complete(unit, force, once, hold, self._token(unit, token)), Ok)
+        request = Complete(unit, force, once, hold, self._token(unit, token))
+        return self._call(request, Ok)
 
-    def fail(self, unit: str, reason: str = "", *, force: bool = False, token: str = "") -> Ok:
+    def fail(
+        self, unit: str, reason: str = "", *, force: bool = False, token: str = ""
+    ) -> Ok:
         """Mark `unit` failed; `force` declares a failure of a unit nobody has named yet.
         `token`: as for `complete`."""
         return self._call(Fail(unit, reason, force, self._token(unit, token)), Ok)
@@ -289,32 +297,35 @@ class Client:
         `complete`)."""
         return self._call(SetReason(unit, reason, self._token(unit, token)), Ok)
 
-    def reset(self, unit: str | None = None, *, force: bool = False, failed: bool = False) -> Ok:
+    def reset(
+        self, unit: str | None = None, *, force: bool = False, failed: bool = False
+    ) -> Ok:
         """Back to pending; `None` resets every unit (`failed`: every failed one). A unit
         whose run's owner still runs is refused (`None`: left alone, named in `left_alone`),
         unless `force`."""
         return self._call(Reset(unit, force, failed), Ok)
+
+    def status(self, unit: str | None = None) -> list[UnitView]:
+        return (self.state(unit)).units
+
+    def state(self, unit: str | None = None) -> StatusReply:
+        """Like `status`, with the current boot (`boot`, `boot_since`) and the time (`at`)."""
+        return self._call(Status(unit), StatusReply)
 
     def _token(self, unit: str, token: str) -> str:
         """The token a report goes with: the one given, or that of the run held here."""
         held = self.holding.get(unit)
         return token or (held.token if held is not None else "")
 
-    def status(self, unit: str | None = None) -> list[UnitView]:
-        return self.state(unit).units
-
-    def state(self, unit: str | None = None) -> StatusReply:
-        """Like `status`, with the current boot (`boot`, `boot_since`) and the time (`at`)."""
-        return self._call(Status(unit), StatusReply)
-
     def _call(self, request: Request, expect: type[R]) -> R:
+        """One request, its whole reply; once more on a new connection if that is safe."""
         check_request(request)  # before connecting: a script hears of it even with no agent
         lost = bool(self.holding)  # a held run's agent was there: if it is not, it was lost
         conn = self._connection(lost=lost)
         try:
             try:
                 conn.send(request)
-                reply = conn.receive()
+                reply = conn.receive(REPLY_TIMEOUT)
             except AgentGone:
                 if not conn.session.retry_is_safe:
                     raise
@@ -322,7 +333,7 @@ class Client:
                 self.close()
                 conn = self._connection(lost=lost)
                 conn.send(request)
-                reply = conn.receive()
+                reply = conn.receive(REPLY_TIMEOUT)
         except TimeoutError:
             self.close()
             raise AgentUnavailable(
@@ -349,35 +360,47 @@ class Client:
         `lost`: the caller had an agent and lost it. Where that agent crashed
         (`AgentCrashed`) it starts one at once; where it stopped cleanly, only once
         RESTART_GRACE has passed without one coming back (the caller retries meanwhile).
-        `deadline` (a `time.monotonic()`) bounds the wait for a live agent that holds the
+        `deadline` (the backend's `clock()`) bounds the wait for a live agent that holds the
         socket or the state dir (autostart's LIVE_AGENT_WAIT when None).
         """
         try:
-            conn = Connection(self.path, self.name, self.memory)
+            conn = self._open()
         except NoAgent as exc:
-            if self.autostart is False:
+            because = self._why_start_agent(exc, lost=lost)
+            if because is None:
                 raise
-            from .autostart import LIVE_AGENT_WAIT, enabled, ensure_agent  # the rare path
-
-            if self.autostart is None and not enabled():
-                raise
-            because = ""
-            if lost and not isinstance(exc, AgentCrashed):
-                now = time.monotonic()
-                if self._missing_since is None:
-                    self._missing_since = now
-                if now - self._missing_since < RESTART_GRACE:
-                    raise
-                because = f"the agent stopped and none came back within {RESTART_GRACE:g}s"
-            elif lost:
-                because = "the agent crashed"
-            patience = LIVE_AGENT_WAIT if deadline is None else _remaining(deadline) or 0.0
-            started = ensure_agent(self.path, patience)
+            patience = None if deadline is None else self._remaining(deadline) or 0.0
+            started = self._backend.start_agent(self.path, patience, because)
             if started is not None and self.on_autostart is not None:
-                self.on_autostart(dataclasses.replace(started, because=because))
-            conn = Connection(self.path, self.name, self.memory)
+                self.on_autostart(started)
+            conn = self._open()
         self._missing_since = None
         return conn
+
+    def _open(self) -> Connection:
+        session = Session(self.path, self.name, self.memory)
+        return Connection.open(self.path, session, self._backend)
+
+    def _why_start_agent(self, exc: NoAgent, *, lost: bool) -> str | None:
+        """Why this client starts an agent now ("" for a first call that found none); None
+        if it must not, or not yet (a cleanly stopped agent's grace is still running)."""
+        if not self._backend.may_start_agent():
+            return None
+        if not lost:
+            return ""
+        if isinstance(exc, AgentCrashed):
+            return "the agent crashed"
+        now = self._backend.clock()
+        if self._missing_since is None:
+            self._missing_since = now
+        if now - self._missing_since < RESTART_GRACE:
+            return None
+        return f"the agent stopped and none came back within {RESTART_GRACE:g}s"
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        return max(deadline - self._backend.clock(), 0.0)
 
     # --- start: wait, surviving agent restarts ---------------------------------------------
 
@@ -386,7 +409,7 @@ class Client:
         unit: str,
         *,
         rerun: bool = False,
-        timeout: float | None = DEFAULT_WAIT,
+        timeout: float | None = START_WAIT,
         on_progress: ProgressCallback | None = None,
         tick: float | None = None,
         once: bool = False,
@@ -401,24 +424,25 @@ class Client:
         (what `run` does) until `complete` or `fail` reports its end (`take_back` after an
         agent restart).
 
-        `timeout=None` waits forever. With `tick`, `on_progress` is called again with
-        the latest news every `tick` seconds (for a live display). If the agent goes away
-        while we wait (restart, crash, upgrade), reconnect with backoff and keep waiting;
-        the request carries a token so a start the old agent acknowledged but could not
-        answer is not repeated. If it crashed, start another (as `_connect` says).
-        `token` names the run (default: a fresh one), for its reports (`complete`).
+        `timeout=None` waits forever (START_WAIT unless told: five minutes for the blocking
+        client, forever for the trio client). With `tick`, `on_progress` is told again the
+        latest news every `tick` seconds (for a live display). If the agent goes away while
+        we wait (restart, crash, upgrade), reconnect with backoff and keep waiting; the
+        request carries a token so a start the old agent acknowledged but could not answer
+        is not repeated. If it crashed, start another (as `_connect` says). `token` names
+        the run (default: a fresh one), for its reports (`complete`).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._backend.clock() + timeout
         request = start_request(unit, rerun, once=once, owner=owner, hold=hold, token=token)
         check_request(request)
-        began = time.monotonic()
+        began = self._backend.clock()
         backoff = Backoff()
         connected_once = False
         while True:
             try:
                 conn = self._connection(lost=connected_once, deadline=deadline)
                 connected_once = True
-                again = asked_again(request, began)
+                again = asked_again(request, self._backend.clock() - began)
                 started = self._wait_started(conn, again, deadline, on_progress, tick)
                 if hold:
                     self.holding[unit] = request
@@ -429,7 +453,8 @@ class Client:
                     raise
                 if on_progress:
                     on_progress(exc)
-                time.sleep(backoff.next_delay(_remaining(deadline), unit, timeout))
+                delay = backoff.next_delay(self._remaining(deadline), unit, timeout)
+                self._backend.sleep(delay)
             except TimeoutError:
                 self.close()
                 raise timed_out(unit, timeout) from None
@@ -441,7 +466,7 @@ class Client:
 
     def take_orders(self) -> list[Order]:
         """What the agent pushed on the open connection (a held run is told when a newer run
-        supersedes it), read without blocking; AgentGone if the agent closed it."""
+        supersedes it), read without waiting; AgentGone if the agent closed it."""
         if self._conn is None:
             return []
         try:
@@ -452,7 +477,7 @@ class Client:
 
     def fileno(self) -> int | None:
         """The open connection's descriptor (for an event loop to watch), if there is one."""
-        return self._conn.sock.fileno() if self._conn is not None else None
+        return self._conn.stream.fileno() if self._conn is not None else None
 
     def _wait_started(
         self,
@@ -465,7 +490,7 @@ class Client:
         conn.send(request)
         latest: Waiting | None = None
         while True:
-            remaining = _remaining(deadline)
+            remaining = self._remaining(deadline)
             try:
                 reply = conn.receive(_shortest(remaining, tick))
             except TimeoutError:
@@ -489,12 +514,14 @@ class Client:
         name: str,
         *,
         wants: list[str] | tuple[str, ...] = (),
-        timeout: float | None = DEFAULT_WAIT,
+        timeout: float | None = START_WAIT,
     ) -> Iterator[Started]:
-        """Run a block as unit `name`: declare `wants`, wait and start, then complete it.
+        """Run a block as unit `name`: declare `wants`, wait and start (as `start` with
+        `timeout`), then complete it.
 
-        If the block raises, the unit is marked failed with the exception as reason
-        (and the exception goes on), so whatever waits on it stops waiting.
+        If the block raises (or, in trio, is cancelled), the unit is marked failed with the
+        exception as reason (and the exception goes on), so whatever waits on it stops
+        waiting.
         """
         if wants:
             self.want(name, *wants)
@@ -503,7 +530,8 @@ class Client:
         try:
             yield started
         except BaseException as exc:
-            self.fail(name, reason=failure_reason(exc), token=token)
+            with self._backend.shield():  # so a cancelled block still reports its end
+                self.fail(name, reason=failure_reason(exc), token=token)
             raise
         self.complete(name, token=token)
 
@@ -511,14 +539,16 @@ class Client:
         self,
         unit: str | None = None,
         *,
-        on_unreachable: Callable[[UnitsyncError], None] | None = None,
-        on_graph_changed: Callable[[GraphChanged], None] | None = None,
+        on_unreachable: Callback[UnitsyncError] | None = None,
+        on_graph_changed: Callback[GraphChanged] | None = None,
     ) -> Iterator[FullView | Changed]:
         """Every acknowledged change, starting with a full view; reconnects if the agent restarts.
 
-        A new full view follows each reconnection (and any time this client fell behind).
-        If a reconnection finds another graph, `on_graph_changed` is told and the watch
-        goes on with that graph; without it, GraphChanged is raised.
+        A new full view follows each reconnection (and any time this client fell behind);
+        `on_unreachable` is told each time the agent cannot be reached meanwhile. If a
+        reconnection finds another graph, `on_graph_changed` is told and the watch goes on
+        with that graph; without it, GraphChanged is raised. The watch has a connection of
+        its own, closed when its iteration ends.
         """
         backoff = Backoff()
         connected_once = False
@@ -528,7 +558,7 @@ class Client:
                     conn.send(Watch(unit))
                     connected_once = True
                     while True:
-                        event = conn.receive(timeout=None)
+                        event = conn.receive(None)
                         assert isinstance(event, FullView | Changed)
                         backoff = Backoff()
                         yield event
@@ -542,28 +572,23 @@ class Client:
                     raise
                 if on_unreachable:
                     on_unreachable(exc)
-                time.sleep(backoff.next_delay(None, unit or "", None))
+                self._backend.sleep(backoff.next_delay(None, unit or "", None))
 
 
-def _connect_when_there_is_room(sock: socket.socket, path: Path, deadline: float) -> None:
-    """Connect, waiting while the agent's listen backlog is full (EAGAIN) until `deadline`."""
+def _connect_when_there_is_room(path: Path, backend: SyncBackend) -> SyncStream:
+    """Connect, waiting while the agent's listen backlog is full (EAGAIN), for at most
+    CONNECT_TIMEOUT (None: until cancelled)."""
+    deadline = None if CONNECT_TIMEOUT is None else backend.clock() + CONNECT_TIMEOUT
     delay, longest = BACKLOG_FULL_DELAYS
     while True:
         try:
-            sock.connect(str(path))
-            return
+            return backend.connect(path)
         except BlockingIOError:
-            if time.monotonic() + delay > deadline:
+            if deadline is not None and backend.clock() + delay > deadline:
                 raise
-            time.sleep(delay)
+            backend.sleep(delay)
             delay = min(delay * 2, longest)
 
 
 def _shortest(*timeouts: float | None) -> float | None:
     return min((t for t in timeouts if t is not None), default=None)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(deadline - time.monotonic(), 0.0)
