@@ -1,4 +1,8 @@
-"""Run the README's console blocks in order, as a reader pasting them into one shell would.
+"""Run a page's console blocks in order, as a reader pasting them into one shell would.
+
+A page is README.md or a page of docs/; each is a session of its own: one bash with a fresh
+HOME, runtime dir and state dir, so that a page's first block starts what the page needs (its
+own agent, or a command that starts one) and no page depends on another.
 
 A block is a fenced `console` block. `$ ` lines are commands; the lines under one
 are what it prints (stdout and stderr, as a terminal shows them). An annotation
@@ -6,18 +10,27 @@ after two spaces and `#` is not output: `# exit N` states the command's exit
 status (0 when absent; on a `$` line for a command run with `&`), anything else
 is a note for the reader. A block right after `<!-- not run: why -->` is skipped.
 
-Every block runs in one long-lived bash (so `$?` and `&` behave as they do for the
+Every block of a page runs in one long-lived bash (so `$?` and `&` behave as they do for the
 reader). Output is compared per block as a multiset of normalised lines: times,
 durations, pids, Unix times and paths vary from run to run, column widths follow,
 and a command started with `&` prints whenever it runs; exit codes are exact.
+
+Run as a script (`python tests/harness/console_session.py docs/restarts.md`), it plays a page
+in a fresh session and prints what each command really printed, in the page's own notation
+(`# exit N`, the session's folders shown as `/home/me` and `/run/user/1000`): what to paste
+when an output changes. Nothing is compared then.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import select
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,10 +40,17 @@ SKIP = re.compile(r"<!--\s*not run:(.*?)-->")
 FENCE = "```"
 ANNOTATION = re.compile(r"\s{2,}#\s*(.*)$")
 EXIT = re.compile(r"exit (\d+)")
-END = "@@unitsync-readme-end"
+END = "@@unitsync-console-end"
 """Printed after each command as `END code` and a newline, and nothing before it: bash's
 stdout is line-buffered, so a leading newline would be a write of its own, and a line from
 a background process could land between the two and lose its own newline to the marker."""
+COMMAND_TIMEOUT = 60.0
+"""Generous: a command that hangs fails the session instead of hanging CI."""
+RECORDING_WAIT = 10.0
+"""Recording: how long a background command's old lines are awaited before the next command
+(its new ones may differ; whatever it prints later still shows, under a later command)."""
+SHOWN_AS = {"home": "/home/me", "runtime": "/run/user/1000"}
+"""How a recording shows the session's folders: as the pages show a reader's."""
 BACKGROUND = re.compile(r"&(\s+\w+=\$!)?$")
 """`cmd &`, or `cmd & name=$!` (so that a later line can `kill $name`)."""
 
@@ -73,10 +93,10 @@ class Block:
     skip: str | None = None
 
 
-def blocks(readme: str) -> list[Block]:
-    """The console blocks of the README, in order."""
+def blocks(page: str) -> list[Block]:
+    """The console blocks of a page, in order."""
     found: list[Block] = []
-    lines = readme.splitlines()
+    lines = page.splitlines()
     i = 0
     while i < len(lines):
         if lines[i].strip() == f"{FENCE}console":
@@ -121,9 +141,11 @@ def normalise(line: str) -> str:
 
 
 class Shell:
-    """One bash, fed the README's commands one at a time; stdout and stderr merged."""
+    """One bash, fed a page's commands one at a time; stdout and stderr merged."""
 
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], recording: bool = False) -> None:
+        self.recording = recording
+        """Recording a page: a background command's lines that never come are no error."""
         self.proc = subprocess.Popen(
             ["bash"],  # reading commands from a pipe, it reads no startup file
             stdin=subprocess.PIPE,
@@ -149,7 +171,8 @@ class Shell:
         self._send(script + f'__us_rc=$?; printf "{END} %d\\n" $__us_rc; (exit $__us_rc)\n')
         code, output = self._until_end(timeout)
         if command.background:
-            output += self._until_seen(command.expected, output, timeout)
+            wait = min(timeout, RECORDING_WAIT) if self.recording else timeout
+            output += self._until_seen(command.expected, output, wait)
         return code, output
 
     def _until_seen(self, lines: list[str], seen: str, timeout: float) -> str:
@@ -162,6 +185,8 @@ class Shell:
             if ready:
                 self.buffer += os.read(self.proc.stdout.fileno(), 65536)
             elif time.monotonic() > deadline:
+                if self.recording:
+                    break
                 raise TimeoutError(f"{lines} never appeared; got {seen + self._text()!r}")
         arrived, self.buffer = self._text(), b""
         return arrived
@@ -211,3 +236,126 @@ class Shell:
         self._send("kill $(jobs -p) 2>/dev/null; wait; exit 0\n")
         out, _ = self.proc.communicate(timeout=30)
         return (self.buffer + out).decode(errors="replace")
+
+
+# --- a page, played in a session of its own ---------------------------------------------------
+
+
+def fresh_environment(root: Path) -> tuple[Path, dict[str, str]]:
+    """A new reader's account under `root`: its HOME (the shell's folder) and environment,
+    with a runtime dir and state home of its own, so nothing of another session is found."""
+    home, runtime = root / "home", root / "runtime"
+    for folder in (home, runtime):
+        folder.mkdir(mode=0o700)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("PYTHON")})
+    return home, env
+
+
+def runnable(page: Path) -> list[Block]:
+    """The blocks of `page` that run (not marked `not run`), in order."""
+    return [block for block in blocks(page.read_text()) if block.skip is None]
+
+
+def play(page: Path, root: Path, timeout: float = COMMAND_TIMEOUT) -> int:
+    """Run every runnable block of `page`, in order, in a fresh session under `root`; how
+    many blocks ran. A block whose exit codes or lines differ from the page's raises
+    AssertionError naming the page, the block and the difference."""
+    home, env = fresh_environment(root)
+    shell = Shell(home, env)
+    played = 0
+    try:
+        for block in runnable(page):
+            _check(page, block, shell, timeout)
+            played += 1
+    finally:
+        shell.close()
+    return played
+
+
+def _check(page: Path, block: Block, shell: Shell, timeout: float) -> None:
+    where = f"{page.name}, block {block.number} (`{block.commands[0].line}`)"
+    printed: list[str] = []
+    for command in block.commands:
+        code, output = shell.run(command, timeout)
+        printed += output.splitlines()
+        if not command.background:
+            assert code == command.exit_code, (
+                f"{where}: `{command.line}` exited {code}, "
+                f"the page says {command.exit_code}:\n{output}"
+            )
+    codes, output = shell.finish_jobs(timeout)
+    printed += output.splitlines()
+    background = [c for c in block.commands if c.background and not c.long_lived]
+    assert codes == [c.exit_code for c in background], (
+        f"{where}: its background commands exited {codes}, the page says "
+        f"{[c.exit_code for c in background]}:\n{output}"
+    )
+    expected = Counter(normalise(line) for c in block.commands for line in c.expected)
+    actual = Counter(normalise(line) for line in printed if line.strip())
+    assert actual == expected, (
+        f"{where} printed other lines than the page shows:\n"
+        f"  only in the page: {sorted((expected - actual).elements())}\n"
+        f"  only printed: {sorted((actual - expected).elements())}"
+    )
+
+
+def record(page: Path, root: Path, timeout: float = COMMAND_TIMEOUT) -> str:
+    """Play `page` in a fresh session under `root`, comparing nothing; each runnable block
+    as it really printed, in the page's notation."""
+    home, env = fresh_environment(root)
+    shell = Shell(home, env, recording=True)
+    shown: list[str] = []
+    try:
+        for block in runnable(page):
+            shown.append(f"--- block {block.number}")
+            for command in block.commands:
+                code, output = shell.run(command, timeout)
+                note = _exit_note(code)
+                if command.background:  # its code comes when the block's jobs are waited for
+                    note = "  # exit ?" if not command.long_lived else ""
+                lines = output.splitlines()
+                if not command.background and lines and note:
+                    shown += [f"$ {command.line}", *lines[:-1], lines[-1] + note]
+                else:
+                    shown += [f"$ {command.line}{note}", *lines]
+            codes, output = shell.finish_jobs(timeout)
+            shown += output.splitlines()
+            if codes:
+                shown.append(f"(background commands of the block exited {codes})")
+    finally:
+        shown.append(shell.close())
+    text = "\n".join(shown)
+    for name, folder in (("home", env["HOME"]), ("runtime", env["XDG_RUNTIME_DIR"])):
+        text = text.replace(folder, SHOWN_AS[name])
+    return text
+
+
+def _exit_note(code: int) -> str:
+    return f"  # exit {code}" if code else ""
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for conftest
+    from conftest import agents_running, stop_agents
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("page", type=Path, help="README.md or a page of docs/")
+    page = parser.parse_args().page
+    root = Path(tempfile.mkdtemp(prefix="us-"))  # short: Unix socket paths are limited
+    try:
+        print(record(page.resolve(), root))
+    finally:
+        stop_agents(agents_running(str(root)))  # any a command started by itself
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
