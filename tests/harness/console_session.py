@@ -55,16 +55,24 @@ BACKGROUND = re.compile(r"&(\s+\w+=\$!)?$")
 """`cmd &`, or `cmd & name=$!` (so that a later line can `kill $name`)."""
 
 NORMALISE = [
+    (re.compile(r"(?<![\w./~-])(?:/home/[\w-]+|/root)(?=/)"), "~"),  # a reader's home
     (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+"), "<log time>"),
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"), "<timestamp>"),
     (re.compile(r"\d\d/[A-Z][a-z]{2}/\d{4}"), "<date>"),  # python -m http.server's log
     (re.compile(r"\bon try \d+"), "on try <n>"),  # a readiness probe's
+    (re.compile(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) \d{4}-\d\d-\d\d\b"), "<day>"),  # systemctl's
     (re.compile(r"\b\d\d:\d\d:\d\d\b"), "<clock>"),
     (re.compile(r"\b\d{10}(\.\d+)?\b"), "<unix time>"),
     (re.compile(r"\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+(\.\d+)?(ms|s)\b"), "<duration>"),
     (re.compile(r"\bpid \d+"), "pid <n>"),
+    (re.compile(r"\brun \d+\b"), "run <n>"),  # an owner in `status`: the pid of its `run`
     (re.compile(r"\b[0-9a-f]{8}(?=, state in )|(?<=\bgraph )[0-9a-f]{8}\b"), "<graph>"),
     (re.compile(r"`kill \d+`"), "`kill <n>`"),  # a refusal's way out names the pid to stop
+    # systemctl status: a process's pid and command line, a unit's tasks and memory
+    (re.compile(r"\b(Main PID|Process): \d+"), r"\1: <n>"),
+    (re.compile(r"└─\d+ \S+"), "└─<n> <program>"),
+    (re.compile(r"\bTasks: \d+ \(limit: \d+\)"), "Tasks: <n>"),
+    (re.compile(r"\bMemory: [\d.]+[BKMGT]\b.*"), "Memory: <size>"),
     (re.compile(r"(?:/[\w.@+-]+)+/agent\.sock"), "<socket>"),
     (re.compile(r"(?:/[\w.@+-]+)+/agent\.log"), "<agent log>"),
     (re.compile(r"(?:/[\w.@+-]+)+/unitsync(?=[ ,)]|$)"), "<state dir>"),
@@ -134,7 +142,11 @@ def _annotation(line: str) -> tuple[str, str | None]:
     return line[: match.start()], match.group(1)
 
 
-def normalise(line: str) -> str:
+def normalise(line: str, home: str | None = None) -> str:
+    """`line` with what varies between runs made equal; `home`, the session's HOME, reads
+    as `~`, as a reader's own home does."""
+    if home:
+        line = line.replace(home, "~")
     for pattern, replacement in NORMALISE:
         line = pattern.sub(replacement, line)
     return line.strip()
@@ -146,6 +158,7 @@ class Shell:
     def __init__(self, cwd: Path, env: dict[str, str], recording: bool = False) -> None:
         self.recording = recording
         """Recording a page: a background command's lines that never come are no error."""
+        self.home = env["HOME"]
         self.proc = subprocess.Popen(
             ["bash"],  # reading commands from a pipe, it reads no startup file
             stdin=subprocess.PIPE,
@@ -180,7 +193,9 @@ class Shell:
         assert self.proc.stdout is not None
         wanted = Counter(normalise(line) for line in lines if line.strip())
         deadline = time.monotonic() + timeout
-        while wanted - Counter(normalise(line) for line in (seen + self._text()).splitlines()):
+        while wanted - Counter(
+            normalise(line, self.home) for line in (seen + self._text()).splitlines()
+        ):
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
             if ready:
                 self.buffer += os.read(self.proc.stdout.fileno(), 65536)
@@ -264,11 +279,17 @@ def runnable(page: Path) -> list[Block]:
     return [block for block in blocks(page.read_text()) if block.skip is None]
 
 
-def play(page: Path, root: Path, timeout: float = COMMAND_TIMEOUT) -> int:
-    """Run every runnable block of `page`, in order, in a fresh session under `root`; how
-    many blocks ran. A block whose exit codes or lines differ from the page's raises
-    AssertionError naming the page, the block and the difference."""
-    home, env = fresh_environment(root)
+def play(
+    page: Path,
+    root: Path,
+    timeout: float = COMMAND_TIMEOUT,
+    account: tuple[Path, dict[str, str]] | None = None,
+) -> int:
+    """Run every runnable block of `page`, in order, in a fresh session under `root` (or in
+    `account`, a home and environment made ready for the page); how many blocks ran. A block
+    whose exit codes or lines differ from the page's raises AssertionError naming the page,
+    the block and the difference."""
+    home, env = account or fresh_environment(root)
     shell = Shell(home, env)
     played = 0
     try:
@@ -299,7 +320,7 @@ def _check(page: Path, block: Block, shell: Shell, timeout: float) -> None:
         f"{[c.exit_code for c in background]}:\n{output}"
     )
     expected = Counter(normalise(line) for c in block.commands for line in c.expected)
-    actual = Counter(normalise(line) for line in printed if line.strip())
+    actual = Counter(normalise(line, shell.home) for line in printed if line.strip())
     assert actual == expected, (
         f"{where} printed other lines than the page shows:\n"
         f"  only in the page: {sorted((expected - actual).elements())}\n"
@@ -307,10 +328,15 @@ def _check(page: Path, block: Block, shell: Shell, timeout: float) -> None:
     )
 
 
-def record(page: Path, root: Path, timeout: float = COMMAND_TIMEOUT) -> str:
-    """Play `page` in a fresh session under `root`, comparing nothing; each runnable block
-    as it really printed, in the page's notation."""
-    home, env = fresh_environment(root)
+def record(
+    page: Path,
+    root: Path,
+    timeout: float = COMMAND_TIMEOUT,
+    account: tuple[Path, dict[str, str]] | None = None,
+) -> str:
+    """Play `page` as `play` does, comparing nothing; each runnable block as it really
+    printed, in the page's notation."""
+    home, env = account or fresh_environment(root)
     shell = Shell(home, env, recording=True)
     shown: list[str] = []
     try:
