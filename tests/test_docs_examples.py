@@ -4,17 +4,16 @@ Each doc's steps are read from its text (the blocks after a `<!-- docs-example -
 comment) and run as their platform runs them, against a real agent that the scripts start
 themselves (`UNITSYNC_AUTOSTART=1`, a private state dir): the install lines, with a copy of
 this checkout, into a venv of their own; Coder's `coder_script`s, in the environment the doc
-gives the `coder_agent`
-all at once, each `sh -c` in a session of its own with its output on pipes (Coder waits for
-those pipes to close); a dev container's hooks one after the other, each entry `/bin/sh -c`
-on a pseudo-terminal of its own that hangs up when its shell exits (as the dev containers
-CLI does), `postStartCommand`'s entries at once. Then the workspace restarts: every process
-carrying the workspace's mark in its environment is SIGKILLed (the agent included), the
-container's folders go or stay as the platform keeps them, and the same scripts run again
-with a new `UNITSYNC_BOOT_ID`. Every script must exit 0 every time, the one-time clone
-must happen once, and the `status` tables the docs show recorded are what `status` prints.
-A dev container's files are checked out as files are (`web.sh` not executable) and made ready
-by the doc's own steps (its `chmod`).
+gives the `coder_agent`, all at once, each `sh -c` in a session of its own with its output on
+pipes (Coder waits for those pipes to close); a dev container's hooks one after the other,
+each entry `/bin/sh -c` on a pseudo-terminal of its own that hangs up when its shell exits (as
+the dev containers CLI does), `postStartCommand`'s entries at once. Then the workspace
+restarts: every process carrying the workspace's mark in its environment is SIGKILLed (the
+agent included), the container's folders go or stay as the platform keeps them, and the same
+scripts run again with a new `UNITSYNC_BOOT_ID`. Every script must exit 0 every time, the
+one-time clone must happen once, and the `status` tables the docs show recorded are what
+`status` prints. A dev container's files are checked out as new files are (`web.sh` not
+executable) and made ready by the doc's own steps (its `chmod`).
 
 Stand-ins replace what is not here (`git clone`, `make`, `npm`, `claude`); the dev server is a
 real `python3 -m http.server` and the readiness probes a real `curl`. The only edits to the
@@ -316,13 +315,13 @@ def moved(state: dict, unit: str, to: str) -> float:
 # --- Coder ------------------------------------------------------------------------------------
 
 
-def coder_environ(workspace: Workspace, **extra: str) -> dict[str, str]:
+def coder_environ(workspace: Workspace) -> dict[str, str]:
     """What a Coder workspace's processes inherit: the `coder_agent`'s `env` from the doc (it
     pins the socket, which the workspace's agent then serves) and a home on the home volume."""
     pinned = {name: workspace.adapt(value, 3000) for name, value in coder_agent_env().items()}
     workspace.socket = Path(pinned["UNITSYNC_SOCKET"])
     home = workspace.root / "home"  # the home volume: it outlives the container
-    return workspace.environ(home, **{**pinned, **extra})
+    return workspace.environ(home, **pinned)
 
 
 def run_coder_scripts(workspace: Workspace, scripts: dict[str, str]) -> dict[str, Ran]:
