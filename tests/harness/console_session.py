@@ -256,6 +256,12 @@ class Shell:
 # --- a page, played in a session of its own ---------------------------------------------------
 
 
+NOT_A_READERS = {"PYTHONUNBUFFERED"}
+"""Set on some machines, not in a reader's shell: a Python `print("a", b)` then writes each
+piece on its own, and a line of a command run with `&` lands between them (`GET / ->127.0.0.1
+- - ...`). Pages show what a reader sees, so their commands buffer as a reader's do."""
+
+
 def fresh_environment(root: Path) -> tuple[Path, dict[str, str]]:
     """A new reader's account under `root`: its HOME (the shell's folder) and environment,
     with a runtime dir and state home of its own, so nothing of another session is found."""
@@ -270,7 +276,9 @@ def fresh_environment(root: Path) -> tuple[Path, dict[str, str]]:
         "LANG": "C.UTF-8",
         "TERM": "dumb",
     }
-    env.update({k: v for k, v in os.environ.items() if k.startswith("PYTHON")})
+    env.update(
+        {k: v for k, v in os.environ.items() if k.startswith("PYTHON") and k not in NOT_A_READERS}
+    )
     return home, env
 
 
