@@ -1,20 +1,25 @@
 """The workspace examples of docs/coder.md and docs/devcontainer.md, run as written.
 
-Each doc's scripts are read from its text (the blocks after a `<!-- docs-example -->`
+Each doc's steps are read from its text (the blocks after a `<!-- docs-example -->`
 comment) and run as their platform runs them, against a real agent that the scripts start
-themselves (`UNITSYNC_AUTOSTART=1`, a private socket and state dir): Coder's `coder_script`s
-all at once, each `sh -c` in a session of its own with its output on pipes (Coder waits for
-those pipes to close); a dev container's hooks one after the other, each entry `/bin/sh -c`
-on a pseudo-terminal of its own that hangs up when its shell exits (as the dev containers
-CLI does), `postStartCommand`'s entries at once. Then the workspace restarts: every process
-carrying the workspace's mark in its environment is SIGKILLed (the agent included), the
-container's folders go or stay as the platform keeps them, and the same scripts run again
-with a new `UNITSYNC_BOOT_ID`. Every script must exit 0 every time, and the one-time clone
-must happen once.
+themselves (`UNITSYNC_AUTOSTART=1`, a private state dir): the install lines, with a copy of
+this checkout, into a venv of their own; Coder's `coder_script`s, in the environment the doc
+gives the `coder_agent`, all at once, each `sh -c` in a session of its own with its output on
+pipes (Coder waits for those pipes to close); a dev container's hooks one after the other,
+each entry `/bin/sh -c` on a pseudo-terminal of its own that hangs up when its shell exits (as
+the dev containers CLI does), `postStartCommand`'s entries at once. Then the workspace
+restarts: every process carrying the workspace's mark in its environment is SIGKILLed (the
+agent included), the container's folders go or stay as the platform keeps them, and the same
+scripts run again with a new `UNITSYNC_BOOT_ID`. Every script must exit 0 every time, the
+one-time clone must happen once, and the `status` tables the docs show recorded are what
+`status` prints. A dev container's files are checked out as new files are (`web.sh` not
+executable) and made ready by the doc's own steps (its `chmod`).
 
 Stand-ins replace what is not here (`git clone`, `make`, `npm`, `claude`); the dev server is a
 real `python3 -m http.server` and the readiness probes a real `curl`. The only edits to the
-docs' text: the server's port (a free one) and `/tmp/` (the container's own).
+docs' text: the server's port (a free one), `/tmp/` (the container's own, also its `TMPDIR`),
+and for the install lines, their folders (`/opt/`, `/usr/local/bin`). A dev container's socket
+is in its `/tmp` (`UNITSYNC_SOCKET`, set by this test: the doc leaves it to the default).
 """
 
 from __future__ import annotations
@@ -33,13 +38,16 @@ import sys
 import termios
 import textwrap
 import time
+import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from conftest import agents_running, run_cli
+from conftest import agents_running, run_cli, stop_agents
+from harness.console_session import blocks, normalise
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 HANG = 120.0
@@ -61,10 +69,47 @@ def examples(doc: str) -> list[tuple[str, str]]:
     return EXAMPLE.findall((DOCS / doc).read_text())
 
 
+def example(doc: str, language: str, holding: str) -> str:
+    """The one block of `language` the doc marks as run by this test that holds `holding`."""
+    [text] = [t for lang, t in examples(doc) if lang == language and holding in t]
+    return text
+
+
 def coder_scripts() -> dict[str, str]:
     """The `script` of each `coder_script` resource, as Terraform's `<<-EOT` leaves it."""
-    hcl = next(text for language, text in examples("coder.md") if language == "hcl")
+    hcl = example("coder.md", "hcl", 'resource "coder_script"')
     return {name: textwrap.dedent(body) for name, body in CODER_SCRIPT.findall(hcl)}
+
+
+def coder_agent_env() -> dict[str, str]:
+    """The `env` the doc gives the `coder_agent`: what every script and terminal inherits."""
+    hcl = example("coder.md", "hcl", 'resource "coder_agent"')
+    return dict(re.findall(r'^\s*(\w+)\s*=\s*"([^"]*)"', hcl, re.MULTILINE))
+
+
+def recorded(doc: str, command: str) -> list[list[str]]:
+    """What the doc shows `command` printing, in each of its console blocks (run or not)."""
+    return [
+        c.expected
+        for block in blocks((DOCS / doc).read_text())
+        for c in block.commands
+        if c.line == command
+    ]
+
+
+def recorded_text(doc: str, beginning: str) -> str:
+    """The one `text` block of the doc that begins with `beginning`: output it shows."""
+    found = re.findall(r"```text\n(.*?)\n```", (DOCS / doc).read_text(), re.DOTALL)
+    [text] = [block for block in found if block.startswith(beginning)]
+    return text
+
+
+def same_lines(printed: str, shown: list[str] | str) -> bool:
+    """Whether `printed` is what the doc shows, as the console sessions compare it."""
+    if isinstance(shown, str):
+        shown = shown.splitlines()
+    as_printed = Counter(normalise(line) for line in printed.splitlines() if line.strip())
+    return as_printed == Counter(normalise(line) for line in shown if line.strip())
 
 
 def without_comments(jsonc: str) -> str:
@@ -147,8 +192,11 @@ class Workspace:
     root: Path
     port: int = field(default_factory=free_port)
     boot: int = 0
+    socket: Path = field(init=False)
+    """Where the workspace's agent listens: set from what the doc gives the scripts."""
 
     def __post_init__(self) -> None:
+        self.socket = self.container / "tmp" / "unitsync" / "agent.sock"
         self.bin = self.root / "bin"
         self.log = self.root / "standins"
         for folder in (self.bin, self.log):
@@ -163,10 +211,6 @@ class Workspace:
         """What a new container starts without: its /tmp (the socket, logs), maybe its home."""
         return self.root / "container"
 
-    @property
-    def socket(self) -> Path:
-        return self.container / "tmp" / "unitsync" / "agent.sock"
-
     def adapt(self, text: str, port: int) -> str:
         """The docs' text for this machine: its free port, its container's /tmp."""
         return text.replace(f"localhost:{port}", f"localhost:{self.port}").replace(
@@ -180,7 +224,7 @@ class Workspace:
             "PATH": f"{self.bin}:{Path(sys.executable).parent}:/usr/bin:/bin",
             "HOME": str(home),
             "LANG": "C.UTF-8",
-            "UNITSYNC_SOCKET": str(self.socket),
+            "TMPDIR": str(self.container / "tmp"),
             "UNITSYNC_AUTOSTART": "1",
             "UNITSYNC_BOOT_ID": f"boot-{self.boot}",
             "DEV_PORT": str(self.port),
@@ -271,15 +315,23 @@ def moved(state: dict, unit: str, to: str) -> float:
 # --- Coder ------------------------------------------------------------------------------------
 
 
+def coder_environ(workspace: Workspace) -> dict[str, str]:
+    """What a Coder workspace's processes inherit: the `coder_agent`'s `env` from the doc (it
+    pins the socket, which the workspace's agent then serves) and a home on the home volume."""
+    pinned = {name: workspace.adapt(value, 3000) for name, value in coder_agent_env().items()}
+    workspace.socket = Path(pinned["UNITSYNC_SOCKET"])
+    home = workspace.root / "home"  # the home volume: it outlives the container
+    return workspace.environ(home, **pinned)
+
+
 def run_coder_scripts(workspace: Workspace, scripts: dict[str, str]) -> dict[str, Ran]:
     """Every script at once, as Coder's agent runs them: `sh -c` in a session of its own,
     output on pipes; a script is over when it has exited and its pipes are closed."""
-    home = workspace.root / "home"  # the home volume: it outlives the container
-    environ = workspace.environ(home)
+    environ = coder_environ(workspace)
     started = {
         name: subprocess.Popen(
             ["sh", "-c", workspace.adapt(script, 3000)],
-            cwd=home,
+            cwd=environ["HOME"],
             env=environ,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -320,9 +372,11 @@ def test_the_coder_scripts_survive_a_workspace_restart(workspace: Workspace, clo
     scripts = coder_scripts()
     assert set(scripts) == {"git_clone", "claude", "dev_server", "tests"}
     if clone == "start --once":  # the doc's variant of the clone script, in its place
-        scripts["git_clone"] = next(text for lang, text in examples("coder.md") if lang == "sh")
+        scripts["git_clone"] = example("coder.md", "sh", "start git --once")
 
+    first_table, second_table = recorded("coder.md", "unitsync sync status")
     ran, state = coder_start(workspace, scripts)
+    assert_shown(status_table(workspace), first_table)
     assert "3 passed" in ran["tests"].output
     assert moved(state, "dev", "started") >= moved(state, "git", "completed")
     assert moved(state, "claude", "started") >= moved(state, "git", "completed")
@@ -330,6 +384,7 @@ def test_the_coder_scripts_survive_a_workspace_restart(workspace: Workspace, clo
 
     workspace.stop(keep_container=False)  # Coder removes the container; the home volume stays
     ran, state = coder_start(workspace, scripts)
+    assert_shown(status_table(workspace), second_table)
     assert "one-time unit" in ran["git_clone"].output
     assert "3 passed" in ran["tests"].output
     assert moved(state, "tests", "started") >= moved(state, "dev", "completed")
@@ -338,6 +393,94 @@ def test_the_coder_scripts_survive_a_workspace_restart(workspace: Workspace, clo
     assert all(entry["boot"] == 1 for entry in git["history"]), "git did not run in boot 2"
     assert workspace.count("clones") == 1
     assert workspace.count("claude") == workspace.count("tests") == 2
+
+
+def test_a_terminal_reaches_the_scripts_agent_through_the_pinned_socket(
+    workspace: Workspace,
+) -> None:
+    """A terminal whose login session sets XDG_RUNTIME_DIR: with the doc's `coder_agent` env
+    it talks to the scripts' agent; without it, it is refused as the doc shows."""
+    runtime = workspace.root / "terminal-runtime"
+    runtime.mkdir(mode=0o700)
+    scripts = coder_environ(workspace)
+    for pinned in (True, False):
+        if not pinned:
+            stop_agents(agents_running(str(workspace.root)))
+            del scripts["UNITSYNC_SOCKET"]  # each process takes its default
+        typed = subprocess.run(["unitsync", "sync", "want", "claude", "git"], env=scripts)
+        assert typed.returncode == 0
+        terminal = {**scripts, "XDG_RUNTIME_DIR": str(runtime)}
+        shown = subprocess.run(
+            ["unitsync", "sync", "status"], env=terminal, capture_output=True, text=True
+        )
+        if pinned:
+            assert shown.returncode == 0, shown.stderr
+            assert re.search(r"^claude +pending", shown.stdout, re.MULTILINE)
+        else:
+            assert shown.returncode == 3
+            assert_shown(shown.stderr, example("coder.md", "text", "cannot start an agent"))
+    assert len(agents_running(str(workspace.root))) == 1, "the terminal started no agent"
+
+
+def status_table(workspace: Workspace) -> str:
+    printed = run_cli("sync", "status", socket=workspace.socket)
+    assert printed.code == 0, printed.err
+    return printed.out
+
+
+def assert_shown(printed: str, shown: list[str] | str) -> None:
+    """`printed` is what the doc shows (its lines, normalised as the console sessions do)."""
+    assert same_lines(printed, shown), f"the doc shows:\n{shown}\nprinted:\n{printed}"
+
+
+# --- installing -----------------------------------------------------------------------------
+
+NOT_SOURCE = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__")
+"""What a copy of the checkout leaves out: venvs, git's data, build output."""
+
+
+def test_the_guides_ask_for_the_python_the_package_needs() -> None:
+    project = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"
+    for doc in ("coder.md", "devcontainer.md"):
+        assert "Python 3.11 or later" in (DOCS / doc).read_text(), doc
+
+
+def test_the_install_lines_install_a_unitsync_that_works_alone(short_tmp: Path) -> None:
+    """Both guides' install lines, run as written with a copy of this checkout as UNITSYNC
+    (the index for the dependencies as this machine's pip is set up); the copy is removed
+    before the installed command runs, so nothing is found in a source tree."""
+    lines = example("coder.md", "sh", "python3 -m venv")
+    assert example("devcontainer.md", "sh", "python3 -m venv") == lines
+    checkout, bin_folder, opt = short_tmp / "unitsync", short_tmp / "bin", short_tmp / "opt"
+    shutil.copytree(DOCS.parent, checkout, ignore=NOT_SOURCE)
+    for folder in (bin_folder, opt):
+        folder.mkdir()
+    here = lines.replace("/opt/", f"{opt}/").replace("/usr/local/bin", str(bin_folder))
+    installed = subprocess.run(
+        ["sh", "-ec", here],
+        env={**os.environ, "UNITSYNC": str(checkout)},
+        capture_output=True,
+        text=True,
+        timeout=600,  # a hang guard: the dependencies come from the package index
+    )
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    shutil.rmtree(checkout)
+    environ = {
+        "PATH": f"{bin_folder}:/usr/bin:/bin",
+        "HOME": str(short_tmp / "home"),
+        "UNITSYNC_SOCKET": str(short_tmp / "run" / "agent.sock"),
+        "LANG": "C.UTF-8",
+    }
+    try:
+        ping = subprocess.run(
+            ["unitsync", "sync", "ping"], env=environ, capture_output=True, text=True
+        )
+        assert ping.returncode == 0, ping.stderr
+        assert "started an agent" in ping.stderr  # the installed agent, started by itself
+        assert ping.stdout.startswith("unitsync agent ")
+    finally:
+        stop_agents(agents_running(str(short_tmp)))
 
 
 # --- dev containers ---------------------------------------------------------------------------
@@ -370,7 +513,9 @@ def on_terminals(commands: dict[str, str], cwd: Path, environ: dict[str, str]) -
     deadline = time.monotonic() + HANG
     ran = {}
     while running:
-        assert time.monotonic() < deadline, f"hook entries still running: {list(running)}"
+        assert time.monotonic() < deadline, (
+            f"hook entries still running: {list(running)}; those that ended: {ran}"
+        )
         readable, _, _ = select.select([leader for _, leader, _ in running.values()], [], [], 0.1)
         for name, (proc, leader, output) in list(running.items()):
             chunk = b""
@@ -395,7 +540,8 @@ class DevContainer:
 
     @classmethod
     def from_doc(cls, workspace: Workspace) -> DevContainer:
-        config, web_sh = (text for _, text in examples("devcontainer.md"))
+        config = example("devcontainer.md", "jsonc", "postStartCommand")
+        web_sh = example("devcontainer.md", "sh", "#!/bin/sh")
         return cls(workspace, json.loads(without_comments(config)), web_sh)
 
     @property
@@ -409,6 +555,7 @@ class DevContainer:
             name: value.replace("${containerWorkspaceFolder}", folder)
             for name, value in self.config.get("containerEnv", {}).items()
         }
+        extra["UNITSYNC_SOCKET"] = str(self.workspace.socket)
         return self.workspace.environ(self.workspace.container / "home", **extra)
 
     def hook(self, name: str) -> dict[str, Ran]:
@@ -421,11 +568,17 @@ class DevContainer:
         )
 
     def check_out(self) -> None:
-        """The workspace folder holds the project: here, the doc's `.devcontainer/web.sh`."""
+        """The workspace folder holds the project: here, the doc's `.devcontainer/web.sh`,
+        written as any new file is (not executable), then made ready by the steps the doc
+        gives for it (its `chmod`), run as written in the folder, as its reader does once."""
         web_sh = self.folder / ".devcontainer" / "web.sh"
-        web_sh.parent.mkdir(parents=True, exist_ok=True)
+        if web_sh.exists():
+            return
+        web_sh.parent.mkdir(parents=True)
         web_sh.write_text(self.workspace.adapt(self.web_sh, 5173) + "\n")
-        web_sh.chmod(0o755)
+        web_sh.chmod(0o644)
+        steps = example("devcontainer.md", "sh", "chmod")
+        subprocess.run(["sh", "-ec", steps], cwd=self.folder, env=self.environ(), check=True)
 
     def start(self, *, created: bool) -> dict[str, Ran]:
         """The container starts (a new boot): its hooks in order; every entry must succeed."""
@@ -443,6 +596,7 @@ class DevContainer:
 def test_the_dev_container_hooks_survive_restarts_and_a_rebuild(workspace: Workspace) -> None:
     container = DevContainer.from_doc(workspace)
     assert set(container.config["postStartCommand"]) == {"fixtures", "web", "seed"}
+    tables = {boot: recorded_text("devcontainer.md", f"boot {boot} since") for boot in (1, 2)}
     for boot, (created, keep) in enumerate([(True, None), (False, True), (True, False)], 1):
         if keep is not None:
             workspace.stop(keep_container=keep)  # a restart keeps the container; a rebuild not
@@ -456,6 +610,8 @@ def test_the_dev_container_hooks_survive_restarts_and_a_rebuild(workspace: Works
         }
         assert moved(state, "seed", "started") >= moved(state, "web", "completed")
         assert re.search(r"^web +completed", ran["postAttachCommand"].output, re.MULTILINE)
+        if boot in tables:  # the tables the doc shows, recorded in a run of this test
+            assert_shown(ran["postAttachCommand"].output, tables[boot])
         assert len(agents_running(str(workspace.socket))) == 1
         if boot > 1:
             assert "not running git" in ran["fixtures"].output

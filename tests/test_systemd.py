@@ -1,10 +1,11 @@
-"""Never two listeners on one path, socket activation included (SPEC §11; issue 19,
-sequence 6), under a real systemd user manager with docs/systemd.md's units.
+"""docs/systemd.md under a real systemd user manager, with the page's own units: its console
+block typed as its reader would (issue 23), and never two listeners on one path, socket
+activation included (SPEC §11; issue 19, sequence 6).
 
 systemd cannot run as this machine's init, but its user manager runs fine as root in a
 private mount namespace with a tmpfs over /run/systemd holding an empty `system/` (how
-docs/systemd.md was recorded). `harness/systemd_user.py` does that and plays the sequence; this
-checks what it saw.
+docs/systemd.md was recorded). `harness/systemd_user.py` does that and plays the page or the
+sequence; this checks what it saw.
 """
 
 from __future__ import annotations
@@ -34,17 +35,16 @@ def _why_not() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
-def test_sequence_6_a_socket_unit_back_from_its_start_limit_listens_alone(
-    short_tmp: Path,
-) -> None:
+def under_a_user_manager(short_tmp: Path, play: str) -> dict:
+    """What `harness/systemd_user.py` saw playing `play` (`page`, `sequence-6`)."""
     work = short_tmp / "sd"
     work.mkdir()
+    driver = HERE / "harness" / "systemd_user.py"
+    units = HERE.parent / "docs" / "systemd.md"
+    namespace = ["unshare", "-m", "--propagation", "private"]
     try:
-        driver = HERE / "harness" / "systemd_user.py"
-        units = HERE.parent / "docs" / "systemd.md"
         done = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", sys.executable, driver, work, units],
+            [*namespace, sys.executable, driver, work, units, play],
             capture_output=True,
             text=True,
             timeout=LIMIT,
@@ -54,6 +54,23 @@ def test_sequence_6_a_socket_unit_back_from_its_start_limit_listens_alone(
     assert done.returncode == 0, done.stderr[-6000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     print(json.dumps(seen, indent=1))
+    return seen
+
+
+@pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+def test_the_pages_console_block_runs_as_written_under_a_user_manager(short_tmp: Path) -> None:
+    """Every step of docs/systemd.md's session, typed in order with the page's units: exit
+    codes and lines as the page shows them (normalised as every page's are)."""
+    seen = under_a_user_manager(short_tmp, "page")
+    assert seen["difference"] is None, seen["difference"]
+    assert seen["played"] == 1
+
+
+@pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+def test_sequence_6_a_socket_unit_back_from_its_start_limit_listens_alone(
+    short_tmp: Path,
+) -> None:
+    seen = under_a_user_manager(short_tmp, "sequence-6")
     # The crash loop ends as measured: systemd gives up and removes its socket file.
     assert (seen["socket_state"], seen["socket_result"]) == ("failed", "service-start-limit-hit")
     assert not seen["socket_file_after_failure"]

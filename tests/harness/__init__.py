@@ -1,1 +1,2 @@
-"""What the tests stand on: real clusters, crash disks, power-loss models, the README session."""
+"""What the tests stand on: real clusters, crash disks, power-loss models, the console sessions
+of the README and the docs."""
