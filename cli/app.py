@@ -213,7 +213,8 @@ def start(
     Exits 7 if UNIT is a completed one-time unit and --once is given (nothing to do).
     """
     from unitsync.wire.host.processes import calling_script
-    from unitsync.wire.host.processes import owner as owner_of
+
+    from .owners import owner as owner_of
 
     described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
     if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
@@ -448,7 +449,8 @@ def run(
             f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
             "duration is one word: --timeout 5m); the command goes after `--`",
         )
-    from .run.command import ReadyOptions, run_unit
+    from .run.command import run_unit
+    from .run.readiness.options import ReadyOptions
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with cli_client(socket) as client:

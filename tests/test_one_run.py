@@ -26,10 +26,10 @@ import trio
 
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
+from unitsync.cli.owners import owner
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import Client
 from unitsync.wire.errors import Refused, Superseded
-from unitsync.wire.host.processes import owner
 from unitsync.wire.protocol import Order
 
 from conftest import AgentProcess, run_cli, sock

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.serve.server import AgentConfig
+from unitsync.cli.owners import owner
 from unitsync.client.client import Client
 from unitsync.wire.errors import AlreadyDone, Refused
-from unitsync.wire.host.processes import owner, start_ticks
+from unitsync.wire.host.processes import start_ticks
 from unitsync.wire.protocol import Owner
 
 from conftest import AgentProcess, read_until, run_cli, spawn_cli
