@@ -5,9 +5,8 @@
     errors        every error unitsync reports, its wire code and its exit status
     bounds        what a unit may hold: every bound on what the agent stores, and the checks
     frame_stream  frames over a trio socket (the only module here that imports trio)
-    paths         where the agent listens and keeps its state by default
-    processes     processes as /proc names them: a run's owner, and does it still run
-    local         Unix facts both sides need: the peer of a socket, sd_notify receivers
+    host/         the OS mechanisms both sides need (paths, /proc, peers, sd_notify, pidfds);
+                  it imports nothing else of unitsync
     timefmt       how times and durations are written for people, on both sides
 
 Nothing here knows about the graph, the journal or the command line.

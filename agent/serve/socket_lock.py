@@ -4,7 +4,7 @@ The lock file beside the socket (`agent.sock.lock`) goes when the socket's folde
 removed, and with it the only thing that kept a second agent off the path: one started
 while the first re-creates its folder took the path over (issue 19, sequence 1). This lock
 cannot be removed from under its holder: it is a Unix socket in Linux's abstract namespace,
-named from the uid and a hash of the socket's path (`wire.local.socket_lock_name`), bound
+named from the uid and a hash of the socket's path (`wire.host.peer.socket_lock_name`), bound
 and listening for the agent's whole life. The kernel releases it when the agent dies,
 however it dies; another agent that binds the name gets EADDRINUSE, and learns the
 holder's pid by connecting to it (SO_PEERCRED). The holder accepts such probes and closes

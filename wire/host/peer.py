@@ -1,6 +1,13 @@
-"""Small Unix facts both sides need: who is at the other end of a socket, is a path still
-the file we hold, and a private datagram socket to hear sd_notify messages on (the client,
-when it starts an agent; `run --notify`, from its service)."""
+"""Who is at the other end of a Unix socket, and who holds a lock: facts both sides need.
+
+The peer of a connected socket (SO_PEERCRED), the process listening at an address (a
+probe connect), the socket lock an agent holds on its path (an abstract socket, issue 19)
+and the lock file it holds on its state dir (its record, and whether a file is still the
+one at a path).
+
+Error rules: a probe that finds nobody is an answer (None), not an exception; one that
+finds a listener too busy to take it answers `BUSY`: someone, unnamed.
+"""
 
 from __future__ import annotations
 
@@ -42,25 +49,30 @@ def same_file(fd: int, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def notify_receiver(label: str) -> tuple[socket.socket, str]:
-    """A datagram socket only its creator knows the name of, for NOTIFY_SOCKET: bound in the
-    abstract namespace (no file to leave behind or to guess), non-blocking, and passing its
-    senders' credentials (SCM_CREDENTIALS), so a receiver can check who sent what.
+PROBE_TIMEOUT = 1.0
+"""A listener accepts (and drops) a probe at once; a connect that takes longer is past its
+backlog, which still says that someone listens."""
+BUSY = Peer(0, -1, -1)
+"""What a probe makes of a listener whose backlog is full: someone, unnamed."""
 
-    Returns the socket and its address as NOTIFY_SOCKET writes it (`@unitsync/...`)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    name = f"unitsync/{label}/{os.getpid()}/{os.urandom(16).hex()}"
-    sock.bind(f"\0{name}")
-    return sock, f"@{name}"
+
+def listener_at(address: str) -> Peer | None:
+    """The process listening at the Unix stream `address` (a path, or an abstract name with
+    its leading NUL), or None if nobody does (no file, or a dead listener's); `BUSY` if one
+    is too busy to take the probe."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(PROBE_TIMEOUT)
+        try:
+            probe.connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None
+        except OSError:  # EAGAIN, a timeout: a listener too busy to take us
+            return BUSY
+        return peer_of(probe)
 
 
 SOCKET_LOCK_PREFIX = "unitsync/socket-lock"
 """The abstract name of the lock an agent holds on its socket path (`socket_lock_name`)."""
-LOCK_PROBE_TIMEOUT = 1.0
-"""A holder accepts (and drops) a probe at once; a connect that takes longer is past its
-backlog, which still says that someone holds the name."""
 
 
 def socket_lock_name(path: Path) -> str:
@@ -76,17 +88,9 @@ def socket_lock_name(path: Path) -> str:
 
 
 def lock_holder(name: str) -> Peer | None:
-    """The process that holds the abstract socket `name` (listening), or None if nobody
-    does. A holder whose backlog is full is `Peer(0, -1, -1)`: someone, unnamed."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
-        probe.settimeout(LOCK_PROBE_TIMEOUT)
-        try:
-            probe.connect(name)
-        except ConnectionRefusedError:
-            return None
-        except OSError:  # EAGAIN, a timeout: a listener too busy to take us
-            return Peer(0, -1, -1)
-        return peer_of(probe)
+    """The process that holds the abstract socket lock `name` (listening at it), or None if
+    nobody does; `BUSY` if its backlog is full."""
+    return listener_at(name)
 
 
 class LockRecord(NamedTuple):
