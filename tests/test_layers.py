@@ -4,6 +4,9 @@
   `unitsync` dozens of times at start-up, and trio's import is most of a call's cost.
 - The agent never imports the client or the command line, and `wire/` (what both sides
   share) imports neither side: a change on one side cannot reach the other unseen.
+- The command line never imports the agent, except `unitsync agent` itself.
+- `wire/host/` (the OS mechanisms: paths, /proc, peers, sd_notify, pidfds) imports nothing
+  else of unitsync: the protocol, the agent and the clients build on it, never the reverse.
 
 Each check imports modules one at a time in a fresh interpreter and names the first one
 that brings in what it must not, so a failure says where to look.
@@ -22,15 +25,18 @@ NEEDS_TRIO = {"unitsync.agent.serve.frames", "unitsync.client.async_client"}
 """Trio's own I/O loops: everything else a client or the command line imports is trio-free."""
 
 RUNS_THE_AGENT = {"unitsync.cli.agent_command"}
-"""`unitsync agent`: the one command that imports the agent (lazily, when run)."""
+"""`unitsync agent`: the one command that imports the agent (its options' types and
+defaults; the agent's I/O lazily, when run)."""
+HOST = "unitsync.wire.host"
 
 
 def modules(package: str) -> list[str]:
+    """Every module of `package`, in its sub-packages too."""
     found = importlib.import_module(package)
     return sorted(
-        f"{package}.{info.name}"
-        for info in pkgutil.iter_modules(found.__path__)
-        if info.name != "__main__"  # runs the command line on import
+        info.name
+        for info in pkgutil.walk_packages(found.__path__, prefix=f"{package}.")
+        if not info.name.endswith(".__main__")  # runs the command line on import
     )
 
 
@@ -71,7 +77,30 @@ def test_the_shared_package_imports_neither_side() -> None:
     assert first_to_import(names, ["unitsync.agent", "unitsync.client", "unitsync.cli"]) is None
 
 
+def test_the_command_line_imports_the_agent_only_to_run_it() -> None:
+    names = [m for m in modules("unitsync.cli") if m not in RUNS_THE_AGENT]
+    assert "unitsync.cli.run.command" in names and "unitsync.cli.timeline.model" in names
+    assert first_to_import(names, ["unitsync.agent"]) is None
+
+
+def beside_the_host() -> list[str]:
+    """Everything of unitsync the host package must not import: every other package and
+    every module of `wire/` but the host package itself."""
+    wire = [m for m in modules("unitsync.wire") if not m.startswith(f"{HOST}.") and m != HOST]
+    return ["unitsync.agent", "unitsync.client", "unitsync.cli", *wire]
+
+
+
+def test_the_host_package_imports_nothing_else_of_unitsync() -> None:
+    names = modules(HOST)
+    assert f"{HOST}.notify" in names and f"{HOST}.processes" in names
+    assert first_to_import(names, beside_the_host()) is None
+
+
 def test_the_check_names_the_module_that_breaks_a_rule() -> None:
-    """The harness has teeth: trio's own client is caught, and named."""
+    """The harness has teeth: trio's own client is caught, and named; so is a module of
+    `wire/` that builds on the host package (as the host package must not on it)."""
     found = first_to_import(["unitsync.wire.session", "unitsync.client.async_client"], ["trio"])
     assert found is not None and found.startswith("unitsync.client.async_client -> trio")
+    found = first_to_import([f"{HOST}.paths", "unitsync.wire.session"], beside_the_host())
+    assert found is not None and found.startswith("unitsync.wire.session -> unitsync.wire.")
