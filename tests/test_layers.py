@@ -90,7 +90,6 @@ def beside_the_host() -> list[str]:
     return ["unitsync.agent", "unitsync.client", "unitsync.cli", *wire]
 
 
-
 def test_the_host_package_imports_nothing_else_of_unitsync() -> None:
     names = modules(HOST)
     assert f"{HOST}.notify" in names and f"{HOST}.processes" in names
