@@ -38,10 +38,10 @@ The state dir is `UNITSYNC_STATE_DIR`, else the user's state dir: what the agent
 uses (`wire.host.paths.default_state_dir`). Autostart is on unless `UNITSYNC_AUTOSTART=0`.
 
 Resource rules: the lock file and the notify socket live only as long as one start; the
-lock file is removed while still held (a taker checks it locked the file still at the
-path, as `agent.files.exclusive_lock` does). The agent is this process's child until
-this process exits; its `Popen` is kept, so that Python neither warns about it nor
-leaves it a zombie for long: finished ones are reaped by the next autostart.
+lock file is removed while still held (`wire.host.lockfile`, as the agent's own locks are).
+The agent is this process's child until this process exits; its `Popen` is kept, so that
+Python neither warns about it nor leaves it a zombie for long: finished ones are reaped by
+the next autostart.
 
 Only imported when a client finds no agent: the usual path of the CLI never loads it.
 """
@@ -49,7 +49,6 @@ Only imported when a client finds no agent: the usual path of the CLI never load
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import select
 import subprocess
@@ -64,16 +63,9 @@ from unitsync.wire.errors import AgentStartFailed
 from unitsync.wire.host import notify
 from unitsync.wire.host.backoff import Backoff
 from unitsync.wire.host.exits import watching_exit
+from unitsync.wire.host.lockfile import Busy, LockRecord, flock_held, held, holder_of
 from unitsync.wire.host.paths import STATE_DIR_ENV, default_state_dir
-from unitsync.wire.host.peer import (
-    Peer,
-    listener_at,
-    lock_holder,
-    read_lock_record,
-    same_file,
-    socket_lock_name,
-)
-from unitsync.wire.host.processes import is_running
+from unitsync.wire.host.peer import Peer, listener_at, lock_holder, socket_lock_name
 from unitsync.wire.session import check_trust
 
 ENV = "UNITSYNC_AUTOSTART"
@@ -83,9 +75,6 @@ READY_TIMEOUT = 10.0
 replays a million-record journal in about two (SPEC §6); ten seconds means it is stuck."""
 LOCK_TIMEOUT = READY_TIMEOUT + 5.0
 """How long to wait while another client starts the agent: as long as it may wait, and more."""
-LOCK_RETRY = 0.01
-"""flock(2) cannot time out, so a waiter tries again this often; only while another client
-starts the agent (one agent start-up), so the retries are few and bounded."""
 EXIT_CHECK = 0.1
 """Without a pidfd (Linux before 5.3) the agent's exit is checked this often instead."""
 LOG_NAME = "agent.log"
@@ -103,7 +92,7 @@ ANSWER_DELAYS = (0.02, 0.25)
 """First and longest pause between looks at the socket while a live agent re-creates it:
 nothing signals a file's return (inotify would need ctypes); the wait is short and rare."""
 STATE_LOCK = "lock"
-"""The state dir's lock file (`agent.journal.LOCK_NAME`)."""
+"""The state dir's lock file (`agent.store.journal.writer.LOCK_NAME`)."""
 START_NOTE = "unitsync.autostart: "
 """Begins the line a client writes to the log before each agent it starts."""
 INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
@@ -190,7 +179,7 @@ class _Holder:
     def holds(self) -> bool:
         """Does it still hold what it held? (Not once it has stopped: start again then.)"""
         if self.lock is not None:
-            return _flock_held(self.lock, self.pid)
+            return flock_held(self.lock, self.pid)
         assert self.socket is not None
         peer = lock_holder(socket_lock_name(self.socket))
         return peer is not None and peer.pid in (0, self.pid)
@@ -216,8 +205,8 @@ def _state_dir_holder(path: Path, state_dir: Path) -> _Holder | None:
     records (and /proc/locks, so a crashed agent's file whose pid was reused misleads no
     one); AgentStartFailed at once if it serves another socket than `path`."""
     lock = state_dir / STATE_LOCK
-    record = read_lock_record(lock)
-    if record is None or not _flock_held(lock, record.pid):
+    record = holder_of(lock)
+    if record is None:
         return None
     if record.serving and record.serving != str(path):
         raise AgentStartFailed(
@@ -227,25 +216,6 @@ def _state_dir_holder(path: Path, state_dir: Path) -> _Holder | None:
             "state dir"
         )
     return _Holder(record.pid, f"the state dir {state_dir}", lock=lock)
-
-
-def _flock_held(lock: Path, pid: int) -> bool:
-    """Does `pid` hold an flock on file `lock`? (Without /proc/locks: is `pid` running?)"""
-    try:
-        info = os.stat(lock)
-    except OSError:
-        return False
-    try:
-        with open("/proc/locks") as locks:
-            table = locks.read()
-    except OSError:
-        return is_running(pid)
-    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    for line in table.splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and where in fields and str(pid) in fields:
-            return True
-    return False
 
 
 def _await_answer(path: Path, holder: _Holder, deadline: float, patience: float) -> bool:
@@ -329,51 +299,23 @@ def _private_folder(path: Path) -> None:
 
 @contextlib.contextmanager
 def _start_lock(path: Path) -> Iterator[bool]:
-    """Hold the flock on `path`; yields whether another client held it first."""
-    deadline = time.monotonic() + LOCK_TIMEOUT
-    waited = False
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise AgentStartFailed(
-                f"cannot start an agent: cannot open the lock file {path}: {exc.strerror}"
-            ) from None
-        try:
-            waited |= _lock_by(fd, path, deadline)
-        except BaseException:
-            os.close(fd)
-            raise
-        if same_file(fd, path):
-            break
-        os.close(fd)  # released and removed meanwhile: lock the file now at the path
+    """Hold the lock file `path` (`wire.host.lockfile`); yields whether another client held
+    it first. One that holds it past LOCK_TIMEOUT is named, as stuck."""
+    taking = contextlib.ExitStack()
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield waited
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # while still holding the lock
-        os.close(fd)
-
-
-def _lock_by(fd: int, path: Path, deadline: float) -> bool:
-    """Lock `fd`, waiting until `deadline`; whether we had to wait."""
-    waited = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return waited
-        except BlockingIOError:
-            pass
-        if time.monotonic() >= deadline:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise AgentStartFailed(
-                f"another client (pid {holder}) has been starting an agent for over "
-                f"{LOCK_TIMEOUT:.0f}s (it holds {path}); if it is stuck, stop it"
-            )
-        waited = True
-        time.sleep(LOCK_RETRY)
+        lock = taking.enter_context(held(path, LockRecord(os.getpid()), patience=LOCK_TIMEOUT))
+    except Busy as busy:
+        holder = busy.record.pid if busy.record else "unknown"
+        raise AgentStartFailed(
+            f"another client (pid {holder}) has been starting an agent for over "
+            f"{LOCK_TIMEOUT:.0f}s (it holds {path}); if it is stuck, stop it"
+        ) from None
+    except OSError as exc:
+        raise AgentStartFailed(
+            f"cannot start an agent: cannot open the lock file {path}: {exc.strerror}"
+        ) from None
+    with taking:
+        yield lock.waited
 
 
 def _nobody_listens(path: Path) -> bool:

@@ -1,5 +1,5 @@
-"""The host's mechanisms (`wire/host/`), with real sockets and real processes: sd_notify both
-ends, /proc read once, pidfd exit waits, who listens at an address.
+"""The host's mechanisms (`wire/host/`), with real sockets, files and processes: sd_notify
+both ends, /proc read once, pidfd exit waits, who listens at an address, lock files.
 
 Their users' policies (who may notify `run`, what an autostarting client waits for, what
 the agent does with a busy path) are tested where users see them: test_services.py,
@@ -22,6 +22,7 @@ import pytest
 
 from unitsync.wire.host import notify, processes
 from unitsync.wire.host.exits import exit_descriptor, watching_exit
+from unitsync.wire.host.lockfile import Busy, LockRecord, held, holder_of, read_lock_record
 from unitsync.wire.host.peer import BUSY, listener_at
 
 LIMIT = 60
@@ -228,3 +229,33 @@ def test_a_listener_whose_backlog_is_full_is_someone_unnamed(short_tmp: Path) ->
         finally:
             for client in waiting:
                 client.close()
+
+
+# --- lock files ---------------------------------------------------------------------------------
+
+
+def test_a_held_lock_names_its_holder_and_refuses_another_taker(short_tmp: Path) -> None:
+    path = short_tmp / "lock"
+    mine = LockRecord(os.getpid(), "/run/agent.sock")
+    with held(path, mine) as lock:
+        assert not lock.waited
+        assert path.read_text() == f"{os.getpid()}\n/run/agent.sock\n"  # pid alone on line 1
+        assert holder_of(path) == mine
+        with pytest.raises(Busy) as busy, held(path, LockRecord(1)):
+            pass
+        assert busy.value.record == mine
+    assert not path.exists()  # released: nothing left behind
+    assert holder_of(path) is None
+
+
+def test_a_lock_file_nobody_holds_names_no_holder_whatever_pid_it_records(
+    short_tmp: Path,
+) -> None:
+    """A crashed holder's file stays; the pid it records may be reused, here by a process
+    that runs (this one): only the kernel's word on the flock counts."""
+    path = short_tmp / "lock"
+    path.write_text(f"{os.getpid()}\n")
+    assert read_lock_record(path) == LockRecord(os.getpid())
+    assert holder_of(path) is None
+    with held(path, LockRecord(os.getpid())):  # and it is taken over, not refused
+        assert holder_of(path) == LockRecord(os.getpid())

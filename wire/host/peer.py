@@ -1,9 +1,8 @@
-"""Who is at the other end of a Unix socket, and who holds a lock: facts both sides need.
+"""Who is at the other end of a Unix socket: facts both sides need.
 
 The peer of a connected socket (SO_PEERCRED), the process listening at an address (a
-probe connect), the socket lock an agent holds on its path (an abstract socket, issue 19)
-and the lock file it holds on its state dir (its record, and whether a file is still the
-one at a path).
+probe connect), and the socket lock an agent holds on its path: an abstract socket it
+listens on for its whole life (issue 19), whose holder a probe names.
 
 Error rules: a probe that finds nobody is an answer (None), not an exception; one that
 finds a listener too busy to take it answers `BUSY`: someone, unnamed.
@@ -38,15 +37,6 @@ def peer_of(sock: _Socket) -> Peer:
     kernel's word, fixed when the connection was made."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, CREDENTIALS.size)
     return Peer(*CREDENTIALS.unpack(creds))
-
-
-def same_file(fd: int, path: Path) -> bool:
-    """Is the file open as `fd` still the one at `path` (not removed, not replaced)?"""
-    try:
-        here, there = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 PROBE_TIMEOUT = 1.0
@@ -91,28 +81,3 @@ def lock_holder(name: str) -> Peer | None:
     """The process that holds the abstract socket lock `name` (listening at it), or None if
     nobody does; `BUSY` if its backlog is full."""
     return listener_at(name)
-
-
-class LockRecord(NamedTuple):
-    """What an agent writes in a lock file it holds: its pid, and the socket it serves."""
-
-    pid: int
-    serving: str = ""
-
-
-def read_lock_record(path: Path) -> LockRecord | None:
-    """The record in lock file `path` (which may be stale: check the pid), or None."""
-    try:
-        with open(path, "rb") as file:
-            text = file.read(4096).decode(errors="replace")
-    except OSError:
-        return None
-    return parse_lock_record(text)
-
-
-def parse_lock_record(text: str) -> LockRecord | None:
-    """`PID` on the first line, the socket served (if recorded) on the second."""
-    lines = text.splitlines()
-    if not lines or not lines[0].strip().isdigit():
-        return None
-    return LockRecord(int(lines[0]), lines[1] if len(lines) > 1 else "")
