@@ -213,9 +213,8 @@ def start(
 
     Exits 7 if UNIT is a completed one-time unit and --once is given (nothing to do).
     """
+    from unitsync.client.owners import owner as owner_of
     from unitsync.wire.host.processes import calling_script
-
-    from .owners import owner as owner_of
 
     described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
     if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):

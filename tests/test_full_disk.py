@@ -26,8 +26,8 @@ import pytest
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.store.journal import logfile
 from unitsync.agent.store.journal.writer import LOG_NAME
-from unitsync.cli.owners import owner
 from unitsync.client.client import Client
+from unitsync.client.owners import owner
 from unitsync.wire.errors import NotDurable
 
 from conftest import AgentProcess, run_cli, spawn_cli

@@ -26,9 +26,9 @@ import trio
 
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
-from unitsync.cli.owners import owner
 from unitsync.client.async_client import AsyncClient
 from unitsync.client.client import Client
+from unitsync.client.owners import owner
 from unitsync.wire.errors import Refused, Superseded
 from unitsync.wire.protocol import Order
 

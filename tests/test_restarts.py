@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.serve.server import AgentConfig
-from unitsync.cli.owners import owner
 from unitsync.client.client import Client
+from unitsync.client.owners import owner
 from unitsync.wire.errors import AlreadyDone, Refused
 from unitsync.wire.host.processes import start_ticks
 from unitsync.wire.protocol import Owner

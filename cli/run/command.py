@@ -15,11 +15,15 @@ the newer run's) and exits EXIT_SUPERSEDED.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from unitsync.client.client import Client, UnitsyncError
+from unitsync.client.owners import owner
 from unitsync.wire.errors import (
     EXIT_INTERRUPTED,
     EXIT_TIMED_OUT,
@@ -28,12 +32,13 @@ from unitsync.wire.errors import (
     AlreadyDone,
 )
 from unitsync.wire.host.backoff import Backoff
+from unitsync.wire.host.processes import shortened
+from unitsync.wire.protocol import Owner
 from unitsync.wire.timefmt import duration
 
-from ..owners import run_owner
 from ..progress import StartProgress
 from ..say import say
-from ..words import shell_word
+from ..words import shell_line, shell_word
 from .children import Ended, SpawnFailed
 from .hold import RunHold
 from .reactor import Reactor
@@ -85,7 +90,7 @@ def run_unit(
             on_progress=progress.update,
             tick=1.0 if progress.live else None,
             once=once,
-            owner=run_owner(command),
+            owner=_run_owner(command),
             hold=True,
         )
     except AlreadyDone as exc:
@@ -249,3 +254,13 @@ def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: 
             if remaining <= 0 or not exc.passing:
                 raise
             time.sleep(backoff.next(remaining))
+
+
+def _run_owner(command: Sequence[str]) -> Owner | None:
+    """`run` itself owns the run; it is named by the command it runs, which is what a
+    person looking at `status` or at a lost run's reason recognises (bytes that are not
+    UTF-8 escaped, as a shell takes them back: `/bin/echo $'\\xff'`)."""
+    me = owner(os.getpid(), "run")
+    if me is None:
+        return None
+    return msgspec.structs.replace(me, command=shortened(shell_line(command)))

@@ -1,7 +1,7 @@
 """Processes as the kernel names them (Linux /proc): who a process is, and does it still run.
 
 Both sides need this: a client describes the owner of a run (its parent script, or `run`
-itself; the wire's `Owner` is made from a `Process` on the client's side), the agent checks
+itself; `client/owners.py` makes the wire's `Owner` of a `Process`), the agent checks
 later whether that owner still runs, `run --notify` whether a sender descends from its
 service. A pid alone is not enough, as pids are reused: a process is its pid plus its start
 time (clock ticks since the kernel booted), which no later process with the same pid
