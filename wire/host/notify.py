@@ -11,7 +11,7 @@ Three users, each with its own policy on top (who may notify, what `READY=1` mea
 the agent tells its starter that it serves or stops (`Notifier`); a client that started
 an agent waits for `READY=1` from that agent's pid (`client/autostart.py`); `run --notify`
 takes `READY=1` and `STATUS=` from its service's process tree
-(`cli/run/readiness/notify.py`).
+(`cli/run/readiness/notify_socket.py`).
 
 Error rules: sending is best effort, as in sd_notify: a listener that has gone, or whose
 queue is full, costs a line in the log and never stops the sender; a send never blocks
