@@ -1,16 +1,18 @@
-"""Private folders and exclusive locks: the file rules of SPEC §4-§5 (durable writes: `disk.py`)."""
+"""Private folders and exclusive locks: the file rules of SPEC §4-§5 (durable writes: `disk.py`).
+
+The lock files themselves are `wire.host.lockfile`'s; what one held by another agent means
+(a SetupError that names it and says what to do) is here.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from unitsync.wire.host.peer import parse_lock_record, same_file
+from unitsync.wire.host.lockfile import Busy, LockRecord, held
 
 
 class SetupError(Exception):
@@ -46,42 +48,19 @@ def ensure_private_dir(path: Path, elsewhere: str) -> None:
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path, what: str, elsewhere: str, serving: str = "") -> Iterator[int]:
-    """Hold an flock on `path` (which records our pid, and `serving`: the socket this agent
-    serves, if given) for as long as the block runs; the block gets the lock file's
-    descriptor. The pid stays alone on the first line (`kill $(head -1 lock)`).
-
-    The file is removed when the lock is released, so a clean stop leaves nothing behind;
-    a taker checks after locking that the file it locked is still the one at `path`
-    (else it was just released and removed: it tries again), so removal never lets two in.
-    """
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            record = parse_lock_record(os.pread(fd, 4096, 0).decode(errors="replace"))
-            os.close(fd)
-            holder = f"pid {record.pid}" if record else "pid unknown"
-            if record and record.serving:
-                holder += f", serving the socket {record.serving}"
-            raise SetupError(
-                f"another unitsync agent ({holder}) is already serving {what}; "
-                f"stop it first, or {elsewhere}"
-            ) from None
-        if same_file(fd, path):
-            break
-        os.close(fd)
+    """Hold the lock file `path` (`wire.host.lockfile`: it records our pid, and `serving`, the
+    socket this agent serves, if given) for as long as the block runs; the block gets the
+    lock file's descriptor. Held by another agent: SetupError naming it, at once."""
+    taking = contextlib.ExitStack()
     try:
-        os.ftruncate(fd, 0)
-        record = f"{os.getpid()}\n{serving}\n" if serving else f"{os.getpid()}\n"
-        try:
-            os.pwrite(fd, record.encode(), 0)
-        except OSError as exc:  # the pid only names the holder: a full disk may start anyway
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-        yield fd
-    finally:
-        if same_file(fd, path):  # (not if it was removed, and maybe taken anew, meanwhile)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # while still holding the lock
-        os.close(fd)
+        lock = taking.enter_context(held(path, LockRecord(os.getpid(), serving)))
+    except Busy as busy:
+        holder = f"pid {busy.record.pid}" if busy.record else "pid unknown"
+        if busy.record and busy.record.serving:
+            holder += f", serving the socket {busy.record.serving}"
+        raise SetupError(
+            f"another unitsync agent ({holder}) is already serving {what}; "
+            f"stop it first, or {elsewhere}"
+        ) from None
+    with taking:
+        yield lock.fd

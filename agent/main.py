@@ -2,7 +2,7 @@
 
 What the process inherits from whoever started it is read here, once: a listening
 socket (systemd socket activation, `activation.py`) and where to say it is ready
-(`NOTIFY_SOCKET`, `notify.py`): `READY=1` once the agent serves, `STOPPING=1` when a
+(`NOTIFY_SOCKET`, `wire.host.notify`): `READY=1` once the agent serves, `STOPPING=1` when a
 signal stops it in order.
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import trio
 
+from unitsync.wire.host.notify import Notifier
+
 from .files import SetupError
-from .notify import Notifier
 from .serve.activation import listening_socket, take_listen_fds
 from .serve.partial_frames import return_big_buffers
 from .serve.server import AgentConfig, run_agent

@@ -1,0 +1,21 @@
+"""The `unitsync` command line: the commands, a thin face on the blocking client.
+
+    app            the commands and their options (cyclopts); exit codes; the one entry point
+    usage          usage errors as one plain line, with the command's usage line
+    durations      durations as typed (`30s`, `5m`; 0 is forever)
+    progress       what `start` shows while it waits
+    render         `status`: a table, one unit, JSON, Graphviz dot, Mermaid
+    watch          `status --watch`: a live table, or JSON lines
+    live_columns   which columns the live table shows, to fit the terminal
+    cells          terminal columns: how wide text is, text cut to a width
+    words          words as bytes and as text; how a shell takes a command back
+    say            one line to stderr in one write
+    completion     `--install-completion` (loaded only then)
+    agent_command  `unitsync agent` (the one command that imports the agent, when run)
+    run/           `sync run`: the supervisor of a command, its readiness, its hold on the unit
+    timeline/      `timeline`, `critical-chain`, `blame`: the model and its views
+
+Start-up time is a feature: importing `app` loads cyclopts, msgspec and the blocking client
+only, never trio and never the agent (`tests/test_layers.py`); the rest is loaded by the
+command that uses it.
+"""

@@ -92,13 +92,17 @@ def agent(
         Parameter(env_var="UNITSYNC_ETCD_PASSWORD_FILE", help="File holding that password."),
     ] = None,
     etcd_timeout: Annotated[
-        str, Parameter(help="How long a change waits for etcd before failing (exit 6).")
+        str,
+        Parameter(
+            metavar="DURATION", help="How long a change waits for etcd before failing (exit 6)."
+        ),
     ] = "10s",
     etcd_watch_silence: Annotated[
         str,
         Parameter(
+            metavar="DURATION",
             help="Reopen a watch that shows nothing this long, not even etcd's progress "
-            "notifications (about twice etcd's --experimental-watch-progress-notify-interval)."
+            "notifications (about twice etcd's --experimental-watch-progress-notify-interval).",
         ),
     ] = "15m",
 ) -> int:

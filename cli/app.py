@@ -129,7 +129,8 @@ def _say_started(agent: "Autostarted") -> None:
     )
 
 
-def _fail(exc: UnitsyncError) -> int:
+def error_exit(exc: UnitsyncError) -> int:
+    """Say what went wrong (`unitsync: ...` on stderr); the exit status it calls for."""
     print(f"unitsync: {exc}", file=sys.stderr)
     return exc.exit_code
 
@@ -140,7 +141,7 @@ def _change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
         with cli_client(socket) as client:
             reply = call(client)
     except UnitsyncError as exc:
-        return _fail(exc)
+        return error_exit(exc)
     if reply.message:
         print(reply.message)
     for note in reply.notes:
@@ -157,7 +158,7 @@ def ping(*, socket: SocketOption = None) -> int:
         with cli_client(socket) as client:
             pong = client.ping()
     except UnitsyncError as exc:
-        return _fail(exc)
+        return error_exit(exc)
     from unitsync.wire.graph_id import short
     from unitsync.wire.timefmt import clock
 
@@ -212,8 +213,8 @@ def start(
 
     Exits 7 if UNIT is a completed one-time unit and --once is given (nothing to do).
     """
+    from unitsync.client.owners import owner as owner_of
     from unitsync.wire.host.processes import calling_script
-    from unitsync.wire.host.processes import owner as owner_of
 
     described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
     if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
@@ -236,7 +237,7 @@ def start(
             )
     except UnitsyncError as exc:
         progress.clear()
-        return _fail(exc)
+        return error_exit(exc)
     except KeyboardInterrupt:
         progress.interrupted()
         return EXIT_INTERRUPTED
@@ -305,7 +306,7 @@ def reset(
         with cli_client(socket) as client:
             reply = client.reset(unit, force=force, failed=failed)
     except UnitsyncError as exc:
-        return _fail(exc)
+        return error_exit(exc)
     print(reply.message)
     for note in reply.notes:  # why each unit was left alone
         print(f"unitsync: left alone: {note}", file=sys.stderr)
@@ -344,7 +345,7 @@ def status(
         with client:
             state = client.state(unit)
     except UnitsyncError as exc:
-        return _fail(exc)
+        return error_exit(exc)
     print(_render(state, unit, output or "table").rstrip("\n"))
     return 0
 
@@ -448,7 +449,8 @@ def run(
             f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
             "duration is one word: --timeout 5m); the command goes after `--`",
         )
-    from .run.command import ReadyOptions, run_unit
+    from .run.command import run_unit
+    from .run.readiness.options import ReadyOptions
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with cli_client(socket) as client:

@@ -4,6 +4,11 @@ cyclopts reports parse errors as rich panels, names parameters the user never ty
 (`--dep`), and lists leftovers as Python lists. A log file wants neither box drawing nor
 guesswork: this names what was typed, what is missing, and shows the command's usage
 line as the README writes it.
+
+The tables below are written by hand, as the README writes them (no signature says
+`[--timeout 5m]`), and read at start-up without building anything; `tests/test_usage.py`
+checks them against the cyclopts app: every option a command takes is on its usage line and
+no other, and `TAKE_UNITS` and `DURATION_OPTIONS` are what the signatures say.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ DURATION_OPTIONS = {
     "--etcd-timeout",
     "--etcd-watch-silence",
 }
+"""Options whose value is a duration (`--help` writes them `DURATION`): a stray word after one
+is most likely the rest of a duration typed with a space (`--timeout 5 m`)."""
 DURATION_HINT = "a duration is one word: 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 for forever"
 
 

@@ -23,6 +23,7 @@ from unitsync.client import Client, GraphChanged, UnitsyncError
 from unitsync.wire.graph_id import short
 from unitsync.wire.protocol import Changed, FullView, UnitView
 
+from .app import error_exit
 from .live_columns import layout
 from .render import STATUS_STYLES, TABLE_COLUMNS, cut_note, plain, table_row
 from .timeline.gantt import rich_bar
@@ -44,8 +45,7 @@ def follow(client: Client, unit: str | None, live: bool) -> int:
     except KeyboardInterrupt:
         return 0
     except UnitsyncError as exc:
-        print(f"unitsync: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return error_exit(exc)
     return 0
 
 

@@ -10,6 +10,7 @@
     unasync      the generator: `python -m unitsync.client.unasync [--check]`
     retry        what a call does across connections: start tokens, backoff, grace
     autostart    start an agent for a blocking client that found none (loaded only then)
+    owners       who owns a run: a process of this host as the wire's `Owner`
 
 The protocol's rules (trust, hello, replies, errors, one graph) are the session's
 (`unitsync.wire.session`); the errors, with their exit codes, are `unitsync.wire.errors`'s,

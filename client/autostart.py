@@ -24,7 +24,7 @@ Why wait for a live agent rather than fail: an agent whose socket (or its folder
 removed re-creates it within seconds, and one stopping in order still holds the state dir
 for a moment; a command that came in between should be served by it, not exit 3 (issue
 19, sequence 2). Its lock on the socket is an abstract socket that tells its pid to anyone
-who connects (`wire.local.lock_holder`); the state dir's lock file records the holder's
+who connects (`wire.host.peer.lock_holder`); the state dir's lock file records the holder's
 pid and the socket it serves, and /proc/locks says whether that lock is held.
 
 Why READY=1 rather than watching the socket: the agent binds its socket before it loads
@@ -35,13 +35,13 @@ own message, not with a timeout. Datagrams are trusted only from the agent's pid
 (SCM_CREDENTIALS): an abstract address can be listed by anyone in the network namespace.
 
 The state dir is `UNITSYNC_STATE_DIR`, else the user's state dir: what the agent itself
-uses (`wire.paths.default_state_dir`). Autostart is on unless `UNITSYNC_AUTOSTART=0`.
+uses (`wire.host.paths.default_state_dir`). Autostart is on unless `UNITSYNC_AUTOSTART=0`.
 
 Resource rules: the lock file and the notify socket live only as long as one start; the
-lock file is removed while still held (a taker checks it locked the file still at the
-path, as `agent.files.exclusive_lock` does). The agent is this process's child until
-this process exits; its `Popen` is kept, so that Python neither warns about it nor
-leaves it a zombie for long: finished ones are reaped by the next autostart.
+lock file is removed while still held (`wire.host.lockfile`, as the agent's own locks are).
+The agent is this process's child until this process exits; its `Popen` is kept, so that
+Python neither warns about it nor leaves it a zombie for long: finished ones are reaped by
+the next autostart.
 
 Only imported when a client finds no agent: the usual path of the CLI never loads it.
 """
@@ -49,10 +49,8 @@ Only imported when a client finds no agent: the usual path of the CLI never load
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -62,17 +60,12 @@ from pathlib import Path
 from typing import Literal
 
 from unitsync.wire.errors import AgentStartFailed
+from unitsync.wire.host import notify
+from unitsync.wire.host.backoff import Backoff
+from unitsync.wire.host.exits import watching_exit
+from unitsync.wire.host.lockfile import Busy, LockRecord, flock_held, held, holder_of
 from unitsync.wire.host.paths import STATE_DIR_ENV, default_state_dir
-from unitsync.wire.host.peer import (
-    CREDENTIALS,
-    Peer,
-    lock_holder,
-    notify_receiver,
-    read_lock_record,
-    same_file,
-    socket_lock_name,
-)
-from unitsync.wire.host.processes import is_running
+from unitsync.wire.host.peer import Peer, listener_at, lock_holder, socket_lock_name
 from unitsync.wire.session import check_trust
 
 ENV = "UNITSYNC_AUTOSTART"
@@ -82,13 +75,8 @@ READY_TIMEOUT = 10.0
 replays a million-record journal in about two (SPEC §6); ten seconds means it is stuck."""
 LOCK_TIMEOUT = READY_TIMEOUT + 5.0
 """How long to wait while another client starts the agent: as long as it may wait, and more."""
-LOCK_RETRY = 0.01
-"""flock(2) cannot time out, so a waiter tries again this often; only while another client
-starts the agent (one agent start-up), so the retries are few and bounded."""
 EXIT_CHECK = 0.1
 """Without a pidfd (Linux before 5.3) the agent's exit is checked this often instead."""
-PROBE_TIMEOUT = 1.0
-"""A connect that takes longer than this has an agent behind it (a full backlog blocks)."""
 LOG_NAME = "agent.log"
 LOG_LIMIT = 1 << 20
 """A log past 1 MiB becomes `agent.log.1` when the next agent starts: kept, but bounded."""
@@ -104,10 +92,9 @@ ANSWER_DELAYS = (0.02, 0.25)
 """First and longest pause between looks at the socket while a live agent re-creates it:
 nothing signals a file's return (inotify would need ctypes); the wait is short and rare."""
 STATE_LOCK = "lock"
-"""The state dir's lock file (`agent.journal.LOCK_NAME`)."""
+"""The state dir's lock file (`agent.store.journal.writer.LOCK_NAME`)."""
 START_NOTE = "unitsync.autostart: "
 """Begins the line a client writes to the log before each agent it starts."""
-NOTIFY_SOCKET = "NOTIFY_SOCKET"
 INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 """Socket activation meant for us, if any, is not for the agent."""
 
@@ -192,7 +179,7 @@ class _Holder:
     def holds(self) -> bool:
         """Does it still hold what it held? (Not once it has stopped: start again then.)"""
         if self.lock is not None:
-            return _flock_held(self.lock, self.pid)
+            return flock_held(self.lock, self.pid)
         assert self.socket is not None
         peer = lock_holder(socket_lock_name(self.socket))
         return peer is not None and peer.pid in (0, self.pid)
@@ -218,8 +205,8 @@ def _state_dir_holder(path: Path, state_dir: Path) -> _Holder | None:
     records (and /proc/locks, so a crashed agent's file whose pid was reused misleads no
     one); AgentStartFailed at once if it serves another socket than `path`."""
     lock = state_dir / STATE_LOCK
-    record = read_lock_record(lock)
-    if record is None or not _flock_held(lock, record.pid):
+    record = holder_of(lock)
+    if record is None:
         return None
     if record.serving and record.serving != str(path):
         raise AgentStartFailed(
@@ -231,41 +218,22 @@ def _state_dir_holder(path: Path, state_dir: Path) -> _Holder | None:
     return _Holder(record.pid, f"the state dir {state_dir}", lock=lock)
 
 
-def _flock_held(lock: Path, pid: int) -> bool:
-    """Does `pid` hold an flock on file `lock`? (Without /proc/locks: is `pid` running?)"""
-    try:
-        info = os.stat(lock)
-    except OSError:
-        return False
-    try:
-        with open("/proc/locks") as locks:
-            table = locks.read()
-    except OSError:
-        return is_running(pid)
-    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    for line in table.splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and where in fields and str(pid) in fields:
-            return True
-    return False
-
-
 def _await_answer(path: Path, holder: _Holder, deadline: float, patience: float) -> bool:
     """Wait until something answers at `path` (True) or the holder is gone (False: start
     again); AgentStartFailed past `deadline`."""
-    delay, longest = ANSWER_DELAYS
+    backoff = Backoff(*ANSWER_DELAYS)
     while True:
         if not _nobody_listens(path):
             return True
         if not holder.holds():
             return False
+        delay = backoff.next()
         if time.monotonic() + delay > deadline:
             raise AgentStartFailed(
                 f"the agent (pid {holder.pid}) that holds {holder.what} did not answer at "
                 f"{path} within {patience:g}s; if it is stuck, stop it (`kill {holder.pid}`)"
             )
         time.sleep(delay)
-        delay = min(delay * 2, longest)
 
 
 def _start(path: Path, log: AgentLog) -> Autostarted | None:
@@ -331,64 +299,29 @@ def _private_folder(path: Path) -> None:
 
 @contextlib.contextmanager
 def _start_lock(path: Path) -> Iterator[bool]:
-    """Hold the flock on `path`; yields whether another client held it first."""
-    deadline = time.monotonic() + LOCK_TIMEOUT
-    waited = False
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise AgentStartFailed(
-                f"cannot start an agent: cannot open the lock file {path}: {exc.strerror}"
-            ) from None
-        try:
-            waited |= _lock_by(fd, path, deadline)
-        except BaseException:
-            os.close(fd)
-            raise
-        if same_file(fd, path):
-            break
-        os.close(fd)  # released and removed meanwhile: lock the file now at the path
+    """Hold the lock file `path` (`wire.host.lockfile`); yields whether another client held
+    it first. One that holds it past LOCK_TIMEOUT is named, as stuck."""
+    taking = contextlib.ExitStack()
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield waited
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # while still holding the lock
-        os.close(fd)
-
-
-def _lock_by(fd: int, path: Path, deadline: float) -> bool:
-    """Lock `fd`, waiting until `deadline`; whether we had to wait."""
-    waited = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return waited
-        except BlockingIOError:
-            pass
-        if time.monotonic() >= deadline:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise AgentStartFailed(
-                f"another client (pid {holder}) has been starting an agent for over "
-                f"{LOCK_TIMEOUT:.0f}s (it holds {path}); if it is stuck, stop it"
-            )
-        waited = True
-        time.sleep(LOCK_RETRY)
+        lock = taking.enter_context(held(path, LockRecord(os.getpid()), patience=LOCK_TIMEOUT))
+    except Busy as busy:
+        holder = busy.record.pid if busy.record else "unknown"
+        raise AgentStartFailed(
+            f"another client (pid {holder}) has been starting an agent for over "
+            f"{LOCK_TIMEOUT:.0f}s (it holds {path}); if it is stuck, stop it"
+        ) from None
+    except OSError as exc:
+        raise AgentStartFailed(
+            f"cannot start an agent: cannot open the lock file {path}: {exc.strerror}"
+        ) from None
+    with taking:
+        yield lock.waited
 
 
 def _nobody_listens(path: Path) -> bool:
-    """No file, or a dead agent's: what makes a client start one."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
-        probe.settimeout(PROBE_TIMEOUT)
-        try:
-            probe.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return True
-        except OSError:
-            return False  # someone is there, or something odd: the client's connect says what
-    return False
+    """No file, or a dead agent's: what makes a client start one. (Someone too busy to
+    take the probe is someone: the client's connect says what.)"""
+    return listener_at(str(path)) is None
 
 
 def _agent_command() -> list[str]:
@@ -402,7 +335,7 @@ def _agent_command() -> list[str]:
 
 def _agent_environ(notify_address: str) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if k not in INHERITED}
-    environ[NOTIFY_SOCKET] = notify_address
+    environ[notify.ENV] = notify_address
     return environ
 
 
@@ -449,12 +382,12 @@ class _Readiness:
     """A private NOTIFY_SOCKET in the abstract namespace; READY=1 from the agent ends the wait."""
 
     def __init__(self) -> None:
-        self.sock, self.address = notify_receiver("autostart")
+        self.sock, self.address = notify.receiver("autostart")
 
     def wait(self, agent: subprocess.Popen[bytes], timeout: float) -> Outcome:
         """How the agent's start ended: READY=1 from it, its exit, or `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        with _exit_of(agent) as exit_fd:
+        with watching_exit(agent.pid) as exit_fd:
             poller = select.poll()
             poller.register(self.sock, select.POLLIN)
             if exit_fd is not None:
@@ -473,35 +406,10 @@ class _Readiness:
         self.sock.close()
 
     def _ready_from(self, pid: int) -> bool:
-        """Read every queued datagram; whether one said READY=1 and came from `pid`."""
+        """Read every queued datagram; whether one said READY=1 and came from `pid` (only
+        the agent we started may say it is ready)."""
         ready = False
-        size = socket.CMSG_SPACE(CREDENTIALS.size)
-        while True:
-            try:
-                data, ancillary, _flags, _address = self.sock.recvmsg(4096, size)
-            except BlockingIOError:
-                return ready
-            sender = next(
-                (
-                    CREDENTIALS.unpack(cdata[: CREDENTIALS.size])[0]
-                    for level, kind, cdata in ancillary
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
-                ),
-                None,
-            )
-            if sender == pid and b"READY=1" in data.split(b"\n"):
+        for datagram in notify.received(self.sock):
+            if datagram.sender == pid and datagram.fields.get("READY") == "1":
                 ready = True
-
-
-@contextlib.contextmanager
-def _exit_of(agent: subprocess.Popen[bytes]) -> Iterator[int | None]:
-    """A descriptor readable once `agent` exits (a pidfd), or None where there are none."""
-    try:
-        fd = os.pidfd_open(agent.pid)
-    except (AttributeError, OSError):  # no pidfds here: the caller checks now and then
-        yield None
-        return
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+        return ready

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from unitsync.agent.files import SetupError
-from unitsync.agent.notify import Notifier
 from unitsync.agent.serve.activation import take_listen_fds
 from unitsync.client import Client
+from unitsync.wire.host.notify import Notifier
 
 LIMIT = 60
 """A safety net against a hung agent, never a measure of speed."""

@@ -518,12 +518,15 @@ def on_terminals(commands: dict[str, str], cwd: Path, environ: dict[str, str]) -
         )
         readable, _, _ = select.select([leader for _, leader, _ in running.values()], [], [], 0.1)
         for name, (proc, leader, output) in list(running.items()):
+            # Asked before looking: once the shell has exited, all it wrote is in the terminal,
+            # even what came after the select above.
+            exited = proc.poll() is not None
             chunk = b""
-            if leader in readable:
+            if leader in readable or (exited and select.select([leader], [], [], 0)[0]):
                 with contextlib.suppress(OSError):  # EIO: nothing holds the terminal any more
                     chunk = os.read(leader, 65536)
                 output += chunk
-            if not chunk and proc.poll() is not None:
+            if not chunk and exited:
                 os.close(leader)
                 ran[name] = Ran(proc.returncode, output.decode(errors="replace"))
                 del running[name]

@@ -27,8 +27,8 @@ from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.store.journal import logfile
 from unitsync.agent.store.journal.writer import LOG_NAME
 from unitsync.client import Client
+from unitsync.client.owners import owner
 from unitsync.wire.errors import NotDurable
-from unitsync.wire.host.processes import owner
 
 from conftest import AgentProcess, run_cli, spawn_cli
 

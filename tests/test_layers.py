@@ -10,6 +10,9 @@
   outside the core), so a replay and a test run exactly the code a request does; the
   stores (`agent/store/`) know nothing of serving a socket (`agent/serve/`); and `wire/`
   outside `wire/host/` is sans-IO: no trio, on either side of a connection.
+- The command line never imports the agent, except `unitsync agent` itself.
+- `wire/host/` (the OS mechanisms: paths, /proc, peers, sd_notify, pidfds) imports nothing
+  else of unitsync: the protocol, the agent and the clients build on it, never the reverse.
 
 Each check imports modules one at a time in a fresh interpreter and names the first one
 that brings in what it must not, so a failure says where to look.
@@ -29,23 +32,19 @@ NEEDS_TRIO = {"unitsync.agent.serve.frames", "unitsync.client._async", "unitsync
 command line imports is trio-free."""
 
 RUNS_THE_AGENT = {"unitsync.cli.agent_command"}
-"""`unitsync agent`: the one command that imports the agent (lazily, when run)."""
+"""`unitsync agent`: the one command that imports the agent (its options' types and
+defaults; the agent's I/O lazily, when run)."""
+HOST = "unitsync.wire.host"
 
 
 def modules(package: str) -> list[str]:
+    """Every module of `package`, in its sub-packages too."""
     found = importlib.import_module(package)
     return sorted(
-        f"{package}.{info.name}"
-        for info in pkgutil.iter_modules(found.__path__)
-        if info.name != "__main__"  # runs the command line on import
+        info.name
+        for info in pkgutil.walk_packages(found.__path__, prefix=f"{package}.")
+        if not info.name.endswith(".__main__")  # runs the command line on import
     )
-
-
-def all_modules(package: str) -> list[str]:
-    """Every module of `package` and of its subpackages, the package's own too."""
-    found = importlib.import_module(package)
-    below = pkgutil.walk_packages(found.__path__, prefix=f"{package}.")
-    return sorted([package, *(info.name for info in below)])
 
 
 def first_to_import(names: list[str], forbidden: list[str]) -> str | None:
@@ -90,7 +89,7 @@ def test_the_blocking_client_never_imports_trio_and_the_trio_client_only_when_as
 
 
 def test_the_agent_imports_neither_the_client_nor_the_command_line() -> None:
-    names = all_modules("unitsync.agent")
+    names = modules("unitsync.agent")
     assert "unitsync.agent.service" in names and "unitsync.agent.serve.server" in names
     assert first_to_import(names, ["unitsync.client", "unitsync.cli"]) is None
 
@@ -100,33 +99,51 @@ def test_the_shared_package_imports_neither_side() -> None:
     assert first_to_import(names, ["unitsync.agent", "unitsync.client", "unitsync.cli"]) is None
 
 
+def test_the_command_line_imports_the_agent_only_to_run_it() -> None:
+    names = [m for m in modules("unitsync.cli") if m not in RUNS_THE_AGENT]
+    assert "unitsync.cli.run.command" in names and "unitsync.cli.timeline.model" in names
+    assert first_to_import(names, ["unitsync.agent"]) is None
+
+
+def beside_the_host() -> list[str]:
+    """Everything of unitsync the host package must not import: every other package and
+    every module of `wire/` but the host package itself."""
+    wire = [m for m in modules("unitsync.wire") if not m.startswith(f"{HOST}.") and m != HOST]
+    return ["unitsync.agent", "unitsync.client", "unitsync.cli", *wire]
+
+
+def test_the_host_package_imports_nothing_else_of_unitsync() -> None:
+    names = modules(HOST)
+    assert f"{HOST}.notify" in names and f"{HOST}.processes" in names
+    assert first_to_import(names, beside_the_host()) is None
+
+
 def test_the_check_names_the_module_that_breaks_a_rule() -> None:
-    """The harness has teeth: trio's own client is caught, and named."""
+    """The harness has teeth: trio's own client is caught, and named; so is a module of
+    `wire/` that builds on the host package (as the host package must not on it)."""
     found = first_to_import(["unitsync.wire.session", "unitsync.client._async.client"], ["trio"])
     assert found is not None and found.startswith("unitsync.client._async.client -> trio")
+    found = first_to_import([f"{HOST}.paths", "unitsync.wire.session"], beside_the_host())
+    assert found is not None and found.startswith("unitsync.wire.session -> unitsync.wire.")
 
 
 def test_the_core_of_the_agent_is_pure() -> None:
     """No trio, no store, no service: only the core's own modules (and the wire's)."""
-    names = all_modules("unitsync.agent.core")
+    names = modules("unitsync.agent.core")
     assert "unitsync.agent.core.graph" in names
-    outside = [
-        m
-        for m in all_modules("unitsync.agent")
-        if m not in names and m != "unitsync.agent"  # (the package itself holds nothing)
-    ]
+    outside = [m for m in modules("unitsync.agent") if m not in names]
     assert first_to_import(names, ["trio", *outside]) is None
 
 
 def test_the_stores_know_nothing_of_serving_a_socket() -> None:
-    names = all_modules("unitsync.agent.store")
+    names = modules("unitsync.agent.store")
     assert "unitsync.agent.store.journal.writer" in names
     assert "unitsync.agent.store.etcd.store" in names
     assert first_to_import(names, ["unitsync.agent.serve"]) is None
 
 
 def test_the_wire_outside_the_host_is_sans_io_on_both_sides() -> None:
-    names = [m for m in all_modules("unitsync.wire") if not m.startswith("unitsync.wire.host")]
+    names = [m for m in modules("unitsync.wire") if not m.startswith("unitsync.wire.host")]
     assert "unitsync.wire.serving" in names and "unitsync.wire.session" in names
     assert first_to_import(names, ["trio"]) is None
 

@@ -27,8 +27,8 @@ import trio
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
 from unitsync.client import AsyncClient, Client
+from unitsync.client.owners import owner
 from unitsync.wire.errors import Refused, Superseded
-from unitsync.wire.host.processes import owner
 from unitsync.wire.protocol import Order
 
 from conftest import AgentProcess, run_cli, sock

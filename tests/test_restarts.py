@@ -16,8 +16,9 @@ import pytest
 
 from unitsync.agent.serve.server import AgentConfig
 from unitsync.client import Client
+from unitsync.client.owners import owner
 from unitsync.wire.errors import AlreadyDone, Refused
-from unitsync.wire.host.processes import owner, start_ticks
+from unitsync.wire.host.processes import start_ticks
 from unitsync.wire.protocol import Owner
 
 from conftest import AgentProcess, read_until, run_cli, spawn_cli

@@ -30,7 +30,7 @@ from unitsync.agent.core.records import Reason
 from unitsync.cli.run import children
 from unitsync.cli.run import supervisor as service_module
 from unitsync.cli.run.children import Ended
-from unitsync.cli.run.probe import ProbeReady
+from unitsync.cli.run.readiness.probe import ProbeReady
 from unitsync.cli.run.supervisor import Exited, NotReady, Ready, ServiceRun
 from unitsync.client import Client
 

@@ -6,9 +6,10 @@
     bounds        what a unit may hold: every bound on what the agent stores, and the checks
     serving       the agent's side of a connection, sans-IO: the hello, what may be sent
                   when, replies split over frames (the counterpart of `session`)
-    paths         where the agent listens and keeps its state by default
-    processes     processes as /proc names them: a run's owner, and does it still run
-    local         Unix facts both sides need: the peer of a socket, sd_notify receivers
+    session       the client's side of a connection, sans-IO: trust, hello, replies, errors
+    graph_id      a graph's id, made once and kept for good, and how people see it
+    host/         the OS mechanisms both sides need (paths, /proc, peers, sd_notify, pidfds,
+                  lock files, backoff); it imports nothing else of unitsync
     timefmt       how times and durations are written for people, on both sides
 
 Nothing here knows about the graph, the journal or the command line.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from unitsync.wire.host.peer import LOCK_PROBE_TIMEOUT, peer_of
+from unitsync.wire.host.peer import BUSY, listener_at
 
 from ..files import SetupError
 
@@ -63,17 +63,10 @@ def bind_private(path: Path, *, replace_stale: bool = True) -> trio.socket.Socke
 
 def _refuse_if_listened_on(path: Path) -> None:
     """SetupError if a process accepts connections at `path` (it is not a stale file)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
-        probe.settimeout(LOCK_PROBE_TIMEOUT)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return  # a dead agent's file: ours to replace
-        except OSError:
-            who = "a process too busy to accept"
-        else:
-            peer = peer_of(probe)
-            who = f"pid {peer.pid} (uid {peer.uid})"
+    peer = listener_at(str(path))
+    if peer is None:
+        return  # a dead agent's file: ours to replace
+    who = "a process too busy to accept" if peer is BUSY else f"pid {peer.pid} (uid {peer.uid})"
     raise SetupError(
         f"something already listens at {path}: {who}, not a unitsync agent holding this "
         "socket's lock (a systemd socket unit? another program?); the agent does not take "

@@ -41,8 +41,8 @@ from typing import Any
 import trio
 
 from unitsync.wire.graph_id import short
-from unitsync.wire.host.peer import lock_holder, read_lock_record, socket_lock_name
-from unitsync.wire.host.processes import is_running
+from unitsync.wire.host.lockfile import holder_of
+from unitsync.wire.host.peer import lock_holder, socket_lock_name
 
 from ..boots import boot_identity
 from ..holds import RECLAIM_GRACE
@@ -170,12 +170,11 @@ def _agent_on_this_path(config: AgentConfig) -> int | None:
     holder = lock_holder(socket_lock_name(config.socket))
     if holder is not None and holder.pid > 0 and holder.uid == os.getuid():
         return holder.pid
-    record = read_lock_record(config.state_dir / LOCK_NAME)
+    record = holder_of(config.state_dir / LOCK_NAME)  # (a crash leaves the file behind)
     if (
         record is not None
         and record.pid != os.getpid()
         and record.serving == str(config.socket.absolute())
-        and is_running(record.pid)  # (a crash leaves the file behind)
     ):
         return record.pid
     return None

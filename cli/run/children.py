@@ -1,9 +1,9 @@
 """Child processes of `run`: starting one, learning of its exit without polling, its status.
 
-A child's exit reaches the `Reactor` as a readable descriptor: a pidfd (Linux 5.3+),
-or, where there is none, a SIGCHLD handler writing to a wake-up pipe, after which
-every watched child is asked (`poll`) whether it has ended. Either way nothing wakes
-while children run.
+A child's exit reaches the `Reactor` as a readable descriptor: a pidfd (Linux 5.3+,
+`wire.host.exits`), or, where there is none, a SIGCHLD handler writing to a wake-up pipe,
+after which every watched child is asked (`poll`) whether it has ended. Either way nothing
+wakes while children run.
 
 Resource rules: `Exits` owns the pidfds (or the wake-up pipe and the SIGCHLD handler)
 and releases them in `close`; the `Popen` objects stay their spawner's, reaped here
@@ -19,6 +19,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from unitsync.wire.host.exits import exit_descriptor
 
 from ..words import shell_word
 from .group import signal_group
@@ -128,9 +130,8 @@ class Exits:
         self._fallback: _ChildSignals | None = None
 
     def watch(self, child: Child, on_exit: Callable[[Ended], None]) -> None:
-        try:
-            fd = os.pidfd_open(child.pid)
-        except (AttributeError, OSError):  # no pidfds (an old kernel, not Linux)
+        fd = exit_descriptor(child.pid)
+        if fd is None:  # no pidfds (an old kernel, not Linux)
             if self._fallback is None:
                 self._fallback = _ChildSignals(self.reactor)
             self._fallback.watch(child, on_exit)

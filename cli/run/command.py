@@ -1,6 +1,6 @@
 """`sync run`: want, wait, run a command as the unit, then complete or fail it (SPEC §2, §8).
 
-The command's life (spawn, signals, readiness, output, exit) is `service.ServiceRun`'s;
+The command's life (spawn, signals, readiness, output, exit) is `supervisor.ServiceRun`'s;
 every agent call `run` makes is here: `run_unit` declares and starts the unit, and
 `UnitAgent` tells the agent what the command's events mean for it.
 
@@ -16,16 +16,14 @@ the newer run's) and exits EXIT_SUPERSEDED.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import msgspec
 
 from unitsync.client import Client, UnitsyncError
-from unitsync.client.retry import Backoff
+from unitsync.client.owners import owner
 from unitsync.wire.errors import (
     EXIT_INTERRUPTED,
     EXIT_TIMED_OUT,
@@ -33,7 +31,8 @@ from unitsync.wire.errors import (
     AgentUnavailable,
     AlreadyDone,
 )
-from unitsync.wire.host.processes import COMMAND_LIMIT, owner
+from unitsync.wire.host.backoff import Backoff
+from unitsync.wire.host.processes import shortened
 from unitsync.wire.protocol import Owner
 from unitsync.wire.timefmt import duration
 
@@ -43,73 +42,13 @@ from ..words import shell_line, shell_word
 from .children import Ended, SpawnFailed
 from .hold import RunHold
 from .reactor import Reactor
-from .supervisor import STOP_GRACE, Detector, Exited, NotReady, Ready, ServiceRun, Status
+from .readiness.options import PLAIN, BadOption, ReadyOptions, detector_for
+from .supervisor import STOP_GRACE, Exited, NotReady, Ready, ServiceRun, StatusText
 
 EXIT_SUPERSEDED = 0
 """`run`'s status once a newer run superseded its run and it stopped its command: as after
 systemd's `stop`, the command ended because it was asked to, not because it failed; and what
 the unit becomes is the newer run's business, not this one's."""
-DEFAULT_INTERVAL = 1.0
-"""How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
-for the cost of one short process a second while it starts."""
-
-
-@dataclass(frozen=True)
-class ReadyOptions:
-    """How a service says it is ready, as given on the command line."""
-
-    command: str | None = None
-    interval: float | None = None
-    """Seconds between probes (None: DEFAULT_INTERVAL)."""
-    log: str | None = None
-    notify: bool = False
-    timeout: float | None = None
-    """Seconds to be ready in (None: no limit)."""
-
-
-class BadOption(ValueError):
-    """A readiness option that makes no sense; the message says which and why."""
-
-
-def readiness_detector(options: ReadyOptions) -> tuple[Detector | None, float | None]:
-    """The detector and ready timeout the options ask for; BadOption if they conflict."""
-    kinds = [
-        name
-        for name, given in (
-            ("--ready-cmd", options.command is not None),
-            ("--ready-log", options.log is not None),
-            ("--notify", options.notify),
-        )
-        if given
-    ]
-    if len(kinds) > 1:
-        raise BadOption(f"{' and '.join(kinds)} cannot be combined: choose one way to be ready")
-    if options.interval is not None and options.command is None:
-        raise BadOption("--ready-interval is the interval of --ready-cmd's probe: add --ready-cmd")
-    if options.timeout is not None and not kinds:
-        raise BadOption(
-            "--ready-timeout needs a way to be ready: --ready-cmd, --ready-log or --notify"
-        )
-    timeout = options.timeout
-    if options.command is not None:
-        from .probe import ProbeReady
-
-        return ProbeReady(options.command, options.interval or DEFAULT_INTERVAL), timeout
-    if options.log is not None:
-        from .output import LogReady
-
-        try:
-            pattern = re.compile(options.log)
-        except re.error as exc:
-            raise BadOption(
-                f"--ready-log: {options.log!r} is not a valid regular expression: {exc}"
-            ) from None
-        return LogReady(pattern), timeout
-    if options.notify:
-        from .notify import NotifyReady
-
-        return NotifyReady(), timeout
-    return None, None
 
 
 def _seconds(seconds: float) -> str:
@@ -123,14 +62,14 @@ def run_unit(
     command: Sequence[str],
     wants: Sequence[str],
     timeout: float | None,
-    readiness: ReadyOptions = ReadyOptions(),
+    readiness: ReadyOptions = PLAIN,
     *,
     once: bool = False,
     rerun: bool = False,
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code."""
     try:
-        detector, ready_timeout = readiness_detector(readiness)
+        detector, ready_timeout = detector_for(readiness)
     except BadOption as exc:
         say(f"unitsync: {exc}")
         return EXIT_USAGE
@@ -192,8 +131,8 @@ def follow(service: ServiceRun, agent: UnitAgent) -> int:
         match event:
             case Ready(how):
                 agent.ready(how)
-            case Status(text):
-                agent.status(text)
+            case StatusText(text):
+                agent.status_text(text)
             case NotReady(within, waiting_for):
                 not_ready = True
                 agent.not_ready(f"not ready within {_seconds(within)}: {waiting_for}")
@@ -241,7 +180,7 @@ class UnitAgent:
         if not self.superseded:  # (told so in the same breath: it is being stopped)
             say(f"{self.unit}: ready ({how})")
 
-    def status(self, text: str) -> None:
+    def status_text(self, text: str) -> None:
         self._tell("says what it is doing", lambda: self.client.set_reason(self.unit, text))
 
     def not_ready(self, reason: str) -> None:
@@ -314,7 +253,7 @@ def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: 
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not exc.passing:
                 raise
-            time.sleep(backoff.next_delay(remaining, "", None))
+            time.sleep(backoff.next(remaining))
 
 
 def _run_owner(command: Sequence[str]) -> Owner | None:
@@ -324,7 +263,4 @@ def _run_owner(command: Sequence[str]) -> Owner | None:
     me = owner(os.getpid(), "run")
     if me is None:
         return None
-    line = shell_line(command)
-    if len(line) > COMMAND_LIMIT:
-        line = line[: COMMAND_LIMIT - 1] + "…"
-    return msgspec.structs.replace(me, command=line)
+    return msgspec.structs.replace(me, command=shortened(shell_line(command)))

@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from unitsync.client import Client
-from unitsync.client.retry import Backoff
 from unitsync.wire.errors import AgentUnavailable, Superseded, UnitsyncError
+from unitsync.wire.host.backoff import Backoff
 from unitsync.wire.protocol import Order
 
 from ..say import say
@@ -108,15 +108,13 @@ class RunHold:
                 say(f"unitsync: {self.unit}: {exc}")
                 self.given_up = True
                 return
-            self._retry = self.reactor.call_later(
-                self._backoff.next_delay(None, self.unit, None), self._take_back
-            )
+            self._retry = self.reactor.call_later(self._backoff.next(), self._take_back)
             return
         except UnitsyncError as exc:
             say(f"unitsync: {self.unit}: {exc}")
             self.given_up = True
             return
-        self._backoff = Backoff()
+        self._backoff.reset()
         say(f"unitsync: {self.unit}: took the run back")
         self._watch()
 

@@ -1,9 +1,9 @@
 """A command's life under `run`: spawned, watched until ready, followed until it exits (SPEC §8).
 
-`ServiceRun` starts the command, lets one `Detector` (a probe, an output line,
-sd_notify) tell when it is ready, enforces the ready timeout, passes signals on, and
-reports what happens as events: `Ready`, `Status`, `NotReady`, `Exited`. It never
-talks to the agent: `run.py` turns the events into agent calls, in one place.
+`ServiceRun` starts the command, lets one `Detector` (`readiness/`: a probe, an output
+line, sd_notify) tell when it is ready, enforces the ready timeout, passes signals on, and
+reports what happens as events: `Ready`, `StatusText`, `NotReady`, `Exited`. It never
+talks to the agent: `command.py` turns the events into agent calls, in one place.
 
 Without a detector this is plain `run`: the command inherits `run`'s stdin, stdout
 and stderr, and its exit is the only event.
@@ -30,49 +30,15 @@ import subprocess
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from .children import Child, Ended, Exits, Forwarding, spawn
 from .group import Terminal, signal_group, wait_out_group
 from .reactor import Reactor, Timer
+from .readiness.detector import Detector
 
 STOP_GRACE = 10.0
 """Seconds between SIGTERM and SIGKILL when `run` stops a command's group (not ready in time):
 docker stop's default, long enough for a server to close its connections and files."""
-
-
-class Listener(Protocol):
-    """Where a detector reports (the `ServiceRun`)."""
-
-    def ready(self, how: str) -> None: ...
-
-    def status(self, text: str) -> None: ...
-
-
-class Detector(Protocol):
-    """One way for a service to say it is ready: a probe, an output line, sd_notify."""
-
-    def child_options(self) -> dict[str, Any]:
-        """`Popen` options it needs (`env`, `stdout`, `stderr`), made just before the spawn."""
-        ...
-
-    def begin(self, reactor: Reactor, exits: Exits, service: Child, listener: Listener) -> None:
-        """The service runs: watch it."""
-        ...
-
-    def stop(self) -> None:
-        """Readiness no longer matters: stop watching for it (output still flows)."""
-        ...
-
-    def waiting_for(self) -> str:
-        """What was awaited, for the reason of a service not ready in time."""
-        ...
-
-    def finish(self) -> None:
-        """The service is gone (or never started): take what it left, release everything.
-
-        Called exactly once; readiness found in the last output is still reported."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +48,7 @@ class Ready:
 
 
 @dataclass(frozen=True)
-class Status:
+class StatusText:
     text: str
     """What the service says it is doing while it starts (sd_notify's STATUS=)."""
 
@@ -101,7 +67,7 @@ class Exited:
     was_ready: bool
 
 
-Event = Ready | Status | NotReady | Exited
+Event = Ready | StatusText | NotReady | Exited
 
 
 class ServiceRun:
@@ -195,12 +161,12 @@ class ServiceRun:
         self.is_ready = True
         self._events.append(Ready(how))
 
-    def status(self, text: str) -> None:
+    def status_text(self, text: str) -> None:
         if self._settled:
             return
-        if self._events and isinstance(self._events[-1], Status):
+        if self._events and isinstance(self._events[-1], StatusText):
             self._events.pop()  # the agent only needs the latest
-        self._events.append(Status(text))
+        self._events.append(StatusText(text))
 
     # --- internals ------------------------------------------------------------------------
 

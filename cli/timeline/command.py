@@ -19,7 +19,7 @@ from unitsync.client import UnitsyncError
 from unitsync.wire.errors import EXIT_USAGE
 from unitsync.wire.protocol import UnitView
 
-from ..app import SocketOption, cli_client
+from ..app import SocketOption, cli_client, error_exit
 from .model import Timeline, boots_in, build_timeline, by_run_time
 
 TimelineOutput = Literal["table", "json", "svg"]
@@ -45,7 +45,7 @@ def timeline(
     try:
         model = _timeline(socket, boot)
     except UnitsyncError as exc:
-        return _fail(exc)
+        return error_exit(exc)
     if output == "json":
         from .text import to_json
 
@@ -89,7 +89,7 @@ def critical_chain(
         model = _timeline(socket, boot)
         chain = chain_of(model, unit)
     except UnitsyncError as exc:
-        return _fail(exc)
+        return error_exit(exc)
     print(render_chain(model, chain))
     return 0
 
@@ -101,7 +101,7 @@ def blame(*, boot: BootOption = None, socket: SocketOption = None) -> int:
     try:
         model = _timeline(socket, boot)
     except UnitsyncError as exc:
-        return _fail(exc)
+        return error_exit(exc)
     print(render_blame(by_run_time(model)))
     return 0
 
@@ -115,11 +115,6 @@ def _timeline(socket: SocketOption, boot: int | None) -> Timeline:
     if boot is None and state.boot in boots_in(units):
         boot = state.boot
     return build_timeline(units, time.time(), boot)
-
-
-def _fail(exc: UnitsyncError) -> int:
-    print(f"unitsync: {exc}", file=sys.stderr)
-    return exc.exit_code
 
 
 def _colour() -> bool:

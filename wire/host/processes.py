@@ -1,20 +1,36 @@
-"""Processes as the kernel names them (Linux /proc): who owns a run, and does it still run.
+"""Processes as the kernel names them (Linux /proc): who a process is, and does it still run.
 
-Both sides need this: a client describes the owner it reports (its parent script, or
-`run` itself), the agent checks later whether that owner still runs. A pid alone is not
-enough, as pids are reused: a process is its pid plus its start time (clock ticks since
-the kernel booted), which no later process with the same pid shares. Where there is no
-/proc, owners are not described and nothing is ever taken for gone.
+Both sides need this: a client describes the owner of a run (its parent script, or `run`
+itself; `client/owners.py` makes the wire's `Owner` of a `Process`), the agent checks
+later whether that owner still runs, `run --notify` whether a sender descends from its
+service. A pid alone is not enough, as pids are reused: a process is its pid plus its start
+time (clock ticks since the kernel booted), which no later process with the same pid
+shares. Where there is no /proc, processes are not described and nothing is ever taken
+for gone.
+
+/proc/PID/stat is read and split in one place (`_stat`). Error rules: a process that is
+gone, or a /proc that cannot be read, is an answer (None, "", False), never an exception.
 """
 
 from __future__ import annotations
 
 import os
-
-from ..protocol import Owner
+from typing import NamedTuple
 
 COMMAND_LIMIT = 200
 """Characters of a command line kept: enough to recognise a script, bounded for a frame."""
+
+
+class Process(NamedTuple):
+    """One process, told apart from any later one that gets its pid."""
+
+    pid: int
+    ticks: int
+    """When it started: clock ticks since the kernel booted."""
+    command: str
+    """Its command line as one line, shortened to COMMAND_LIMIT."""
+    pidns: str
+    """The PID namespace its pid means something in ("pid:[4026531836]"); "" if unknown."""
 
 
 DEAD = (b"Z", b"X")
@@ -46,7 +62,11 @@ def command_line(pid: int) -> str:
             words = cmdline.read().rstrip(b"\0").split(b"\0")
     except OSError:
         return ""
-    line = " ".join(word.decode(errors="replace") for word in words)
+    return shortened(" ".join(word.decode(errors="replace") for word in words))
+
+
+def shortened(line: str) -> str:
+    """A command line cut to COMMAND_LIMIT characters, its end marked."""
     return line if len(line) <= COMMAND_LIMIT else line[: COMMAND_LIMIT - 1] + "…"
 
 
@@ -86,11 +106,29 @@ def calling_script(pid: int) -> int:
     """The script behind process `pid`: `pid` itself, or, while `pid` is a wrapper
     (`WRAPPERS`), the process that ran it."""
     for _ in range(8):  # wrappers seldom nest deeper; never loop on a strange /proc
-        fields = _stat(pid)
-        if fields is None or _name(pid) not in WRAPPERS or int(fields[1]) <= 1:
+        parent = parent_of(pid)
+        if parent is None or _name(pid) not in WRAPPERS or parent <= 1:
             return pid
-        pid = int(fields[1])  # field 4: the parent
+        pid = parent
     return pid
+
+
+def parent_of(pid: int) -> int | None:
+    """The pid of process `pid`'s parent, or None if there is no such process."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])  # field 4 of the whole line
+
+
+def descends_from(pid: int, ancestor: int) -> bool | None:
+    """Is `pid` `ancestor` or below it? None if a process on the way has exited."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        parent = parent_of(pid)
+        if parent is None:
+            return None
+        pid = parent
+    return pid == ancestor
 
 
 def _name(pid: int) -> str:
@@ -101,12 +139,12 @@ def _name(pid: int) -> str:
         return ""
 
 
-def owner(pid: int, kind: str) -> Owner | None:
-    """Process `pid` as the owner of a run, or None if it does not exist (or no /proc)."""
+def process(pid: int) -> Process | None:
+    """Process `pid` as it is now, or None if it does not exist (or there is no /proc)."""
     ticks = start_ticks(pid)
     if ticks is None:
         return None
-    return Owner(pid, ticks, command_line(pid), kind, pid_namespace())  # type: ignore[arg-type]
+    return Process(pid, ticks, command_line(pid), pid_namespace())
 
 
 def still_runs(pid: int, ticks: int, pidns: str) -> bool | None:

@@ -17,15 +17,15 @@ and stops it in `stop` or `finish`; at most one probe runs at a time.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 from typing import Any
 
-from .children import Child, Ended, Exits
-from .reactor import Reactor, Timer
-from .supervisor import Listener
+from ..children import Child, Ended, Exits
+from ..group import signal_group
+from ..reactor import Reactor, Timer
+from .detector import Listener
 
 SHELL = "/bin/sh"
 STDERR_KEPT = 1024
@@ -130,8 +130,7 @@ class ProbeReady:
     def _kill(self) -> None:
         if self.probe is not None and self.probe.returncode is None and not self._killed:
             self._killed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.probe.pid, signal.SIGKILL)
+            signal_group(self.probe.pid, signal.SIGKILL)
 
     def _read_stderr(self) -> None:
         """Keep the tail of the probe's stderr; close the pipe at its end."""

@@ -1,9 +1,10 @@
 """`--notify`: a private sd_notify socket; `READY=1` from the service's process tree.
 
-The protocol is systemd's (sd_notify(3)): the service finds a datagram socket's address
-in `NOTIFY_SOCKET` (`@name` for the abstract namespace) and sends newline-separated
-`KEY=VALUE` assignments. `READY=1` makes it ready; `STATUS=text` says what it is doing
-(the unit's reason while it starts). Every other assignment is accepted and ignored.
+The protocol is systemd's (sd_notify(3)), spoken by `wire.host.notify`: the service finds
+a datagram socket's address in `NOTIFY_SOCKET` (`@name` for the abstract namespace) and
+sends newline-separated `KEY=VALUE` assignments. What they mean to `run` is here: `READY=1`
+makes it ready; `STATUS=text` says what it is doing (the unit's reason while it starts).
+Every other assignment is accepted and ignored.
 
 Trust: the socket is in the abstract namespace under an unguessable name, but anyone in
 the same network namespace can list such names, so each datagram's sender is checked
@@ -15,34 +16,25 @@ tree (the service itself always can: `run` has not reaped it yet), so a short-li
 helper such as `systemd-notify` should be `exec`'d, or the service should notify itself.
 
 Resource rules: `NotifyReady` owns its socket, from `child_options` to `finish`;
-file descriptors passed in a datagram (SCM_RIGHTS) are closed at once.
+file descriptors passed in a datagram (SCM_RIGHTS) are closed at once (`notify.received`).
 """
 
 from __future__ import annotations
 
-import array
 import os
 import socket
-import struct
-import sys
-from pathlib import Path
 from typing import Any
 
-from unitsync.wire.host.peer import notify_receiver
+from unitsync.wire.host import notify
+from unitsync.wire.host.processes import descends_from
 
-from .children import Child, Exits
-from .reactor import Reactor
-from .supervisor import Listener
+from ...say import say
+from ..children import Child, Exits
+from ..reactor import Reactor
+from .detector import Listener
 
-DATAGRAM_SIZE = 4096
-"""The longest datagram read whole (systemd's own messages are far shorter)."""
 STATUS_LIMIT = 1024
 """Bytes of a STATUS= text kept as the unit's reason: a line for `status`, not a log."""
-ENV = "NOTIFY_SOCKET"
-_CREDENTIALS = struct.Struct("3i")
-"""struct ucred: pid, uid, gid."""
-_ANCILLARY_SIZE = socket.CMSG_SPACE(_CREDENTIALS.size) + socket.CMSG_SPACE(16 * 4)
-"""Room for the credentials and a few passed descriptors (to close them)."""
 REFUSALS_SHOWN = 10
 """Refused senders named on stderr; a flood of them is not copied to the terminal."""
 
@@ -61,8 +53,8 @@ class NotifyReady:
         self.refused: set[int] = set()
 
     def child_options(self) -> dict[str, Any]:
-        self.sock, self.address = notify_receiver("run")
-        return {"env": {**os.environ, ENV: self.address}}
+        self.sock, self.address = notify.receiver("run")
+        return {"env": {**os.environ, notify.ENV: self.address}}
 
     def begin(self, reactor: Reactor, exits: Exits, service: Child, listener: Listener) -> None:
         assert self.sock is not None
@@ -76,7 +68,7 @@ class NotifyReady:
 
     def waiting_for(self) -> str:
         status = f" (its last STATUS: {self.last_status})" if self.last_status else ""
-        return f"no READY=1 on {ENV}{status}"
+        return f"no READY=1 on {notify.ENV}{status}"
 
     def finish(self) -> None:
         if self.sock is not None:
@@ -91,25 +83,24 @@ class NotifyReady:
         """Read every queued datagram; act on the last STATUS= and on READY=1."""
         assert self.sock is not None and self.listener is not None
         status, ready_from = None, None
-        while True:
-            try:
-                data, ancillary, flags, _addr = self.sock.recvmsg(DATAGRAM_SIZE, _ANCILLARY_SIZE)
-            except BlockingIOError:
-                break
-            pid = _sender(ancillary)
+        for datagram in notify.received(self.sock):
+            pid = datagram.sender
             if not self.waiting or not self._trusted(pid):
                 continue
-            if flags & socket.MSG_TRUNC:
-                _warn(f"ignored a notification from pid {pid}: longer than {DATAGRAM_SIZE} bytes")
+            if datagram.truncated:
+                say(
+                    f"unitsync: ignored a notification from pid {pid}: longer than "
+                    f"{notify.DATAGRAM_SIZE} bytes"
+                )
                 continue
-            fields = parse(data)
+            fields = datagram.fields
             if "STATUS" in fields:
                 text = fields["STATUS"].encode()[:STATUS_LIMIT].decode("utf-8", "ignore")
                 status = self.last_status = text
             if fields.get("READY") == "1":
                 ready_from = pid
         if status is not None and ready_from is None:  # ready clears the reason anyway
-            self.listener.status(status)
+            self.listener.status_text(status)
         if ready_from is not None:
             who = "the service" if ready_from == self.service_pid else f"pid {ready_from}"
             self.listener.ready(f"READY=1 from {who}")
@@ -129,48 +120,5 @@ class NotifyReady:
                 else "it exited before it could be checked (notify from the service itself, "
                 "or `exec` the notifying helper)"
             )
-            _warn(f"ignored a notification from pid {pid}: {why}")
+            say(f"unitsync: ignored a notification from pid {pid}: {why}")
         return False
-
-
-def parse(datagram: bytes) -> dict[str, str]:
-    """sd_notify's format: newline-separated KEY=VALUE assignments (the last one wins)."""
-    fields = {}
-    for line in datagram.decode("utf-8", "replace").split("\n"):
-        key, sep, value = line.partition("=")
-        if sep:
-            fields[key] = value
-    return fields
-
-
-def descends_from(pid: int, ancestor: int) -> bool | None:
-    """Is `pid` `ancestor` or below it? None if a process on the way has exited."""
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_bytes()
-        except OSError:
-            return None
-        pid = int(stat.rsplit(b")", 1)[1].split()[1])  # the field after the command's name
-    return pid == ancestor
-
-
-def _sender(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    """The sending pid from SCM_CREDENTIALS; descriptors passed along are closed."""
-    pid = None
-    for level, kind, data in ancillary:
-        if level != socket.SOL_SOCKET:
-            continue
-        if kind == socket.SCM_CREDENTIALS:
-            pid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])[0]
-        elif kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-            for fd in fds:
-                os.close(fd)
-    return pid
-
-
-def _warn(message: str) -> None:
-    print(f"unitsync: {message}", file=sys.stderr, flush=True)

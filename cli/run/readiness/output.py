@@ -36,9 +36,9 @@ import subprocess
 import termios
 from typing import Any
 
-from .children import Child, Exits
-from .reactor import Reactor
-from .supervisor import Listener
+from ..children import Child, Exits
+from ..reactor import Reactor
+from .detector import Listener
 
 READ_SIZE = 65536
 DRAIN_LIMIT = 64
