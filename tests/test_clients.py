@@ -23,6 +23,7 @@ from unitsync.agent.serve.server import AgentConfig
 from unitsync.agent.service import Service
 from unitsync.client import AsyncClient, Client, unasync
 from unitsync.client._sync import client as blocking_module
+from unitsync.client.owners import owner
 from unitsync.wire.errors import (
     AgentCrashed,
     AgentGone,
@@ -34,7 +35,6 @@ from unitsync.wire.errors import (
     WaitTimeout,
 )
 from unitsync.wire.framing import decode_reply, take_frame
-from unitsync.wire.host.processes import owner
 from unitsync.wire.protocol import FullView, Order, Started, Waiting
 
 from conftest import AgentProcess, run_cli
