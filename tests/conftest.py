@@ -28,6 +28,14 @@ from unitsync.agent.service import Service
 from harness.etcd_cluster import ETCD, EtcdAgent, EtcdCluster
 
 
+# A shell starts a background job (`pytest &`, `nohup pytest &` in a script) with Ctrl-C
+# ignored, and an ignored signal stays ignored across exec: every `unitsync` the tests spawn
+# would shrug off the SIGINT that stands for the user's Ctrl-C, and the tests that send it
+# would hang. The suite's children get the default a terminal's user has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def no_autostart(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client that finds no agent fails (exit 3) instead of starting one in the user's
