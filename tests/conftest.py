@@ -27,13 +27,22 @@ from unitsync.agent.service import Service
 
 from harness.etcd_cluster import ETCD, EtcdAgent, EtcdCluster
 
-
 # A shell starts a background job (`pytest &`, `nohup pytest &` in a script) with Ctrl-C
 # ignored, and an ignored signal stays ignored across exec: every `unitsync` the tests spawn
 # would shrug off the SIGINT that stands for the user's Ctrl-C, and the tests that send it
 # would hang. The suite's children get the default a terminal's user has.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+SUITE_MARK = f"{os.getpid():07d}"
+"""Part of every long `sleep` the tests start, so that what a test kills by its command line
+is this suite's own and never a process of another suite running beside it."""
+
+
+def marked_sleep(seconds: int) -> str:
+    """`sleep SECONDS.MARK`: as long as `sleep SECONDS`, a command line only this suite has."""
+    return f"sleep {seconds}.{SUITE_MARK}"
 
 
 @pytest.fixture(autouse=True)
