@@ -14,6 +14,7 @@ writer killed by SIGPIPE would.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 
@@ -24,17 +25,24 @@ def main() -> None:
 
 def _main(argv: list[str]) -> int:
     _whole_lines()
-    _import_msgspec()
-    from . import shortcut
+    gc.disable()  # while importing: thousands of objects, all kept; no cycle to collect
+    try:
+        _import_msgspec()
+        from . import shortcut
 
-    call = shortcut.parse(argv, os.environ)
+        call = shortcut.parse(argv, os.environ)
+        if call is not None:
+            from . import hot
+
+            if call.command == "run":  # what `run` imports, in the same window
+                from .run import command  # noqa: F401
+    finally:
+        gc.enable()
     if call is None:
         from .app import _main as by_cyclopts
 
         return by_cyclopts(argv)
     from unitsync.wire.errors import EXIT_INTERRUPTED
-
-    from . import hot
 
     hot.typed(argv)
     try:
