@@ -74,9 +74,9 @@ class Figure:
 
 
 @contextlib.contextmanager
-def installed() -> Iterator[Path]:
-    """A scratch venv with this checkout `pip install`ed (not editable, bytecode compiled),
-    its dependencies taken from this venv by a path line; yields its `bin` folder."""
+def installed(source: Path = ROOT) -> Iterator[Path]:
+    """A scratch venv with this checkout (or `source`) `pip install`ed (not editable, bytecode
+    compiled), its dependencies taken from this venv by a path line; yields its `bin` folder."""
     base = Path(tempfile.mkdtemp(prefix="us-install-"))
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", base], check=True)
@@ -89,7 +89,7 @@ def installed() -> Iterator[Path]:
         ).stdout.strip()
         Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         subprocess.run(
-            [*PIP, "--python", base / "bin" / "python", "install", "-q", "--no-deps", ROOT],
+            [*PIP, "--python", base / "bin" / "python", "install", "-q", "--no-deps", source],
             check=True,
             capture_output=True,
         )
