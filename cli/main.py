@@ -28,14 +28,12 @@ def _main(argv: list[str]) -> int:
     gc.disable()  # while importing: thousands of objects, all kept; no cycle to collect
     try:
         _import_msgspec()
-        from . import shortcut
+        from . import hot, shortcut
 
+        hot.typed(argv)  # both ways in: `run` checks the words before `--`
         call = shortcut.parse(argv, os.environ)
-        if call is not None:
-            from . import hot
-
-            if call.command == "run":  # what `run` imports, in the same window
-                from .run import command  # noqa: F401
+        if call is not None and call.command == "run":  # what it imports, in the same window
+            from .run import command  # noqa: F401
     finally:
         gc.enable()
     if call is None:
@@ -44,7 +42,6 @@ def _main(argv: list[str]) -> int:
         return by_cyclopts(argv)
     from unitsync.wire.errors import EXIT_INTERRUPTED
 
-    hot.typed(argv)
     try:
         return getattr(hot, call.command)(*call.args, **call.kwargs)
     except KeyboardInterrupt:
