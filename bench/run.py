@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import first_call
@@ -45,6 +44,7 @@ import services
 import start_up
 import trio
 from new_boot import BENCH_GRAPH, applied
+from start_up import Figure
 
 from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.records import Known, Move
@@ -60,15 +60,6 @@ from harness.etcd_cluster import EtcdAgent, EtcdCluster  # noqa: E402  (the test
 
 encode = msgspec.msgpack.Encoder().encode
 UNITSYNC = Path(sys.executable).with_name("unitsync")
-
-
-@dataclass
-class Figure:
-    name: str
-    measured: str
-    target: str
-    met: bool | None
-    note: str = ""
 
 
 # --- a real agent --------------------------------------------------------------------------
@@ -200,16 +191,6 @@ def python_speed() -> Figure:
         None,
         "best of 5",
     )
-
-
-def hot_calls() -> list[Figure]:
-    """SPEC §6, round 3: each hot call's CPU beside `python -c pass` (`start_up.py`)."""
-    return [Figure(**vars(figure)) for figure in start_up.hot_calls()]
-
-
-def workspace_start_up() -> list[Figure]:
-    """SPEC §6, round 3: the 50-unit start-up, every way side by side (`start_up.py`)."""
-    return [Figure(**vars(figure)) for figure in start_up.workspace()]
 
 
 def wake_one(rounds: int = 300) -> Figure:
@@ -812,8 +793,8 @@ def main() -> None:
     print(machine(), flush=True)
     steps: list[Callable[[], Figure | list[Figure]]] = [
         python_speed,
-        hot_calls,
-        workspace_start_up,
+        start_up.hot_calls,  # SPEC §6, round 3: each hot call's CPU beside `python -c pass`
+        start_up.workspace,  # SPEC §6, round 3: the 50-unit start-up, every way side by side
         wake_one,
         wake_many,
         throughput,

@@ -80,7 +80,7 @@ def main() -> None:
         random.Random(SEED).shuffle(order)
         manager_cpu = _cpu_of(manager.pid)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
+        started, launched = time.perf_counter(), time.time()
         starts = [
             subprocess.Popen(["systemctl", "--user", "start", f"{unit}.service"], env=ENV)
             for unit in order
@@ -95,9 +95,8 @@ def main() -> None:
     if any(codes):
         raise SystemExit(f"systemctl start exited {sorted(set(codes))}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    print(
-        json.dumps({"wall": wall, "cpu": cpu, "manager_cpu": manager_cpu, "log": log.read_text()})
-    )
+    seen = {"wall": wall, "cpu": cpu, "manager_cpu": manager_cpu, "launched": launched}
+    print(json.dumps({**seen, "log": log.read_text()}))
 
 
 def _cpu_of(pid: int) -> float:
