@@ -1,10 +1,11 @@
 """Every SPEC §6 figure, measured on real agents, printed next to its target.
 
-    python bench/run.py            # every figure of SPEC §6-§9 (about two and a half minutes)
+    python bench/run.py            # every figure of SPEC §6-§9 (about five minutes)
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
     python bench/run.py --views    # only: every view of 10,000 units, command to output
     python bench/services.py       # only SPEC §8's service figures (about a minute)
     python bench/first_call.py     # only SPEC §7's autostart figures (about half a minute)
+    python bench/start_up.py       # only SPEC §6's hot calls and 50-unit start-up (2 minutes)
     python bench/new_boot.py       # only SPEC §7's new-boot figures (about twenty seconds)
     python bench/run.py --etcd     # the SPEC §10 figures instead: a 3-member etcd cluster
                                    # and 3 agents sharing a graph, all on loopback
@@ -15,7 +16,6 @@ Medians (and p99 for latencies) from one run; nothing here is a test.
 from __future__ import annotations
 
 import argparse
-import compileall
 import fcntl
 import os
 import platform
@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import first_call
@@ -42,8 +41,10 @@ import load
 import msgspec
 import new_boot
 import services
+import start_up
 import trio
 from new_boot import BENCH_GRAPH, applied
+from start_up import Figure
 
 from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.records import Known, Move
@@ -59,15 +60,6 @@ from harness.etcd_cluster import EtcdAgent, EtcdCluster  # noqa: E402  (the test
 
 encode = msgspec.msgpack.Encoder().encode
 UNITSYNC = Path(sys.executable).with_name("unitsync")
-
-
-@dataclass
-class Figure:
-    name: str
-    measured: str
-    target: str
-    met: bool | None
-    note: str = ""
 
 
 # --- a real agent --------------------------------------------------------------------------
@@ -198,27 +190,6 @@ def python_speed() -> Figure:
         "(reference)",
         None,
         "best of 5",
-    )
-
-
-def cli_ping(runs: int = 30) -> Figure:
-    compileall.compile_dir(ROOT, quiet=1, rx=re.compile(r"/(\.venv|tests|bench)/"))
-    base = [sys.executable, "-c", "import cyclopts, msgspec"]
-    with agent() as (socket, _proc):
-        ping = [str(UNITSYNC), "sync", "ping", "--socket", str(socket)]
-        times: dict[str, list[float]] = {"base": [], "ping": []}
-        for _ in range(runs):  # interleaved, so drift in the machine hits both alike
-            for name, command in (("base", base), ("ping", ping)):
-                started = time.perf_counter()
-                subprocess.run(command, capture_output=True, check=True)
-                times[name].append(time.perf_counter() - started)
-    b, p = statistics.median(times["base"]), statistics.median(times["ping"])
-    return Figure(
-        "CLI `sync ping` / `import cyclopts, msgspec`",
-        f"{p / b:.2f}x ({p * 1000:.1f} ms / {b * 1000:.1f} ms)",
-        "<= 1.25x",
-        p / b <= 1.25,
-        f"median of {runs} interleaved runs each, bytecode compiled as by pip install",
     )
 
 
@@ -822,7 +793,8 @@ def main() -> None:
     print(machine(), flush=True)
     steps: list[Callable[[], Figure | list[Figure]]] = [
         python_speed,
-        cli_ping,
+        start_up.hot_calls,  # SPEC §6, round 3: each hot call's CPU beside `python -c pass`
+        start_up.workspace,  # SPEC §6, round 3: the 50-unit start-up, every way side by side
         wake_one,
         wake_many,
         throughput,

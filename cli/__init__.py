@@ -1,6 +1,9 @@
 """The `unitsync` command line: the commands, a thin face on the blocking client.
 
-    app            the commands and their options (cyclopts); exit codes; the one entry point
+    main           the entry point: a hot command's plain form by the shortcut, the rest by app
+    shortcut       the hot commands' plain forms, recognised before cyclopts is imported
+    hot            the hot commands' bodies (ping, want, start, complete, fail, run), one each
+    app            the commands and their options (cyclopts): the command line's definition
     usage          usage errors as one plain line, with the command's usage line
     durations      durations as typed (`30s`, `5m`; 0 is forever)
     progress       what `start` shows while it waits
@@ -15,7 +18,7 @@
     run/           `sync run`: the supervisor of a command, its readiness, its hold on the unit
     timeline/      `timeline`, `critical-chain`, `blame`: the model and its views
 
-Start-up time is a feature: importing `app` loads cyclopts, msgspec and the blocking client
-only, never trio and never the agent (`tests/test_layers.py`); the rest is loaded by the
-command that uses it.
+Start-up time is a feature: a hot command's plain form loads msgspec and the blocking client
+only (`tests/test_shortcut.py`); importing `app` adds cyclopts, never trio and never the agent
+(`tests/test_layers.py`); the rest is loaded by the command that uses it.
 """

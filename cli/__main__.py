@@ -1,3 +1,3 @@
-from unitsync.cli.app import main
+from unitsync.cli.main import main
 
 main()

@@ -1,44 +1,37 @@
 """The `unitsync` command line: a thin face on the blocking client.
 
+This app is the definition of the command line (help, completion, usage errors, every
+form). The hot commands' bodies (`ping`, `want`, `start`, `complete`, `fail`, `run`) live in
+`hot`, called from here with the parsed arguments and by the entry point's shortcut for
+their plain forms (`main`, `shortcut`): give a hot command's new option to its body too.
+
 Start-up time is a feature (scripts call this many times): this module imports
 cyclopts, msgspec and the client only. The agent command and the renderers are
 loaded when used.
 
-Exit codes are the errors' own (`unitsync.wire.errors`): 0 success, 1 refused, 2 usage,
-3 no agent, 4 a dependency failed, 5 timed out, 6 not durable; 130 (128+N) when
-interrupted by a signal; a broken pipe on stdout (`| head`) exits 141 quietly, as a
-writer killed by SIGPIPE would.
+Exit codes: `main`'s docstring.
 """
 
-import contextlib
-import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
-from unitsync.client import Client
 from unitsync.wire import __version__
-from unitsync.wire.errors import (
-    EXIT_BROKEN_PIPE,
-    EXIT_INTERRUPTED,
-    EXIT_REFUSED,
-    EXIT_USAGE,
-    UnitsyncError,
-)
+from unitsync.wire.errors import EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_USAGE, UnitsyncError
 from unitsync.wire.host.paths import SOCKET_ENV
-from unitsync.wire.protocol import Ok, StatusReply
+from unitsync.wire.protocol import StatusReply
 
+from . import hot
 from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
-from .progress import StartProgress
+from .hot import cli_client, error_exit
+from .hot import usage_error as _usage_error
+from .main import main as main  # the entry point, also reachable here
+from .main import stdout_gone
 from .usage import USAGE, describe
-
-if TYPE_CHECKING:
-    from unitsync.client.autostart import Autostarted
 
 app = App(
     name="unitsync",
@@ -115,59 +108,10 @@ TimeoutOption = Annotated[
 ]
 
 
-def cli_client(socket: Path | None) -> Client:
-    """The CLI's client: when it had to start the agent, it says so (once, on stderr)."""
-    return Client(socket, name="cli", on_autostart=_say_started)
-
-
-def _say_started(agent: "Autostarted") -> None:
-    why = f"{agent.because}; " if agent.because else ""
-    print(
-        f"unitsync: {why}started an agent (pid {agent.pid}) at {agent.socket}; "
-        f"its log: {agent.log}",
-        file=sys.stderr,
-    )
-
-
-def error_exit(exc: UnitsyncError) -> int:
-    """Say what went wrong (`unitsync: ...` on stderr); the exit status it calls for."""
-    print(f"unitsync: {exc}", file=sys.stderr)
-    return exc.exit_code
-
-
-def _change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
-    """Send one change; print what the agent said (notes on stderr), exit as SPEC §2 says."""
-    try:
-        with cli_client(socket) as client:
-            reply = call(client)
-    except UnitsyncError as exc:
-        return error_exit(exc)
-    if reply.message:
-        print(reply.message)
-    for note in reply.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return 0
-
-
 @sync.command(usage=f"Usage: {USAGE['ping']}")
 def ping(*, socket: SocketOption = None) -> int:
     """Check that the agent answers; print its version, graph and uptime."""
-    from unitsync.wire.timefmt import duration as format_duration
-
-    try:
-        with cli_client(socket) as client:
-            pong = client.ping()
-    except UnitsyncError as exc:
-        return error_exit(exc)
-    from unitsync.wire.graph_id import short
-    from unitsync.wire.timefmt import clock
-
-    print(
-        f"unitsync agent {pong.agent} (pid {pong.pid}) at {pong.socket}, graph "
-        f"{short(pong.graph)}, up {format_duration(pong.uptime)}, boot {pong.boot} since "
-        f"{clock(pong.boot_since)}"
-    )
-    return 0
+    return hot.ping(socket=socket)
 
 
 @sync.command(usage=f"Usage: {USAGE['want']}")
@@ -180,7 +124,7 @@ def want(
     socket: SocketOption = None,
 ) -> int:
     """Declare that UNIT may start only after every DEP is completed."""
-    return _change(socket, lambda client: client.want(unit, dep, *more, once=once))
+    return hot.want(unit, dep, *more, once=once, socket=socket)
 
 
 @sync.command(usage=f"Usage: {USAGE['start']}")
@@ -213,36 +157,7 @@ def start(
 
     Exits 7 if UNIT is a completed one-time unit and --once is given (nothing to do).
     """
-    from unitsync.client.owners import owner as owner_of
-    from unitsync.wire.host.processes import calling_script
-
-    described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
-    if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
-        return _usage_error(
-            "start",
-            f"--owner {owner}: no process has that pid; give the pid of the script this run "
-            "belongs to (in a shell script: --owner $$)",
-        )
-    progress = StartProgress(unit, sys.stderr)
-    try:
-        with cli_client(socket) as client:
-            started = client.start(
-                unit,
-                rerun=rerun,
-                timeout=timeout,
-                on_progress=progress.update,
-                tick=1.0 if progress.live else None,
-                once=once,
-                owner=described,
-            )
-    except UnitsyncError as exc:
-        progress.clear()
-        return error_exit(exc)
-    except KeyboardInterrupt:
-        progress.interrupted()
-        return EXIT_INTERRUPTED
-    progress.done(started)
-    return 0
+    return hot.start(unit, timeout=timeout, rerun=rerun, once=once, owner=owner, socket=socket)
 
 
 @sync.command(usage=f"Usage: {USAGE['complete']}")
@@ -257,7 +172,7 @@ def complete(
     socket: SocketOption = None,
 ) -> int:
     """Mark UNIT completed, releasing every unit that waits for it."""
-    return _change(socket, lambda client: client.complete(unit, force=force, once=once))
+    return hot.complete(unit, force=force, once=once, socket=socket)
 
 
 @sync.command(usage=f"Usage: {USAGE['fail']}")
@@ -272,7 +187,7 @@ def fail(
     socket: SocketOption = None,
 ) -> int:
     """Mark UNIT failed; every start waiting on it fails too (exit 4)."""
-    return _change(socket, lambda client: client.fail(unit, reason, force=force))
+    return hot.fail(unit, reason=reason, force=force, socket=socket)
 
 
 @sync.command(usage=f"Usage: {USAGE['reset']}")
@@ -316,7 +231,7 @@ def reset(
 @sync.command(usage=f"Usage: {USAGE['forget']}")
 def forget(unit: Unit, /, *, socket: SocketOption = None) -> int:
     """Remove UNIT and its history (refused while it is wanted or started)."""
-    return _change(socket, lambda client: client.forget(unit))
+    return hot.change(socket, lambda client: client.forget(unit))
 
 
 @sync.command(usage=f"Usage: {USAGE['status']}")
@@ -434,51 +349,25 @@ def run(
     killed, the unit fails at once. While UNIT's run goes on (started, or a service still
     running), another `run` is refused (exit 1) unless --rerun.
     """
-    if not command:
-        return _usage_error("run", "run needs a command after `--`")
-    from .words import utf8_problem
-
-    if problem := utf8_problem((("--ready-cmd", ready_cmd), ("--ready-log", ready_log))):
-        print(f"unitsync: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    if stray := _before_dashes(command):
-        import shlex
-
-        return _usage_error(
-            "run",
-            f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
-            "duration is one word: --timeout 5m); the command goes after `--`",
-        )
-    from .run.command import run_unit
-    from .run.readiness.options import ReadyOptions
-
-    readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
-    with cli_client(socket) as client:
-        return run_unit(client, unit, command, want, timeout, readiness, once=once, rerun=rerun)
-
-
-def main() -> None:
-    _exit_now(_main(sys.argv[1:]))
-
-
-_argv: list[str] = []
-"""The words being parsed: cyclopts hands `run` its COMMAND from before `--` and after it
-alike, and only the words after `--` are the command."""
-
-
-def _before_dashes(command: tuple[str, ...]) -> tuple[str, ...]:
-    """The words of COMMAND that came before `--` when there is one (stray words: `--timeout
-    5 minutes -- make` would otherwise run `minutes make`)."""
-    if "--" not in _argv:
-        return ()
-    after = len(_argv) - _argv.index("--") - 1
-    return command[: len(command) - after]
+    return hot.run(
+        unit,
+        *command,
+        want=want,
+        timeout=timeout,
+        ready_cmd=ready_cmd,
+        ready_interval=ready_interval,
+        ready_log=ready_log,
+        notify=notify,
+        ready_timeout=ready_timeout,
+        once=once,
+        rerun=rerun,
+        socket=socket,
+    )
 
 
 def _main(argv: list[str]) -> int:
-    global _argv
-    _argv = argv
-    _whole_lines()
+    """The command line by cyclopts (the entry point `main.main` calls it for what its
+    shortcut declines)."""
     if _may_print_help(argv) and not sys.stdout.isatty():  # in a pipe or a file: no boxes
         app.help_formatter = sync.help_formatter = "plain"
     try:
@@ -493,10 +382,10 @@ def _main(argv: list[str]) -> int:
         print("\nunitsync: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return _stdout_gone()
+        return stdout_gone()
     except SystemExit as exc:  # --help and --version exit through here
         if exc.code == 1 and _may_print_help(argv):  # rich's own answer to a closed stdout
-            return _stdout_gone()
+            return stdout_gone()
         code = exc.code
     if isinstance(code, str):
         print(code, file=sys.stderr)
@@ -509,44 +398,7 @@ def _may_print_help(argv: list[str]) -> bool:
     return len(argv) < 2 or "--help" in argv or "-h" in argv
 
 
-def _whole_lines() -> None:
-    """Every line leaves in one write, even under PYTHONUNBUFFERED (where `print` writes a
-    line and its newline separately): scripts run side by side share a terminal or a log,
-    and another process's line must never land inside one of ours."""
-    # A terminal or pipe that is not UTF-8 gets what it cannot show escaped, not a traceback.
-    sys.stdout.reconfigure(write_through=False, errors="backslashreplace")  # type: ignore[union-attr]
-    sys.stderr.reconfigure(write_through=False, line_buffering=True)  # type: ignore[union-attr]
-
-
-def _usage_error(command: str, message: str) -> int:
-    """A command line that cannot be right: what is wrong, the usage line, exit 2."""
-    print(f"unitsync: {message}", file=sys.stderr)
-    print(f"usage: {USAGE[command]}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _stdout_gone() -> int:
-    """The reader of our stdout went away (`| head`): say nothing more, exit as SIGPIPE would."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # so the final flush cannot fail again
-    return EXIT_BROKEN_PIPE
-
-
 def _stderr_console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     return Console(file=sys.stderr)
-
-
-def _exit_now(status: int) -> None:
-    """Exit without interpreter teardown: ~15 ms of a ~100 ms run, paid by every call.
-
-    Only stdout and stderr hold anything to write, so flush them and go.
-    """
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:  # the last lines could not be written: `| head` again
-        status = _stdout_gone()
-    with contextlib.suppress(OSError):
-        sys.stderr.flush()
-    os._exit(status)

@@ -55,7 +55,12 @@ def duration_option(_hint: object, tokens: Sequence[Token]) -> float | None:
 
 def interval_option(_hint: object, tokens: Sequence[Token]) -> float:
     """cyclopts converter for an interval: a duration above 0."""
-    seconds = parse_duration(tokens[0].value)
+    return parse_interval(tokens[0].value)
+
+
+def parse_interval(text: str) -> float:
+    """Seconds for `text`, a duration above 0."""
+    seconds = parse_duration(text)
     if seconds is None:
         raise ValueError("the probe needs an interval above 0, e.g. 200ms, 1s, 5s")
     return seconds

@@ -13,14 +13,10 @@ no other, and `TAKE_UNITS` and `DURATION_OPTIONS` are what the signatures say.
 
 from __future__ import annotations
 
-from cyclopts.exceptions import (
-    CoercionError,
-    CycloptsError,
-    MissingArgumentError,
-    UnknownCommandError,
-    UnknownOptionError,
-    UnusedCliTokensError,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cyclopts.exceptions import CoercionError, CycloptsError
 
 USAGE = {
     "agent": "unitsync agent [--socket P] [--state-dir D] [--boot-id ID] [--log-level L] "
@@ -60,6 +56,14 @@ DURATION_HINT = "a duration is one word: 30s, 5m, 1h30m, 500ms, 90 (seconds), or
 
 def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
     """What was wrong, in words about what the user typed; and the usage line to show."""
+    from cyclopts.exceptions import (  # here: the hot commands read USAGE without cyclopts
+        CoercionError,
+        MissingArgumentError,
+        UnknownCommandError,
+        UnknownOptionError,
+        UnusedCliTokensError,
+    )
+
     chain = list(exc.command_chain or [])
     command = chain[-1] if chain else None
     usage = USAGE.get(command) if command else None

@@ -271,16 +271,17 @@ def test_random_command_lines_never_end_in_a_traceback(
 
 PLANTED = """
 import sys
-import unitsync.cli.app as app
-real = app._change
+import unitsync.cli.hot as hot
+import unitsync.cli.main as main
+real = hot.change
 
 def planted(socket, call):
     if any(not word.isascii() for word in sys.argv):
         raise RuntimeError("a bug planted where the fuzzer should find it")
     return real(socket, call)
 
-app._change = planted
-app.main()
+hot.change = planted
+main.main()
 """
 """`unitsync` with a bug: a change whose command line is not all ASCII raises."""
 

@@ -17,8 +17,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from unitsync.wire.host.exits import exit_descriptor
 
@@ -39,8 +38,7 @@ FORWARDED = (
 Child = subprocess.Popen  # type: ignore[type-arg]
 
 
-@dataclass(frozen=True)
-class Ended:
+class Ended(NamedTuple):
     """How a child ended, from `Popen.returncode` (negative: killed by that signal)."""
 
     returncode: int

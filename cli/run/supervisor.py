@@ -29,7 +29,7 @@ import signal
 import subprocess
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .children import Child, Ended, Exits, Forwarding, spawn
 from .group import Terminal, signal_group, wait_out_group
@@ -41,28 +41,24 @@ STOP_GRACE = 10.0
 docker stop's default, long enough for a server to close its connections and files."""
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(NamedTuple):
     how: str
     """What showed it, for people: "`curl -fs localhost:8000` succeeded on try 3"."""
 
 
-@dataclass(frozen=True)
-class StatusText:
+class StatusText(NamedTuple):
     text: str
     """What the service says it is doing while it starts (sd_notify's STATUS=)."""
 
 
-@dataclass(frozen=True)
-class NotReady:
+class NotReady(NamedTuple):
     """The ready timeout passed; the service is being stopped."""
 
     within: float
     waiting_for: str
 
 
-@dataclass(frozen=True)
-class Exited:
+class Exited(NamedTuple):
     ended: Ended
     was_ready: bool
 

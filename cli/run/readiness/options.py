@@ -8,7 +8,7 @@ Each detector's module is imported only when its option is given.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .detector import Detector
 
@@ -17,8 +17,7 @@ DEFAULT_INTERVAL = 1.0
 for the cost of one short process a second while it starts."""
 
 
-@dataclass(frozen=True)
-class ReadyOptions:
+class ReadyOptions(NamedTuple):
     """How a service says it is ready, as given on the command line."""
 
     command: str | None = None

@@ -1,0 +1,209 @@
+"""The hot commands' bodies: `ping`, `want`, `start`, `complete`, `fail`, `run`.
+
+A workspace's scripts call these dozens of times at start-up, so each is written once here,
+with no command-line library: the cyclopts command of the same name in `app.py` (the
+definition of the command line: help, completion, usage errors, every form) calls it with
+its parsed arguments, and so does `shortcut` for the plain forms it recognises before
+cyclopts is imported. Each body takes exactly its cyclopts command's parameters, with the
+same defaults (`tests/test_shortcut.py` checks both).
+
+Importing this module loads the blocking client and msgspec, never cyclopts, rich or trio
+(`tests/test_shortcut.py`); what only one command needs is imported by that command.
+
+Error rules: every `UnitsyncError` is said on stderr (`unitsync: ...`) and becomes its exit
+status; a command line that cannot be right is a usage error (exit 2) with the command's
+usage line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unitsync.client import Client
+from unitsync.wire.errors import EXIT_INTERRUPTED, EXIT_USAGE, UnitsyncError
+
+from .durations import DEFAULT_TIMEOUT
+from .usage import USAGE
+
+if TYPE_CHECKING:
+    from unitsync.client.autostart import Autostarted
+    from unitsync.wire.protocol import Ok
+
+_typed: list[str] = []
+"""The words being parsed: cyclopts hands `run` its COMMAND from before `--` and after it
+alike, and only the words after `--` are the command."""
+
+
+def typed(argv: list[str]) -> None:
+    """Remember the command line being answered (for `run`'s check of stray words)."""
+    global _typed
+    _typed = argv
+
+
+def cli_client(socket: Path | None) -> Client:
+    """The CLI's client: when it had to start the agent, it says so (once, on stderr)."""
+    return Client(socket, name="cli", on_autostart=_say_started)
+
+
+def _say_started(agent: Autostarted) -> None:
+    why = f"{agent.because}; " if agent.because else ""
+    print(
+        f"unitsync: {why}started an agent (pid {agent.pid}) at {agent.socket}; "
+        f"its log: {agent.log}",
+        file=sys.stderr,
+    )
+
+
+def error_exit(exc: UnitsyncError) -> int:
+    """Say what went wrong (`unitsync: ...` on stderr); the exit status it calls for."""
+    print(f"unitsync: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
+def usage_error(command: str, message: str) -> int:
+    """A command line that cannot be right: what is wrong, the usage line, exit 2."""
+    print(f"unitsync: {message}", file=sys.stderr)
+    print(f"usage: {USAGE[command]}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
+    """Send one change; print what the agent said (notes on stderr), exit as SPEC §2 says."""
+    try:
+        with cli_client(socket) as client:
+            reply = call(client)
+    except UnitsyncError as exc:
+        return error_exit(exc)
+    if reply.message:
+        print(reply.message)
+    for note in reply.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def ping(*, socket: Path | None = None) -> int:
+    from unitsync.wire.timefmt import duration as format_duration
+
+    try:
+        with cli_client(socket) as client:
+            pong = client.ping()
+    except UnitsyncError as exc:
+        return error_exit(exc)
+    from unitsync.wire.graph_id import short
+    from unitsync.wire.timefmt import clock
+
+    print(
+        f"unitsync agent {pong.agent} (pid {pong.pid}) at {pong.socket}, graph "
+        f"{short(pong.graph)}, up {format_duration(pong.uptime)}, boot {pong.boot} since "
+        f"{clock(pong.boot_since)}"
+    )
+    return 0
+
+
+def want(unit: str, dep: str, /, *more: str, once: bool = False, socket: Path | None = None) -> int:
+    return change(socket, lambda client: client.want(unit, dep, *more, once=once))
+
+
+def start(
+    unit: str,
+    /,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    rerun: bool = False,
+    once: bool = False,
+    owner: int | None = None,
+    socket: Path | None = None,
+) -> int:
+    from unitsync.client.owners import owner as owner_of
+    from unitsync.wire.host.processes import calling_script
+
+    from .progress import StartProgress
+
+    described = owner_of(owner if owner is not None else calling_script(os.getppid()), "start")
+    if owner is not None and described is None and (owner <= 0 or os.path.exists("/proc/self")):
+        return usage_error(
+            "start",
+            f"--owner {owner}: no process has that pid; give the pid of the script this run "
+            "belongs to (in a shell script: --owner $$)",
+        )
+    progress = StartProgress(unit, sys.stderr)
+    try:
+        with cli_client(socket) as client:
+            started = client.start(
+                unit,
+                rerun=rerun,
+                timeout=timeout,
+                on_progress=progress.update,
+                tick=1.0 if progress.live else None,
+                once=once,
+                owner=described,
+            )
+    except UnitsyncError as exc:
+        progress.clear()
+        return error_exit(exc)
+    except KeyboardInterrupt:
+        progress.interrupted()
+        return EXIT_INTERRUPTED
+    progress.done(started)
+    return 0
+
+
+def complete(
+    unit: str, /, *, force: bool = False, once: bool = False, socket: Path | None = None
+) -> int:
+    return change(socket, lambda client: client.complete(unit, force=force, once=once))
+
+
+def fail(unit: str, /, *, reason: str = "", force: bool = False, socket: Path | None = None) -> int:
+    return change(socket, lambda client: client.fail(unit, reason, force=force))
+
+
+def run(
+    unit: str,
+    /,
+    *command: str,
+    want: tuple[str, ...] = (),
+    timeout: float | None = DEFAULT_TIMEOUT,
+    ready_cmd: str | None = None,
+    ready_interval: float | None = None,
+    ready_log: str | None = None,
+    notify: bool = False,
+    ready_timeout: float | None = None,
+    once: bool = False,
+    rerun: bool = False,
+    socket: Path | None = None,
+) -> int:
+    if not command:
+        return usage_error("run", "run needs a command after `--`")
+    from .words import utf8_problem
+
+    if problem := utf8_problem((("--ready-cmd", ready_cmd), ("--ready-log", ready_log))):
+        print(f"unitsync: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if stray := _before_dashes(command):
+        import shlex
+
+        return usage_error(
+            "run",
+            f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
+            "duration is one word: --timeout 5m); the command goes after `--`",
+        )
+    from .run.command import run_unit
+    from .run.readiness.options import ReadyOptions
+
+    readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
+    with cli_client(socket) as client:
+        return run_unit(client, unit, command, want, timeout, readiness, once=once, rerun=rerun)
+
+
+def _before_dashes(command: tuple[str, ...]) -> tuple[str, ...]:
+    """The words of COMMAND that came before `--` when there is one (stray words: `--timeout
+    5 minutes -- make` would otherwise run `minutes make`)."""
+    if "--" not in _typed:
+        return ()
+    after = len(_typed) - _typed.index("--") - 1
+    return command[: len(command) - after]
