@@ -70,7 +70,7 @@ from unitsync.wire.protocol import (
 
 from .broadcast import Hub, Watcher
 from .core.graph import WORKSPACE_RESTARTED, Graph
-from .core.machine import FORCED_RESET_REASON, RESET_REASON
+from .core.machine import DEFAULT_CONDITION, FORCED_RESET_REASON, RESET_REASON
 from .core.records import Boot, Edge, Move, OwnerRecord, Record
 from .core.records import Forget as Forgotten
 from .core.views import unit_view
@@ -307,17 +307,16 @@ class Service:
 
         def decide() -> list[Record]:
             records, notes[:] = self.graph.want(
-                request.unit, request.deps, now=self.clock(), once=request.once
+                request.unit, request.deps, now=self.clock(), once=request.once, on=request.on
             )
             return records
 
         records = await self.commit(decide, [request.unit, *request.deps])
-        added = sum(isinstance(r, Edge) for r in records)
+        added = any(isinstance(r, Edge) for r in records)
         deps = listed(list(dict.fromkeys(request.deps)), MAX_DEPS)  # each once: it fits a frame
-        message = (
-            f"{request.unit} now wants {deps}" if added else f"{request.unit} already wants {deps}"
-        )
-        return Ok(unit=request.unit, message=message, notes=notes)
+        on = "" if request.on == DEFAULT_CONDITION else f" on {request.on}"
+        now = "now" if added else "already"
+        return Ok(unit=request.unit, message=f"{request.unit} {now} wants {deps}{on}", notes=notes)
 
     async def complete(self, request: Complete, holder: Holder | None = None) -> Ok:
         name, token = request.unit, request.token

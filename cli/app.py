@@ -176,11 +176,22 @@ def want(
     dep: Annotated[str, Parameter(help="A unit it waits for (it must be completed first).")],
     /,
     *more: Annotated[str, Parameter(name="DEP...", help="More units it waits for.")],
+    on: Annotated[
+        Literal["completed", "started", "finished"],
+        Parameter(
+            name="--on",
+            help="What UNIT needs of each DEP: completed (ready); started (started or "
+            "completed: ordering only, UNIT may run beside it); finished (completed or "
+            "failed: a DEP that fails does not fail UNIT). Given for an edge that exists "
+            "with another condition, it changes it.",
+        ),
+    ] = "completed",
     once: OnceOption = False,
     socket: SocketOption = None,
 ) -> int:
-    """Declare that UNIT may start only after every DEP is completed."""
-    return _change(socket, lambda client: client.want(unit, dep, *more, once=once))
+    """Declare that UNIT may start only after every DEP is completed (or --on started,
+    finished)."""
+    return _change(socket, lambda client: client.want(unit, dep, *more, once=once, on=on))
 
 
 @sync.command(usage=f"Usage: {USAGE['start']}")

@@ -22,6 +22,10 @@ PROTOCOL_VERSION = 2
 refused with the version message, since its hello decodes as before."""
 
 State = Literal["pending", "started", "completed", "failed"]
+Condition = Literal["completed", "started", "finished"]
+"""What an edge needs of its dependency (SPEC §14): completed; started (or completed:
+ordering only); finished (completed or failed: a soft edge)."""
+CONDITIONS: tuple[Condition, ...] = ("completed", "started", "finished")
 
 
 class Base(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, omit_defaults=True):
@@ -48,6 +52,9 @@ class Want(Base, tag="want"):
     deps: list[str]
     once: bool = False
     """Mark `unit` one-time: once completed it stays completed across workspace restarts."""
+    on: Condition = "completed"
+    """What `unit` needs of each dep; an existing edge with another condition changes.
+    Left out when `completed`, so an agent that predates it takes every default `want`."""
 
 
 class Owner(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -173,9 +180,13 @@ class OwnerView(msgspec.Struct):
 
 class Dependency(msgspec.Struct):
     unit: str
-    required: State
+    required: Condition
+    """The edge's condition (`want --on`)."""
     current: State
     satisfied: bool
+    """The condition holds now: a start would not wait for this dependency (a failed one
+    under `finished`, or under `started` after it had started, counts: the unit goes
+    ahead without it)."""
 
 
 class UnitView(msgspec.Struct):

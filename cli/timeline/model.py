@@ -16,7 +16,7 @@ it, so an old boot's runs are never shown as open.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from unitsync.wire.errors import NotInHistory
@@ -49,6 +49,16 @@ class Row:
     the last)."""
     deps: tuple[str, ...]
     """The units this one wants, as the agent knows them now."""
+    required: tuple[str, ...] = ()
+    """What it needs of each of `deps`, in the same order (`want --on`; `completed` where
+    none is given)."""
+
+    def condition(self, dep: str) -> str:
+        """What this unit needs of `dep` (one of its `deps`)."""
+        for name, on in zip(self.deps, self.required, strict=False):
+            if name == dep:
+                return on
+        return "completed"
 
     @property
     def waited(self) -> float | None:
@@ -170,7 +180,9 @@ def unit_row(
     story = _story(unit.history, boot)
     if not story and (unit.history or not current):
         return None
-    return _row(unit, story, current, now, wait_began)
+    row = _row(unit, story, current, now, wait_began)
+    required = tuple(d.required for d in unit.dependencies)
+    return replace(row, required=required) if set(required) - {"completed"} else row
 
 
 def _story(history: list[Transition], boot: int) -> list[int]:
