@@ -28,10 +28,11 @@ class Known(msgspec.Struct, tag="known", array_like=True, gc=False):
     at: float
 
 
-class Edge(msgspec.Struct, tag="edge", array_like=True, gc=False, omit_defaults=True):
+class Edge(msgspec.Struct, tag="edge", array_like=True, gc=False):
     """`unit` now wants `dep`, on `on` (SPEC §14); an edge that exists already changes its
-    condition. Format 4 added `on`: an edge of an older journal is a `completed` one, and a
-    `completed` edge is still written as before (the default is left out)."""
+    condition. Format 4 added `on`: an edge of an older journal (`[edge, unit, dep]`) is a
+    `completed` one. (An agent older than format 4 reads a format-4 edge as `completed`:
+    msgspec skips the trailing field; see docs/agent.md on going back a version.)"""
 
     unit: str
     dep: str
