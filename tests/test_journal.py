@@ -457,7 +457,7 @@ def test_a_state_dir_written_in_format_4_keeps_every_condition(tmp_path: Path) -
         # wants it on `started`, which that failure fails.
         assert journal.graph.readiness("lint").failed == "logs"
     assert held_conditions == conditions
-    assert list(conditions["api"].items()) == [("db", "finished"), ("cache", "completed")]
+    assert conditions["api"] == {"db": "finished", "cache": "completed"}
     assert conditions["web"] == {"api": "finished", "logs": "started"}  # snapshot, then log
     assert expected["units"]["web"]["history"][-2]["reason"] == "went ahead although api failed"
 
