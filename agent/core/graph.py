@@ -36,6 +36,7 @@ from .machine import (
     FAIL,
     FORCED_RESET_REASON,
     FORGET,
+    NEEDS,
     OWNER_GONE,
     RESET,
     START,
@@ -51,7 +52,6 @@ from .machine import (
     Verdict,
     dep_state,
     ever_started,
-    needs,
     outcome,
     owner_facts,
 )
@@ -507,14 +507,18 @@ class Graph:
         state, as `machine.NEEDS` says (the first failure that cascades decides)."""
         pending, failed_anyway = [], []
         unit = self.units.get(name)
+        units = self.units
         for dep, on in unit.deps.items() if unit else ():
-            state = self.dep_state(dep)
-            verdict = needs(on, state)
+            # `dep_state`, inlined for the states that need no history: every view asks.
+            state: DepState = units[dep].status  # type: ignore[assignment]
+            if state == "failed":
+                state = self.dep_state(dep)
+            verdict = NEEDS[on, state]
             if verdict is Verdict.FAIL:
                 return Readiness(failed=dep)
             if verdict is Verdict.WAIT:
                 pending.append(dep)
-            elif state.startswith("failed"):
+            elif state != "completed" and state != "started":
                 failed_anyway.append(dep)
         return Readiness(pending=tuple(pending), failed_anyway=tuple(failed_anyway))
 
@@ -617,6 +621,8 @@ def went_ahead(failed: Sequence[str]) -> str:
 def _failed_out_of(history: Sequence[HistoryEntry]) -> State | None:
     """The status a failed unit failed out of: its latest move into `failed` that was not
     from `failed` (None if its history no longer holds one)."""
+    if history and (last := history[-1]).from_ != "failed":  # nearly always: the last move
+        return last.from_ if last.to == "failed" else None
     for entry in reversed(history):
         if entry.to != "failed":
             return None

@@ -27,7 +27,7 @@ from unitsync.wire.bounds import (
 from unitsync.wire.protocol import Dependency, Owner, OwnerView, Transition, UnitView
 
 from .graph import Graph
-from .machine import Condition, Verdict, needs
+from .machine import NEEDS, Condition, Verdict
 from .records import HistoryEntry, OwnerRecord
 
 CUT_MARK = "…"
@@ -90,15 +90,7 @@ def unit_view(
         reason=_bounded("reason", unit.reason, MAX_REASON_BYTES, cut),
         waiting_on=waiting_on,
         waiters=waiters,
-        dependencies=[
-            Dependency(
-                dep,
-                on,
-                graph.units[dep].status,
-                needs(on, graph.dep_state(dep)) is Verdict.SATISFIED,
-            )
-            for dep, on in deps
-        ],
+        dependencies=[_dependency(graph, dep, on) for dep, on in deps],
         dependents=dependents,
         history=history,
         once=unit.once,
@@ -111,6 +103,13 @@ def unit_view(
         ),
         cut=cut,
     )
+
+
+def _dependency(graph: Graph, dep: str, on: Condition) -> Dependency:
+    """One edge as `status` shows it: its condition, DEP's status, and whether it holds."""
+    status = graph.units[dep].status
+    state = graph.dep_state(dep) if status == "failed" else status  # only then: the history
+    return Dependency(dep, on, status, NEEDS[on, state] is Verdict.SATISFIED)
 
 
 def transition(entry: HistoryEntry) -> Transition:
