@@ -197,7 +197,8 @@ class UnitView(msgspec.Struct):
     """Unix time of the last transition (or of the unit becoming known)."""
     reason: str
     waiting_on: list[str]
-    """Dependencies not yet completed, while a `start` of this unit waits."""
+    """Dependencies whose condition does not hold yet (not yet completed, for a default
+    edge), while a `start` of this unit waits."""
     waiters: int
     dependencies: list[Dependency]
     dependents: list[str]
@@ -252,7 +253,8 @@ class Ok(Base, tag="ok"):
 
 
 class Waiting(Base, tag="waiting"):
-    """Event: a `start` is blocked; `on` lists the dependencies not yet completed."""
+    """Event: a `start` is blocked; `on` lists the dependencies whose condition does not
+    hold yet."""
 
     unit: str
     on: list[str]
