@@ -207,7 +207,9 @@ def _row(unit: UnitView, story: list[int], current: bool, now: float, hint: floa
     starts = [i for i in story if history[i].to == "started"]
     if current and unit.waiters:
         # A start waits now; its run has not begun, so this row is that wait.
-        on = f"waiting on {', '.join(unit.waiting_on)}" if unit.waiting_on else "waiting"
+        needs = {d.unit: d.required for d in unit.dependencies if d.required != "completed"}
+        names = [f"{dep} ({needs[dep]})" if dep in needs else dep for dep in unit.waiting_on]
+        on = f"waiting on {', '.join(names)}" if names else "waiting"
         return Row(unit.name, "waiting", hint, None, None, None, on, len(starts), deps)
     attempts = [i for i in story if history[i].to == "started" or _without_run(history[i])]
     if not attempts:
