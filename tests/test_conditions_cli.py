@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +28,25 @@ WAIT_LIMIT = 60
 """Seconds a waiting `start` gets to end once it should: only a real hang reaches it."""
 
 
+SPAWNED: list[subprocess.Popen[str]] = []
+"""The waiting `start`s of the running test (they wait forever: `--timeout 0`)."""
+
+
+@pytest.fixture(autouse=True)
+def no_waiter_left() -> Iterator[None]:
+    """A test that fails while a `start` waits leaves no process behind."""
+    yield
+    while SPAWNED:
+        waiter = SPAWNED.pop()
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate(timeout=WAIT_LIMIT)
+
+
 def waiting_start(s: Path, unit: str, *options: str) -> subprocess.Popen[str]:
     """`start UNIT` in the background, returned once it says it waits."""
     waiter = spawn_cli("sync", "start", unit, "--timeout", "0", *options, socket=s)
+    SPAWNED.append(waiter)
     assert waiter.stderr is not None
     line = waiter.stderr.readline()
     assert line.startswith(f"{unit}: waiting for "), line
@@ -298,6 +314,7 @@ def test_conditions_in_a_graph_shared_through_etcd(
         text=True,
         env={**os.environ, "UNITSYNC_SOCKET": str(host_b.socket)},
     )
+    SPAWNED.append(waiter)
     assert waiter.stderr is not None
     assert waiter.stderr.readline().startswith("api: waiting for db")
     assert host_a.cli("start", "db").returncode == 0
