@@ -313,10 +313,19 @@ class Service:
 
         records = await self.commit(decide, [request.unit, *request.deps])
         added = any(isinstance(r, Edge) for r in records)
-        deps = listed(list(dict.fromkeys(request.deps)), MAX_DEPS)  # each once: it fits a frame
-        on = "" if request.on == DEFAULT_CONDITION else f" on {request.on}"
+        named = list(dict.fromkeys(request.deps))
+        unit = self.graph.units.get(request.unit)  # (a store may have replaced the graph)
+        have = unit.deps if unit is not None else {}
+        on = {have.get(dep, DEFAULT_CONDITION) for dep in named}
+        if len(on) == 1:  # the usual case: one condition for all, said once
+            [common] = on
+            deps = listed(named, MAX_DEPS) + (
+                "" if common == DEFAULT_CONDITION else f" on {common}"
+            )
+        else:
+            deps = listed([_on(dep, have.get(dep, DEFAULT_CONDITION)) for dep in named], MAX_DEPS)
         now = "now" if added else "already"
-        return Ok(unit=request.unit, message=f"{request.unit} {now} wants {deps}{on}", notes=notes)
+        return Ok(unit=request.unit, message=f"{request.unit} {now} wants {deps}", notes=notes)
 
     async def complete(self, request: Complete, holder: Holder | None = None) -> Ok:
         name, token = request.unit, request.token
@@ -488,6 +497,11 @@ class Service:
             return self.graph.fail(name, reason, now=self.clock())
 
         await self.commit(decide, [name], confirm_noop=False)
+
+
+def _on(dep: str, condition: str) -> str:
+    """A dependency as `want` says it: `db`, or `db on started` (not `completed`)."""
+    return dep if condition == DEFAULT_CONDITION else f"{dep} on {condition}"
 
 
 def _superseder(move: Move) -> str:

@@ -177,15 +177,16 @@ def want(
     /,
     *more: Annotated[str, Parameter(name="DEP...", help="More units it waits for.")],
     on: Annotated[
-        Literal["completed", "started", "finished"],
+        Literal["completed", "started", "finished"] | None,
         Parameter(
             name="--on",
             help="What UNIT needs of each DEP: completed (ready); started (started or "
             "completed: ordering only, UNIT may run beside it); finished (completed or "
-            "failed: a DEP that fails does not fail UNIT). Given for an edge that exists "
-            "with another condition, it changes it.",
+            "failed: a DEP that fails does not fail UNIT) [default: completed; an edge that "
+            "exists keeps its condition unless --on is given, which changes it].",
+            show_default=False,
         ),
-    ] = "completed",
+    ] = None,
     once: OnceOption = False,
     socket: SocketOption = None,
 ) -> int:

@@ -176,8 +176,12 @@ def test_want_of_an_edge_on_another_condition_changes_it_and_says_so() -> None:
     assert graph.units["db"].dependents == {"api"}
     # Idempotent otherwise: the same condition again changes nothing.
     assert graph.want("api", ["db", "cache"], now=T0 + 2, on="started") == ([], [])
-    # Back to the default: one more change.
-    records, notes = graph.want("api", ["db"], now=T0 + 3)
+    # Without a condition, an edge keeps its own (a new one is `completed`).
+    records, notes = graph.want("api", ["db", "queue"], now=T0 + 3)
+    assert [r for r in records if isinstance(r, Edge)] == [Edge("api", "queue", "completed")]
+    assert notes == [] and graph.units["api"].deps["db"] == "started"
+    # Back to the default: named, it is one more change.
+    records, notes = graph.want("api", ["db"], now=T0 + 4, on="completed")
     assert records == [Edge("api", "db", "completed")]
     assert notes == ["api now wants db on completed (was started)"]
 

@@ -213,6 +213,11 @@ def test_changing_a_condition_while_a_start_waits_takes_effect_at_once(
     assert ended(waiter)[0] == 0  # woken by the change: db has started
     assert view(s, "db")["status"] == "started"
     assert view(s, "api")["dependencies"][0]["required"] == "started"
+    # A script that declares its edges without --on (every boot) keeps the condition.
+    again = run_cli("sync", "want", "api", "db", socket=s)
+    assert (again.out, again.err) == ("api already wants db on started\n", "")
+    run_cli("sync", "run", "api", "--want", "db", "--rerun", "--", "true", socket=s)
+    assert view(s, "api")["dependencies"][0]["required"] == "started"
 
 
 def test_an_unknown_condition_is_a_usage_error_listing_the_three(
@@ -292,12 +297,17 @@ def test_the_python_clients_take_on(agent_process: AgentProcess) -> None:
         assert reply.message == "api now wants db on started"
         reply = client.want("api", "db", on="finished")
         assert reply.notes == ["api now wants db on finished (was started)"]
+        reply = client.want("api", "db", "cache")  # db keeps its condition; cache is new
+        assert (reply.message, reply.notes) == ("api now wants db on finished, cache", [])
         with pytest.raises(
             UsageError, match=r"unknown condition 'soon'.*completed, started, finished"
         ):
             client.want("api", "db", on="soon")  # type: ignore[arg-type]
         [api] = client.status("api")
-    assert [(d.unit, d.required) for d in api.dependencies] == [("db", "finished")]
+    assert [(d.unit, d.required) for d in api.dependencies] == [
+        ("db", "finished"),
+        ("cache", "completed"),
+    ]
 
 
 def test_conditions_in_a_graph_shared_through_etcd(

@@ -102,7 +102,7 @@ def check_request(request: Request) -> None:
     if unit is not None:
         _utf8("unit name", unit)
     if isinstance(request, Want):
-        if request.on not in CONDITIONS:
+        if request.on is not None and request.on not in CONDITIONS:
             raise UsageError(
                 f"unknown condition {request.on!r}: an edge is on one of "
                 f"{', '.join(CONDITIONS)} (the default: completed)",

@@ -52,9 +52,10 @@ class Want(Base, tag="want"):
     deps: list[str]
     once: bool = False
     """Mark `unit` one-time: once completed it stays completed across workspace restarts."""
-    on: Condition = "completed"
-    """What `unit` needs of each dep; an existing edge with another condition changes.
-    Left out when `completed`, so an agent that predates it takes every default `want`."""
+    on: Condition | None = None
+    """What `unit` needs of each dep: an edge on another condition changes to it. None (not
+    given): a new edge is `completed`, an existing one keeps its condition. Left out when
+    None, so an agent that predates conditions takes every `want` that names none."""
 
 
 class Owner(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -217,11 +217,13 @@ class Graph:
         *,
         now: float,
         once: bool = False,
-        on: Condition = DEFAULT_CONDITION,
+        on: Condition | None = None,
     ) -> tuple[list[Record], list[str]]:
         """Declare that `name` depends on each of `deps`, on `on` (and is one-time); all or
-        nothing. An edge that exists with another condition changes to `on` (a note says
-        so); one that exists with `on` already is left as it is."""
+        nothing. A new edge is on `on` (`completed` if None). An edge that exists with
+        another condition changes to `on` (a note says so); with `on` None, or `on` already,
+        it is left as it is: a script that declares its edges at every start, without
+        `--on`, never undoes a condition another one set."""
         deps = list(dict.fromkeys(deps))
         if not deps:
             raise Refused("want needs at least one dependency", unit=name)
@@ -231,7 +233,7 @@ class Graph:
             raise Refused(f"unit {name!r} cannot depend on itself", unit=name)
         have = self.units[name].deps if name in self.units else {}
         new_edges = [dep for dep in deps if dep not in have]
-        changed = [dep for dep in deps if dep in have and have[dep] != on]
+        changed = [dep for dep in deps if dep in have and on is not None and have[dep] != on]
         total = len(new_edges) + len(have)
         if new_edges and total > MAX_DEPS:
             raise Refused(too_many_deps(name, total), unit=name)
@@ -241,7 +243,7 @@ class Graph:
                 path = _path_text([name, *cycle])
                 raise Refused(f"dependency would close a cycle: {path}", code="cycle", unit=name)
         records: list[Record] = [Known(n, now) for n in (name, *new_edges) if n not in self.units]
-        records += [Edge(name, dep, on) for dep in new_edges + changed]
+        records += [Edge(name, dep, on or DEFAULT_CONDITION) for dep in new_edges + changed]
         if once and not (name in self.units and self.units[name].once):
             records.append(Once(name))
         notes = [f"{name} now wants {dep} on {on} (was {have[dep]})" for dep in changed]

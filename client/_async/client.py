@@ -262,11 +262,12 @@ class AsyncClient:
         return await self._call(Ping(), Pong)
 
     async def want(
-        self, unit: str, *deps: str, once: bool = False, on: Condition = "completed"
+        self, unit: str, *deps: str, once: bool = False, on: Condition | None = None
     ) -> Ok:
         """`unit` may start only when every dep is `on` (completed; started: ordering only;
         finished: completed or failed, a soft edge); an edge on another condition changes
-        (the reply's notes say so). `once` makes `unit` one-time. An unknown `on` raises
+        (the reply's notes say so). Without `on`, a new edge is `completed` and an existing
+        one keeps its condition. `once` makes `unit` one-time. An unknown `on` raises
         `UsageError` before anything is sent."""
         return await self._call(Want(unit, list(deps), once, on), Ok)
 
