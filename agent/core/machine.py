@@ -221,8 +221,9 @@ NEEDS: dict[tuple[Condition, DepState], Verdict] = {
     ("finished", "failed before it started"): Verdict.SATISFIED,
 }
 """The whole rule of dependencies: condition x DEP's state -> verdict. `Graph.readiness`
-looks every edge up here and nowhere else; `tests/test_graph.py` checks every row through
-the graph, and docs/commands.md prints the same table.
+(and `views.unit_view`, for each dependency's `satisfied`) look every edge up here and
+nowhere else; `tests/test_conditions.py` checks every row through the graph, and
+docs/commands.md prints the same table.
 
     condition \\ DEP is  pending  started    completed  failed (had started)  failed (never started)
     completed           wait     wait       satisfied  fail                  fail
@@ -232,11 +233,6 @@ the graph, and docs/commands.md prints the same table.
 `started` is ordering only: UNIT may run beside DEP, and a DEP that began and then failed
 has done what UNIT waited for. `finished` is a soft edge: DEP's failure never fails UNIT.
 """
-
-
-def needs(on: Condition, state: DepState) -> Verdict:
-    """What an edge on `on` says of a start, DEP being in `state` (the table, looked up)."""
-    return NEEDS[on, state]
 
 
 def dep_state(status: State, ever_started: bool) -> DepState:

@@ -32,7 +32,7 @@ class Edge(msgspec.Struct, tag="edge", array_like=True, gc=False):
     """`unit` now wants `dep`, on `on` (SPEC §14); an edge that exists already changes its
     condition. Format 4 added `on`: an edge of an older journal (`[edge, unit, dep]`) is a
     `completed` one. (An agent older than format 4 reads a format-4 edge as `completed`:
-    msgspec skips the trailing field; see docs/agent.md on going back a version.)"""
+    msgspec skips the trailing field; docs/commands.md says so.)"""
 
     unit: str
     dep: str
