@@ -200,7 +200,7 @@ def test_a_started_edge_ends_the_chain_at_the_dependencys_start() -> None:
     at its start. With db wanted on `completed`, api could not have started before 30."""
     graph = AppliedGraph()
     graph.want("api", ["db", "git"], now=0.0, on="started")
-    graph.want("api", ["git"], now=0.0)
+    graph.want("api", ["git"], now=0.0, on="completed")
     graph.want("git", ["db"], now=0.0, on="started")
     graph.start("db", now=10.0, waited=0.0)
     graph.start("git", now=10.5, waited=0.5)
