@@ -70,7 +70,7 @@ from unitsync.wire.protocol import (
 
 from .broadcast import Hub, Watcher
 from .core.graph import WORKSPACE_RESTARTED, Graph
-from .core.machine import FORCED_RESET_REASON, RESET_REASON
+from .core.machine import DEFAULT_CONDITION, FORCED_RESET_REASON, RESET_REASON
 from .core.records import Boot, Edge, Move, OwnerRecord, Record
 from .core.records import Forget as Forgotten
 from .core.views import unit_view
@@ -307,17 +307,25 @@ class Service:
 
         def decide() -> list[Record]:
             records, notes[:] = self.graph.want(
-                request.unit, request.deps, now=self.clock(), once=request.once
+                request.unit, request.deps, now=self.clock(), once=request.once, on=request.on
             )
             return records
 
         records = await self.commit(decide, [request.unit, *request.deps])
-        added = sum(isinstance(r, Edge) for r in records)
-        deps = listed(list(dict.fromkeys(request.deps)), MAX_DEPS)  # each once: it fits a frame
-        message = (
-            f"{request.unit} now wants {deps}" if added else f"{request.unit} already wants {deps}"
-        )
-        return Ok(unit=request.unit, message=message, notes=notes)
+        added = any(isinstance(r, Edge) for r in records)
+        named = list(dict.fromkeys(request.deps))
+        unit = self.graph.units.get(request.unit)  # (a store may have replaced the graph)
+        have = unit.deps if unit is not None else {}
+        on = {have.get(dep, DEFAULT_CONDITION) for dep in named}
+        if len(on) == 1:  # the usual case: one condition for all, said once
+            [common] = on
+            deps = listed(named, MAX_DEPS) + (
+                "" if common == DEFAULT_CONDITION else f" on {common}"
+            )
+        else:
+            deps = listed([_on(dep, have.get(dep, DEFAULT_CONDITION)) for dep in named], MAX_DEPS)
+        now = "now" if added else "already"
+        return Ok(unit=request.unit, message=f"{request.unit} {now} wants {deps}", notes=notes)
 
     async def complete(self, request: Complete, holder: Holder | None = None) -> Ok:
         name, token = request.unit, request.token
@@ -489,6 +497,11 @@ class Service:
             return self.graph.fail(name, reason, now=self.clock())
 
         await self.commit(decide, [name], confirm_noop=False)
+
+
+def _on(dep: str, condition: str) -> str:
+    """A dependency as `want` says it: `db`, or `db on started` (not `completed`)."""
+    return dep if condition == DEFAULT_CONDITION else f"{dep} on {condition}"
 
 
 def _superseder(move: Move) -> str:

@@ -38,6 +38,7 @@ import trio
 from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, Superseded
 from unitsync.wire.protocol import Start, Started, Waiting
 
+from .core.graph import WENT_AHEAD
 from .core.records import Move, Record
 from .core.views import owner_record
 from .holds import Holder
@@ -195,7 +196,8 @@ async def _start_now(
     if request.hold and holder is not None:
         service.holds.take(name, request.token, holder)
         service.show(name)  # the view sent with the move showed no hold yet
-    return Started(name, at=move.at, waited=move.waited)
+    notes = [f"{name} {move.reason}"] if move.reason.startswith(WENT_AHEAD) else []
+    return Started(name, at=move.at, waited=move.waited, notes=notes)
 
 
 async def _dependency_failed(

@@ -120,11 +120,23 @@ def want(
     dep: Annotated[str, Parameter(help="A unit it waits for (it must be completed first).")],
     /,
     *more: Annotated[str, Parameter(name="DEP...", help="More units it waits for.")],
+    on: Annotated[
+        Literal["completed", "started", "finished"] | None,
+        Parameter(
+            name="--on",
+            help="What UNIT needs of each DEP: completed (ready); started (started or "
+            "completed: ordering only, UNIT may run beside it); finished (completed or "
+            "failed: a DEP that fails does not fail UNIT) [default: completed; an edge that "
+            "exists keeps its condition unless --on is given, which changes it].",
+            show_default=False,
+        ),
+    ] = None,
     once: OnceOption = False,
     socket: SocketOption = None,
 ) -> int:
-    """Declare that UNIT may start only after every DEP is completed."""
-    return hot.want(unit, dep, *more, once=once, socket=socket)
+    """Declare that UNIT may start only after every DEP is completed (or --on started,
+    finished)."""
+    return hot.want(unit, dep, *more, on=on, once=once, socket=socket)
 
 
 @sync.command(usage=f"Usage: {USAGE['start']}")

@@ -31,7 +31,7 @@ from .usage import USAGE
 
 if TYPE_CHECKING:
     from unitsync.client.autostart import Autostarted
-    from unitsync.wire.protocol import Ok
+    from unitsync.wire.protocol import Condition, Ok
 
 _typed: list[str] = []
 """The words being parsed: cyclopts hands `run` its COMMAND from before `--` and after it
@@ -104,8 +104,16 @@ def ping(*, socket: Path | None = None) -> int:
     return 0
 
 
-def want(unit: str, dep: str, /, *more: str, once: bool = False, socket: Path | None = None) -> int:
-    return change(socket, lambda client: client.want(unit, dep, *more, once=once))
+def want(
+    unit: str,
+    dep: str,
+    /,
+    *more: str,
+    on: Condition | None = None,
+    once: bool = False,
+    socket: Path | None = None,
+) -> int:
+    return change(socket, lambda client: client.want(unit, dep, *more, once=once, on=on))
 
 
 def start(

@@ -44,6 +44,8 @@ class StartProgress:
         self.clear()
         waited = f" after waiting {format_duration(started.waited)}" if self.waiting else ""
         self._line(f"{self.unit}: started{waited}")
+        for note in started.notes:  # it went ahead although a dependency failed
+            self._line(f"note: {note}")
 
     def interrupted(self) -> None:
         """Ctrl-C: end the live line (so the prompt does not land on it) and say so."""

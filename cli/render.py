@@ -150,10 +150,14 @@ STATUS_STYLES = {
 }
 """Each status's look: (rich style for terminals, colour name for Graphviz and Mermaid)."""
 _COLORS = {status: graph for status, (_term, graph) in STATUS_STYLES.items()}
+EDGE_STYLES = {"started": "dashed", "finished": "dotted"}
+"""Graphviz's line for an edge on a condition other than `completed` (which is drawn plain,
+as before conditions), labelled with it; Mermaid draws both dotted, labelled."""
 
 
 def render_dot(units: list[UnitView]) -> str:
-    """A Graphviz digraph; an edge points from a unit to what it wants."""
+    """A Graphviz digraph; an edge points from a unit to what it wants (labelled with its
+    condition when it is not `completed`)."""
     ids = _node_ids(units)
     lines = ["digraph unitsync {", "  rankdir=LR;", "  node [shape=box, style=rounded];"]
     for unit in units:
@@ -165,12 +169,16 @@ def render_dot(units: list[UnitView]) -> str:
             lines.append(f"  {node} [label={_dot_quote(name)}, style=dashed];")
     for unit in units:
         for dep in unit.dependencies:
-            lines.append(f"  {ids[unit.name]} -> {ids[dep.unit]};")
+            style = EDGE_STYLES.get(dep.required)
+            look = f" [label={_dot_quote(dep.required)}, style={style}]" if style else ""
+            lines.append(f"  {ids[unit.name]} -> {ids[dep.unit]}{look};")
     lines.append("}")
     return "\n".join(lines)
 
 
 def render_mermaid(units: list[UnitView]) -> str:
+    """A Mermaid flowchart; an edge on another condition than `completed` is a dotted
+    arrow labelled with it."""
     ids = _node_ids(units)
     known = {u.name: u for u in units}
     lines = ["graph TD"]
@@ -182,7 +190,8 @@ def render_mermaid(units: list[UnitView]) -> str:
             lines.append(f"  class {node} {unit.status}")
     for unit in units:
         for dep in unit.dependencies:
-            lines.append(f"  {ids[unit.name]} --> {ids[dep.unit]}")
+            arrow = f"-. {dep.required} .->" if dep.required in EDGE_STYLES else "-->"
+            lines.append(f"  {ids[unit.name]} {arrow} {ids[dep.unit]}")
     lines += [f"  classDef {state} stroke:{color}" for state, color in _COLORS.items()]
     return "\n".join(lines)
 

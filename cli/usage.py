@@ -23,7 +23,7 @@ USAGE = {
     "[--salvage] [--reclaim-grace 10s] [--max-connections N] [--store etcd://... [--host-id H] "
     "[--etcd-* ...]]",
     "ping": "unitsync sync ping",
-    "want": "unitsync sync want UNIT DEP [DEP...] [--once]",
+    "want": "unitsync sync want UNIT DEP [DEP...] [--on completed|started|finished] [--once]",
     "start": "unitsync sync start UNIT [--timeout 5m] [--rerun] [--once] [--owner PID]",
     "complete": "unitsync sync complete UNIT [--force] [--once]",
     "fail": "unitsync sync fail UNIT [--reason TEXT] [--force]",

@@ -444,6 +444,33 @@ def test_a_state_dir_written_in_format_3_loads_as_it_is(tmp_path: Path) -> None:
     assert expected["units"]["git"]["once"] and expected["units"]["app"]["owner"] is not None
 
 
+def test_a_state_dir_written_in_format_4_keeps_every_condition(tmp_path: Path) -> None:
+    """Format 4 (each edge's condition, SPEC §14) is pinned the same way: the conditions in
+    the snapshot and those the log's records set or change load as they were written."""
+    graph, expected = loaded("journal-v4", tmp_path)
+    graph_id, conditions = expected.pop("graph"), expected.pop("conditions")
+    assert graph == expected
+    with Journal.open(tmp_path) as journal:
+        assert journal.graph_id == graph_id
+        held_conditions = {n: dict(u.deps) for n, u in journal.graph.units.items() if u.deps}
+        # logs failed before it ever started: lint, on `finished` when it went ahead, now
+        # wants it on `started`, which that failure fails.
+        assert journal.graph.readiness("lint").failed == "logs"
+    assert held_conditions == conditions
+    assert conditions["api"] == {"db": "finished", "cache": "completed"}
+    assert conditions["web"] == {"api": "finished", "logs": "started"}  # snapshot, then log
+    assert expected["units"]["web"]["history"][-2]["reason"] == "went ahead although api failed"
+
+
+@pytest.mark.parametrize("fixture", ["journal-v1", "journal-v2", "journal-v3"])
+def test_an_older_state_dir_loads_with_completed_edges(fixture: str, tmp_path: Path) -> None:
+    """Before format 4 every edge meant "completed": that is what each loads as."""
+    loaded(fixture, tmp_path)
+    with Journal.open(tmp_path) as journal:
+        edges = [on for unit in journal.graph.units.values() for on in unit.deps.values()]
+    assert edges and set(edges) == {"completed"}
+
+
 @pytest.mark.parametrize("fixture", ["journal-v1", "journal-v2"])
 async def test_an_older_state_dir_takes_a_graph_id_once_and_keeps_it(
     fixture: str, tmp_path: Path

@@ -194,6 +194,39 @@ def test_the_critical_chain_follows_the_dependency_that_finished_last() -> None:
         critical_chain(timeline, "ghost")
 
 
+def test_a_started_edge_ends_the_chain_at_the_dependencys_start() -> None:
+    """db starts at 10 and completes at 30; api wants it on `started` (and git, completed
+    at 12): api started at 12, held up by git, not by db's completion after it; db's step is
+    at its start. With db wanted on `completed`, api could not have started before 30."""
+    graph = AppliedGraph()
+    graph.want("api", ["db", "git"], now=0.0, on="started")
+    graph.want("api", ["git"], now=0.0, on="completed")
+    graph.want("git", ["db"], now=0.0, on="started")
+    graph.start("db", now=10.0, waited=0.0)
+    graph.start("git", now=10.5, waited=0.5)
+    graph.complete("git", now=12.0)
+    graph.start("api", now=12.0, waited=12.0)
+    graph.complete("api", now=20.0)
+    graph.complete("db", now=30.0)
+    timeline = build_timeline(views(graph), now=31.0)
+    chain = critical_chain(timeline, "api")
+    assert [row.name for row in chain] == ["api", "git", "db"]
+    text = render_chain(timeline, chain).splitlines()
+    assert 'For a unit wanted --on started, "@" is the time it started.' in text
+    assert text[-2:] == ["└─git @12.000s +1.500s", "  └─db @10.000s +20.000s (wanted on started)"]
+    assert json.loads(to_json(timeline))["units"][-1]["required"] == {"db": "started"}
+
+
+def test_a_waiting_row_names_the_conditions_it_waits_on() -> None:
+    graph = AppliedGraph()
+    graph.want("web", ["db"], now=0.0, on="finished")
+    graph.want("web", ["cache"], now=0.0)
+    timeline = build_timeline(views(graph, {"web": 1}), now=1.0)
+    [web] = [row for row in timeline.rows if row.name == "web"]
+    assert web.reason == "waiting on db (finished), cache"
+    assert web.required == ("finished", "completed")
+
+
 def test_a_waiting_units_chain_goes_through_what_it_still_waits_for() -> None:
     graph = AppliedGraph()
     graph.want("web", ["db", "cache"], now=0.0)
@@ -243,6 +276,7 @@ def test_the_table_and_json_hold_the_same_figures() -> None:
         "reason": "",
         "runs": 1,
         "dependencies": ["git"],
+        "required": {"git": "completed"},
     }
     tests = next(unit for unit in data["units"] if unit["name"] == "tests")
     assert tests["ended"] is None and tests["status"] == "running"

@@ -23,7 +23,7 @@ No trio, no msgspec here beyond the frame types: the command line imports it.
 from __future__ import annotations
 
 from .errors import Refused, UsageError
-from .protocol import Complete, Fail, Request, SetReason, Start, Want
+from .protocol import CONDITIONS, Complete, Fail, Request, SetReason, Start, Want
 
 MAX_NAME_BYTES = 255
 """A unit name (SPEC §1): room for any sensible name, and a view lists hundreds of them."""
@@ -102,6 +102,12 @@ def check_request(request: Request) -> None:
     if unit is not None:
         _utf8("unit name", unit)
     if isinstance(request, Want):
+        if request.on is not None and request.on not in CONDITIONS:
+            raise UsageError(
+                f"unknown condition {request.on!r}: an edge is on one of "
+                f"{', '.join(CONDITIONS)} (the default: completed)",
+                unit=request.unit,
+            )
         for dep in request.deps:
             _utf8("dependency", dep)
         count = len(set(request.deps))

@@ -22,6 +22,10 @@ PROTOCOL_VERSION = 2
 refused with the version message, since its hello decodes as before."""
 
 State = Literal["pending", "started", "completed", "failed"]
+Condition = Literal["completed", "started", "finished"]
+"""What an edge needs of its dependency (SPEC §14): completed; started (or completed:
+ordering only); finished (completed or failed: a soft edge)."""
+CONDITIONS: tuple[Condition, ...] = ("completed", "started", "finished")
 
 
 class Base(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, omit_defaults=True):
@@ -48,6 +52,10 @@ class Want(Base, tag="want"):
     deps: list[str]
     once: bool = False
     """Mark `unit` one-time: once completed it stays completed across workspace restarts."""
+    on: Condition | None = None
+    """What `unit` needs of each dep: an edge on another condition changes to it. None (not
+    given): a new edge is `completed`, an existing one keeps its condition. Left out when
+    None, so an agent that predates conditions takes every `want` that names none."""
 
 
 class Owner(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -173,9 +181,13 @@ class OwnerView(msgspec.Struct):
 
 class Dependency(msgspec.Struct):
     unit: str
-    required: State
+    required: Condition
+    """The edge's condition (`want --on`)."""
     current: State
     satisfied: bool
+    """The condition holds now: a start would not wait for this dependency (a failed one
+    under `finished`, or under `started` after it had started, counts: the unit goes
+    ahead without it)."""
 
 
 class UnitView(msgspec.Struct):
@@ -186,7 +198,8 @@ class UnitView(msgspec.Struct):
     """Unix time of the last transition (or of the unit becoming known)."""
     reason: str
     waiting_on: list[str]
-    """Dependencies not yet completed, while a `start` of this unit waits."""
+    """Dependencies whose condition does not hold yet (not yet completed, for a default
+    edge), while a `start` of this unit waits."""
     waiters: int
     dependencies: list[Dependency]
     dependents: list[str]
@@ -241,7 +254,8 @@ class Ok(Base, tag="ok"):
 
 
 class Waiting(Base, tag="waiting"):
-    """Event: a `start` is blocked; `on` lists the dependencies not yet completed."""
+    """Event: a `start` is blocked; `on` lists the dependencies whose condition does not
+    hold yet."""
 
     unit: str
     on: list[str]

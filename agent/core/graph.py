@@ -15,7 +15,7 @@ reads as what it does: `graph.complete(name, now=t, force=True)`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from unitsync.wire.bounds import (
@@ -32,19 +32,26 @@ from unitsync.wire.timefmt import timestamp
 
 from .machine import (
     COMPLETE,
+    DEFAULT_CONDITION,
     FAIL,
     FORCED_RESET_REASON,
     FORGET,
+    NEEDS,
     OWNER_GONE,
     RESET,
     START,
     START_ONCE,
     Command,
+    Condition,
+    DepState,
     Drop,
     Go,
     Refuse,
     State,
     Stay,
+    Verdict,
+    dep_state,
+    ever_started,
     outcome,
     owner_facts,
 )
@@ -65,6 +72,9 @@ from .records import (
 
 WORKSPACE_RESTARTED = "workspace restarted"
 """The reason every unit gets when a new boot puts it back to pending (SPEC §7)."""
+
+WENT_AHEAD = "went ahead although"
+"""Begins the reason of a start that went ahead on failed dependencies (`went_ahead`)."""
 
 OwnerAlive = Callable[[str], "bool | None"]
 """Does the owner recorded for a unit's current run still run (None: this agent cannot
@@ -87,8 +97,8 @@ class Unit:
     """The token of the current run: that of the `start` that began it. A report carrying
     another token is a superseded run's; so is every report once the unit is pending (it
     has no run then: the token left is its last run's)."""
-    deps: dict[str, None] = field(default_factory=dict)
-    """Units this one wants, in declaration order (a dict used as an ordered set)."""
+    deps: dict[str, Condition] = field(default_factory=dict)
+    """Units this one wants, in declaration order, each with what it needs of it."""
     dependents: set[str] = field(default_factory=set)
     history: deque[HistoryEntry] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
     once: bool = False
@@ -102,9 +112,12 @@ class Unit:
 @dataclass(frozen=True)
 class Readiness:
     pending: tuple[str, ...] = ()
-    """Dependencies not yet completed."""
+    """Dependencies whose condition is not met yet (the start waits for them)."""
     failed: str | None = None
-    """A dependency that failed: the start cannot succeed."""
+    """A dependency whose failure fails the start (`machine.NEEDS`: the cascade)."""
+    failed_anyway: tuple[str, ...] = ()
+    """Failed dependencies the start goes ahead without (soft `finished` edges, `started`
+    edges whose dependency had started): a ready unit's start says so."""
 
     @property
     def ready(self) -> bool:
@@ -135,7 +148,7 @@ class Graph:
             if record.to == "started":
                 unit.token, unit.host = record.token, record.host
         elif kind is Edge:
-            self.units[record.unit].deps[record.dep] = None
+            self.units[record.unit].deps[record.dep] = record.on
             self.units[record.dep].dependents.add(record.unit)
         elif kind is Forget:
             for dep in self.units.pop(record.unit).deps:
@@ -198,9 +211,19 @@ class Graph:
         ]
 
     def want(
-        self, name: str, deps: Iterable[str], *, now: float, once: bool = False
+        self,
+        name: str,
+        deps: Iterable[str],
+        *,
+        now: float,
+        once: bool = False,
+        on: Condition | None = None,
     ) -> tuple[list[Record], list[str]]:
-        """Declare that `name` depends on each of `deps` (and is one-time); all or nothing."""
+        """Declare that `name` depends on each of `deps`, on `on` (and is one-time); all or
+        nothing. A new edge is on `on` (`completed` if None). An edge that exists with
+        another condition changes to `on` (a note says so); with `on` None, or `on` already,
+        it is left as it is: a script that declares its edges at every start, without
+        `--on`, never undoes a condition another one set."""
         deps = list(dict.fromkeys(deps))
         if not deps:
             raise Refused("want needs at least one dependency", unit=name)
@@ -208,25 +231,26 @@ class Graph:
             self._check_new(each)
         if name in deps:
             raise Refused(f"unit {name!r} cannot depend on itself", unit=name)
-        new_edges = [dep for dep in deps if dep not in self._deps(name)]
-        total = len(new_edges) + (len(self.units[name].deps) if name in self.units else 0)
+        have = self.units[name].deps if name in self.units else {}
+        new_edges = [dep for dep in deps if dep not in have]
+        changed = [dep for dep in deps if dep in have and on is not None and have[dep] != on]
+        total = len(new_edges) + len(have)
         if new_edges and total > MAX_DEPS:
             raise Refused(too_many_deps(name, total), unit=name)
-        for dep in new_edges:
+        for dep in new_edges:  # a changed edge orders as it did: it cannot close a cycle
             cycle = self._path(dep, name)
             if cycle:
                 path = _path_text([name, *cycle])
                 raise Refused(f"dependency would close a cycle: {path}", code="cycle", unit=name)
         records: list[Record] = [Known(n, now) for n in (name, *new_edges) if n not in self.units]
-        records += [Edge(name, dep) for dep in new_edges]
+        records += [Edge(name, dep, on or DEFAULT_CONDITION) for dep in new_edges + changed]
         if once and not (name in self.units and self.units[name].once):
             records.append(Once(name))
-        notes = []
+        notes = [f"{name} now wants {dep} on {on} (was {have[dep]})" for dep in changed]
         unit = self.units.get(name)
-        if new_edges and unit is not None and unit.status != "pending":
-            notes.append(
-                f"{name} is already {unit.status}; the new dependencies apply to its next start"
-            )
+        if (new_edges or changed) and unit is not None and unit.status != "pending":
+            what = "the new dependencies apply" if new_edges else "the change applies"
+            notes.append(f"{name} is already {unit.status}; {what} to its next start")
         return records, notes
 
     def declare_once(self, name: str) -> list[Record]:
@@ -278,6 +302,8 @@ class Graph:
         reason = None
         if unit and unit.owner and OWNER_GONE in overrides and not rerun:
             reason = f"new run: its previous owner, {_describe(unit.owner)}, is gone"
+        elif readiness.failed_anyway:  # the history keeps what it went ahead without
+            reason = went_ahead(readiness.failed_anyway)
         move = self._moved(
             name, result, now, token=token, waited=waited, reason=reason, owner=owner, host=host
         )
@@ -479,14 +505,32 @@ class Graph:
     # --- queries -------------------------------------------------------------------------
 
     def readiness(self, name: str) -> Readiness:
-        pending = []
-        for dep in self._deps(name):
-            status = self.units[dep].status
-            if status == "failed":
+        """Where `name`'s start stands: each edge's condition against its dependency's
+        state, as `machine.NEEDS` says (the first failure that cascades decides)."""
+        pending, failed_anyway = [], []
+        unit = self.units.get(name)
+        units = self.units
+        for dep, on in unit.deps.items() if unit else ():
+            # `dep_state`, inlined for the states that need no history: every view asks.
+            state: DepState = units[dep].status  # type: ignore[assignment]
+            if state == "failed":
+                state = self.dep_state(dep)
+            verdict = NEEDS[on, state]
+            if verdict is Verdict.FAIL:
                 return Readiness(failed=dep)
-            if status != "completed":
+            if verdict is Verdict.WAIT:
                 pending.append(dep)
-        return Readiness(pending=tuple(pending))
+            elif state != "completed" and state != "started":
+                failed_anyway.append(dep)
+        return Readiness(pending=tuple(pending), failed_anyway=tuple(failed_anyway))
+
+    def dep_state(self, name: str) -> DepState:
+        """`name`'s state as the conditions of the edges to it see it: a failed unit's
+        says whether its current run ever started (`machine.ever_started`)."""
+        unit = self.units[name]
+        if unit.status != "failed":
+            return unit.status
+        return dep_state("failed", ever_started(_failed_out_of(unit.history)))
 
     def get(self, name: str) -> Unit:
         self._check_new(name)
@@ -516,6 +560,7 @@ class Graph:
                 unit.once,
                 unit.owner,
                 unit.host,
+                {dep: on for dep, on in unit.deps.items() if on != DEFAULT_CONDITION},
             )
 
     def boot_image(self) -> BootImage:
@@ -536,7 +581,7 @@ class Graph:
             graph.units[image.name] = unit
         for image in images:
             for dep in image.deps:
-                graph.apply(Edge(image.name, dep))
+                graph.apply(Edge(image.name, dep, image.on.get(dep, DEFAULT_CONDITION)))
         return graph
 
     # --- internals -----------------------------------------------------------------------
@@ -567,6 +612,25 @@ class Graph:
                     parent[dep] = node
                     stack.append(dep)
         return None
+
+
+def went_ahead(failed: Sequence[str]) -> str:
+    """The reason of a start that went ahead although dependencies failed (`finished`
+    edges, or `started` ones whose dependency had started): so `status` shows it."""
+    return f"{WENT_AHEAD} {listed(list(failed))} failed"
+
+
+def _failed_out_of(history: Sequence[HistoryEntry]) -> State | None:
+    """The status a failed unit failed out of: its latest move into `failed` that was not
+    from `failed` (None if its history no longer holds one)."""
+    if history and (last := history[-1]).from_ != "failed":  # nearly always: the last move
+        return last.from_ if last.to == "failed" else None
+    for entry in reversed(history):
+        if entry.to != "failed":
+            return None
+        if entry.from_ != "failed":
+            return entry.from_
+    return None
 
 
 def _known_of(units: dict[str, Unit], names: Iterable[str]) -> Iterator[Unit]:

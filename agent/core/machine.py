@@ -1,4 +1,6 @@
-"""The legal moves of a unit, as data: (status, command) -> outcome (SPEC §1, §11).
+"""The legal moves of a unit, as data: (status, command) -> outcome (SPEC §1, §11); and
+what each dependency needs of its unit, as data: (condition, DEP's state) -> verdict (SPEC
+§14, `NEEDS`, at the end).
 
 `MOVES` is the whole state machine. A command that is not refused also makes a
 unit no command had named known (pending) first. The graph's commands look their outcome up
@@ -168,3 +170,84 @@ def owner_facts(has_owner: bool, alive: bool | None) -> frozenset[str]:
     if not has_owner:
         return frozenset({NO_OWNER})
     return frozenset({OWNER_GONE}) if alive is False else frozenset()
+
+
+# --- what a dependency needs (SPEC §14) -----------------------------------------------------
+
+Condition = Literal["completed", "started", "finished"]
+"""What an edge `UNIT wants DEP` needs of DEP before UNIT may start (`want --on`)."""
+CONDITIONS: tuple[Condition, ...] = ("completed", "started", "finished")
+DEFAULT_CONDITION: Condition = "completed"
+"""Today's (and every older journal's) meaning of an edge: DEP is completed (ready)."""
+
+DepState = Literal[
+    "pending", "started", "completed", "failed after it started", "failed before it started"
+]
+"""DEP's state as a condition sees it: `failed` is split by whether DEP's run ever started
+(`ever_started`), which is all that `started` asks."""
+DEP_STATES: tuple[DepState, ...] = (
+    "pending",
+    "started",
+    "completed",
+    "failed after it started",
+    "failed before it started",
+)
+
+
+class Verdict(enum.Enum):
+    SATISFIED = "satisfied"
+    """UNIT may start as far as this dependency goes."""
+    WAIT = "wait"
+    """UNIT's start waits (for this dependency's next move)."""
+    FAIL = "fail"
+    """UNIT's start fails, and UNIT with it (`dependency DEP failed`): the cascade."""
+
+
+NEEDS: dict[tuple[Condition, DepState], Verdict] = {
+    ("completed", "pending"): Verdict.WAIT,
+    ("completed", "started"): Verdict.WAIT,
+    ("completed", "completed"): Verdict.SATISFIED,
+    ("completed", "failed after it started"): Verdict.FAIL,
+    ("completed", "failed before it started"): Verdict.FAIL,
+    ("started", "pending"): Verdict.WAIT,
+    ("started", "started"): Verdict.SATISFIED,
+    ("started", "completed"): Verdict.SATISFIED,
+    ("started", "failed after it started"): Verdict.SATISFIED,
+    ("started", "failed before it started"): Verdict.FAIL,
+    ("finished", "pending"): Verdict.WAIT,
+    ("finished", "started"): Verdict.WAIT,
+    ("finished", "completed"): Verdict.SATISFIED,
+    ("finished", "failed after it started"): Verdict.SATISFIED,
+    ("finished", "failed before it started"): Verdict.SATISFIED,
+}
+"""The whole rule of dependencies: condition x DEP's state -> verdict. `Graph.readiness`
+(and `views.unit_view`, for each dependency's `satisfied`) look every edge up here and
+nowhere else; `tests/test_conditions.py` checks every row through the graph, and
+docs/commands.md prints the same table.
+
+    condition \\ DEP is  pending  started    completed  failed (had started)  failed (never started)
+    completed           wait     wait       satisfied  fail                  fail
+    started             wait     satisfied  satisfied  satisfied             fail
+    finished            wait     wait       satisfied  satisfied             satisfied
+
+`started` is ordering only: UNIT may run beside DEP, and a DEP that began and then failed
+has done what UNIT waited for. `finished` is a soft edge: DEP's failure never fails UNIT.
+"""
+
+
+def dep_state(status: State, ever_started: bool) -> DepState:
+    """DEP's state for `NEEDS`; `ever_started` matters only for a failed DEP."""
+    if status != "failed":
+        return status
+    return "failed after it started" if ever_started else "failed before it started"
+
+
+def ever_started(came_from: State | None) -> bool:
+    """Did a failed unit's current run ever start? `came_from` is the status it failed
+    out of (its latest move into `failed`, failed -> failed moves skipped: a second `fail`
+    changes nothing about the run). It started if that was `started` or `completed` (a
+    service that died after it was ready); one that failed while `pending` (its own
+    dependency failed while its start waited, `fail` of a pending unit, `fail --force` of
+    a new name) never did. Unknown (None: the moves that tell are gone from its bounded
+    history): never, the side on which a `started` edge still cascades."""
+    return came_from in ("started", "completed")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .machine import State
+from .machine import DEFAULT_CONDITION, Condition, State
 
 
 class Known(msgspec.Struct, tag="known", array_like=True, gc=False):
@@ -29,10 +29,14 @@ class Known(msgspec.Struct, tag="known", array_like=True, gc=False):
 
 
 class Edge(msgspec.Struct, tag="edge", array_like=True, gc=False):
-    """`unit` now wants `dep`."""
+    """`unit` now wants `dep`, on `on` (SPEC §14); an edge that exists already changes its
+    condition. Format 4 added `on`: an edge of an older journal (`[edge, unit, dep]`) is a
+    `completed` one. (An agent older than format 4 reads a format-4 edge as `completed`:
+    msgspec skips the trailing field; docs/commands.md says so.)"""
 
     unit: str
     dep: str
+    on: Condition = DEFAULT_CONDITION
 
 
 class OwnerRecord(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -133,6 +137,9 @@ class UnitImage(msgspec.Struct, array_like=True, gc=False):
     once: bool = False
     owner: OwnerRecord | None = None
     host: str = ""
+    on: dict[str, Condition] = {}
+    """The conditions of its edges that are not `completed` (format 4; older snapshots have
+    none: every edge `completed`)."""
 
 
 class BootImage(msgspec.Struct, array_like=True, gc=False):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import ItemsView
 
 from unitsync.wire.bounds import (
     DEPENDENTS_SHOWN,
@@ -26,6 +27,7 @@ from unitsync.wire.bounds import (
 from unitsync.wire.protocol import Dependency, Owner, OwnerView, Transition, UnitView
 
 from .graph import Graph
+from .machine import NEEDS, Condition, Verdict
 from .records import HistoryEntry, OwnerRecord
 
 CUT_MARK = "…"
@@ -46,10 +48,9 @@ def unit_view(
     only the agent's shell can find out.
     """
     unit = graph.get(name)
-    units = graph.units
     owner = unit.owner
     cut: list[str] = []
-    deps: list[str] | dict[str, None] = unit.deps
+    deps: list[tuple[str, Condition]] | ItemsView[str, Condition] = unit.deps.items()
     if len(deps) > MAX_DEPS:  # only a journal from before the bound holds more
         deps = list(itertools.islice(deps, MAX_DEPS))
         cut.append(_not_listed("dependencies", len(unit.deps), MAX_DEPS, BEFORE_THE_BOUNDS))
@@ -89,10 +90,7 @@ def unit_view(
         reason=_bounded("reason", unit.reason, MAX_REASON_BYTES, cut),
         waiting_on=waiting_on,
         waiters=waiters,
-        dependencies=[
-            Dependency(dep, "completed", status := units[dep].status, status == "completed")
-            for dep in deps
-        ],
+        dependencies=[_dependency(graph, dep, on) for dep, on in deps],
         dependents=dependents,
         history=history,
         once=unit.once,
@@ -105,6 +103,13 @@ def unit_view(
         ),
         cut=cut,
     )
+
+
+def _dependency(graph: Graph, dep: str, on: Condition) -> Dependency:
+    """One edge as `status` shows it: its condition, DEP's status, and whether it holds."""
+    status = graph.units[dep].status
+    state = graph.dep_state(dep) if status == "failed" else status  # only then: the history
+    return Dependency(dep, on, status, NEEDS[on, state] is Verdict.SATISFIED)
 
 
 def transition(entry: HistoryEntry) -> Transition:

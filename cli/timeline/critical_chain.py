@@ -1,7 +1,9 @@
 """The chain of dependencies that decided when a unit could start (SPEC §9). Pure.
 
 As `systemd-analyze critical-chain` does: from the unit, step to the dependency that
-finished last before the unit started (the one it was still waiting for), and repeat.
+finished last before the unit started (the one it was still waiting for), and repeat. A
+dependency wanted `--on started` stopped holding the unit up when it started, not when it
+finished: the chain steps to it by its start, and through it goes on from that start.
 A unit that never started (its start waits, or failed because a dependency failed)
 steps to the dependency that holds it up: one not finished yet, else the last to end.
 """
@@ -52,13 +54,23 @@ def _holding_up(row: Row, rows: dict[str, Row], seen: set[str]) -> Row | None:
     if limit is None:
         limit = math.inf
     candidates = [
-        (ended, rows[dep])
+        (freed, rows[dep])
         for dep in row.deps
-        if dep in rows and dep not in seen and (ended := _finish(rows[dep])) <= limit
+        if dep in rows
+        and dep not in seen
+        and (freed := _freed(rows[dep], row.condition(dep))) <= limit
     ]
     if not candidates:
         return None
     return max(candidates, key=lambda item: item[0])[1]
+
+
+def _freed(row: Row, on: str) -> float:
+    """When the row stopped holding up a dependent that wants it `on`: its start for a
+    `started` edge (ordering only), its end for the others."""
+    if on == "started" and row.started is not None:
+        return row.started
+    return _finish(row)
 
 
 def _finish(row: Row) -> float:

@@ -16,7 +16,7 @@ it, so an old boot's runs are never shown as open.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from unitsync.wire.errors import NotInHistory
@@ -49,6 +49,16 @@ class Row:
     the last)."""
     deps: tuple[str, ...]
     """The units this one wants, as the agent knows them now."""
+    required: tuple[str, ...] = ()
+    """What it needs of each of `deps`, in the same order (`want --on`; `completed` where
+    none is given)."""
+
+    def condition(self, dep: str) -> str:
+        """What this unit needs of `dep` (one of its `deps`)."""
+        for name, on in zip(self.deps, self.required, strict=False):
+            if name == dep:
+                return on
+        return "completed"
 
     @property
     def waited(self) -> float | None:
@@ -170,7 +180,9 @@ def unit_row(
     story = _story(unit.history, boot)
     if not story and (unit.history or not current):
         return None
-    return _row(unit, story, current, now, wait_began)
+    row = _row(unit, story, current, now, wait_began)
+    required = tuple(d.required for d in unit.dependencies)
+    return replace(row, required=required) if set(required) - {"completed"} else row
 
 
 def _story(history: list[Transition], boot: int) -> list[int]:
@@ -195,7 +207,9 @@ def _row(unit: UnitView, story: list[int], current: bool, now: float, hint: floa
     starts = [i for i in story if history[i].to == "started"]
     if current and unit.waiters:
         # A start waits now; its run has not begun, so this row is that wait.
-        on = f"waiting on {', '.join(unit.waiting_on)}" if unit.waiting_on else "waiting"
+        needs = {d.unit: d.required for d in unit.dependencies if d.required != "completed"}
+        names = [f"{dep} ({needs[dep]})" if dep in needs else dep for dep in unit.waiting_on]
+        on = f"waiting on {', '.join(names)}" if names else "waiting"
         return Row(unit.name, "waiting", hint, None, None, None, on, len(starts), deps)
     attempts = [i for i in story if history[i].to == "started" or _without_run(history[i])]
     if not attempts:

@@ -7,6 +7,8 @@ prints them; JSON keeps Unix times, exact, beside that origin.
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 
 from unitsync.wire.bounds import listed
@@ -112,6 +114,7 @@ def to_json(timeline: Timeline) -> str:
                 "reason": row.reason,
                 "runs": row.runs,
                 "dependencies": list(row.deps),
+                "required": {dep: row.condition(dep) for dep in row.deps},
             }
             for row in timeline.rows
         ],
@@ -139,7 +142,10 @@ def render_chain(timeline: Timeline, chain: list[Row]) -> str:
         f'how long it ran after "+"; {_counted_from(timeline)}.',
         "",
     ]
-    for depth, row in enumerate(chain):
+    links = ["completed"] + [up.condition(row.name) for up, row in itertools.pairwise(chain)]
+    if "started" in links:
+        lines.insert(2, 'For a unit wanted --on started, "@" is the time it started.')
+    for depth, (row, on) in enumerate(zip(chain, links, strict=True)):
         if depth == 0:
             indent = ""
         elif depth <= CHAIN_INDENT_STEPS:
@@ -147,15 +153,21 @@ def render_chain(timeline: Timeline, chain: list[Row]) -> str:
         else:
             indent = "  " * (CHAIN_INDENT_STEPS - 1) + f"└─[{depth}] "
         name = cells.short_name(row.name)
-        lines.append(f"{indent}{name}{_chain_figures(timeline, row)}{_fate(row)}")
+        wanted = f" (wanted on {on})" if on != "completed" else ""
+        figures = _chain_figures(timeline, row, on)
+        lines.append(f"{indent}{name}{figures}{_fate(row)}{wanted}")
     return "\n".join(lines) + cut_line(timeline)
 
 
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _chain_figures(timeline: Timeline, row: Row) -> str:
-    if row.ended is not None:
+def _chain_figures(timeline: Timeline, row: Row, on: str = "completed") -> str:
+    """`@` when the row stopped holding up the unit before it in the chain (its start, for
+    one wanted on `started`; its end otherwise), `+` how long it ran."""
+    if on == "started" and row.started is not None:
+        moment = row.started
+    elif row.ended is not None:
         moment = row.ended
     elif row.started is not None:
         moment = row.started

@@ -66,6 +66,7 @@ from unitsync.wire.host.peer import peer_of
 from unitsync.wire.protocol import (
     Changed,
     Complete,
+    Condition,
     Fail,
     Forget,
     FullView,
@@ -260,9 +261,15 @@ class AsyncClient:
     async def ping(self) -> Pong:
         return await self._call(Ping(), Pong)
 
-    async def want(self, unit: str, *deps: str, once: bool = False) -> Ok:
-        """`unit` may start only when every dep is completed; `once` makes it one-time."""
-        return await self._call(Want(unit, list(deps), once), Ok)
+    async def want(
+        self, unit: str, *deps: str, once: bool = False, on: Condition | None = None
+    ) -> Ok:
+        """`unit` may start only when every dep is `on` (completed; started: ordering only;
+        finished: completed or failed, a soft edge); an edge on another condition changes
+        (the reply's notes say so). Without `on`, a new edge is `completed` and an existing
+        one keeps its condition. `once` makes `unit` one-time. An unknown `on` raises
+        `UsageError` before anything is sent."""
+        return await self._call(Want(unit, list(deps), once, on), Ok)
 
     async def complete(
         self,

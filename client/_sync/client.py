@@ -68,6 +68,7 @@ from unitsync.wire.host.peer import peer_of
 from unitsync.wire.protocol import (
     Changed,
     Complete,
+    Condition,
     Fail,
     Forget,
     FullView,
@@ -262,9 +263,15 @@ class Client:
     def ping(self) -> Pong:
         return self._call(Ping(), Pong)
 
-    def want(self, unit: str, *deps: str, once: bool = False) -> Ok:
-        """`unit` may start only when every dep is completed; `once` makes it one-time."""
-        return self._call(Want(unit, list(deps), once), Ok)
+    def want(
+        self, unit: str, *deps: str, once: bool = False, on: Condition | None = None
+    ) -> Ok:
+        """`unit` may start only when every dep is `on` (completed; started: ordering only;
+        finished: completed or failed, a soft edge); an edge on another condition changes
+        (the reply's notes say so). Without `on`, a new edge is `completed` and an existing
+        one keeps its condition. `once` makes `unit` one-time. An unknown `on` raises
+        `UsageError` before anything is sent."""
+        return self._call(Want(unit, list(deps), once, on), Ok)
 
     def complete(
         self,

@@ -6,7 +6,8 @@ Keys, under the prefix P of `--store etcd://.../P`:
                         the prefix (a txn that creates it only if absent, so agents opening an
                         empty prefix at once agree on one), then never written again
     P/units/NAME        the unit's image (`records.UnitImage`, msgpack): status, deps, history
-    P/edges             rewritten by every change that adds edges: its mod revision is compared
+    P/edges             rewritten by every change that adds edges or changes their conditions:
+                        its mod revision is compared
     P/changes/AGENT/N   the records of one change (msgpack), on a lease of a minute or more
 
 Replica. Each agent lists P/units/ at a revision R, then watches P/changes/ from R+1 (and

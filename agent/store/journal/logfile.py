@@ -10,10 +10,15 @@
                both still read)
 
 One entry holds the records of one accepted command, so a command is all or
-nothing on disk. The generation ties a log to the snapshot it continues. The graph id
-(SPEC §11) is made once, when the state dir is created, and carried by every log header
-and snapshot from then on, so it survives compaction and restarts. A state dir of an
-older format takes one on its first open (the journal rewrites its log then).
+nothing on disk. Format 4 (SPEC §14) kept these headers and added a field at the end of
+two types: an `edge` record's condition and a snapshot unit's non-`completed` conditions
+(`records.Edge`, `records.UnitImage`); records and units of formats 1 to 3 read as
+`completed` edges (`tests/fixtures/journal-v4` pins it).
+
+The generation ties a log to the snapshot it continues. The graph id (SPEC §11) is made
+once, when the state dir is created, and carried by every log header and snapshot from
+then on, so it survives compaction and restarts. A state dir of an older format takes one
+on its first open (the journal rewrites its log then).
 """
 
 from __future__ import annotations
