@@ -427,7 +427,13 @@ class Service:
             except NotDurable:
                 continue  # some of it was refused and undone: show what is durable instead
             graph = self.graph
-            return StatusReply(views, self.clock(), boot=graph.boot, boot_since=graph.boot_since)
+            return StatusReply(
+                views,
+                self.clock(),
+                boot=graph.boot,
+                boot_since=graph.boot_since,
+                replica_behind_since=self.store.replica_behind_since,
+            )
 
     def view(self, name: str) -> UnitView:
         waiters = self.waiting[name]
