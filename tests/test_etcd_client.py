@@ -196,9 +196,9 @@ async def test_a_hung_member_is_hedged_and_a_deadline_bounds_the_whole_call(
     asked: list[str] = []
     post = client._post
 
-    async def recording(url: str, content: bytes):  # type: ignore[no-untyped-def]
+    async def recording(url: str, content: bytes, trace):  # type: ignore[no-untyped-def]
         asked.append(url.split("//")[1].split("/")[0])
-        return await post(url, content)
+        return await post(url, content, trace)
 
     client._post = recording  # type: ignore[method-assign]
     etcd.stop_member(hung, signal.SIGSTOP)

@@ -3,8 +3,6 @@ processes, real signals. Scripts talk to their agents as they always do."""
 
 from __future__ import annotations
 
-import functools
-import json
 import random
 import re
 import signal
@@ -21,45 +19,8 @@ from unitsync.client import AsyncClient
 from unitsync.wire.errors import EXIT_NOT_DURABLE, Refused, UnitsyncError
 from unitsync.wire.protocol import UnitView
 
-from conftest import spawn_cli
-from harness.etcd_cluster import EtcdAgent, EtcdCluster
-
-
-def statuses(agent: EtcdAgent) -> dict[str, tuple]:
-    result = agent.cli("status", "-o", "json")
-    assert result.returncode == 0, result.stderr
-    return {
-        unit["name"]: (unit["status"], [d["unit"] for d in unit["dependencies"]], unit["history"])
-        for unit in json.loads(result.stdout)["units"]
-    }
-
-
-def agreed(*agents: EtcdAgent) -> dict[str, tuple]:
-    """What every agent shows once their replicas agree: an agent acknowledges a change once
-    its own replica has it, and the others' watches bring it a moment later."""
-    deadline = time.monotonic() + 30
-    while True:
-        views = [statuses(agent) for agent in agents]
-        if all(view == views[0] for view in views[1:]) or time.monotonic() > deadline:
-            for view in views[1:]:
-                assert view == views[0]
-            return views[0]
-        time.sleep(0.05)
-
-
-def blocked(waiter: subprocess.Popen[str]) -> subprocess.Popen[str]:
-    """Once the waiting `start` says it waits (one line on stderr: it is not a terminal)."""
-    assert waiter.stderr is not None
-    assert "waiting for" in waiter.stderr.readline()
-    return waiter
-
-
-async def in_thread(
-    call: Callable[..., subprocess.CompletedProcess[str]], *args: str
-) -> subprocess.CompletedProcess[str]:
-    """A blocking CLI call, without blocking the test's own trio tasks."""
-    return await trio.to_thread.run_sync(functools.partial(call, *args))
-
+from conftest import in_thread, spawn_cli
+from harness.etcd_cluster import EtcdAgent, EtcdCluster, agreed, blocked, statuses
 
 # --- members and clusters going down ----------------------------------------------------------
 

@@ -376,3 +376,39 @@ class EtcdAgent:
             env=dict(os.environ, UNITSYNC_SOCKET=str(self.socket)),
             timeout=120,
         )
+
+
+# --- what the agents show --------------------------------------------------------------------
+
+AGREE_LIMIT = 120.0
+"""How long replicas may take to agree (a healed partition included): only a hang gets here."""
+
+
+def statuses(agent: EtcdAgent) -> dict[str, tuple]:
+    """Each unit's (status, dependencies, history) as `status -o json` shows it."""
+    result = agent.cli("status", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return {
+        unit["name"]: (unit["status"], [d["unit"] for d in unit["dependencies"]], unit["history"])
+        for unit in json.loads(result.stdout)["units"]
+    }
+
+
+def agreed(*agents: EtcdAgent) -> dict[str, tuple]:
+    """What every agent shows once their replicas agree: an agent acknowledges a change once
+    its own replica has it, and the others' watches bring it a moment later."""
+    deadline = time.monotonic() + AGREE_LIMIT
+    while True:
+        views = [statuses(agent) for agent in agents]
+        if all(view == views[0] for view in views[1:]) or time.monotonic() > deadline:
+            for view in views[1:]:
+                assert view == views[0]
+            return views[0]
+        time.sleep(0.05)
+
+
+def blocked(waiter: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    """Once the waiting `start` says it waits (one line on stderr: it is not a terminal)."""
+    assert waiter.stderr is not None
+    assert "waiting for" in waiter.stderr.readline()
+    return waiter

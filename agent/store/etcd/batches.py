@@ -57,6 +57,11 @@ MAX_TXN_BYTES = 1 << 20
 """Values per txn, below etcd's default request limit of 1.5 MiB (--max-request-bytes)."""
 BACKOFF_LIMIT = 1.0
 """Longest pause between attempts to reach etcd: changes go in within it once etcd is back."""
+FIRST_ATTEMPT = 2.0
+"""A txn with no answer this long is sent again (unchanged: at most one copy can commit),
+each next attempt given twice as long. A request the members forwarded to a leader that
+was then cut off is lost, and etcd would give up on it only after 7 s; an election takes
+one or two. A cluster merely slow to answer still gets all the time it needs."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,7 @@ class Batches:
     async def _send(self, batch: list[Pending]) -> None:
         """One txn for `batch`, sent until etcd answers or no change of it has time left."""
         delay, sent = 0.05, False  # sent: an attempt may have reached etcd unanswered
+        attempt = FIRST_ATTEMPT
         key = self._change_key()
         while True:
             live = [pending for pending in batch if pending.outcome is None]
@@ -246,9 +252,11 @@ class Batches:
                 return
             request = self._merged(batch, key)
             asked = trio.current_time()
+            until = min(asked + attempt, *(pending.deadline for pending in live))
             try:
-                reply = await self.client.txn(request, deadline=min(p.deadline for p in live))
+                reply = await self.client.txn(request, deadline=until)
             except EtcdUnavailable as exc:
+                attempt *= 2
                 sent |= exc.maybe_applied
                 self.trouble = str(exc)
                 now = trio.current_time()

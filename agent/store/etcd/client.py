@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -101,8 +101,9 @@ WATCHES = httpx.Limits(max_connections=4, max_keepalive_connections=0)
 RETRY_ELSEWHERE = frozenset({CANCELLED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED})
 """gRPC codes meaning "not this member, not now": another member may serve the call (a
 member shutting down cancels what its gateway was forwarding)."""
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-"""Transport errors raised before any byte of the request left: nothing can have happened."""
+SENDING = "http11.send_request_headers.started"
+"""httpcore's trace event for the first byte of a request leaving: before it (waiting for a
+connection, connecting), nothing can have reached etcd, whatever ends the attempt."""
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 """Makes etcd cancel a watch whose member has lost its leader (it would go quiet, not fail),
 and refuse a unary call at once on such a member (it would hold it until its own timeout)."""
@@ -281,15 +282,21 @@ class EtcdClient:
     ) -> None:
         """Send the request to one member; how it went, to `outcomes`."""
         began = trio.current_time()
+        sent = False
+
+        async def trace(event: str, _info: object) -> None:
+            nonlocal sent
+            sent |= event == SENDING
+
         # The member's time, cut short by the call's deadline if need be.
         with trio.move_on_at(min(deadline, began + self._request_timeout)):
             try:
-                response = await self._post(self._urls[index] + path, content)
+                response = await self._post(self._urls[index] + path, content, trace)
             except EtcdError as exc:  # logging in, before the request itself
                 outcomes.send_nowait(_Raised(index, exc))
                 return
             except httpx.TransportError as exc:
-                outcomes.send_nowait(_Failure(index, _describe(exc), not isinstance(exc, NOT_SENT)))
+                outcomes.send_nowait(_Failure(index, _describe(exc), sent))
                 return
             if response.status_code == 200:
                 took = trio.current_time() - began
@@ -303,8 +310,9 @@ class EtcdClient:
             else:
                 outcomes.send_nowait(_Refusal(index, code, message))
             return
-        # Reached only when the time ran out: as with a read timeout, it may have been sent.
-        outcomes.send_nowait(_Failure(index, _NO_ANSWER, True))
+        # Reached only when the time ran out: as with a read timeout, if it was sent, it may
+        # have been applied; if it was still connecting, nothing was.
+        outcomes.send_nowait(_Failure(index, _NO_ANSWER if sent else _NOT_CONNECTED, sent))
 
     def _hedge_delay(self) -> float:
         return max(HEDGE_FLOOR, HEDGE_FACTOR * self._typical)
@@ -314,14 +322,22 @@ class EtcdClient:
         if self._first == index:
             self._first = (index + 1) % len(self._urls)
 
-    async def _post(self, url: str, content: bytes) -> httpx.Response:
-        """POST with the current auth token; fetch a new one once if etcd rejects it."""
+    async def _post(
+        self, url: str, content: bytes, trace: Callable[[str, object], Awaitable[None]]
+    ) -> httpx.Response:
+        """POST with the current auth token; fetch a new one once if etcd rejects it.
+        `trace` hears httpcore's events (the request being sent)."""
+        extensions = {"trace": trace}
         headers = {**REQUIRE_LEADER, **await self._auth_headers()}
-        response = await self._http.post(url, content=content, headers=headers)
+        response = await self._http.post(
+            url, content=content, headers=headers, extensions=extensions
+        )
         if response.status_code == 401 and self._credentials is not None:
             await self._authenticate(stale=headers.get("Authorization"))
             headers = {**REQUIRE_LEADER, **await self._auth_headers()}
-            response = await self._http.post(url, content=content, headers=headers)
+            response = await self._http.post(
+                url, content=content, headers=headers, extensions=extensions
+            )
         return response
 
     # --- authentication ------------------------------------------------------------------------
@@ -525,6 +541,7 @@ def _refusal(code: int, message: str) -> EtcdError:
 
 
 _NO_ANSWER = "no answer in time"
+_NOT_CONNECTED = "could not connect in time"
 _TRANSPORT_ERRORS: list[tuple[type[httpx.TransportError], str]] = [
     (httpx.ConnectTimeout, "no answer to connecting"),
     (httpx.ConnectError, "cannot connect"),

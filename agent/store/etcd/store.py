@@ -561,7 +561,7 @@ class EtcdStore:
             if trio.current_time() < self._fresh + HEARTBEAT:
                 continue  # a commit confirmed it meanwhile
             tried = asked = trio.current_time()
-            deadline = asked + self.config.timeout
+            deadline = asked + STALE_AFTER  # longer, and it is shown as behind anyway
             try:
                 reply = await self.client.txn(TxnRequest(success=reads), deadline=deadline)
             except EtcdError as exc:
