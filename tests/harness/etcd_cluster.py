@@ -346,10 +346,13 @@ class EtcdAgent:
             *self.options,
         ]  # fmt: skip
 
-    def start(self) -> EtcdAgent:
+    def start(self, *, wait: bool = True) -> EtcdAgent:
+        """Start the agent; with `wait`, until it listens (it must reach etcd for that)."""
         already = self.log.read_text() if self.log.exists() else ""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.command, stderr=log)
+        if not wait:
+            return self
         deadline = time.monotonic() + 60
         while "listening on" not in self.log.read_text()[len(already) :]:
             if self.proc.poll() is not None or time.monotonic() > deadline:

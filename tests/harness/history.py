@@ -28,14 +28,24 @@ edges) to the operations, and returns every anomaly:
 
 Effects are tied to operations exactly where the records allow (a start's token, a
 fail's reason, unique per operation), otherwise by unit and time: a record's `at` (when
-the agent decided it) falls between the operation's invocation and its answer. Matching
-is a maximum bipartite matching, so an anomaly is reported only if no assignment of
-effects to operations explains the history.
+the agent decided it) falls between the operation's invocation and its answer (for a
+`maybe`, any time after its invocation: as in Jepsen, an operation with no definite
+answer may take effect later). Matching is a maximum bipartite matching, so an anomaly is
+reported only if no assignment of effects to operations explains the history.
+
+A start that ended because a dependency failed may share its effect with another start
+of the same unit that failed the same way at the same time (the agent records it once):
+it needs such an effect within its own time, not one of its own.
+
+`check` is pure; `read_changes` and `read_units` read etcd (through the agents' own
+etcd client) and raise what it raises (`EtcdCompacted` if the history is gone: the
+agents compact it after ten minutes of life).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -43,6 +53,15 @@ from dataclasses import dataclass, field
 
 from unitsync.agent.core.machine import MOVES, Go, Refuse
 from unitsync.agent.core.records import Edge, Move, Record
+from unitsync.agent.store.etcd.batches import decode_changes
+from unitsync.agent.store.etcd.client import EtcdClient
+from unitsync.agent.store.etcd.messages import (
+    RangeRequest,
+    WatchCreateRequest,
+    WatchResponse,
+    prefix_end,
+)
+from unitsync.agent.store.etcd.store import unit_image
 
 OK, MAYBE, UNCHANGED = "ok", "maybe", "unchanged"
 KINDS = ("want", "start", "complete", "fail", "reset")
@@ -229,7 +248,7 @@ def _match(
     for op in ops:  # acknowledged changes without an identity, whether or not etcd has them
         if _required(op) and op.kind in ("want", "complete", "reset"):
             groups.setdefault((op.kind, op.unit, op.dep if op.kind == "want" else ""), [])
-        elif _required(op) and op.kind == "start" and op.dependency_failed:
+        elif op.outcome == OK and op.dependency_failed:
             groups.setdefault(("dependency failed", op.unit, ""), [])
     for (kind, unit, dep), effects in groups.items():
         candidates = [op for op in ops if _may_make(op, kind, unit, dep)]
@@ -243,11 +262,16 @@ def _dependency_failed(reason: str) -> bool:
 
 def _required(op: Op) -> bool:
     """The operation must have exactly one effect (it was acknowledged as a change)."""
-    if op.outcome != OK:
+    if op.outcome != OK or op.dependency_failed:
         return False
     if op.kind in ("fail", "start"):
         return True
     return op.changed
+
+
+def _until(op: Op) -> float:
+    """The latest an operation's effect may be decided: its answer, if it had one."""
+    return op.answered if op.outcome != MAYBE else math.inf
 
 
 def _may_make(op: Op, kind: str, unit: str, dep: str) -> bool:
@@ -262,7 +286,9 @@ def _may_make(op: Op, kind: str, unit: str, dep: str) -> bool:
 
 
 def _told_unchanged(op: Op) -> bool:
-    return op.outcome == UNCHANGED or (op.outcome == OK and not _required(op))
+    return op.outcome == UNCHANGED or (
+        op.outcome == OK and not _required(op) and not op.dependency_failed
+    )
 
 
 def _judge(slot: _Slot, anomalies: list[Anomaly]) -> list[tuple[Op, Effect]]:
@@ -295,7 +321,7 @@ def _by_time(
         if not timed:
             return True
         at = effect.record.at  # type: ignore[union-attr]
-        return op.invoked <= at <= op.answered
+        return op.invoked <= at <= _until(op)
 
     edges = {i: [j for j, op in enumerate(able) if fits(op, e)] for i, e in enumerate(effects)}
     # Every effect needs an op, and every acknowledged change an effect: by Mendelsohn-
@@ -318,6 +344,9 @@ def _by_time(
     for j in required:
         if j not in covered:
             anomalies.append(Anomaly("lost", f"{able[j]}: acknowledged, not in etcd"))
+    for op in ops:  # a failed dependency: its unit failed so within its time, by it or not
+        if op.dependency_failed and op.outcome == OK and not any(fits(op, e) for e in effects):
+            anomalies.append(Anomaly("lost", f"{op}: acknowledged, not in etcd"))
 
 
 def _maximum_matching(edges: dict[int, list[int]]) -> dict[int, int]:
@@ -368,3 +397,40 @@ def _real_time(matched: list[tuple[Op, Effect]]) -> list[Anomaly]:
                 )
             )
     return anomalies
+
+
+# --- etcd's own history ------------------------------------------------------------------------
+
+
+class _Read(Exception):
+    """The watch brought everything up to the last change."""
+
+
+async def read_changes(client: EtcdClient, prefix: str) -> list[tuple[int, list[list[Record]]]]:
+    """Every txn of changes ever written under PREFIX/changes/ (revision, its changes), in
+    etcd's order: watched from revision 1 up to PREFIX/latest's, which every txn rewrites
+    (change keys themselves expire with their lease, and a deleted key is no news)."""
+    root = f"{prefix}/changes/".encode()
+    latest = await client.range(RangeRequest(f"{prefix}/latest".encode()))
+    if not latest.kvs:
+        return []
+    last = latest.kvs[0].mod_revision
+    found: list[tuple[int, list[list[Record]]]] = []
+
+    def take(response: WatchResponse) -> None:
+        for event in response.events:
+            found.append((event.kv.mod_revision, decode_changes(event.kv.value)))
+        if found and found[-1][0] >= last:
+            raise _Read
+
+    request = WatchCreateRequest(root, prefix_end(root), 1, filters=["NODELETE"])
+    with contextlib.suppress(_Read):
+        await client.watch(request, take, silence=60)
+    return found
+
+
+async def read_units(client: EtcdClient, prefix: str) -> dict[str, str]:
+    """Each unit's status as its key under PREFIX/units/ holds it."""
+    root = f"{prefix}/units/".encode()
+    reply = await client.range(RangeRequest(root, prefix_end(root)))
+    return {(image := unit_image(kv.value)).name: image.status for kv in reply.kvs}

@@ -676,7 +676,7 @@ class EtcdStore:
             kvs += reply.kvs
         edges = await self.client.range(RangeRequest(keys.edges, revision=revision))
         try:
-            fresh = Graph.from_images([_image(kv.value) for kv in kvs], self._boot)
+            fresh = Graph.from_images([unit_image(kv.value) for kv in kvs], self._boot)
         except (msgspec.DecodeError, KeyError, zlib.error) as exc:
             raise _Diverged(f"the units under {keys.units!r} do not form a graph: {exc}") from None
         self.graph = fresh
@@ -859,7 +859,8 @@ def _stored(image: UnitImage) -> bytes:
     return zlib.compress(value, 1) if len(value) > COMPRESS_OVER else value
 
 
-def _image(value: bytes) -> UnitImage:
+def unit_image(value: bytes) -> UnitImage:
+    """A unit key's value as an image (see `_stored`)."""
     if value[:1] == ZLIB_HEADER:
         value = zlib.decompress(value)
     return _UNIT.decode(value)
