@@ -57,7 +57,12 @@ MAX_TXN_BYTES = 1 << 20
 """Values per txn, below etcd's default request limit of 1.5 MiB (--max-request-bytes)."""
 BACKOFF_LIMIT = 1.0
 """Longest pause between attempts to reach etcd: changes go in within it once etcd is back."""
-FIRST_ATTEMPT = 2.0
+LINGER = 0.002
+"""After a txn of N changes, the next waits this long at most for N changes to be queued:
+the clients the last one answered send their next change within about a millisecond
+(the watch's echo, a reply, a request), and one txn for both groups halves the txns (and
+etcd's and the agent's work per change). A lone change never waits: N was 1."""
+FIRST_ATTEMPT = 1.0
 """A txn with no answer this long is sent again (unchanged: at most one copy can commit),
 each next attempt given twice as long. A request the members forwarded to a leader that
 was then cut off is lost, and etcd would give up on it only after 7 s; an election takes
@@ -214,12 +219,18 @@ class Batches:
 
     async def run(self) -> None:
         """Send what is queued, one txn at a time, until cancelled."""
+        last = 0
         while True:
             while not self._queue:
                 await self._queued.wait()
                 self._queued = trio.Event()
+            with trio.move_on_after(LINGER):
+                while len(self._queue) < last:  # the last txn's clients are coming back
+                    await self._queued.wait()
+                    self._queued = trio.Event()
             batch = self._take()
-            self.sizes[len(batch)] += 1
+            last = len(batch)
+            self.sizes[last] += 1
             await self._send(batch)
 
     def _take(self) -> list[Pending]:
@@ -245,6 +256,7 @@ class Batches:
         """One txn for `batch`, sent until etcd answers or no change of it has time left."""
         delay, sent = 0.05, False  # sent: an attempt may have reached etcd unanswered
         attempt = FIRST_ATTEMPT
+        said: EtcdUnavailable | None = None
         key = self._change_key()
         while True:
             live = [pending for pending in batch if pending.outcome is None]
@@ -258,11 +270,12 @@ class Batches:
             except EtcdUnavailable as exc:
                 attempt *= 2
                 sent |= exc.maybe_applied
-                self.trouble = str(exc)
+                said = _said(said, exc)
+                self.trouble = str(said)
                 now = trio.current_time()
                 for pending in live:
                     if now + delay > pending.deadline:
-                        pending.finish(NotDurable(self._unreachable(exc, sent)))
+                        pending.finish(NotDurable(self._unreachable(said, sent)))
                 if not sent:  # nothing can have reached etcd: leave out who gave up
                     batch = [pending for pending in batch if pending.outcome is None]
                 self._warn(f"etcd did not take a change, retrying: {exc}")
@@ -321,6 +334,18 @@ class Batches:
         self._queue[:0] = again
         if again:
             self._queued.set()
+
+
+def _said(before: EtcdUnavailable | None, now: EtcdUnavailable) -> EtcdUnavailable:
+    """What each member said, over every attempt: the latest, unless an attempt did not
+    reach a member that an earlier one did ("not tried, no time left")."""
+    members: dict[str, str] = {}
+    for failure in [*(before.failures if before else []), *now.failures]:
+        where, _, message = failure.partition(": ")
+        if where not in members or not message.startswith("not tried"):
+            members[where] = message
+    failures = [f"{where}: {message}" for where, message in members.items()]
+    return EtcdUnavailable(failures, now.maybe_applied or bool(before and before.maybe_applied))
 
 
 def mod_revisions(reads: list[Op], responses: list, skip: int = 0) -> dict[bytes, int]:

@@ -189,6 +189,10 @@ class EtcdClient:
         """The member the next watch tries first: not the one whose watch just broke."""
         self._typical = 0.0
         """A moving average of the time unary calls took to be answered (seconds)."""
+        self._watching: tuple[int, float] | None = None
+        """The member the current watch follows, and since when (trio time)."""
+        self._silent: dict[int, float] = {}
+        """Members that did not answer a unary call another member answered, and when."""
         self._credentials = AuthenticateRequest(user, password or "") if user else None
         self._token: str | None = None
         self._auth_lock = trio.Lock()
@@ -253,6 +257,7 @@ class EtcdClient:
                 if isinstance(outcome, _Answer | _Refusal | _Raised):
                     attempts.cancel_scope.cancel()  # the others are not needed any more
                     break
+                self._silent[outcome.index] = trio.current_time()
                 failures[outcome.index] = outcome.message
                 maybe_applied |= outcome.maybe_applied
                 self._failed(outcome.index)
@@ -260,6 +265,8 @@ class EtcdClient:
             else:
                 outcome = None
         if isinstance(outcome, _Answer):
+            if outcome.index != first:  # hedged away from, or failed: not answering now
+                self._silent[first] = trio.current_time()
             self._first = outcome.index
             return reply.decode(outcome.content)
         if isinstance(outcome, _Refusal):
@@ -387,6 +394,15 @@ class EtcdClient:
         """The next watch starts at the member after the current watch's (it seems stuck)."""
         self._watch_first = (self._watch_first + 1) % len(self._urls)
 
+    def watch_suspect(self) -> bool:
+        """Has the member the current watch follows failed to answer a unary call (that
+        another member then answered) since the watch began? A member cut off by the
+        network says nothing, and its watch, silent too, would be noticed only later."""
+        if self._watching is None:
+            return False
+        index, since = self._watching
+        return self._silent.get(index, -math.inf) >= since
+
     async def watch(
         self,
         request: WatchCreateRequest,
@@ -421,7 +437,11 @@ class EtcdClient:
                         raise _refusal(code, f"{where}: {message}")
                     following = True
                     self._watch_first = index
-                    await self._follow(response, where, on_response, silence)
+                    self._watching = (index, trio.current_time())
+                    try:
+                        await self._follow(response, where, on_response, silence)
+                    finally:
+                        self._watching = None
             except EtcdUnavailable:
                 self._watch_first = (index + 1) % len(self._urls)  # broken here: go elsewhere
                 raise

@@ -528,10 +528,14 @@ class EtcdStore:
     async def _caught_up(self, deadline: float, revision: int) -> bool:
         """Wait until the replica holds `revision`; False if it does not by `deadline`.
 
-        A watch that is late by `ECHO_LIMIT` is reopened once (it may be stuck on a member
-        that lost touch without closing the connection).
+        A watch that is late by `ECHO_LIMIT` is reopened once on the next member (it may be
+        stuck on a member that lost touch without closing the connection); at once if its
+        member has just failed to answer a call another member answered.
         """
         late = trio.current_time() + ECHO_LIMIT
+        why = f"within {ECHO_LIMIT:g}s"
+        if self.revision < revision and self.client.watch_suspect():
+            late, why = trio.current_time(), "and its member has just failed to answer a call"
         while self.revision < revision:
             with trio.move_on_at(min(late, deadline)):
                 await self._advanced.wait()
@@ -539,8 +543,8 @@ class EtcdStore:
             if trio.current_time() >= deadline:
                 return False
             self._warn(
-                f"the watch has not brought revision {revision} within {ECHO_LIMIT:g}s (the "
-                f"replica is at {self.revision}): reopening it on the next member"
+                f"the watch has not brought revision {revision} {why} (the replica is at "
+                f"{self.revision}): reopening it on the next member"
             )
             self.client.move_watch()
             self._reopen_watch()
