@@ -262,6 +262,26 @@ async def test_a_want_of_more_new_units_than_one_txn_takes_is_refused(
         await host.status("top")
 
 
+async def test_a_forgotten_unit_stays_forgotten_when_the_graph_is_listed_again(
+    etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
+) -> None:
+    """`forget` deletes the unit's key: an agent that lists the graph afterwards (started
+    later, or restarted) does not bring the unit back, nor its edges."""
+    agents = Agents(nursery, short_tmp, etcd.url(prefix))
+    (_a, host_a) = await agents.start()
+    await host_a.want("typo", "db")
+    await host_a.forget("typo")
+    await host_a.want("typo2", "db")  # a name forgotten can be used again, afresh
+    await host_a.forget("typo2")
+    await host_a.want("typo2", "cache")
+    (_b, host_b) = await agents.start()
+    with pytest.raises(Refused, match="unknown unit"):
+        await host_b.status("typo")
+    [again] = await host_b.status("typo2")
+    assert [d.unit for d in again.dependencies] == ["cache"]
+    assert sorted(v.name for v in await host_b.status()) == ["cache", "db", "typo2"]
+
+
 async def test_a_replica_whose_watch_fell_behind_a_compaction_lists_again(
     etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
 ) -> None:

@@ -6,7 +6,7 @@ Keys, under the prefix P of `--store etcd://.../P`:
                         the prefix (a txn that creates it only if absent, so agents opening an
                         empty prefix at once agree on one), then never written again
     P/units/NAME        the unit's image (`records.UnitImage`, msgpack; zlib-compressed when
-                        long): status, deps, history
+                        long): status, deps, history; deleted by `forget`
     P/edges             rewritten by every change that adds edges: its mod revision is compared
     P/changes/AGENT/N   the records of the changes of one txn (msgpack: a list of lists of
                         records, one per change), on a lease of a minute or more
@@ -106,6 +106,7 @@ from unitsync.wire.host.backoff import Backoff
 
 from ...core.graph import Graph
 from ...core.records import Boot, BootImage, Edge, Move, Record, UnitImage
+from ...core.records import Forget as Forgotten
 from ...files import SetupError
 from ...log_throttle import Throttle
 from ..base import Changes, Decide
@@ -126,6 +127,7 @@ from .client import EtcdClient, EtcdCompacted, EtcdError, EtcdRefused, EtcdUnava
 from .config import EtcdConfig
 from .messages import (
     Compare,
+    DeleteRangeRequest,
     KeyValue,
     Op,
     PutRequest,
@@ -251,6 +253,7 @@ class EtcdStore:
         )
         self._fresh = -math.inf
         """When (trio time) the replica was last confirmed to hold every change in etcd."""
+        self._behind_said: float | None = None
 
     @classmethod
     @asynccontextmanager
@@ -410,7 +413,8 @@ class EtcdStore:
         """The txn parts of the first records of a change (as many as one txn takes)."""
         keys = self.keys
         records, images = self._first_batch(records)
-        compared = dict.fromkeys(images)
+        gone = [record.unit for record in records if isinstance(record, Forgotten)]
+        compared = dict.fromkeys([*images, *gone])
         if about is not None:
             compared.update(dict.fromkeys(about))
         for record in records:
@@ -442,14 +446,15 @@ class EtcdStore:
             values[keys.edges] = b""
             failure.append(read(keys.edges))
         success = [_put(key, value) for key, value in values.items()]
+        success += [Op(request_delete_range=DeleteRangeRequest(keys.unit(name))) for name in gone]
         return Parts(
             compares,
             success,
             failure,
             records,
             lease,
-            writes=frozenset(images),
-            reads=frozenset(compared) - frozenset(images),
+            writes=frozenset([*images, *gone]),
+            reads=frozenset(compared) - frozenset(images) - frozenset(gone),
             edges=edges,
             exclusive=exclusive,
             expected=expected,
@@ -570,10 +575,25 @@ class EtcdStore:
                 reply = await self.client.txn(TxnRequest(success=reads), deadline=deadline)
             except EtcdError as exc:
                 self._warn(f"cannot tell whether the replica is current: {exc}")
+                self._say_staleness()
                 continue
             latest = max(mod_revisions(reads, reply.responses).values(), default=0)
             if await self._caught_up(deadline, latest):
                 self._confirmed(asked)
+            self._say_staleness()
+
+    def _say_staleness(self) -> None:
+        """Log when the replica starts to be shown as behind, and when it is current again."""
+        behind = self.replica_behind_since
+        if behind is not None and self._behind_said is None:
+            log.warning(
+                "the replica has not been confirmed current since %s (etcd out of reach?): "
+                "status shows it as behind",
+                time.strftime("%H:%M:%S", time.localtime(behind)),
+            )
+        elif behind is None and self._behind_said is not None:
+            log.info("the replica is current again")
+        self._behind_said = behind
 
     def _check_replica(self, current: dict[bytes, int]) -> None:
         """After a conflict, the replica must now agree with etcd on every compared key."""
@@ -769,6 +789,9 @@ class EtcdStore:
                     f"the change at revision {revision} names unknown unit {exc}"
                 ) from None
             for record in records:
+                if type(record) is Forgotten:
+                    self.mods.pop(record.unit, None)  # its key was deleted: absent again
+                    continue
                 self.mods[record.unit] = revision
                 if type(record) is Edge:
                     self.edges_mod = revision
