@@ -337,12 +337,12 @@ class Batches:
 
 
 def _said(before: EtcdUnavailable | None, now: EtcdUnavailable) -> EtcdUnavailable:
-    """What each member said, over every attempt: the latest, unless an attempt did not
-    reach a member that an earlier one did ("not tried, no time left")."""
+    """What each member said, over every attempt: the first thing it said (what makes a
+    change ambiguous comes first: an answer lost; later attempts then cannot connect)."""
     members: dict[str, str] = {}
     for failure in [*(before.failures if before else []), *now.failures]:
         where, _, message = failure.partition(": ")
-        if where not in members or not message.startswith("not tried"):
+        if where not in members or members[where].startswith("not tried"):
             members[where] = message
     failures = [f"{where}: {message}" for where, message in members.items()]
     return EtcdUnavailable(failures, now.maybe_applied or bool(before and before.maybe_applied))
