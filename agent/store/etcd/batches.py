@@ -58,10 +58,11 @@ MAX_TXN_BYTES = 1 << 20
 BACKOFF_LIMIT = 1.0
 """Longest pause between attempts to reach etcd: changes go in within it once etcd is back."""
 LINGER = 0.002
-"""After a txn of N changes, the next waits this long at most for N changes to be queued:
-the clients the last one answered send their next change within about a millisecond
-(the watch's echo, a reply, a request), and one txn for both groups halves the txns (and
-etcd's and the agent's work per change). A lone change never waits: N was 1."""
+"""After a txn of N changes, with M more queued meanwhile, the next txn waits this long at
+most for N + M to be queued: the clients the last one answered send their next change
+within about a millisecond (the watch's echo, a reply, a request), and one txn for both
+groups, not two alternating, halves the txns (and etcd's and the agent's work per
+change). A lone client never waits: N + M was 1."""
 FIRST_ATTEMPT = 1.0
 """A txn with no answer this long is sent again (unchanged: at most one copy can commit),
 each next attempt given twice as long. A request the members forwarded to a leader that
@@ -219,19 +220,19 @@ class Batches:
 
     async def run(self) -> None:
         """Send what is queued, one txn at a time, until cancelled."""
-        last = 0
+        busy = 0  # changes in the last txn, and those queued while it was out
         while True:
             while not self._queue:
                 await self._queued.wait()
                 self._queued = trio.Event()
             with trio.move_on_after(LINGER):
-                while len(self._queue) < last:  # the last txn's clients are coming back
+                while len(self._queue) < busy:  # the last txn's clients are coming back
                     await self._queued.wait()
                     self._queued = trio.Event()
             batch = self._take()
-            last = len(batch)
-            self.sizes[last] += 1
+            self.sizes[len(batch)] += 1
             await self._send(batch)
+            busy = len(batch) + len(self._queue)
 
     def _take(self) -> list[Pending]:
         """The changes at the head of the queue that fit in one txn (at least one)."""
