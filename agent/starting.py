@@ -212,7 +212,8 @@ async def _dependency_failed(
         unit = graph.units[name]
         reason = f"dependency {dep} failed"
         if unit.status == "failed" and unit.reason == reason and unit.since >= began:
-            return []  # an attempt whose answer was lost went in: not twice
+            return []  # since this start began (its own attempt whose answer was
+            # lost, or another start of the unit that met the same failure): not twice
         now = service.clock()
         return graph.fail(name, reason, now=now, waited=now - began)
 
