@@ -25,14 +25,15 @@ agent that notices lists again).
 A change, from `commit`:
 
 1. decide: the command runs against the replica (it returns records and changes nothing);
-2. its txn puts the new images of the units the records write, P/edges if they add an
-   edge, and the change's own key. Its compares are the change's real preconditions:
-   every unit it writes or is about (and a start's dependencies, whose states made it
-   ready) still has the mod revision the replica saw, 0 for "still absent"; P/edges too
-   if it adds an edge, so two agents cannot close a cycle between them; and the change's
-   key does not exist yet. Concurrent changes of this agent that do not depend on each
-   other share one txn (group commit, `etcd_batch`); one that does waits for the others
-   to be in the replica and is decided again;
+2. its txn puts the new images of the units the records write (deletes a forgotten
+   unit's), P/edges if they add an edge, and a change key holding its records. Its
+   compares are the change's real preconditions: every unit it writes or is about (and a
+   start's dependencies, whose states made it ready) still has the mod revision the
+   replica saw, 0 for "still absent"; P/edges too if it adds an edge, so two agents cannot
+   close a cycle between them; and the change key does not exist yet. Concurrent changes
+   of this agent that do not depend on each other share one txn and its change key (group
+   commit, `batches`); one that does waits for the others to be in the replica and is
+   decided again;
 3. committed at revision R: wait until the watch has brought R into the replica (the
    agent reads its own writes), then answer;
 4. a compare failed: the failure branch reads the compared keys' mod revisions now; wait
@@ -42,9 +43,10 @@ No hot key: two changes conflict only when they touch the same unit or both add 
 (P/latest is written blindly, never compared).
 
 Idempotency: a txn whose answer was lost (the connection broke after sending, etcd timed
-the proposal out) is sent again, unchanged. If the first one was committed, the compares
-now fail and the failure branch finds the change's key: the change is applied once.
-Change keys expire with their lease, long after any retry.
+the proposal out, a member slow to answer got company) is sent again, unchanged. If the
+first one was committed, the compares now fail and the failure branch finds its change
+key: each change is applied once. Change keys expire with their lease, long after any
+retry.
 
 An outcome that commits nothing (a refusal such as "already started", or "already
 completed") is confirmed before it is returned: the mod revisions of the units the command
@@ -70,13 +72,13 @@ reopened on the next one.
 
 Large changes: a txn writes at most `MAX_UNITS_PER_TXN` units (etcd takes at most 128
 operations in one). A change of many independent units (`reset --all`) is committed in
-batches, each decided afresh, so it is not atomic; a `want` of more new units than fit in
+parts, each decided afresh, so it is not atomic; a `want` of more new units than fit in
 one txn is refused.
 
 Boots per host (SPEC §7 and §10): a start's `Move` names the host whose agent decided it
 (and that host's boot); a host's workspace restart is one `decide` that moves to pending
 every non-pending unit whose latest run that host started (not the completed one-time
-units), committed with `commit(decide, None)`: in batches like `reset --all`. The host's
+units), committed with `commit(decide, None)`: in parts like `reset --all`. The host's
 own boot number lives in its agent's state dir (`host_boot`), not in etcd; the replica
 carries it across listings.
 
