@@ -11,7 +11,8 @@ import json
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -30,6 +31,29 @@ ETCD_TIMEOUT = 2.0
 """--etcd-timeout of agents whose changes are meant to fail: short, so tests are too."""
 EVENT_LIMIT = 180.0
 """How long to wait for something an agent is about to show: only a hang reaches it."""
+
+
+@pytest.fixture
+def spawn(hosts: Callable[..., Workspace]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """`conftest.spawn_cli`, each process stopped when the test ends, passed or failed, and
+    before the hosts go (a `run` then reports its end and stops its service; a waiting
+    `start` would otherwise wait out its timeout)."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, socket: Path) -> subprocess.Popen[str]:
+        started.append(spawn_cli(*args, socket=socket))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in started:
+        try:
+            proc.communicate(timeout=EVENT_LIMIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def until(get: Callable[[], T], good: Callable[[T], object], what: str) -> T:
@@ -59,7 +83,9 @@ def transitions(history: list[dict]) -> list[str]:
 # --- an agent cut off from etcd ----------------------------------------------------------------
 
 
-def test_an_agent_cut_off_from_etcd(hosts: Callable[..., Workspace]) -> None:
+def test_an_agent_cut_off_from_etcd(
+    hosts: Callable[..., Workspace], spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
     """Host a0 loses etcd (both ways) while a1 goes on. On a0: a change fails within
     --etcd-timeout with exit 6, saying whether it may have been made; `status` says since
     when its copy is behind; its waiting `start` keeps waiting. After the heal it resumes
@@ -67,7 +93,7 @@ def test_an_agent_cut_off_from_etcd(hosts: Callable[..., Workspace]) -> None:
     ws = hosts(agent_options=["--etcd-timeout", f"{ETCD_TIMEOUT:g}s"])
     a0, a1, _a2 = ws.agents
     shown(a0, "want", "app", "db")
-    waiter = blocked(spawn_cli("sync", "start", "app", "--timeout", "30m", socket=a0.socket))
+    waiter = blocked(spawn("sync", "start", "app", "--timeout", "30m", socket=a0.socket))
     ws.cut("a0", MEMBERS)
 
     began = time.monotonic()
@@ -125,7 +151,7 @@ def test_a_one_way_cut_fails_changes_the_same_way(hosts: Callable[..., Workspace
 
 @pytest.mark.parametrize("how", ["from everyone", "from the other members"])
 async def test_a_minority_member_cut_off_is_invisible(
-    hosts: Callable[..., Workspace], how: str
+    hosts: Callable[..., Workspace], spawn: Callable[..., subprocess.Popen[str]], how: str
 ) -> None:
     """m0, the member every agent tries first and watches, is cut off while 6 clients on 3
     hosts change units and a `start` on a0 waits for a `complete` on a1: no command fails,
@@ -134,7 +160,7 @@ async def test_a_minority_member_cut_off_is_invisible(
     ws = await trio.to_thread.run_sync(hosts)
     a0, a1, _a2 = ws.agents
     shown(a0, "want", "app", "db")
-    waiter = blocked(spawn_cli("sync", "start", "app", "--timeout", "30m", socket=a0.socket))
+    waiter = blocked(spawn("sync", "start", "app", "--timeout", "30m", socket=a0.socket))
     if how == "from everyone":
         ws.unplug("m0")
     else:
@@ -167,15 +193,15 @@ async def test_a_minority_member_cut_off_is_invisible(
     ws.heal()
 
 
-def test_the_majority_cut_off_from_everyone_then_healed(hosts: Callable[..., Workspace]) -> None:
+def test_the_majority_cut_off_from_everyone_then_healed(
+    hosts: Callable[..., Workspace], spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
     """m1 and m2 unplugged: the one member left has no quorum. Every agent's changes fail
     with exit 6 and a message naming etcd, every agent says its copy is behind, a waiting
     `start` waits; after the heal all of it goes on without a restart."""
     ws = hosts(agent_options=["--etcd-timeout", f"{ETCD_TIMEOUT:g}s"])
     shown(ws.agents[0], "want", "app", "db")
-    waiter = blocked(
-        spawn_cli("sync", "start", "app", "--timeout", "30m", socket=ws.agents[0].socket)
-    )
+    waiter = blocked(spawn("sync", "start", "app", "--timeout", "30m", socket=ws.agents[0].socket))
     ws.unplug("m1", "m2")
     for i, agent in enumerate(ws.agents):
         refused = agent.cli("fail", f"x{i}", "--reason", "no quorum", "--force")
@@ -204,7 +230,9 @@ def test_the_majority_cut_off_from_everyone_then_healed(hosts: Callable[..., Wor
 # --- a service held by `run` on a host cut off ------------------------------------------------
 
 
-def test_a_service_whose_host_is_cut_off_is_kept(hosts: Callable[..., Workspace]) -> None:
+def test_a_service_whose_host_is_cut_off_is_kept(
+    hosts: Callable[..., Workspace], spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
     """`run` holds a ready service on a0 when a0 is cut off from etcd. The unit is kept, not
     failed: the other hosts go on showing it completed, owned by a0's `run`, and their
     dependents start. The end the `run` reports while a0 is cut off (the service exits)
@@ -213,7 +241,7 @@ def test_a_service_whose_host_is_cut_off_is_kept(hosts: Callable[..., Workspace]
     ws = hosts(agent_options=["--etcd-timeout", f"{ETCD_TIMEOUT:g}s"])
     a0, a1, _a2 = ws.agents
     go = ws.base / "go"
-    service = spawn_cli(
+    service = spawn(
         "sync", "run", "svc", "--ready-log", "ready", "--",
         "sh", "-c", f"echo ready; while [ ! -e {go} ]; do sleep 0.05; done; exit 3",
         socket=a0.socket,
