@@ -46,6 +46,7 @@ import msgspec
 import trio
 
 from unitsync.wire.errors import NotDurable
+from unitsync.wire.host.backoff import Backoff
 
 from ...core.records import Record
 from .client import EtcdClient, EtcdRefused, EtcdUnavailable
@@ -55,6 +56,9 @@ MAX_TXN_OPS = 128
 """etcd's default --max-txn-ops: the most compares, success ops or failure ops of one txn."""
 MAX_TXN_BYTES = 1 << 20
 """Values per txn, below etcd's default request limit of 1.5 MiB (--max-request-bytes)."""
+BACKOFF_FIRST = 0.05
+"""First pause before sending a txn again: a member restarting or electing a leader is back
+within tens of milliseconds."""
 BACKOFF_LIMIT = 1.0
 """Longest pause between attempts to reach etcd: changes go in within it once etcd is back."""
 LINGER = 0.002
@@ -255,7 +259,8 @@ class Batches:
 
     async def _send(self, batch: list[Pending]) -> None:
         """One txn for `batch`, sent until etcd answers or no change of it has time left."""
-        delay, sent = 0.05, False  # sent: an attempt may have reached etcd unanswered
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_LIMIT)
+        sent = False  # an attempt may have reached etcd unanswered
         attempt = FIRST_ATTEMPT
         said: EtcdUnavailable | None = None
         key = self._change_key()
@@ -269,6 +274,7 @@ class Batches:
             try:
                 reply = await self.client.txn(request, deadline=until)
             except EtcdUnavailable as exc:
+                delay = backoff.next()
                 attempt *= 2
                 sent |= exc.maybe_applied
                 said = _said(said, exc)
@@ -294,7 +300,6 @@ class Batches:
                 self._answered(batch, reply, asked)
                 return
             await trio.sleep(delay)
-            delay = min(2 * delay, BACKOFF_LIMIT)
 
     def _merged(self, batch: list[Pending], key: bytes) -> TxnRequest:
         """One txn for `batch`, whose change key is `key`."""
