@@ -34,7 +34,7 @@ from unitsync.wire.errors import (
     NotDurable,
     Refused,
 )
-from unitsync.wire.protocol import Request, Start
+from unitsync.wire.protocol import Start, Started
 
 from harness.etcd_cluster import agreed
 from harness.history import MAYBE, OK, UNCHANGED, Op, check, read_changes, read_units
@@ -60,14 +60,14 @@ QUIET = 2.0
 
 
 class RecordingClient(AsyncClient):
-    """The trio client, remembering the token of the last `start` it sent."""
+    """The trio client, remembering the token of the last `start` it sent (a start asked
+    on a connection is sent by `_wait_started`, first thing)."""
 
     token = ""
 
-    async def _send(self, request: Request) -> None:
-        if isinstance(request, Start):
-            self.token = request.token
-        await super()._send(request)
+    async def _wait_started(self, conn: object, request: Start, *rest: object) -> Started:
+        self.token = request.token
+        return await super()._wait_started(conn, request, *rest)  # type: ignore[arg-type]
 
 
 @dataclass
