@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import fcntl
+import functools
 import os
 import platform
 import pty
@@ -50,7 +51,14 @@ from new_boot import BENCH_GRAPH, applied
 from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.records import Known, Move
 from unitsync.agent.store.etcd.client import EtcdClient
-from unitsync.agent.store.etcd.messages import Op, PutRequest, TxnRequest
+from unitsync.agent.store.etcd.messages import (
+    Op,
+    PutRequest,
+    TxnRequest,
+    WatchCreateRequest,
+    WatchResponse,
+    prefix_end,
+)
 from unitsync.agent.store.journal import logfile
 from unitsync.agent.store.journal.writer import LOG_NAME, SNAPSHOT_NAME, Journal
 from unitsync.client import AsyncClient
@@ -746,6 +754,53 @@ def _wake(host_a: EtcdAgent, host_b: EtcdAgent, rounds: int, where: str) -> Figu
     )
 
 
+def etcd_floor(rounds: int = 300) -> Figure:
+    """etcd alone, as the wake-up's floor: one txn of one put, acknowledged, then back
+    through a watch (what an agent's start on A waits for, without the agent)."""
+
+    async def main(cluster: EtcdCluster) -> tuple[list[float], list[float]]:
+        client = EtcdClient(tuple(cluster.endpoints))
+        seen, moved = 0, trio.Event()
+
+        def on_watch(response: WatchResponse) -> None:
+            nonlocal seen, moved
+            if response.events:
+                seen = max(seen, *(event.kv.mod_revision for event in response.events))
+                moved.set()
+                moved = trio.Event()
+
+        acked, echoed = [], []
+        async with trio.open_nursery() as nursery:
+            watch = WatchCreateRequest(b"floor/", prefix_end(b"floor/"))
+            nursery.start_soon(functools.partial(client.watch, watch, on_watch, silence=60))
+            await client.txn(TxnRequest(success=[_put_op(b"floor/warm")]))
+            for i in range(rounds):
+                began = time.perf_counter()
+                reply = await client.txn(TxnRequest(success=[_put_op(f"floor/{i}".encode())]))
+                acked.append(time.perf_counter() - began)
+                while seen < reply.header.revision:
+                    await moved.wait()
+                echoed.append(time.perf_counter() - began)
+            nursery.cancel_scope.cancel()
+        await client.aclose()
+        return acked, echoed
+
+    with etcd_cluster() as (cluster, _base):
+        acked, echoed = trio.run(main, cluster)
+    (a50, a99), (e50, e99) = p50_p99_ms(acked), p50_p99_ms(echoed)
+    return Figure(
+        "etcd alone: one txn acked, and back through a watch",
+        f"p50 {a50:.1f} / {e50:.1f} ms, p99 {a99:.1f} / {e99:.1f} ms",
+        "(reference)",
+        None,
+        f"{rounds} rounds, no agent: the least a start on A adds to the wake-up across hosts",
+    )
+
+
+def _put_op(key: bytes) -> Op:
+    return Op(request_put=PutRequest(key, b"x" * 200))
+
+
 def etcd_partitioned() -> list[Figure]:
     """The same figures on hosts of their own (network namespaces), m0 (the member every
     agent tries first and watches) unplugged first; and how long the first change after
@@ -897,6 +952,7 @@ def main() -> None:
         steps = [
             python_speed,
             etcd_throughput,
+            etcd_floor,
             etcd_wake,
             etcd_restart,
             etcd_partitioned,
