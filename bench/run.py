@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import fcntl
-import functools
 import os
 import platform
 import pty
@@ -35,6 +35,7 @@ import tempfile
 import termios
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from new_boot import BENCH_GRAPH, applied
 
 from unitsync.agent.core.graph import Graph
 from unitsync.agent.core.records import Known, Move
-from unitsync.agent.store.etcd.client import EtcdClient
+from unitsync.agent.store.etcd.client import EtcdClient, EtcdUnavailable
 from unitsync.agent.store.etcd.messages import (
     Op,
     PutRequest,
@@ -769,10 +770,15 @@ def etcd_floor(rounds: int = 300) -> Figure:
                 moved.set()
                 moved = trio.Event()
 
+        async def follow() -> None:
+            while True:  # a watch left for another member (the client's hedge) resumes there
+                watch = WatchCreateRequest(b"floor/", prefix_end(b"floor/"), seen + 1)
+                with contextlib.suppress(EtcdUnavailable):
+                    await client.watch(watch, on_watch, silence=60)
+
         acked, echoed = [], []
         async with trio.open_nursery() as nursery:
-            watch = WatchCreateRequest(b"floor/", prefix_end(b"floor/"))
-            nursery.start_soon(functools.partial(client.watch, watch, on_watch, silence=60))
+            nursery.start_soon(follow)
             await client.txn(TxnRequest(success=[_put_op(b"floor/warm")]))
             for i in range(rounds):
                 began = time.perf_counter()
@@ -787,14 +793,36 @@ def etcd_floor(rounds: int = 300) -> Figure:
 
     with etcd_cluster() as (cluster, _base):
         acked, echoed = trio.run(main, cluster)
+        fsyncs = [_wal_fsyncs(endpoint) for endpoint in cluster.endpoints]
     (a50, a99), (e50, e99) = p50_p99_ms(acked), p50_p99_ms(echoed)
+    slow = sum(over for over, _all in fsyncs) / max(1, sum(count for _over, count in fsyncs))
     return Figure(
         "etcd alone: one txn acked, and back through a watch",
         f"p50 {a50:.1f} / {e50:.1f} ms, p99 {a99:.1f} / {e99:.1f} ms",
         "(reference)",
         None,
-        f"{rounds} rounds, no agent: the least a start on A adds to the wake-up across hosts",
+        f"{rounds} rounds, no agent: the least a start on A adds to the wake-up across hosts; "
+        f"the members' WAL fsyncs over {SLOW_FSYNC * 1000:g} ms: {slow:.1%} "
+        f"({', '.join(f'{over}/{count}' for over, count in fsyncs)})",
     )
+
+
+SLOW_FSYNC = 0.008
+"""A bucket bound of etcd's fsync histogram: a commit waits for two members' fsyncs, so
+fsyncs this slow put a txn, and a wake-up across hosts, near the 10 ms target on their own."""
+
+
+def _wal_fsyncs(endpoint: str) -> tuple[int, int]:
+    """(fsyncs slower than SLOW_FSYNC, all fsyncs) of a member's write-ahead log, from its
+    Prometheus metrics."""
+    text = urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10).read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("etcd_disk_wal_fsync_duration_seconds_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            counts[bound] = int(float(line.rsplit(" ", 1)[1]))
+    within = counts.get(f"{SLOW_FSYNC:g}", 0)
+    return counts.get("+Inf", 0) - within, counts.get("+Inf", 0)
 
 
 def _put_op(key: bytes) -> Op:
