@@ -114,6 +114,7 @@ from ...log_throttle import Throttle
 from ..base import Changes, Decide
 from . import host_boot
 from .batches import (
+    FIRST_ATTEMPT,
     MAX_TXN_BYTES,
     Batches,
     Committed,
@@ -517,12 +518,15 @@ class EtcdStore:
         self, call: Callable[[float], Awaitable[T]], deadline: float, reading: bool
     ) -> T:
         """`call(deadline)` (which sends nothing that changes anything), again while etcd is
-        unreachable, until `deadline`."""
-        backoff = _backoff()
+        unreachable, until `deadline`. Each attempt gets FIRST_ATTEMPT, then twice as long
+        as the one before, as a txn does: a call the members forwarded to a leader that was
+        then cut off is lost, and would hold every member until its own timeout."""
+        backoff, attempt = _backoff(), FIRST_ATTEMPT
         while True:
             try:
-                return await call(deadline)
+                return await call(min(deadline, trio.current_time() + attempt))
             except EtcdUnavailable as exc:
+                attempt *= 2
                 delay = backoff.next()
                 if trio.current_time() + delay > deadline:
                     what = "could not confirm this answer" if reading else "nothing was changed"
