@@ -207,7 +207,9 @@ async def test_a_hung_member_is_hedged_and_a_deadline_bounds_the_whole_call(
         answered_by = asked[-1]
         asked.clear()
         reply = await client.range(RangeRequest(b"hedge/k"))
-        assert asked == [answered_by]  # straight to the member that answered last
+        # Straight to the member that answered last (on a busy machine its answer may take
+        # long enough to be hedged too: the first one asked is what counts).
+        assert asked[0] == answered_by
         for i in order[1:]:
             etcd.stop_member(i, signal.SIGSTOP)
         with pytest.raises(EtcdUnavailable) as caught:
