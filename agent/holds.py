@@ -34,6 +34,9 @@ class Holder:
     def __init__(self, push: Callable[[Order], None] = lambda _order: None) -> None:
         self.units: dict[str, str] = {}
         self.push = push
+        self.unrecorded: dict[str, str | None] = {}
+        """Ends its `run` reported that a shared store could not take (etcd unreachable):
+        a failure's reason, or None for completed; recorded once the connection ends."""
 
     def __bool__(self) -> bool:
         return bool(self.units)

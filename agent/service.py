@@ -81,6 +81,9 @@ from .waiters import Waiters
 
 log = logging.getLogger("unitsync.agent")
 
+LOST_RUN_RETRY = 1.0
+"""How often a lost run's end is tried again while etcd cannot take it: as often as a
+ready start tries (`starting.START_RETRY`); no `run` is left to retry it."""
 SUPERSEDED_KEPT = 1024
 """Superseded runs remembered (by token) for what they are told when they come back and for
 logging their first ignored report once: far more than a workspace supersedes between two
@@ -332,18 +335,23 @@ class Service:
         held = holder is not None and name in holder.units
         # A ready service's `run` goes on holding its run; any other report ends the hold.
         keep = request.hold and held
-        records, superseded = await self._report(
-            name,
-            token,
-            lambda: self.graph.complete(
+        try:
+            records, superseded = await self._report(
                 name,
-                now=self.clock(),
-                force=request.force,
-                once=request.once,
-                keep_owner=keep,
-                token=token,
-            ),
-        )
+                token,
+                lambda: self.graph.complete(
+                    name,
+                    now=self.clock(),
+                    force=request.force,
+                    once=request.once,
+                    keep_owner=keep,
+                    token=token,
+                ),
+            )
+        except NotDurable as exc:
+            raise (
+                self._unrecorded(exc, holder, name, None) if held and not keep else exc
+            ) from None
         if superseded:
             return self._ignored(name, token, "its readiness" if request.hold else "its end")
         if held and not keep:
@@ -353,18 +361,32 @@ class Service:
 
     async def fail(self, request: Fail, holder: Holder | None = None) -> Ok:
         name, token = request.unit, request.token
-        _records, superseded = await self._report(
-            name,
-            token,
-            lambda: self.graph.fail(
-                name, request.reason, now=self.clock(), force=request.force, token=token
-            ),
-        )
+        held = holder is not None and name in holder.units
+        try:
+            _records, superseded = await self._report(
+                name,
+                token,
+                lambda: self.graph.fail(
+                    name, request.reason, now=self.clock(), force=request.force, token=token
+                ),
+            )
+        except NotDurable as exc:
+            raise (self._unrecorded(exc, holder, name, request.reason) if held else exc) from None
         if superseded:
             return self._ignored(name, token, f"its end ({request.reason})")
-        if holder is not None and name in holder.units:
+        if held:
             self.holds.release(name)
         return Ok(unit=name, message=f"{name} failed")
+
+    def _unrecorded(
+        self, exc: NotDurable, holder: Holder | None, name: str, reason: str | None
+    ) -> NotDurable:
+        """A `run`'s report of its command's end that etcd did not take: kept, to be
+        recorded when the run's connection ends (`runs_lost`), once etcd takes it."""
+        if holder is None or not self.store.recovers_unaided:
+            return exc  # the disk is full: the `run` says so; it fails when it ends
+        holder.unrecorded[name] = reason
+        return NotDurable(f"{exc}; this agent records it once etcd is back")
 
     async def forget(self, request: Forget) -> Ok:
         name = request.unit
@@ -435,7 +457,13 @@ class Service:
             except NotDurable:
                 continue  # some of it was refused and undone: show what is durable instead
             graph = self.graph
-            return StatusReply(views, self.clock(), boot=graph.boot, boot_since=graph.boot_since)
+            return StatusReply(
+                views,
+                self.clock(),
+                boot=graph.boot,
+                boot_since=graph.boot_since,
+                replica_behind_since=self.store.replica_behind_since,
+            )
 
     def view(self, name: str) -> UnitView:
         waiters = self.waiting[name]
@@ -465,9 +493,16 @@ class Service:
         return owner.host in ("", self.host)
 
     async def runs_lost(self, holder: Holder) -> None:
-        """A `run` connection ended without reporting its command's end: fail what it held."""
+        """A `run` connection ended with its command's end not recorded: record the end it
+        reported while etcd could not take it, or fail what it held."""
         for name, token in self.holds.dropped(holder).items():
-            await self._fail_lost_run(name, token, "ended without reporting how its command ended")
+            if name in holder.unrecorded:
+                reported = (holder.unrecorded.pop(name),)
+                log.info("%s: recording the end its run reported while etcd was away", name)
+                await self._fail_lost_run(name, token, "", reported)
+            else:
+                what = "ended without reporting how its command ended"
+                await self._fail_lost_run(name, token, what)
 
     async def expire_unclaimed(self, grace: float = RECLAIM_GRACE) -> None:
         """After a restart: fail the runs whose `run` did not come back within `grace`."""
@@ -480,7 +515,13 @@ class Service:
                 name, token, f"did not come back within {grace:g}s of the agent's restart"
             )
 
-    async def _fail_lost_run(self, name: str, token: str, what: str) -> None:
+    async def _fail_lost_run(
+        self, name: str, token: str, what: str, reported: tuple[str | None] | None = None
+    ) -> None:
+        """Fail the run `token` of `name`, its `run` gone (or record the end it `reported`:
+        a failure's reason, None for completed). A store that recovers unaided (etcd) tries
+        until it takes it: no `run` is left to tell."""
+
         def decide() -> list[Record]:
             unit = self.graph.units.get(name)
             if (
@@ -491,12 +532,23 @@ class Service:
                 or unit.owner.kind != "run"
             ):
                 return []  # its run ended otherwise meanwhile (reported, reset, a new run)
+            if reported is not None:
+                if reported[0] is None:
+                    return self.graph.complete(name, now=self.clock(), token=token)
+                return self.graph.fail(name, reported[0], now=self.clock(), token=token)
             owner = unit.owner
             reason = f"lost its run: `unitsync sync run` (pid {owner.pid}, {owner.command}) {what}"
             log.warning("%s %s", name, reason)
             return self.graph.fail(name, reason, now=self.clock())
 
-        await self.commit(decide, [name], confirm_noop=False)
+        while True:
+            try:
+                await self.commit(decide, [name], confirm_noop=False)
+                return
+            except NotDurable:
+                if not self.store.recovers_unaided:
+                    raise
+                await trio.sleep(LOST_RUN_RETRY)  # etcd is away: its waiters wait the same
 
 
 def _on(dep: str, condition: str) -> str:

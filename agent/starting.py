@@ -154,8 +154,10 @@ async def _wait_and_start(
             if not service.store.recovers_unaided:
                 raise  # the disk is full: say so now (exit 6), as for any change
             # etcd is unreachable: a start is a wait, bounded by its client's timeout, so
-            # it waits on. If the commit was made after all, its token shows it above.
-            await trio.sleep(START_RETRY)
+            # it waits on (ended, as any wait, by its client hanging up). If the commit
+            # was made after all, its token shows it above.
+            with trio.move_on_after(START_RETRY):
+                await idle()
             continue
         blocked.begin()
         # Registered before telling the client, so a change during the send is not missed;
@@ -176,6 +178,8 @@ async def _start_now(
 
     def decide() -> list[Record]:
         graph = service.graph
+        if same_run(service, request) is not None:
+            raise _Overtaken  # an attempt whose answer was lost went in: it is that run
         if not graph.readiness(name).ready:
             raise _Overtaken
         now = service.clock()
@@ -207,8 +211,13 @@ async def _dependency_failed(
         graph = service.graph
         if graph.readiness(name).failed != dep:
             raise _Overtaken
+        unit = graph.units[name]
+        reason = f"dependency {dep} failed"
+        if unit.status == "failed" and unit.reason == reason and unit.since >= began:
+            return []  # since this start began (its own attempt whose answer was
+            # lost, or another start of the unit that met the same failure): not twice
         now = service.clock()
-        return graph.fail(name, f"dependency {dep} failed", now=now, waited=now - began)
+        return graph.fail(name, reason, now=now, waited=now - began)
 
     await service.commit(decide, [name, dep])
     dep_reason = service.graph.units[dep].reason

@@ -284,14 +284,15 @@ def _render(state: StatusReply, unit: str | None, output: Output) -> str:
     if output == "json":
         if unit is not None:
             return render.to_json_one(units[0])
-        return render.to_json(units, state.boot, state.boot_since)
+        return render.to_json(units, state.boot, state.boot_since, state.replica_behind_since)
     if output == "dot":
         return render.render_dot(units)
     if output == "mermaid":
         return render.render_mermaid(units)
+    behind = state.replica_behind_since
     if unit is not None:
-        return render.render_unit(units[0], time.time())
-    return render.render_table(units, time.time(), state.boot, state.boot_since)
+        return render.render_unit(units[0], time.time(), behind)
+    return render.render_table(units, time.time(), state.boot, state.boot_since, behind)
 
 
 @sync.command(usage=f"Usage: {USAGE['run']}")

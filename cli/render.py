@@ -18,15 +18,21 @@ TABLE_COLUMNS = ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "OWNER
 """The columns of the every-unit table, the same in `status` and `status --watch`."""
 
 
-def render_table(units: list[UnitView], now: float, boot: int, boot_since: float) -> str:
-    """Every unit, under a line that says which boot of the workspace this is."""
+def render_table(
+    units: list[UnitView], now: float, boot: int, boot_since: float, behind: float | None = None
+) -> str:
+    """Every unit, under a line that says which boot of the workspace this is (and one
+    saying since when the agent's copy is behind etcd, if it is)."""
     heading = f"boot {boot} since {clock(boot_since)}"
+    stale = f"\n{behind_line(behind, now)}" if behind is not None else ""
     if not units:
-        return f"{heading}: no units yet (`unitsync sync want` or `start` names the first one)"
+        return (
+            f"{heading}: no units yet (`unitsync sync want` or `start` names the first one)" + stale
+        )
     rows = [list(TABLE_COLUMNS)]
     rows += [table_row(unit, now) for unit in sorted(units, key=lambda u: u.name)]
     cut = cut_note(units)
-    return f"{heading}\n{columns(rows)}" + (f"\n{cut}" if cut else "")
+    return f"{heading}{stale}\n{columns(rows)}" + (f"\n{cut}" if cut else "")
 
 
 def cut_note(units: list[UnitView]) -> str:
@@ -37,6 +43,14 @@ def cut_note(units: list[UnitView]) -> str:
     return (
         f"cut: the views of {listed(names, 5)} leave something out; "
         "`unitsync sync status UNIT` says what"
+    )
+
+
+def behind_line(since: float, now: float) -> str:
+    """The agent's copy of a shared graph has not been confirmed current since `since`."""
+    return (
+        f"replica behind since {clock(since)} ({format_duration(now - since)}): this agent "
+        "cannot reach etcd, so what it shows may be out of date"
     )
 
 
@@ -68,8 +82,9 @@ def owner_line(owner: OwnerView) -> str:
     return f"pid {owner.pid} ({owner.command}), {who}, {state[owner.alive]}"
 
 
-def render_unit(unit: UnitView, now: float) -> str:
-    lines = [
+def render_unit(unit: UnitView, now: float, behind: float | None = None) -> str:
+    lines = [behind_line(behind, now)] if behind is not None else []
+    lines += [
         f"unit:       {unit.name}",
         f"status:     {unit.status} since {clock(unit.since)}"
         f" ({format_duration(now - unit.since)})",
@@ -121,9 +136,14 @@ def _run_times(history: list[Transition], status: str, now: float) -> list[str]:
     return lines
 
 
-def to_json(units: list[UnitView], boot: int, boot_since: float) -> str:
-    """Every unit: {"boot", "boot_since", "units": [...]}, history entries as objects."""
-    return _indented({"boot": boot, "boot_since": boot_since, "units": units})
+def to_json(
+    units: list[UnitView], boot: int, boot_since: float, behind: float | None = None
+) -> str:
+    """Every unit: {"boot", "boot_since", "replica_behind_since", "units": [...]}, history
+    entries as objects."""
+    return _indented(
+        {"boot": boot, "boot_since": boot_since, "replica_behind_since": behind, "units": units}
+    )
 
 
 def to_json_one(unit: UnitView) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import pty
 import select
@@ -26,6 +27,8 @@ from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
 
 from harness.etcd_cluster import ETCD, EtcdAgent, EtcdCluster
+from harness.hosts import Workspace
+from harness.hosts import unavailable as hosts_unavailable
 
 # A shell starts a background job (`pytest &`, `nohup pytest &` in a script) with Ctrl-C
 # ignored, and an ignored signal stays ignored across exec: every `unitsync` the tests spawn
@@ -188,6 +191,13 @@ def run_cli(*args: str, socket: Path | None = None, timeout: float = 60, **kw: o
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+async def in_thread(
+    call: Callable[..., subprocess.CompletedProcess[str]], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """A blocking CLI call, without blocking the test's own trio tasks."""
+    return await trio.to_thread.run_sync(functools.partial(call, *args))
+
+
 def spawn_cli(*args: str, socket: Path, stdout: object = subprocess.PIPE) -> subprocess.Popen[str]:
     env = dict(os.environ, UNITSYNC_SOCKET=str(socket))
     return subprocess.Popen(
@@ -306,6 +316,26 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 def fresh_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """A real 3-member etcd cluster of the test's own, for tests that kill its members."""
     yield from _etcd_cluster(tmp_path_factory)
+
+
+@pytest.fixture
+def hosts() -> Iterator[Callable[..., Workspace]]:
+    """Make a workspace on hosts of their own (network namespaces: 3 etcd members, 3 agents,
+    `harness/hosts.py`): `hosts(agent_options=[...])`. Everything it made is removed when
+    the test ends, passed or not. Skipped, saying why, without root, iproute2, nftables or
+    etcd."""
+    why = hosts_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    made: list[Workspace] = []
+
+    def make(**options: object) -> Workspace:
+        made.append(Workspace.make(**options))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for workspace in made:
+        workspace.close()
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@ processes, real signals. Scripts talk to their agents as they always do."""
 
 from __future__ import annotations
 
-import functools
-import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -20,45 +19,8 @@ from unitsync.client import AsyncClient
 from unitsync.wire.errors import EXIT_NOT_DURABLE, Refused, UnitsyncError
 from unitsync.wire.protocol import UnitView
 
-from conftest import spawn_cli
-from harness.etcd_cluster import EtcdAgent, EtcdCluster
-
-
-def statuses(agent: EtcdAgent) -> dict[str, tuple]:
-    result = agent.cli("status", "-o", "json")
-    assert result.returncode == 0, result.stderr
-    return {
-        unit["name"]: (unit["status"], [d["unit"] for d in unit["dependencies"]], unit["history"])
-        for unit in json.loads(result.stdout)["units"]
-    }
-
-
-def agreed(*agents: EtcdAgent) -> dict[str, tuple]:
-    """What every agent shows once their replicas agree: an agent acknowledges a change once
-    its own replica has it, and the others' watches bring it a moment later."""
-    deadline = time.monotonic() + 30
-    while True:
-        views = [statuses(agent) for agent in agents]
-        if all(view == views[0] for view in views[1:]) or time.monotonic() > deadline:
-            for view in views[1:]:
-                assert view == views[0]
-            return views[0]
-        time.sleep(0.05)
-
-
-def blocked(waiter: subprocess.Popen[str]) -> subprocess.Popen[str]:
-    """Once the waiting `start` says it waits (one line on stderr: it is not a terminal)."""
-    assert waiter.stderr is not None
-    assert "waiting for" in waiter.stderr.readline()
-    return waiter
-
-
-async def in_thread(
-    call: Callable[..., subprocess.CompletedProcess[str]], *args: str
-) -> subprocess.CompletedProcess[str]:
-    """A blocking CLI call, without blocking the test's own trio tasks."""
-    return await trio.to_thread.run_sync(functools.partial(call, *args))
-
+from conftest import in_thread, spawn_cli
+from harness.etcd_cluster import EtcdAgent, EtcdCluster, agreed, blocked, statuses
 
 # --- members and clusters going down ----------------------------------------------------------
 
@@ -156,9 +118,9 @@ def test_a_hung_cluster_fails_a_change_once_the_etcd_timeout_is_up(
     fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
     """Every member SIGSTOPped: connections open, nothing answers. The change fails with
-    exit 6 after --etcd-timeout, the member it was sent to having had all of that time and
-    the others none; its txn was sent, so it may have been made. Once the members are back,
-    the same agent makes changes again."""
+    exit 6 after --etcd-timeout (not after each member's own 5 s in turn: a member slow to
+    answer gets the next one beside it); its txn was sent, so it may have been made. Once
+    the members are back, the same agent makes changes again."""
     etcd = fresh_etcd
     host = etcd_agents(etcd.url("ws"), "--etcd-timeout", f"{HUNG_TIMEOUT}s")
     assert host.cli("want", "app", "db").returncode == 0
@@ -173,8 +135,8 @@ def test_a_hung_cluster_fails_a_change_once_the_etcd_timeout_is_up(
     assert "it may or may not have been made" in failed.stderr
     first, *others = etcd.endpoints
     assert f"{first}: no answer in time" in failed.stderr
-    for endpoint in others:  # the timeout ended the change, not each member's own in turn
-        assert f"{endpoint}: not tried, no time left" in failed.stderr
+    for endpoint in others:  # hedged to, then ended by the change's own timeout
+        assert f"{endpoint}: no answer in time" in failed.stderr
     assert took >= HUNG_TIMEOUT  # it waited for etcd as long as it was told to
     back_again(etcd, host)
 
@@ -183,8 +145,9 @@ def test_members_without_quorum_fail_a_change_once_the_etcd_timeout_is_up(
     fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
     """Two members of three SIGSTOPped: the one the agent tries first is alive but cannot
-    commit anything (etcd holds the proposal, waiting for a quorum). The change fails as
-    when the whole cluster hangs, and the agent serves changes again once both are back."""
+    commit anything (it holds the proposal while it still thinks it has a leader, then says
+    it has none). The change fails as when the whole cluster hangs, and the agent serves
+    changes again once both are back."""
     etcd = fresh_etcd
     host = etcd_agents(etcd.url("ws"), "--etcd-timeout", f"{HUNG_TIMEOUT}s")
     assert host.cli("want", "app", "db").returncode == 0
@@ -196,11 +159,12 @@ def test_members_without_quorum_fail_a_change_once_the_etcd_timeout_is_up(
         for i in (1, 2):
             etcd.resume_member(i)
     assert failed.returncode == EXIT_NOT_DURABLE, failed.stderr
-    assert "it may or may not have been made" in failed.stderr
+    assert "it may or may not have been made" in failed.stderr  # the stopped ones had it
     first, *others = etcd.endpoints
-    assert f"{first}: no answer in time" in failed.stderr  # alive, tried first, no quorum
-    for endpoint in others:  # the timeout ended the change, not each member's own in turn
-        assert f"{endpoint}: not tried, no time left" in failed.stderr
+    alive = re.search(f"{re.escape(first)}: ([^;)]*)", failed.stderr)
+    assert alive is not None and alive[1] in ("no answer in time", "etcdserver: no leader")
+    for endpoint in others:
+        assert f"{endpoint}: no answer in time" in failed.stderr
     assert took >= HUNG_TIMEOUT
     back_again(etcd, host)
 
@@ -437,8 +401,10 @@ async def test_a_member_that_hangs_is_left_for_another(
     fresh_etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
 ) -> None:
     """A stopped member keeps its connections open and says nothing, not even a progress
-    notification: the agents' calls time out and move on, their watches notice the silence
-    and move on, and a waiter on one host is released by a `complete` on the other."""
+    notification: the agents' calls move on to the next member, their watches are found
+    stuck (a change etcd has is not brought, or nothing at all comes for the watch
+    silence) and move on, and a waiter on one host is released by a `complete` on the
+    other."""
     etcd = fresh_etcd
     options = ("--etcd-watch-silence", "2s")
     host_a, host_b = etcd_agents(etcd.url("ws"), *options), etcd_agents(etcd.url("ws"), *options)
@@ -453,4 +419,5 @@ async def test_a_member_that_hangs_is_left_for_another(
     finally:
         etcd.resume_member(0)
     assert waiter.returncode == 0, err
-    assert "showed nothing for 2s" in host_a.log.read_text()
+    log = host_a.log.read_text()
+    assert "showed nothing for 2s" in log or "reopening it on the next member" in log

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from unitsync.agent.core.records import Move
 from unitsync.agent.serve.server import AgentConfig, run_agent
 from unitsync.agent.service import Service
+from unitsync.agent.store.etcd.batches import decode_changes
 from unitsync.agent.store.etcd.client import EtcdUnavailable
 from unitsync.agent.store.etcd.config import parse_store
-from unitsync.agent.store.etcd.messages import WatchResponse
+from unitsync.agent.store.etcd.messages import RangeRequest, WatchResponse, prefix_end
 from unitsync.agent.store.etcd.store import EtcdStore
 from unitsync.client import AsyncClient
 from unitsync.wire.errors import Refused
@@ -260,6 +262,57 @@ async def test_a_want_of_more_new_units_than_one_txn_takes_is_refused(
         await host.want("top", *(f"u{j}" for j in range(150)))
     with pytest.raises(Refused, match="unknown unit"):
         await host.status("top")
+
+
+async def test_concurrent_changes_of_one_agent_share_txns(
+    etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
+) -> None:
+    """16 clients of one agent fail 16 units at once: fewer txns than changes reach etcd
+    (group commit), each change in exactly one of them, each acknowledged once."""
+    agents = Agents(nursery, short_tmp, etcd.url(prefix))
+    (service, _client) = await agents.start()
+    clients = [await AsyncClient.connect(service.socket) for _ in range(16)]
+
+    async def fail_twice(client: AsyncClient, i: int) -> None:
+        for round_ in range(2):
+            await client.fail(f"u{i}", f"round {round_}", force=True)
+
+    async with trio.open_nursery() as inner:
+        for i, client in enumerate(clients):
+            inner.start_soon(fail_twice, client, i)
+    store = store_of(service)
+    root = store.keys.changes
+    reply = await store.client.range(RangeRequest(root, prefix_end(root)))
+    txns = [decode_changes(kv.value) for kv in reply.kvs]
+    changes = [
+        [(r.unit, r.reason) for r in records if isinstance(r, Move)] for t in txns for records in t
+    ]
+    assert len(txns) < 32
+    assert sorted(move for change in changes for move in change) == sorted(
+        (f"u{i}", f"round {r}") for i in range(16) for r in range(2)
+    )
+    for view in await clients[0].status():
+        assert [h.reason for h in view.history] == ["round 0", "round 1"]
+
+
+async def test_a_forgotten_unit_stays_forgotten_when_the_graph_is_listed_again(
+    etcd: EtcdCluster, short_tmp: Path, prefix: str, nursery: trio.Nursery
+) -> None:
+    """`forget` deletes the unit's key: an agent that lists the graph afterwards (started
+    later, or restarted) does not bring the unit back, nor its edges."""
+    agents = Agents(nursery, short_tmp, etcd.url(prefix))
+    (_a, host_a) = await agents.start()
+    await host_a.want("typo", "db")
+    await host_a.forget("typo")
+    await host_a.want("typo2", "db")  # a name forgotten can be used again, afresh
+    await host_a.forget("typo2")
+    await host_a.want("typo2", "cache")
+    (_b, host_b) = await agents.start()
+    with pytest.raises(Refused, match="unknown unit"):
+        await host_b.status("typo")
+    [again] = await host_b.status("typo2")
+    assert [d.unit for d in again.dependencies] == ["cache"]
+    assert sorted(v.name for v in await host_b.status()) == ["cache", "db", "typo2"]
 
 
 async def test_a_replica_whose_watch_fell_behind_a_compaction_lists_again(

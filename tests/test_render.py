@@ -46,6 +46,20 @@ def test_one_unit_shows_its_wait_its_run_and_its_history() -> None:
     assert "pending  started" in text.replace("  9.5s", "")
 
 
+def test_a_replica_behind_etcd_says_since_when_under_the_boot_line() -> None:
+    """Every view an agent on etcd gives while its copy is not known to be current."""
+    _boot, behind, header, *_rows = render.render_table(views(), 130.0, 1, 90.0, 110.0).split("\n")
+    assert behind == (
+        f"replica behind since {clock(110.0)} (20.0s): this agent cannot reach etcd, so what "
+        "it shows may be out of date"
+    )
+    assert header.startswith("UNIT")
+    assert render.render_unit(views()[0], 130.0, 110.0).splitlines()[0] == behind
+    assert "replica behind" not in render.render_table(views(), 130.0, 1, 90.0)
+    assert json.loads(render.to_json(views(), 1, 90.0, 110.0))["replica_behind_since"] == 110.0
+    assert json.loads(render.to_json(views(), 1, 90.0))["replica_behind_since"] is None
+
+
 @pytest.mark.parametrize("fmt", ["dot", "mermaid"])
 def test_graphs_escape_names_and_draw_every_edge(fmt: str) -> None:
     text = getattr(render, f"render_{fmt}")(views())

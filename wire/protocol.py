@@ -319,6 +319,9 @@ class StatusReply(Base, tag="status"):
     boot: int = 1
     boot_since: float = 0.0
     """More units follow in the next frame (a long list is split to fit the frame limit)."""
+    replica_behind_since: float | None = None
+    """A shared graph (etcd): Unix time since which the agent's copy is not known to be
+    current (it cannot reach etcd), so what it shows may be out of date; None when it is."""
 
 
 class FullView(Base, tag="snapshot"):

@@ -52,6 +52,9 @@ class Store(Protocol):
     """Whether a change this store could not make durable may go through a moment later
     with nobody doing anything (etcd was unreachable: a ready start waits on and tries
     again), or only once someone acts (the disk is full: a start fails at once, saying so)."""
+    replica_behind_since: float | None
+    """Unix time since which the graph is not known to hold every change made elsewhere (an
+    etcd agent cut off from etcd: `status` says so); None when it is current."""
 
     @property
     def applied_seq(self) -> int:

@@ -4,6 +4,10 @@ Members are real `etcd` processes (Debian's etcd-server; `.ci/run` installs it) 
 loopback ports, with their data in a temp dir. Tests kill and restart them (SIGTERM,
 SIGKILL, SIGSTOP), and the agents too, to see what users would see. Everything here is
 blocking on purpose: it runs in fixtures, outside trio, or in `trio.to_thread`.
+
+Members and agents may also run on hosts of their own (`harness/hosts.py`): each member
+then has its host's address and a command prefix (`ip netns exec ...`), and the cluster's
+own calls to its members go through `reach` (run inside a namespace that can see them).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 ETCD = shutil.which("etcd")
+T = TypeVar("T")
 PROGRESS_INTERVAL = "500ms"
 """Progress notifications this often, so a test can show a silent watch being given up."""
 
@@ -76,10 +83,13 @@ class Member:
     data_dir: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    address: str = "127.0.0.1"
+    wrap: list[str] = field(default_factory=list)
+    """A prefix of its command (`ip netns exec HOST`): where it runs."""
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.address}:{self.client_port}"
 
     @property
     def running(self) -> bool:
@@ -94,18 +104,29 @@ class EtcdCluster:
     extra: list[str] = field(default_factory=list)
     """More `etcd` options for every member."""
     members: list[Member] = field(default_factory=list)
+    hosts: list[tuple[str, list[str]]] | None = None
+    """Each member's (address, command prefix), when each runs on a host of its own; the
+    members then use etcd's usual ports on their own addresses."""
+    reach: Callable[[Callable[[], T]], T] | None = None
+    """Runs the cluster's own calls to its members where they can be reached (default:
+    here)."""
 
     def __post_init__(self) -> None:
         token = f"unitsync-test-{time.monotonic_ns()}"
         self.token = token
         for i in range(self.size):
+            if self.hosts is None:
+                address, wrap, ports = "127.0.0.1", [], (free_port(), free_port())
+            else:
+                (address, wrap), ports = self.hosts[i], (2379, 2380)
             self.members.append(
                 Member(
                     f"m{i}",
-                    free_port(),
-                    free_port(),
+                    *ports,
                     self.base / f"m{i}.data",
                     self.base / f"m{i}.log",
+                    address=address,
+                    wrap=wrap,
                 )
             )
 
@@ -133,16 +154,18 @@ class EtcdCluster:
     def start_member(self, i: int, *, wait: bool = True) -> None:
         assert ETCD is not None
         member = self.members[i]
-        peers = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
-        client_url = f"{self.scheme}://127.0.0.1:{member.client_port}"
+        peers = ",".join(f"{m.name}=http://{m.address}:{m.peer_port}" for m in self.members)
+        client_url = f"{self.scheme}://{member.address}:{member.client_port}"
+        peer_url = f"http://{member.address}:{member.peer_port}"
         args = [
+            *member.wrap,
             ETCD,
             "--name", member.name,
             "--data-dir", str(member.data_dir),
             "--listen-client-urls", client_url,
             "--advertise-client-urls", client_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", peers,
             "--initial-cluster-token", self.token,
             "--initial-cluster-state", "new",
@@ -217,8 +240,7 @@ class EtcdCluster:
                 headers={"Authorization": token} if token else {},
             )
             try:
-                with urllib.request.urlopen(request, timeout=10, context=context) as reply:
-                    return json.loads(reply.read())
+                return self._fetch(request, 10, context)
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 or time.monotonic() > deadline:
                     raise
@@ -272,18 +294,27 @@ class EtcdCluster:
 
     def _post(self, member: Member, path: str) -> dict:
         context = self.tls.context() if self.tls else None
-        url = f"{self.scheme}://{member.endpoint}{path}"
-        with urllib.request.urlopen(url, b"{}", timeout=10, context=context) as reply:
-            return json.loads(reply.read())
+        request = urllib.request.Request(f"{self.scheme}://{member.endpoint}{path}", b"{}")
+        return self._fetch(request, 10, context)
 
     def _get(self, member: Member, path: str) -> dict:
         context = self.tls.context() if self.tls else None
         url = f"{self.scheme}://{member.endpoint}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as reply:
-                return json.loads(reply.read())
+            return self._fetch(urllib.request.Request(url), 2, context)
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())
+
+    def _fetch(
+        self, request: urllib.request.Request, timeout: float, context: ssl.SSLContext | None
+    ) -> dict:
+        """The JSON reply to `request`, made from where the members can be reached."""
+
+        def fetch() -> dict:  # (a socket, once connected, is read from anywhere)
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
+                return json.loads(reply.read())
+
+        return fetch() if self.reach is None else self.reach(fetch)
 
 
 def _b64(data: bytes) -> str:
@@ -293,16 +324,21 @@ def _b64(data: bytes) -> str:
 class EtcdAgent:
     """A real `unitsync agent --store etcd://...` process, its log in a file."""
 
-    def __init__(self, base: Path, name: str, url: str, *options: str) -> None:
+    def __init__(
+        self, base: Path, name: str, url: str, *options: str, wrap: list[str] | None = None
+    ) -> None:
         self.socket = base / name / "agent.sock"
         self.state_dir = base / name / "state"
         self.log = base / f"{name}.log"
         self.url, self.options = url, options
+        self.wrap = wrap or []
+        """A prefix of its command (`ip netns exec HOST`): where it runs."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def command(self) -> list[str]:
         return [
+            *self.wrap,
             sys.executable, "-m", "unitsync.cli", "agent",
             "--socket", str(self.socket),
             "--state-dir", str(self.state_dir),
@@ -310,10 +346,13 @@ class EtcdAgent:
             *self.options,
         ]  # fmt: skip
 
-    def start(self) -> EtcdAgent:
+    def start(self, *, wait: bool = True) -> EtcdAgent:
+        """Start the agent; with `wait`, until it listens (it must reach etcd for that)."""
         already = self.log.read_text() if self.log.exists() else ""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.command, stderr=log)
+        if not wait:
+            return self
         deadline = time.monotonic() + 60
         while "listening on" not in self.log.read_text()[len(already) :]:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -340,3 +379,39 @@ class EtcdAgent:
             env=dict(os.environ, UNITSYNC_SOCKET=str(self.socket)),
             timeout=120,
         )
+
+
+# --- what the agents show --------------------------------------------------------------------
+
+AGREE_LIMIT = 120.0
+"""How long replicas may take to agree (a healed partition included): only a hang gets here."""
+
+
+def statuses(agent: EtcdAgent) -> dict[str, tuple]:
+    """Each unit's (status, dependencies, history) as `status -o json` shows it."""
+    result = agent.cli("status", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return {
+        unit["name"]: (unit["status"], [d["unit"] for d in unit["dependencies"]], unit["history"])
+        for unit in json.loads(result.stdout)["units"]
+    }
+
+
+def agreed(*agents: EtcdAgent) -> dict[str, tuple]:
+    """What every agent shows once their replicas agree: an agent acknowledges a change once
+    its own replica has it, and the others' watches bring it a moment later."""
+    deadline = time.monotonic() + AGREE_LIMIT
+    while True:
+        views = [statuses(agent) for agent in agents]
+        if all(view == views[0] for view in views[1:]) or time.monotonic() > deadline:
+            for view in views[1:]:
+                assert view == views[0]
+            return views[0]
+        time.sleep(0.05)
+
+
+def blocked(waiter: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    """Once the waiting `start` says it waits (one line on stderr: it is not a terminal)."""
+    assert waiter.stderr is not None
+    assert "waiting for" in waiter.stderr.readline()
+    return waiter

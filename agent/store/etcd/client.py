@@ -8,13 +8,23 @@ members in turn, starting with the last one that answered (or the one after the 
 failed). It may be given a `deadline` (trio time): the whole call, every member included,
 ends by then, each member getting at most `request_timeout` of what is left.
 
+A member cut off by the network says nothing at all (no reset, no error), so a unary call
+does not wait for one member's time to run out before trying the next: a member that has
+not answered within the hedge delay (`HEDGE_FLOOR`, or `HEDGE_FACTOR` times the typical
+answer if longer) gets company, the same request sent to the next member too, and the first
+answer wins (the others are cancelled). Only idempotent requests are sent: reads, and txns
+whose compares let at most one copy commit (the etcd store's change keys). Unary calls ask
+for a member with a leader (`hasleader`), so a member cut off from the others answers "no
+leader" at once instead of holding the request until etcd's own timeout.
+
 Errors (all `EtcdError`; the message names each member tried and what it said):
 
 - `EtcdUnavailable`: no member answered in time, or each one said it cannot serve now (no
   leader, timed out, too many requests). `maybe_applied` is true when a request may have
   reached etcd all the same (the connection broke after sending, no answer came before the
-  member's time or the call's deadline ran out, or etcd timed out a proposal): a write is
-  then ambiguous, and only an idempotent one may be sent again.
+  member's time or the call's deadline ran out, or etcd timed out a proposal; not when a
+  member said it has no leader, which it says before taking a request): a write is then
+  ambiguous, and only an idempotent one may be sent again.
 - `EtcdCompacted`: the revision asked for was removed by a compaction; list again.
 - `EtcdRefused`: an answer another member would repeat (permission denied, bad
   credentials, a request too large, a lease that expired): retrying does not help.
@@ -31,7 +41,8 @@ from __future__ import annotations
 import math
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -90,10 +101,25 @@ WATCHES = httpx.Limits(max_connections=4, max_keepalive_connections=0)
 RETRY_ELSEWHERE = frozenset({CANCELLED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED})
 """gRPC codes meaning "not this member, not now": another member may serve the call (a
 member shutting down cancels what its gateway was forwarding)."""
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-"""Transport errors raised before any byte of the request left: nothing can have happened."""
+SENDING = "http11.send_request_headers.started"
+"""httpcore's trace event for the first byte of a request leaving: before it (waiting for a
+connection, connecting), nothing can have reached etcd, whatever ends the attempt."""
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
-"""Makes etcd cancel a watch whose member has lost its leader (it would go quiet, not fail)."""
+"""Makes etcd cancel a watch whose member has lost its leader (it would go quiet, not fail),
+and refuse a unary call at once on such a member (it would hold it until its own timeout)."""
+NOT_TAKEN = ("no leader", "too many requests")
+"""What a member answers before it takes a request (etcd's `ErrGRPCNoLeader`, and its
+guard against a backlog of applies): nothing can have been applied."""
+HEDGE_FLOOR = 0.25
+"""A member that has not answered a unary call within this long (or within HEDGE_FACTOR
+times the typical answer, if that is longer) gets company: the request goes to the next
+member too. Tens of times a quiet cluster's answer; a member cut off costs this, not the
+member's whole `request_timeout`."""
+HEDGE_FACTOR = 8.0
+"""On a machine so busy that answers take a large part of HEDGE_FLOOR, hedge later rather
+than double the load (and the delay) of every call."""
+TYPICAL_WEIGHT = 0.05
+"""Weight of each answer's time in the typical (moving average) answer time."""
 
 
 class EtcdError(Exception):
@@ -161,6 +187,12 @@ class EtcdClient:
         the last that failed (so a hung member does not take every call's time in turn)."""
         self._watch_first = 0
         """The member the next watch tries first: not the one whose watch just broke."""
+        self._typical = 0.0
+        """A moving average of the time unary calls took to be answered (seconds)."""
+        self._watching: tuple[int, float] | None = None
+        """The member the current watch follows, and since when (trio time)."""
+        self._silent: dict[int, float] = {}
+        """Members that did not answer a unary call another member answered, and when."""
         self._credentials = AuthenticateRequest(user, password or "") if user else None
         self._token: str | None = None
         self._auth_lock = trio.Lock()
@@ -190,52 +222,129 @@ class EtcdClient:
     async def _call(
         self, path: str, body: Request, reply: msgspec.json.Decoder[T], deadline: float
     ) -> T:
+        """The first answer from a member, each tried in turn and the next one also tried
+        (hedged) while a member is slow to answer; every attempt ends by `deadline`."""
         content = encode(body)
-        failures: list[str] = []
+        first = self._first
+        order = iter(_rotation(first, len(self._urls)))
+        failures: dict[int, str] = {}
+        """What each member tried said, by index."""
         maybe_applied = False
-        for index in _rotation(self._first, len(self._urls)):
-            where = self.endpoints[index]
-            if trio.current_time() >= deadline:
-                failures.append(f"{where}: not tried, no time left")
-                continue
-            # The member's time, cut short by the call's deadline if need be.
-            with trio.move_on_at(min(deadline, trio.current_time() + self._request_timeout)):
-                try:
-                    response = await self._post(self._urls[index] + path, content)
-                except httpx.TransportError as exc:
-                    maybe_applied |= not isinstance(exc, NOT_SENT)
-                    failures.append(f"{where}: {_describe(exc)}")
-                    self._failed(index)
+        send, receive = trio.open_memory_channel[_Outcome](math.inf)
+        running = 0
+        outcome: _Outcome | None = None
+        async with trio.open_nursery() as attempts:
+
+            def next_member() -> None:
+                """Send the request to the next member that can still be tried, if any."""
+                nonlocal running
+                for index in order:
+                    if trio.current_time() >= deadline:
+                        failures[index] = "not tried, no time left"
+                        continue
+                    attempts.start_soon(self._attempt, index, path, content, deadline, send)
+                    running += 1
+                    return
+
+            next_member()
+            while running:
+                with trio.move_on_after(self._hedge_delay()) as hedge:
+                    outcome = await receive.receive()
+                if hedge.cancelled_caught:
+                    next_member()
                     continue
-                if response.status_code == 200:
-                    self._first = index
-                    return reply.decode(response.content)
-                code, message = _error(response)
-                if code in RETRY_ELSEWHERE or (not code and response.status_code >= 500):
-                    maybe_applied = True
-                    failures.append(f"{where}: {message}")
-                    self._failed(index)
-                    continue
-                raise _refusal(code, f"{where}: {message}")
-            # Reached only when the time ran out: as with a read timeout, it may have been sent.
-            maybe_applied = True
-            failures.append(f"{where}: {_NO_ANSWER}")
-            self._failed(index)
-        raise EtcdUnavailable(failures, maybe_applied)
+                running -= 1
+                if isinstance(outcome, _Answer | _Refusal | _Raised):
+                    attempts.cancel_scope.cancel()  # the others are not needed any more
+                    break
+                self._silent[outcome.index] = trio.current_time()
+                failures[outcome.index] = outcome.message
+                maybe_applied |= outcome.maybe_applied
+                self._failed(outcome.index)
+                next_member()
+            else:
+                outcome = None
+        if isinstance(outcome, _Answer):
+            if outcome.index != first:  # hedged away from, or failed: not answering now
+                self._silent[first] = trio.current_time()
+            self._first = outcome.index
+            return reply.decode(outcome.content)
+        if isinstance(outcome, _Refusal):
+            where = self.endpoints[outcome.index]
+            raise _refusal(outcome.code, f"{where}: {outcome.message}")
+        if isinstance(outcome, _Raised):
+            raise outcome.error
+        for index in order:  # the deadline passed before these were reached
+            failures[index] = "not tried, no time left"
+        said = [f"{self.endpoints[i]}: {failures[i]}" for i in _rotation(first, len(self._urls))]
+        raise EtcdUnavailable(said, maybe_applied)
+
+    async def _attempt(
+        self,
+        index: int,
+        path: str,
+        content: bytes,
+        deadline: float,
+        outcomes: trio.MemorySendChannel[_Outcome],
+    ) -> None:
+        """Send the request to one member; how it went, to `outcomes`."""
+        began = trio.current_time()
+        sent = False
+
+        async def trace(event: str, _info: object) -> None:
+            nonlocal sent
+            sent |= event == SENDING
+
+        # The member's time, cut short by the call's deadline if need be.
+        with trio.move_on_at(min(deadline, began + self._request_timeout)):
+            try:
+                response = await self._post(self._urls[index] + path, content, trace)
+            except EtcdError as exc:  # logging in, before the request itself
+                outcomes.send_nowait(_Raised(index, exc))
+                return
+            except httpx.TransportError as exc:
+                outcomes.send_nowait(_Failure(index, _describe(exc), sent))
+                return
+            if response.status_code == 200:
+                took = trio.current_time() - began
+                self._typical += TYPICAL_WEIGHT * (took - self._typical)
+                outcomes.send_nowait(_Answer(index, response.content))
+                return
+            code, message = _error(response)
+            if code in RETRY_ELSEWHERE or (not code and response.status_code >= 500):
+                taken = not any(words in message for words in NOT_TAKEN)
+                outcomes.send_nowait(_Failure(index, message, taken))
+            else:
+                outcomes.send_nowait(_Refusal(index, code, message))
+            return
+        # Reached only when the time ran out: as with a read timeout, if it was sent, it may
+        # have been applied; if it was still connecting, nothing was.
+        outcomes.send_nowait(_Failure(index, _NO_ANSWER if sent else _NOT_CONNECTED, sent))
+
+    def _hedge_delay(self) -> float:
+        return max(HEDGE_FLOOR, HEDGE_FACTOR * self._typical)
 
     def _failed(self, index: int) -> None:
         """The next call starts after a member that just failed, unless one answered since."""
         if self._first == index:
             self._first = (index + 1) % len(self._urls)
 
-    async def _post(self, url: str, content: bytes) -> httpx.Response:
-        """POST with the current auth token; fetch a new one once if etcd rejects it."""
-        headers = await self._auth_headers()
-        response = await self._http.post(url, content=content, headers=headers)
+    async def _post(
+        self, url: str, content: bytes, trace: Callable[[str, object], Awaitable[None]]
+    ) -> httpx.Response:
+        """POST with the current auth token; fetch a new one once if etcd rejects it.
+        `trace` hears httpcore's events (the request being sent)."""
+        extensions = {"trace": trace}
+        headers = {**REQUIRE_LEADER, **await self._auth_headers()}
+        response = await self._http.post(
+            url, content=content, headers=headers, extensions=extensions
+        )
         if response.status_code == 401 and self._credentials is not None:
             await self._authenticate(stale=headers.get("Authorization"))
-            headers = await self._auth_headers()
-            response = await self._http.post(url, content=content, headers=headers)
+            headers = {**REQUIRE_LEADER, **await self._auth_headers()}
+            response = await self._http.post(
+                url, content=content, headers=headers, extensions=extensions
+            )
         return response
 
     # --- authentication ------------------------------------------------------------------------
@@ -281,6 +390,19 @@ class EtcdClient:
 
     # --- watching ------------------------------------------------------------------------------
 
+    def move_watch(self) -> None:
+        """The next watch starts at the member after the current watch's (it seems stuck)."""
+        self._watch_first = (self._watch_first + 1) % len(self._urls)
+
+    def watch_suspect(self) -> bool:
+        """Has the member the current watch follows failed to answer a unary call (that
+        another member then answered) since the watch began? A member cut off by the
+        network says nothing, and its watch, silent too, would be noticed only later."""
+        if self._watching is None:
+            return False
+        index, since = self._watching
+        return self._silent.get(index, -math.inf) >= since
+
     async def watch(
         self,
         request: WatchCreateRequest,
@@ -315,7 +437,11 @@ class EtcdClient:
                         raise _refusal(code, f"{where}: {message}")
                     following = True
                     self._watch_first = index
-                    await self._follow(response, where, on_response, silence)
+                    self._watching = (index, trio.current_time())
+                    try:
+                        await self._follow(response, where, on_response, silence)
+                    finally:
+                        self._watching = None
             except EtcdUnavailable:
                 self._watch_first = (index + 1) % len(self._urls)  # broken here: go elsewhere
                 raise
@@ -376,6 +502,41 @@ class EtcdClient:
         return EtcdUnavailable([f"{where}: {message}"], maybe_applied=False)
 
 
+@dataclass(frozen=True)
+class _Answer:
+    index: int
+    content: bytes
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Not this member, not now: another may serve the call."""
+
+    index: int
+    message: str
+    maybe_applied: bool
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """An answer every member would give."""
+
+    index: int
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """Logging in failed: the call fails as the login did."""
+
+    index: int
+    error: EtcdError
+
+
+_Outcome = _Answer | _Failure | _Refusal | _Raised
+
+
 def _rotation(first: int, count: int) -> Iterator[int]:
     """Every member once, starting with `first`."""
     for step in range(count):
@@ -400,6 +561,7 @@ def _refusal(code: int, message: str) -> EtcdError:
 
 
 _NO_ANSWER = "no answer in time"
+_NOT_CONNECTED = "could not connect in time"
 _TRANSPORT_ERRORS: list[tuple[type[httpx.TransportError], str]] = [
     (httpx.ConnectTimeout, "no answer to connecting"),
     (httpx.ConnectError, "cannot connect"),

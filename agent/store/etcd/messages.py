@@ -47,6 +47,11 @@ class PutRequest(Request):
     lease: int = 0
 
 
+class DeleteRangeRequest(Request):
+    key: bytes
+    range_end: bytes = b""
+
+
 class Compare(Request):
     key: bytes
     target: Literal["VERSION", "CREATE", "MOD", "VALUE", "LEASE"]
@@ -62,6 +67,7 @@ class Op(Request):
 
     request_range: RangeRequest | None = None
     request_put: PutRequest | None = None
+    request_delete_range: DeleteRangeRequest | None = None
 
 
 class TxnRequest(Request):

@@ -5,10 +5,13 @@ Keys, under the prefix P of `--store etcd://.../P`:
     P/graph             the graph's id (SPEC §11): created once, by the first agent that opens
                         the prefix (a txn that creates it only if absent, so agents opening an
                         empty prefix at once agree on one), then never written again
-    P/units/NAME        the unit's image (`records.UnitImage`, msgpack): status, deps, history
+    P/units/NAME        the unit's image (`records.UnitImage`, msgpack; zlib-compressed when
+                        long): status, deps, history; deleted by `forget`
     P/edges             rewritten by every change that adds edges or changes their conditions:
                         its mod revision is compared
-    P/changes/AGENT/N   the records of one change (msgpack), on a lease of a minute or more
+    P/changes/AGENT/N   the records of the changes of one txn (msgpack: a list of lists of
+                        records, one per change), on a lease of a minute or more
+    P/latest            rewritten (empty) by every txn: its mod revision is the latest change's
 
 Replica. Each agent lists P/units/ at a revision R, then watches P/changes/ from R+1 (and
 lists again if that revision was compacted away). The watch is the only way changes reach
@@ -23,23 +26,28 @@ agent that notices lists again).
 A change, from `commit`:
 
 1. decide: the command runs against the replica (it returns records and changes nothing);
-2. one txn puts the new images of the units the records write, P/edges if they add an
-   edge, and the change's own key. Its compares are the change's real preconditions:
-   every unit it writes or is about (and a start's dependencies, whose states made it
-   ready) still has the mod revision the replica saw, 0 for "still absent"; P/edges too
-   if it adds an edge, so two agents cannot close a cycle between them; and the change's
-   key does not exist yet;
+2. its txn puts the new images of the units the records write (deletes a forgotten
+   unit's), P/edges if they add an edge, and a change key holding its records. Its
+   compares are the change's real preconditions: every unit it writes or is about (and a
+   start's dependencies, whose states made it ready) still has the mod revision the
+   replica saw, 0 for "still absent"; P/edges too if it adds an edge, so two agents cannot
+   close a cycle between them; and the change key does not exist yet. Concurrent changes
+   of this agent that do not depend on each other share one txn and its change key (group
+   commit, `batches`); one that does waits for the others to be in the replica and is
+   decided again;
 3. committed at revision R: wait until the watch has brought R into the replica (the
    agent reads its own writes), then answer;
 4. a compare failed: the failure branch reads the compared keys' mod revisions now; wait
    until the replica holds them, and decide again.
 
-No hot key: two changes conflict only when they touch the same unit or both add edges.
+No hot key: two changes conflict only when they touch the same unit or both add edges
+(P/latest is written blindly, never compared).
 
 Idempotency: a txn whose answer was lost (the connection broke after sending, etcd timed
-the proposal out) is sent again, unchanged. If the first one was committed, the compares
-now fail and the failure branch finds the change's key: the change is applied once.
-Change keys expire with their lease, long after any retry.
+the proposal out, a member slow to answer got company) is sent again, unchanged. If the
+first one was committed, the compares now fail and the failure branch finds its change
+key: each change is applied once. Change keys expire with their lease, long after any
+retry.
 
 An outcome that commits nothing (a refusal such as "already started", or "already
 completed") is confirmed before it is returned: the mod revisions of the units the command
@@ -55,15 +63,23 @@ waits go on from the replica, and the watch resumes after the last revision it s
 etcd is back. The agents compact etcd's history every `COMPACT_EVERY`, keeping that much
 of it.
 
+Staleness: the replica is confirmed current whenever one of this agent's txns comes back
+through the watch, and, when nothing else did for `HEARTBEAT`, by a read of P/latest
+(linearizable: it needs the cluster's quorum) whose revision the watch must then bring. A
+replica not confirmed for `STALE_AFTER` is behind since its last confirmation
+(`replica_behind_since`; `status` shows it). A watch that does not bring what the read
+found within `ECHO_LIMIT` is presumed stuck on a member cut off from the others, and is
+reopened on the next one.
+
 Large changes: a txn writes at most `MAX_UNITS_PER_TXN` units (etcd takes at most 128
 operations in one). A change of many independent units (`reset --all`) is committed in
-batches, each decided afresh, so it is not atomic; a `want` of more new units than fit in
+parts, each decided afresh, so it is not atomic; a `want` of more new units than fit in
 one txn is refused.
 
 Boots per host (SPEC §7 and §10): a start's `Move` names the host whose agent decided it
 (and that host's boot); a host's workspace restart is one `decide` that moves to pending
 every non-pending unit whose latest run that host started (not the completed one-time
-units), committed with `commit(decide, None)`: in batches like `reset --all`. The host's
+units), committed with `commit(decide, None)`: in parts like `reset --all`. The host's
 own boot number lives in its agent's state dir (`host_boot`), not in etcd; the replica
 carries it across listings.
 
@@ -76,6 +92,8 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -91,20 +109,33 @@ from unitsync.wire.host.backoff import Backoff
 
 from ...core.graph import Graph
 from ...core.records import Boot, BootImage, Edge, Move, Record, UnitImage
+from ...core.records import Forget as Forgotten
 from ...files import SetupError
 from ...log_throttle import Throttle
 from ..base import Changes, Decide
 from . import host_boot
+from .batches import (
+    FIRST_ATTEMPT,
+    MAX_TXN_BYTES,
+    Batches,
+    Committed,
+    Conflict,
+    LeaseGone,
+    Parts,
+    Pending,
+    decode_changes,
+    mod_revisions,
+    read,
+)
 from .client import EtcdClient, EtcdCompacted, EtcdError, EtcdRefused, EtcdUnavailable
 from .config import EtcdConfig
 from .messages import (
-    NOT_FOUND,
     Compare,
+    DeleteRangeRequest,
     KeyValue,
     Op,
     PutRequest,
     RangeRequest,
-    RangeResponse,
     TxnRequest,
     TxnResponse,
     WatchCreateRequest,
@@ -122,13 +153,20 @@ room for the change's key and P/edges."""
 MAX_COMPARED = 100
 """More units than this to compare one by one, and the txn compares them all at once:
 "nothing under P/units/ changed since the replica's revision" (stricter, as safe)."""
-MAX_TXN_BYTES = 1 << 20
-"""Values per txn, below etcd's default request limit of 1.5 MiB (--max-request-bytes)."""
 LIST_PAGE = 1000
 """Units per range request when listing: bounded replies, however large the graph."""
-ECHO_LIMIT = 2.0
+ECHO_LIMIT = 1.0
 """A watch that has not brought a change this long after etcd acknowledged it is presumed
-stuck and reopened (the watch normally brings it as fast as the txn's own reply)."""
+stuck and reopened on the next member (the watch normally brings it as fast as the txn's
+own reply; reopening one that was merely slow costs a reconnection, nothing is missed)."""
+HEARTBEAT = 0.5
+"""With nothing else confirming it, the agent checks this often that its replica is current
+(one read of one key, served without a disk write): how soon a watch stuck on a silent
+member is noticed, and how soon a replica cut off from etcd can be shown as behind."""
+STALE_AFTER = 3.0
+"""A replica not confirmed current for this long is shown as behind: several heartbeats,
+so one slow answer on a busy machine (or a member cut off, left within HEDGE_FLOOR) does
+not show as staleness."""
 COMPACT_EVERY = 300.0
 """How often the agents compact etcd's history, and how much of it they keep: enough for
 a watch to resume after a short outage without listing again."""
@@ -143,17 +181,18 @@ returned without confirming them against etcd."""
 LOG_EVERY = 30.0
 """At most one warning this often about etcd staying unreachable."""
 
+COMPRESS_OVER = 1024
+"""An image longer than this (a long history) is stored zlib-compressed: a unit's 100
+history entries shrink about eightfold, and etcd's work per change follows its bytes."""
+ZLIB_HEADER = b"\x78"
+"""The first byte of a zlib stream; an image in msgpack starts with an array's (0x9X)."""
+
 _UNIT = msgspec.msgpack.Decoder(UnitImage)
-_CHANGE = msgspec.msgpack.Decoder(list[Record])
 _encode = msgspec.msgpack.Encoder().encode
 
 
 class _Diverged(Exception):
     """The replica no longer matches etcd (keys written by hand?): list again."""
-
-
-class _LeaseGone(Exception):
-    """The change's lease expired before its txn was sent (the agent was suspended?)."""
 
 
 @dataclass(frozen=True)
@@ -165,23 +204,22 @@ class _Keys:
     edges: bytes
     changes: bytes
     graph: bytes
+    latest: bytes
 
     @classmethod
     def under(cls, prefix: str) -> _Keys:
         root = prefix.encode() + b"/"
-        return cls(root, root + b"units/", root + b"edges", root + b"changes/", root + b"graph")
+        return cls(
+            root,
+            root + b"units/",
+            root + b"edges",
+            root + b"changes/",
+            root + b"graph",
+            root + b"latest",
+        )
 
     def unit(self, name: str) -> bytes:
         return self.units + name.encode()
-
-
-@dataclass
-class _Plan:
-    """One txn for the first `len(records)` records of a change."""
-
-    request: TxnRequest
-    records: list[Record]
-    lease: int
 
 
 class EtcdStore:
@@ -214,6 +252,12 @@ class EtcdStore:
         self._must_list = False
         self._leases = _Leases(client, ttl=max(60, math.ceil(3 * config.timeout)))
         self._trouble = Throttle(LOG_EVERY, clock=trio.current_time)
+        self._batches = Batches(
+            client, self._warn, _unreachable, _put(self.keys.latest, b""), self._change_key
+        )
+        self._fresh = -math.inf
+        """When (trio time) the replica was last confirmed to hold every change in etcd."""
+        self._behind_said: float | None = None
 
     @classmethod
     @asynccontextmanager
@@ -273,6 +317,13 @@ class EtcdStore:
         self._boot = boot
         self.graph.apply(Boot(boot.number, boot.identity, boot.since, restart=False))
 
+    @property
+    def replica_behind_since(self) -> float | None:
+        """Unix time since which the replica is not known to hold every change in etcd
+        (None: it was confirmed within `STALE_AFTER`)."""
+        age = trio.current_time() - self._fresh
+        return None if age <= STALE_AFTER else time.time() - age
+
     async def commit(
         self, decide: Decide, about: Sequence[str] | None, *, confirm_noop: bool = True
     ) -> list[Record]:
@@ -281,7 +332,7 @@ class EtcdStore:
         committed: list[Record] = []
         while True:
             lease = await self._retrying(self._leases.current, deadline, False)
-            # No checkpoint from here to the plan: its compares must hold the mod revisions
+            # No checkpoint from here to the batch: its compares must hold the mod revisions
             # the decision saw, not those of a replica that moved on meanwhile.
             try:
                 records = decide()
@@ -297,15 +348,21 @@ class EtcdStore:
                 await self._confirm(about, deadline)
                 confirmed = True
                 continue
-            plan = self._plan(records, about, lease)
-            try:
-                done = await self._commit_once(plan, deadline)
-            except _LeaseGone:
-                self._leases.expired(lease)
+            parts = self._parts(records, about, lease)
+            pending = self._batches.enter(parts, deadline)
+            if pending is None:  # it depends on a change still in flight: decide after it
+                if not await self._batches.wait_for_room(deadline):
+                    raise NotDurable(self._no_room())
                 continue
+            try:
+                done = await self._committed(pending, deadline)
+            finally:
+                self._batches.leave(pending)
+            if done is None:
+                continue  # the lease was gone: take a new one
             if done:
-                committed += plan.records
-                if len(plan.records) == len(records):
+                committed += parts.records
+                if len(parts.records) == len(records):
                     return committed
             elif trio.current_time() > deadline:
                 raise NotDurable(
@@ -314,31 +371,54 @@ class EtcdStore:
                 )
             confirmed = True  # the replica caught up with every unit the change is about
 
-    # --- committing one txn --------------------------------------------------------------------
+    # --- committing ----------------------------------------------------------------------------
 
-    async def _commit_once(self, plan: _Plan, deadline: float) -> bool:
-        """Send the plan's txn until etcd answers; True if it was committed (now, or by an
-        attempt whose answer was lost), False if a compare failed."""
-        reply = await self._send(plan, deadline)
-        changed = reply.responses[0].response_range if not reply.succeeded else None
-        if reply.succeeded or (changed is not None and changed.kvs):
-            revision = reply.header.revision if reply.succeeded else changed.kvs[0].mod_revision  # type: ignore[union-attr]
-            if not await self._caught_up(max(deadline, trio.current_time() + ECHO_LIMIT), revision):
-                log.warning("acknowledging revision %d before the watch brought it", revision)
+    async def _committed(self, pending: Pending, deadline: float) -> bool | None:
+        """Wait for the change's txn; True once it is committed and in the replica, False if
+        another agent's change got in first (the replica now has it), None if the lease was
+        gone before the txn was sent."""
+        outcome = await pending.result()
+        if isinstance(outcome, NotDurable):
+            raise outcome
+        if isinstance(outcome, LeaseGone):
+            self._leases.expired(pending.parts.lease)
+            return None
+        if isinstance(outcome, Committed):
+            late = max(deadline, trio.current_time() + ECHO_LIMIT)
+            if await self._caught_up(late, outcome.revision):
+                self._confirmed(outcome.asked)
+            else:
+                log.warning(
+                    "acknowledging revision %d before the watch brought it", outcome.revision
+                )
             return True
-        current = _mod_revisions(plan.request.failure, reply, skip=1)
-        if not await self._caught_up(deadline, max(current.values(), default=0)):
+        assert isinstance(outcome, Conflict)
+        if not await self._caught_up(deadline, max(outcome.current.values(), default=0)):
             raise NotDurable(
                 "etcd's watch is not bringing other agents' changes, so the change cannot "
                 "be decided again; nothing was changed: retry"
             )
-        self._check_replica(current)
+        self._check_replica(outcome.current)
         return False
 
-    def _plan(self, records: list[Record], about: Sequence[str] | None, lease: int) -> _Plan:
+    def _no_room(self) -> str:
+        """Why a change that waited for another change to the same units gave up."""
+        if self._batches.trouble:
+            return (
+                f"etcd is unreachable ({self._batches.trouble}); nothing was changed: retry "
+                "once it is back"
+            )
+        return (
+            "another change to the same units was still being committed when the time was "
+            f"up ({self.config.timeout:g}s); nothing was changed: retry"
+        )
+
+    def _parts(self, records: list[Record], about: Sequence[str] | None, lease: int) -> Parts:
+        """The txn parts of the first records of a change (as many as one txn takes)."""
         keys = self.keys
         records, images = self._first_batch(records)
-        compared = dict.fromkeys(images)
+        gone = [record.unit for record in records if isinstance(record, Forgotten)]
+        compared = dict.fromkeys([*images, *gone])
         if about is not None:
             compared.update(dict.fromkeys(about))
         for record in records:
@@ -346,28 +426,49 @@ class EtcdStore:
                 # The start was decided because these were completed: they still must be.
                 unit = self.graph.units.get(record.unit)
                 compared.update(unit.deps if unit else {})
-        self._changes_made += 1
-        change_key = keys.changes + f"{self._agent}/{self._changes_made}".encode()
-        compares = [Compare(change_key, "CREATE", create_revision=0)]
-        success = [_put(keys.unit(name), _encode(image)) for name, image in images.items()]
-        failure = [_read(change_key)]
-        if len(compared) <= MAX_COMPARED:
+        compares = []
+        values = {keys.unit(name): _stored(image) for name, image in images.items()}
+        failure = []
+        expected: dict[bytes, int] = {}
+        exclusive = len(compared) > MAX_COMPARED
+        if not exclusive:
             for name in compared:
                 key = keys.unit(name)
-                compares.append(Compare(key, "MOD", mod_revision=self.mods.get(name, 0)))
-                failure.append(_read(key))
+                expected[key] = self.mods.get(name, 0)
+                compares.append(Compare(key, "MOD", mod_revision=expected[key]))
+                failure.append(read(key))
         else:
             units_end = prefix_end(keys.units)
             compares.append(
                 Compare(keys.units, "MOD", "LESS", self.revision + 1, range_end=units_end)
             )
             failure.append(_latest(keys.units, units_end))
-        if any(isinstance(record, Edge) for record in records):
+        edges = any(isinstance(record, Edge) for record in records)
+        if edges:
+            expected[keys.edges] = self.edges_mod
             compares.append(Compare(keys.edges, "MOD", mod_revision=self.edges_mod))
-            success.append(_put(keys.edges, change_key))
-            failure.append(_read(keys.edges))
-        success.append(Op(request_put=PutRequest(change_key, _encode(records), lease)))
-        return _Plan(TxnRequest(compares, success, failure), records, lease)
+            values[keys.edges] = b""
+            failure.append(read(keys.edges))
+        success = [_put(key, value) for key, value in values.items()]
+        success += [Op(request_delete_range=DeleteRangeRequest(keys.unit(name))) for name in gone]
+        return Parts(
+            compares,
+            success,
+            failure,
+            records,
+            lease,
+            writes=frozenset([*images, *gone]),
+            reads=frozenset(compared) - frozenset(images) - frozenset(gone),
+            edges=edges,
+            exclusive=exclusive,
+            expected=expected,
+            size=sum(map(len, values.values())),
+        )
+
+    def _change_key(self) -> bytes:
+        """The key of this agent's next txn of changes."""
+        self._changes_made += 1
+        return self.keys.changes + f"{self._agent}/{self._changes_made}".encode()
 
     def _first_batch(self, records: list[Record]) -> tuple[list[Record], dict[str, UnitImage]]:
         """As many of `records` as one txn takes (a unit's records stay together), and the
@@ -375,7 +476,7 @@ class EtcdStore:
         images = _images_after(self.graph, records)
         if len(images) <= 1:
             return records, images
-        size = sum(len(_encode(image)) for image in images.values())
+        size = sum(len(_stored(image)) for image in images.values())
         if len(images) <= MAX_UNITS_PER_TXN and size <= MAX_TXN_BYTES:
             return records, images
         if any(isinstance(record, Edge) for record in records):
@@ -386,31 +487,11 @@ class EtcdStore:
         # Independent units (a reset of many): each image depends on its own records only.
         batch, size = {}, 0
         for name, image in images.items():
-            size += len(_encode(image))
+            size += len(_stored(image))
             if batch and (len(batch) == MAX_UNITS_PER_TXN or size > MAX_TXN_BYTES):
                 break
             batch[name] = image
         return [record for record in records if record.unit in batch], batch
-
-    async def _send(self, plan: _Plan, deadline: float) -> TxnResponse:
-        """The txn's answer, sending it again (unchanged) while etcd does not give one."""
-        backoff, sent = _backoff(), False  # sent: an attempt may have reached etcd unanswered
-        while True:
-            try:
-                return await self.client.txn(plan.request, deadline=deadline)
-            except EtcdUnavailable as exc:
-                sent |= exc.maybe_applied
-                delay = backoff.next()
-                if trio.current_time() + delay > deadline:
-                    raise NotDurable(_unreachable(exc, sent)) from None
-                self._warn(f"etcd did not take a change, retrying: {exc}")
-            except EtcdRefused as exc:
-                if exc.code == NOT_FOUND and "lease" in str(exc) and not sent:
-                    raise _LeaseGone from None
-                if sent:
-                    raise NotDurable(_unreachable(exc, sent)) from None
-                raise NotDurable(f"etcd refused the change ({exc}); nothing was changed") from None
-            await trio.sleep(delay)
 
     async def _confirm(self, about: Sequence[str] | None, deadline: float) -> None:
         """Bring the replica up to etcd's present for the units `about` (None: all of them)."""
@@ -418,29 +499,35 @@ class EtcdStore:
         if about is None or len(about) > MAX_COMPARED:
             reads = [_latest(keys.units, prefix_end(keys.units))]
         else:
-            reads = [_read(keys.unit(name)) for name in about]
+            reads = [read(keys.unit(name)) for name in about]
 
-        async def read(deadline: float) -> TxnResponse:
+        async def ask(deadline: float) -> TxnResponse:
             return await self.client.txn(TxnRequest(success=reads), deadline=deadline)
 
-        reply = await self._retrying(read, deadline, True)
-        current = _mod_revisions(reads, reply)
+        asked = trio.current_time()
+        reply = await self._retrying(ask, deadline, True)
+        current = mod_revisions(reads, reply.responses)
         if not await self._caught_up(deadline, max(current.values(), default=0)):
             raise NotDurable(
                 "etcd's watch is not bringing other agents' changes, so this answer cannot be "
                 "confirmed; nothing was changed: retry"
             )
+        if about is None:  # every unit: the replica was current then
+            self._confirmed(asked)
 
     async def _retrying(
         self, call: Callable[[float], Awaitable[T]], deadline: float, reading: bool
     ) -> T:
         """`call(deadline)` (which sends nothing that changes anything), again while etcd is
-        unreachable, until `deadline`."""
-        backoff = _backoff()
+        unreachable, until `deadline`. Each attempt gets FIRST_ATTEMPT, then twice as long
+        as the one before, as a txn does: a call the members forwarded to a leader that was
+        then cut off is lost, and would hold every member until its own timeout."""
+        backoff, attempt = _backoff(), FIRST_ATTEMPT
         while True:
             try:
-                return await call(deadline)
+                return await call(min(deadline, trio.current_time() + attempt))
             except EtcdUnavailable as exc:
+                attempt *= 2
                 delay = backoff.next()
                 if trio.current_time() + delay > deadline:
                     what = "could not confirm this answer" if reading else "nothing was changed"
@@ -453,26 +540,67 @@ class EtcdStore:
     async def _caught_up(self, deadline: float, revision: int) -> bool:
         """Wait until the replica holds `revision`; False if it does not by `deadline`.
 
-        A watch that is late by `ECHO_LIMIT` is reopened once (it may be stuck on a member
-        that lost touch without closing the connection).
+        A watch that is late by `ECHO_LIMIT` is reopened once on the next member (it may be
+        stuck on a member that lost touch without closing the connection); at once if its
+        member has just failed to answer a call another member answered.
         """
         late = trio.current_time() + ECHO_LIMIT
+        why = f"within {ECHO_LIMIT:g}s"
+        if self.revision < revision and self.client.watch_suspect():
+            late, why = trio.current_time(), "and its member has just failed to answer a call"
         while self.revision < revision:
             with trio.move_on_at(min(late, deadline)):
                 await self._advanced.wait()
                 continue
             if trio.current_time() >= deadline:
                 return False
-            log.warning(
-                "the watch has not brought revision %d within %gs (the replica is at %d): "
-                "reopening it",
-                revision,
-                ECHO_LIMIT,
-                self.revision,
+            self._warn(
+                f"the watch has not brought revision {revision} {why} (the replica is at "
+                f"{self.revision}): reopening it on the next member"
             )
+            self.client.move_watch()
             self._reopen_watch()
             late = math.inf
         return True
+
+    def _confirmed(self, asked: float) -> None:
+        """The replica holds every change etcd had committed at `asked` (trio time)."""
+        self._fresh = max(self._fresh, asked)
+
+    async def _heartbeat(self) -> None:
+        """Confirm the replica is current when nothing else has for `HEARTBEAT`: read the
+        latest change's revision (P/latest) and see the watch bring it."""
+        reads = [read(self.keys.latest)]
+        tried = -math.inf
+        while True:
+            await trio.sleep_until(max(self._fresh, tried) + HEARTBEAT)
+            if trio.current_time() < self._fresh + HEARTBEAT:
+                continue  # a commit confirmed it meanwhile
+            tried = asked = trio.current_time()
+            deadline = asked + STALE_AFTER  # longer, and it is shown as behind anyway
+            try:
+                reply = await self.client.txn(TxnRequest(success=reads), deadline=deadline)
+            except EtcdError as exc:
+                self._warn(f"cannot tell whether the replica is current: {exc}")
+                self._say_staleness()
+                continue
+            latest = max(mod_revisions(reads, reply.responses).values(), default=0)
+            if await self._caught_up(deadline, latest):
+                self._confirmed(asked)
+            self._say_staleness()
+
+    def _say_staleness(self) -> None:
+        """Log when the replica starts to be shown as behind, and when it is current again."""
+        behind = self.replica_behind_since
+        if behind is not None and self._behind_said is None:
+            log.warning(
+                "the replica has not been confirmed current since %s (etcd out of reach?): "
+                "status shows it as behind",
+                time.strftime("%H:%M:%S", time.localtime(behind)),
+            )
+        elif behind is None and self._behind_said is not None:
+            log.info("the replica is current again")
+        self._behind_said = behind
 
     def _check_replica(self, current: dict[bytes, int]) -> None:
         """After a conflict, the replica must now agree with etcd on every compared key."""
@@ -492,11 +620,27 @@ class EtcdStore:
     # --- the replica ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow etcd until cancelled: the watch that feeds the replica, and compaction."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._follow)
-            nursery.start_soon(self._compact_history)
-            task_status.started()
+        """Follow etcd until cancelled: the watch that feeds the replica, the txns of its
+        changes, the heartbeat that confirms it is current, and compaction."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow)
+                nursery.start_soon(self._compact_history)
+                nursery.start_soon(self._batches.run)
+                nursery.start_soon(self._heartbeat)
+                task_status.started()
+        finally:
+            sizes = self._batches.sizes
+            if sizes:
+                changes = sum(size * count for size, count in sizes.items())
+                txns = sum(sizes.values())
+                log.info(
+                    "committed %d changes in %d txns (%.1f per txn, at most %d)",
+                    changes,
+                    txns,
+                    changes / txns,
+                    max(sizes),
+                )
 
     async def _take_graph_id(self) -> None:
         """Read the prefix's graph id, or create it if there is none yet, in one txn: of
@@ -563,13 +707,14 @@ class EtcdStore:
             kvs += reply.kvs
         edges = await self.client.range(RangeRequest(keys.edges, revision=revision))
         try:
-            fresh = Graph.from_images([_UNIT.decode(kv.value) for kv in kvs], self._boot)
-        except (msgspec.DecodeError, KeyError) as exc:
+            fresh = Graph.from_images([unit_image(kv.value) for kv in kvs], self._boot)
+        except (msgspec.DecodeError, KeyError, zlib.error) as exc:
             raise _Diverged(f"the units under {keys.units!r} do not form a graph: {exc}") from None
         self.graph = fresh
         self.mods = {kv.key[len(keys.units) :].decode(): kv.mod_revision for kv in kvs}
         self.edges_mod = edges.kvs[0].mod_revision if edges.kvs else 0
         self._advance(revision)
+        self._confirmed(started)
         log.info(
             "listed %d units from %s at revision %d (%.0f ms)",
             len(kvs),
@@ -627,31 +772,39 @@ class EtcdStore:
         if response.is_progress:  # every event up to its revision has been sent
             self._advance(max(self.revision, response.header.revision))
             return
+        # Each txn's changes are one key at one revision; a watch resumed after the last
+        # revision applied brings none twice.
+        seen = self.revision
         for event in response.events:
-            if event.kv.mod_revision > self.revision:  # a resumed watch brings none twice
+            if event.kv.mod_revision > seen:
                 self._apply(event.kv)
 
-    def _apply(self, change: KeyValue) -> None:
-        """Apply a change, committed at its key's revision, to the replica.
+    def _apply(self, changes: KeyValue) -> None:
+        """Apply the changes of one txn, committed at its key's revision, to the replica.
 
-        The units its records name are those its txn wrote, at that same revision: the
-        change alone tells the replica their new mod revisions, so the watch need not
+        The units their records name are those the txn wrote, at that same revision: the
+        changes alone tell the replica their new mod revisions, so the watch need not
         bring their images (the bulk of each txn) to every agent.
         """
-        revision = change.mod_revision
-        records = _CHANGE.decode(change.value)
-        try:
+        revision = changes.mod_revision
+        for records in decode_changes(changes.value):
+            try:
+                for record in records:
+                    self.graph.apply(record)
+            except KeyError as exc:
+                raise _Diverged(
+                    f"the change at revision {revision} names unknown unit {exc}"
+                ) from None
             for record in records:
-                self.graph.apply(record)
-        except KeyError as exc:
-            raise _Diverged(f"the change at revision {revision} names unknown unit {exc}") from None
-        for record in records:
-            self.mods[record.unit] = revision
-            if type(record) is Edge:
-                self.edges_mod = revision
-        self.revision = revision
-        if self._changes is not None:
-            self._changes.applied(records, revision)
+                if type(record) is Forgotten:
+                    self.mods.pop(record.unit, None)  # its key was deleted: absent again
+                    continue
+                self.mods[record.unit] = revision
+                if type(record) is Edge:
+                    self.edges_mod = revision
+            self.revision = revision
+            if self._changes is not None:
+                self._changes.applied(records, revision)
         self._advance(revision)
 
     def _advance(self, revision: int) -> None:
@@ -734,26 +887,21 @@ def _images_after(graph: Graph, records: list[Record]) -> dict[str, UnitImage]:
     return {image.name: image for image in scratch.images() if image.name in names}
 
 
-def _mod_revisions(reads: Sequence[Op], reply: TxnResponse, skip: int = 0) -> dict[bytes, int]:
-    """Each key read by `reads` (after the first `skip`) and its mod revision now, 0 for a
-    key that is absent; for a `_latest` read, the key found last changed."""
-    current: dict[bytes, int] = {}
-    for op, response in zip(reads[skip:], reply.responses[skip:], strict=True):
-        assert op.request_range is not None
-        found = response.response_range or RangeResponse()
-        if op.request_range.range_end:
-            current.update((kv.key, kv.mod_revision) for kv in found.kvs)
-        else:
-            current[op.request_range.key] = found.kvs[0].mod_revision if found.kvs else 0
-    return current
+def _stored(image: UnitImage) -> bytes:
+    """A unit's image as its key's value (compressed if long)."""
+    value = _encode(image)
+    return zlib.compress(value, 1) if len(value) > COMPRESS_OVER else value
+
+
+def unit_image(value: bytes) -> UnitImage:
+    """A unit key's value as an image (see `_stored`)."""
+    if value[:1] == ZLIB_HEADER:
+        value = zlib.decompress(value)
+    return _UNIT.decode(value)
 
 
 def _put(key: bytes, value: bytes) -> Op:
     return Op(request_put=PutRequest(key, value))
-
-
-def _read(key: bytes) -> Op:
-    return Op(request_range=RangeRequest(key, keys_only=True))
 
 
 def _latest(key: bytes, end: bytes) -> Op:

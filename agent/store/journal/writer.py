@@ -197,6 +197,8 @@ class Journal:
         self.location = str(state_dir.absolute())
         self.recovers_unaided = False
         """A change refused for want of room goes through only once someone frees some."""
+        self.replica_behind_since: float | None = None
+        """The journal is this agent's own: never behind anything."""
         self.fsyncs = 0
         """How many fsyncs of the log so far (group commit makes it far fewer than appends)."""
 
