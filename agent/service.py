@@ -67,6 +67,7 @@ from unitsync.wire.protocol import (
     UnitView,
     Want,
 )
+from unitsync.wire.runlog.layout import logs_folder, remove_unit
 
 from .broadcast import Hub, Watcher
 from .core.graph import WORKSPACE_RESTARTED, Graph
@@ -124,6 +125,11 @@ class Service:
         self._ignored_reports = Throttle(math.inf, keys_kept=SUPERSEDED_KEPT)
         """Superseded runs (by token) whose first ignored report was logged."""
         store.listen(self)
+
+    @property
+    def logs_folder(self) -> str:
+        """Where `run`s on this host keep their commands' output ("": nowhere known)."""
+        return as_text(str(logs_folder(self.state_dir))) if self.state_dir is not None else ""
 
     @property
     def graph(self) -> Graph:
@@ -375,6 +381,8 @@ class Service:
                 unit=name,
             )
         await self.commit(lambda: self.graph.forget(name, now=self.clock()), [name])
+        if self.state_dir is not None:  # its runs' output goes with it (SPEC §15)
+            await trio.to_thread.run_sync(remove_unit, logs_folder(self.state_dir), name)
         return Ok(unit=name, message=f"forgot {name} and its history")
 
     async def set_reason(self, request: SetReason) -> Ok:

@@ -35,6 +35,7 @@ from unitsync.wire.protocol import Ok, StatusReply
 
 from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
 from .progress import StartProgress
+from .sizes import log_limit_option
 from .usage import USAGE, describe
 
 if TYPE_CHECKING:
@@ -69,6 +70,12 @@ for _name, _help in (
         help=_help,
         usage=f"Usage: {USAGE[_name]}",
     )
+sync.command(
+    "unitsync.cli.logs:logs",
+    name="logs",
+    help="Show what UNIT's command printed (`run` keeps it): the latest run, or others.",
+    usage=f"Usage: {USAGE['logs']}",
+)
 app.command(
     "unitsync.cli.completion:install_completion",
     name="--install-completion",
@@ -88,6 +95,9 @@ def _no_sync_command() -> int:
     sync.help_print(console=_stderr_console())
     return EXIT_USAGE
 
+
+LOG_LIMIT = 8 * 1024 * 1024
+"""`run --log-limit`'s default (`run.recorder.DEFAULT_LIMIT`, not imported: start-up time)."""
 
 SocketOption = Annotated[
     Path | None,
@@ -347,7 +357,20 @@ def status(
     except UnitsyncError as exc:
         return error_exit(exc)
     print(_render(state, unit, output or "table").rstrip("\n"))
+    if unit is not None and output in (None, "table") and state.units[0].status == "failed":
+        _last_output(client, unit)
     return 0
+
+
+def _last_output(client: Client, unit: str) -> None:
+    """A failed unit's last lines of output, under its status (SPEC §15)."""
+    from .logs import last_lines
+
+    with client:
+        lines = last_lines(client, unit)
+    if lines:
+        print("\nlast output:")
+        print("\n".join(f"  {line}" for line in lines))
 
 
 def _render(state: StatusReply, unit: str | None, output: Output) -> str:
@@ -424,6 +447,16 @@ def run(
             "command and exits 0).",
         ),
     ] = False,
+    log_limit: Annotated[
+        int,
+        Parameter(
+            converter=log_limit_option,
+            metavar="SIZE",
+            show_default=False,
+            help="Keep at most this much of UNIT's output (`sync logs`), oldest runs dropped "
+            "first: 512K, 8M, 1G; 0 records nothing [default: 8M].",
+        ),
+    ] = LOG_LIMIT,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
@@ -454,7 +487,17 @@ def run(
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with cli_client(socket) as client:
-        return run_unit(client, unit, command, want, timeout, readiness, once=once, rerun=rerun)
+        return run_unit(
+            client,
+            unit,
+            command,
+            want,
+            timeout,
+            readiness,
+            once=once,
+            rerun=rerun,
+            log_limit=log_limit,
+        )
 
 
 def main() -> None:

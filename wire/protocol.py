@@ -214,6 +214,13 @@ class Welcome(Base, tag="welcome"):
     """The id of the graph the agent serves, made once when the graph was created."""
     state: str
     """Where that graph is kept: the state dir, or the etcd store's location."""
+    logs: str = ""
+    """The folder on this agent's host where `run` keeps its command's output (SPEC §15):
+    in the agent's local state dir, in etcd mode too. "": none (an older agent)."""
+    boot: int = 0
+    """The workspace's current boot (as in `Pong`), for the sections of those logs."""
+    host: str = ""
+    """This agent's host (its etcd host id, or the machine's name)."""
 
 
 class Pong(Base, tag="pong"):
