@@ -215,7 +215,7 @@ class UnitAgent:
         """Record how the command ended; its status (or the agent's exit code)."""
         if not self.service:  # plain `run`: its end is the unit's end
             if ended.signal_name:
-                return self.ended(ended.status, self._said(f"killed by signal {ended.signal_name}"))
+                return self.ended(ended.status, f"killed by signal {ended.signal_name}")
             if not ended.status:
                 return self.ended(0, None)
             return self.ended(ended.status, self._said(f"exit status {ended.status}"))
@@ -226,10 +226,12 @@ class UnitAgent:
             else f"exited with status {ended.status}"
         )
         when = "after being ready" if was_ready else "before being ready"
-        return self.ended(ended.status, self._said(f"{how} {when}"))
+        reason = f"{how} {when}"
+        return self.ended(ended.status, reason if ended.signal_name else self._said(reason))
 
     def _said(self, reason: str) -> str:
-        """A failure's reason, with the last line the command wrote to stderr, if any."""
+        """An exit's reason, with the last line the command wrote to stderr, if any (not a
+        signal's: what a killed command last said is seldom why it was killed)."""
         last = self.recorder.last_error_line() if self.recorder is not None else ""
         return f"{reason}: {last}" if last else reason
 
