@@ -7,10 +7,10 @@ lines (and prompts that end none) appear as they are written and nothing within 
 stream is reordered.
 
 Where `run` writes to a terminal the command gets a pseudo-terminal instead of a
-pipe, so it keeps its colours and its line buffering; when `run`'s stdout and stderr
-are one terminal, one pty serves both, so their relative order is kept too, as
-without `run` (the reader is then told the stream `terminal`: which was which is not
-known). The pty does no output processing (no `\\n` -> `\\r\\n`): bytes pass
+pipe, so it keeps its colours and its line buffering. When `run`'s stdout and stderr
+are one terminal or one file (`>log 2>&1`), one pty or pipe serves both, so their
+relative order is kept too, as without `run`; the readers are then told the stream
+`both` (which was which is not known). The pty does no output processing (no `\\n` -> `\\r\\n`): bytes pass
 unchanged, and it has the terminal's window size, kept when it changes (SIGWINCH). The
 command keeps `run`'s stdin and controlling terminal (Ctrl-C, job control). Where `run`
 writes to a pipe or a file the command gets a pipe (made large: fewer, larger reads).
@@ -45,7 +45,7 @@ the output of a descendant that keeps writing."""
 PIPE_SIZE = 1024 * 1024
 """The pipes' capacity (Linux's default is 64 KiB): a fast writer fills it while `run`
 copies, and each read takes more."""
-STDOUT, STDERR, TERMINAL = 0, 1, 2
+STDOUT, STDERR, BOTH = 0, 1, 2
 """Stream numbers, as `unitsync.wire.runlog.format.STREAMS` names them."""
 
 ESCAPES = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -57,7 +57,7 @@ Tap = Callable[[int, bytes], None]
 
 
 class _Stream:
-    """One output stream of the command (or both, on one terminal) and where it goes."""
+    """One output stream of the command (or both, to one place) and where it goes."""
 
     def __init__(self, out: int, number: int, terminal: bool) -> None:
         self.out = out
@@ -81,18 +81,14 @@ class Relay:
     def child_options(self) -> dict[str, Any]:
         """`Popen`'s stdout and stderr for the command."""
         out, err = self.outs
-        if os.isatty(out) and os.isatty(err) and os.path.sameopenfile(out, err):
-            self.streams = [_Stream(out, TERMINAL, terminal=True)]
+        if _same(out, err):
+            self.streams = [_Stream(out, BOTH, os.isatty(out))]
             return {"stdout": self.streams[0].child_fd, "stderr": subprocess.STDOUT}
         self.streams = [
             _Stream(out, STDOUT, os.isatty(out)),
             _Stream(err, STDERR, os.isatty(err)),
         ]
         return {"stdout": self.streams[0].child_fd, "stderr": self.streams[1].child_fd}
-
-    @property
-    def all_terminals(self) -> bool:
-        return all(s.terminal for s in self.streams)
 
     def begin(self, reactor: Reactor) -> None:
         """The command runs (it has its ends): copy as output comes."""
@@ -153,6 +149,14 @@ class Relay:
         for stream in self.streams:
             if stream.terminal and stream.open:
                 _copy_size(stream.out, stream.read_fd)
+
+
+def _same(out: int, err: int) -> bool:
+    """Are `run`'s stdout and stderr one terminal or file (so one stream keeps their order)?"""
+    try:
+        return os.path.sameopenfile(out, err)
+    except OSError:
+        return False
 
 
 def _pipe() -> tuple[int, int]:

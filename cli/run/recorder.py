@@ -218,8 +218,10 @@ class Recorder:
                 return
         try:
             written = os.writev(self._fd, parts)
-            if written != length:
-                raise OSError(28, "short write (the disk is full?)")
+            if written != length:  # the disk filled up half way: the rest says why
+                rest = b"".join(parts)[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
         except OSError as exc:
             self._cut_back()
             self._stop(

@@ -32,9 +32,10 @@ MAX_BODY = 4 * 1024 * 1024
 a reason to read gigabytes."""
 
 OUTPUT, SECTION, END, GAP = b"o", b"s", b"e", b"g"
-STREAMS = ("stdout", "stderr", "terminal")
-"""Stream numbers on disk. `terminal`: stdout and stderr were one terminal, so the command
-got one pseudo-terminal for both and their order is kept, not which was which."""
+STREAMS = ("stdout", "stderr", "both")
+"""Stream numbers on disk. `both`: `run`'s stdout and stderr were one terminal or file, so
+the command got one pseudo-terminal or pipe for both, which keeps their order (as without
+`run`), not which was which."""
 
 
 class Section(msgspec.Struct, frozen=True, array_like=True):

@@ -38,7 +38,7 @@ class LogLine(msgspec.Struct, frozen=True, gc=False):
     time: float
     """When `run` read it (Unix time)."""
     stream: str
-    """stdout, stderr, or terminal (both, on one pseudo-terminal: `output.Relay`)."""
+    """stdout, stderr, or both (one pipe or pseudo-terminal carried both: `format.STREAMS`)."""
     run: int
     boot: int
     data: bytes
@@ -302,13 +302,21 @@ def filtered(events: list[Event], since: float | None, stream: str | None) -> li
 
 
 def tailed(events: list[Event], count: int) -> list[Event]:
-    """The last `count` lines, the notes among them, and every note of damage or drops."""
+    """The last `count` lines, the notes of their runs, and every note of damage or drops."""
     seen = 0
     for index in range(len(events) - 1, -1, -1):
         if isinstance(events[index], LogLine):
             seen += 1
             if seen > count:
+                before, after = events[: index + 1], events[index + 1 :]
+                runs = {e.run for e in after if isinstance(e, LogLine)}
                 return [
-                    e for e in events[:index] if isinstance(e, LogNote) and e.kind != "end"
-                ] + events[index + 1 :]
+                    e
+                    for e in before
+                    if _is(e, "dropped", "skipped") or (_is(e, "begin") and e.run in runs)
+                ] + [e for e in after if e.run in runs or _is(e, "dropped", "skipped")]
     return events
+
+
+def _is(event: Event, *kinds: str) -> bool:
+    return isinstance(event, LogNote) and event.kind in kinds
