@@ -234,7 +234,7 @@ def last_lines(client: Client, unit: str, count: int = LAST_LINES) -> list[str]:
 
 
 def _printable(text: str) -> str:
-    from .run.output import ESCAPES
+    from .run.output import escapes
 
-    plain = ESCAPES.sub(b"", text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
+    plain = escapes().sub(b"", text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
     return "".join(c if c.isprintable() else "?" for c in plain.rstrip("\r"))

@@ -10,10 +10,11 @@ Where `run` writes to a terminal the command gets a pseudo-terminal instead of a
 pipe, so it keeps its colours and its line buffering. When `run`'s stdout and stderr
 are one terminal or one file (`>log 2>&1`), one pty or pipe serves both, so their
 relative order is kept too, as without `run`; the readers are then told the stream
-`both` (which was which is not known). The pty does no output processing (no `\\n` -> `\\r\\n`): bytes pass
-unchanged, and it has the terminal's window size, kept when it changes (SIGWINCH). The
-command keeps `run`'s stdin and controlling terminal (Ctrl-C, job control). Where `run`
-writes to a pipe or a file the command gets a pipe (made large: fewer, larger reads).
+`both` (which was which is not known). The pty does no output processing (no
+`\\n` -> `\\r\\n`): bytes pass unchanged, and it has the terminal's window size, kept when
+it changes (SIGWINCH). The command keeps `run`'s stdin and controlling terminal (Ctrl-C,
+job control). Where `run` writes to a pipe or a file the command gets a pipe (made large:
+fewer, larger reads).
 
 Resource rules: `Relay` owns the reading ends (pty leaders, pipe read ends) and closes
 them in `finish`; the command's ends are closed in `begin`, once it has them. If `run`'s
@@ -48,9 +49,16 @@ copies, and each read takes more."""
 STDOUT, STDERR, BOTH = 0, 1, 2
 """Stream numbers, as `unitsync.wire.runlog.format.STREAMS` names them."""
 
-ESCAPES = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+ESCAPES = rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]"
 """Terminal escape sequences (CSI such as colours, OSC such as titles, two-byte ones): what
-a line is searched or shown without."""
+a line is searched or shown without (`escapes()`)."""
+
+
+@functools.cache
+def escapes() -> re.Pattern[bytes]:
+    """ESCAPES compiled, once it is needed (not at every `run`'s start)."""
+    return re.compile(ESCAPES)
+
 
 Tap = Callable[[int, bytes], None]
 """Told each chunk: its stream number and its bytes (after it was passed through)."""

@@ -36,7 +36,7 @@ from pathlib import Path
 from unitsync.wire.runlog.format import End, Gap, Section, other_record, output_parts
 from unitsync.wire.runlog.layout import Untrusted, file_name, log_files, make_private, unit_folder
 
-from .output import ESCAPES
+from .output import escapes
 
 DEFAULT_LIMIT = 8 * 1024 * 1024
 """Bytes of log kept per unit unless `--log-limit` says otherwise."""
@@ -49,6 +49,8 @@ FLUSH_DELAY = 0.01
 50 ms (SPEC §15's figure), and a fast command pays one write per batch, not per chunk."""
 MAX_RECORD = 1024 * 1024
 """Output bytes per record at most (`format.MAX_BODY` is the reader's bound)."""
+RECORD_ROOM = 256
+"""Bytes of a file kept for a record's frame and a file's header, past its output."""
 LAST_LINE = 200
 """Characters of the command's last stderr line kept for a failed unit's reason."""
 
@@ -100,6 +102,8 @@ class Recorder:
         self._flush_due = False
         self._stderr_tail = b""
         """The end of what the command wrote to stderr: its last line is a failure's reason."""
+        self._open_lines: set[int] = set()
+        """Streams whose last byte written was not a newline."""
 
     # --- what the supervisor calls ---------------------------------------------------------
 
@@ -117,6 +121,7 @@ class Recorder:
             self._started = self.clock()
             self._lines = self._bytes = 0
             self._stderr_tail = b""
+            self._open_lines.clear()
             while True:
                 try:
                     self._open(0)
@@ -159,12 +164,17 @@ class Recorder:
             self._bytes += gap.bytes
             self._dropped_lines = self._dropped_bytes = 0
             self._append([other_record(gap)], 0)
+        most = min(MAX_RECORD, self.segment_size - RECORD_ROOM)  # so a file holds several
         for when, stream, data in pending:
-            for at in range(0, len(data), MAX_RECORD):
-                part = data[at : at + MAX_RECORD] if len(data) > MAX_RECORD else data
+            for at in range(0, len(data), most):
+                part = data[at : at + most] if len(data) > most else data
                 if self._fd < 0:
                     return
                 self._append(output_parts(when, stream, part), part.count(b"\n"), len(part))
+                if part.endswith(b"\n"):
+                    self._open_lines.discard(stream)
+                else:
+                    self._open_lines.add(stream)
 
     def end(self, status: int, reason: str | None) -> None:
         """The run is over: write what waits and how it ended, and close the file."""
@@ -181,7 +191,7 @@ class Recorder:
     def last_error_line(self) -> str:
         """The last line the command wrote to stderr (or to its terminal), for people: no
         colours, cut to LAST_LINE characters; "" if none."""
-        lines = ESCAPES.sub(b"", self._stderr_tail).replace(b"\r", b"\n").split(b"\n")
+        lines = escapes().sub(b"", self._stderr_tail).replace(b"\r", b"\n").split(b"\n")
         for line in reversed(lines):
             text = line.decode("utf-8", "replace").strip()
             if text:
@@ -206,6 +216,7 @@ class Recorder:
             self.command,
             self.host,
             self.limit,
+            sorted(self._open_lines),
         )
         self._append([other_record(header)], 0)
 

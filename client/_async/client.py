@@ -62,7 +62,6 @@ from unitsync.wire.errors import (
     Refused,
     UnitsyncError,
 )
-from unitsync.wire.host.inotify import POLL, Changes
 from unitsync.wire.host.paths import default_socket
 from unitsync.wire.host.peer import peer_of
 from unitsync.wire.protocol import (
@@ -89,15 +88,6 @@ from unitsync.wire.protocol import (
     Want,
     Watch,
     Welcome,
-)
-from unitsync.wire.runlog.layout import Untrusted, unit_folder
-from unitsync.wire.runlog.reader import (
-    LogLine,
-    LogNote,
-    LogReader,
-    Selection,
-    filtered,
-    tailed,
 )
 from unitsync.wire.session import (
     NEED_DATA,
@@ -130,6 +120,8 @@ from ..retry import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator  # (apart: so its blocking name sorts alike)
+
+    from unitsync.wire.runlog.reader import LogLine, LogNote
 
     from ..autostart import Autostarted
 
@@ -572,6 +564,10 @@ class AsyncClient:
         stops iterating. An unknown unit raises `Refused` (`unknown_unit`), as `status` does;
         a log folder that is not private to this user raises `Refused` (`invalid`).
         """
+        from unitsync.wire.host.inotify import POLL, Changes
+        from unitsync.wire.runlog.layout import Untrusted, unit_folder
+        from unitsync.wire.runlog.reader import LogReader, Selection, filtered, tailed
+
         await self.status(unit)  # known? (its welcome also says where the logs are)
         welcome = self.welcome
         if welcome is None or not welcome.logs:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import msgspec
 
@@ -38,7 +37,7 @@ the command got one pseudo-terminal or pipe for both, which keeps their order (a
 `run`), not which was which."""
 
 
-class Section(msgspec.Struct, frozen=True, array_like=True):
+class Section(msgspec.Struct, array_like=True):
     """Begins every file: which run this is, and where its output stood when the file began."""
 
     unit: str
@@ -56,6 +55,9 @@ class Section(msgspec.Struct, frozen=True, array_like=True):
     command: str = ""
     host: str = ""
     limit: int = 0
+    open_lines: list[int] = []
+    """Streams whose line was not ended when this file began: if what went before was
+    dropped, the file begins with the rest of a line, not shown."""
 
 
 class End(msgspec.Struct, frozen=True, array_like=True):
@@ -74,15 +76,13 @@ class Gap(msgspec.Struct, frozen=True, array_like=True):
     bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(msgspec.Struct, frozen=True, gc=False):
     time: float
     stream: str
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
+class Skipped(msgspec.Struct, frozen=True, gc=False):
     """Bytes that hold no readable record (damage, or a record cut short)."""
 
     offset: int

@@ -26,7 +26,7 @@ from typing import Literal
 
 import msgspec
 
-from .format import End, Gap, Output, Section, Skipped, scan
+from .format import STREAMS, End, Gap, Output, Section, Skipped, scan
 from .layout import check_private, log_files
 
 NoteKind = Literal["begin", "end", "dropped", "skipped"]
@@ -73,6 +73,8 @@ class _Run:
     partial: dict[str, tuple[float, bytearray]] = field(default_factory=dict)
     lines_seen: int = -1
     """Lines of the run accounted for so far (-1: none yet), to tell what was dropped."""
+    cut: set[str] = field(default_factory=set)
+    """Streams whose first bytes kept end a line whose start was dropped: not shown."""
 
 
 @dataclass
@@ -228,7 +230,9 @@ class LogReader:
         first = run.section is None
         run.section = section
         if section.first_line > max(run.lines_seen, 0) or (first and section.first_byte):
-            dropped_lines = section.first_line - max(run.lines_seen, 0)
+            run.partial.clear()
+            run.cut = {STREAMS[i] for i in section.open_lines if i < len(STREAMS)}
+            dropped_lines = section.first_line - max(run.lines_seen, 0) + len(run.cut)
             yield LogNote(
                 "dropped",
                 run.number,
@@ -249,7 +253,17 @@ class LogReader:
     def _lines(self, run: _Run, record: Output) -> Iterable[LogLine]:
         boot = run.section.boot if run.section else 0
         stream = record.stream
-        pieces = record.data.split(b"\n")
+        data = record.data
+        if stream in run.cut:  # the rest of a line whose start was dropped
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            run.cut.discard(stream)
+            run.lines_seen += 1
+            data = data[end + 1 :]
+            if not data:
+                return
+        pieces = data.split(b"\n")
         held = run.partial.pop(stream, None)
         if held is not None:
             began, buffer = held

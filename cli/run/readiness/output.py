@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from ..children import Child, Exits
-from ..output import ESCAPES
+from ..output import escapes
 from ..reactor import Reactor
 from .detector import Listener
 
@@ -78,7 +78,7 @@ class LogReady:
     def _search(self, lines: list[bytes]) -> None:
         assert self.listener is not None
         for line in lines:
-            text = ESCAPES.sub(b"", line).rstrip(b"\r").decode("utf-8", "replace")
+            text = escapes().sub(b"", line).rstrip(b"\r").decode("utf-8", "replace")
             if self.pattern.search(text):
                 self.listener.ready(f"output matched {self.pattern.pattern!r}")
                 return
