@@ -39,7 +39,8 @@ from typing import Any
 
 from .reactor import Reactor
 
-READ_SIZE = 262144
+READ_SIZE = 1024 * 1024
+"""As much as a pipe holds (PIPE_SIZE): a fast writer is read in few, large chunks."""
 DRAIN_LIMIT = 64
 """Chunks copied at most once the command has exited: what it left in the pipes, not
 the output of a descendant that keeps writing."""

@@ -5,10 +5,11 @@ run number, boot, owner, start), `output` with each chunk as it passes it throug
 with the status and reason the unit got. The files are `unitsync.wire.runlog`'s
 (`layout`, `format`); `run` writes them itself, never through the agent.
 
-Chunks wait in memory and are written together FLUSH_DELAY after the first of them, so a
-command that prints fast costs one write per batch; a batch past the limit is cut from its
-front before it is written (a `Gap` record says what was dropped), so a command that prints
-far more than the limit costs little more than passing it through.
+Chunks wait in memory and are written together FLUSH_DELAY after the first of them (later
+while output pours in: BUSY), so a command that prints fast costs one write per batch;
+a batch past the limit is cut from its front before it is written (a `Gap` record says how
+much was dropped), so a command that prints far more than the limit costs little more than
+passing it through. Lines are counted in what is written, not in what is dropped.
 
 Bounded: the unit's files stay within `limit` bytes. Each run's output is written in files
 of a `limit // SEGMENTS`th; when the folder would pass the limit, the oldest file goes, which
@@ -47,6 +48,13 @@ SEGMENTS = 8
 FLUSH_DELAY = 0.01
 """Seconds output waits to be written with what follows it: `logs -f` shows it within
 50 ms (SPEC §15's figure), and a fast command pays one write per batch, not per chunk."""
+BUSY = 1024 * 1024
+FLUSH_BUSY = 0.25
+MAX_DEFER = 1.0
+"""While BUSY bytes or more wait at a flush, it waits FLUSH_BUSY more, as long as the last
+write is less than MAX_DEFER ago: output that comes that fast is not read live line by
+line, and what passes the limit meanwhile is dropped in memory, never written (a command
+printing 200 MB costs about one write of the limit, not 200 MB)."""
 MAX_RECORD = 1024 * 1024
 """Output bytes per record at most (`format.MAX_BODY` is the reader's bound)."""
 RECORD_ROOM = 256
@@ -97,8 +105,10 @@ class Recorder:
         self._started = 0.0
         self._pending: deque[tuple[float, int, bytes]] = deque()
         self._pending_bytes = 0
-        self._dropped_lines = 0
         self._dropped_bytes = 0
+        self._gap_open: set[int] = set()
+        """Streams whose dropped output ended mid-line (what follows a gap is its rest)."""
+        self._last_write = time.monotonic()
         self._flush_due = False
         self._stderr_tail = b""
         """The end of what the command wrote to stderr: its last line is a failure's reason."""
@@ -135,34 +145,46 @@ class Recorder:
 
     def output(self, stream: int, data: bytes) -> None:
         """A chunk the command wrote to `stream` (an index of `format.STREAMS`)."""
-        if stream == 1 or stream == 2:  # stderr, or one terminal for both
-            self._stderr_tail = (self._stderr_tail + data)[-4096:]
+        if stream == 1 or stream == 2:  # stderr, or one pipe or terminal for both
+            self._stderr_tail = (self._stderr_tail + data[-4096:])[-4096:]
         if not self.recording or self._fd < 0:
             return
         self._pending.append((self.clock(), stream, data))
         self._pending_bytes += len(data)
         while self._pending_bytes > self.limit and len(self._pending) > 1:
-            _when, _stream, dropped = self._pending.popleft()
+            _when, dropped_stream, dropped = self._pending.popleft()
             self._pending_bytes -= len(dropped)
-            self._dropped_bytes += len(dropped)
-            self._dropped_lines += dropped.count(b"\n")
+            self._dropped_bytes += len(dropped)  # (its lines are not counted: too costly)
+            if dropped.endswith(b"\n"):
+                self._gap_open.discard(dropped_stream)
+            else:
+                self._gap_open.add(dropped_stream)
         if self.schedule is None:
             self.flush()
         elif not self._flush_due:
             self._flush_due = True
             self.schedule(FLUSH_DELAY, self.flush)
 
-    def flush(self) -> None:
-        """Write what waits."""
+    def flush(self, *, final: bool = False) -> None:
+        """Write what waits; while output pours in (not `final`), wait longer instead, up to
+        MAX_DEFER: what passes the limit meanwhile is dropped in memory, never written."""
         self._flush_due = False
         if not self._pending or self._fd < 0:
             return
+        now = time.monotonic()
+        pouring = self._pending_bytes >= BUSY and now - self._last_write < MAX_DEFER
+        if not final and pouring and self.schedule is not None:
+            self._flush_due = True
+            self.schedule(FLUSH_BUSY, self.flush)
+            return
+        self._last_write = now
         pending, self._pending, self._pending_bytes = self._pending, deque(), 0
         if self._dropped_bytes:
-            gap = Gap(self._dropped_lines, self._dropped_bytes)
-            self._lines += gap.lines
+            gap = Gap(-1, self._dropped_bytes, sorted(self._gap_open))
+            self._lines = -1  # from here on this run's lines are not counted
             self._bytes += gap.bytes
-            self._dropped_lines = self._dropped_bytes = 0
+            self._dropped_bytes = 0
+            self._gap_open.clear()
             self._append([other_record(gap)], 0)
         most = min(MAX_RECORD, self.segment_size - RECORD_ROOM)  # so a file holds several
         for when, stream, data in pending:
@@ -178,14 +200,14 @@ class Recorder:
 
     def end(self, status: int, reason: str | None) -> None:
         """The run is over: write what waits and how it ended, and close the file."""
-        self.flush()
+        self.flush(final=True)
         if self._fd >= 0:
             self._append([other_record(End(self.clock(), status, reason or ""))], 0)
         self._close_file()
 
     def close(self) -> None:
         """`run` is going away (its end may not have been recorded): keep what was written."""
-        self.flush()
+        self.flush(final=True)
         self._close_file()
 
     def last_error_line(self) -> str:
@@ -242,7 +264,8 @@ class Recorder:
             return
         self._written += length
         self._total += length
-        self._lines += lines
+        if self._lines >= 0:
+            self._lines += lines
         self._bytes += size
         if self._total > self.limit:
             self._drop_oldest()

@@ -49,7 +49,7 @@ class Section(msgspec.Struct, array_like=True):
     """0 for a run's first file, 1, 2... for the next ones."""
     first_line: int
     """Lines of this run's output before this file (what went before it was dropped when
-    this is the oldest file kept)."""
+    this is the oldest file kept); -1 once output was dropped uncounted (`Gap`)."""
     first_byte: int
     pid: int = 0
     command: str = ""
@@ -73,7 +73,10 @@ class Gap(msgspec.Struct, frozen=True, array_like=True):
     """Output dropped here to stay within the limit (it came faster than it could be kept)."""
 
     lines: int
+    """-1: not counted (what is dropped before it is written is not looked at)."""
     bytes: int
+    open_lines: list[int] = []
+    """Streams whose dropped part ended mid-line: what follows is the rest of a line."""
 
 
 class Output(msgspec.Struct, frozen=True, gc=False):

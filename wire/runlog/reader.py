@@ -71,8 +71,8 @@ class _Run:
     section: Section | None = None
     ended: End | None = None
     partial: dict[str, tuple[float, bytearray]] = field(default_factory=dict)
-    lines_seen: int = -1
-    """Lines of the run accounted for so far (-1: none yet), to tell what was dropped."""
+    bytes_seen: int = 0
+    """Bytes of the run's output accounted for so far, to tell what was dropped."""
     cut: set[str] = field(default_factory=set)
     """Streams whose first bytes kept end a line whose start was dropped: not shown."""
 
@@ -198,13 +198,15 @@ class LogReader:
             elif isinstance(record, Section):
                 yield from self._section(run, record)
             elif isinstance(record, Gap):
-                run.lines_seen += record.lines
+                run.bytes_seen += record.bytes
+                yield from self._flush_partial(run)  # lines whose end was dropped
+                run.cut = {STREAMS[i] for i in record.open_lines if i < len(STREAMS)}
                 yield LogNote(
                     "dropped",
                     run.number,
-                    f"{_lines(record.lines)} ({_size(record.bytes)}) of run {run.number} "
-                    f"dropped here: they came faster than the log limit "
-                    f"({_size(run.section.limit if run.section else 0)}) could keep",
+                    f"{_size(record.bytes)} of run {run.number}'s output dropped here: it came "
+                    f"faster than the log limit ({_size(run.section.limit if run.section else 0)})"
+                    " could keep",
                 )
             elif isinstance(record, End):
                 yield from self._flush_partial(run)
@@ -229,17 +231,23 @@ class LogReader:
     def _section(self, run: _Run, section: Section) -> Iterable[Event]:
         first = run.section is None
         run.section = section
-        if section.first_line > max(run.lines_seen, 0) or (first and section.first_byte):
+        if section.first_byte > run.bytes_seen:
             run.partial.clear()
             run.cut = {STREAMS[i] for i in section.open_lines if i < len(STREAMS)}
-            dropped_lines = section.first_line - max(run.lines_seen, 0) + len(run.cut)
+            if first and section.first_line >= 0:  # counted: say it in lines
+                what = _lines(section.first_line + len(run.cut))
+            else:
+                what = _size(section.first_byte - run.bytes_seen)
             yield LogNote(
                 "dropped",
                 run.number,
-                f"the first {_lines(dropped_lines)} of run {run.number} were dropped to keep "
-                f"the log within its limit ({_size(section.limit)})",
+                f"the first {what} of run {run.number} were dropped to keep the log within "
+                f"its limit ({_size(section.limit)})"
+                if first
+                else f"{what} of run {run.number}'s output dropped here to keep the log "
+                f"within its limit ({_size(section.limit)})",
             )
-        run.lines_seen = section.first_line
+        run.bytes_seen = section.first_byte
         if first:
             command = f": {section.command}" if section.command else ""
             yield LogNote(
@@ -254,12 +262,12 @@ class LogReader:
         boot = run.section.boot if run.section else 0
         stream = record.stream
         data = record.data
+        run.bytes_seen += len(data)
         if stream in run.cut:  # the rest of a line whose start was dropped
             end = data.find(b"\n")
             if end < 0:
                 return
             run.cut.discard(stream)
-            run.lines_seen += 1
             data = data[end + 1 :]
             if not data:
                 return
@@ -272,7 +280,6 @@ class LogReader:
         else:
             began = record.time
         *whole, rest = pieces
-        run.lines_seen += len(whole)
         for i, data in enumerate(whole):
             yield LogLine(began if i == 0 else record.time, stream, run.number, boot, data)
         if rest:
