@@ -108,22 +108,30 @@ def logs(
                 if follow:
                     printer.flush()
                     printer.headers = True
+            printer.flush()
+            if printer.lines or printer.runs:
+                return 0
+            return _nothing(client, unit, run, boot)
     except UnitsyncError as exc:
         printer.flush()
         return error_exit(exc)
     except KeyboardInterrupt:  # the way a follow ends
         printer.flush()
         return 0
-    printer.flush()
-    if printer.lines or printer.runs:
-        return 0
-    return _nothing(client, unit, run, boot)
 
 
 def _nothing(client: Client, unit: str, run: int | None, boot: int | None) -> int:
     """Say why nothing was shown; the exit status."""
+    [view] = client.status(unit)
     welcome = client.welcome
     here = f" on this host ({welcome.host})" if welcome and welcome.host else ""
+    if welcome is not None and view.host and view.host != welcome.host:
+        print(
+            f"unitsync: {unit} has no recorded output{here}: its latest run ran on host "
+            f"{view.host}, which keeps that run's output (`unitsync sync logs {unit}` there)",
+            file=sys.stderr,
+        )
+        return 0
     if run is not None:
         print(f"unitsync: run {run} of {unit} is not in its log{here}", file=sys.stderr)
         return EXIT_REFUSED

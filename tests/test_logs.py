@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from unitsync.wire.runlog.layout import LOGS_DIR, log_files, unit_folder
 from unitsync.wire.runlog.reader import LogLine
 
 from conftest import AgentProcess, read_until, run_cli, sock, unit_status
+from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60.0
 """Bounds every wait, so that a broken build fails instead of hanging; never asserted."""
@@ -425,3 +427,24 @@ def test_a_full_disk_stops_the_recording_not_the_command(
     assert shown.returncode == 0 and b"no readable record" not in shown.stderr
     lines = shown.stdout.decode().splitlines()
     assert lines and lines == [f"line {i:05d} " + "." * 50 for i in range(len(lines))]
+
+
+# --- several hosts ---------------------------------------------------------------------------
+
+
+def test_on_etcd_the_output_stays_on_the_host_that_ran_it(
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
+) -> None:
+    url = etcd.url("logs")
+    host_a = etcd_agents(url, "--host-id", "host-a")
+    host_b = etcd_agents(url, "--host-id", "host-b")
+    assert host_a.cli("run", "seed", "--", "echo", "seeded on a").returncode == 0
+    shown = host_a.cli("logs", "seed")
+    assert shown.returncode == 0 and shown.stdout == "seeded on a\n"
+    deadline = time.monotonic() + LIMIT
+    while (elsewhere := host_b.cli("logs", "seed")).returncode != 0:  # until B's replica has it
+        assert time.monotonic() < deadline, elsewhere.stderr
+        time.sleep(0.05)
+    assert elsewhere.stdout == ""
+    assert "its latest run ran on host host-a, which keeps that run's output" in elsewhere.stderr
+    assert not (host_b.state_dir / LOGS_DIR).exists()

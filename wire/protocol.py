@@ -200,6 +200,9 @@ class UnitView(msgspec.Struct):
     with that field's name (`dependents: 24,500 of 25,000 not listed (...)`): the units that
     want it past the ones listed, and what a journal written before the bounds holds past
     them (`wire.bounds`). So every view fits in a frame."""
+    host: str = ""
+    """The host whose agent began the unit's latest run (its machine's name, or its etcd
+    host id): where that run's output is kept (SPEC §15). "": never started."""
 
 
 # --- replies and events --------------------------------------------------------------------

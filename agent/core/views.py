@@ -104,6 +104,7 @@ def unit_view(
             owner_alive,
         ),
         cut=cut,
+        host=unit.host,
     )
 
 
