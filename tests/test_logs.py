@@ -8,6 +8,7 @@ long anything took: waits are bounded only so that a broken build fails instead 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -19,8 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from unitsync.client import Client
+from unitsync.agent.serve.server import AgentConfig
+from unitsync.agent.service import Service
+from unitsync.client import AsyncClient, Client
 from unitsync.wire.runlog.layout import LOGS_DIR, log_files, unit_folder
 from unitsync.wire.runlog.reader import LogLine
 
@@ -448,3 +452,37 @@ def test_on_etcd_the_output_stays_on_the_host_that_ran_it(
     assert elsewhere.stdout == ""
     assert "its latest run ran on host host-a, which keeps that run's output" in elsewhere.stderr
     assert not (host_b.state_dir / LOGS_DIR).exists()
+
+
+async def test_the_trio_client_yields_records_and_follows(
+    agent: Service, config: AgentConfig
+) -> None:
+    """The same `logs` in the trio client (generated into the blocking one): what is there,
+    then, following, a new run's lines as they come."""
+    env = dict(os.environ, UNITSYNC_SOCKET=str(config.socket))
+    command = [sys.executable, "-m", "unitsync.cli", "sync", "run", "tick", "--"]
+    await trio.run_process([*command, "echo", "first"], env=env, capture_stdout=True)
+    async with AsyncClient(config.socket) as client:
+        seen = [e.text async for e in client.logs("tick") if isinstance(e, LogLine)]
+        assert seen == ["first"]
+        with trio.fail_after(LIMIT):
+            follow = client.logs("tick", follow=True)
+            async with (
+                contextlib.aclosing(follow) as lines,  # type: ignore[type-var]
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(
+                    functools.partial(
+                        trio.run_process,
+                        [*command, "sh", "-c", "echo second; echo third"],
+                        env=env,
+                        capture_stdout=True,
+                    )
+                )
+                texts = []
+                async for event in lines:
+                    if isinstance(event, LogLine):
+                        texts.append(event.text)
+                    if texts[-1:] == ["third"]:
+                        break
+    assert texts == ["first", "second", "third"]
