@@ -28,6 +28,8 @@ from unitsync.wire.timefmt import clock
 
 from .app import SocketOption, _usage_error, cli_client, error_exit
 
+FLUSH_PARTS = 8192
+"""Lines (or their parts) gathered before one write to stdout."""
 LAST_LINES = 5
 """Lines of a failed unit's output that `status UNIT` shows."""
 
@@ -103,8 +105,6 @@ def logs(
             )
             for event in events:
                 printer.show(event)
-                if printer.pending_bytes > 1 << 16:
-                    printer.flush()
                 if follow:
                     printer.flush()
                     printer.headers = True
@@ -154,14 +154,19 @@ class Printer:
         self.lines = 0
         self.runs = 0
         self._out: list[bytes] = []
-        self.pending_bytes = 0
+        self.plain = not (self.json or timestamps or prefix)
         self._encoder = msgspec.json.Encoder()
 
     def show(self, event: LogLine | LogNote) -> None:
-        if isinstance(event, LogNote):
+        if type(event) is LogNote:
             self._note(event)
             return
         self.lines += 1
+        if self.plain:  # the common case, kept short: a full log is 100,000s of lines
+            self._out += (event.data, b"\n")  # type: ignore[union-attr]
+            if len(self._out) > FLUSH_PARTS:
+                self.flush()
+            return
         if self.json:
             record = {
                 "time": event.time,
@@ -178,7 +183,8 @@ class Printer:
             if self.timestamps:
                 line = _stamp(event.time).encode() + b" " + line
         self._out.append(line)
-        self.pending_bytes += len(line)
+        if len(self._out) > FLUSH_PARTS:
+            self.flush()
 
     def _note(self, note: LogNote) -> None:
         if note.kind == "begin":
@@ -197,7 +203,6 @@ class Printer:
             out.write(b"".join(self._out))
             out.flush()
             self._out.clear()
-            self.pending_bytes = 0
 
 
 def _stamp(at: float) -> str:

@@ -193,7 +193,7 @@ class LogReader:
         self, run: _Run, file: _File, found: Iterable[object], start: int
     ) -> Iterable[Event]:
         for record in found:
-            if isinstance(record, Output):
+            if type(record) is Output:
                 yield from self._lines(run, record)
             elif isinstance(record, Section):
                 yield from self._section(run, record)
@@ -258,7 +258,7 @@ class LogReader:
                 section.boot,
             )
 
-    def _lines(self, run: _Run, record: Output) -> Iterable[LogLine]:
+    def _lines(self, run: _Run, record: Output) -> list[LogLine]:
         boot = run.section.boot if run.section else 0
         stream = record.stream
         data = record.data
@@ -266,24 +266,28 @@ class LogReader:
         if stream in run.cut:  # the rest of a line whose start was dropped
             end = data.find(b"\n")
             if end < 0:
-                return
+                return []
             run.cut.discard(stream)
             data = data[end + 1 :]
             if not data:
-                return
+                return []
         pieces = data.split(b"\n")
         held = run.partial.pop(stream, None)
+        at, number = record.time, run.number
+        began = at
         if held is not None:
             began, buffer = held
             buffer += pieces[0]
             pieces[0] = bytes(buffer)
-        else:
-            began = record.time
-        *whole, rest = pieces
-        for i, data in enumerate(whole):
-            yield LogLine(began if i == 0 else record.time, stream, run.number, boot, data)
+        rest = pieces.pop()
         if rest:
-            run.partial[stream] = (began if not whole else record.time, bytearray(rest))
+            run.partial[stream] = (began if not pieces else at, bytearray(rest))
+        if not pieces:
+            return []
+        lines = [LogLine(at, stream, number, boot, line) for line in pieces]
+        if began != at:  # the first line began in an earlier chunk
+            lines[0] = LogLine(began, stream, number, boot, pieces[0])
+        return lines
 
     def _flush_partial(self, run: _Run) -> list[Event]:
         boot = run.section.boot if run.section else 0
