@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import Figure, agent
+from run import Figure, agent, python_speed
 
 UNITSYNC = Path(sys.executable).with_name("unitsync")
 BIG = 200 * 1000 * 1000
@@ -134,14 +134,14 @@ def follow_delay(socket: Path) -> list[Figure]:
 
 
 def main() -> None:
-    figures: list[Figure] = []
+    figures: list[Figure] = [python_speed()]
     with agent() as (socket, _process), tempfile.TemporaryDirectory() as folder:
         figures += throughput(socket, Path(folder))
         figures += read_all(socket)
         figures += follow_delay(socket)
     for figure in figures:
         mark = {True: "met", False: "MISSED", None: ""}[figure.met]
-        print(f"{figure.name}: {figure.measured} (target {figure.target}) {mark}")
+        print(f"{figure.name}: {figure.measured} (target {figure.target}) {mark} {figure.note}")
 
 
 if __name__ == "__main__":
