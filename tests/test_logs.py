@@ -486,3 +486,21 @@ async def test_the_trio_client_yields_records_and_follows(
                     if texts[-1:] == ["third"]:
                         break
     assert texts == ["first", "second", "third"]
+
+
+def test_on_etcd_a_forget_removes_the_log_on_every_host(
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
+) -> None:
+    url = etcd.url("forget-logs")
+    host_a = etcd_agents(url, "--host-id", "host-a")
+    host_b = etcd_agents(url, "--host-id", "host-b")
+    assert host_a.cli("run", "tmp", "--", "echo", "on a").returncode == 0
+    kept = unit_folder(host_a.state_dir / LOGS_DIR, "tmp")
+    assert kept.is_dir()
+    deadline = time.monotonic() + LIMIT
+    while (forgot := host_b.cli("forget", "tmp")).returncode != 0:  # once B's replica has it
+        assert time.monotonic() < deadline, forgot.stderr
+        time.sleep(0.05)
+    while kept.exists():  # host A's agent removes it when the forget reaches it
+        assert time.monotonic() < deadline, "host A kept the log of a forgotten unit"
+        time.sleep(0.05)
