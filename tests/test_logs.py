@@ -28,7 +28,7 @@ from unitsync.client import AsyncClient, Client
 from unitsync.wire.runlog.layout import LOGS_DIR, log_files, unit_folder
 from unitsync.wire.runlog.reader import LogLine
 
-from conftest import AgentProcess, read_until, run_cli, sock, unit_status
+from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, unit_status
 from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60.0
@@ -504,3 +504,32 @@ def test_on_etcd_a_forget_removes_the_log_on_every_host(
     while kept.exists():  # host A's agent removes it when the forget reaches it
         assert time.monotonic() < deadline, "host A kept the log of a forgotten unit"
         time.sleep(0.05)
+
+
+def test_on_a_terminal_the_command_still_has_one(agent_process: AgentProcess) -> None:
+    """Passed through a pseudo-terminal: the command sees a terminal (colours, line buffering)
+    and reads its stdin from the real one; the log keeps its lines, colours included."""
+    command = py(
+        """
+        import sys
+        tty = sys.stdout.isatty() and sys.stderr.isatty()
+        print("\\x1b[32mtty\\x1b[0m" if tty else "no tty", flush=True)
+        print("typed:", input(), flush=True)
+        """
+    )
+    proc, terminal = on_a_terminal(
+        "sync", "run", "colour", "--", *command, socket=sock(agent_process)
+    )
+    try:
+        assert b"\x1b[32mtty\x1b[0m" in read_until(terminal, b"tty\x1b[0m")
+        os.write(terminal, b"hello\n")
+        assert b"typed: hello" in read_until(terminal, b"typed: hello")
+        assert proc.wait(LIMIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(terminal)
+    shown = logs(agent_process, "colour")
+    assert shown.stdout.replace(b"\r", b"") == b"\x1b[32mtty\x1b[0m\ntyped: hello\n"
+    records = json_lines(logs(agent_process, "colour", "-o", "json").stdout)
+    assert {r["stream"] for r in records} == {"both"}
