@@ -93,7 +93,7 @@ def logs(
     client = cli_client(socket)
     try:
         with client:
-            events = client.logs(
+            batches = client.log_batches(
                 unit,
                 follow=follow,
                 run=run,
@@ -103,8 +103,8 @@ def logs(
                 tail=tail,
                 stream=stream,
             )
-            for event in events:
-                printer.show(event)
+            for batch in batches:
+                printer.show_all(batch)
                 if follow:
                     printer.flush()
                     printer.headers = True
@@ -156,6 +156,26 @@ class Printer:
         self._out: list[bytes] = []
         self.plain = not (self.json or timestamps or prefix)
         self._encoder = msgspec.json.Encoder()
+
+    def show_all(self, events: list[LogLine | LogNote]) -> None:
+        """Show a batch; plain text in one go (a full log is 100,000s of lines)."""
+        if not self.plain:
+            for event in events:
+                self.show(event)
+            return
+        start = 0
+        for index, event in enumerate(events):
+            if type(event) is LogNote:
+                self._plain(events[start:index])
+                self._note(event)
+                start = index + 1
+        self._plain(events[start:])
+
+    def _plain(self, lines: list[LogLine]) -> None:  # type: ignore[type-arg]
+        if lines:
+            self.lines += len(lines)
+            self._out.append(b"\n".join([line.data for line in lines]) + b"\n")
+            self.flush()
 
     def show(self, event: LogLine | LogNote) -> None:
         if type(event) is LogNote:

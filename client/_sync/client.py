@@ -561,11 +561,40 @@ class Client:
         ended, output dropped for the limit, damage skipped), from this host's log.
 
         The latest run unless `run`, `boot` or `all` chooses others; `since` (Unix time) and
-        `stream` ("stdout", "stderr", "terminal") keep some lines, `tail` the last N. With
+        `stream` ("stdout", "stderr", "both") keep some lines, `tail` the last N. With
         `follow`, goes on with what is written next, new runs included, until the caller
         stops iterating. An unknown unit raises `Refused` (`unknown_unit`), as `status` does;
         a log folder that is not private to this user raises `Refused` (`invalid`).
         """
+        batches = self.log_batches(
+            unit,
+            follow=follow,
+            run=run,
+            boot=boot,
+            all=all,
+            since=since,
+            tail=tail,
+            stream=stream,
+        )
+        with contextlib.closing(batches):
+            for batch in batches:
+                for event in batch:  # noqa: UP028, RUF100 (the generated copy could `yield from`)
+                    yield event
+
+    def log_batches(
+        self,
+        unit: str,
+        *,
+        follow: bool = False,
+        run: int | None = None,
+        boot: int | None = None,
+        all: bool = False,
+        since: float | None = None,
+        tail: int | None = None,
+        stream: str | None = None,
+    ) -> Iterator[list[LogLine | LogNote]]:
+        """`logs`, as the lists of events each read of the log gives (what was there, then
+        each change followed): for a caller that handles 100,000s of lines at once."""
         from unitsync.wire.host.inotify import POLL, Changes
         from unitsync.wire.runlog.layout import Untrusted, unit_folder
         from unitsync.wire.runlog.reader import LogReader, Selection, filtered, tailed
@@ -582,8 +611,7 @@ class Client:
         except Untrusted as exc:
             raise Refused(str(exc), code="invalid", unit=unit) from None
         events = filtered(events, since, stream)
-        for event in tailed(events, tail) if tail is not None else events:
-            yield event
+        yield tailed(events, tail) if tail is not None else events
         if not follow:
             return
         changes = Changes(reader.folder)
@@ -591,8 +619,9 @@ class Client:
             while True:
                 self._backend.wait_readable(changes.fileno(), POLL)
                 changes.drain()
-                for event in filtered(self._backend.in_thread(reader.read), None, stream):
-                    yield event
+                events = filtered(self._backend.in_thread(reader.read), None, stream)
+                if events:
+                    yield events
         finally:
             changes.close()
 
