@@ -150,6 +150,11 @@ def test_each_run_is_its_own_section(agent_process: AgentProcess) -> None:
     assert logs(agent_process, "job", "--boot", "1").stdout == every.encode()
     tail = logs(agent_process, "job", "--tail", "1", "--all").stdout.decode().splitlines()
     assert [line for line in tail if not line.startswith("-- run 3")] == ["third"]
+    assert logs(agent_process, "job", "--since", "10m").stdout == b"third\n"
+    assert logs(agent_process, "job", "--since", "2999-01-01T00:00").stdout == b""
+    bad = logs(agent_process, "job", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and b"--since: not a time" in bad.stderr
+    assert logs(agent_process, "job", "--run", "1", "--all").returncode == 2
     missing = logs(agent_process, "job", "--run", "9")
     assert missing.returncode == 1 and b"run 9 of job is not in its log" in missing.stderr
 
