@@ -19,7 +19,8 @@ fewer, larger reads).
 Resource rules: `Relay` owns the reading ends (pty leaders, pipe read ends) and closes
 them in `finish`; the command's ends are closed in `begin`, once it has them. If `run`'s
 own stream is closed (EPIPE), that stream's reading end is closed too, so the command
-meets the closed pipe itself, as it would without `run`.
+meets the closed pipe itself, as it would without `run`; if it cannot be written at all
+(closed before `run` began, a terminal hung up), the output still reaches the readers.
 """
 
 from __future__ import annotations
@@ -139,10 +140,13 @@ class Relay:
             self._close(stream)
             return False
         try:
-            _write_all(stream.out, data)
+            if stream.out >= 0:
+                _write_all(stream.out, data)
         except BrokenPipeError:
             self._close(stream)
             return False
+        except OSError:  # `run`'s own stream is closed (EBADF) or gone (EIO): readers only
+            stream.out = -1
         for tap in self.taps:
             tap(stream.number, data)
         return True
