@@ -101,7 +101,8 @@ class Recorder:
         """Bytes of the unit's files, the open one included."""
         self._lines = 0
         self._bytes = 0
-        """Lines and bytes of this run's output so far (dropped or kept)."""
+        """Lines and bytes of this run's output so far, dropped or kept (lines: -1 once output
+        was dropped uncounted)."""
         self._started = 0.0
         self._pending: deque[tuple[float, int, bytes]] = deque()
         self._pending_bytes = 0
@@ -132,6 +133,7 @@ class Recorder:
             self._lines = self._bytes = 0
             self._stderr_tail = b""
             self._open_lines.clear()
+            self._last_write = time.monotonic()
             while True:
                 try:
                     self._open(0)
