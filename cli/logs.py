@@ -164,18 +164,20 @@ class Printer:
                 self.show(event)
             return
         start = 0
-        for index, event in enumerate(events):
-            if type(event) is LogNote:
-                self._plain(events[start:index])
-                self._note(event)
-                start = index + 1
-        self._plain(events[start:])
+        for index in [i for i, event in enumerate(events) if type(event) is LogNote]:
+            self._plain(events[start:index])  # type: ignore[arg-type]
+            self._note(events[index])  # type: ignore[arg-type]
+            start = index + 1
+        self._plain(events[start:])  # type: ignore[arg-type]
 
     def _plain(self, lines: list[LogLine]) -> None:  # type: ignore[type-arg]
         if lines:
-            self.lines += len(lines)
-            self._out.append(b"\n".join([line.data for line in lines]) + b"\n")
             self.flush()
+            self.lines += len(lines)
+            out = sys.stdout.buffer
+            out.write(b"\n".join([line.data for line in lines]))
+            out.write(b"\n")
+            out.flush()
 
     def show(self, event: LogLine | LogNote) -> None:
         if type(event) is LogNote:

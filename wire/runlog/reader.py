@@ -187,46 +187,48 @@ class LogReader:
             if current is not None and current.path == file.path:
                 self._current = None
         run = self._runs.setdefault(file.run, _Run(file.run))
-        return list(self._events(run, file, found, start))
-
-    def _events(
-        self, run: _Run, file: _File, found: Iterable[object], start: int
-    ) -> Iterable[Event]:
+        events: list[Event] = []
         for record in found:
-            if type(record) is Output:
-                yield from self._lines(run, record)
-            elif isinstance(record, Section):
-                yield from self._section(run, record)
-            elif isinstance(record, Gap):
-                run.bytes_seen += record.bytes
-                yield from self._flush_partial(run)  # lines whose end was dropped
-                run.cut = {STREAMS[i] for i in record.open_lines if i < len(STREAMS)}
-                yield LogNote(
-                    "dropped",
-                    run.number,
-                    f"{_size(record.bytes)} of run {run.number}'s output dropped here: it came "
-                    f"faster than the log limit ({_size(run.section.limit if run.section else 0)})"
-                    " could keep",
-                )
-            elif isinstance(record, End):
-                yield from self._flush_partial(run)
-                run.ended = record
-                how = record.reason or "completed"
-                yield LogNote(
-                    "end",
-                    run.number,
-                    f"run {run.number} ended: {how}",
-                    record.at,
-                    run.section.boot if run.section else 0,
-                    record.status,
-                )
-            elif isinstance(record, Skipped):
-                yield LogNote(
-                    "skipped",
-                    run.number,
-                    f"skipped {_size(record.length)} that hold no readable record at offset "
-                    f"{start + record.offset} of {file.path} (a damaged or cut log)",
-                )
+            if type(record) is Output:  # most records: their lines, in one list each
+                events += self._lines(run, record)
+            else:
+                events += self._events(run, file, record, start)
+        return events
+
+    def _events(self, run: _Run, file: _File, record: object, start: int) -> Iterable[Event]:
+        """What a record other than output says."""
+        if isinstance(record, Section):
+            yield from self._section(run, record)
+        elif isinstance(record, Gap):
+            run.bytes_seen += record.bytes
+            yield from self._flush_partial(run)  # lines whose end was dropped
+            run.cut = {STREAMS[i] for i in record.open_lines if i < len(STREAMS)}
+            yield LogNote(
+                "dropped",
+                run.number,
+                f"{_size(record.bytes)} of run {run.number}'s output dropped here: it came "
+                f"faster than the log limit ({_size(run.section.limit if run.section else 0)})"
+                " could keep",
+            )
+        elif isinstance(record, End):
+            yield from self._flush_partial(run)
+            run.ended = record
+            how = record.reason or "completed"
+            yield LogNote(
+                "end",
+                run.number,
+                f"run {run.number} ended: {how}",
+                record.at,
+                run.section.boot if run.section else 0,
+                record.status,
+            )
+        elif isinstance(record, Skipped):
+            yield LogNote(
+                "skipped",
+                run.number,
+                f"skipped {_size(record.length)} that hold no readable record at offset "
+                f"{start + record.offset} of {file.path} (a damaged or cut log)",
+            )
 
     def _section(self, run: _Run, section: Section) -> Iterable[Event]:
         first = run.section is None
