@@ -67,6 +67,7 @@ from unitsync.wire.protocol import (
     UnitView,
     Want,
 )
+from unitsync.wire.runlog.layout import logs_folder, remove_unit
 
 from .broadcast import Hub, Watcher
 from .core.graph import WORKSPACE_RESTARTED, Graph
@@ -126,7 +127,15 @@ class Service:
         """Superseded runs, newest last: token -> by whom."""
         self._ignored_reports = Throttle(math.inf, keys_kept=SUPERSEDED_KEPT)
         """Superseded runs (by token) whose first ignored report was logged."""
+        self._forgotten, self._forgotten_out = trio.open_memory_channel[str](math.inf)
+        """Units forgotten (here or by another agent of a shared graph): their output logs
+        on this host go too (`remove_forgotten_logs`)."""
         store.listen(self)
+
+    @property
+    def logs_folder(self) -> str:
+        """Where `run`s on this host keep their commands' output ("": nowhere known)."""
+        return as_text(str(logs_folder(self.state_dir))) if self.state_dir is not None else ""
 
     @property
     def graph(self) -> Graph:
@@ -161,6 +170,9 @@ class Service:
         and the superseding of the held runs it replaced."""
         changed = {r.unit for r in records if isinstance(r, Edge | Move)}
         self.waiters.notify(changed)
+        for record in records:
+            if type(record) is Forgotten:
+                self._forgotten.send_nowait(record.unit)
         if any(isinstance(r, Forgotten | Boot) for r in records):
             if self.hub.watchers:  # a unit gone, a new boot: no view per unit tells it
                 self.hub.stage(seq, None)
@@ -405,7 +417,16 @@ class Service:
                 unit=name,
             )
         await self.commit(lambda: self.graph.forget(name, now=self.clock()), [name])
+        if self.state_dir is not None:  # its runs' output goes with it (SPEC §15)
+            await trio.to_thread.run_sync(remove_unit, logs_folder(self.state_dir), name)
         return Ok(unit=name, message=f"forgot {name} and its history")
+
+    async def remove_forgotten_logs(self) -> None:
+        """Remove the output logs of forgotten units from this host's state dir, as they are
+        forgotten (by this agent, or by another of a shared graph), until cancelled."""
+        async for name in self._forgotten_out:
+            if self.state_dir is not None:
+                await trio.to_thread.run_sync(remove_unit, logs_folder(self.state_dir), name)
 
     async def set_reason(self, request: SetReason) -> Ok:
         name, token = request.unit, request.token

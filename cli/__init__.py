@@ -6,6 +6,7 @@
     app            the commands and their options (cyclopts): the command line's definition
     usage          usage errors as one plain line, with the command's usage line
     durations      durations as typed (`30s`, `5m`; 0 is forever)
+    sizes          sizes as typed (`8M`, `512K`; `run --log-limit`)
     progress       what `start` shows while it waits
     render         `status`: a table, one unit, JSON, Graphviz dot, Mermaid
     watch          `status --watch`: a live table, or JSON lines
@@ -16,6 +17,7 @@
     completion     `--install-completion` (loaded only then)
     agent_command  `unitsync agent` (the one command that imports the agent, when run)
     run/           `sync run`: the supervisor of a command, its readiness, its hold on the unit
+    logs           `sync logs`: a unit's kept output; a failed unit's last lines for `status`
     timeline/      `timeline`, `critical-chain`, `blame`: the model and its views
 
 Start-up time is a feature: a hot command's plain form loads msgspec and the blocking client

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
+from unitsync.client import Client
 from unitsync.wire import __version__
 from unitsync.wire.errors import EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_USAGE, UnitsyncError
 from unitsync.wire.host.paths import SOCKET_ENV
@@ -31,6 +32,7 @@ from .hot import cli_client, error_exit
 from .hot import usage_error as _usage_error
 from .main import main as main  # the entry point, also reachable here
 from .main import stdout_gone
+from .sizes import LOG_LIMIT, log_limit_option
 from .usage import USAGE, describe
 
 app = App(
@@ -62,6 +64,12 @@ for _name, _help in (
         help=_help,
         usage=f"Usage: {USAGE[_name]}",
     )
+sync.command(
+    "unitsync.cli.logs:logs",
+    name="logs",
+    help="Show what UNIT's command printed (`run` keeps it): the latest run, or others.",
+    usage=f"Usage: {USAGE['logs']}",
+)
 app.command(
     "unitsync.cli.completion:install_completion",
     name="--install-completion",
@@ -274,7 +282,20 @@ def status(
     except UnitsyncError as exc:
         return error_exit(exc)
     print(_render(state, unit, output or "table").rstrip("\n"))
+    if unit is not None and output in (None, "table") and state.units[0].status == "failed":
+        _last_output(client, unit)
     return 0
+
+
+def _last_output(client: Client, unit: str) -> None:
+    """A failed unit's last lines of output, under its status (SPEC §15)."""
+    from .logs import last_lines
+
+    with client:
+        lines = last_lines(client, unit)
+    if lines:
+        print("\nlast output:")
+        print("\n".join(f"  {line}" for line in lines))
 
 
 def _render(state: StatusReply, unit: str | None, output: Output) -> str:
@@ -352,6 +373,16 @@ def run(
             "command and exits 0).",
         ),
     ] = False,
+    log_limit: Annotated[
+        int,
+        Parameter(
+            converter=log_limit_option,
+            metavar="SIZE",
+            show_default=False,
+            help="Keep at most this much of UNIT's output (`sync logs`), oldest runs dropped "
+            "first: 512K, 8M, 1G; 0 records nothing [default: 8M].",
+        ),
+    ] = LOG_LIMIT,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
@@ -374,6 +405,7 @@ def run(
         ready_timeout=ready_timeout,
         once=once,
         rerun=rerun,
+        log_limit=log_limit,
         socket=socket,
     )
 

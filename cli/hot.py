@@ -27,6 +27,7 @@ from unitsync.client import Client
 from unitsync.wire.errors import EXIT_INTERRUPTED, EXIT_USAGE, UnitsyncError
 
 from .durations import DEFAULT_TIMEOUT
+from .sizes import LOG_LIMIT
 from .usage import USAGE
 
 if TYPE_CHECKING:
@@ -183,6 +184,7 @@ def run(
     ready_timeout: float | None = None,
     once: bool = False,
     rerun: bool = False,
+    log_limit: int = LOG_LIMIT,
     socket: Path | None = None,
 ) -> int:
     if not command:
@@ -205,7 +207,17 @@ def run(
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
     with cli_client(socket) as client:
-        return run_unit(client, unit, command, want, timeout, readiness, once=once, rerun=rerun)
+        return run_unit(
+            client,
+            unit,
+            command,
+            want,
+            timeout,
+            readiness,
+            once=once,
+            rerun=rerun,
+            log_limit=log_limit,
+        )
 
 
 def _before_dashes(command: tuple[str, ...]) -> tuple[str, ...]:

@@ -32,14 +32,26 @@ USAGE = {
     "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
     "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] [--once] [--rerun] "
     "[--ready-cmd CMD [--ready-interval 1s] | --ready-log REGEX | --notify] "
-    "[--ready-timeout D] -- COMMAND [ARGS...]",
+    "[--ready-timeout D] [--log-limit 8M] -- COMMAND [ARGS...]",
+    "logs": "unitsync sync logs UNIT [-f] [--run N | --boot N | --all] [--since TIME] "
+    "[--tail N] [--stream stdout|stderr|terminal] [--timestamps] [--prefix] [-o text|json]",
     "timeline": "unitsync sync timeline [--boot N] [-o table|json|svg]",
     "critical-chain": "unitsync sync critical-chain [UNIT] [--boot N]",
     "blame": "unitsync sync blame [--boot N]",
 }
 """Each command's usage line, as the README's command table writes it."""
 
-TAKE_UNITS = {"want", "start", "complete", "fail", "reset", "forget", "status", "critical-chain"}
+TAKE_UNITS = {
+    "want",
+    "start",
+    "complete",
+    "fail",
+    "reset",
+    "forget",
+    "status",
+    "critical-chain",
+    "logs",
+}
 """Commands whose positional words are unit names."""
 DURATION_OPTIONS = {
     "--timeout",

@@ -11,6 +11,8 @@
     host/         the OS mechanisms both sides need (paths, /proc, peers, sd_notify, pidfds,
                   lock files, backoff); it imports nothing else of unitsync
     timefmt       how times and durations are written for people, on both sides
+    runlog/       the runs' output logs in the state dir: format, layout, reader (`run`
+                  writes them, `logs` and the clients read them, the agent forgets them)
 
 Nothing here knows about the graph, the journal or the command line.
 """

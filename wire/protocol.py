@@ -213,6 +213,9 @@ class UnitView(msgspec.Struct):
     with that field's name (`dependents: 24,500 of 25,000 not listed (...)`): the units that
     want it past the ones listed, and what a journal written before the bounds holds past
     them (`wire.bounds`). So every view fits in a frame."""
+    host: str = ""
+    """The host whose agent began the unit's latest run (its machine's name, or its etcd
+    host id): where that run's output is kept (SPEC §15). "": never started."""
 
 
 # --- replies and events --------------------------------------------------------------------
@@ -227,6 +230,13 @@ class Welcome(Base, tag="welcome"):
     """The id of the graph the agent serves, made once when the graph was created."""
     state: str
     """Where that graph is kept: the state dir, or the etcd store's location."""
+    logs: str = ""
+    """The folder on this agent's host where `run` keeps its command's output (SPEC §15):
+    in the agent's local state dir, in etcd mode too. "": none (an older agent)."""
+    boot: int = 0
+    """The workspace's current boot (as in `Pong`), for the sections of those logs."""
+    host: str = ""
+    """This agent's host (its etcd host id, or the machine's name)."""
 
 
 class Pong(Base, tag="pong"):

@@ -118,8 +118,10 @@ def too_large(size: int) -> Error:
 class Serving:
     """The agent's side of one connection: what the frames received ask, what to send."""
 
-    def __init__(self, graph: str, state: str, pid: int) -> None:
-        self.welcome = Welcome(PROTOCOL_VERSION, __version__, pid, graph, state)
+    def __init__(
+        self, graph: str, state: str, pid: int, *, logs: str = "", boot: int = 0, host: str = ""
+    ) -> None:
+        self.welcome = Welcome(PROTOCOL_VERSION, __version__, pid, graph, state, logs, boot, host)
         """What every accepted hello is answered with: the graph served, where it is kept."""
         self.state = _GREETING
         self._request: Request | None = None

@@ -102,6 +102,7 @@ def unit_view(
             owner_alive,
         ),
         cut=cut,
+        host=unit.host,
     )
 
 

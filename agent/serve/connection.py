@@ -117,7 +117,14 @@ async def serve_connection(
     """
     partial = partial or PartialFrames(limits.partial_frames)
     frames = MeteredFrames(stream, partial)
-    serving = Serving(service.store.graph_id, service.store.location, os.getpid())
+    serving = Serving(
+        service.store.graph_id,
+        service.store.location,
+        os.getpid(),
+        logs=service.logs_folder,
+        boot=service.graph.boot,
+        host=service.host,
+    )
     outbox = Outbox(serving)
     holder = Holder(outbox.push)
     async with stream:

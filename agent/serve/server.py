@@ -133,6 +133,7 @@ async def _serve(
         try:
             await _begin_boot(service, config.boot_id)  # before serving anyone (SPEC §7)
             nursery.start_soon(service.expire_unclaimed, config.reclaim_grace)
+            nursery.start_soon(service.remove_forgotten_logs)
             await nursery.start(keeper.serve, lambda stream: gate.serve(service, stream), nursery)
             task_status.started(service)  # accepting: report the service, not the listeners
             await trio.sleep_forever()

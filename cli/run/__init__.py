@@ -2,6 +2,8 @@
 
     command     the agent calls `run` makes: want, start, complete or fail (what events mean)
     supervisor  the command's life: spawned, watched until ready, followed until it exits
+    output      the command's output passed through `run` (pipes or a pty) to its readers
+    recorder    the unit's log: each run's output kept in the state dir (`sync logs`)
     readiness/  how a service says it is ready: --ready-cmd, --ready-log, --notify
     hold        the run kept through agent restarts, and a newer run's order obeyed
     children    spawning, signals passed on, exits learnt without polling

@@ -8,6 +8,11 @@ Plain `run` completes the unit when the command exits 0. With a readiness option
 command is a service: the unit completes when the service is ready and fails when it
 exits (before or after), or when it is not ready in time (`run` then exits 5).
 
+The command's output is kept in the unit's log as it passes through (`recorder`, SPEC
+§15), in the folder the agent's welcome names (on this host, in etcd mode too), unless
+`--log-limit 0`; a failed unit's reason ends with the last line the command wrote to
+stderr (`exit status 1: Error: port 5432 in use`).
+
 A `run` whose run a newer one supersedes (`run --rerun`, `start --rerun`, `reset --force`:
 SPEC §11) stops its command the documented way, says so, reports nothing more (the unit is
 the newer run's) and exits EXIT_SUPERSEDED.
@@ -19,6 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import msgspec
 
@@ -43,6 +49,7 @@ from .children import Ended, SpawnFailed
 from .hold import RunHold
 from .reactor import Reactor
 from .readiness.options import PLAIN, BadOption, ReadyOptions, detector_for
+from .recorder import DEFAULT_LIMIT, Recorder
 from .supervisor import STOP_GRACE, Exited, NotReady, Ready, ServiceRun, StatusText
 
 EXIT_SUPERSEDED = 0
@@ -66,8 +73,11 @@ def run_unit(
     *,
     once: bool = False,
     rerun: bool = False,
+    log_limit: int = DEFAULT_LIMIT,
 ) -> int:
-    """Exit with the command's status; if it never runs, with the start's exit code."""
+    """Exit with the command's status; if it never runs, with the start's exit code.
+
+    `log_limit`: bytes of the unit's log kept (0: its output is not recorded)."""
     try:
         detector, ready_timeout = detector_for(readiness)
     except BadOption as exc:
@@ -108,9 +118,15 @@ def run_unit(
     # From here on the client holds the run: if its agent goes away, taking the run back
     # and reporting bring one back as `Client._connect` says (a crash at once, a clean
     # stop after a grace).
-    with ServiceRun(command, detector, ready_timeout) as service:
+    recorder = _recorder(client, unit, command, log_limit)
+    with ServiceRun(command, detector, ready_timeout, recorder) as service:
         agent = UnitAgent(
-            client, unit, service=detector is not None, hold=service.reactor, stop=service.stop
+            client,
+            unit,
+            service=detector is not None,
+            hold=service.reactor,
+            stop=service.stop,
+            recorder=recorder,
         )
         try:
             service.start()
@@ -122,9 +138,10 @@ def run_unit(
 
 def follow(service: ServiceRun, agent: UnitAgent) -> int:
     """Tell the agent what happens to the command, as it happens; `run`'s exit status."""
-    not_ready = False
+    not_ready = ""
     for event in service.events():
         if agent.superseded and isinstance(event, Exited):
+            agent.record_end(event.ended.status, "stopped: a newer run superseded it")
             return EXIT_SUPERSEDED  # stopped on the agent's word: nothing more to say
         if agent.superseded:
             continue
@@ -134,11 +151,13 @@ def follow(service: ServiceRun, agent: UnitAgent) -> int:
             case StatusText(text):
                 agent.status_text(text)
             case NotReady(within, waiting_for):
-                not_ready = True
-                agent.not_ready(f"not ready within {_seconds(within)}: {waiting_for}")
+                not_ready = f"not ready within {_seconds(within)}: {waiting_for}"
+                agent.not_ready(not_ready)
             case Exited(ended, was_ready):
-                # Stopped for not being ready: the unit's reason already says why.
-                return EXIT_TIMED_OUT if not_ready else agent.exited(ended, was_ready)
+                if not_ready:  # stopped for it: the unit's reason already says why
+                    agent.record_end(ended.status, not_ready)
+                    return EXIT_TIMED_OUT
+                return agent.exited(ended, was_ready)
     raise AssertionError("the service's events end with its exit")
 
 
@@ -159,11 +178,13 @@ class UnitAgent:
         service: bool,
         hold: Reactor,
         stop: Callable[[], None] = lambda: None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.client = client
         self.unit = unit
         self.service = service
         self.stop = stop
+        self.recorder = recorder
         self.hold = RunHold(client, hold, unit, on_superseded=self._superseded)
 
     @property
@@ -195,7 +216,9 @@ class UnitAgent:
         if not self.service:  # plain `run`: its end is the unit's end
             if ended.signal_name:
                 return self.ended(ended.status, f"killed by signal {ended.signal_name}")
-            return self.ended(ended.status, f"exit status {ended.status}" if ended.status else None)
+            if not ended.status:
+                return self.ended(0, None)
+            return self.ended(ended.status, self._said(f"exit status {ended.status}"))
         # A service that is gone is not ready, whatever its status.
         how = (
             f"killed by signal {ended.signal_name}"
@@ -203,10 +226,23 @@ class UnitAgent:
             else f"exited with status {ended.status}"
         )
         when = "after being ready" if was_ready else "before being ready"
-        return self.ended(ended.status, f"{how} {when}")
+        reason = f"{how} {when}"
+        return self.ended(ended.status, reason if ended.signal_name else self._said(reason))
+
+    def _said(self, reason: str) -> str:
+        """An exit's reason, with the last line the command wrote to stderr, if any (not a
+        signal's: what a killed command last said is seldom why it was killed)."""
+        last = self.recorder.last_error_line() if self.recorder is not None else ""
+        return f"{reason}: {last}" if last else reason
+
+    def record_end(self, status: int, reason: str | None) -> None:
+        """The run's end, in the unit's log (the agent is told separately, if at all)."""
+        if self.recorder is not None:
+            self.recorder.end(status, reason)
 
     def ended(self, status: int, reason: str | None) -> int:
         """Complete the unit (no reason) or fail it; `status`, unless recording failed."""
+        self.record_end(status, reason)
         self.hold.close()  # the end is reported on whichever connection is open now
         if self.hold.given_up:  # the unit is no longer this run's: say nothing more of it
             return status
@@ -254,6 +290,23 @@ def _patiently(call: Callable[[], object], before: Callable[[], None] = lambda: 
             if remaining <= 0 or not exc.passing:
                 raise
             time.sleep(backoff.next(remaining))
+
+
+def _recorder(client: Client, unit: str, command: Sequence[str], limit: int) -> Recorder | None:
+    """The unit's log on this host, where the agent's welcome says (None: not recorded)."""
+    welcome = client.welcome
+    if not limit or welcome is None or not welcome.logs:
+        return None
+    return Recorder(
+        Path(welcome.logs),
+        unit,
+        limit=limit,
+        boot=welcome.boot,
+        pid=os.getpid(),
+        command=shortened(shell_line(command)),
+        host=welcome.host,
+        warn=say,
+    )
 
 
 def _run_owner(command: Sequence[str]) -> Owner | None:

@@ -5,8 +5,10 @@ line, sd_notify) tell when it is ready, enforces the ready timeout, passes signa
 reports what happens as events: `Ready`, `StatusText`, `NotReady`, `Exited`. It never
 talks to the agent: `command.py` turns the events into agent calls, in one place.
 
-Without a detector this is plain `run`: the command inherits `run`'s stdin, stdout
-and stderr, and its exit is the only event.
+Without a detector this is plain `run`: the command inherits `run`'s stdin, and its exit
+is the only event. Its output is passed through (`output.Relay`) to whoever reads along:
+the `Recorder` that keeps it in the unit's log (`recorder`), `--ready-log`'s search. With
+neither (`--log-limit 0`) the command inherits `run`'s stdout and stderr too.
 
 The command runs in a process group of its own, and stopping it stops the group
 (`group`): SIGTERM to every process in it, SIGKILL to what is left STOP_GRACE later, and
@@ -29,12 +31,16 @@ import signal
 import subprocess
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .children import Child, Ended, Exits, Forwarding, spawn
 from .group import Terminal, signal_group, wait_out_group
+from .output import Relay
 from .reactor import Reactor, Timer
 from .readiness.detector import Detector
+
+if TYPE_CHECKING:
+    from .recorder import Recorder
 
 STOP_GRACE = 10.0
 """Seconds between SIGTERM and SIGKILL when `run` stops a command's group (not ready in time):
@@ -72,11 +78,21 @@ class ServiceRun:
         command: Sequence[str],
         detector: Detector | None = None,
         ready_timeout: float | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.command = command
         self.detector = detector
         self.ready_timeout = ready_timeout
         self.reactor = Reactor()
+        self.recorder = recorder
+        reads_output = getattr(detector, "reads_output", False)
+        self.relay = Relay() if recorder is not None or reads_output else None
+        """Passes the output through to the recorder and the detector (None: inherited)."""
+        if self.relay is not None and recorder is not None:
+            recorder.schedule = self.reactor.call_later
+            self.relay.taps.append(recorder.output)
+        if self.relay is not None and reads_output:
+            self.relay.taps.append(detector.seen)  # type: ignore[union-attr]
         self.exits = Exits(self.reactor)
         self.child: Child | None = None
         self.is_ready = False
@@ -101,7 +117,13 @@ class ServiceRun:
     def start(self) -> None:
         """Spawn the service; `SpawnFailed` if it cannot be."""
         options = self.detector.child_options() if self.detector else {}
+        if self.relay is not None:
+            options.update(self.relay.child_options())
+        if self.recorder is not None:
+            self.recorder.begin()  # a new section of the unit's log
         self.child = spawn(self.command, **options)
+        if self.relay is not None:
+            self.relay.begin(self.reactor)
         self.forwarding.attach(self.child)
         self.terminal.lend(self.child.pid)
         self.exits.watch(self.child, self._exited)
@@ -144,6 +166,8 @@ class ServiceRun:
             if self._kill_at is not None:
                 wait_out_group(self.child.pid, self._kill_at)
         self._finish()
+        if self.recorder is not None:
+            self.recorder.close()
         self.exits.close()
         self.reactor.close()
         self.forwarding.restore()
@@ -199,6 +223,10 @@ class ServiceRun:
         self._events.append(Exited(ended, self.is_ready))
 
     def _finish(self) -> None:
-        if self.detector is not None and not self._finished:
-            self._finished = True
+        if self._finished:
+            return
+        self._finished = True
+        if self.relay is not None:
+            self.relay.finish()  # the last output, to every reader
+        if self.detector is not None:
             self.detector.finish()

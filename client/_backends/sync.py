@@ -14,6 +14,7 @@ own OSError (TimeoutError once a wait passed its bound), as `_backends` says.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -89,6 +90,17 @@ class SyncBackend:
             sock.close()
             raise
         return SyncStream(sock)
+
+    def wait_readable(self, fd: int | None, timeout: float) -> None:
+        """Until `fd` is readable, or `timeout` seconds (`fd` None: just the timeout)."""
+        if fd is None:
+            time.sleep(timeout)
+        else:
+            select.select([fd], [], [], timeout)
+
+    def in_thread(self, call: Callable[[], T]) -> T:
+        """Blocking file work: here, simply done."""
+        return call()
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

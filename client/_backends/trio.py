@@ -113,6 +113,17 @@ class TrioBackend:
             raise
         return TrioStream(sock)
 
+    async def wait_readable(self, fd: int | None, timeout: float) -> None:
+        """Until `fd` is readable, or `timeout` seconds (`fd` None: just the timeout)."""
+        with trio.move_on_after(timeout):
+            if fd is None:
+                await trio.sleep_forever()
+            await trio.lowlevel.wait_readable(fd)
+
+    async def in_thread(self, call: Callable[[], T]) -> T:
+        """Blocking file work, off the event loop (a log folder on a slow disk)."""
+        return await trio.to_thread.run_sync(call)
+
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
 

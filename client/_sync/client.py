@@ -61,6 +61,7 @@ from unitsync.wire.errors import (
     AgentUnavailable,
     GraphChanged,
     NoAgent,
+    Refused,
     UnitsyncError,
 )
 from unitsync.wire.host.paths import default_socket
@@ -89,6 +90,7 @@ from unitsync.wire.protocol import (
     Waiting,
     Want,
     Watch,
+    Welcome,
 )
 from unitsync.wire.session import (
     NEED_DATA,
@@ -121,6 +123,8 @@ from ..retry import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterator  # (apart: so its blocking name sorts alike)
+
+    from unitsync.wire.runlog.reader import LogLine, LogNote
 
     from ..autostart import Autostarted
 
@@ -257,6 +261,12 @@ class Client:
     def graph(self) -> str:
         """The id of the graph this client talks to (its first welcome's); "" before."""
         return self.memory.graph
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The welcome of the connection open now (None: none is): the agent's boot, its
+        host, and where `run` keeps output on this host."""
+        return self._conn.session.welcome if self._conn is not None else None
 
     # --- one request, one reply ----------------------------------------------------------
 
@@ -541,6 +551,86 @@ class Client:
                 self.fail(name, reason=failure_reason(exc), token=token)
             raise
         self.complete(name, token=token)
+
+    def logs(
+        self,
+        unit: str,
+        *,
+        follow: bool = False,
+        run: int | None = None,
+        boot: int | None = None,
+        all: bool = False,
+        since: float | None = None,
+        tail: int | None = None,
+        stream: str | None = None,
+    ) -> Iterator[LogLine | LogNote]:
+        """`unit`'s recorded output (SPEC §15), as `LogLine`s and `LogNote`s (a run began or
+        ended, output dropped for the limit, damage skipped), from this host's log.
+
+        The latest run unless `run`, `boot` or `all` chooses others; `since` (Unix time) and
+        `stream` ("stdout", "stderr", "both") keep some lines, `tail` the last N. With
+        `follow`, goes on with what is written next, new runs included, until the caller
+        stops iterating. An unknown unit raises `Refused` (`unknown_unit`), as `status` does;
+        a log folder that is not private to this user raises `Refused` (`invalid`).
+        """
+        batches = self.log_batches(
+            unit,
+            follow=follow,
+            run=run,
+            boot=boot,
+            all=all,
+            since=since,
+            tail=tail,
+            stream=stream,
+        )
+        with contextlib.closing(batches):
+            for batch in batches:
+                for event in batch:  # noqa: UP028, RUF100 (the generated copy could `yield from`)
+                    yield event
+
+    def log_batches(
+        self,
+        unit: str,
+        *,
+        follow: bool = False,
+        run: int | None = None,
+        boot: int | None = None,
+        all: bool = False,
+        since: float | None = None,
+        tail: int | None = None,
+        stream: str | None = None,
+    ) -> Iterator[list[LogLine | LogNote]]:
+        """`logs`, as the lists of events each read of the log gives (what was there, then
+        each change followed): for a caller that handles 100,000s of lines at once."""
+        from unitsync.wire.host.inotify import POLL, Changes
+        from unitsync.wire.runlog.layout import Untrusted, unit_folder
+        from unitsync.wire.runlog.reader import LogReader, Selection, filtered, tailed
+
+        self.status(unit)  # known? (its welcome also says where the logs are)
+        welcome = self.welcome
+        if welcome is None or not welcome.logs:
+            return
+        reader = LogReader(
+            unit_folder(Path(welcome.logs), unit), Selection(run, boot, all), follow=follow
+        )
+        try:
+            events = self._backend.in_thread(reader.read)
+        except Untrusted as exc:
+            raise Refused(str(exc), code="invalid", unit=unit) from None
+        events = filtered(events, since, stream)
+        yield tailed(events, tail) if tail is not None else events
+        if not follow:
+            return
+        changes = Changes(reader.folder)
+        try:
+            while True:
+                self._backend.wait_readable(changes.fileno(), POLL)
+                changes.drain()
+                events = filtered(self._backend.in_thread(reader.read), None, stream)
+                if events:
+                    yield events
+        finally:
+            changes.close()
 
     def watch(
         self,

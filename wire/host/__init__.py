@@ -8,6 +8,7 @@
     notify     sd_notify: the address, sending, a private receiving socket, reading datagrams
     exits      learning that a process has exited without polling (pidfds)
     backoff    the one exponential backoff every retry loop uses
+    inotify    being told that files in a folder changed (a log being followed)
 
 Imports nothing else of unitsync (`tests/test_layers.py` checks it): the agent, the clients
 and the command line each put their own policy on top (who may notify, what a lock held

@@ -3,6 +3,8 @@ the three ways to be ready (`probe`, `output`, `notify_socket`).
 
 A detector never talks to the agent and never ends the service: it watches, and tells
 its `Listener` (the `ServiceRun`) that the service is ready, or what it says it is doing.
+One that reads the service's output (`--ready-log`) says so with `reads_output = True`
+and reads it through `seen(stream, data)`, a tap on the `ServiceRun`'s `output.Relay`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,41 @@
+"""Sizes as typed on the command line: `8M`, `512K`, `1G`, `65536`; 0 means none.
+
+Binary units (K = 1024 bytes), as `du` and `journalctl --vacuum-size` read them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cyclopts import Token
+
+LOG_LIMIT = 8 * 1024 * 1024
+"""`run --log-limit`'s default: a unit's output kept, runs and all (here, not in the recorder,
+so that parsing `run` never imports the recorder)."""
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?", re.IGNORECASE)
+_FACTOR = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+EXAMPLES = "e.g. 8M, 512K, 1G, 65536 (bytes), or 0 to keep nothing"
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} ({EXAMPLES})")
+    return int(float(match[1]) * _FACTOR[match[2].upper()])
+
+
+def log_limit_option(_hint: object, tokens: Sequence[Token]) -> int:
+    """cyclopts converter for `--log-limit`: 0, or at least the recorder's minimum."""
+    from .run.recorder import MIN_LIMIT
+
+    size = parse_size(tokens[0].value)
+    if 0 < size < MIN_LIMIT:
+        raise ValueError(
+            f"{tokens[0].value!r} is too small to hold a run: give at least "
+            f"{MIN_LIMIT // 1024}K, or 0 to keep no output"
+        )
+    return size
