@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from unitsync.wire.host.paths import SOCKET_ENV
 
 from .durations import parse_duration, parse_interval
+from .sizes import parse_log_limit
 
 
 class Call(NamedTuple):
@@ -87,6 +88,7 @@ FORMS = {
             "--ready-timeout": parse_duration,
             "--once": FLAG,
             "--rerun": FLAG,
+            "--log-limit": parse_log_limit,
             **SOCKET,
         },
     ),

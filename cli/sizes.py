@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 LOG_LIMIT = 8 * 1024 * 1024
 """`run --log-limit`'s default: a unit's output kept, runs and all (here, not in the recorder,
 so that parsing `run` never imports the recorder)."""
+MIN_LIMIT = 64 * 1024
+"""Below this a run's header and a few lines would not fit: refused as a usage error."""
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?", re.IGNORECASE)
 _FACTOR = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
@@ -28,14 +30,17 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _FACTOR[match[2].upper()])
 
 
-def log_limit_option(_hint: object, tokens: Sequence[Token]) -> int:
-    """cyclopts converter for `--log-limit`: 0, or at least the recorder's minimum."""
-    from .run.recorder import MIN_LIMIT
-
-    size = parse_size(tokens[0].value)
+def parse_log_limit(text: str) -> int:
+    """`--log-limit`'s value: 0, or at least MIN_LIMIT bytes."""
+    size = parse_size(text)
     if 0 < size < MIN_LIMIT:
         raise ValueError(
-            f"{tokens[0].value!r} is too small to hold a run: give at least "
+            f"{text!r} is too small to hold a run: give at least "
             f"{MIN_LIMIT // 1024}K, or 0 to keep no output"
         )
     return size
+
+
+def log_limit_option(_hint: object, tokens: Sequence[Token]) -> int:
+    """cyclopts converter for `--log-limit`."""
+    return parse_log_limit(tokens[0].value)

@@ -28,6 +28,7 @@ import pytest
 
 from unitsync.cli import hot, shortcut
 from unitsync.cli.app import app
+from unitsync.cli.sizes import log_limit_option
 
 from conftest import AgentProcess
 
@@ -57,6 +58,7 @@ VALUES = {
     "duration": ["5s", "0", "1h30m", "500ms", "90", " 5s", "-5s", "5 m", "x", "", "1e3", "inf"],
     "int": ["7", "007", "0", "-1", "0x10", "5_0", " 5", "x", "", "٣"],
     "path": ["/tmp/us.sock", "", "rel/s", "-x"],
+    "size": ["8M", "0", "512K", "1g", "65536", "64k", "10", "-1", "1.5M", "x", ""],
     "text": ["port in use", "", "-x", "--force", "a=b", "^Serving", "ünï"],
 }
 ENV_VALUES = ["/tmp/env.sock", "", "rel"]
@@ -79,6 +81,8 @@ def _commands() -> Iterator[tuple[list[str], Any]]:
 
 def _kind(argument: Any) -> str:
     hint = str(argument.hint)
+    if argument.parameter.converter is log_limit_option:
+        return "size"
     if argument.parameter.converter is not None or "float" in hint:
         return "duration"
     if "int" in hint and "str" not in hint:
@@ -93,7 +97,10 @@ def _line(pick: random.Random, prefix: list[str], command: Any) -> tuple[list[st
     positional: list[str] = []
     options: list[list[str]] = []
     environ: dict[str, str] = {}
-    for argument in command.assemble_argument_collection():
+    arguments = command.assemble_argument_collection()
+    named = sum(argument.name.startswith("-") for argument in arguments)
+    given = min(0.3, 2.5 / max(named, 1))  # about two options a line, however many there are
+    for argument in arguments:
         if argument.parameter.env_var and pick.random() < 0.4:
             environ[argument.parameter.env_var[0]] = pick.choice(ENV_VALUES)
         if not argument.name.startswith("-"):  # positional: most often the right count
@@ -104,7 +111,7 @@ def _line(pick: random.Random, prefix: list[str], command: Any) -> tuple[list[st
                 for _ in range(count)
             ]
             continue
-        if pick.random() < 0.7:
+        if pick.random() >= given:
             continue
         names = list(argument.names) + list(getattr(argument, "negatives", ()) or ())
         for _ in range(pick.choice([1, 1, 1, 2])):  # sometimes repeated

@@ -40,8 +40,6 @@ from unitsync.wire.runlog.layout import Untrusted, file_name, log_files, make_pr
 from ..sizes import LOG_LIMIT as DEFAULT_LIMIT
 from .output import escapes
 
-MIN_LIMIT = 64 * 1024
-"""Below this a run's header and a few lines would not fit: refused as a usage error."""
 SEGMENTS = 8
 """Files a full log is cut into: dropping the oldest loses at most an eighth of it."""
 FLUSH_DELAY = 0.01
