@@ -2,6 +2,10 @@
 
 On a terminal: one line, redrawn in place, naming what it waits for and for how
 long. Otherwise (logs, CI): one line when waiting begins, one when it proceeds.
+
+One clock: the counter runs from when the agent found the start blocked (the first
+`Waiting`, less what the agent had counted by then), as the agent's final "started after
+waiting" figure does; connecting and an agent's start-up are not waiting.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ class StartProgress:
         self.stream = stream
         self.live = stream.isatty()
         self.began = time.monotonic()
+        self.wait_began: float | None = None
+        """When the wait began, on this clock (from the first `Waiting`)."""
         self.waiting: Waiting | None = None
         self.unreachable: UnitsyncError | None = None
 
     def update(self, event: Waiting | UnitsyncError) -> None:
         if isinstance(event, Waiting):
             first = self.waiting is None
+            if first:
+                self.wait_began = time.monotonic() - event.waited
             self.waiting, self.unreachable = event, None
             if self.live:
                 self._draw(f"{self.unit}: waiting for {', '.join(event.on)}")
@@ -49,7 +57,7 @@ class StartProgress:
         """Ctrl-C: end the live line (so the prompt does not land on it) and say so."""
         self.clear()
         waiting = f" while waiting for {', '.join(self.waiting.on)}" if self.waiting else ""
-        elapsed = format_duration(time.monotonic() - self.began)
+        elapsed = format_duration(time.monotonic() - (self.wait_began or self.began))
         self._line(f"unitsync: {self.unit}: interrupted{waiting} ({elapsed})")
 
     def clear(self) -> None:
@@ -58,7 +66,7 @@ class StartProgress:
             self.stream.flush()
 
     def _draw(self, text: str) -> None:
-        elapsed = format_duration(time.monotonic() - self.began)
+        elapsed = format_duration(time.monotonic() - (self.wait_began or self.began))
         self.stream.write(f"{CLEAR_LINE}{text} ({elapsed})")
         self.stream.flush()
 

@@ -28,6 +28,22 @@ from unitsync.agent.service import Service
 from harness.etcd_cluster import ETCD, EtcdAgent, EtcdCluster
 
 
+REASONLESS_SKIP = "Skipped"
+"""What pytest reports for a skip that gives no reason (a `pytest.skip` inside a trio test
+loses its reason on the way out: skip from a fixture or a `skipif` mark instead)."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Every skip says why: one that does not is reported as a failure naming its test."""
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and longrepr[2] == REASONLESS_SKIP:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} was skipped without a reason: every skip says why"
+    return report
+
+
 @pytest.fixture(autouse=True)
 def no_autostart(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client that finds no agent fails (exit 3) instead of starting one in the user's

@@ -8,6 +8,7 @@ spawns one, so an agent that was started and died at once is counted too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -475,3 +476,16 @@ def test_with_autostart_off_a_stopped_agent_is_waited_for_until_someone_starts_i
         if waiter.poll() is None:
             waiter.kill()
     assert len(place.starts()) == 1  # the scripts never started one
+
+
+def test_an_agent_started_for_a_command_is_not_counted_as_its_wait(place: Place) -> None:
+    """A unit with no dependencies waited 0, though its first command had to start the
+    agent (issue 23, 2): only time blocked on dependencies is a wait."""
+    ran = run_cli("sync", "run", "solo", "--", "true")
+    assert ran.code == 0 and "started an agent" in ran.err, ran.err
+    assert "waited:     0ms\n" in run_cli("sync", "status", "solo").out
+    history = json.loads(run_cli("sync", "status", "solo", "-o", "json").out)["history"]
+    assert [entry["waited"] for entry in history if entry["to"] == "started"] == [0.0]
+    rows = json.loads(run_cli("sync", "timeline", "-o", "json").out)["units"]
+    (solo,) = [row for row in rows if row["name"] == "solo"]
+    assert solo["wait_began"] == solo["started"], solo  # no wait drawn before its run

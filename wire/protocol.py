@@ -246,6 +246,10 @@ class Waiting(Base, tag="waiting"):
     unit: str
     on: list[str]
     since: float
+    """Unix time the wait began (on this agent; earlier connections' wait counted in)."""
+    waited: float = 0.0
+    """Seconds the start had been blocked when this was sent, earlier connections' wait
+    included: a client counting on from it shows the figure `Started.waited` will give."""
 
 
 class Order(Base, tag="order"):
