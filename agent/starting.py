@@ -8,7 +8,8 @@ Rules:
   reply says how long it waited in all (a retry's `waited_before` included, across
   agents). The wait is the time it was blocked on dependencies (`_Wait`), nothing else:
   a start found ready at once waited 0 (or its `waited_before`), however long its
-  client took to connect (an agent it had to start) or its commits took. With `hold`, the run is its connection's from then on.
+  client took to connect (an agent it had to start) or its commits took. With `hold`,
+  the run is its connection's from then on.
 - A dependency failed: the unit fails too (`dependency X failed`), and the start is
   answered with `DependencyFailed`.
 - Neither: it waits, told `Waiting` (again only when what it waits for changes), woken

@@ -35,7 +35,7 @@ from unitsync.wire.protocol import Ok, StatusReply
 
 from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
 from .progress import StartProgress
-from .usage import USAGE, describe
+from .usage import TAKE_UNITS, USAGE, command_options, describe
 
 if TYPE_CHECKING:
     from unitsync.client.autostart import Autostarted
@@ -267,7 +267,7 @@ def fail(
     *,
     reason: Annotated[str, Parameter(help="Why it failed (shown to waiters).")] = "",
     force: Annotated[
-        bool, Parameter(negative=(), help="Fail UNIT even if no command has named it yet.")
+        bool, Parameter(negative=(), help="Fail UNIT even if the agent does not know it.")
     ] = False,
     socket: SocketOption = None,
 ) -> int:
@@ -450,9 +450,13 @@ def run(
             "duration is one word: --timeout 5m); the command goes after `--`",
         )
     from .run.command import run_unit
-    from .run.readiness.options import ReadyOptions
+    from .run.readiness.options import BadOption, ReadyOptions, detector_for
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
+    try:
+        detector_for(readiness, once=once)  # a usage error, said before the agent is asked
+    except BadOption as exc:
+        return _usage_error("run", f"run: {exc}")
     with cli_client(socket) as client:
         return run_unit(client, unit, command, want, timeout, readiness, once=once, rerun=rerun)
 
@@ -479,6 +483,14 @@ def _main(argv: list[str]) -> int:
     global _argv
     _argv = argv
     _whole_lines()
+    if argv[:1] == ["sync"] and not _may_print_help(argv):
+        from unitsync.client.agent_switch import autostart_enabled
+
+        try:  # said at once, whether or not this call would have started an agent
+            autostart_enabled()
+        except UnitsyncError as exc:
+            return error_exit(exc)
+    _warn_of_options_taken_as_names(argv)
     if _may_print_help(argv) and not sys.stdout.isatty():  # in a pipe or a file: no boxes
         app.help_formatter = sync.help_formatter = "plain"
     try:
@@ -502,6 +514,21 @@ def _main(argv: list[str]) -> int:
         print(code, file=sys.stderr)
         return 1
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _warn_of_options_taken_as_names(argv: list[str]) -> None:
+    """A unit name after `--` that is one of the command's options (`want -- a --once`) is
+    a name, as `--` says; but more likely a misplaced option: say so on stderr."""
+    if len(argv) < 3 or argv[0] != "sync" or argv[1] not in TAKE_UNITS or "--" not in argv:
+        return
+    options = {*command_options(argv[1]), "--socket"}
+    for word in argv[argv.index("--") + 1 :]:
+        if word in options:
+            print(
+                f"unitsync: warning: {word!r} after `--` is taken as a unit name, not as the "
+                f"option {word}; options go before `--`",
+                file=sys.stderr,
+            )
 
 
 def _may_print_help(argv: list[str]) -> bool:

@@ -13,6 +13,8 @@ no other, and `TAKE_UNITS` and `DURATION_OPTIONS` are what the signatures say.
 
 from __future__ import annotations
 
+import re
+
 from cyclopts.exceptions import (
     CoercionError,
     CycloptsError,
@@ -58,6 +60,11 @@ is most likely the rest of a duration typed with a space (`--timeout 5 m`)."""
 DURATION_HINT = "a duration is one word: 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 for forever"
 
 
+def command_options(command: str) -> list[str]:
+    """The options a command's usage line names (`--timeout`, `-o`, ...)."""
+    return re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", USAGE[command])
+
+
 def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
     """What was wrong, in words about what the user typed; and the usage line to show."""
     chain = list(exc.command_chain or [])
@@ -67,6 +74,8 @@ def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
     if isinstance(exc, MissingArgumentError) and exc.argument is not None:
         name = exc.keyword or exc.argument.name
         if name.startswith("-"):
+            if negative := _negative_duration(name, argv):
+                return f"{where}{name} {negative}: a duration cannot be negative", usage
             hint = f" ({DURATION_HINT})" if name == "--timeout" else ""
             return f"{where}{name} needs a value{hint}", usage
         return f"{where}missing {name}", usage
@@ -111,6 +120,24 @@ def _unknown_option_hint(command: str | None, token: str, argv: list[str]) -> st
             f"(unitsync sync {command} [OPTIONS] -- {token})"
         )
     return ""
+
+
+def _negative_duration(option: str, argv: list[str]) -> str | None:
+    """The word after a duration option when it is a negative duration (`--timeout -5s`),
+    which the parser took for an option, so the option seemed to have no value."""
+    if option not in DURATION_OPTIONS or option not in argv:
+        return None
+    index = argv.index(option) + 1
+    word = argv[index] if index < len(argv) else ""
+    if not word.startswith("-") or word == "-":
+        return None
+    from .durations import parse_duration
+
+    try:
+        parse_duration(word[1:])
+    except ValueError:
+        return None
+    return word
 
 
 def _token_before(argv: list[str], token: str) -> str | None:

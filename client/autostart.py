@@ -68,8 +68,6 @@ from unitsync.wire.host.paths import STATE_DIR_ENV, default_state_dir
 from unitsync.wire.host.peer import Peer, listener_at, lock_holder, socket_lock_name
 from unitsync.wire.session import check_trust
 
-ENV = "UNITSYNC_AUTOSTART"
-OFF = frozenset({"0", "false", "no", "off"})
 READY_TIMEOUT = 10.0
 """How long a new agent may take to serve: it loads 10,000 units in well under a second and
 replays a million-record journal in about two (SPEC §6); ten seconds means it is stuck."""
@@ -113,11 +111,6 @@ class Autostarted:
     log: Path
     because: str = ""
     """Why, when a client that had an agent started it ("the agent crashed", ...)."""
-
-
-def enabled() -> bool:
-    """On unless `UNITSYNC_AUTOSTART` is 0 (or false, no, off)."""
-    return os.environ.get(ENV, "").strip().lower() not in OFF
 
 
 def ensure_agent(path: Path, patience: float = LIVE_AGENT_WAIT) -> Autostarted | None:

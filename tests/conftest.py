@@ -27,7 +27,6 @@ from unitsync.agent.service import Service
 
 from harness.etcd_cluster import ETCD, EtcdAgent, EtcdCluster
 
-
 REASONLESS_SKIP = "Skipped"
 """What pytest reports for a skip that gives no reason (a `pytest.skip` inside a trio test
 loses its reason on the way out: skip from a fixture or a `skipif` mark instead)."""

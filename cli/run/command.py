@@ -69,15 +69,9 @@ def run_unit(
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code."""
     try:
-        detector, ready_timeout = detector_for(readiness)
-    except BadOption as exc:
-        say(f"unitsync: {exc}")
-        return EXIT_USAGE
-    if once and detector is not None:
-        say(
-            "unitsync: --once is for one-time setup, not services: a service must start "
-            "again in every boot, or its dependents would trust one that is not running"
-        )
+        detector, ready_timeout = detector_for(readiness, once=once)
+    except BadOption as exc:  # the command line checks first (`cli.app.run`); others may not
+        say(f"unitsync: run: {exc}")
         return EXIT_USAGE
     progress = StartProgress(unit, sys.stderr)
     try:
