@@ -231,7 +231,7 @@ def start(
                 rerun=rerun,
                 timeout=timeout,
                 on_progress=progress.update,
-                tick=1.0 if progress.live else None,
+                tick=progress.tick,
                 once=once,
                 owner=described,
             )
@@ -434,14 +434,15 @@ def run(
     killed, the unit fails at once. While UNIT's run goes on (started, or a service still
     running), another `run` is refused (exit 1) unless --rerun.
     """
-    if not command:
-        return _usage_error("run", "run needs a command after `--`")
-    from .words import utf8_problem
-
-    if problem := utf8_problem((("--ready-cmd", ready_cmd), ("--ready-log", ready_log))):
-        print(f"unitsync: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    if stray := _before_dashes(command):
+    if _unit_after_dashes(command):  # `run [OPTIONS] -- -x -- COMMAND`
+        if command[:1] != ("--",):
+            return _usage_error(
+                "run",
+                f"run: a UNIT given after `--` ({unit}) needs a second `--` before the command: "
+                f"unitsync sync run [OPTIONS] -- {shell_quote(unit)} -- COMMAND",
+            )
+        command = command[1:]
+    elif stray := _before_dashes(command):
         import shlex
 
         return _usage_error(
@@ -449,6 +450,13 @@ def run(
             f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
             "duration is one word: --timeout 5m); the command goes after `--`",
         )
+    if not command:
+        return _usage_error("run", "run needs a command after `--`")
+    from .words import utf8_problem
+
+    if problem := utf8_problem((("--ready-cmd", ready_cmd), ("--ready-log", ready_log))):
+        print(f"unitsync: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     from .run.command import run_unit
     from .run.readiness.options import BadOption, ReadyOptions, detector_for
 
@@ -477,6 +485,20 @@ def _before_dashes(command: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     after = len(_argv) - _argv.index("--") - 1
     return command[: len(command) - after]
+
+
+def _unit_after_dashes(command: tuple[str, ...]) -> bool:
+    """Did UNIT come after the first `--` (`run -- -x -- echo hi`, the way to name a unit
+    that begins with `-`)? Then every positional word is after it: UNIT, then COMMAND's."""
+    if "--" not in _argv:
+        return False
+    return len(_argv) - _argv.index("--") - 1 == len(command) + 1
+
+
+def shell_quote(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
 
 
 def _main(argv: list[str]) -> int:

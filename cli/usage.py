@@ -111,7 +111,10 @@ def _unknown_option_hint(command: str | None, token: str, argv: list[str]) -> st
     if "--" in argv and token in argv[argv.index("--") + 1 :]:
         return "; options go before `--`, not after it"
     if command == "run" and "--" in argv:
-        return "; see the usage (a UNIT of `run` cannot begin with `-`)"
+        return (
+            f"; if it is a unit name, put it between two `--`, with the options before "
+            f"(unitsync sync run [OPTIONS] -- {token} -- COMMAND)"
+        )
     if command == "run":
         return "; put `--` before the command, so that its options are its own (see the usage)"
     if command in TAKE_UNITS:

@@ -489,3 +489,64 @@ def test_an_agent_started_for_a_command_is_not_counted_as_its_wait(place: Place)
     rows = json.loads(run_cli("sync", "timeline", "-o", "json").out)["units"]
     (solo,) = [row for row in rows if row["name"] == "solo"]
     assert solo["wait_began"] == solo["started"], solo  # no wait drawn before its run
+
+
+def test_without_a_runtime_dir_the_agent_starts_at_a_private_folder_of_the_temp_dir(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root shell or a container often has no XDG_RUNTIME_DIR (issue 23, 5): the default
+    socket is then `$TMPDIR/unitsync-$UID/agent.sock`, as docs/agent.md says."""
+    monkeypatch.delenv("UNITSYNC_AUTOSTART")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    monkeypatch.setenv("TMPDIR", str(short_tmp))
+    monkeypatch.setenv("UNITSYNC_STATE_DIR", str(short_tmp / "state"))
+    socket = short_tmp / f"unitsync-{os.getuid()}" / "agent.sock"
+    try:
+        first = run_cli("sync", "want", "app", "db")
+        assert first.code == 0, first.err
+        assert f"started an agent (pid {agents_running(str(socket))[0]}) at {socket};" in first.err
+        assert os.stat(socket.parent).st_mode & 0o777 == 0o700
+    finally:
+        stop_agents(agents_running(str(short_tmp)))
+
+
+def _seconds(shown: bytes) -> float:
+    """A duration as `wire.timefmt.duration` writes it (850ms, 4.2s, 3m05s), in seconds."""
+    text = shown.decode()
+    if text.endswith("ms"):
+        return float(text[:-2]) / 1000
+    if "m" in text:
+        minutes, secs = text[:-1].split("m")
+        return int(minutes) * 60 + int(secs)
+    return float(text[:-1])
+
+
+def test_on_a_terminal_the_wait_counter_never_runs_ahead_of_the_final_figure(
+    place: Place,
+) -> None:
+    """One clock (issue 23, 12): the counter counts from when the agent found the start
+    blocked, as the final figure does; not from the call, which here had to start the agent
+    first. The dependency completes the moment a tick is drawn, so a counter that had
+    counted the agent's start-up would show more than the final figure."""
+    runner, terminal = on_a_terminal(
+        "sync", "run", "app", "--want", "db", "--", "true", socket=place.socket
+    )
+    try:
+        seen = read_until(terminal, b"waiting for db (1.")  # the second tick
+        seen += read_until(terminal, b")")
+        with Client(place.socket) as client:
+            client.start("db")
+            client.complete("db")
+        seen += read_until(terminal, b"app: started after waiting")
+        seen += read_until(terminal, b"\n")
+        assert runner.wait(timeout=LIMIT) == 0
+    finally:
+        os.close(terminal)
+        if runner.poll() is None:
+            runner.kill()
+    counters = [
+        _seconds(m) for m in re.findall(rb"waiting for db \(([0-9.]+m?s|\d+m\d\ds)\)", seen)
+    ]
+    final = re.search(rb"started after waiting ([0-9.]+m?s|\d+m\d\ds)", seen)
+    assert counters and final, seen
+    assert counters[0] <= counters[-1] <= _seconds(final.group(1)), seen

@@ -82,7 +82,7 @@ def run_unit(
             rerun=rerun,
             timeout=timeout,
             on_progress=progress.update,
-            tick=1.0 if progress.live else None,
+            tick=progress.tick,
             once=once,
             owner=_run_owner(command),
             hold=True,
