@@ -39,9 +39,10 @@ uses (`wire.host.paths.default_state_dir`). Autostart is on unless `UNITSYNC_AUT
 
 Resource rules: the lock file and the notify socket live only as long as one start; the
 lock file is removed while still held (`wire.host.lockfile`, as the agent's own locks are).
-The agent is this process's child until this process exits; its `Popen` is kept, so that
-Python neither warns about it nor leaves it a zombie for long: finished ones are reaped by
-the next autostart.
+The agent is this process's child until this process exits (then init's, or a subreaper's).
+A thread of ours waits for it (`_reap_when_it_exits`): an agent stopped while this process
+lives on (a long-lived `run`, a service's) is reaped at once, never left a zombie
+(`<defunct>`) child of a command.
 
 Only imported when a client finds no agent: the usual path of the CLI never loads it.
 """
@@ -53,6 +54,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,9 +100,6 @@ INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 Outcome = Literal["ready", "exited", "late"]
 
-_agents: list[subprocess.Popen[bytes]] = []
-"""Agents this process started: kept until they exit (see the resource rules)."""
-
 
 @dataclass(frozen=True)
 class Autostarted:
@@ -120,7 +119,6 @@ def ensure_agent(path: Path, patience: float = LIVE_AGENT_WAIT) -> Autostarted |
     `AgentUntrusted` if the socket's folder is not the user's own. A live agent that holds
     the socket or the state dir is waited for, up to `patience` seconds.
     """
-    _agents[:] = [agent for agent in _agents if agent.poll() is None]
     path = path.absolute()
     deadline = time.monotonic() + patience
     while True:
@@ -254,8 +252,9 @@ def _start(path: Path, log: AgentLog) -> Autostarted | None:
             )
         except OSError as exc:
             raise AgentStartFailed(f"cannot start an agent for {path}: {exc}") from None
-        _agents.append(agent)
         outcome = readiness.wait(agent, READY_TIMEOUT)
+    if outcome != "exited":  # it runs on: reaped when it ends, however long we live
+        _reap_when_it_exits(agent)
     if outcome == "ready":
         return Autostarted(agent.pid, path, log.path)
     if outcome == "exited":
@@ -272,6 +271,14 @@ def _start(path: Path, log: AgentLog) -> Autostarted | None:
         f"{READY_TIMEOUT:.0f}s; it was left running (it may still be loading its journal), "
         f"and the next command will use it once it serves{log.last_words(since)}"
     )
+
+
+def _reap_when_it_exits(agent: subprocess.Popen[bytes]) -> None:
+    """A daemon thread that waits for the agent: its exit status is collected the moment it
+    stops, so it never lingers as a zombie child of this process (it cannot be made
+    nobody's child at once without losing its exit status, which a failed start reports);
+    if this process ends first, the agent is reparented and reaped by init as any orphan."""
+    threading.Thread(target=agent.wait, name=f"reap agent {agent.pid}", daemon=True).start()
 
 
 def _private_folder(path: Path) -> None:

@@ -550,3 +550,35 @@ def test_on_a_terminal_the_wait_counter_never_runs_ahead_of_the_final_figure(
     final = re.search(rb"started after waiting ([0-9.]+m?s|\d+m\d\ds)", seen)
     assert counters and final, seen
     assert counters[0] <= counters[-1] <= _seconds(final.group(1)), seen
+
+
+def _zombie_of(parent: int, pid: int) -> bool:
+    """Is `pid` a zombie (`<defunct>`) child of `parent`, still waiting to be reaped?"""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False  # reaped: gone
+    return fields[0] == b"Z" and int(fields[1]) == parent
+
+
+def test_an_agent_autostarted_by_a_long_run_is_reaped_when_it_stops(place: Place) -> None:
+    """Issue 23, 8: the `run` that started the agent lives on; the agent is stopped and
+    another is started by hand, so the `run` starts none (which used to reap the old one in
+    passing): the stopped agent must not stay a zombie child of that `run`."""
+    runner = cli("sync", "run", "db", "--", "sleep", "600")
+    try:
+        assert runner.stderr is not None
+        assert "started an agent" in runner.stderr.readline()
+        assert runner.stderr.readline() == "db: started\n"
+        stopped = place.agent_pid()
+        stop_agents([stopped])
+        by_hand = AgentProcess(AgentConfig(place.socket, place.state_dir)).start()
+        deadline = time.monotonic() + LIMIT
+        while _zombie_of(runner.pid, stopped) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _zombie_of(runner.pid, stopped)
+        assert runner.poll() is None  # the run goes on, with the agent started by hand
+        by_hand.stop()
+    finally:
+        runner.terminate()
+        runner.communicate(timeout=LIMIT)
