@@ -513,8 +513,10 @@ def _main(argv: list[str]) -> int:
         except UnitsyncError as exc:
             return error_exit(exc)
     _warn_of_options_taken_as_names(argv)
-    if _may_print_help(argv) and not sys.stdout.isatty():  # in a pipe or a file: no boxes
-        app.help_formatter = sync.help_formatter = "plain"
+    if _may_print_help(argv):  # a man page's plain text, on a terminal or not
+        from .help_format import ManPageFormatter
+
+        app.help_formatter = sync.help_formatter = ManPageFormatter()
     try:
         code = app(argv, exit_on_error=False, print_error=False, result_action="return_value")
     except CycloptsError as exc:

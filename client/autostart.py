@@ -95,6 +95,8 @@ STATE_LOCK = "lock"
 """The state dir's lock file (`agent.store.journal.writer.LOCK_NAME`)."""
 START_NOTE = "unitsync.autostart: "
 """Begins the line a client writes to the log before each agent it starts."""
+COMMAND_SHOWN = 200
+"""Characters of the starting command the log line keeps: enough to tell scripts apart."""
 INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 """Socket activation meant for us, if any, is not for the agent."""
 
@@ -354,7 +356,7 @@ class AgentLog:
         fd = os.open(self.path, flags, 0o600)
         now = time.time()
         clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        who = f"pid {os.getpid()} found no agent at {socket_path}; starting one"
+        who = f"pid {os.getpid()} found no agent at {socket_path}; starting one{_for_whom()}"
         os.write(fd, f"{clock},{int(now % 1 * 1000):03d} INFO {START_NOTE}{who}\n".encode())
         return fd, os.fstat(fd).st_size
 
@@ -376,6 +378,21 @@ class AgentLog:
             return f"; it wrote nothing to its log {self.path}"
         quoted = "\n".join(f"  {line}" for line in lines)
         return f"; its log {self.path} ends with:\n{quoted}"
+
+
+def _for_whom() -> str:
+    """The command that starts the agent, for the log: its stderr (where the one-line notice
+    goes) may be any script's redirect, so the log says whose it was."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    import shlex
+
+    program = Path(sys.argv[0]).name
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if program == "__main__.py" and spec is not None:  # `python -m unitsync.cli ...`
+        program = f"python -m {spec.name.removesuffix('.__main__')}"
+    command = " ".join([program, shlex.join(sys.argv[1:])]).strip()
+    return f" (for `{command[:COMMAND_SHOWN]}`)"
 
 
 class _Readiness:

@@ -582,3 +582,14 @@ def test_an_agent_autostarted_by_a_long_run_is_reaped_when_it_stops(place: Place
     finally:
         runner.terminate()
         runner.communicate(timeout=LIMIT)
+
+
+def test_the_log_names_the_command_that_started_the_agent(place: Place) -> None:
+    """Issue 23, 12: the notice goes to the starting command's stderr only (a script's
+    redirect, maybe); the agent's log says which command that was."""
+    first = run_cli("sync", "want", "web", "db")
+    assert first.code == 0 and "started an agent" in first.err
+    (started,) = place.starts()
+    assert started.endswith("; starting one (for `python -m unitsync.cli sync want web db`)")
+    later = run_cli("sync", "want", "api", "db")
+    assert later.code == 0 and later.err == ""  # it found the agent: nothing to say

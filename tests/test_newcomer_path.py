@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from unitsync.cli.usage import USAGE
 from unitsync.client import Client
 
-from conftest import AgentProcess, read_until, run_cli, sock
+from conftest import AgentProcess, on_a_terminal, read_all, read_until, run_cli, sock
 
 UNITSYNC = str(Path(sys.executable).with_name("unitsync"))
 
@@ -251,3 +252,48 @@ def test_a_start_in_the_background_of_a_terminal_prints_lines_and_redraws_once_i
         os.close(terminal)
         if shell.poll() is None:
             shell.kill()
+
+
+# --- 7. help reads like a man page ----------------------------------------------------------------
+
+HELPS = [
+    ["--help"],
+    ["agent", "--help"],
+    ["sync", "--help"],
+    *[
+        ["sync", command, "--help"]
+        for command in ("ping", "want", "start", "complete", "fail", "reset", "forget")
+    ],
+    *[["sync", command, "--help"] for command in ("status", "run", "timeline", "blame")],
+]
+
+
+def _reads_like_a_man_page(text: str, width: int) -> None:
+    lines = text.splitlines()
+    assert lines and lines[0].startswith("Usage: unitsync"), text
+    for line in lines:
+        assert len(line) <= width, line  # wrapped to the width
+        assert not re.search(r"\[default: (False|True|\(\)|None)\]", line), line  # no Python
+        assert not line.rstrip().endswith(("[default:", "[env var:", "[choices:")), line
+    words = " ".join(text.split())
+    assert "[default: ()]" not in words and "[default: False]" not in words
+
+
+@pytest.mark.parametrize("args", HELPS, ids=lambda args: " ".join(args))
+def test_help_piped_is_wrapped_at_words_with_no_python_values(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = run_cli(*args)
+    assert result.code == 0, result.err
+    _reads_like_a_man_page(result.out, 80)
+
+
+def test_help_on_an_80_column_terminal_keeps_phrases_whole(agent_process: AgentProcess) -> None:
+    proc, terminal = on_a_terminal("sync", "run", "--help", socket=sock(agent_process), columns=80)
+    shown = read_all(terminal).decode().replace("\r\n", "\n")
+    assert proc.wait(timeout=60) == 0
+    _reads_like_a_man_page(shown, 80)
+    assert "waits forever [default: 5m]." in shown  # not `[default:` at a line's end
+    assert "UNIT is completed when it is ready" in " ".join(shown.split())
+    assert "\x1b[" not in shown and not re.search("[\u2500-\u257f]", shown)  # no boxes

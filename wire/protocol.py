@@ -291,6 +291,7 @@ ErrorCode = Literal[
     "not_durable",  # the change could not be made durable (disk full, store unreachable)
     "graph_changed",  # the hello named another graph than the agent serves: nothing was done
     "untrusted",  # the connecting process runs as another user: refused before its hello
+    "start_failed",  # the agent could not start (a damaged journal): sent to queued clients
 ]
 
 
