@@ -116,7 +116,9 @@ TimeoutOption = Annotated[
 
 
 def cli_client(socket: Path | None) -> Client:
-    """The CLI's client: when it had to start the agent, it says so (once, on stderr)."""
+    """The CLI's client: when it had to start the agent, it says so (once, on stderr). Made
+    once the command line has parsed: a warning about it is said here, before any output."""
+    _warn_of_options_taken_as_names(_argv)
     return Client(socket, name="cli", on_autostart=_say_started)
 
 
@@ -434,17 +436,17 @@ def run(
     killed, the unit fails at once. While UNIT's run goes on (started, or a service still
     running), another `run` is refused (exit 1) unless --rerun.
     """
+    import shlex
+
     if _unit_after_dashes(command):  # `run [OPTIONS] -- -x -- COMMAND`
         if command[:1] != ("--",):
             return _usage_error(
                 "run",
                 f"run: a UNIT given after `--` ({unit}) needs a second `--` before the command: "
-                f"unitsync sync run [OPTIONS] -- {shell_quote(unit)} -- COMMAND",
+                f"unitsync sync run [OPTIONS] -- {shlex.quote(unit)} -- COMMAND",
             )
         command = command[1:]
     elif stray := _before_dashes(command):
-        import shlex
-
         return _usage_error(
             "run",
             f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
@@ -495,12 +497,6 @@ def _unit_after_dashes(command: tuple[str, ...]) -> bool:
     return len(_argv) - _argv.index("--") - 1 == len(command) + 1
 
 
-def shell_quote(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word)
-
-
 def _main(argv: list[str]) -> int:
     global _argv
     _argv = argv
@@ -512,7 +508,6 @@ def _main(argv: list[str]) -> int:
             autostart_enabled()
         except UnitsyncError as exc:
             return error_exit(exc)
-    _warn_of_options_taken_as_names(argv)
     if _may_print_help(argv):  # a man page's plain text, on a terminal or not
         from .help_format import ManPageFormatter
 

@@ -31,7 +31,7 @@ from unitsync.client.owners import owner
 from unitsync.wire.errors import Refused, Superseded
 from unitsync.wire.protocol import Order
 
-from conftest import AgentProcess, run_cli, sock
+from conftest import AgentProcess, ours, run_cli, sock
 from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60.0
@@ -55,7 +55,8 @@ def status_of(socket: Path, name: str) -> str | None:
 
 
 def copies(command: str) -> list[int]:
-    """Live processes running exactly `command` (a service's `sleep 6001`)."""
+    """Live processes of this session running exactly `command` (a service's `sleep 6001`):
+    a suite running beside this one has its own."""
     wanted = [word.encode() for word in command.split()]
     found = []
     for entry in Path("/proc").iterdir():
@@ -66,7 +67,7 @@ def copies(command: str) -> list[int]:
             state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if argv == wanted and state != b"Z":
+        if argv == wanted and state != b"Z" and ours(int(entry.name)):
             found.append(int(entry.name))
     return found
 

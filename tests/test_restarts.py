@@ -21,7 +21,7 @@ from unitsync.wire.errors import AlreadyDone, Refused
 from unitsync.wire.host.processes import start_ticks
 from unitsync.wire.protocol import Owner
 
-from conftest import AgentProcess, read_until, run_cli, spawn_cli
+from conftest import AgentProcess, kill_ours, read_until, run_cli, spawn_cli
 
 UNITSYNC = str(Path(sys.executable).with_name("unitsync"))
 
@@ -232,7 +232,7 @@ def test_a_run_killed_mid_command_fails_its_unit_at_once_and_its_waiters_exit_4(
     assert waiter.stderr is not None and "waiting for db" in waiter.stderr.readline()
     runner.send_signal(signal.SIGKILL)
     runner.wait()  # `sleep`, its orphan, keeps the pipes open: do not read them
-    subprocess.run(["pkill", "-f", "sleep 606"], check=False)
+    kill_ours("sleep 606")
     _out, err = waiter.communicate(timeout=30)
     assert waiter.returncode == 4, err
     db = units(s)["db"]
@@ -330,7 +330,7 @@ def test_a_ready_service_whose_run_dies_fails_its_unit(booted: AgentProcess) -> 
     assert units(s)["web"]["owner"]["kind"] == "run"
     runner.send_signal(signal.SIGKILL)
     runner.wait()  # its service is an orphan now, holding the pipes open: do not read them
-    subprocess.run(["pkill", "-f", "sleep 607"], check=False)
+    kill_ours("sleep 607")
     wait_for(lambda: units(s)["web"]["status"] == "failed", "web failed")
     assert "lost its run" in units(s)["web"]["reason"]
 
