@@ -6,7 +6,10 @@ Rules:
   refuses a second concurrent run early; then it looks at the unit's readiness.
 - Ready: the start is decided again at that moment (`Graph.start`) and committed; its
   reply says how long it waited in all (a retry's `waited_before` included, across
-  agents). With `hold`, the run is its connection's from then on.
+  agents). The wait is the time it was blocked on dependencies (`_Wait`), nothing else:
+  a start found ready at once waited 0 (or its `waited_before`), however long its
+  client took to connect (an agent it had to start) or its commits took. With `hold`,
+  the run is its connection's from then on.
 - A dependency failed: the unit fails too (`dependency X failed`), and the start is
   answered with `DependencyFailed`.
 - Neither: it waits, told `Waiting` (again only when what it waits for changes), woken
@@ -86,9 +89,9 @@ async def start_when_ready(
         confirm_noop=False,
     )
     blocked = _Blocked(service, name)
-    began = service.clock() - max(request.waited_before, 0.0)  # the whole wait, across agents
+    wait = _Wait(service.clock, max(request.waited_before, 0.0))
     try:
-        return await _wait_and_start(service, request, began, progress, idle, blocked, holder)
+        return await _wait_and_start(service, request, wait, progress, idle, blocked, holder)
     finally:
         blocked.end()
 
@@ -127,7 +130,7 @@ def _gone(service: Service, request: Start) -> Refused:
 async def _wait_and_start(
     service: Service,
     request: Start,
-    began: float,
+    wait: _Wait,
     progress: Progress,
     idle: Idle,
     blocked: _Blocked,
@@ -142,10 +145,10 @@ async def _wait_and_start(
         try:
             if readiness.failed is not None:
                 blocked.end()
-                raise await _dependency_failed(service, name, readiness.failed, began)
+                raise await _dependency_failed(service, name, readiness.failed, wait)
             if readiness.ready:
                 blocked.end()
-                return await _start_now(service, request, began, holder)
+                return await _start_now(service, request, wait, holder)
         except _Overtaken:
             continue
         except NotDurable:
@@ -160,18 +163,19 @@ async def _wait_and_start(
                 await idle()
             continue
         blocked.begin()
+        wait.begin()
         # Registered before telling the client, so a change during the send is not missed;
         # the send itself is outside the scope, so a wake-up never cuts a frame in half.
         with service.waiters.watching([name, *readiness.pending]) as woken:
             if readiness.pending != told:
                 told = readiness.pending
-                await progress(Waiting(name, list(told), since=began))
+                await progress(Waiting(name, list(told), since=wait.since(), waited=wait.so_far()))
             with woken:
                 await idle()
 
 
 async def _start_now(
-    service: Service, request: Start, began: float, holder: Holder | None
+    service: Service, request: Start, wait: _Wait, holder: Holder | None
 ) -> Started:
     """Start a unit found ready (a shared store decides again if that changed meanwhile)."""
     name = request.unit
@@ -187,7 +191,7 @@ async def _start_now(
             name,
             now=now,
             token=request.token,
-            waited=now - began,
+            waited=wait.so_far(now),
             rerun=request.rerun,
             once=request.once,
             owner=owner_record(request.owner, service.host),
@@ -205,7 +209,7 @@ async def _start_now(
 
 
 async def _dependency_failed(
-    service: Service, name: str, dep: str, began: float
+    service: Service, name: str, dep: str, wait: _Wait
 ) -> DependencyFailed:
     def decide() -> list[Record]:
         graph = service.graph
@@ -213,11 +217,11 @@ async def _dependency_failed(
             raise _Overtaken
         unit = graph.units[name]
         reason = f"dependency {dep} failed"
-        if unit.status == "failed" and unit.reason == reason and unit.since >= began:
+        if unit.status == "failed" and unit.reason == reason and unit.since >= wait.arrived:
             return []  # since this start began (its own attempt whose answer was
             # lost, or another start of the unit that met the same failure): not twice
         now = service.clock()
-        return graph.fail(name, reason, now=now, waited=now - began)
+        return graph.fail(name, reason, now=now, waited=wait.so_far(now))
 
     await service.commit(decide, [name, dep])
     dep_reason = service.graph.units[dep].reason
@@ -232,6 +236,32 @@ async def _dependency_failed(
 class _Overtaken(Exception):
     """What a start was about to do no longer holds: another agent's change got in first
     (only a shared store decides again); the start looks at the graph afresh."""
+
+
+class _Wait:
+    """How long a start has been blocked on its dependencies: from the first time it was
+    found blocked here (earlier connections' `waited_before` added), never from its
+    arrival, which may follow a slow connect or precede a slow commit."""
+
+    def __init__(self, clock: Callable[[], float], before: float) -> None:
+        self.clock = clock
+        self.before = before
+        self.began: float | None = None
+        self.arrived = clock() - before
+        """When this start (with its earlier connections) arrived, on this agent's clock."""
+
+    def begin(self) -> None:
+        if self.began is None:
+            self.began = self.clock()
+
+    def so_far(self, now: float | None = None) -> float:
+        if self.began is None:
+            return self.before
+        return self.before + (self.clock() if now is None else now) - self.began
+
+    def since(self) -> float:
+        """When the whole wait began, on this agent's clock."""
+        return (self.began if self.began is not None else self.clock()) - self.before
 
 
 class _Blocked:

@@ -202,7 +202,7 @@ def fail(
     *,
     reason: Annotated[str, Parameter(help="Why it failed (shown to waiters).")] = "",
     force: Annotated[
-        bool, Parameter(negative=(), help="Fail UNIT even if no command has named it yet.")
+        bool, Parameter(negative=(), help="Fail UNIT even if the agent does not know it.")
     ] = False,
     socket: SocketOption = None,
 ) -> int:
@@ -413,8 +413,17 @@ def run(
 def _main(argv: list[str]) -> int:
     """The command line by cyclopts (the entry point `main.main` calls it for what its
     shortcut declines)."""
-    if _may_print_help(argv) and not sys.stdout.isatty():  # in a pipe or a file: no boxes
-        app.help_formatter = sync.help_formatter = "plain"
+    if argv[:1] == ["sync"] and not _may_print_help(argv):
+        from unitsync.client.agent_switch import autostart_enabled
+
+        try:  # said at once, whether or not this call would have started an agent
+            autostart_enabled()
+        except UnitsyncError as exc:
+            return error_exit(exc)
+    if _may_print_help(argv):  # a man page's plain text, on a terminal or not
+        from .help_format import ManPageFormatter
+
+        app.help_formatter = sync.help_formatter = ManPageFormatter()
     try:
         code = app(argv, exit_on_error=False, print_error=False, result_action="return_value")
     except CycloptsError as exc:

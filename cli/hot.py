@@ -28,7 +28,7 @@ from unitsync.wire.errors import EXIT_INTERRUPTED, EXIT_USAGE, UnitsyncError
 
 from .durations import DEFAULT_TIMEOUT
 from .sizes import LOG_LIMIT
-from .usage import USAGE
+from .usage import TAKE_UNITS, USAGE, command_options
 
 if TYPE_CHECKING:
     from unitsync.client.autostart import Autostarted
@@ -46,8 +46,25 @@ def typed(argv: list[str]) -> None:
 
 
 def cli_client(socket: Path | None) -> Client:
-    """The CLI's client: when it had to start the agent, it says so (once, on stderr)."""
+    """The CLI's client: when it had to start the agent, it says so (once, on stderr). Made
+    once the command line has parsed: a warning about it is said here, before any output."""
+    _warn_of_options_taken_as_names(_typed)
     return Client(socket, name="cli", on_autostart=_say_started)
+
+
+def _warn_of_options_taken_as_names(argv: list[str]) -> None:
+    """A unit name after `--` that is one of the command's options (`want -- a --once`) is
+    a name, as `--` says; but more likely a misplaced option: say so on stderr."""
+    if len(argv) < 3 or argv[0] != "sync" or argv[1] not in TAKE_UNITS or "--" not in argv:
+        return
+    options = {*command_options(argv[1]), "--socket"}
+    for word in argv[argv.index("--") + 1 :]:
+        if word in options:
+            print(
+                f"unitsync: warning: {word!r} after `--` is taken as a unit name, not as the "
+                f"option {word}; options go before `--`",
+                file=sys.stderr,
+            )
 
 
 def _say_started(agent: Autostarted) -> None:
@@ -147,7 +164,7 @@ def start(
                 rerun=rerun,
                 timeout=timeout,
                 on_progress=progress.update,
-                tick=1.0 if progress.live else None,
+                tick=progress.tick,
                 once=once,
                 owner=described,
             )
@@ -187,6 +204,22 @@ def run(
     log_limit: int = LOG_LIMIT,
     socket: Path | None = None,
 ) -> int:
+    import shlex
+
+    if _unit_after_dashes(command):  # `run [OPTIONS] -- -x -- COMMAND`
+        if command[:1] != ("--",):
+            return usage_error(
+                "run",
+                f"run: a UNIT given after `--` ({unit}) needs a second `--` before the command: "
+                f"unitsync sync run [OPTIONS] -- {shlex.quote(unit)} -- COMMAND",
+            )
+        command = command[1:]
+    elif stray := _before_dashes(command):
+        return usage_error(
+            "run",
+            f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
+            "duration is one word: --timeout 5m); the command goes after `--`",
+        )
     if not command:
         return usage_error("run", "run needs a command after `--`")
     from .words import utf8_problem
@@ -194,18 +227,14 @@ def run(
     if problem := utf8_problem((("--ready-cmd", ready_cmd), ("--ready-log", ready_log))):
         print(f"unitsync: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    if stray := _before_dashes(command):
-        import shlex
-
-        return usage_error(
-            "run",
-            f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "
-            "duration is one word: --timeout 5m); the command goes after `--`",
-        )
     from .run.command import run_unit
-    from .run.readiness.options import ReadyOptions
+    from .run.readiness.options import BadOption, ReadyOptions, detector_for
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
+    try:
+        detector_for(readiness, once=once)  # a usage error, said before the agent is asked
+    except BadOption as exc:
+        return usage_error("run", f"run: {exc}")
     with cli_client(socket) as client:
         return run_unit(
             client,
@@ -227,3 +256,11 @@ def _before_dashes(command: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     after = len(_typed) - _typed.index("--") - 1
     return command[: len(command) - after]
+
+
+def _unit_after_dashes(command: tuple[str, ...]) -> bool:
+    """Did UNIT come after the first `--` (`run -- -x -- echo hi`, the way to name a unit
+    that begins with `-`)? Then every positional word is after it: UNIT, then COMMAND's."""
+    if "--" not in _typed:
+        return False
+    return len(_typed) - _typed.index("--") - 1 == len(command) + 1

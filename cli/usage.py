@@ -13,6 +13,7 @@ no other, and `TAKE_UNITS` and `DURATION_OPTIONS` are what the signatures say.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ is most likely the rest of a duration typed with a space (`--timeout 5 m`)."""
 DURATION_HINT = "a duration is one word: 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 for forever"
 
 
+def command_options(command: str) -> list[str]:
+    """The options a command's usage line names (`--timeout`, `-o`, ...)."""
+    return re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", USAGE[command])
+
+
 def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
     """What was wrong, in words about what the user typed; and the usage line to show."""
     from cyclopts.exceptions import (  # here: the hot commands read USAGE without cyclopts
@@ -83,6 +89,8 @@ def describe(exc: CycloptsError, argv: list[str]) -> tuple[str, str | None]:
     if isinstance(exc, MissingArgumentError) and exc.argument is not None:
         name = exc.keyword or exc.argument.name
         if name.startswith("-"):
+            if negative := _negative_duration(name, argv):
+                return f"{where}{name} {negative}: a duration cannot be negative", usage
             hint = f" ({DURATION_HINT})" if name == "--timeout" else ""
             return f"{where}{name} needs a value{hint}", usage
         return f"{where}missing {name}", usage
@@ -118,7 +126,10 @@ def _unknown_option_hint(command: str | None, token: str, argv: list[str]) -> st
     if "--" in argv and token in argv[argv.index("--") + 1 :]:
         return "; options go before `--`, not after it"
     if command == "run" and "--" in argv:
-        return "; see the usage (a UNIT of `run` cannot begin with `-`)"
+        return (
+            f"; if it is a unit name, put it between two `--`, with the options before "
+            f"(unitsync sync run [OPTIONS] -- {token} -- COMMAND)"
+        )
     if command == "run":
         return "; put `--` before the command, so that its options are its own (see the usage)"
     if command in TAKE_UNITS:
@@ -127,6 +138,24 @@ def _unknown_option_hint(command: str | None, token: str, argv: list[str]) -> st
             f"(unitsync sync {command} [OPTIONS] -- {token})"
         )
     return ""
+
+
+def _negative_duration(option: str, argv: list[str]) -> str | None:
+    """The word after a duration option when it is a negative duration (`--timeout -5s`),
+    which the parser took for an option, so the option seemed to have no value."""
+    if option not in DURATION_OPTIONS or option not in argv:
+        return None
+    index = argv.index(option) + 1
+    word = argv[index] if index < len(argv) else ""
+    if not word.startswith("-") or word == "-":
+        return None
+    from .durations import parse_duration
+
+    try:
+        parse_duration(word[1:])
+    except ValueError:
+        return None
+    return word
 
 
 def _token_before(argv: list[str], token: str) -> str | None:

@@ -39,9 +39,10 @@ uses (`wire.host.paths.default_state_dir`). Autostart is on unless `UNITSYNC_AUT
 
 Resource rules: the lock file and the notify socket live only as long as one start; the
 lock file is removed while still held (`wire.host.lockfile`, as the agent's own locks are).
-The agent is this process's child until this process exits; its `Popen` is kept, so that
-Python neither warns about it nor leaves it a zombie for long: finished ones are reaped by
-the next autostart.
+The agent is this process's child until this process exits (then init's, or a subreaper's).
+A thread of ours waits for it (`_reap_when_it_exits`): an agent stopped while this process
+lives on (a long-lived `run`, a service's) is reaped at once, never left a zombie
+(`<defunct>`) child of a command.
 
 Only imported when a client finds no agent: the usual path of the CLI never loads it.
 """
@@ -53,6 +54,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,8 +70,6 @@ from unitsync.wire.host.paths import STATE_DIR_ENV, default_state_dir
 from unitsync.wire.host.peer import Peer, listener_at, lock_holder, socket_lock_name
 from unitsync.wire.session import check_trust
 
-ENV = "UNITSYNC_AUTOSTART"
-OFF = frozenset({"0", "false", "no", "off"})
 READY_TIMEOUT = 10.0
 """How long a new agent may take to serve: it loads 10,000 units in well under a second and
 replays a million-record journal in about two (SPEC §6); ten seconds means it is stuck."""
@@ -95,13 +95,12 @@ STATE_LOCK = "lock"
 """The state dir's lock file (`agent.store.journal.writer.LOCK_NAME`)."""
 START_NOTE = "unitsync.autostart: "
 """Begins the line a client writes to the log before each agent it starts."""
+COMMAND_SHOWN = 200
+"""Characters of the starting command the log line keeps: enough to tell scripts apart."""
 INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 """Socket activation meant for us, if any, is not for the agent."""
 
 Outcome = Literal["ready", "exited", "late"]
-
-_agents: list[subprocess.Popen[bytes]] = []
-"""Agents this process started: kept until they exit (see the resource rules)."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +114,6 @@ class Autostarted:
     """Why, when a client that had an agent started it ("the agent crashed", ...)."""
 
 
-def enabled() -> bool:
-    """On unless `UNITSYNC_AUTOSTART` is 0 (or false, no, off)."""
-    return os.environ.get(ENV, "").strip().lower() not in OFF
-
-
 def ensure_agent(path: Path, patience: float = LIVE_AGENT_WAIT) -> Autostarted | None:
     """Make an agent listen at `path`: the one we started, or None if another did.
 
@@ -127,7 +121,6 @@ def ensure_agent(path: Path, patience: float = LIVE_AGENT_WAIT) -> Autostarted |
     `AgentUntrusted` if the socket's folder is not the user's own. A live agent that holds
     the socket or the state dir is waited for, up to `patience` seconds.
     """
-    _agents[:] = [agent for agent in _agents if agent.poll() is None]
     path = path.absolute()
     deadline = time.monotonic() + patience
     while True:
@@ -261,8 +254,9 @@ def _start(path: Path, log: AgentLog) -> Autostarted | None:
             )
         except OSError as exc:
             raise AgentStartFailed(f"cannot start an agent for {path}: {exc}") from None
-        _agents.append(agent)
         outcome = readiness.wait(agent, READY_TIMEOUT)
+    if outcome != "exited":  # it runs on: reaped when it ends, however long we live
+        _reap_when_it_exits(agent)
     if outcome == "ready":
         return Autostarted(agent.pid, path, log.path)
     if outcome == "exited":
@@ -279,6 +273,14 @@ def _start(path: Path, log: AgentLog) -> Autostarted | None:
         f"{READY_TIMEOUT:.0f}s; it was left running (it may still be loading its journal), "
         f"and the next command will use it once it serves{log.last_words(since)}"
     )
+
+
+def _reap_when_it_exits(agent: subprocess.Popen[bytes]) -> None:
+    """A daemon thread that waits for the agent: its exit status is collected the moment it
+    stops, so it never lingers as a zombie child of this process (it cannot be made
+    nobody's child at once without losing its exit status, which a failed start reports);
+    if this process ends first, the agent is reparented and reaped by init as any orphan."""
+    threading.Thread(target=agent.wait, name=f"reap agent {agent.pid}", daemon=True).start()
 
 
 def _private_folder(path: Path) -> None:
@@ -354,7 +356,7 @@ class AgentLog:
         fd = os.open(self.path, flags, 0o600)
         now = time.time()
         clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        who = f"pid {os.getpid()} found no agent at {socket_path}; starting one"
+        who = f"pid {os.getpid()} found no agent at {socket_path}; starting one{_for_whom()}"
         os.write(fd, f"{clock},{int(now % 1 * 1000):03d} INFO {START_NOTE}{who}\n".encode())
         return fd, os.fstat(fd).st_size
 
@@ -376,6 +378,21 @@ class AgentLog:
             return f"; it wrote nothing to its log {self.path}"
         quoted = "\n".join(f"  {line}" for line in lines)
         return f"; its log {self.path} ends with:\n{quoted}"
+
+
+def _for_whom() -> str:
+    """The command that starts the agent, for the log: its stderr (where the one-line notice
+    goes) may be any script's redirect, so the log says whose it was."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    import shlex
+
+    program = Path(sys.argv[0]).name
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if program == "__main__.py" and spec is not None:  # `python -m unitsync.cli ...`
+        program = f"python -m {spec.name.removesuffix('.__main__')}"
+    command = " ".join([program, shlex.join(sys.argv[1:])]).strip()
+    return f" (for `{command[:COMMAND_SHOWN]}`)"
 
 
 class _Readiness:

@@ -15,7 +15,7 @@ import msgspec
 
 from unitsync.wire.errors import WaitTimeout
 from unitsync.wire.host import backoff
-from unitsync.wire.protocol import Owner, Start
+from unitsync.wire.protocol import Owner, Start, Waiting
 
 DEFAULT_WAIT = 300.0
 """How long a `start` waits for its dependencies unless told (5 minutes, `None`: forever):
@@ -49,6 +49,24 @@ def start_request(
 def new_token() -> str:
     """A run's token: random, so no two runs (of any agent, any boot) share one."""
     return os.urandom(8).hex()
+
+
+class WaitClock:
+    """How long a `start` has been blocked on its dependencies, on the client's clock.
+
+    From the first `Waiting` (less what the agent had counted when it sent it), never from
+    the call: connecting, an agent the client had to start, and reconnecting before any
+    wait are not waiting. It is what a new connection says it `waited_before`."""
+
+    def __init__(self) -> None:
+        self.began: float | None = None
+
+    def seen(self, event: Waiting, now: float) -> None:
+        if self.began is None:
+            self.began = now - event.waited
+
+    def waited(self, now: float) -> float:
+        return 0.0 if self.began is None else now - self.began
 
 
 def asked_again(request: Start, waited: float) -> Start:

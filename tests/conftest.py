@@ -38,14 +38,50 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-SUITE_MARK = f"{os.getpid():07d}"
-"""Part of every long `sleep` the tests start, so that what a test kills by its command line
-is this suite's own and never a process of another suite running beside it."""
+SUITE_MARK = ("UNITSYNC_TEST_SUITE", f"{os.getpid()}-{os.urandom(4).hex()}")
+"""Every process this session starts inherits it: a suite running beside this one on the
+same machine runs the same commands (`sleep 6005`), and a test that looks for its own
+leftovers, or kills them, must never see or touch the other suite's."""
+os.environ[SUITE_MARK[0]] = SUITE_MARK[1]
 
 
-def marked_sleep(seconds: int) -> str:
-    """`sleep SECONDS.MARK`: as long as `sleep SECONDS`, a command line only this suite has."""
-    return f"sleep {seconds}.{SUITE_MARK}"
+def ours(pid: int) -> bool:
+    """Was process `pid` started by this session (it carries SUITE_MARK, orphaned or not)?"""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return "=".join(SUITE_MARK).encode() in environ
+
+
+def kill_ours(command_part: str, signum: int = signal.SIGTERM) -> None:
+    """`pkill -f`, for this session's processes only."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if command_part.encode() in cmdline and ours(int(entry.name)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signum)
+
+
+REASONLESS_SKIP = "Skipped"
+"""What pytest reports for a skip that gives no reason (a `pytest.skip` inside a trio test
+loses its reason on the way out: skip from a fixture or a `skipif` mark instead)."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Every skip says why: one that does not is reported as a failure naming its test."""
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and longrepr[2] == REASONLESS_SKIP:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} was skipped without a reason: every skip says why"
+    return report
 
 
 @pytest.fixture(autouse=True)

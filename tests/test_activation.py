@@ -19,8 +19,12 @@ import pytest
 
 from unitsync.agent.files import SetupError
 from unitsync.agent.serve.activation import take_listen_fds
+from unitsync.agent.serve.server import AgentConfig
+from unitsync.agent.store.journal import logfile
 from unitsync.client import Client
 from unitsync.wire.host.notify import Notifier
+
+from conftest import AgentProcess, run_cli, spawn_cli
 
 LIMIT = 60
 """A safety net against a hung agent, never a measure of speed."""
@@ -142,3 +146,35 @@ def test_notify_reaches_a_path_address_and_tolerates_a_gone_one(short_tmp: Path)
         assert listener.recv(4096) == b"READY=1\nSTATUS=serving 3 units"
     path.unlink()
     notifier.stopping("bye")  # nobody listens any more: logged, not raised
+
+
+def test_a_client_waiting_on_an_agent_that_cannot_start_is_told_why(
+    short_tmp: Path, notify_socket: socket.socket
+) -> None:
+    """Issue 23, 12: the connection that started an activated agent (or came while it
+    started) is not reset when the agent finds its journal damaged: it is told so, and that
+    --salvage is the way, and the command exits 3 (no agent to talk to)."""
+    state = short_tmp / "state"
+    folder = short_tmp / "run"
+    folder.mkdir(mode=0o700)
+    path = folder / "agent.sock"
+    first = AgentProcess(AgentConfig(socket=short_tmp / "first.sock", state_dir=state)).start()
+    assert run_cli("sync", "want", "a", "b", socket=first.config.socket).code == 0
+    first.stop()
+    journal = state / "journal.log"
+    data = bytearray(journal.read_bytes())
+    data[logfile.LOG_HEADER.size + 4] ^= 0xFF  # inside the first entry
+    journal.write_bytes(bytes(data))
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(path))
+    listening.listen()
+    with listening:
+        client = spawn_cli("sync", "ping", socket=path)  # queued: nothing accepts yet
+        agent = activated_agent(listening, notify_socket, state)
+        _out, agent_said = agent.communicate(timeout=LIMIT)
+        assert agent.returncode == 1 and "is damaged" in agent_said
+        _out, said = client.communicate(timeout=LIMIT)
+    assert client.returncode == 3, said
+    assert said.startswith(f"unitsync: the agent at {path} cannot start: {journal} is damaged")
+    assert "start the agent with --salvage" in said
+    assert "Connection reset" not in said

@@ -8,6 +8,7 @@ spawns one, so an agent that was started and died at once is counted too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -475,3 +476,120 @@ def test_with_autostart_off_a_stopped_agent_is_waited_for_until_someone_starts_i
         if waiter.poll() is None:
             waiter.kill()
     assert len(place.starts()) == 1  # the scripts never started one
+
+
+def test_an_agent_started_for_a_command_is_not_counted_as_its_wait(place: Place) -> None:
+    """A unit with no dependencies waited 0, though its first command had to start the
+    agent (issue 23, 2): only time blocked on dependencies is a wait."""
+    ran = run_cli("sync", "run", "solo", "--", "true")
+    assert ran.code == 0 and "started an agent" in ran.err, ran.err
+    assert "waited:     0ms\n" in run_cli("sync", "status", "solo").out
+    history = json.loads(run_cli("sync", "status", "solo", "-o", "json").out)["history"]
+    assert [entry["waited"] for entry in history if entry["to"] == "started"] == [0.0]
+    rows = json.loads(run_cli("sync", "timeline", "-o", "json").out)["units"]
+    (solo,) = [row for row in rows if row["name"] == "solo"]
+    assert solo["wait_began"] == solo["started"], solo  # no wait drawn before its run
+
+
+def test_without_a_runtime_dir_the_agent_starts_at_a_private_folder_of_the_temp_dir(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root shell or a container often has no XDG_RUNTIME_DIR (issue 23, 5): the default
+    socket is then `$TMPDIR/unitsync-$UID/agent.sock`, as docs/agent.md says."""
+    monkeypatch.delenv("UNITSYNC_AUTOSTART")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    monkeypatch.setenv("TMPDIR", str(short_tmp))
+    monkeypatch.setenv("UNITSYNC_STATE_DIR", str(short_tmp / "state"))
+    socket = short_tmp / f"unitsync-{os.getuid()}" / "agent.sock"
+    try:
+        first = run_cli("sync", "want", "app", "db")
+        assert first.code == 0, first.err
+        assert f"started an agent (pid {agents_running(str(socket))[0]}) at {socket};" in first.err
+        assert os.stat(socket.parent).st_mode & 0o777 == 0o700
+    finally:
+        stop_agents(agents_running(str(short_tmp)))
+
+
+def _seconds(shown: bytes) -> float:
+    """A duration as `wire.timefmt.duration` writes it (850ms, 4.2s, 3m05s), in seconds."""
+    text = shown.decode()
+    if text.endswith("ms"):
+        return float(text[:-2]) / 1000
+    if "m" in text:
+        minutes, secs = text[:-1].split("m")
+        return int(minutes) * 60 + int(secs)
+    return float(text[:-1])
+
+
+def test_on_a_terminal_the_wait_counter_never_runs_ahead_of_the_final_figure(
+    place: Place,
+) -> None:
+    """One clock (issue 23, 12): the counter counts from when the agent found the start
+    blocked, as the final figure does; not from the call, which here had to start the agent
+    first. The dependency completes the moment a tick is drawn, so a counter that had
+    counted the agent's start-up would show more than the final figure."""
+    runner, terminal = on_a_terminal(
+        "sync", "run", "app", "--want", "db", "--", "true", socket=place.socket
+    )
+    try:
+        seen = read_until(terminal, b"waiting for db (1.")  # the second tick
+        seen += read_until(terminal, b")")
+        with Client(place.socket) as client:
+            client.start("db")
+            client.complete("db")
+        seen += read_until(terminal, b"app: started after waiting")
+        seen += read_until(terminal, b"\n")
+        assert runner.wait(timeout=LIMIT) == 0
+    finally:
+        os.close(terminal)
+        if runner.poll() is None:
+            runner.kill()
+    counters = [
+        _seconds(m) for m in re.findall(rb"waiting for db \(([0-9.]+m?s|\d+m\d\ds)\)", seen)
+    ]
+    final = re.search(rb"started after waiting ([0-9.]+m?s|\d+m\d\ds)", seen)
+    assert counters and final, seen
+    assert counters[0] <= counters[-1] <= _seconds(final.group(1)), seen
+
+
+def _zombie_of(parent: int, pid: int) -> bool:
+    """Is `pid` a zombie (`<defunct>`) child of `parent`, still waiting to be reaped?"""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False  # reaped: gone
+    return fields[0] == b"Z" and int(fields[1]) == parent
+
+
+def test_an_agent_autostarted_by_a_long_run_is_reaped_when_it_stops(place: Place) -> None:
+    """Issue 23, 8: the `run` that started the agent lives on; the agent is stopped and
+    another is started by hand, so the `run` starts none (which used to reap the old one in
+    passing): the stopped agent must not stay a zombie child of that `run`."""
+    runner = cli("sync", "run", "db", "--", "sleep", "600")
+    try:
+        assert runner.stderr is not None
+        assert "started an agent" in runner.stderr.readline()
+        assert runner.stderr.readline() == "db: started\n"
+        stopped = place.agent_pid()
+        stop_agents([stopped])
+        by_hand = AgentProcess(AgentConfig(place.socket, place.state_dir)).start()
+        deadline = time.monotonic() + LIMIT
+        while _zombie_of(runner.pid, stopped) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _zombie_of(runner.pid, stopped)
+        assert runner.poll() is None  # the run goes on, with the agent started by hand
+        by_hand.stop()
+    finally:
+        runner.terminate()
+        runner.communicate(timeout=LIMIT)
+
+
+def test_the_log_names_the_command_that_started_the_agent(place: Place) -> None:
+    """Issue 23, 12: the notice goes to the starting command's stderr only (a script's
+    redirect, maybe); the agent's log says which command that was."""
+    first = run_cli("sync", "want", "web", "db")
+    assert first.code == 0 and "started an agent" in first.err
+    (started,) = place.starts()
+    assert started.endswith("; starting one (for `python -m unitsync.cli sync want web db`)")
+    later = run_cli("sync", "want", "api", "db")
+    assert later.code == 0 and later.err == ""  # it found the agent: nothing to say

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -229,10 +230,12 @@ def run_once(words: Sequence[str], socket: Path, cwd: Path, program: list[str]) 
         env=env,
     )
     try:
-        if watching:  # it runs until interrupted: interrupt it once it had time to show
-            try:
-                proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
+        if watching:  # it runs until interrupted: interrupt it once it shows the units
+            # (its first output on stdout; a refusal goes to stderr and exits): not after a
+            # fixed second, when a busy machine may still be importing, and a Ctrl-C in the
+            # middle of Python's imports is Python's traceback, not ours
+            select.select([proc.stdout], [], [], RUN_LIMIT)
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=RUN_LIMIT)
     except subprocess.TimeoutExpired:

@@ -20,6 +20,7 @@ EXIT_STATUS = {
     "graph_changed": ("GraphChanged", 3),
     "superseded": ("Superseded", 1),
     "untrusted": ("AgentUntrusted", 3),
+    "start_failed": ("AgentStartFailed", 3),
 }
 """What README's exit-code table says of each code; every other code is a refusal, exit 1."""
 

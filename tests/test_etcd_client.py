@@ -280,9 +280,10 @@ async def test_user_and_password(single_etcd: EtcdCluster) -> None:
     await anonymous.aclose()
 
 
+@pytest.mark.skipif(
+    ETCD is None, reason="etcd is not installed (Debian: apt-get install etcd-server)"
+)
 async def test_an_expired_token_is_replaced(tmp_path: Path) -> None:
-    if ETCD is None:
-        pytest.skip("etcd is not installed")
     cluster = EtcdCluster(tmp_path, size=1, extra=["--auth-token-ttl", "1"]).start()
     try:
         cluster.enable_auth("ann", "ann-pw", "ws/")

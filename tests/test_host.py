@@ -136,7 +136,15 @@ def oddly_named(short_tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
     parentheses: a parser that splits on the first `)` reads the wrong fields."""
     odd = short_tmp / "a) b c"
     odd.symlink_to(sys.executable)
-    child = subprocess.Popen([odd, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    child = subprocess.Popen(
+        [odd, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    # Once it speaks it has exec'd: before, a busy machine may still show the forked
+    # parent's name (`python`) in its /proc entry.
+    assert child.stdout.readline() == b"up\n"
     yield child
     assert child.stdin is not None
     child.stdin.close()

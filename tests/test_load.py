@@ -21,21 +21,39 @@ WAITERS = 10_000
 CLIENTS = 1_000
 
 
-def _needs_descriptors(count: int) -> None:
+def _room_for(count: int) -> None:
+    """Room for `count` descriptors, or a skip saying why. (Called by fixtures, never in a
+    test: pytest-trio loses the reason of a skip raised inside a trio test.)"""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < count:
         pytest.skip(f"needs {count} open files; the hard limit here is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+@pytest.fixture
+def room_for_waiters() -> None:
+    _room_for(WAITERS + 1_000)
+
+
+@pytest.fixture
+def room_for_clients() -> None:
+    _room_for(CLIENTS + 1_000)
+
+
 async def connect_all(agent: AgentProcess, count: int) -> list[AsyncClient]:
-    """Open `count` connections, a few hundred at a time (the listen backlog is finite)."""
+    """Open `count` connections, a few hundred at a time (the listen backlog is finite).
+
+    Each says hello as it connects (a ping), as a real client does with its first request:
+    a connection that says nothing is an idle peer, which the agent drops after its hello
+    timeout, and opening ten thousand takes longer than that on a busy machine."""
     clients: list[AsyncClient] = []
     limiter = trio.CapacityLimiter(200)
 
     async def one() -> None:
         async with limiter:
-            clients.append(await AsyncClient.connect(agent.config.socket))
+            client = await AsyncClient.connect(agent.config.socket)
+            await client.ping()
+            clients.append(client)
 
     async with trio.open_nursery() as nursery:
         for _ in range(count):
@@ -43,8 +61,9 @@ async def connect_all(agent: AgentProcess, count: int) -> list[AsyncClient]:
     return clients
 
 
-async def test_one_completion_releases_ten_thousand_waiters(agent_process: AgentProcess) -> None:
-    _needs_descriptors(WAITERS + 1_000)
+async def test_one_completion_releases_ten_thousand_waiters(
+    agent_process: AgentProcess, room_for_waiters: None
+) -> None:
     clients = await connect_all(agent_process, WAITERS)
     blocked = trio.Semaphore(0)
     started: list[Started] = []
@@ -76,9 +95,8 @@ async def test_one_completion_releases_ten_thousand_waiters(agent_process: Agent
 
 
 async def test_a_thousand_concurrent_clients_all_get_correct_answers(
-    agent_process: AgentProcess,
+    agent_process: AgentProcess, room_for_clients: None
 ) -> None:
-    _needs_descriptors(CLIENTS + 1_000)
     clients = await connect_all(agent_process, CLIENTS)
 
     async def chain(i: int, client: AsyncClient) -> None:

@@ -31,7 +31,7 @@ from unitsync.client.owners import owner
 from unitsync.wire.errors import Refused, Superseded
 from unitsync.wire.protocol import Order
 
-from conftest import AgentProcess, marked_sleep, run_cli, sock
+from conftest import AgentProcess, ours, run_cli, sock
 from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60.0
@@ -55,7 +55,8 @@ def status_of(socket: Path, name: str) -> str | None:
 
 
 def copies(command: str) -> list[int]:
-    """Live processes running exactly `command` (a service's `marked_sleep(6001)`)."""
+    """Live processes of this session running exactly `command` (a service's `sleep 6001`):
+    a suite running beside this one has its own."""
     wanted = [word.encode() for word in command.split()]
     found = []
     for entry in Path("/proc").iterdir():
@@ -66,7 +67,7 @@ def copies(command: str) -> list[int]:
             state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if argv == wanted and state != b"Z":
+        if argv == wanted and state != b"Z" and ours(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -84,10 +85,9 @@ def cleaned_up(*markers: str) -> Iterator[None]:
 
 
 def service(marker: int, *, ignore_term: bool = False) -> list[str]:
-    """A service that prints `ready` and sleeps; `sleep MARKER.…` tells its copies apart
-    (and this suite's from another's)."""
+    """A service that prints `ready` and sleeps; `sleep MARKER` tells its copies apart."""
     trap = "trap '' TERM; " if ignore_term else ""
-    return ["sh", "-c", f"{trap}echo ready; exec {marked_sleep(marker)}"]
+    return ["sh", "-c", f"{trap}echo ready; exec sleep {marker}"]
 
 
 SPAWNED: list[subprocess.Popen[str]] = []
@@ -144,7 +144,7 @@ def test_a_second_run_of_a_running_service_is_refused_and_rerun_supersedes_the_f
     agent_process: AgentProcess,
 ) -> None:
     s = sock(agent_process)
-    with cleaned_up(marked_sleep(6001), marked_sleep(6002)):
+    with cleaned_up("sleep 6001", "sleep 6002"):
         first = spawn_run(s, "svc", "--ready-log", "ready", "--", *service(6001))
         wait_for(lambda: owned_by(s, "svc", first.pid), "the first copy ready")
 
@@ -154,18 +154,18 @@ def test_a_second_run_of_a_running_service_is_refused_and_rerun_supersedes_the_f
         assert again.code == 1
         assert (
             f"unitsync: unit 'svc' is completed and its run goes on: `unitsync sync run` "
-            f"(pid {first.pid}, sh -c 'echo ready; exec {marked_sleep(6001)}'), which still runs; "
-            f"use --rerun to start a new run anyway (that `run` then stops its command), or stop "
+            f"(pid {first.pid}, sh -c 'echo ready; exec sleep 6001'), which still runs; use "
+            f"--rerun to start a new run anyway (that `run` then stops its command), or stop "
             f"that run first (`kill {first.pid}`); not running sh"
         ) in again.err
-        assert len(copies(marked_sleep(6001))) == 1  # one copy runs, not two
+        assert len(copies("sleep 6001")) == 1  # one copy runs, not two
         assert [h["to"] for h in units(s)["svc"]["history"]] == ["started", "completed"]
 
         second = spawn_run(s, "svc", "--rerun", "--ready-log", "ready", "--", *service(6002))
         _out, err = first.communicate(timeout=LIMIT)
         assert first.returncode == 0, err
         assert f"svc: superseded by a new run (pid {second.pid}); stopping\n" in err
-        assert copies(marked_sleep(6001)) == []  # its command was stopped, group and all
+        assert copies("sleep 6001") == []  # its command was stopped, group and all
         wait_for(lambda: owned_by(s, "svc", second.pid), "the new copy ready")
         svc = units(s)["svc"]
         assert [(h["from"], h["to"], h["reason"]) for h in svc["history"]][-2:] == [
@@ -184,7 +184,7 @@ def test_killing_a_superseded_run_never_changes_the_unit(agent_process: AgentPro
     """The old `run` stops a service that ignores SIGTERM (SIGKILL comes 10 s later); killed
     meanwhile, by SIGTERM or SIGKILL, it changes nothing: the unit is the new run's."""
     s = sock(agent_process)
-    with cleaned_up(marked_sleep(6003), marked_sleep(6004)):
+    with cleaned_up("sleep 6003", "sleep 6004"):
         first = spawn_run(s, "svc", "--ready-log", "ready", "--", *service(6003, ignore_term=True))
         wait_for(lambda: owned_by(s, "svc", first.pid), "the first copy ready")
         second = spawn_run(s, "svc", "--rerun", "--ready-log", "ready", "--", *service(6004))
@@ -208,21 +208,20 @@ def test_start_rerun_supersedes_a_plain_run_which_stops_its_command(
     agent_process: AgentProcess,
 ) -> None:
     s = sock(agent_process)
-    with cleaned_up(marked_sleep(6005)):
-        job = spawn_run(s, "job", "--", *marked_sleep(6005).split())
+    with cleaned_up("sleep 6005"):
+        job = spawn_run(s, "job", "--", "sleep", "6005")
         wait_for(lambda: status_of(s, "job") == "started", "job started")
         refused = run_cli("sync", "start", "job", socket=s)
         assert refused.code == 1
         assert (
-            f"by `unitsync sync run` (pid {job.pid}, {marked_sleep(6005)}), which still runs"
-            in refused.err
+            f"by `unitsync sync run` (pid {job.pid}, sleep 6005), which still runs" in refused.err
         )
         assert "use --rerun to start a new run (that `run` then stops its command)" in refused.err
         assert run_cli("sync", "start", "job", "--rerun", socket=s).code == 0
         _out, err = job.communicate(timeout=LIMIT)
         assert job.returncode == 0
         assert err.endswith(f"job: superseded by a new run (pid {os.getpid()}); stopping\n")
-        assert copies(marked_sleep(6005)) == []
+        assert copies("sleep 6005") == []
         job_unit = units(s)["job"]
         assert job_unit["status"] == "started"  # the new run's, not the old command's end
         assert job_unit["owner"]["pid"] == os.getpid()
@@ -234,8 +233,8 @@ def test_a_run_superseded_while_the_agent_restarted_stops_when_it_comes_back(
     """A `run` away (frozen) across an agent restart finds its run superseded when it takes
     it back: it stops its command as if it had been told at once."""
     s = sock(agent_process)
-    with cleaned_up(marked_sleep(6006)):
-        job = spawn_run(s, "job", "--", *marked_sleep(6006).split())
+    with cleaned_up("sleep 6006"):
+        job = spawn_run(s, "job", "--", "sleep", "6006")
         wait_for(lambda: status_of(s, "job") == "started", "job started")
         job.send_signal(signal.SIGSTOP)
         try:
@@ -247,7 +246,7 @@ def test_a_run_superseded_while_the_agent_restarted_stops_when_it_comes_back(
         _out, err = job.communicate(timeout=LIMIT)
         assert job.returncode == 0, err
         assert f"job: superseded by a new run (pid {os.getpid()}) while the agent restarted" in err
-        assert copies(marked_sleep(6006)) == []
+        assert copies("sleep 6006") == []
         assert units(s)["job"]["owner"]["pid"] == os.getpid()
 
 
@@ -258,7 +257,7 @@ def test_reset_leaves_live_runs_alone_and_force_supersedes_them(
     agent_process: AgentProcess,
 ) -> None:
     s = sock(agent_process)
-    with cleaned_up(marked_sleep(6011), marked_sleep(6012)):
+    with cleaned_up("sleep 6011", "sleep 6012"):
         db = spawn_run(s, "db", "--ready-log", "ready", "--", *service(6011))
         web = spawn_run(s, "web", "--want", "db", "--ready-log", "ready", "--", *service(6012))
         assert run_cli("sync", "run", "lint", "--", "true", socket=s).code == 0
@@ -283,10 +282,7 @@ def test_reset_leaves_live_runs_alone_and_force_supersedes_them(
             "unitsync: left alone: unit 'db'",
             "unitsync: left alone: unit 'web'",
         ]
-        assert (
-            f"(pid {db.pid}, sh -c 'echo ready; exec {marked_sleep(6011)}'), which still runs"
-            in lines[0]
-        )
+        assert f"(pid {db.pid}, sh -c 'echo ready; exec sleep 6011'), which still runs" in lines[0]
         now = units(s)
         assert {name: now[name]["status"] for name in now} == {
             "db": "completed",
@@ -295,7 +291,7 @@ def test_reset_leaves_live_runs_alone_and_force_supersedes_them(
             "flaky": "pending",
         }
         assert now["db"]["owner"]["alive"] and now["web"]["owner"]["alive"]
-        assert len(copies(marked_sleep(6011))) == len(copies(marked_sleep(6012))) == 1
+        assert len(copies("sleep 6011")) == len(copies("sleep 6012")) == 1
 
         forced = run_cli("sync", "reset", "--all", "--force", socket=s)
         assert (forced.code, forced.out, forced.err) == (0, "reset every unit (2 changed)\n", "")
@@ -303,7 +299,7 @@ def test_reset_leaves_live_runs_alone_and_force_supersedes_them(
             _out, err = proc.communicate(timeout=LIMIT)
             assert proc.returncode == 0, err
             assert f"{name}: superseded by `unitsync sync reset --force`; stopping\n" in err
-        assert copies(marked_sleep(6011)) == copies(marked_sleep(6012)) == []
+        assert copies("sleep 6011") == copies("sleep 6012") == []
         now = units(s)
         assert {name: (now[name]["status"], now[name]["owner"]) for name in now} == {
             name: ("pending", None) for name in ("db", "web", "lint", "flaky")
@@ -400,7 +396,7 @@ def test_the_retry_recipe_reruns_the_scripts_in_any_order(
         random.shuffle(names)
     first_scripts: dict[str, subprocess.Popen[str]] = {}
     scripts: dict[str, subprocess.Popen[str]] = {}
-    with cleaned_up(marked_sleep(6021), marked_sleep(6022)), ended(first_scripts), ended(scripts):
+    with cleaned_up("sleep 6021", "sleep 6022"), ended(first_scripts), ended(scripts):
         first = run_workspace(s, tmp_path, list(WORKSPACE), first_scripts)
         assert first == {
             "clone": 0,
@@ -561,7 +557,7 @@ def test_a_rerun_on_another_host_supersedes_the_run_held_here(
     url = etcd.url("one-run")
     host_a = etcd_agents(url, "--host-id", "host-a")
     host_b = etcd_agents(url, "--host-id", "host-b")
-    with cleaned_up(marked_sleep(6031), marked_sleep(6032)):
+    with cleaned_up("sleep 6031", "sleep 6032"):
         first = spawn_run(host_a.socket, "svc", "--ready-log", "ready", "--", *service(6031))
         wait_for(lambda: owned_by(host_b.socket, "svc", first.pid), "host B to see svc ready")
         refused = host_b.cli("run", "svc", "--ready-log", "ready", "--", *service(6032))
@@ -574,7 +570,7 @@ def test_a_rerun_on_another_host_supersedes_the_run_held_here(
         _out, err = first.communicate(timeout=LIMIT)
         assert first.returncode == 0, err
         assert f"svc: superseded by a new run (pid {second.pid}); stopping\n" in err
-        assert copies(marked_sleep(6031)) == []
+        assert copies("sleep 6031") == []
         wait_for(lambda: owned_by(host_a.socket, "svc", second.pid), "host A to see the new run")
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=LIMIT)

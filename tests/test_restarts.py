@@ -21,7 +21,7 @@ from unitsync.wire.errors import AlreadyDone, Refused
 from unitsync.wire.host.processes import start_ticks
 from unitsync.wire.protocol import Owner
 
-from conftest import AgentProcess, marked_sleep, read_until, run_cli, spawn_cli
+from conftest import AgentProcess, kill_ours, read_until, run_cli, spawn_cli
 
 UNITSYNC = str(Path(sys.executable).with_name("unitsync"))
 
@@ -226,13 +226,13 @@ def test_a_run_killed_mid_command_fails_its_unit_at_once_and_its_waiters_exit_4(
 ) -> None:
     s = booted.config.socket
     run_cli("sync", "want", "app", "db", socket=s)
-    runner = spawn_cli("sync", "run", "db", "--", *marked_sleep(606).split(), socket=s)
+    runner = spawn_cli("sync", "run", "db", "--", "sleep", "606", socket=s)
     wait_for(lambda: units(s).get("db", {}).get("status") == "started", "db started")
     waiter = spawn_cli("sync", "start", "app", socket=s)
     assert waiter.stderr is not None and "waiting for db" in waiter.stderr.readline()
     runner.send_signal(signal.SIGKILL)
     runner.wait()  # `sleep`, its orphan, keeps the pipes open: do not read them
-    subprocess.run(["pkill", "-f", marked_sleep(606)], check=False)
+    kill_ours("sleep 606")
     _out, err = waiter.communicate(timeout=30)
     assert waiter.returncode == 4, err
     db = units(s)["db"]
@@ -325,14 +325,12 @@ def test_an_owner_that_is_no_process_is_a_usage_error(booted: AgentProcess) -> N
 
 def test_a_ready_service_whose_run_dies_fails_its_unit(booted: AgentProcess) -> None:
     s = booted.config.socket
-    runner = spawn_cli(
-        "sync", "run", "web", "--ready-cmd", "true", "--", *marked_sleep(607).split(), socket=s
-    )
+    runner = spawn_cli("sync", "run", "web", "--ready-cmd", "true", "--", "sleep", "607", socket=s)
     wait_for(lambda: units(s).get("web", {}).get("status") == "completed", "web ready")
     assert units(s)["web"]["owner"]["kind"] == "run"
     runner.send_signal(signal.SIGKILL)
     runner.wait()  # its service is an orphan now, holding the pipes open: do not read them
-    subprocess.run(["pkill", "-f", marked_sleep(607)], check=False)
+    kill_ours("sleep 607")
     wait_for(lambda: units(s)["web"]["status"] == "failed", "web failed")
     assert "lost its run" in units(s)["web"]["reason"]
 

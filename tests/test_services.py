@@ -32,6 +32,7 @@ from unitsync.cli.run import supervisor as service_module
 from unitsync.cli.run.children import Ended
 from unitsync.cli.run.readiness.probe import ProbeReady
 from unitsync.cli.run.supervisor import Exited, NotReady, Ready, ServiceRun
+from unitsync.cli.usage import USAGE
 from unitsync.client import Client
 
 from conftest import AgentProcess, on_a_terminal, read_until, run_cli, sock, unit_status
@@ -559,6 +560,9 @@ def test_under_nohup_a_hangup_reaches_neither_run_nor_its_service(
         (["--ready-cmd", "true", "--ready-interval", "0"], "an interval above 0"),
         (["--ready-log", "("], "not a valid regular expression"),
         (["--notify", "--ready-timeout", "soon"], "--ready-timeout: not a duration"),
+        (["--ready-log", "x", "--ready-cmd", "true"], "--ready-cmd and --ready-log cannot be"),
+        (["--once", "--ready-log", "x"], "--once is for one-time setup, not services"),
+        (["--ready-interval", "-1s"], "--ready-interval -1s: a duration cannot be negative"),
     ],
 )
 def test_readiness_options_that_make_no_sense_are_usage_errors(
@@ -567,7 +571,9 @@ def test_readiness_options_that_make_no_sense_are_usage_errors(
     # No agent at this socket: the options are refused before anything is asked of one.
     result = run_cli("sync", "run", "x", *options, "--", "true", socket=short_tmp / "none.sock")
     assert result.code == 2
-    assert complaint in result.err
+    said, usage = result.err.splitlines()  # as every usage error: what, then the usage line
+    assert said.startswith("unitsync: run: ") and complaint in said, result.err
+    assert usage == f"usage: {USAGE['run']}"
 
 
 # --- the agent's side: a started unit's reason --------------------------------------------

@@ -223,6 +223,7 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
     "graph_changed": GraphChanged,
     "superseded": Superseded,
     "untrusted": AgentUntrusted,
+    "start_failed": AgentStartFailed,
 }
 """Codes whose error is not a plain refusal; every other code is `Refused`."""
 

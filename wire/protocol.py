@@ -270,6 +270,10 @@ class Waiting(Base, tag="waiting"):
     unit: str
     on: list[str]
     since: float
+    """Unix time the wait began (on this agent; earlier connections' wait counted in)."""
+    waited: float = 0.0
+    """Seconds the start had been blocked when this was sent, earlier connections' wait
+    included: a client counting on from it shows the figure `Started.waited` will give."""
 
 
 class Order(Base, tag="order"):
@@ -311,6 +315,7 @@ ErrorCode = Literal[
     "not_durable",  # the change could not be made durable (disk full, store unreachable)
     "graph_changed",  # the hello named another graph than the agent serves: nothing was done
     "untrusted",  # the connecting process runs as another user: refused before its hello
+    "start_failed",  # the agent could not start (a damaged journal): sent to queued clients
 ]
 
 

@@ -97,6 +97,12 @@ def untrusted(uid: int, me: int) -> Error | None:
     return Error("untrusted", f"uid {uid} may not use this agent; it serves uid {me} only")
 
 
+def cannot_start(socket: str, reason: str) -> Error:
+    """What a client that connected while the agent was starting is told when the agent
+    cannot start after all (a damaged journal): its reason, not a reset connection."""
+    return Error("start_failed", f"the agent at {socket} cannot start: {reason}")
+
+
 def busy(max_connections: int) -> Error:
     """The refusal for a connection past the cap, sent at once instead of leaving it hanging."""
     return Error(

@@ -72,6 +72,9 @@ from .records import (
 
 WORKSPACE_RESTARTED = "workspace restarted"
 """The reason every unit gets when a new boot puts it back to pending (SPEC §7)."""
+FORGOTTEN_KEPT = 1_000
+"""Forgotten names remembered (with when): enough for the typos of a session, bounded so
+that a script forgetting names in a loop costs nothing lasting."""
 
 WENT_AHEAD = "went ahead although"
 """Begins the reason of a start that went ahead on failed dependencies (`went_ahead`)."""
@@ -131,6 +134,9 @@ class Graph:
         """The current boot (1, 2, ...); 0 until the first `Boot` record."""
         self.boot_identity = ""
         self.boot_since = 0.0
+        self.forgotten: dict[str, float] = {}
+        """When each of the latest FORGOTTEN_KEPT forgotten names was forgotten, so that a
+        refusal can say so; memory only (a compaction or a restart may lose it)."""
 
     # --- the one mutation path ------------------------------------------------------------
 
@@ -153,6 +159,7 @@ class Graph:
         elif kind is Forget:
             for dep in self.units.pop(record.unit).deps:
                 self.units[dep].dependents.discard(record.unit)
+            self._remember_forgotten(record.unit, record.at)
         elif kind is Reason:
             self.units[record.unit].reason = record.text
         elif kind is Once:
@@ -161,6 +168,18 @@ class Graph:
             self._begin(record)
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
+            if self.forgotten:
+                self.forgotten.pop(record.unit, None)
+
+    def _remember_forgotten(self, name: str, at: float) -> None:
+        self.forgotten.pop(name, None)
+        self.forgotten[name] = at
+        if len(self.forgotten) > FORGOTTEN_KEPT:
+            del self.forgotten[next(iter(self.forgotten))]
+
+    def unknown(self, name: str) -> str:
+        """Why `name` is not known, as a refusal says it: forgotten (when), if remembered."""
+        return unknown_because(name, self.forgotten.get(name))
 
     def _begin(self, boot: Boot) -> None:
         """A new boot; after a workspace restart every unit starts over but completed
@@ -455,7 +474,9 @@ class Graph:
         unit = self.units.get(name)
         result = outcome(unit.status if unit else None, command, frozenset(overrides))
         if isinstance(result, Refuse):
-            message = _refusal_message(name, unit, result, owner_alive, command)
+            message = _refusal_message(
+                name, unit, result, owner_alive, command, self.forgotten.get(name)
+            )
             raise Refused(message, code=result.code, unit=name)
         return result
 
@@ -538,7 +559,7 @@ class Graph:
             return self.units[name]
         except KeyError:
             raise Refused(
-                f"unknown unit {name!r}: no command has named it yet; check the name",
+                f"{self.unknown(name)}; check the name",
                 code="unknown_unit",
                 unit=name,
             ) from None
@@ -677,14 +698,24 @@ def _describe(owner: OwnerRecord) -> str:
     return f"pid {owner.pid} ({owner.command})"
 
 
+def unknown_because(name: str, forgotten: float | None) -> str:
+    """An unknown unit, and why when the graph knows: a name it forgot (when), else one
+    never named or forgotten too long ago to be remembered."""
+    if forgotten is not None:
+        return f"unknown unit {name!r}: it was forgotten at {timestamp(forgotten)} (`forget`)"
+    return f"unknown unit {name!r}: never named (or forgotten)"
+
+
 def _refusal_message(
     name: str,
     unit: Unit | None,
     refusal: Refuse,
     owner_alive: bool | None = True,
     command: Command = START,
+    forgotten: float | None = None,
 ) -> str:
-    """What a refused command says: what is wrong, and what to do instead."""
+    """What a refused command says: what is wrong, and what to do instead (`forgotten`:
+    when the unknown `name` was forgotten, if that is remembered)."""
     if refusal.code == "already_started" and unit is not None and unit.status == "completed":
         assert unit.owner is not None  # a completed unit with no owner is not refused
         return (
@@ -724,7 +755,7 @@ def _refusal_message(
         return f"unit {name!r} {known}; check the name, or use --force to complete it anyway"
     if refusal.code == "unknown_unit":
         force = " (or use --force to declare it failed anyway)" if refusal.overrides else ""
-        return f"unknown unit {name!r}: no command has named it yet; check the name{force}"
+        return f"{unknown_because(name, forgotten)}; check the name{force}"
     if refusal.code == "in_use":
         return (
             f"unit {name!r} is started (its script may still be running); "

@@ -27,6 +27,7 @@ connections means a crash, which clients that lose their agent act on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -34,23 +35,27 @@ import os
 import platform
 import resource
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from unitsync.wire.framing import encode
 from unitsync.wire.graph_id import short
 from unitsync.wire.host.lockfile import holder_of
 from unitsync.wire.host.peer import lock_holder, socket_lock_name
+from unitsync.wire.serving import cannot_start
 
 from ..boots import boot_identity
+from ..files import SetupError
 from ..holds import RECLAIM_GRACE
 from ..log_throttle import Throttle
 from ..service import Service
 from ..store.base import Store
 from ..store.etcd.config import EtcdConfig
-from ..store.journal.writer import LOCK_NAME, lock_state_dir
+from ..store.journal.writer import LOCK_NAME, JournalError, lock_state_dir
 from ..store.open import open_store
 from .connection import refuse_busy, serve_connection
 from .limits import Limits
@@ -97,9 +102,12 @@ async def run_agent(
         lock_state_dir(config.state_dir, config.socket.absolute()) as state_lock,
         SocketKeeper(config.socket, config.inherited) as keeper,
     ):
-        async with open_store(
-            config.state_dir, config.salvage, config.etcd, state_lock.pop_all()
-        ) as store:
+        async with (
+            _telling_waiting_clients(keeper, config),
+            open_store(
+                config.state_dir, config.salvage, config.etcd, state_lock.pop_all()
+            ) as store,
+        ):
             gc.freeze()  # what was loaded lives as long as the agent: stop rescanning it
             service = Service(
                 store,
@@ -116,6 +124,25 @@ async def run_agent(
             )
             limits = _fit_to_open_file_limit(config.limits)
             await _serve(service, store, keeper, limits, config, task_status)
+
+
+@contextlib.asynccontextmanager
+async def _telling_waiting_clients(
+    keeper: SocketKeeper, config: AgentConfig
+) -> AsyncIterator[None]:
+    """If the agent cannot start (its journal is damaged, its state dir unusable), the
+    clients already queued at its socket are told why (`start_failed`, exit 3, naming
+    `--salvage` where it applies) before it exits, rather than finding their connection
+    reset: under socket activation the connection that started the agent is one of them."""
+    try:
+        yield
+    except* (JournalError, SetupError) as group:
+        if not keeper.serving:
+            reason = str(group.exceptions[0])
+            told = keeper.turn_away(encode(cannot_start(str(config.socket), reason)))
+            if told:
+                log.info("told %d waiting client(s) that the agent cannot start", told)
+        raise
 
 
 async def _serve(

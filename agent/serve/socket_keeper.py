@@ -95,6 +95,8 @@ class SocketKeeper:
         self._lock_id: Identity | None = None
         self._socket: trio.socket.SocketType | None = None
         self._socket_id: Identity | None = None
+        self.serving = False
+        """Accepting connections (from then on, each is served or refused by its task)."""
 
     def __enter__(self) -> SocketKeeper:
         """Take the locks and bind (SetupError if another agent has them, or the path is bad)."""
@@ -119,6 +121,28 @@ class SocketKeeper:
         self._lock.close()
         self._path_lock.__exit__()
 
+    def turn_away(self, refusal: bytes) -> int:
+        """Answer each connection waiting in the backlog with `refusal` (a frame) and close
+        it; how many there were. For an agent that cannot start after all: the clients
+        that connected meanwhile learn why, instead of a reset connection. Never blocks:
+        a frame this small fits an empty socket buffer, and a peer gone already is skipped.
+        """
+        if self._socket is None:
+            return 0
+        told = 0
+        with socket.socket(fileno=os.dup(self._socket.fileno())) as listener:
+            listener.setblocking(False)
+            while True:
+                try:
+                    peer, _address = listener.accept()
+                except OSError:  # none waits (EAGAIN), or the socket cannot accept at all
+                    return told
+                with peer:
+                    peer.setblocking(False)
+                    with contextlib.suppress(OSError):
+                        peer.send(refusal)
+                        told += 1
+
     async def serve(
         self,
         handler: Handler,
@@ -130,6 +154,7 @@ class SocketKeeper:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._path_lock.serve)
             accepting = await nursery.start(self._accept, handler, handler_nursery)
+            self.serving = True
             task_status.started()
             if self.inherited is not None:
                 await trio.sleep_forever()  # systemd's socket: its path is systemd's to keep

@@ -79,15 +79,9 @@ def run_unit(
 
     `log_limit`: bytes of the unit's log kept (0: its output is not recorded)."""
     try:
-        detector, ready_timeout = detector_for(readiness)
-    except BadOption as exc:
-        say(f"unitsync: {exc}")
-        return EXIT_USAGE
-    if once and detector is not None:
-        say(
-            "unitsync: --once is for one-time setup, not services: a service must start "
-            "again in every boot, or its dependents would trust one that is not running"
-        )
+        detector, ready_timeout = detector_for(readiness, once=once)
+    except BadOption as exc:  # the command line checks first (`cli.app.run`); others may not
+        say(f"unitsync: run: {exc}")
         return EXIT_USAGE
     progress = StartProgress(unit, sys.stderr)
     try:
@@ -98,7 +92,7 @@ def run_unit(
             rerun=rerun,
             timeout=timeout,
             on_progress=progress.update,
-            tick=1.0 if progress.live else None,
+            tick=progress.tick,
             once=once,
             owner=_run_owner(command),
             hold=True,

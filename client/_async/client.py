@@ -113,6 +113,7 @@ from ..retry import (
     BACKLOG_FULL_DELAYS,
     RESTART_GRACE,
     Backoff,
+    WaitClock,
     asked_again,
     new_token,
     start_request,
@@ -450,15 +451,15 @@ class AsyncClient:
         deadline = None if timeout is None else self._backend.clock() + timeout
         request = start_request(unit, rerun, once=once, owner=owner, hold=hold, token=token)
         check_request(request)
-        began = self._backend.clock()
+        wait = WaitClock()
         backoff = Backoff()
         connected_once = False
         while True:
             try:
                 conn = await self._connection(lost=connected_once, deadline=deadline)
                 connected_once = True
-                again = asked_again(request, self._backend.clock() - began)
-                started = await self._wait_started(conn, again, deadline, on_progress, tick)
+                again = asked_again(request, wait.waited(self._backend.clock()))
+                started = await self._wait_started(conn, again, deadline, on_progress, tick, wait)
                 if hold:
                     self.holding[unit] = request
                 return started
@@ -501,6 +502,7 @@ class AsyncClient:
         deadline: float | None,
         on_progress: ProgressCallback | None,
         tick: float | None,
+        wait: WaitClock,
     ) -> Started:
         await conn.send(request)
         latest: Waiting | None = None
@@ -517,6 +519,7 @@ class AsyncClient:
             if isinstance(reply, Started):
                 return reply
             assert isinstance(reply, Waiting)
+            wait.seen(reply, self._backend.clock())
             latest = reply
             if on_progress:
                 await on_progress(reply)

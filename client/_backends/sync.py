@@ -115,9 +115,9 @@ class SyncBackend:
     def may_start_agent(self) -> bool:
         if self.autostart is not None:
             return self.autostart
-        from ..autostart import enabled  # the rare path: a call that found no agent
+        from ..agent_switch import autostart_enabled  # the rare path: a call that found none
 
-        return enabled()
+        return autostart_enabled()
 
     def start_agent(self, path: Path, patience: float | None, because: str) -> Autostarted | None:
         """Start an agent for `path` (or find the one another client started): what was

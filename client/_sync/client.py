@@ -115,6 +115,7 @@ from ..retry import (
     BACKLOG_FULL_DELAYS,
     RESTART_GRACE,
     Backoff,
+    WaitClock,
     asked_again,
     new_token,
     start_request,
@@ -452,15 +453,15 @@ class Client:
         deadline = None if timeout is None else self._backend.clock() + timeout
         request = start_request(unit, rerun, once=once, owner=owner, hold=hold, token=token)
         check_request(request)
-        began = self._backend.clock()
+        wait = WaitClock()
         backoff = Backoff()
         connected_once = False
         while True:
             try:
                 conn = self._connection(lost=connected_once, deadline=deadline)
                 connected_once = True
-                again = asked_again(request, self._backend.clock() - began)
-                started = self._wait_started(conn, again, deadline, on_progress, tick)
+                again = asked_again(request, wait.waited(self._backend.clock()))
+                started = self._wait_started(conn, again, deadline, on_progress, tick, wait)
                 if hold:
                     self.holding[unit] = request
                 return started
@@ -503,6 +504,7 @@ class Client:
         deadline: float | None,
         on_progress: ProgressCallback | None,
         tick: float | None,
+        wait: WaitClock,
     ) -> Started:
         conn.send(request)
         latest: Waiting | None = None
@@ -519,6 +521,7 @@ class Client:
             if isinstance(reply, Started):
                 return reply
             assert isinstance(reply, Waiting)
+            wait.seen(reply, self._backend.clock())
             latest = reply
             if on_progress:
                 on_progress(reply)

@@ -37,8 +37,11 @@ class BadOption(ValueError):
     """A readiness option that makes no sense; the message says which and why."""
 
 
-def detector_for(options: ReadyOptions) -> tuple[Detector | None, float | None]:
-    """The detector and ready timeout the options ask for; BadOption if they conflict."""
+def detector_for(
+    options: ReadyOptions, *, once: bool = False
+) -> tuple[Detector | None, float | None]:
+    """The detector and ready timeout the options ask for; BadOption if they conflict (or
+    make a one-time unit, `once`, a service)."""
     kinds = [
         name
         for name, given in (
@@ -55,6 +58,11 @@ def detector_for(options: ReadyOptions) -> tuple[Detector | None, float | None]:
     if options.timeout is not None and not kinds:
         raise BadOption(
             "--ready-timeout needs a way to be ready: --ready-cmd, --ready-log or --notify"
+        )
+    if once and kinds:
+        raise BadOption(
+            "--once is for one-time setup, not services: a service must start again in every "
+            "boot, or its dependents would trust one that is not running"
         )
     timeout = options.timeout
     if options.command is not None:
