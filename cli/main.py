@@ -40,10 +40,14 @@ def _main(argv: list[str]) -> int:
         from .app import _main as by_cyclopts
 
         return by_cyclopts(argv)
-    from unitsync.wire.errors import EXIT_INTERRUPTED
+    from unitsync.client.agent_switch import autostart_enabled
+    from unitsync.wire.errors import EXIT_INTERRUPTED, UnitsyncError
 
     try:
+        autostart_enabled()  # a bad UNITSYNC_AUTOSTART is said at once, as app._main says it
         return getattr(hot, call.command)(*call.args, **call.kwargs)
+    except UnitsyncError as exc:
+        return hot.error_exit(exc)
     except KeyboardInterrupt:
         print("\nunitsync: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -112,6 +112,21 @@ def test_autostart_set_to_neither_on_nor_off_is_refused_in_one_line(
     )
 
 
+@pytest.mark.parametrize("words", [["ping"], ["want", "a", "b"], ["status"]])
+def test_a_bad_autostart_switch_is_refused_even_with_an_agent_running(
+    agent_process: AgentProcess, words: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hot commands (answered before cyclopts) and the others alike: a typo is said at once,
+    not only on the day no agent answers."""
+    monkeypatch.setenv("UNITSYNC_AUTOSTART", "maybe")
+    result = run_cli("sync", *words, socket=sock(agent_process))
+    assert (result.code, result.out) == (2, "")
+    assert "UNITSYNC_AUTOSTART='maybe' is neither on nor off" in result.err
+    monkeypatch.setenv("UNITSYNC_AUTOSTART", "0")
+    shown = run_cli("sync", "status", "-o", "json", socket=sock(agent_process))
+    assert shown.code == 0 and '"name": "a"' not in shown.out  # nothing was changed
+
+
 # --- 4. `run` of a unit whose name begins with `-` ----------------------------------------------
 
 
