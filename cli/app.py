@@ -33,7 +33,13 @@ from unitsync.wire.errors import (
 from unitsync.wire.host.paths import SOCKET_ENV
 from unitsync.wire.protocol import Ok, StatusReply
 
-from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
+from .durations import (
+    DEFAULT_TIMEOUT,
+    LONGEST,
+    delay_option,
+    duration_option,
+    interval_option,
+)
 from .progress import StartProgress
 from .usage import USAGE, describe
 
@@ -319,6 +325,43 @@ def forget(unit: Unit, /, *, socket: SocketOption = None) -> int:
     return _change(socket, lambda client: client.forget(unit))
 
 
+StopTimeout = Annotated[
+    float | None,
+    Parameter(
+        name="--timeout",
+        converter=duration_option,
+        metavar="DURATION",
+        show_default=False,
+        help="How long to wait for UNIT's `run`: 10s, 1m; 0 waits forever [default: 10s].",
+    ),
+]
+
+
+@sync.command(usage=f"Usage: {USAGE['stop']}")
+def stop(unit: Unit, /, *, timeout: StopTimeout = 10.0, socket: SocketOption = None) -> int:
+    """Have UNIT's `run` stop its command (SIGTERM to its group, SIGKILL 10s later).
+
+    Returns once the command's group is gone: UNIT is then pending (its dependents' next
+    starts wait for its next run) and its `run` exits 0. Exit 5 past --timeout (the `run`
+    goes on stopping it); exit 1 if no live `run` holds UNIT (`reset` is the way for a unit
+    whose owner is gone).
+    """
+    wait = LONGEST if timeout is None else timeout
+    return _change(socket, lambda client: client.stop(unit, timeout=wait))
+
+
+@sync.command(usage=f"Usage: {USAGE['restart']}")
+def restart(unit: Unit, /, *, timeout: StopTimeout = 10.0, socket: SocketOption = None) -> int:
+    """Have UNIT's `run` stop its command and start it again, with the same readiness.
+
+    UNIT is started (`restarting (sync restart)`) meanwhile, so dependents that start wait
+    for it; dependents already running are not touched. Returns once UNIT is ready again:
+    exit 0; 4 if it failed instead; 5 past --timeout; 1 if no live `run` holds UNIT.
+    """
+    wait = LONGEST if timeout is None else timeout
+    return _change(socket, lambda client: client.restart(unit, timeout=wait))
+
+
 @sync.command(usage=f"Usage: {USAGE['status']}")
 def status(
     unit: Annotated[
@@ -424,6 +467,41 @@ def run(
             "command and exits 0).",
         ),
     ] = False,
+    restart: Annotated[
+        Literal["no", "on-failure", "always"] | None,
+        Parameter(
+            show_default=False,
+            help="Start COMMAND again when it ends: on-failure (a non-zero status or a "
+            "signal `run` did not pass on) or always (services only) [default: no].",
+        ),
+    ] = None,
+    restart_delay: Annotated[
+        float | None,
+        Parameter(
+            converter=delay_option,
+            metavar="DURATION",
+            show_default=False,
+            help="Wait before a restart, doubled each time up to 1m, back once a run stayed "
+            "up 1m [default: 1s].",
+        ),
+    ] = None,
+    restart_limit: Annotated[
+        int | None,
+        Parameter(
+            metavar="N",
+            show_default=False,
+            help="Give up (fail UNIT) after N restarts within --restart-window [default: 5].",
+        ),
+    ] = None,
+    restart_window: Annotated[
+        float | None,
+        Parameter(
+            converter=duration_option,
+            metavar="DURATION",
+            show_default=False,
+            help="The window --restart-limit counts restarts in [default: 5m].",
+        ),
+    ] = None,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
@@ -432,7 +510,8 @@ def run(
     With --ready-cmd, --ready-log or --notify, COMMAND is a service: UNIT is completed when it
     is ready, and failed when it exits. `run` holds the unit while COMMAND runs: if `run` is
     killed, the unit fails at once. While UNIT's run goes on (started, or a service still
-    running), another `run` is refused (exit 1) unless --rerun.
+    running), another `run` is refused (exit 1) unless --rerun. With --restart, COMMAND is
+    started again when it ends (UNIT is started meanwhile: dependents wait, they do not fail).
     """
     if not command:
         return _usage_error("run", "run needs a command after `--`")
@@ -450,11 +529,28 @@ def run(
             "duration is one word: --timeout 5m); the command goes after `--`",
         )
     from .run.command import run_unit
+    from .run.policy import BadPolicy, policy_from
     from .run.readiness.options import ReadyOptions
 
     readiness = ReadyOptions(ready_cmd, ready_interval, ready_log, notify, ready_timeout)
+    service = ready_cmd is not None or ready_log is not None or notify
+    try:
+        policy = policy_from(restart, restart_delay, restart_limit, restart_window, service=service)
+    except BadPolicy as exc:
+        print(f"unitsync: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     with cli_client(socket) as client:
-        return run_unit(client, unit, command, want, timeout, readiness, once=once, rerun=rerun)
+        return run_unit(
+            client,
+            unit,
+            command,
+            want,
+            timeout,
+            readiness,
+            once=once,
+            rerun=rerun,
+            policy=policy,
+        )
 
 
 def main() -> None:

@@ -53,6 +53,11 @@ def duration_option(_hint: object, tokens: Sequence[Token]) -> float | None:
     return parse_duration(tokens[0].value)
 
 
+def delay_option(_hint: object, tokens: Sequence[Token]) -> float:
+    """cyclopts converter for a delay: a duration, 0 for none (not "forever")."""
+    return parse_duration(tokens[0].value) or 0.0
+
+
 def interval_option(_hint: object, tokens: Sequence[Token]) -> float:
     """cyclopts converter for an interval: a duration above 0."""
     seconds = parse_duration(tokens[0].value)

@@ -33,17 +33,31 @@ USAGE = {
     "fail": "unitsync sync fail UNIT [--reason TEXT] [--force]",
     "reset": "unitsync sync reset UNIT | --all | --failed [--force]",
     "forget": "unitsync sync forget UNIT",
+    "stop": "unitsync sync stop UNIT [--timeout 10s]",
+    "restart": "unitsync sync restart UNIT [--timeout 10s]",
     "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
     "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] [--once] [--rerun] "
     "[--ready-cmd CMD [--ready-interval 1s] | --ready-log REGEX | --notify] "
-    "[--ready-timeout D] -- COMMAND [ARGS...]",
+    "[--ready-timeout D] [--restart no|on-failure|always [--restart-delay 1s] "
+    "[--restart-limit 5] [--restart-window 5m]] -- COMMAND [ARGS...]",
     "timeline": "unitsync sync timeline [--boot N] [-o table|json|svg]",
     "critical-chain": "unitsync sync critical-chain [UNIT] [--boot N]",
     "blame": "unitsync sync blame [--boot N]",
 }
 """Each command's usage line, as the README's command table writes it."""
 
-TAKE_UNITS = {"want", "start", "complete", "fail", "reset", "forget", "status", "critical-chain"}
+TAKE_UNITS = {
+    "want",
+    "start",
+    "complete",
+    "fail",
+    "reset",
+    "forget",
+    "stop",
+    "restart",
+    "status",
+    "critical-chain",
+}
 """Commands whose positional words are unit names."""
 DURATION_OPTIONS = {
     "--timeout",
@@ -52,6 +66,8 @@ DURATION_OPTIONS = {
     "--reclaim-grace",
     "--etcd-timeout",
     "--etcd-watch-silence",
+    "--restart-delay",
+    "--restart-window",
 }
 """Options whose value is a duration (`--help` writes them `DURATION`): a stray word after one
 is most likely the rest of a duration typed with a space (`--timeout 5 m`)."""

@@ -117,6 +117,45 @@ class SetReason(Base, tag="set_reason"):
     """The reporting run's, as for `Complete`."""
 
 
+class Restarting(Base, tag="restarting"):
+    """From the `run` holding the unit: its command is being started again (its restart
+    policy, or `sync restart`); the unit goes `started` with `reason` until it is ready."""
+
+    unit: str
+    reason: str
+    token: str = ""
+    """The reporting run's, as for `Complete`."""
+
+
+class Stopped(Base, tag="stopped"):
+    """From the `run` holding the unit: its command was stopped on `sync stop`'s order and
+    its process group is gone; the unit goes `pending` with `reason`."""
+
+    unit: str
+    reason: str
+    token: str = ""
+    """The reporting run's, as for `Complete`."""
+
+
+class Stop(Base, tag="stop"):
+    """`sync stop`: the unit's live `run` stops its command; answered once its process
+    group is gone (the unit is then pending), or refused past `timeout` seconds."""
+
+    unit: str
+    timeout: float = 10.0
+    by: str = ""
+    """Who asks, for the unit's reason ("sync stop (pid 4242)")."""
+
+
+class Restart(Base, tag="restart"):
+    """`sync restart`: the unit's live `run` stops its command and starts it again;
+    answered once it is ready again, refused if it failed or past `timeout` seconds."""
+
+    unit: str
+    timeout: float = 10.0
+    by: str = ""
+
+
 class Reset(Base, tag="reset"):
     unit: str | None = None
     """None resets every unit."""
@@ -140,7 +179,21 @@ class Watch(Base, tag="watch"):
 
 
 Request = (
-    Hello | Ping | Want | Start | Complete | Fail | SetReason | Reset | Forget | Status | Watch
+    Hello
+    | Ping
+    | Want
+    | Start
+    | Complete
+    | Fail
+    | SetReason
+    | Restarting
+    | Stopped
+    | Stop
+    | Restart
+    | Reset
+    | Forget
+    | Status
+    | Watch
 )
 
 
@@ -195,6 +248,9 @@ class UnitView(msgspec.Struct):
     """A one-time unit: once completed, it stays completed across workspace restarts."""
     owner: OwnerView | None = None
     """The process that owns the current run (started units, and ready services)."""
+    restarts: int = 0
+    """How many times the current run started its command again (restart policy, `sync
+    restart`)."""
     cut: list[str] = []
     """What this view leaves out (empty: nothing), one entry per field cut, each beginning
     with that field's name (`dependents: 24,500 of 25,000 not listed (...)`): the units that
@@ -256,10 +312,13 @@ class Order(Base, tag="order"):
     `supersede`: a newer run of `unit` began (`--rerun`), or the unit was reset with
     `--force`: the run is no longer the unit's, its reports change nothing; the `run`
     stops its command and exits. `by` says who, for people: "a new run (pid 4242)".
+    `stop` (`sync stop`): the `run` stops its command, reports `Stopped` once its group is
+    gone, and exits 0. `restart` (`sync restart`): the `run` reports `Restarting`, stops
+    its command and starts it again.
     """
 
     unit: str
-    what: Literal["supersede"]
+    what: Literal["supersede", "stop", "restart"]
     token: str
     by: str = ""
 
@@ -287,6 +346,9 @@ ErrorCode = Literal[
     "not_durable",  # the change could not be made durable (disk full, store unreachable)
     "graph_changed",  # the hello named another graph than the agent serves: nothing was done
     "untrusted",  # the connecting process runs as another user: refused before its hello
+    "no_run",  # stop or restart of a unit that no live `run` holds
+    "timeout",  # stop or restart: not done within the request's timeout
+    "unit_failed",  # restart: the unit failed instead of becoming ready again
 ]
 
 
@@ -296,6 +358,8 @@ class Error(Base, tag="error"):
     unit: str | None = None
     dependency: str | None = None
     """For dependency_failed: the unit that failed."""
+    by: str | None = None
+    """For superseded: by whom, for people ("a new run (pid 4242)")."""
 
 
 class StatusReply(Base, tag="status"):

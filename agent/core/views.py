@@ -96,6 +96,7 @@ def unit_view(
         dependents=dependents,
         history=history,
         once=unit.once,
+        restarts=unit.restarts,
         owner=owner
         and OwnerView(
             owner.pid,

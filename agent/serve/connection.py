@@ -42,9 +42,13 @@ from unitsync.wire.protocol import (
     Order,
     Ping,
     Reset,
+    Restart,
+    Restarting,
     SetReason,
     Start,
     Status,
+    Stop,
+    Stopped,
     Waiting,
     Want,
     Watch,
@@ -264,6 +268,14 @@ async def _dispatch(
             return await service.fail(request, holder)
         case SetReason():
             return await service.set_reason(request)
+        case Restarting():
+            return await service.restarting(request)
+        case Stopped():
+            return await service.stopped(request, holder)
+        case Stop():
+            return await service.stop(request)
+        case Restart():
+            return await service.restart(request)
         case Reset():
             return await service.reset(request)
         case Forget():
