@@ -212,6 +212,9 @@ class Transition(msgspec.Struct, frozen=True, gc=False):
     """For a move to `started`: how long that start waited for its dependencies (seconds)."""
     boot: int = 1
     """The boot (1, 2, 3...) of the workspace this transition happened in (SPEC §7)."""
+    restart: bool = False
+    """A move to started that is not a new run: the current run started its command again
+    (a restart policy, `sync restart`)."""
 
 
 class OwnerView(msgspec.Struct):

@@ -133,10 +133,12 @@ class Graph:
         if kind is Move:
             unit = self.units[record.unit]
             boot = record.boot or self.boot or 1
-            unit.history.append(
-                HistoryEntry(record.at, unit.status, record.to, record.reason, record.waited, boot)
-            )
             restarted = record.to == "started" and _restarted(unit, record)
+            unit.history.append(
+                HistoryEntry(
+                    record.at, unit.status, record.to, record.reason, record.waited, boot, restarted
+                )
+            )
             unit.status, unit.since, unit.reason = record.to, record.at, record.reason
             unit.owner = record.owner
             if record.to == "started":

@@ -131,6 +131,8 @@ class HistoryEntry(msgspec.Struct, frozen=True, gc=False):
     waited: float | None = None
     boot: int = 1
     """The boot it happened in (entries written before boots were recorded: 1)."""
+    restart: bool = False
+    """A move to started that is the current run starting its command again."""
 
 
 class UnitImage(msgspec.Struct, array_like=True, gc=False):

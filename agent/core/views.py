@@ -74,6 +74,7 @@ def unit_view(
                 _cut(entry.reason, MAX_REASON_BYTES),
                 entry.waited,
                 entry.boot,
+                entry.restart,
             )
             cut_reasons += 1
     if cut_reasons:
@@ -109,7 +110,9 @@ def unit_view(
 
 
 def transition(entry: HistoryEntry) -> Transition:
-    return Transition(entry.at, entry.from_, entry.to, entry.reason, entry.waited, entry.boot)
+    return Transition(
+        entry.at, entry.from_, entry.to, entry.reason, entry.waited, entry.boot, entry.restart
+    )
 
 
 def _not_listed(what: str, total: int, shown: int, why: str) -> str:
