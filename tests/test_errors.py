@@ -20,6 +20,8 @@ EXIT_STATUS = {
     "graph_changed": ("GraphChanged", 3),
     "superseded": ("Superseded", 1),
     "untrusted": ("AgentUntrusted", 3),
+    "timeout": ("WaitTimeout", 5),
+    "unit_failed": ("UnitFailed", 4),
 }
 """What README's exit-code table says of each code; every other code is a refusal, exit 1."""
 

@@ -243,6 +243,7 @@ def test_the_table_and_json_hold_the_same_figures() -> None:
         "reason": "",
         "runs": 1,
         "dependencies": ["git"],
+        "restarts": [],
     }
     tests = next(unit for unit in data["units"] if unit["name"] == "tests")
     assert tests["ended"] is None and tests["status"] == "running"
