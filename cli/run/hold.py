@@ -109,7 +109,7 @@ class RunHold:
         try:
             self.client.take_back(self.unit)
         except Superseded as exc:
-            self._give_up_superseded(exc.by or "a newer run")
+            self._give_up_superseded(f"{exc.by or 'a newer run'} while the agent restarted")
             return
         except AgentUnavailable as exc:
             if not exc.passing:

@@ -348,12 +348,13 @@ class AsyncClient:
         """One request, its whole reply; once more on a new connection if that is safe.
         `wait`: seconds the agent may take on purpose before replying (`stop`'s timeout)."""
         check_request(request)  # before connecting: a script hears of it even with no agent
+        patience = None if REPLY_TIMEOUT is None else REPLY_TIMEOUT + wait
         lost = bool(self.holding)  # a held run's agent was there: if it is not, it was lost
         conn = await self._connection(lost=lost)
         try:
             try:
                 await conn.send(request)
-                reply = await conn.receive(REPLY_TIMEOUT + wait)
+                reply = await conn.receive(patience)
             except AgentGone:
                 if not conn.session.retry_is_safe:
                     raise
@@ -361,11 +362,11 @@ class AsyncClient:
                 await self.aclose()
                 conn = await self._connection(lost=lost)
                 await conn.send(request)
-                reply = await conn.receive(REPLY_TIMEOUT + wait)
+                reply = await conn.receive(patience)
         except TimeoutError:
             await self.aclose()
             raise AgentUnavailable(
-                f"the agent at {self.path} did not answer within {REPLY_TIMEOUT:.0f}s"
+                f"the agent at {self.path} did not answer within {patience:.0f}s"
             ) from None
         except UnitsyncError:
             if conn.session.state is not State.IDLE:
