@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AgentProcess, run_cli, sock
+from harness.etcd_cluster import EtcdAgent, EtcdCluster
 
 LIMIT = 60.0
 """Bounds every wait, so that a broken build fails instead of hanging; never asserted."""
@@ -386,3 +387,45 @@ def test_stop_or_restart_of_a_unit_with_no_live_run_is_refused_saying_what_to_do
     assert run_cli("sync", "forget", "done", socket=sock(agent_process)).code == 0
     forgotten = run_cli("sync", "restart", "done", socket=sock(agent_process))
     assert forgotten.code == 1 and "unknown unit 'done'" in forgotten.err
+
+
+# --- across hosts (etcd) --------------------------------------------------------------------
+
+
+def test_stop_and_restart_from_another_host_reach_the_run_where_it_runs(
+    etcd: EtcdCluster, etcd_agents: Callable[..., EtcdAgent]
+) -> None:
+    """The agent of the host that holds the run passes the order on: the `Asked` record
+    travels through etcd like every change, and host B's agent, whose connection holds
+    the run, finds it in its holds."""
+    url = etcd.url("orders")
+    host_a = etcd_agents(url, "--host-id", "host-a")
+    host_b = etcd_agents(url, "--host-id", "host-b")
+    port = free_port()
+    srv = subprocess.Popen(
+        [sys.executable, "-m", "unitsync.cli", "sync", "run", "srv", "--ready-log", "Serving",
+         "--", *http_server(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, UNITSYNC_SOCKET=str(host_b.socket)),
+    )  # fmt: skip
+
+    def on_a() -> dict:
+        shown = host_a.cli("status", "srv", "-o", "json")
+        return json.loads(shown.stdout) if shown.returncode == 0 else {}
+
+    with ending(srv):
+        wait_for(lambda: on_a().get("status") == "completed", "srv ready, as host A sees it")
+        restarted = host_a.cli("restart", "srv")
+        assert (restarted.returncode, restarted.stdout) == (0, "srv restarted and is ready again\n")
+        assert on_a()["restarts"] == 1 and answers(port)
+        stopped = host_a.cli("stop", "srv")
+        assert (stopped.returncode, stopped.stdout) == (0, "srv stopped; it is pending\n")
+        assert not answers(port)
+        assert srv.wait(timeout=LIMIT) == 0
+        _out, err = srv.communicate()
+    assert "srv: restarting (asked by sync restart (pid " in err
+    assert "srv: stopping (asked by sync stop (pid " in err
+    assert on_a()["status"] == "pending"
