@@ -141,6 +141,8 @@ class ServiceRun:
         self.reactor.add_reader(self._wake_read, self._woken)
         self.forwarding.between = self._between
         self._signalled: list[int] = []
+        self._ended_at = 0.0
+        """When the command last ended (`Reactor.now` time): a restart's delay counts from it."""
 
     def __enter__(self) -> ServiceRun:
         self.forwarding.install()
@@ -178,10 +180,11 @@ class ServiceRun:
         return self.child is not None and self.child.returncode is None
 
     def restart_after(self, delay: float, detector: Detector | None) -> None:
-        """Start the command again `delay` seconds from now, watched by `detector` (a new
-        one: a detector serves one process). What is left of its old group goes first."""
+        """Start the command again `delay` seconds after it ended, watched by `detector` (a
+        new one: a detector serves one process). What is left of its old group goes first."""
         self.end_group()
-        self._restart = self.reactor.call_later(delay, lambda: self._respawn(detector))
+        when = max(self._ended_at + delay, self.reactor.now())
+        self._restart = self.reactor.call_at(when, lambda: self._respawn(detector))
 
     def cancel_restart(self) -> None:
         if self._restart is not None:
@@ -311,6 +314,7 @@ class ServiceRun:
                 return
 
     def _exited(self, ended: Ended) -> None:
+        self._ended_at = self.reactor.now()
         lent = self.terminal.fd >= 0  # the user's Ctrl-C reaches the command directly
         self.terminal.close()  # before `run` says anything more
         if self._kill is not None:
