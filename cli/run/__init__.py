@@ -1,9 +1,12 @@
 """`unitsync sync run`: the supervisor of a command, its readiness and its hold on the unit.
 
     command     the agent calls `run` makes: want, start, complete or fail (what events mean)
-    supervisor  the command's life: spawned, watched until ready, followed until it exits
+    supervisor  the command's life: spawned, watched until ready, followed until it exits,
+                started again (one `Respawned` event per restart)
+    policy      --restart: whether and when a command that ended is started again
     readiness/  how a service says it is ready: --ready-cmd, --ready-log, --notify
-    hold        the run kept through agent restarts, and a newer run's order obeyed
+    hold        the run kept through agent restarts, and the agent's orders obeyed (a newer
+                run's supersede; `sync stop`, `sync restart`)
     children    spawning, signals passed on, exits learnt without polling
     group       the command's process group, and the terminal lent to it
     reactor     a small blocking event loop (the command line does not import trio)
