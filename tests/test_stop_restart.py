@@ -80,14 +80,18 @@ def http_server(port: int) -> list[str]:
 
 @contextlib.contextmanager
 def ending(*procs: subprocess.Popen[str]) -> Iterator[None]:
-    """Whatever happens in the test, its `run`s end (SIGKILL: their commands' groups are
-    their own, and are killed by their `run`'s ServiceRun or found by the test)."""
+    """Whatever happens in the test, its `run`s end: SIGTERM, which a `run` passes on to its
+    command's group and outlives until the group is gone (SIGKILL would orphan it)."""
     try:
         yield
     finally:
         for proc in procs:
             if proc.poll() is None:
-                proc.kill()
+                proc.terminate()  # a `run` stops its command's group, then exits
+                try:
+                    proc.wait(timeout=LIMIT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             proc.communicate(timeout=LIMIT)
 
 
@@ -119,17 +123,15 @@ def test_a_crash_restarts_the_service_and_a_dependent_waiting_meanwhile_proceeds
     that started during the restart proceeds, and never fails."""
     web = spawn(
         agent_process,
-        "run", "web", *READY_UP, "--restart", "on-failure", "--restart-delay", "1s",
+        "run", "web", *READY_UP, "--restart", "on-failure", "--restart-delay", "3s",
         "--", *crasher(tmp_path),
         cwd=tmp_path,
     )  # fmt: skip
     with ending(web):
         wait_for(lambda: status(agent_process, "web")[0] == "completed", "web ready")
         (tmp_path / "crash").touch()
-        wait_for(lambda: status(agent_process, "web")[0] == "started", "web restarting")
-        assert status(agent_process, "web")[1] == (
-            "restarting in 1s after exit status 1 (restart 1 of 5)"
-        )
+        restarting = ("started", "restarting in 3s after exit status 1 (restart 1 of 5)")
+        wait_for(lambda: status(agent_process, "web") == restarting, "web restarting")
         app = spawn(agent_process, "run", "app", "--want", "web", "--", "true")
         with ending(app):
             assert app.wait(timeout=LIMIT) == 0, app.communicate()
@@ -289,7 +291,7 @@ def test_restart_while_dependents_run_leaves_them_alone_and_makes_new_ones_wait(
     agent_process: AgentProcess, tmp_path: Path
 ) -> None:
     port = free_port()
-    slow = f"sleep 0.5; exec {' '.join(http_server(port))}"
+    slow = f"sleep 2; exec {' '.join(http_server(port))}"  # long enough to be seen restarting
     srv = spawn(
         agent_process,
         "run", "srv", "--ready-cmd", f"{sys.executable} -c 'import socket; "
@@ -303,8 +305,8 @@ def test_restart_while_dependents_run_leaves_them_alone_and_makes_new_ones_wait(
             wait_for(lambda: status(agent_process, "user")[0] == "started", "user runs")
             restart = spawn(agent_process, "restart", "srv")
             with ending(restart):
-                wait_for(lambda: status(agent_process, "srv")[0] == "started", "restarting")
-                assert status(agent_process, "srv")[1] == "restarting (sync restart)"
+                restarting = ("started", "restarting (sync restart)")
+                wait_for(lambda: status(agent_process, "srv") == restarting, "restarting")
                 late = spawn(agent_process, "run", "late", "--want", "srv", "--", "true")
                 with ending(late):
                     assert late.wait(timeout=LIMIT) == 0

@@ -1,6 +1,7 @@
 """`unitsync sync run`: the supervisor of a command, its readiness and its hold on the unit.
 
-    command     the agent calls `run` makes: want, start, complete or fail (what events mean)
+    command     the agent calls `run` makes: want, start, complete or fail, restarting, stopped
+    follow      what each end of the command leads to: a restart, a stop, a supersede
     supervisor  the command's life: spawned, watched until ready, followed until it exits,
                 started again (one `Respawned` event per restart)
     policy      --restart: whether and when a command that ended is started again

@@ -8,24 +8,13 @@ Plain `run` completes the unit when the command exits 0. With a readiness option
 command is a service: the unit completes when the service is ready and fails when it
 exits (before or after), or when it is not ready in time (`run` then exits 5).
 
-A `run` whose run a newer one supersedes (`run --rerun`, `start --rerun`, `reset --force`:
-SPEC §11) stops its command the documented way, says so, reports nothing more (the unit is
-the newer run's) and exits EXIT_SUPERSEDED.
-
-Restarts (issue 24): with a restart policy (`policy.py`), a command that ended is started
-again by the same `run`, which first reports the unit `started` with why and when
-(`restarting in 2s after exit status 1 (restart 3 of 5)`), so dependents wait instead of
-failing; past the limit the unit fails and `run` exits with the command's status. The
-agent may also order the `run` (on the connection that holds the run) to stop its command
-(`sync stop`: the group is stopped and gone, the unit is reported `pending`, `run` exits
-EXIT_STOPPED) or to restart it (`sync restart`: reported `started` first, then stopped and
-started again at once). Neither ever triggers the policy.
+What each end of the command leads to (the restart policy, the agent's orders: supersede,
+`sync stop`, `sync restart`) is `follow.Follower`'s; the calls it makes are `UnitAgent`'s.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +25,6 @@ from unitsync.client import Client, UnitsyncError
 from unitsync.client.owners import owner
 from unitsync.wire.errors import (
     EXIT_INTERRUPTED,
-    EXIT_TIMED_OUT,
     EXIT_USAGE,
     AgentUnavailable,
     AlreadyDone,
@@ -44,41 +32,17 @@ from unitsync.wire.errors import (
 from unitsync.wire.host.backoff import Backoff
 from unitsync.wire.host.processes import shortened
 from unitsync.wire.protocol import Order, Owner
-from unitsync.wire.timefmt import duration
 
 from ..progress import StartProgress
 from ..say import say
 from ..words import shell_line, shell_word
 from .children import Ended, SpawnFailed
+from .follow import EXIT_STOPPED, Follower
 from .hold import RunHold
-from .policy import NEVER, GiveUp, Policy, Restart, Restarts
+from .policy import NEVER, Policy, Restarts
 from .reactor import Reactor
-from .readiness.detector import Detector
 from .readiness.options import PLAIN, BadOption, ReadyOptions, detector_for
-from .supervisor import (
-    STOP_GRACE,
-    CalledOff,
-    Exited,
-    Interrupted,
-    NotReady,
-    Ready,
-    Respawned,
-    RespawnFailed,
-    ServiceRun,
-    StatusText,
-)
-
-EXIT_SUPERSEDED = 0
-EXIT_STOPPED = 0
-"""`run`'s status once `sync stop` stopped its command: it ended as it was asked to."""
-"""`run`'s status once a newer run superseded its run and it stopped its command: as after
-systemd's `stop`, the command ended because it was asked to, not because it failed; and what
-the unit becomes is the newer run's business, not this one's."""
-
-
-def _seconds(seconds: float) -> str:
-    """A duration as it was probably typed: 30s, 1.5s; 5m00s past a minute."""
-    return f"{seconds:g}s" if seconds < 60 else duration(seconds)
+from .supervisor import STOP_GRACE, ServiceRun
 
 
 def run_unit(
@@ -151,139 +115,6 @@ def run_unit(
             say(f"unitsync: {exc.reason}")
             return agent.ended(exc.status, exc.reason)
         return follower.follow()
-
-
-def follow(service: ServiceRun, agent: UnitAgent) -> int:
-    """Tell the agent what happens to the command, as it happens; `run`'s exit status
-    (no restart policy)."""
-    follower = Follower(service, lambda: None, Restarts(NEVER))
-    follower.agent = agent
-    return follower.follow()
-
-
-class Follower:
-    """One `run`'s command through its restarts: each end is decided here (the policy,
-    or an order of the agent), each run's events become agent calls (`UnitAgent`)."""
-
-    def __init__(
-        self,
-        service: ServiceRun,
-        new_detector: Callable[[], Detector | None],
-        restarts: Restarts,
-    ) -> None:
-        self.service = service
-        self.new_detector = new_detector
-        self.restarts = restarts
-        self.agent: UnitAgent
-        self.stopping: str | None = None
-        """`sync stop` ordered the command stopped: by whom."""
-        self.restarting_now = False
-        """`sync restart` ordered the command started again, once it is stopped."""
-
-    def follow(self) -> int:
-        """Until the command ends for good; `run`'s exit status."""
-        if self.service.detector is None:
-            self.restarts.up()
-        while True:
-            status = self._one_run()
-            if status is not None:
-                return status
-
-    def _one_run(self) -> int | None:
-        """One run of the command, to its end; `run`'s exit status, or None: it was
-        started again (or will be, after the policy's delay)."""
-        service, agent = self.service, self.agent
-        not_ready = False
-        for event in service.events():
-            if agent.superseded and isinstance(event, Exited | CalledOff | Interrupted):
-                return EXIT_SUPERSEDED  # stopped on the agent's word: nothing more to say
-            if agent.superseded:
-                continue
-            match event:
-                case Ready(how):
-                    self.restarts.up()
-                    agent.ready(how)
-                case StatusText(text):
-                    agent.status_text(text)
-                case NotReady(within, waiting_for):
-                    not_ready = True
-                    agent.not_ready(f"not ready within {_seconds(within)}: {waiting_for}")
-                case Respawned(pid):
-                    say(f"{agent.unit}: started again (pid {pid})")
-                    if service.detector is None:
-                        self.restarts.up()  # a plain command is up as soon as it runs
-                case RespawnFailed(status, reason):
-                    say(f"unitsync: {reason}")
-                    return agent.ended(status, reason)
-                case CalledOff():
-                    return self._stopped()
-                case Interrupted(signum):
-                    name = signal.Signals(signum).name
-                    say(f"{agent.unit}: {name} while waiting to restart it; not restarting")
-                    return agent.ended(128 + signum, f"stopped by {name} while waiting to restart")
-                case Exited(ended, was_ready, told):
-                    return self._ended(ended, was_ready, told, not_ready)
-        raise AssertionError("the service's events end with its end")
-
-    def _ended(self, ended: Ended, was_ready: bool, told: bool, not_ready: bool) -> int | None:
-        service, agent = self.service, self.agent
-        if self.stopping is not None:
-            service.end_group()  # `stop` returns once the group is gone
-            return self._stopped()
-        if self.restarting_now:  # (reported `started` when the order came)
-            self.restarting_now = False
-            self.restarts.total += 1
-            service.restart_after(0.0, self.new_detector())
-            return None
-        decision = self.restarts.after(ended, told=told)
-        if isinstance(decision, Restart):
-            say(f"{agent.unit}: {decision.reason}")
-            agent.restarting(decision.reason)
-            if agent.superseded or self.stopping is not None:  # told so in the same breath
-                return self._stopped() if self.stopping is not None else EXIT_SUPERSEDED
-            service.restart_after(decision.delay, self.new_detector())
-            return None
-        if not_ready and not isinstance(decision, GiveUp):
-            return EXIT_TIMED_OUT  # stopped for not being ready: the unit's reason says why
-        gave_up = f"; {decision.reason}" if isinstance(decision, GiveUp) else ""
-        return agent.exited(ended, was_ready, gave_up)
-
-    def _stopped(self) -> int:
-        assert self.stopping is not None or self.agent.superseded
-        if self.agent.superseded:
-            return EXIT_SUPERSEDED
-        return self.agent.stopped(f"stopped by {self.stopping}")
-
-    def stop_now(self) -> None:
-        """Stop the command (a newer run superseded this one), or the restart awaited."""
-        if self.service.running:
-            self.service.stop()
-        else:
-            self.service.call_off_restart()
-
-    def ordered(self, order: Order) -> None:
-        """The agent's order (`sync stop`, `sync restart`) for this run."""
-        unit = self.agent.unit
-        if self.stopping is not None:
-            return
-        if order.what == "stop":
-            self.stopping = order.by or "sync stop"
-            say(f"{unit}: stopping (asked by {self.stopping})")
-            self.restarting_now = False
-            self.stop_now()
-        elif order.what == "restart" and not self.restarting_now:
-            say(f"{unit}: restarting (asked by {order.by or 'sync restart'})")
-            self.agent.restarting(RESTART_REASON)
-            if self.service.running:
-                self.restarting_now = True
-                self.service.stop()
-            else:  # waiting out the policy's delay: now
-                self.service.cancel_restart()
-                self.restarts.total += 1
-                self.service.restart_after(0.0, self.new_detector())
-
-
-RESTART_REASON = "restarting (sync restart)"
 
 
 class UnitAgent:
