@@ -269,7 +269,7 @@ def test_stop_ends_the_service_leaves_the_unit_pending_and_a_new_run_starts_it(
     with ending(srv):
         wait_for(lambda: status(agent_process, "srv")[0] == "completed", "srv ready")
         assert answers(port)
-        stopped = run_cli("sync", "stop", "srv", socket=sock(agent_process))
+        stopped = run_cli("sync", "stop", "srv", "--timeout", "1m", socket=sock(agent_process))
         assert (stopped.code, stopped.out) == (0, "srv stopped; it is pending\n")
         assert not answers(port)  # its group is gone when `stop` returns
         assert srv.wait(timeout=LIMIT) == 0  # `run` exits 0: stopped as asked
@@ -283,7 +283,9 @@ def test_stop_ends_the_service_leaves_the_unit_pending_and_a_new_run_starts_it(
         wait_for(lambda: status(agent_process, "srv")[0] == "completed", "srv ready again")
         assert answers(port)
         assert view(agent_process, "srv")["restarts"] == 0  # a new run counts afresh
-        assert run_cli("sync", "stop", "srv", socket=sock(agent_process)).code == 0
+        assert (
+            run_cli("sync", "stop", "srv", "--timeout", "1m", socket=sock(agent_process)).code == 0
+        )
         assert again.wait(timeout=LIMIT) == 0
 
 
@@ -292,18 +294,13 @@ def test_restart_while_dependents_run_leaves_them_alone_and_makes_new_ones_wait(
 ) -> None:
     port = free_port()
     slow = f"sleep 2; exec {' '.join(http_server(port))}"  # long enough to be seen restarting
-    srv = spawn(
-        agent_process,
-        "run", "srv", "--ready-cmd", f"{sys.executable} -c 'import socket; "
-        f"socket.create_connection((\"127.0.0.1\", {port}), 1)'",
-        "--ready-interval", "50ms", "--", "sh", "-c", slow,
-    )  # fmt: skip
+    srv = spawn(agent_process, "run", "srv", "--ready-log", "Serving", "--", "sh", "-c", slow)
     with ending(srv):
         wait_for(lambda: status(agent_process, "srv")[0] == "completed", "srv ready")
         user = spawn(agent_process, "run", "user", "--want", "srv", "--", "sleep", "600")
         with ending(user):
             wait_for(lambda: status(agent_process, "user")[0] == "started", "user runs")
-            restart = spawn(agent_process, "restart", "srv")
+            restart = spawn(agent_process, "restart", "srv", "--timeout", "1m")
             with ending(restart):
                 restarting = ("started", "restarting (sync restart)")
                 wait_for(lambda: status(agent_process, "srv") == restarting, "restarting")
@@ -321,7 +318,9 @@ def test_restart_while_dependents_run_leaves_them_alone_and_makes_new_ones_wait(
             assert user.poll() is None and status(agent_process, "user")[0] == "started"
             user.send_signal(signal.SIGTERM)
             user.wait(timeout=LIMIT)
-        assert run_cli("sync", "stop", "srv", socket=sock(agent_process)).code == 0
+        assert (
+            run_cli("sync", "stop", "srv", "--timeout", "1m", socket=sock(agent_process)).code == 0
+        )
 
 
 def test_restart_of_a_service_that_fails_to_come_back_exits_4(
@@ -331,7 +330,7 @@ def test_restart_of_a_service_that_fails_to_come_back_exits_4(
     srv = spawn(agent_process, "run", "srv", *READY_UP, "--", "sh", "-c", script, cwd=tmp_path)
     with ending(srv):
         wait_for(lambda: status(agent_process, "srv")[0] == "completed", "srv ready")
-        result = run_cli("sync", "restart", "srv", socket=sock(agent_process))
+        result = run_cli("sync", "restart", "srv", "--timeout", "1m", socket=sock(agent_process))
         assert result.code == 4
         assert result.err == (
             "unitsync: srv failed instead of becoming ready again: exited with status 3 "
@@ -420,10 +419,10 @@ def test_stop_and_restart_from_another_host_reach_the_run_where_it_runs(
 
     with ending(srv):
         wait_for(lambda: on_a().get("status") == "completed", "srv ready, as host A sees it")
-        restarted = host_a.cli("restart", "srv")
+        restarted = host_a.cli("restart", "srv", "--timeout", "1m")
         assert (restarted.returncode, restarted.stdout) == (0, "srv restarted and is ready again\n")
         assert on_a()["restarts"] == 1 and answers(port)
-        stopped = host_a.cli("stop", "srv")
+        stopped = host_a.cli("stop", "srv", "--timeout", "1m")
         assert (stopped.returncode, stopped.stdout) == (0, "srv stopped; it is pending\n")
         assert not answers(port)
         assert srv.wait(timeout=LIMIT) == 0
