@@ -206,6 +206,8 @@ class ServiceRun:
             self.stop()
         assert self._kill_at is not None
         wait_out_group(self.child.pid, self._kill_at)
+        if self._kill is not None:
+            self._kill.cancel()  # the group is gone: no SIGKILL for a group id reused later
 
     def stop(self) -> None:
         """SIGTERM to the command's group now, SIGKILL to what is left `STOP_GRACE` later."""
