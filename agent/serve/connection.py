@@ -11,9 +11,10 @@ error and the connection is closed (the boundary is lost). Nothing a peer
 sends can disturb another connection.
 
 A connection that holds a run can also be told something unasked (an `Order`: its run
-was superseded). Another task decides that; it pushes the order to the connection's
-`Serving` and wakes the connection's task (`Outbox`), which sends it between replies:
-one task writes each connection, so an order never lands inside a reply.
+was superseded, or `sync stop` or `sync restart` asks its `run` to act). Another task
+decides that; it pushes the order to the connection's `Serving` and wakes the connection's
+task (`Outbox`), which sends it between replies: one task writes each connection, so an
+order never lands inside a reply.
 """
 
 from __future__ import annotations
