@@ -132,16 +132,21 @@ class Follower:
             return self._stopped()
         if self.restarting_now:  # (reported `started` when the order came)
             self.restarting_now = False
-            self.restarts.total += 1
             service.restart_after(0.0, self.new_detector())
             return None
         decision = self.restarts.after(ended, told=told)
         if isinstance(decision, Restart):
             say(f"{agent.unit}: {decision.reason}")
             agent.restarting(decision.reason)
-            if agent.superseded or self.stopping is not None:  # told so in the same breath
-                return self._stopped() if self.stopping is not None else EXIT_SUPERSEDED
-            service.restart_after(decision.delay, self.new_detector())
+            # An order may have come with the reply (`UnitAgent._tell` obeys it at once).
+            if agent.superseded:
+                return EXIT_SUPERSEDED
+            if self.stopping is not None:
+                service.end_group()
+                return self._stopped()
+            delay = 0.0 if self.restarting_now else decision.delay  # `sync restart`: now
+            self.restarting_now = False
+            service.restart_after(delay, self.new_detector())
             return None
         if not_ready and not isinstance(decision, GiveUp):
             return EXIT_TIMED_OUT  # stopped for not being ready: the unit's reason says why
@@ -177,7 +182,8 @@ class Follower:
             if self.service.running:
                 self.restarting_now = True
                 self.service.stop()
-            else:  # waiting out the policy's delay: now
+            elif self.service.restart_pending:  # waiting out the policy's delay: now
                 self.service.cancel_restart()
-                self.restarts.total += 1
                 self.service.restart_after(0.0, self.new_detector())
+            else:  # its end is being decided (`_ended`): there, without the delay
+                self.restarting_now = True

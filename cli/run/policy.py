@@ -134,8 +134,6 @@ class Restarts:
     def __init__(self, policy: Policy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.clock = clock
-        self.total = 0
-        """Restarts of this run so far (the policy's and `sync restart`'s)."""
         self._recent: deque[float] = deque()
         """When each restart of the policy happened, within the window."""
         self._delay = policy.delay
@@ -161,7 +159,6 @@ class Restarts:
         if len(self._recent) >= policy.limit:
             return GiveUp(len(self._recent), policy.window)
         self._recent.append(now)
-        self.total += 1
         delay, self._delay = self._delay, min(self._delay * 2, MAX_DELAY)
         return Restart(delay, len(self._recent), policy.limit, how_it_ended(ended))
 

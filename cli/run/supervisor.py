@@ -186,6 +186,11 @@ class ServiceRun:
         when = max(self._ended_at + delay, self.reactor.now())
         self._restart = self.reactor.call_at(when, lambda: self._respawn(detector))
 
+    @property
+    def restart_pending(self) -> bool:
+        """A restart is set for later (`restart_after`)."""
+        return self._restart is not None
+
     def cancel_restart(self) -> None:
         if self._restart is not None:
             self._restart.cancel()
