@@ -330,6 +330,7 @@ def test_restart_of_a_service_that_fails_to_come_back_exits_4(
     srv = spawn(agent_process, "run", "srv", *READY_UP, "--", "sh", "-c", script, cwd=tmp_path)
     with ending(srv):
         wait_for(lambda: status(agent_process, "srv")[0] == "completed", "srv ready")
+        (tmp_path / "up").unlink()  # (its probe no longer runs: the next one's must not pass)
         result = run_cli("sync", "restart", "srv", "--timeout", "1m", socket=sock(agent_process))
         assert result.code == 4
         assert result.err == (
