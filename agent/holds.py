@@ -10,7 +10,9 @@ After an agent restart no connection holds anything yet: the runs that were held
 token), for at most RECLAIM_GRACE; then they fail the same way.
 
 A held run that a newer run of its unit supersedes (SPEC §11) is released, and its
-connection is told (`Holder.push`, an `Order`): from then on nothing of it counts.
+connection is told (`Holder.push`, an `Order`): from then on nothing of it counts. `sync
+stop` and `sync restart` reach a held run the same way (orders that leave it held: its
+`run` reports what became of its command).
 
 Pure bookkeeping: no I/O, no trio. The service acts on what it says; the connection
 delivers what is pushed.

@@ -34,6 +34,18 @@ back to waiting instead of failing.
 
 Superseded runs' reports are answered, never refused, and logged once per run
 (`log_throttle`).
+
+Stop and restart (SPEC §8, issue 24): `sync stop` and `sync restart` ask the `run` that
+holds a unit's run to stop its command (or to start it again). The request is committed
+as an `Asked` record, which changes no state but travels the road every change travels:
+the journal's agent applies it at once, and with etcd every agent of the graph applies it
+from its watch, so the agent whose connection holds that run (on whatever host) pushes
+the `Order` to it, once the record is durable, as it pushes a supersede. The asking agent
+then waits on the unit itself (its own replica shows what the `run` reports, wherever it
+runs): `stop` until the run reported its command's group gone (the unit is pending) or
+ended otherwise; `restart` until the unit is ready again (completed, one restart more) or
+failed. Past the request's timeout it is refused with `timeout` (exit 5): the `run` goes
+on with what it was told. A unit that no live `run` holds is refused with `no_run`.
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ import trio
 
 from unitsync.wire import __version__
 from unitsync.wire.bounds import MAX_DEPS, listed
-from unitsync.wire.errors import NotDurable, Refused, as_text
+from unitsync.wire.errors import NotDurable, Refused, UnitFailed, WaitTimeout, as_text
 from unitsync.wire.host.processes import still_runs
 from unitsync.wire.protocol import (
     Complete,
@@ -61,18 +73,22 @@ from unitsync.wire.protocol import (
     Order,
     Pong,
     Reset,
+    Restart,
+    Restarting,
     SetReason,
     Status,
     StatusReply,
+    Stop,
+    Stopped,
     UnitView,
     Want,
 )
 from unitsync.wire.runlog.layout import logs_folder, remove_unit
 
 from .broadcast import Hub, Watcher
-from .core.graph import WORKSPACE_RESTARTED, Graph
+from .core.graph import WORKSPACE_RESTARTED, Graph, Unit
 from .core.machine import DEFAULT_CONDITION, FORCED_RESET_REASON, RESET_REASON
-from .core.records import Boot, Edge, Move, OwnerRecord, Record
+from .core.records import Asked, Boot, Edge, Move, OwnerRecord, Record
 from .core.records import Forget as Forgotten
 from .core.views import unit_view
 from .holds import RECLAIM_GRACE, Holder, Holds
@@ -120,9 +136,10 @@ class Service:
             }
         )
         """Runs held by `run` connections; those held before a restart start unclaimed."""
-        self._superseding: deque[tuple[int, str, str, str]] = deque()
-        """Held runs that an applied change supersedes: (seq, unit, token, by whom), told
-        once the change is durable (a refused change supersedes nothing)."""
+        self._superseding: deque[tuple[int, str, str, str, str]] = deque()
+        """Orders for held runs: (seq, unit, token, by whom, what), told once the change
+        that gives them is durable (a refused change orders nothing): `supersede` when an
+        applied change replaced the run, `stop` and `restart` when one asked for them."""
         self.superseded: OrderedDict[str, str] = OrderedDict()
         """Superseded runs, newest last: token -> by whom."""
         self._ignored_reports = Throttle(math.inf, keys_kept=SUPERSEDED_KEPT)
@@ -162,8 +179,11 @@ class Service:
         durable = self.store.durable_seq
         self.hub.release(durable)
         while self._superseding and self._superseding[0][0] <= durable:
-            _seq, name, token, by = self._superseding.popleft()
-            self._supersede(name, token, by)
+            _seq, name, token, by, what = self._superseding.popleft()
+            if what == "supersede":
+                self._supersede(name, token, by)
+            else:
+                self._order(name, token, by, what)
 
     def applied(self, records: list[Record], seq: int) -> None:
         """A change reached the graph: wake the waiters it concerns, stage views for watchers
@@ -182,7 +202,11 @@ class Service:
             if type(record) is Move and record.to in ("started", "pending"):
                 held = self.holds.held(record.unit)
                 if held is not None and held[0] != record.token:  # a new run, or none
-                    self._superseding.append((seq, record.unit, held[0], _superseder(record)))
+                    self._superseding.append(
+                        (seq, record.unit, held[0], _superseder(record), "supersede")
+                    )
+            elif type(record) is Asked and self.holds.held(record.unit) is not None:
+                self._superseding.append((seq, record.unit, record.token, record.by, record.what))
         self._release()
 
     def replaced(self, seq: int) -> None:
@@ -225,6 +249,18 @@ class Service:
         if holder is not None:
             holder.push(Order(name, "supersede", token, by))
         self.show(name)  # its owner's hold is gone
+
+    def _order(self, name: str, token: str, by: str, what: str) -> None:
+        """Pass `sync stop`'s or `sync restart`'s order to the `run` holding run `token`
+        here (an order for a run this agent does not hold is another agent's to pass)."""
+        held = self.holds.held(name)
+        if held is None or held[0] != token:
+            return
+        if held[1] is None:
+            log.info("%s: %s asked by %s, but its `run` is not back yet", name, what, by)
+            return
+        log.info("%s: telling its `run` to %s its command (asked by %s)", name, what, by)
+        held[1].push(Order(name, what, token, by))  # type: ignore[arg-type]
 
     def _remember_superseded(self, token: str, by: str) -> None:
         self.superseded[token] = by
@@ -437,6 +473,141 @@ class Service:
             return self._ignored(name, token, f"its status ({request.reason})")
         return Ok(unit=name)
 
+    async def restarting(self, request: Restarting) -> Ok:
+        """A run's report: its command is being started again (`started`, same run)."""
+        name, token = request.unit, request.token
+        _records, superseded = await self._report(
+            name,
+            token,
+            lambda: self.graph.restarting(name, request.reason, now=self.clock(), token=token),
+        )
+        if superseded:
+            return self._ignored(name, token, f"its restart ({request.reason})")
+        return Ok(unit=name, message=f"{name} restarting")
+
+    async def stopped(self, request: Stopped, holder: Holder | None = None) -> Ok:
+        """A run's report: its command was stopped on order and its group is gone."""
+        name, token = request.unit, request.token
+        _records, superseded = await self._report(
+            name,
+            token,
+            lambda: self.graph.stopped(name, request.reason, now=self.clock(), token=token),
+        )
+        if superseded:
+            return self._ignored(name, token, f"its stop ({request.reason})")
+        if holder is not None and name in holder.units:
+            self.holds.release(name)
+        return Ok(unit=name, message=f"{name} stopped")
+
+    async def stop(self, request: Stop) -> Ok:
+        """`sync stop`: once the unit's `run` stopped its command (its group is gone)."""
+        name = request.unit
+        unit, token = self._live_run(name, "stop")
+        by = request.by or "sync stop"
+        await self.commit(lambda: self.graph.ask(name, "stop", by, now=self.clock()), [name])
+
+        def over(unit: Unit | None) -> Unit | None:
+            ended = unit is None or unit.token != token or unit.status in ("pending", "failed")
+            return unit if ended else None
+
+        with trio.move_on_after(request.timeout):
+            now = await self._until(name, over)
+            if now is None:
+                return Ok(unit=name, message=f"{name} stopped; it was forgotten meanwhile")
+            if now.token != token:
+                return Ok(
+                    unit=name, message=f"{name}: that run ended; a new run began ({now.status})"
+                )
+            if now.status == "pending":
+                return Ok(unit=name, message=f"{name} stopped; it is pending")
+            return Ok(unit=name, message=f"{name}'s run ended otherwise: {now.reason}")
+        raise WaitTimeout(
+            f"{name} was not stopped within {request.timeout:g}s: its `run` (pid "
+            f"{_pid(unit)}) goes on stopping it (SIGKILL follows SIGTERM after its grace); "
+            "`unitsync sync status` shows when it is done",
+            code="timeout",
+            unit=name,
+        )
+
+    async def restart(self, request: Restart) -> Ok:
+        """`sync restart`: once the unit's `run` started its command again and it is ready
+        (a plain command: once it completed)."""
+        name = request.unit
+        unit, token = self._live_run(name, "restart")
+        before = unit.restarts
+        by = request.by or "sync restart"
+        await self.commit(lambda: self.graph.ask(name, "restart", by, now=self.clock()), [name])
+
+        def over(unit: Unit | None) -> Unit | None:
+            if unit is None or unit.token != token or unit.status in ("pending", "failed"):
+                return unit
+            return unit if unit.status == "completed" and unit.restarts > before else None
+
+        with trio.move_on_after(request.timeout):
+            now = await self._until(name, over)
+            if now is None or now.token != token or now.status == "pending":
+                status = "forgotten" if now is None else now.status
+                raise Refused(
+                    f"{name}'s run ended before it was ready again ({name} is {status}); "
+                    "start it again with `unitsync sync run`",
+                    code="no_run",
+                    unit=name,
+                )
+            if now.status == "failed":
+                raise UnitFailed(
+                    f"{name} failed instead of becoming ready again: {now.reason}", unit=name
+                )
+            return Ok(unit=name, message=f"{name} restarted and is ready again")
+        raise WaitTimeout(
+            f"{name} was not ready again within {request.timeout:g}s (it is "
+            f"{self.graph.units[name].status if name in self.graph.units else 'forgotten'}); "
+            "its `run` goes on; `unitsync sync status` shows when it is ready",
+            code="timeout",
+            unit=name,
+        )
+
+    def _live_run(self, name: str, what: str) -> tuple[Unit, str]:
+        """The unit and its run's token, if a live `run` holds that run; else refused,
+        saying what to do instead."""
+        unit = self.graph.get(name)
+        owner = unit.owner
+        if unit.status in ("pending", "failed") or owner is None:
+            raise Refused(
+                f"unit {name!r} is {unit.status} and no `unitsync sync run` runs it: nothing "
+                f"to {what}"
+                + ("; `unitsync sync reset` makes it pending" if unit.status != "pending" else ""),
+                code="no_run",
+                unit=name,
+            )
+        if owner.kind != "run":
+            raise Refused(
+                f"unit {name!r} is run by a script (pid {owner.pid}, {owner.command}), not by "
+                f"`unitsync sync run`: only a `run` can be told to {what}; stop that script "
+                f"(`kill {owner.pid}`)",
+                code="no_run",
+                unit=name,
+            )
+        if self.owner_alive(name) is False:
+            raise Refused(
+                f"unit {name!r}'s `unitsync sync run` (pid {owner.pid}) is gone: nothing to "
+                f"{what}; `unitsync sync reset {name}` makes it pending",
+                code="no_run",
+                unit=name,
+            )
+        return unit, unit.token
+
+    async def _until(self, name: str, done: Callable[[Unit | None], Unit | None]) -> Unit | None:
+        """Wait until `done` says the unit is where it is waited for (`done`'s answer);
+        woken by each change to it, on this host or another."""
+        while True:
+            with self.waiters.watching([name]) as woken:
+                unit = self.graph.units.get(name)
+                found = done(unit)
+                if found is not None or unit is None:
+                    return found
+                with woken:
+                    await trio.sleep_forever()
+
     async def reset(self, request: Reset) -> Ok:
         """Back to pending; a unit whose run's owner still runs is refused (`reset UNIT`) or
         left alone (`reset --all`, naming it), unless `force`: then its run is superseded."""
@@ -575,6 +746,10 @@ class Service:
 def _on(dep: str, condition: str) -> str:
     """A dependency as `want` says it: `db`, or `db on started` (not `completed`)."""
     return dep if condition == DEFAULT_CONDITION else f"{dep} on {condition}"
+
+
+def _pid(unit: Unit) -> str:
+    return str(unit.owner.pid) if unit.owner is not None else "?"
 
 
 def _superseder(move: Move) -> str:

@@ -118,6 +118,7 @@ def _gone(service: Service, request: Start) -> Refused:
         return Superseded(
             f"{name}: the run this `run` held was superseded by {by} while the agent restarted",
             unit=name,
+            by=by,
         )
     return Refused(
         f"the run of {name!r} this `run` held was given up (the unit is now {unit.status}): "

@@ -4,6 +4,7 @@
     python bench/run.py --scaling  # also how costs grow with units, waiters, journal length
     python bench/run.py --views    # only: every view of 10,000 units, command to output
     python bench/services.py       # only SPEC §8's service figures (about a minute)
+    python bench/stay_up.py [N]    # only issue 24's: restarts, `stop` (N rounds, about a minute)
     python bench/first_call.py     # only SPEC §7's autostart figures (about half a minute)
     python bench/start_up.py       # only SPEC §6's hot calls and 50-unit start-up (2 minutes)
     python bench/new_boot.py       # only SPEC §7's new-boot figures (about twenty seconds)
@@ -46,6 +47,7 @@ import msgspec
 import new_boot
 import services
 import start_up
+import stay_up
 import trio
 from new_boot import BENCH_GRAPH, applied
 from start_up import Figure
@@ -173,6 +175,12 @@ def service_readiness(rounds: int = 100) -> list[Figure]:
     """SPEC §8: a service's ready moment to its dependents' start; `run` idle."""
     with agent() as (socket, _proc):
         return [Figure(*figure) for figure in services.measure(socket, p50_p99_ms, rounds)]
+
+
+def services_stay_up(rounds: int = 100) -> list[Figure]:
+    """Issue 24: a crash to a waiting dependent; `stop`; `run` idle while it waits."""
+    with agent() as (socket, _proc):
+        return [Figure(*figure) for figure in stay_up.measure(socket, p50_p99_ms, rounds)]
 
 
 def autostart() -> list[Figure]:
@@ -942,6 +950,7 @@ def main() -> None:
         rss,
         views,
         service_readiness,
+        services_stay_up,
         autostart,
         workspace_restart,
         python_speed,

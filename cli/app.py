@@ -27,7 +27,13 @@ from unitsync.wire.host.paths import SOCKET_ENV
 from unitsync.wire.protocol import StatusReply
 
 from . import hot
-from .durations import DEFAULT_TIMEOUT, duration_option, interval_option
+from .durations import (
+    DEFAULT_TIMEOUT,
+    LONGEST,
+    delay_option,
+    duration_option,
+    interval_option,
+)
 from .hot import cli_client, error_exit
 from .hot import usage_error as _usage_error
 from .main import main as main  # the entry point, also reachable here
@@ -254,6 +260,43 @@ def forget(unit: Unit, /, *, socket: SocketOption = None) -> int:
     return hot.change(socket, lambda client: client.forget(unit))
 
 
+StopTimeout = Annotated[
+    float | None,
+    Parameter(
+        name="--timeout",
+        converter=duration_option,
+        metavar="DURATION",
+        show_default=False,
+        help="How long to wait for UNIT's `run`: 10s, 1m; 0 waits forever [default: 10s].",
+    ),
+]
+
+
+@sync.command(usage=f"Usage: {USAGE['stop']}")
+def stop(unit: Unit, /, *, timeout: StopTimeout = 10.0, socket: SocketOption = None) -> int:
+    """Have UNIT's `run` stop its command (SIGTERM to its group, SIGKILL 10s later).
+
+    Returns once the command's group is gone: UNIT is then pending (its dependents' next
+    starts wait for its next run) and its `run` exits 0. Exit 5 past --timeout (the `run`
+    goes on stopping it); exit 1 if no live `run` holds UNIT (`reset` is the way for a unit
+    whose owner is gone).
+    """
+    wait = LONGEST if timeout is None else timeout
+    return hot.change(socket, lambda client: client.stop(unit, timeout=wait))
+
+
+@sync.command(usage=f"Usage: {USAGE['restart']}")
+def restart(unit: Unit, /, *, timeout: StopTimeout = 10.0, socket: SocketOption = None) -> int:
+    """Have UNIT's `run` stop its command and start it again, with the same readiness.
+
+    UNIT is started (`restarting (sync restart)`) meanwhile, so dependents that start wait
+    for it; dependents already running are not touched. Returns once UNIT is ready again:
+    exit 0; 4 if it failed instead; 5 past --timeout; 1 if no live `run` holds UNIT.
+    """
+    wait = LONGEST if timeout is None else timeout
+    return hot.change(socket, lambda client: client.restart(unit, timeout=wait))
+
+
 @sync.command(usage=f"Usage: {USAGE['status']}")
 def status(
     unit: Annotated[
@@ -383,6 +426,41 @@ def run(
             "first: 512K, 8M, 1G; 0 records nothing [default: 8M].",
         ),
     ] = LOG_LIMIT,
+    restart: Annotated[
+        Literal["no", "on-failure", "always"] | None,
+        Parameter(
+            show_default=False,
+            help="Start COMMAND again when it ends: on-failure (a non-zero status or a "
+            "signal `run` did not pass on) or always (services only) [default: no].",
+        ),
+    ] = None,
+    restart_delay: Annotated[
+        float | None,
+        Parameter(
+            converter=delay_option,
+            metavar="DURATION",
+            show_default=False,
+            help="Wait before a restart, doubled each time up to 1m, back once a run stayed "
+            "up 1m [default: 1s].",
+        ),
+    ] = None,
+    restart_limit: Annotated[
+        int | None,
+        Parameter(
+            metavar="N",
+            show_default=False,
+            help="Give up (fail UNIT) after N restarts within --restart-window [default: 5].",
+        ),
+    ] = None,
+    restart_window: Annotated[
+        float | None,
+        Parameter(
+            converter=duration_option,
+            metavar="DURATION",
+            show_default=False,
+            help="The window --restart-limit counts restarts in [default: 5m].",
+        ),
+    ] = None,
     socket: SocketOption = None,
 ) -> int:
     """Wait for UNIT's dependencies, run COMMAND as UNIT, complete or fail it.
@@ -391,7 +469,8 @@ def run(
     With --ready-cmd, --ready-log or --notify, COMMAND is a service: UNIT is completed when it
     is ready, and failed when it exits. `run` holds the unit while COMMAND runs: if `run` is
     killed, the unit fails at once. While UNIT's run goes on (started, or a service still
-    running), another `run` is refused (exit 1) unless --rerun.
+    running), another `run` is refused (exit 1) unless --rerun. With --restart, COMMAND is
+    started again when it ends (UNIT is started meanwhile: dependents wait, they do not fail).
     """
     return hot.run(
         unit,
@@ -406,6 +485,10 @@ def run(
         once=once,
         rerun=rerun,
         log_limit=log_limit,
+        restart=restart,
+        restart_delay=restart_delay,
+        restart_limit=restart_limit,
+        restart_window=restart_window,
         socket=socket,
     )
 

@@ -53,6 +53,14 @@ def duration_option(_hint: object, tokens: Sequence[Token]) -> float | None:
     return parse_duration(tokens[0].value)
 
 
+def delay_option(_hint: object, tokens: Sequence[Token]) -> float:
+    """cyclopts converter for a delay: a duration, 0 for none (not "forever")."""
+    text = tokens[0].value
+    if text.strip().startswith("-"):
+        raise ValueError(f"a delay cannot be negative: {text!r} (e.g. 500ms, 1s, 0 for none)")
+    return parse_duration(text) or 0.0
+
+
 def interval_option(_hint: object, tokens: Sequence[Token]) -> float:
     """cyclopts converter for an interval: a duration above 0."""
     return parse_interval(tokens[0].value)

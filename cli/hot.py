@@ -202,6 +202,10 @@ def run(
     once: bool = False,
     rerun: bool = False,
     log_limit: int = LOG_LIMIT,
+    restart: str | None = None,
+    restart_delay: float | None = None,
+    restart_limit: int | None = None,
+    restart_window: float | None = None,
     socket: Path | None = None,
 ) -> int:
     import shlex
@@ -235,6 +239,14 @@ def run(
         detector_for(readiness, once=once)  # a usage error, said before the agent is asked
     except BadOption as exc:
         return usage_error("run", f"run: {exc}")
+    from .run.policy import BadPolicy, policy_from
+
+    service = ready_cmd is not None or ready_log is not None or notify
+    try:
+        policy = policy_from(restart, restart_delay, restart_limit, restart_window, service=service)
+    except BadPolicy as exc:
+        print(f"unitsync: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     with cli_client(socket) as client:
         return run_unit(
             client,
@@ -246,6 +258,7 @@ def run(
             once=once,
             rerun=rerun,
             log_limit=log_limit,
+            policy=policy,
         )
 
 

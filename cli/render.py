@@ -16,6 +16,9 @@ from .cells import columns
 
 TABLE_COLUMNS = ("UNIT", "STATUS", "READY", "WAITING ON", "SINCE", "FOR", "OWNER", "REASON")
 """The columns of the every-unit table, the same in `status` and `status --watch`."""
+RESTARTS = "RESTARTS"
+"""`status`'s column of how many times each unit's current run restarted its command: shown
+once some unit's has, so a workspace whose runs never restarted keeps the narrower table."""
 
 
 def render_table(
@@ -31,6 +34,11 @@ def render_table(
         )
     rows = [list(TABLE_COLUMNS)]
     rows += [table_row(unit, now) for unit in sorted(units, key=lambda u: u.name)]
+    if any(unit.restarts for unit in units):
+        where = TABLE_COLUMNS.index("REASON")
+        counts = [RESTARTS] + [str(u.restarts) for u in sorted(units, key=lambda u: u.name)]
+        for row, count in zip(rows, counts, strict=True):
+            row.insert(where, count)
     cut = cut_note(units)
     return f"{heading}{stale}\n{columns(rows)}" + (f"\n{cut}" if cut else "")
 
@@ -94,6 +102,8 @@ def render_unit(unit: UnitView, now: float, behind: float | None = None) -> str:
         lines.append(f"reason:     {unit.reason}")
     if unit.once:
         lines.append("one-time:   yes (stays completed when the workspace restarts)")
+    if unit.restarts:
+        lines.append(f"restarts:   {unit.restarts} (of its current run: the history says why)")
     if unit.owner is not None:
         lines.append(f"owner:      {owner_line(unit.owner)}")
     if unit.waiters:

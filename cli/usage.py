@@ -30,10 +30,13 @@ USAGE = {
     "fail": "unitsync sync fail UNIT [--reason TEXT] [--force]",
     "reset": "unitsync sync reset UNIT | --all | --failed [--force]",
     "forget": "unitsync sync forget UNIT",
+    "stop": "unitsync sync stop UNIT [--timeout 10s]",
+    "restart": "unitsync sync restart UNIT [--timeout 10s]",
     "status": "unitsync sync status [UNIT] [-o table|json|dot|mermaid] [--watch]",
     "run": "unitsync sync run UNIT [--want DEP]... [--timeout 5m] [--once] [--rerun] "
     "[--ready-cmd CMD [--ready-interval 1s] | --ready-log REGEX | --notify] "
-    "[--ready-timeout D] [--log-limit 8M] -- COMMAND [ARGS...]",
+    "[--ready-timeout D] [--log-limit 8M] [--restart no|on-failure|always [--restart-delay 1s] "
+    "[--restart-limit 5] [--restart-window 5m]] -- COMMAND [ARGS...]",
     "logs": "unitsync sync logs UNIT [-f] [--run N | --boot N | --all] [--since TIME] "
     "[--tail N] [--stream stdout|stderr|terminal] [--timestamps] [--prefix] [-o text|json]",
     "timeline": "unitsync sync timeline [--boot N] [-o table|json|svg]",
@@ -49,6 +52,8 @@ TAKE_UNITS = {
     "fail",
     "reset",
     "forget",
+    "stop",
+    "restart",
     "status",
     "critical-chain",
     "logs",
@@ -61,6 +66,8 @@ DURATION_OPTIONS = {
     "--reclaim-grace",
     "--etcd-timeout",
     "--etcd-watch-silence",
+    "--restart-delay",
+    "--restart-window",
 }
 """Options whose value is a duration (`--help` writes them `DURATION`): a stray word after one
 is most likely the rest of a duration typed with a space (`--timeout 5 m`)."""

@@ -21,6 +21,8 @@ EXIT_STATUS = {
     "superseded": ("Superseded", 1),
     "untrusted": ("AgentUntrusted", 3),
     "start_failed": ("AgentStartFailed", 3),
+    "timeout": ("WaitTimeout", 5),
+    "unit_failed": ("UnitFailed", 4),
 }
 """What README's exit-code table says of each code; every other code is a refusal, exit 1."""
 

@@ -102,6 +102,10 @@ BY_TABLE: dict[Command, Callable[[Graph, str, bool, float, Alive], list[Record]]
         name, now=now, force=flag, owner_alive=lambda _name: alive
     ),
     Command.FORGET: lambda g, name, _flag, now, _alive: g.forget(name, now=now),
+    Command.RESTARTING: lambda g, name, _flag, now, _alive: g.restarting(
+        name, "", now=now, token=""
+    ),
+    Command.STOPPED: lambda g, name, _flag, now, _alive: g.stopped(name, "", now=now, token=""),
 }
 """Each command of the table as the agent runs it; `flag` is its override (FLAGS), `alive`
 what the agent's shell says of the owner of the unit's run."""

@@ -393,7 +393,12 @@ def held(graph: Graph) -> dict[str, object]:
         for name, unit in graph.units.items()
     }
     boot = [graph.boot, graph.boot_identity, graph.boot_since]
-    return msgspec.to_builtins({"boot": boot, "units": units})
+    data = msgspec.to_builtins({"boot": boot, "units": units})
+    for name, unit in data["units"].items():  # restarts came later (issue 24): none here
+        assert graph.units[name].restarts == 0
+        for entry in unit["history"]:
+            assert entry.pop("restart") is False
+    return data
 
 
 def loaded(fixture: str, tmp_path: Path) -> tuple[dict, dict]:

@@ -85,6 +85,7 @@ def test_json_is_stable_and_round_trips() -> None:
         "reason": "",
         "waited": 9.5,
         "boot": 1,
+        "restart": False,
     }
     assert msgspec.convert(claude, UnitView).name == "claude code"
     assert json.loads(render.to_json_one(views()[1]))["name"] == "git"

@@ -632,5 +632,6 @@ def test_a_signal_before_the_command_is_spawned_reaches_it_once_it_is() -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # caught: remembered for the command
         run.start()
         events = list(run.events())
-    assert events == [Exited(Ended(-signal.SIGTERM), was_ready=False)]
+    # Passed on by `run`: the command was told to end (a restart policy leaves it ended).
+    assert events == [Exited(Ended(-signal.SIGTERM), was_ready=False, told=True)]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back afterwards

@@ -277,6 +277,7 @@ def test_the_table_and_json_hold_the_same_figures() -> None:
         "runs": 1,
         "dependencies": ["git"],
         "required": {"git": "completed"},
+        "restarts": [],
     }
     tests = next(unit for unit in data["units"] if unit["name"] == "tests")
     assert tests["ended"] is None and tests["status"] == "running"

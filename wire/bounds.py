@@ -23,7 +23,17 @@ No trio, no msgspec here beyond the frame types: the command line imports it.
 from __future__ import annotations
 
 from .errors import Refused, UsageError
-from .protocol import CONDITIONS, Complete, Fail, Request, SetReason, Start, Want
+from .protocol import (
+    CONDITIONS,
+    Complete,
+    Fail,
+    Request,
+    Restarting,
+    SetReason,
+    Start,
+    Stopped,
+    Want,
+)
 
 MAX_NAME_BYTES = 255
 """A unit name (SPEC §1): room for any sensible name, and a view lists hundreds of them."""
@@ -113,7 +123,7 @@ def check_request(request: Request) -> None:
         count = len(set(request.deps))
         if count > MAX_DEPS:
             raise Refused(too_many_deps(request.unit, count), unit=request.unit)
-    if isinstance(request, Fail | SetReason):
+    if isinstance(request, Fail | SetReason | Restarting | Stopped):
         _utf8("reason", request.reason)
         check_reason(request.reason, request.unit)
     if isinstance(request, Start | Complete | Fail | SetReason):

@@ -8,6 +8,8 @@ exits with `exc.exit_code`.
     UnitsyncError                      exit 1
     ├── Refused                        exit 1   the agent will not do it (cycle, name, state)
     │   ├── DependencyFailed           exit 4
+    │   ├── UnitFailed                 exit 4   `sync restart`: the unit failed instead of
+    │   │                                       becoming ready again
     │   ├── Superseded                 exit 1   a `run` taking back a run that a newer one
     │   │                                       superseded meanwhile (it stops its command)
     │   └── ProtocolError              exit 1   a frame that is not a valid message
@@ -69,12 +71,15 @@ class UnitsyncError(Exception):
         code: str | None = None,
         unit: str | None = None,
         dependency: str | None = None,
+        by: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.unit = unit
         self.dependency = dependency
+        self.by = by
+        """For `Superseded`: by whom ("a new run (pid 4242)")."""
 
 
 class Refused(UnitsyncError):
@@ -86,10 +91,17 @@ class DependencyFailed(Refused):
     default_code = "dependency_failed"
 
 
+class UnitFailed(Refused):
+    """`sync restart`: the unit's command failed instead of becoming ready again."""
+
+    exit_code = EXIT_DEPENDENCY_FAILED
+    default_code = "unit_failed"
+
+
 class Superseded(Refused):
     """The run a `run` held was superseded (a newer run of the unit began, or it was reset
     with --force) while that `run` was away; like an `Order` to supersede, it stops its
-    command. The message says by what."""
+    command. The message says by what; `by` says who, as data."""
 
     default_code = "superseded"
 
@@ -222,6 +234,8 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
     "once_done": AlreadyDone,
     "graph_changed": GraphChanged,
     "superseded": Superseded,
+    "timeout": WaitTimeout,
+    "unit_failed": UnitFailed,
     "untrusted": AgentUntrusted,
     "start_failed": AgentStartFailed,
 }
@@ -231,7 +245,9 @@ _BY_CODE: dict[str, type[UnitsyncError]] = {
 def from_reply(reply: Error) -> UnitsyncError:
     """The exception an `Error` reply stands for, the same in every client."""
     kind = _BY_CODE.get(reply.code, Refused)
-    return kind(reply.message, code=reply.code, unit=reply.unit, dependency=reply.dependency)
+    return kind(
+        reply.message, code=reply.code, unit=reply.unit, dependency=reply.dependency, by=reply.by
+    )
 
 
 def to_reply(exc: UnitsyncError) -> Error:
@@ -242,6 +258,7 @@ def to_reply(exc: UnitsyncError) -> Error:
         as_text(exc.message),
         unit=exc.unit,
         dependency=exc.dependency,
+        by=exc.by,
     )
 
 

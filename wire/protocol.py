@@ -125,6 +125,45 @@ class SetReason(Base, tag="set_reason"):
     """The reporting run's, as for `Complete`."""
 
 
+class Restarting(Base, tag="restarting"):
+    """From the `run` holding the unit: its command is being started again (its restart
+    policy, or `sync restart`); the unit goes `started` with `reason` until it is ready."""
+
+    unit: str
+    reason: str
+    token: str = ""
+    """The reporting run's, as for `Complete`."""
+
+
+class Stopped(Base, tag="stopped"):
+    """From the `run` holding the unit: its command was stopped on `sync stop`'s order and
+    its process group is gone; the unit goes `pending` with `reason`."""
+
+    unit: str
+    reason: str
+    token: str = ""
+    """The reporting run's, as for `Complete`."""
+
+
+class Stop(Base, tag="stop"):
+    """`sync stop`: the unit's live `run` stops its command; answered once its process
+    group is gone (the unit is then pending), or refused past `timeout` seconds."""
+
+    unit: str
+    timeout: float = 10.0
+    by: str = ""
+    """Who asks, for the unit's reason ("sync stop (pid 4242)")."""
+
+
+class Restart(Base, tag="restart"):
+    """`sync restart`: the unit's live `run` stops its command and starts it again;
+    answered once it is ready again, refused if it failed or past `timeout` seconds."""
+
+    unit: str
+    timeout: float = 10.0
+    by: str = ""
+
+
 class Reset(Base, tag="reset"):
     unit: str | None = None
     """None resets every unit."""
@@ -148,7 +187,21 @@ class Watch(Base, tag="watch"):
 
 
 Request = (
-    Hello | Ping | Want | Start | Complete | Fail | SetReason | Reset | Forget | Status | Watch
+    Hello
+    | Ping
+    | Want
+    | Start
+    | Complete
+    | Fail
+    | SetReason
+    | Restarting
+    | Stopped
+    | Stop
+    | Restart
+    | Reset
+    | Forget
+    | Status
+    | Watch
 )
 
 
@@ -167,6 +220,9 @@ class Transition(msgspec.Struct, frozen=True, gc=False):
     """For a move to `started`: how long that start waited for its dependencies (seconds)."""
     boot: int = 1
     """The boot (1, 2, 3...) of the workspace this transition happened in (SPEC §7)."""
+    restart: bool = False
+    """A move to started that is not a new run: the current run started its command again
+    (a restart policy, `sync restart`)."""
 
 
 class OwnerView(msgspec.Struct):
@@ -208,6 +264,9 @@ class UnitView(msgspec.Struct):
     """A one-time unit: once completed, it stays completed across workspace restarts."""
     owner: OwnerView | None = None
     """The process that owns the current run (started units, and ready services)."""
+    restarts: int = 0
+    """How many times the current run started its command again (restart policy, `sync
+    restart`)."""
     cut: list[str] = []
     """What this view leaves out (empty: nothing), one entry per field cut, each beginning
     with that field's name (`dependents: 24,500 of 25,000 not listed (...)`): the units that
@@ -284,10 +343,13 @@ class Order(Base, tag="order"):
     `supersede`: a newer run of `unit` began (`--rerun`), or the unit was reset with
     `--force`: the run is no longer the unit's, its reports change nothing; the `run`
     stops its command and exits. `by` says who, for people: "a new run (pid 4242)".
+    `stop` (`sync stop`): the `run` stops its command, reports `Stopped` once its group is
+    gone, and exits 0. `restart` (`sync restart`): the `run` reports `Restarting`, stops
+    its command and starts it again.
     """
 
     unit: str
-    what: Literal["supersede"]
+    what: Literal["supersede", "stop", "restart"]
     token: str
     by: str = ""
 
@@ -316,6 +378,9 @@ ErrorCode = Literal[
     "graph_changed",  # the hello named another graph than the agent serves: nothing was done
     "untrusted",  # the connecting process runs as another user: refused before its hello
     "start_failed",  # the agent could not start (a damaged journal): sent to queued clients
+    "no_run",  # stop or restart of a unit that no live `run` holds
+    "timeout",  # stop or restart: not done within the request's timeout
+    "unit_failed",  # restart: the unit failed instead of becoming ready again
 ]
 
 
@@ -325,6 +390,8 @@ class Error(Base, tag="error"):
     unit: str | None = None
     dependency: str | None = None
     """For dependency_failed: the unit that failed."""
+    by: str | None = None
+    """For superseded: by whom, for people ("a new run (pid 4242)")."""
 
 
 class StatusReply(Base, tag="status"):

@@ -49,8 +49,10 @@ from unitsync.wire.protocol import (
     Hello,
     Order,
     Request,
+    Restart,
     Start,
     StatusReply,
+    Stop,
     Waiting,
     Watch,
     Welcome,
@@ -84,7 +86,7 @@ class State(enum.Enum):
 _GREETING, _IDLE, _SERVING, _WATCHING, _CLOSED = State
 _ANSWERS = {request: frozenset(replies) for request, replies in EXPECTED.items()}
 _FINAL = frozenset(FINAL)
-_OPEN_ENDED = frozenset({Start, Watch})
+_OPEN_ENDED = frozenset({Start, Watch, Stop, Restart})
 _EVENTS = frozenset({FullView, Changed})
 _LISTS = frozenset({StatusReply, FullView})
 _NO_ORDERS: tuple[Order, ...] = ()

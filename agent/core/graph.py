@@ -39,8 +39,10 @@ from .machine import (
     NEEDS,
     OWNER_GONE,
     RESET,
+    RESTARTING,
     START,
     START_ONCE,
+    STOPPED,
     Command,
     Condition,
     DepState,
@@ -56,6 +58,7 @@ from .machine import (
     owner_facts,
 )
 from .records import (
+    Asked,
     Boot,
     BootImage,
     Edge,
@@ -110,6 +113,9 @@ class Unit:
     """The process that owns the current run (see records.Move.owner)."""
     host: str = ""
     """The host whose agent started its latest run."""
+    restarts: int = 0
+    """How many times the current run started its command again (restart policy, `sync
+    restart`): a move to started with the current run's token; a new run counts from 0."""
 
 
 @dataclass(frozen=True)
@@ -146,13 +152,17 @@ class Graph:
         if kind is Move:
             unit = self.units[record.unit]
             boot = record.boot or self.boot or 1
+            restarted = record.to == "started" and _restarted(unit, record)
             unit.history.append(
-                HistoryEntry(record.at, unit.status, record.to, record.reason, record.waited, boot)
+                HistoryEntry(
+                    record.at, unit.status, record.to, record.reason, record.waited, boot, restarted
+                )
             )
             unit.status, unit.since, unit.reason = record.to, record.at, record.reason
             unit.owner = record.owner
             if record.to == "started":
                 unit.token, unit.host = record.token, record.host
+                unit.restarts = unit.restarts + 1 if restarted else 0
         elif kind is Edge:
             self.units[record.unit].deps[record.dep] = record.on
             self.units[record.dep].dependents.add(record.unit)
@@ -166,6 +176,8 @@ class Graph:
             self.units[record.unit].once = True
         elif kind is Boot:
             self._begin(record)
+        elif kind is Asked:
+            pass  # an order for the run's `run`, relayed by the store: no state of the graph
         elif record.unit not in self.units:  # Known
             self.units[record.unit] = Unit(record.unit, since=record.at)
             if self.forgotten:
@@ -381,6 +393,42 @@ class Graph:
             )
         return [] if unit.reason == reason else [Reason(name, reason)]
 
+    def restarting(self, name: str, reason: str, *, now: float, token: str) -> list[Record]:
+        """The run `token` starts its command again (its restart policy, `sync restart`):
+        the same run goes on, `started` until it is ready again (its owner stays). A
+        superseded run's report changes nothing."""
+        _check_reason(name, reason)
+        if self.superseded(name, token):
+            return []
+        unit = self.units.get(name)
+        result = self._decide(name, RESTARTING, set())
+        owner = unit.owner if unit is not None else None
+        return self._moved(
+            name,
+            result,
+            now,
+            token=token,
+            reason=reason,
+            owner=owner,
+            host=unit.host if unit is not None else "",
+        )
+
+    def stopped(self, name: str, reason: str, *, now: float, token: str) -> list[Record]:
+        """The run `token` stopped its command on `sync stop`'s order: pending, so the
+        starts of dependents wait for its next run."""
+        _check_reason(name, reason)
+        if self.superseded(name, token):
+            return []
+        result = self._decide(name, STOPPED, set())
+        # With the run's token: this ends the run, it does not supersede it.
+        return self._moved(name, result, now, token=token, reason=reason)
+
+    def ask(self, name: str, what: str, by: str, *, now: float) -> list[Record]:
+        """An order for the `run` holding `name`'s current run (`sync stop`, `sync
+        restart`), which the store relays to the agent of whichever host holds it."""
+        unit = self.get(name)
+        return [Asked(name, what, unit.token, by, now)]
+
     def reset(
         self,
         name: str,
@@ -582,6 +630,7 @@ class Graph:
                 unit.owner,
                 unit.host,
                 {dep: on for dep, on in unit.deps.items() if on != DEFAULT_CONDITION},
+                unit.restarts,
             )
 
     def boot_image(self) -> BootImage:
@@ -599,6 +648,7 @@ class Graph:
             unit = Unit(image.name, image.since, image.status, image.reason, image.token)
             unit.history.extend(image.history)
             unit.once, unit.owner, unit.host = image.once, image.owner, image.host
+            unit.restarts = image.restarts
             graph.units[image.name] = unit
         for image in images:
             for dep in image.deps:
@@ -669,6 +719,12 @@ def _path_text(path: list[str]) -> str:
     head, tail = path[: NAMES_IN_A_MESSAGE - 3], path[-3:]
     skipped = len(path) - len(head) - len(tail)
     return f"{' -> '.join(head)} -> ({skipped:,} more) -> {' -> '.join(tail)}"
+
+
+def _restarted(unit: Unit, move: Move) -> bool:
+    """Is this move to started the current run starting its command again (same token,
+    the run not over)? A new run has a token of its own."""
+    return bool(move.token) and move.token == unit.token and unit.status != "pending"
 
 
 def _reset_reason(result: Go | Stay | Drop, overrides: set[str]) -> str | None:
@@ -745,6 +801,9 @@ def _refusal_message(
             f"unit {name!r} is a one-time unit, completed at {timestamp(unit.since)}: "
             "nothing to do (--rerun starts it again, `reset` makes it pending)"
         )
+    if refusal.code == "not_started" and command is RESTARTING:
+        assert unit is not None
+        return f"unit {name!r} is {unit.status}: it has no run to start again; start it first"
     if refusal.code == "not_started":
         if unit is None:
             known = "is not known to the agent"

@@ -14,6 +14,13 @@ changed here is a rule changed (and tested) everywhere.
     completed          no|rerun,free  no|rerun       -          failed   no|force,free  removed
     failed             started (new)  started (new)  completed  failed   pending        removed
 
+    status \\ report   restarting     stopped
+    (never named)      no             no
+    pending            no             -
+    started            started        pending
+    completed          started        pending
+    failed             started        pending
+
 (`no`: refused; `no|force`: refused unless the command's override flag is given (`--force`,
 `--rerun`); `,gone`: or the owner process of the unit's current run is gone (`OWNER_GONE`);
 `,free`: or no owner is known to run it: it is gone, or none is recorded (`NO_OWNER`: a
@@ -24,6 +31,13 @@ while that owner lives, and `reset` leaves such a run alone, unless told otherwi
 `reset --force`: the old run is then superseded, see `service.py`). A started unit with no
 recorded owner may still be running: only `--rerun` starts it again, but `reset` takes it
 (no owner is known to run it).
+
+The second table is a run's own reports about its command (issue 24), sent with its token
+by the `run` that holds it: `restarting` (its restart policy, or `sync restart`, starts the
+command again: the same run goes on, `started` until it is ready again, so dependents wait
+and do not fail) and `stopped` (`sync stop` stopped the command: `pending`, so later starts
+of dependents wait for its next run). They are not commands a person gives; a report of a
+superseded run never reaches them, and a unit with no run (pending) has nothing to restart.
 
 `start --once` marks the unit one-time first; on a completed one it is refused with
 `once_done` (exit 7): the one-time work is done.
@@ -64,6 +78,10 @@ class Command(enum.Enum):
     FAIL = "fail"
     RESET = "reset"
     FORGET = "forget"
+    RESTARTING = "restarting"
+    """A run's report: its command is being started again (restart policy, `sync restart`)."""
+    STOPPED = "stopped"
+    """A run's report: its command was stopped on `sync stop`'s order."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +115,7 @@ class Refuse:
 
 Outcome = Go | Stay | Drop | Refuse
 
-START, START_ONCE, COMPLETE, FAIL, RESET, FORGET = Command
+START, START_ONCE, COMPLETE, FAIL, RESET, FORGET, RESTARTING, STOPPED = Command
 
 NEW_RUN = "new run"
 RERUN = ("rerun",)
@@ -148,6 +166,16 @@ MOVES: dict[tuple[Status, Command], Outcome] = {
     ("started", FORGET): Refuse("in_use"),
     ("completed", FORGET): Drop(),
     ("failed", FORGET): Drop(),
+    (None, RESTARTING): Refuse("unknown_unit"),
+    ("pending", RESTARTING): Refuse("not_started"),
+    ("started", RESTARTING): Go("started"),
+    ("completed", RESTARTING): Go("started"),
+    ("failed", RESTARTING): Go("started"),
+    (None, STOPPED): Refuse("unknown_unit"),
+    ("pending", STOPPED): Stay(),
+    ("started", STOPPED): Go("pending"),
+    ("completed", STOPPED): Go("pending"),
+    ("failed", STOPPED): Go("pending"),
 }
 
 

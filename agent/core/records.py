@@ -109,7 +109,20 @@ class Reason(msgspec.Struct, tag="reason", array_like=True, gc=False):
     text: str
 
 
-Record = Known | Edge | Move | Forget | Reason | Once | Boot
+class Asked(msgspec.Struct, tag="asked", array_like=True, gc=False):
+    """An order for the `run` holding `unit`'s run `token` (`sync stop`, `sync restart`):
+    `what` to do, `by` whom (for people). It changes no state: it travels with the changes
+    so that every agent of the graph sees it, and the one whose connection holds that run
+    passes it on (a shared store's agents each hold their own hosts' runs)."""
+
+    unit: str
+    what: str
+    token: str
+    by: str
+    at: float
+
+
+Record = Known | Edge | Move | Forget | Reason | Once | Boot | Asked
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False):
@@ -122,6 +135,8 @@ class HistoryEntry(msgspec.Struct, frozen=True, gc=False):
     waited: float | None = None
     boot: int = 1
     """The boot it happened in (entries written before boots were recorded: 1)."""
+    restart: bool = False
+    """A move to started that is the current run starting its command again."""
 
 
 class UnitImage(msgspec.Struct, array_like=True, gc=False):
@@ -140,6 +155,8 @@ class UnitImage(msgspec.Struct, array_like=True, gc=False):
     on: dict[str, Condition] = {}
     """The conditions of its edges that are not `completed` (format 4; older snapshots have
     none: every edge `completed`)."""
+    restarts: int = 0
+    """How many times the current run started its command again."""
 
 
 class BootImage(msgspec.Struct, array_like=True, gc=False):

@@ -75,6 +75,7 @@ def unit_view(
                 _cut(entry.reason, MAX_REASON_BYTES),
                 entry.waited,
                 entry.boot,
+                entry.restart,
             )
             cut_reasons += 1
     if cut_reasons:
@@ -94,6 +95,7 @@ def unit_view(
         dependents=dependents,
         history=history,
         once=unit.once,
+        restarts=unit.restarts,
         owner=owner
         and OwnerView(
             owner.pid,
@@ -114,7 +116,9 @@ def _dependency(graph: Graph, dep: str, on: Condition) -> Dependency:
 
 
 def transition(entry: HistoryEntry) -> Transition:
-    return Transition(entry.at, entry.from_, entry.to, entry.reason, entry.waited, entry.boot)
+    return Transition(
+        entry.at, entry.from_, entry.to, entry.reason, entry.waited, entry.boot, entry.restart
+    )
 
 
 def _not_listed(what: str, total: int, shown: int, why: str) -> str:

@@ -11,9 +11,10 @@ error and the connection is closed (the boundary is lost). Nothing a peer
 sends can disturb another connection.
 
 A connection that holds a run can also be told something unasked (an `Order`: its run
-was superseded). Another task decides that; it pushes the order to the connection's
-`Serving` and wakes the connection's task (`Outbox`), which sends it between replies:
-one task writes each connection, so an order never lands inside a reply.
+was superseded, or `sync stop` or `sync restart` asks its `run` to act). Another task
+decides that; it pushes the order to the connection's `Serving` and wakes the connection's
+task (`Outbox`), which sends it between replies: one task writes each connection, so an
+order never lands inside a reply.
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ from unitsync.wire.protocol import (
     Order,
     Ping,
     Reset,
+    Restart,
+    Restarting,
     SetReason,
     Start,
     Status,
+    Stop,
+    Stopped,
     Waiting,
     Want,
     Watch,
@@ -271,6 +276,14 @@ async def _dispatch(
             return await service.fail(request, holder)
         case SetReason():
             return await service.set_reason(request)
+        case Restarting():
+            return await service.restarting(request)
+        case Stopped():
+            return await service.stopped(request, holder)
+        case Stop():
+            return await service.stop(request)
+        case Restart():
+            return await service.restart(request)
         case Reset():
             return await service.reset(request)
         case Forget():

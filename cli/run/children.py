@@ -94,6 +94,11 @@ class Forwarding:
         self.child: Child | None = None
         self._early: list[int] = []
         self._previous: dict[int, object] = {}
+        self.forwarded = False
+        """A signal was passed on to the current command: it was told to end (a restart
+        policy leaves it ended)."""
+        self.between: Callable[[int], None] = lambda _signum: None
+        """Told of a signal that finds no command running (`run` waits to restart it)."""
 
     def install(self) -> None:
         for sig in FORWARDED:
@@ -103,6 +108,7 @@ class Forwarding:
     def attach(self, child: Child) -> None:
         """`child` is the command: pass on to its group what arrived meanwhile, and all after."""
         self.child = child
+        self.forwarded = False
         early, self._early = self._early, []
         for signum in early:
             self._forward(signum, None)
@@ -116,7 +122,10 @@ class Forwarding:
         if self.child is None:
             self._early.append(signum)
         elif self.child.returncode is None:  # until it is reaped, its pid is the group's id
+            self.forwarded = True
             signal_group(self.child.pid, signum)
+        else:
+            self.between(signum)
 
 
 class Exits:

@@ -16,6 +16,9 @@ stderr (`exit status 1: Error: port 5432 in use`).
 A `run` whose run a newer one supersedes (`run --rerun`, `start --rerun`, `reset --force`:
 SPEC §11) stops its command the documented way, says so, reports nothing more (the unit is
 the newer run's) and exits EXIT_SUPERSEDED.
+
+What each end of the command leads to (the restart policy, the agent's orders: supersede,
+`sync stop`, `sync restart`) is `follow.Follower`'s; the calls it makes are `UnitAgent`'s.
 """
 
 from __future__ import annotations
@@ -32,35 +35,25 @@ from unitsync.client import Client, UnitsyncError
 from unitsync.client.owners import owner
 from unitsync.wire.errors import (
     EXIT_INTERRUPTED,
-    EXIT_TIMED_OUT,
     EXIT_USAGE,
     AgentUnavailable,
     AlreadyDone,
 )
 from unitsync.wire.host.backoff import Backoff
 from unitsync.wire.host.processes import shortened
-from unitsync.wire.protocol import Owner
-from unitsync.wire.timefmt import duration
+from unitsync.wire.protocol import Order, Owner
 
 from ..progress import StartProgress
 from ..say import say
 from ..words import shell_line, shell_word
 from .children import Ended, SpawnFailed
+from .follow import EXIT_STOPPED, Follower
 from .hold import RunHold
+from .policy import NEVER, Policy, Restarts
 from .reactor import Reactor
 from .readiness.options import PLAIN, BadOption, ReadyOptions, detector_for
 from .recorder import DEFAULT_LIMIT, Recorder
-from .supervisor import STOP_GRACE, Exited, NotReady, Ready, ServiceRun, StatusText
-
-EXIT_SUPERSEDED = 0
-"""`run`'s status once a newer run superseded its run and it stopped its command: as after
-systemd's `stop`, the command ended because it was asked to, not because it failed; and what
-the unit becomes is the newer run's business, not this one's."""
-
-
-def _seconds(seconds: float) -> str:
-    """A duration as it was probably typed: 30s, 1.5s; 5m00s past a minute."""
-    return f"{seconds:g}s" if seconds < 60 else duration(seconds)
+from .supervisor import STOP_GRACE, ServiceRun
 
 
 def run_unit(
@@ -74,6 +67,7 @@ def run_unit(
     once: bool = False,
     rerun: bool = False,
     log_limit: int = DEFAULT_LIMIT,
+    policy: Policy = NEVER,
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code.
 
@@ -114,45 +108,23 @@ def run_unit(
     # stop after a grace).
     recorder = _recorder(client, unit, command, log_limit)
     with ServiceRun(command, detector, ready_timeout, recorder) as service:
+        follower = Follower(service, lambda: detector_for(readiness)[0], Restarts(policy))
         agent = UnitAgent(
             client,
             unit,
             service=detector is not None,
             hold=service.reactor,
-            stop=service.stop,
+            stop=follower.stop_now,
+            on_order=follower.ordered,
             recorder=recorder,
         )
+        follower.agent = agent
         try:
             service.start()
         except SpawnFailed as exc:
             say(f"unitsync: {exc.reason}")
             return agent.ended(exc.status, exc.reason)
-        return follow(service, agent)
-
-
-def follow(service: ServiceRun, agent: UnitAgent) -> int:
-    """Tell the agent what happens to the command, as it happens; `run`'s exit status."""
-    not_ready = ""
-    for event in service.events():
-        if agent.superseded and isinstance(event, Exited):
-            agent.record_end(event.ended.status, "stopped: a newer run superseded it")
-            return EXIT_SUPERSEDED  # stopped on the agent's word: nothing more to say
-        if agent.superseded:
-            continue
-        match event:
-            case Ready(how):
-                agent.ready(how)
-            case StatusText(text):
-                agent.status_text(text)
-            case NotReady(within, waiting_for):
-                not_ready = f"not ready within {_seconds(within)}: {waiting_for}"
-                agent.not_ready(not_ready)
-            case Exited(ended, was_ready):
-                if not_ready:  # stopped for it: the unit's reason already says why
-                    agent.record_end(ended.status, not_ready)
-                    return EXIT_TIMED_OUT
-                return agent.exited(ended, was_ready)
-    raise AssertionError("the service's events end with its exit")
+        return follower.follow()
 
 
 class UnitAgent:
@@ -172,6 +144,7 @@ class UnitAgent:
         service: bool,
         hold: Reactor,
         stop: Callable[[], None] = lambda: None,
+        on_order: Callable[[Order], None] = lambda _order: None,
         recorder: Recorder | None = None,
     ) -> None:
         self.client = client
@@ -179,7 +152,7 @@ class UnitAgent:
         self.service = service
         self.stop = stop
         self.recorder = recorder
-        self.hold = RunHold(client, hold, unit, on_superseded=self._superseded)
+        self.hold = RunHold(client, hold, unit, on_superseded=self._superseded, on_order=on_order)
 
     @property
     def superseded(self) -> bool:
@@ -205,14 +178,33 @@ class UnitAgent:
         )
         self._tell("is not ready", lambda: self.client.fail(self.unit, reason))
 
-    def exited(self, ended: Ended, was_ready: bool) -> int:
-        """Record how the command ended; its status (or the agent's exit code)."""
+    def restarting(self, reason: str) -> None:
+        """The command is being started again: the unit is `started` with `reason`."""
+        self._tell("is restarting", lambda: self.client.restarting(self.unit, reason))
+
+    def stopped(self, reason: str) -> int:
+        """The command was stopped on `sync stop`'s order and its group is gone: the unit
+        is pending. EXIT_STOPPED (or the agent's exit code, if recording it failed)."""
+        self.hold.close()
+        if self.hold.given_up:
+            return EXIT_STOPPED
+        say(f"{self.unit}: stopped")
+        try:
+            _patiently(lambda: self.client.stopped(self.unit, reason))
+        except UnitsyncError as exc:
+            say(f"unitsync: {self.unit} was stopped, but recording it failed: {exc}")
+            return exc.exit_code
+        return EXIT_STOPPED
+
+    def exited(self, ended: Ended, was_ready: bool, gave_up: str = "") -> int:
+        """Record how the command ended (`gave_up`: and that its restart policy gave up);
+        its status (or the agent's exit code)."""
         if not self.service:  # plain `run`: its end is the unit's end
             if ended.signal_name:
-                return self.ended(ended.status, f"killed by signal {ended.signal_name}")
+                return self.ended(ended.status, f"killed by signal {ended.signal_name}{gave_up}")
             if not ended.status:
                 return self.ended(0, None)
-            return self.ended(ended.status, self._said(f"exit status {ended.status}"))
+            return self.ended(ended.status, self._said(f"exit status {ended.status}") + gave_up)
         # A service that is gone is not ready, whatever its status.
         how = (
             f"killed by signal {ended.signal_name}"
@@ -221,7 +213,8 @@ class UnitAgent:
         )
         when = "after being ready" if was_ready else "before being ready"
         reason = f"{how} {when}"
-        return self.ended(ended.status, reason if ended.signal_name else self._said(reason))
+        said = reason if ended.signal_name else self._said(reason)
+        return self.ended(ended.status, said + gave_up)
 
     def _said(self, reason: str) -> str:
         """An exit's reason, with the last line the command wrote to stderr, if any (not a

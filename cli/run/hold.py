@@ -12,7 +12,8 @@ once after a crash, after a short grace after a clean stop (a supervisor's resta
 The agent may also push an order on that connection (SPEC §11): a newer run of the unit
 superseded this one (`--rerun`, `reset --force`). The connection then turns readable with
 a frame, not an end: `RunHold` hands the order to `on_superseded` (which stops the command)
-and from then on reports nothing. A `run` away while it was superseded (the agent
+and from then on reports nothing. Orders that leave the run this `run`'s (`sync stop`,
+`sync restart`) go to `on_order`. A `run` away while it was superseded (the agent
 restarted) learns it when it takes the run back.
 
 Resource rules: a `RunHold` watches the client's current connection in the service's
@@ -35,6 +36,8 @@ from .reactor import Reactor, Timer
 
 Superseding = Callable[[str], None]
 """Told, once, that a newer run superseded this one: by whom ("a new run (pid 4242)")."""
+Ordered = Callable[[Order], None]
+"""Told of an order for this run that leaves it this run's (`stop`, `restart`)."""
 
 
 class RunHold:
@@ -44,11 +47,13 @@ class RunHold:
         reactor: Reactor,
         unit: str,
         on_superseded: Superseding = lambda _by: None,
+        on_order: Ordered = lambda _order: None,
     ) -> None:
         self.client = client
         self.reactor = reactor
         self.unit = unit
         self.on_superseded = on_superseded
+        self.on_order = on_order
         self._fd: int | None = None
         self._retry: Timer | None = None
         self._backoff = Backoff()
@@ -86,7 +91,10 @@ class RunHold:
         held = self.client.holding.get(self.unit)
         if order.unit != self.unit or held is None or order.token != held.token:
             return  # not about this run (a client holding several, an old order)
-        self._give_up_superseded(order.by)
+        if order.what == "supersede":
+            self._give_up_superseded(order.by)
+        elif not self.superseded:
+            self.on_order(order)
 
     def _give_up_superseded(self, by: str) -> None:
         if self.superseded:
@@ -101,7 +109,7 @@ class RunHold:
         try:
             self.client.take_back(self.unit)
         except Superseded as exc:
-            self._give_up_superseded(exc.message.split(" superseded by ", 1)[-1])
+            self._give_up_superseded(f"{exc.by or 'a newer run'} while the agent restarted")
             return
         except AgentUnavailable as exc:
             if not exc.passing:

@@ -17,6 +17,13 @@ leftovers are stopped the same way (a service that is gone must not go on servin
 failed unit, as systemd's KillMode=control-group has it); a plain command's are left
 alone (a setup step may start a daemon on purpose, as it may from a shell).
 
+A restart policy (`policy.py`, decided in `command.py`) or `sync restart` starts the command
+again in the same `ServiceRun` (`restart_after`): what is left of the old group is stopped
+first, then, after the delay (a timer: `run` sleeps in the kernel meanwhile), the command
+is spawned anew with a fresh detector and ready timeout, and `Respawned` says so: each
+restart is one clear event. A signal that arrives while no command runs (waiting to
+restart it) is `Interrupted`: `run` ends then.
+
 Resource rules: every descriptor, timer and child process belongs to the `ServiceRun`
 that made it and is released by `close` (the `with` block), which also stops a service
 still running then (a `run` going away must not leave behind a service that its
@@ -27,13 +34,15 @@ output) wakes `run`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from .children import Child, Ended, Exits, Forwarding, spawn
+from .children import Child, Ended, Exits, Forwarding, SpawnFailed, spawn
 from .group import Terminal, signal_group, wait_out_group
 from .output import Relay
 from .reactor import Reactor, Timer
@@ -67,9 +76,37 @@ class NotReady(NamedTuple):
 class Exited(NamedTuple):
     ended: Ended
     was_ready: bool
+    told: bool = False
+    """`run` passed the command a signal (Ctrl-C, SIGTERM), or the user's Ctrl-C reached it
+    on the terminal `run` lent it: it was asked to end, and is not restarted."""
 
 
-Event = Ready | StatusText | NotReady | Exited
+class Respawned(NamedTuple):
+    """The command was started again (a restart): its new process."""
+
+    pid: int
+
+
+class RespawnFailed(NamedTuple):
+    """The command could not be started again (it was removed meanwhile, say)."""
+
+    status: int
+    reason: str
+
+
+class Interrupted(NamedTuple):
+    """A signal reached `run` while no command ran (it waited to restart it)."""
+
+    signum: int
+
+
+class CalledOff(NamedTuple):
+    """The restart `run` waited for was called off (`sync stop`, a newer run)."""
+
+
+Event = Ready | StatusText | NotReady | Exited | Respawned | RespawnFailed | Interrupted | CalledOff
+FINAL = (Exited, RespawnFailed, Interrupted, CalledOff)
+"""The events after which `events` returns: the command is not running."""
 
 
 class ServiceRun:
@@ -106,6 +143,14 @@ class ServiceRun:
         """When the group being stopped gets SIGKILL (`Reactor.now` time); None: not stopping."""
         self.terminal = Terminal()
         self.forwarding = Forwarding()
+        self._restart: Timer | None = None
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        """A signal between two runs of the command writes here: it wakes the reactor."""
+        self.reactor.add_reader(self._wake_read, self._woken)
+        self.forwarding.between = self._between
+        self._signalled: list[int] = []
+        self._ended_at = 0.0
+        """When the command last ended (`Reactor.now` time): a restart's delay counts from it."""
 
     def __enter__(self) -> ServiceRun:
         self.forwarding.install()
@@ -133,15 +178,55 @@ class ServiceRun:
                 self._deadline = self.reactor.call_later(self.ready_timeout, self._not_ready)
 
     def events(self) -> Iterator[Event]:
-        """What happens, as it happens, up to and including `Exited`."""
+        """What happens, as it happens, up to and including the command's end (`FINAL`)."""
         assert self.child is not None, "start() first"
         while True:
             while self._events:
                 event = self._events.popleft()
                 yield event
-                if isinstance(event, Exited):
+                if isinstance(event, FINAL):
                     return
             self.reactor.run_once()
+
+    @property
+    def running(self) -> bool:
+        """The command runs (not ended, nor waiting to be started again)."""
+        return self.child is not None and self.child.returncode is None
+
+    def restart_after(self, delay: float, detector: Detector | None) -> None:
+        """Start the command again `delay` seconds after it ended, watched by `detector` (a
+        new one: a detector serves one process). What is left of its old group goes first."""
+        self.end_group()
+        when = max(self._ended_at + delay, self.reactor.now())
+        self._restart = self.reactor.call_at(when, lambda: self._respawn(detector))
+
+    @property
+    def restart_pending(self) -> bool:
+        """A restart is set for later (`restart_after`)."""
+        return self._restart is not None
+
+    def cancel_restart(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+
+    def call_off_restart(self) -> None:
+        """No restart after all: `events` ends with `CalledOff`."""
+        if self._restart is not None:
+            self.cancel_restart()
+            self._events.append(CalledOff())
+
+    def end_group(self) -> None:
+        """The command ended: stop what is left of its group (a service's; a plain
+        command's too, before it is started again, or when it was stopped on an order)
+        and wait until it is gone."""
+        assert self.child is not None
+        if self._kill_at is None:
+            self.stop()
+        assert self._kill_at is not None
+        wait_out_group(self.child.pid, self._kill_at)
+        if self._kill is not None:
+            self._kill.cancel()  # the group is gone: no SIGKILL for a group id reused later
 
     def stop(self) -> None:
         """SIGTERM to the command's group now, SIGKILL to what is left `STOP_GRACE` later."""
@@ -155,6 +240,7 @@ class ServiceRun:
             )
 
     def close(self) -> None:
+        self.cancel_restart()
         self.terminal.close()
         if self.child is not None:
             if self.child.returncode is None:  # `run` is going away first
@@ -169,8 +255,11 @@ class ServiceRun:
         if self.recorder is not None:
             self.recorder.close()
         self.exits.close()
+        self.reactor.remove_reader(self._wake_read)
         self.reactor.close()
         self.forwarding.restore()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
     # --- what the detector reports (Listener) ---------------------------------------------
 
@@ -213,14 +302,51 @@ class ServiceRun:
             signal_group(self.child.pid, signal.SIGKILL)
             self.child.wait()
 
+    def _respawn(self, detector: Detector | None) -> None:
+        self._restart = None
+        self.detector, self.is_ready = detector, False
+        self._settled, self._finished = detector is None, False
+        self._deadline = self._kill = None
+        self._kill_at = None
+        try:
+            self.start()
+        except SpawnFailed as exc:
+            self._finished = True
+            if detector is not None:
+                detector.finish()
+            self._events.append(RespawnFailed(exc.status, exc.reason))
+            return
+        assert self.child is not None
+        self._events.append(Respawned(self.child.pid))
+
+    def _between(self, signum: int) -> None:
+        """(A signal handler.) A signal with no command running: wake the reactor."""
+        self._signalled.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"!")
+
+    def _woken(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_read, 512):
+                pass
+        while self._signalled:
+            signum = self._signalled.pop(0)
+            if not self.running:  # (a restart may have begun since)
+                self.cancel_restart()
+                self._events.append(Interrupted(signum))
+                return
+
     def _exited(self, ended: Ended) -> None:
+        self._ended_at = self.reactor.now()
+        lent = self.terminal.fd >= 0  # the user's Ctrl-C reaches the command directly
         self.terminal.close()  # before `run` says anything more
         if self._kill is not None:
             self._kill.cancel()  # `close` waits out the rest of the group
         self._finish()  # its last output may still hold the ready line
         if not self._settled:
             self._settle()
-        self._events.append(Exited(ended, self.is_ready))
+        told = self.forwarding.forwarded or (lent and ended.signal_name in ("SIGINT", "SIGQUIT"))
+        self._events.append(Exited(ended, self.is_ready, told))
 
     def _finish(self) -> None:
         if self._finished:

@@ -20,7 +20,7 @@ from . import axis
 from .model import Outcome, Row, Timeline
 from .text import cut_line, empty_message
 
-Kind = Literal["gap", "wait", "completed", "failed", "running", "interrupted"]
+Kind = Literal["gap", "wait", "completed", "failed", "running", "interrupted", "restart"]
 """What one stretch of a bar shows."""
 
 GAP_BETWEEN_TICK_LABELS = 2
@@ -52,6 +52,7 @@ UNICODE = Glyphs(
         "failed": "▓",
         "running": "█",
         "interrupted": "▒",
+        "restart": "↻",
     },
     open_end="▶",
     marks={
@@ -74,6 +75,7 @@ ASCII = Glyphs(
         "failed": "X",
         "running": "#",
         "interrupted": "~",
+        "restart": "|",
     },
     open_end=">",
     marks={
@@ -96,6 +98,7 @@ COLOURS: dict[Kind, str] = {
     "failed": "1;31",
     "running": "36",
     "interrupted": "33",
+    "restart": "1;33",
 }
 """ANSI SGR codes: grey wait, green run, red failure, cyan still running, yellow cut short."""
 RICH_STYLES: dict[Kind, str] = {
@@ -105,6 +108,7 @@ RICH_STYLES: dict[Kind, str] = {
     "failed": "bold red",
     "running": "cyan",
     "interrupted": "yellow",
+    "restart": "bold yellow",
 }
 
 
@@ -144,6 +148,15 @@ def segments(row: Row, scale: Scale, horizon: float) -> list[tuple[Kind, int]]:
         draw("gap", scale.column(row.wait_began))
         wait_end = row.started if row.started is not None else horizon
         draw("wait", scale.column(wait_end), last=row.started is None)
+    if row.segments:  # a restarted run: each start of its command, a restart mark before it
+        for k, segment in enumerate(row.segments):
+            draw("gap", scale.column(segment.started))
+            if k:
+                draw("restart", at + 1)
+            end = segment.ended if segment.ended is not None else horizon
+            kind = _SEGMENT_KIND[segment.outcome]
+            draw(kind, max(scale.column(end), at + 1), last=k == len(row.segments) - 1)
+        return out
     if row.started is not None:
         draw("gap", scale.column(row.started))
         end = row.ended if row.ended is not None else horizon
@@ -161,6 +174,9 @@ _RUN_KIND: dict[Outcome, Kind] = {
     "running": "running",
 }
 """How a run is drawn, by how it ended (waiting and pending rows have no run)."""
+_SEGMENT_KIND: dict[str, Kind] = {**_RUN_KIND, "restarted": "failed"}
+"""How one start of a restarted run's command is drawn: one that ended in a restart before
+it was ready ended as a failure."""
 
 
 def render_chart(
@@ -184,7 +200,8 @@ def render_chart(
     lines = [cells.fit(_title(timeline), usable).rstrip(), head + labels, indent + rule]
     for row in timeline.rows:
         lines.append(_line(row, timeline, scale, name_cells, glyphs, colour))
-    lines += _wrap(_legend(glyphs), usable)
+    restarted = any(row.segments for row in timeline.rows)
+    lines += _wrap(_legend(glyphs, restarted), usable)
     if timeline.cut:
         lines += _wrap([cut_line(timeline).strip()], usable)
     return "\n".join(lines)
@@ -250,15 +267,18 @@ def _axis(scale: Scale, glyphs: Glyphs) -> tuple[str, str]:
     return "".join(labels).rstrip(), "".join(rule)
 
 
-def _legend(glyphs: Glyphs) -> list[str]:
+def _legend(glyphs: Glyphs, restarted: bool = False) -> list[str]:
     c, m = glyphs.cells, glyphs.marks
-    return [
+    items = [
         f"{c['wait']} waited for dependencies",
         f"{c['completed']} ran {m['completed']}",
         f"{c['failed']} failed {m['failed']}",
         f"{glyphs.open_end} still running",
         f"{c['interrupted']} cut short by a restart {m['interrupted']}",
     ]
+    if restarted:  # (only then: the legend of a chart without restarts stays as it was)
+        items.append(f"{c['restart']} its command started again (--restart, sync restart)")
+    return items
 
 
 def _paint(text: str, sgr: str) -> str:

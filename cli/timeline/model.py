@@ -11,10 +11,15 @@ unit's dependents saw. A reset starts a unit's story over, so a run it cut short
 shown. A unit's history says which boot each entry belongs to (`Transition.boot`); an
 entry after the boot (the reset of the next workspace restart) still ends a run begun in
 it, so an old boot's runs are never shown as open.
+
+A run whose command was started again (a restart policy, `sync restart`) is still one
+run, drawn as one `Segment` per start of its command: the first from the run's start,
+each next one from a restart.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -26,6 +31,19 @@ Outcome = Literal["completed", "failed", "running", "interrupted", "waiting", "p
 """What became of a row's run: `interrupted` is a run the next workspace restart cut
 short; `waiting` a start blocked on its dependencies now; `pending` a unit of the boot
 that no start has asked for (since its last reset)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One start of a run's command: from the run's start or a restart to what followed
+    (ready, failed, the next restart; None: it runs now)."""
+
+    started: float
+    ended: float | None
+    outcome: Outcome | Literal["restarted"]
+    reason: str
+    """For a restart: why it was started again (`restarting in 2s after exit status 1
+    (restart 1 of 5)`); for the first: ""."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +71,20 @@ class Row:
     """What it needs of each of `deps`, in the same order (`want --on`; `completed` where
     none is given)."""
 
+    segments: tuple[Segment, ...] = ()
+    """The run's starts of its command, if it was restarted (empty: it was not); then
+    `started` is the first's start, `ended`, `outcome` and `reason` the last's end."""
+
     def condition(self, dep: str) -> str:
         """What this unit needs of `dep` (one of its `deps`)."""
         for name, on in zip(self.deps, self.required, strict=False):
             if name == dep:
                 return on
         return "completed"
+
+    @property
+    def restarts(self) -> int:
+        return max(len(self.segments) - 1, 0)
 
     @property
     def waited(self) -> float | None:
@@ -140,6 +166,7 @@ def build_timeline(
             continue
         rows.append(row)
         moments += [m for m in (row.wait_began, row.started, row.ended) if m is not None]
+        moments += [s.ended for s in row.segments if s.ended is not None]
     origin = min(moments, default=None)
     if began is not None and (origin is None or began < origin):
         origin = began
@@ -204,14 +231,23 @@ def _story(history: list[Transition], boot: int) -> list[int]:
 def _row(unit: UnitView, story: list[int], current: bool, now: float, hint: float | None) -> Row:
     history = unit.history
     deps = tuple(d.unit for d in unit.dependencies)
-    starts = [i for i in story if history[i].to == "started"]
+    starts = [i for i in story if history[i].to == "started" and not history[i].restart]
     if current and unit.waiters:
         # A start waits now; its run has not begun, so this row is that wait.
         needs = {d.unit: d.required for d in unit.dependencies if d.required != "completed"}
         names = [f"{dep} ({needs[dep]})" if dep in needs else dep for dep in unit.waiting_on]
         on = f"waiting on {', '.join(names)}" if names else "waiting"
         return Row(unit.name, "waiting", hint, None, None, None, on, len(starts), deps)
-    attempts = [i for i in story if history[i].to == "started" or _without_run(history[i])]
+    attempts = []
+    restarted = False  # within a run whose command was started again: its end is the run's
+    for i in story:
+        entry = history[i]
+        if entry.to == "started":
+            restarted = entry.restart
+            if not entry.restart:
+                attempts.append(i)
+        elif _without_run(entry) and not restarted:
+            attempts.append(i)
     if not attempts:
         return Row(unit.name, "pending", None, None, None, None, "", 0, deps)
     last = history[attempts[-1]]
@@ -229,6 +265,9 @@ def _without_run(entry: Transition) -> bool:
 def _run(
     name: str, history: list[Transition], i: int, runs: int, now: float, deps: tuple[str, ...]
 ) -> Row:
+    restarts = _restarts_of(history, i)
+    if restarts:
+        return _restarted_run(name, history, i, restarts, runs, now, deps)
     start = history[i]
     wait_began = start.at - start.waited if start.waited is not None else None
     end = history[i + 1] if i + 1 < len(history) else None
@@ -237,6 +276,56 @@ def _run(
     outcome: Outcome = end.to if end.to in ("completed", "failed") else "interrupted"
     reason = end.reason or ("new run" if end.to == "started" else "")
     return Row(name, outcome, wait_began, start.at, end.at, end.at - start.at, reason, runs, deps)
+
+
+def _restarts_of(history: list[Transition], i: int) -> list[int]:
+    """The restarts of the run that began at entry `i`: the moves to started that follow
+    it with no other run or reset between."""
+    found = []
+    for j in range(i + 1, len(history)):
+        entry = history[j]
+        if entry.to == "pending" or (entry.to == "started" and not entry.restart):
+            break
+        if entry.to == "started":
+            found.append(j)
+    return found
+
+
+def _restarted_run(
+    name: str,
+    history: list[Transition],
+    i: int,
+    restarts: list[int],
+    runs: int,
+    now: float,
+    deps: tuple[str, ...],
+) -> Row:
+    """A run whose command was started again: one segment per start of it, each up to the
+    next restart; the last up to the run's end (it failed, or is ready: completed; or it
+    goes on: running)."""
+    start = history[i]
+    wait_began = start.at - start.waited if start.waited is not None else None
+    begins = [i, *restarts]
+    segments = [
+        Segment(history[b].at, history[n].at, "restarted", history[b].reason if k else "")
+        for k, (b, n) in enumerate(itertools.pairwise(begins))
+    ]
+    last = restarts[-1]
+    outcome: Outcome = "running"
+    ended: float | None = None
+    reason = ""
+    for entry in history[last + 1 :]:
+        if entry.to == "started" or entry.to == "pending":
+            if outcome == "running":
+                outcome, ended = "interrupted", entry.at
+                reason = entry.reason or ("new run" if entry.to == "started" else "")
+            break
+        outcome, ended, reason = entry.to, entry.at, entry.reason  # type: ignore[assignment]
+        if entry.to == "failed":
+            break
+    segments.append(Segment(history[last].at, ended, outcome, history[last].reason))
+    ran = (now if ended is None else ended) - start.at
+    return Row(name, outcome, wait_began, start.at, ended, ran, reason, runs, deps, tuple(segments))
 
 
 def _row_order(row: Row) -> tuple[bool, float, str]:

@@ -137,7 +137,11 @@ def _unit(
     right = None
     if row.wait_began is not None:
         right = bar("wait", row.wait_began, _or(row.started, scale.horizon))
-    if row.started is not None:
+    if row.segments:  # a restarted run: a bar for each start of its command
+        for segment in row.segments:
+            outcome = "failed" if segment.outcome == "restarted" else segment.outcome
+            right = bar(f"run {outcome}", segment.started, _or(segment.ended, scale.horizon))
+    elif row.started is not None:
         kind = f"run {row.outcome}"
         right = bar(kind, row.started, _or(row.ended, scale.horizon))
         if row.outcome == "running":  # an open end: an arrow, the run goes on
@@ -197,6 +201,8 @@ def _tooltip(row: Row, timeline: Timeline) -> str:
         lines.append(f"{row.outcome} {at(row.ended)} without running")
     if row.runs > 1:
         lines.append(f"started {row.runs} times in boot {timeline.boot}; this is the last run")
+    for k, segment in enumerate(row.segments[1:], 1):
+        lines.append(f"restart {k} {at(segment.started)}: {segment.reason}")
     return "\n".join(lines)
 
 

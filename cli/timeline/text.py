@@ -15,7 +15,7 @@ from unitsync.wire.bounds import listed
 from unitsync.wire.timefmt import clock, timestamp
 
 from .. import cells
-from .model import Row, Timeline
+from .model import Row, Segment, Timeline
 
 OPEN = "…"
 """Marks a figure still growing: a run in progress."""
@@ -76,7 +76,26 @@ def render_table(timeline: Timeline) -> str:
                 row.reason or "-",
             ]
         )
+        for k, segment in enumerate(row.segments[1:], 1):  # each restart: a line of its own
+            lines.append(
+                [
+                    f"  restart {k}",
+                    segment.outcome,
+                    "-",
+                    _at(timeline, segment.started),
+                    _at(timeline, segment.ended),
+                    "-",
+                    _segment_ran(segment, timeline.now),
+                    segment.reason or "-",
+                ]
+            )
     return caption(timeline) + "\n" + cells.columns(lines) + cut_line(timeline)
+
+
+def _segment_ran(segment: Segment, now: float) -> str:
+    if segment.ended is None:
+        return precise(now - segment.started) + OPEN
+    return precise(segment.ended - segment.started)
 
 
 def cut_line(timeline: Timeline) -> str:
@@ -115,6 +134,15 @@ def to_json(timeline: Timeline) -> str:
                 "runs": row.runs,
                 "dependencies": list(row.deps),
                 "required": {dep: row.condition(dep) for dep in row.deps},
+                "restarts": [
+                    {
+                        "started": segment.started,
+                        "ended": segment.ended,
+                        "outcome": segment.outcome,
+                        "reason": segment.reason,
+                    }
+                    for segment in row.segments[1:]
+                ],
             }
             for row in timeline.rows
         ],

@@ -79,11 +79,15 @@ from unitsync.wire.protocol import (
     Reply,
     Request,
     Reset,
+    Restart,
+    Restarting,
     SetReason,
     Start,
     Started,
     Status,
     StatusReply,
+    Stop,
+    Stopped,
     UnitView,
     Waiting,
     Want,
@@ -132,6 +136,10 @@ RECEIVE_SIZE = 65536
 DRAIN_WAIT = 1.0
 """After a failed send, how long to look for the reason an agent that turned us away wrote
 before closing: it is already on its way, or it never comes."""
+
+STOP_WAIT = 10.0
+"""How long `stop` and `restart` wait for the unit's `run` by default: as long as `run`
+gives a command between SIGTERM and SIGKILL."""
 
 R = TypeVar("R")
 
@@ -313,6 +321,27 @@ class AsyncClient:
         `complete`)."""
         return await self._call(SetReason(unit, reason, self._token(unit, token)), Ok)
 
+    async def stop(self, unit: str, *, timeout: float = STOP_WAIT) -> Ok:
+        """Have the `run` holding `unit` stop its command (SIGTERM to its group, SIGKILL
+        after its grace); returns once the group is gone and the unit is pending.
+        `WaitTimeout` past `timeout`; refused (`no_run`) if no live `run` holds it."""
+        request = Stop(unit, timeout, f"sync stop (pid {os.getpid()})")
+        return await self._call(request, Ok, wait=timeout)
+
+    async def restart(self, unit: str, *, timeout: float = STOP_WAIT) -> Ok:
+        """Have the `run` holding `unit` stop its command and start it again; returns once
+        it is ready again. `UnitFailed` if it failed instead, `WaitTimeout` past `timeout`."""
+        request = Restart(unit, timeout, f"sync restart (pid {os.getpid()})")
+        return await self._call(request, Ok, wait=timeout)
+
+    async def restarting(self, unit: str, reason: str, *, token: str = "") -> Ok:
+        """From the `run` holding `unit`: its command starts again (`started`, `reason`)."""
+        return await self._call(Restarting(unit, reason, self._token(unit, token)), Ok)
+
+    async def stopped(self, unit: str, reason: str, *, token: str = "") -> Ok:
+        """From the `run` holding `unit`: its command was stopped on order (`pending`)."""
+        return await self._call(Stopped(unit, reason, self._token(unit, token)), Ok)
+
     async def reset(
         self, unit: str | None = None, *, force: bool = False, failed: bool = False
     ) -> Ok:
@@ -333,15 +362,17 @@ class AsyncClient:
         held = self.holding.get(unit)
         return token or (held.token if held is not None else "")
 
-    async def _call(self, request: Request, expect: type[R]) -> R:
-        """One request, its whole reply; once more on a new connection if that is safe."""
+    async def _call(self, request: Request, expect: type[R], *, wait: float = 0.0) -> R:
+        """One request, its whole reply; once more on a new connection if that is safe.
+        `wait`: seconds the agent may take on purpose before replying (`stop`'s timeout)."""
         check_request(request)  # before connecting: a script hears of it even with no agent
+        patience = None if REPLY_TIMEOUT is None else REPLY_TIMEOUT + wait
         lost = bool(self.holding)  # a held run's agent was there: if it is not, it was lost
         conn = await self._connection(lost=lost)
         try:
             try:
                 await conn.send(request)
-                reply = await conn.receive(REPLY_TIMEOUT)
+                reply = await conn.receive(patience)
             except AgentGone:
                 if not conn.session.retry_is_safe:
                     raise
@@ -349,11 +380,11 @@ class AsyncClient:
                 await self.aclose()
                 conn = await self._connection(lost=lost)
                 await conn.send(request)
-                reply = await conn.receive(REPLY_TIMEOUT)
+                reply = await conn.receive(patience)
         except TimeoutError:
             await self.aclose()
             raise AgentUnavailable(
-                f"the agent at {self.path} did not answer within {REPLY_TIMEOUT:.0f}s"
+                f"the agent at {self.path} did not answer within {patience:.0f}s"
             ) from None
         except UnitsyncError:
             if conn.session.state is not State.IDLE:
