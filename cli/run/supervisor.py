@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .children import Child, Ended, Exits, Forwarding, SpawnFailed, spawn
 from .group import Terminal, signal_group, wait_out_group
-from .output import Relay
+from .output import Relay, Tap
 from .reactor import Reactor, Timer
 from .readiness.detector import Detector
 
@@ -128,8 +128,8 @@ class ServiceRun:
         if self.relay is not None and recorder is not None:
             recorder.schedule = self.reactor.call_later
             self.relay.taps.append(recorder.output)
-        if self.relay is not None and reads_output:
-            self.relay.taps.append(detector.seen)  # type: ignore[union-attr]
+        self._detector_tap: Tap | None = None
+        self._listen(detector)
         self.exits = Exits(self.reactor)
         self.child: Child | None = None
         self.is_ready = False
@@ -302,9 +302,22 @@ class ServiceRun:
             signal_group(self.child.pid, signal.SIGKILL)
             self.child.wait()
 
+    def _listen(self, detector: Detector | None) -> None:
+        """`detector` reads the command's output, if it is one that does (`--ready-log`), in
+        place of the detector of the command's previous start."""
+        if self.relay is None:
+            return
+        if self._detector_tap is not None:
+            self.relay.taps.remove(self._detector_tap)
+            self._detector_tap = None
+        if getattr(detector, "reads_output", False):
+            self._detector_tap = detector.seen  # type: ignore[union-attr]
+            self.relay.taps.append(self._detector_tap)
+
     def _respawn(self, detector: Detector | None) -> None:
         self._restart = None
         self.detector, self.is_ready = detector, False
+        self._listen(detector)
         self._settled, self._finished = detector is None, False
         self._deadline = self._kill = None
         self._kill_at = None

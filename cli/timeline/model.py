@@ -325,7 +325,18 @@ def _restarted_run(
             break
     segments.append(Segment(history[last].at, ended, outcome, history[last].reason))
     ran = (now if ended is None else ended) - start.at
-    return Row(name, outcome, wait_began, start.at, ended, ran, reason, runs, deps, tuple(segments))
+    return Row(
+        name,
+        outcome,
+        wait_began,
+        start.at,
+        ended,
+        ran,
+        reason,
+        runs,
+        deps,
+        segments=tuple(segments),
+    )
 
 
 def _row_order(row: Row) -> tuple[bool, float, str]:
