@@ -538,3 +538,42 @@ def test_on_a_terminal_the_command_still_has_one(agent_process: AgentProcess) ->
     assert shown.stdout.replace(b"\r", b"") == b"\x1b[32mtty\x1b[0m\ntyped: hello\n"
     records = json_lines(logs(agent_process, "colour", "-o", "json").stdout)
     assert {r["stream"] for r in records} == {"both"}
+
+
+def test_each_restart_of_a_runs_command_is_a_section_of_its_own(
+    agent_process: AgentProcess, tmp_path: Path
+) -> None:
+    """`run --restart` (issue 24) starts its command again in the same `run`: each start is
+    a section of the log, and each end says what came of it."""
+    policy = ["--restart", "on-failure", "--restart-delay", "10ms"]
+    script = (
+        'n=$(($(cat n 2>/dev/null || echo 0) + 1)); echo $n > n; echo "attempt $n"; [ $n -ge 3 ]'
+    )
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unitsync.cli",
+            "sync",
+            "run",
+            "job",
+            *policy,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        env=dict(os.environ, UNITSYNC_SOCKET=str(sock(agent_process))),
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    every = logs(agent_process, "job", "--all").stdout.decode()
+    lines = [line for line in every.splitlines() if not line.startswith("--")]
+    assert lines == ["attempt 1", "attempt 2", "attempt 3"]
+    ends = [line for line in every.splitlines() if " ended: " in line]
+    assert len(ends) == 3, every
+    assert all("restarting in" in end for end in ends[:2]), every
+    assert "completed" in ends[2], every
+    assert logs(agent_process, "job").stdout == b"attempt 3\n"  # the latest section
