@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from unitsync.wire.host.lockfile import Busy, LockRecord, held
+from unitsync.wire.host.private import problem
 
 
 class SetupError(Exception):
@@ -29,21 +30,14 @@ def ensure_private_dir(path: Path, elsewhere: str) -> None:
         info = path.lstat()
     except OSError as exc:
         raise SetupError(f"cannot create the folder {path}: {exc.strerror}; {elsewhere}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise SetupError(f"{path} is not a folder (a symlink or file is in the way); {elsewhere}")
-    if info.st_uid != os.getuid():
-        raise SetupError(
-            f"refusing to use {path}: it belongs to uid {info.st_uid}, not to you "
-            f"(uid {os.getuid()}); {elsewhere}"
-        )
-    if info.st_mode & 0o022:
-        mode = stat.S_IMODE(info.st_mode)
-        # A shared folder (sticky, like /tmp) must stay open to everyone: never suggest
-        # closing it, only a private folder of one's own.
-        fix = "" if info.st_mode & stat.S_ISVTX else f"run `chmod 700 {path}`, or "
-        raise SetupError(
-            f"refusing to use {path}: it is writable by others (mode {mode:04o}); {fix}{elsewhere}"
-        )
+    found = problem(path, info)
+    if found is None:
+        return
+    # A shared folder (sticky, like /tmp) must stay open to everyone: never suggest closing
+    # it, only a private folder of one's own.
+    shared = info.st_mode & stat.S_ISVTX
+    fix = f"run `chmod 700 {path}`, or " if found.kind == "open to others" and not shared else ""
+    raise SetupError(f"{found.words}; {fix}{elsewhere}")
 
 
 @contextlib.contextmanager

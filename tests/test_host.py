@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from unitsync.wire.host import notify, processes
+from unitsync.wire.host import notify, private, processes
 from unitsync.wire.host.exits import exit_descriptor, watching_exit
 from unitsync.wire.host.lockfile import Busy, LockRecord, held, holder_of, read_lock_record
 from unitsync.wire.host.peer import BUSY, listener_at
@@ -267,3 +267,24 @@ def test_a_lock_file_nobody_holds_names_no_holder_whatever_pid_it_records(
     assert holder_of(path) is None
     with held(path, LockRecord(os.getpid())):  # and it is taken over, not refused
         assert holder_of(path) == LockRecord(os.getpid())
+
+
+def test_a_private_folder_is_ours_and_closed_to_others(tmp_path: Path) -> None:
+    """The one rule every kept folder is checked by (state dir, socket folder, log folders)."""
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    assert private.problem(mine, mine.lstat()) is None
+    mine.chmod(0o777)
+    found = private.problem(mine, mine.lstat())
+    assert found is not None and found.kind == "open to others"
+    assert found.words == f"refusing to use {mine}: it is writable by others (mode 0777)"
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert getattr(private.problem(a_file, a_file.lstat()), "kind", None) == "not a folder"
+    if os.getuid() == 0:  # (CI is root: a folder of another uid can be made)
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        found = private.problem(theirs, theirs.lstat())
+        assert found is not None and found.kind == "not ours"
+        assert "it belongs to uid 65534, not to you (uid 0)" in found.words

@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import zlib
 from pathlib import Path
+
+from unitsync.wire.host.private import problem
 
 LOGS_DIR = "logs"
 KEY_PREFIX = 40
@@ -66,6 +67,14 @@ def log_files(folder: Path) -> list[tuple[int, int, Path]]:
     return found
 
 
+ADVICE = {
+    "not a folder": "remove it",
+    "not ours": "remove it, or choose another --state-dir",
+    "open to others": "run `chmod 700 {path}`",
+}
+"""What to do about a log folder that is not private (`wire.host.private`)."""
+
+
 def check_private(path: Path) -> bool:
     """True if `path` is a folder of ours that others cannot write; False if it does not
     exist; `Untrusted` otherwise."""
@@ -73,18 +82,9 @@ def check_private(path: Path) -> bool:
         info = path.lstat()
     except FileNotFoundError:
         return False
-    if not stat.S_ISDIR(info.st_mode):
-        raise Untrusted(f"{path} is not a folder (a symlink or file is in the way); remove it")
-    if info.st_uid != os.getuid():
-        raise Untrusted(
-            f"refusing to use {path}: it belongs to uid {info.st_uid}, not to you "
-            f"(uid {os.getuid()}); remove it, or choose another --state-dir"
-        )
-    if info.st_mode & 0o022:
-        raise Untrusted(
-            f"refusing to use {path}: it is writable by others (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 700 {path}`"
-        )
+    found = problem(path, info)
+    if found is not None:
+        raise Untrusted(f"{found.words}; {ADVICE[found.kind].format(path=path)}")
     return True
 
 
