@@ -19,8 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from .children import Ended
 
@@ -43,8 +42,7 @@ class BadPolicy(ValueError):
     """A restart option that makes no sense; the message says which and what to do."""
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     when: When = "no"
     delay: float = DEFAULT_DELAY
     limit: int = DEFAULT_LIMIT
@@ -100,8 +98,7 @@ def policy_from(
     )
 
 
-@dataclass(frozen=True)
-class Restart:
+class Restart(NamedTuple):
     """Start the command again after `delay` seconds; it is restart `number` of `limit`."""
 
     delay: float
@@ -116,8 +113,7 @@ class Restart:
         return f"restarting in {seconds(self.delay)} after {self.after} ({count})"
 
 
-@dataclass(frozen=True)
-class GiveUp:
+class GiveUp(NamedTuple):
     """The limit is reached: the unit fails with `reason`'s tail."""
 
     restarts: int
