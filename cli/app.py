@@ -37,7 +37,7 @@ from .durations import (
 from .hot import cli_client, error_exit
 from .hot import usage_error as _usage_error
 from .main import main as main  # the entry point, also reachable here
-from .main import stdout_gone
+from .main import may_print_help, stdout_gone
 from .sizes import LOG_LIMIT, log_limit_option
 from .usage import USAGE, describe
 
@@ -496,14 +496,7 @@ def run(
 def _main(argv: list[str]) -> int:
     """The command line by cyclopts (the entry point `main.main` calls it for what its
     shortcut declines)."""
-    if argv[:1] == ["sync"] and not _may_print_help(argv):
-        from unitsync.client.agent_switch import autostart_enabled
-
-        try:  # said at once, whether or not this call would have started an agent
-            autostart_enabled()
-        except UnitsyncError as exc:
-            return error_exit(exc)
-    if _may_print_help(argv):  # a man page's plain text, on a terminal or not
+    if may_print_help(argv):  # a man page's plain text, on a terminal or not
         from .help_format import ManPageFormatter
 
         app.help_formatter = sync.help_formatter = ManPageFormatter()
@@ -521,18 +514,13 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:
         return stdout_gone()
     except SystemExit as exc:  # --help and --version exit through here
-        if exc.code == 1 and _may_print_help(argv):  # rich's own answer to a closed stdout
+        if exc.code == 1 and may_print_help(argv):  # rich's own answer to a closed stdout
             return stdout_gone()
         code = exc.code
     if isinstance(code, str):
         print(code, file=sys.stderr)
         return 1
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
-
-
-def _may_print_help(argv: list[str]) -> bool:
-    """Only then is the help formatter worth choosing (it costs an import on every call)."""
-    return len(argv) < 2 or "--help" in argv or "-h" in argv
 
 
 def _stderr_console():  # type: ignore[no-untyped-def]

@@ -36,23 +36,31 @@ def _main(argv: list[str]) -> int:
             from .run import command  # noqa: F401
     finally:
         gc.enable()
+    from unitsync.client.agent_switch import autostart_enabled
+    from unitsync.wire.errors import EXIT_INTERRUPTED, UnitsyncError
+
+    if argv[:1] == ["sync"] and not may_print_help(argv):
+        try:  # said at once, whether or not this call would have started an agent
+            autostart_enabled()
+        except UnitsyncError as exc:
+            return hot.error_exit(exc)
     if call is None:
         from .app import _main as by_cyclopts
 
         return by_cyclopts(argv)
-    from unitsync.client.agent_switch import autostart_enabled
-    from unitsync.wire.errors import EXIT_INTERRUPTED, UnitsyncError
-
     try:
-        autostart_enabled()  # a bad UNITSYNC_AUTOSTART is said at once, as app._main says it
         return getattr(hot, call.command)(*call.args, **call.kwargs)
-    except UnitsyncError as exc:
-        return hot.error_exit(exc)
     except KeyboardInterrupt:
         print("\nunitsync: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return stdout_gone()
+
+
+def may_print_help(argv: list[str]) -> bool:
+    """Whether `argv` may ask for help (no command checks run then, and the help formatter
+    is worth choosing: it costs an import)."""
+    return len(argv) < 2 or "--help" in argv or "-h" in argv
 
 
 def _import_msgspec() -> None:

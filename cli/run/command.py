@@ -45,6 +45,7 @@ from unitsync.wire.protocol import Order, Owner
 
 from ..progress import StartProgress
 from ..say import say
+from ..sizes import LOG_LIMIT
 from ..words import shell_line, shell_word
 from .children import Ended, SpawnFailed
 from .follow import EXIT_STOPPED, Follower
@@ -52,7 +53,7 @@ from .hold import RunHold
 from .policy import NEVER, Policy, Restarts
 from .reactor import Reactor
 from .readiness.options import PLAIN, BadOption, ReadyOptions, detector_for
-from .recorder import DEFAULT_LIMIT, Recorder
+from .recorder import Recorder
 from .supervisor import STOP_GRACE, ServiceRun
 
 
@@ -66,7 +67,7 @@ def run_unit(
     *,
     once: bool = False,
     rerun: bool = False,
-    log_limit: int = DEFAULT_LIMIT,
+    log_limit: int = LOG_LIMIT,
     policy: Policy = NEVER,
 ) -> int:
     """Exit with the command's status; if it never runs, with the start's exit code.

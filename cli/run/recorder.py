@@ -37,7 +37,7 @@ from pathlib import Path
 from unitsync.wire.runlog.format import End, Gap, Section, other_record, output_parts
 from unitsync.wire.runlog.layout import Untrusted, file_name, log_files, make_private, unit_folder
 
-from ..sizes import LOG_LIMIT as DEFAULT_LIMIT
+from ..sizes import LOG_LIMIT
 from .output import escapes
 
 SEGMENTS = 8
@@ -70,7 +70,7 @@ class Recorder:
         logs: Path,
         unit: str,
         *,
-        limit: int = DEFAULT_LIMIT,
+        limit: int = LOG_LIMIT,
         boot: int = 0,
         pid: int = 0,
         command: str = "",
