@@ -139,7 +139,7 @@ def agent(
         print(f"unitsync agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = AgentConfig(
-        socket=socket or default_socket(),
+        socket=socket or Path(default_socket()),
         state_dir=state_dir or default_state_dir(),
         salvage=salvage,
         limits=Limits(max_connections=max_connections),

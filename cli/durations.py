@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from cyclopts import Token
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h)"
+"""Compiled (and cached by `re`) at its first use: most calls never parse a duration."""
 EXAMPLES = "e.g. 30s, 5m, 1h30m, 500ms, 90 (seconds), or 0 to wait forever"
 LONGEST = 366 * 86400.0
 """A longer wait is a typo for a shorter one or for forever (0), and would overflow the
@@ -42,7 +43,7 @@ def parse_duration(text: str) -> float | None:
 
 
 def _parse_units(text: str) -> float:
-    parts = _PART.findall(text)
+    parts = re.findall(_PART, text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r} ({EXAMPLES})")
     return sum(float(number) * _UNITS[unit] for number, unit in parts)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unitsync.client import Client
@@ -31,8 +30,13 @@ from .sizes import LOG_LIMIT
 from .usage import TAKE_UNITS, USAGE, command_options
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from unitsync.client.autostart import Autostarted
     from unitsync.wire.protocol import Condition, Ok
+
+    SocketPath: TypeAlias = str | os.PathLike[str] | None
+    """`--socket`: a `str` from the shortcut, a `Path` from cyclopts; the client takes both."""
 
 _typed: list[str] = []
 """The words being parsed: cyclopts hands `run` its COMMAND from before `--` and after it
@@ -45,7 +49,7 @@ def typed(argv: list[str]) -> None:
     _typed = argv
 
 
-def cli_client(socket: Path | None) -> Client:
+def cli_client(socket: SocketPath) -> Client:
     """The CLI's client: when it had to start the agent, it says so (once, on stderr). Made
     once the command line has parsed: a warning about it is said here, before any output."""
     _warn_of_options_taken_as_names(_typed)
@@ -89,7 +93,7 @@ def usage_error(command: str, message: str) -> int:
     return EXIT_USAGE
 
 
-def change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
+def change(socket: SocketPath, call: Callable[[Client], Ok]) -> int:
     """Send one change; print what the agent said (notes on stderr), exit as SPEC §2 says."""
     try:
         with cli_client(socket) as client:
@@ -103,7 +107,7 @@ def change(socket: Path | None, call: Callable[[Client], Ok]) -> int:
     return 0
 
 
-def ping(*, socket: Path | None = None) -> int:
+def ping(*, socket: SocketPath = None) -> int:
     from unitsync.wire.timefmt import duration as format_duration
 
     try:
@@ -129,7 +133,7 @@ def want(
     *more: str,
     on: Condition | None = None,
     once: bool = False,
-    socket: Path | None = None,
+    socket: SocketPath = None,
 ) -> int:
     return change(socket, lambda client: client.want(unit, dep, *more, once=once, on=on))
 
@@ -142,7 +146,7 @@ def start(
     rerun: bool = False,
     once: bool = False,
     owner: int | None = None,
-    socket: Path | None = None,
+    socket: SocketPath = None,
 ) -> int:
     from unitsync.client.owners import owner as owner_of
     from unitsync.wire.host.processes import calling_script
@@ -179,12 +183,12 @@ def start(
 
 
 def complete(
-    unit: str, /, *, force: bool = False, once: bool = False, socket: Path | None = None
+    unit: str, /, *, force: bool = False, once: bool = False, socket: SocketPath = None
 ) -> int:
     return change(socket, lambda client: client.complete(unit, force=force, once=once))
 
 
-def fail(unit: str, /, *, reason: str = "", force: bool = False, socket: Path | None = None) -> int:
+def fail(unit: str, /, *, reason: str = "", force: bool = False, socket: SocketPath = None) -> int:
     return change(socket, lambda client: client.fail(unit, reason, force=force))
 
 
@@ -206,12 +210,12 @@ def run(
     restart_delay: float | None = None,
     restart_limit: int | None = None,
     restart_window: float | None = None,
-    socket: Path | None = None,
+    socket: SocketPath = None,
 ) -> int:
-    import shlex
-
     if _unit_after_dashes(command):  # `run [OPTIONS] -- -x -- COMMAND`
         if command[:1] != ("--",):
+            import shlex
+
             return usage_error(
                 "run",
                 f"run: a UNIT given after `--` ({unit}) needs a second `--` before the command: "
@@ -219,6 +223,8 @@ def run(
             )
         command = command[1:]
     elif stray := _before_dashes(command):
+        import shlex
+
         return usage_error(
             "run",
             f"run: {shlex.join(stray)} before `--` is neither UNIT nor an option's value (a "

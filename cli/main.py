@@ -35,6 +35,7 @@ def _main(argv: list[str]) -> int:
         if call is not None and call.command == "run":  # what it imports, in the same window
             from .run import command  # noqa: F401
     finally:
+        gc.freeze()  # what was imported stays: a collection need never walk it (1.5 ms)
         gc.enable()
     from unitsync.client.agent_switch import autostart_enabled
     from unitsync.wire.errors import EXIT_INTERRUPTED, UnitsyncError

@@ -19,7 +19,6 @@ Error rules: none of its own. A line it cannot answer exactly as cyclopts would,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from unitsync.wire.host.paths import SOCKET_ENV
@@ -49,11 +48,23 @@ def _many(text: str) -> str:
     return text
 
 
+def _socket_path(text: str) -> str:
+    """`--socket`'s value as cyclopts' `Path` would name it, kept a `str` (`pathlib` is a
+    tenth of a call: see `wire.host.paths`): a path already in Path's normal form is taken
+    as it is; one that Path would rewrite (`a//b`, `s/`, `./s`, `""`) is left to cyclopts."""
+    parts = text.split("/")
+    if text.startswith("/"):
+        parts = parts[1:]
+    if not text or any(part in ("", ".") for part in parts):
+        raise ValueError(text)
+    return text
+
+
 FLAG: Callable[[str], Any] = _flag
 """An option that takes no value (`--once`)."""
 MANY: Callable[[str], Any] = _many
 """An option that may be repeated, its values collected in order (`--want A --want B`)."""
-SOCKET = {"--socket": Path}
+SOCKET = {"--socket": _socket_path}
 
 
 class Form(NamedTuple):
@@ -124,7 +135,10 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Call | None:
     for option, variable in ENVIRONMENT.items():
         name = _name(option)
         if option in form.options and name not in kwargs and variable in environ:
-            kwargs[name] = form.options[option](environ[variable])
+            try:
+                kwargs[name] = form.options[option](environ[variable])
+            except ValueError:
+                return None
     return Call(argv[1].replace("-", "_"), args, kwargs)
 
 

@@ -18,13 +18,14 @@ so that parsing `run` never imports the recorder)."""
 MIN_LIMIT = 64 * 1024
 """Below this a run's header and a few lines would not fit: refused as a usage error."""
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?", re.IGNORECASE)
+_SIZE = r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?"
+"""Compiled (and cached by `re`) at its first use: most calls never parse a size."""
 _FACTOR = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 EXAMPLES = "e.g. 8M, 512K, 1G, 65536 (bytes), or 0 to keep nothing"
 
 
 def parse_size(text: str) -> int:
-    match = _SIZE.fullmatch(text.strip())
+    match = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
     if match is None:
         raise ValueError(f"not a size: {text!r} ({EXAMPLES})")
     return int(float(match[1]) * _FACTOR[match[2].upper()])

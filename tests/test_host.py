@@ -288,3 +288,32 @@ def test_a_private_folder_is_ours_and_closed_to_others(tmp_path: Path) -> None:
         found = private.problem(theirs, theirs.lstat())
         assert found is not None and found.kind == "not ours"
         assert "it belongs to uid 65534, not to you (uid 0)" in found.words
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TMPDIR": "{tmp}/given"},
+        {"TMPDIR": "{tmp}/missing", "TEMP": "{tmp}/given"},
+        {"TMPDIR": "", "TEMP": "", "TMP": "{tmp}/given/../given"},
+        {"TMPDIR": "{tmp}/missing"},
+        {},
+    ],
+)
+def test_the_temp_folder_is_the_one_tempfile_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    """The default socket without $XDG_RUNTIME_DIR lies in the temp folder, found without
+    importing `tempfile` (3 ms of each call): it must be the folder `tempfile` would name,
+    or an agent and a client that asks another way would miss each other."""
+    import tempfile
+
+    from unitsync.wire.host.paths import temp_dir
+
+    (tmp_path / "given").mkdir()
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # it caches its first answer
+    assert temp_dir() == tempfile.gettempdir()

@@ -38,7 +38,6 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from pathlib import Path
 
 import msgspec
 
@@ -56,7 +55,7 @@ from unitsync.wire.errors import (
 )
 from unitsync.wire.framing import decode_reply, encode, take_frame
 from unitsync.wire.graph_id import short
-from unitsync.wire.host.paths import private_socket_hint
+from unitsync.wire.host.paths import folder_of, private_socket_hint
 from unitsync.wire.host.peer import Peer
 from unitsync.wire.protocol import (
     PROTOCOL_VERSION,
@@ -140,13 +139,13 @@ class NeedData:
 NEED_DATA = NeedData()
 
 
-def check_trust(path: Path, folder: os.stat_result, peer: Peer, me: int) -> None:
+def check_trust(path: str, folder: os.stat_result, peer: Peer, me: int) -> None:
     """Refuse an agent that may not be the user's own (SPEC §5, from the client's side).
 
     Anyone who can write the socket's folder can put a listener there; anyone else's
     process may answer `start` at once and break the order the tool exists to keep.
     """
-    where = path.parent
+    where = folder_of(path)
     if folder.st_uid not in (me, 0):
         raise AgentUntrusted(
             f"refusing to talk to the agent at {path}: its folder {where} belongs to uid "
@@ -169,7 +168,7 @@ def check_trust(path: Path, folder: os.stat_result, peer: Peer, me: int) -> None
         )
 
 
-def unreachable(path: Path, exc: OSError) -> AgentUnavailable:
+def unreachable(path: str, exc: OSError) -> AgentUnavailable:
     """The error for a connection attempt that failed, the same in every client."""
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
         # A file nobody accepts on is a dead agent's: a clean stop removes it first.
@@ -192,7 +191,7 @@ class GraphMemory:
         self.state = ""
         """Where that graph is kept, as its agent said."""
 
-    def check(self, welcome: Welcome, path: Path, request: Request | None) -> None:
+    def check(self, welcome: Welcome, path: str, request: Request | None) -> None:
         """Remember `welcome`'s graph if it is the first; GraphChanged if it is another."""
         if not self.graph:
             self.graph, self.state = welcome.graph, welcome.state
@@ -248,7 +247,7 @@ class Session:
     """The client's side of one connection: what to send, and what the bytes received mean."""
 
     def __init__(
-        self, path: Path, client: str = "python", memory: GraphMemory | None = None
+        self, path: str, client: str = "python", memory: GraphMemory | None = None
     ) -> None:
         self.path = path
         self.client = client

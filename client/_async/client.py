@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
@@ -62,7 +61,7 @@ from unitsync.wire.errors import (
     Refused,
     UnitsyncError,
 )
-from unitsync.wire.host.paths import default_socket
+from unitsync.wire.host.paths import default_socket, folder_of
 from unitsync.wire.host.peer import peer_of
 from unitsync.wire.protocol import (
     Changed,
@@ -156,14 +155,14 @@ class AsyncConnection:
         self._backend = backend
 
     @classmethod
-    async def open(cls, path: Path, session: Session, backend: TrioBackend) -> AsyncConnection:
+    async def open(cls, path: str, session: Session, backend: TrioBackend) -> AsyncConnection:
         """A connection to the agent at `path`, trusted before a byte is sent (SPEC §5)."""
         try:
             stream = await _connect_when_there_is_room(path, backend)
         except OSError as exc:
             raise unreachable(path, exc) from None
         try:
-            check_trust(path, os.stat(path.parent), peer_of(stream.socket), os.getuid())
+            check_trust(path, os.stat(folder_of(path)), peer_of(stream.socket), os.getuid())
         except OSError as exc:
             await stream.aclose()
             raise unreachable(path, exc) from None
@@ -223,13 +222,14 @@ class AsyncClient:
 
     def __init__(
         self,
-        socket_path: str | Path | None = None,
+        socket_path: str | os.PathLike[str] | None = None,
         *,
         name: str = CLIENT_NAME,
         autostart: bool | None = None,
         on_autostart: Callable[[Autostarted], None] | None = None,
     ) -> None:
-        self.path = Path(socket_path) if socket_path else default_socket()
+        self.path = os.fspath(socket_path) if socket_path else default_socket()
+        """The agent's socket (a `str`: see `wire.host.paths`)."""
         self.name = name
         self.on_autostart = on_autostart
         self._backend = TrioBackend(autostart)
@@ -246,7 +246,7 @@ class AsyncClient:
 
     @classmethod
     async def connect(
-        cls, socket_path: str | Path | None = None, *, name: str = CLIENT_NAME
+        cls, socket_path: str | os.PathLike[str] | None = None, *, name: str = CLIENT_NAME
     ) -> AsyncClient:
         """A client whose first connection is open (and trusted): errors surface here."""
         client = cls(socket_path, name=name)
@@ -634,6 +634,8 @@ class AsyncClient:
     ) -> AsyncIterator[list[LogLine | LogNote]]:
         """`logs`, as the lists of events each read of the log gives (what was there, then
         each change followed): for a caller that handles 100,000s of lines at once."""
+        from pathlib import Path
+
         from unitsync.wire.host.inotify import POLL, Changes
         from unitsync.wire.runlog.layout import Untrusted, unit_folder
         from unitsync.wire.runlog.reader import LogReader, Selection, filtered, tailed
@@ -704,7 +706,7 @@ class AsyncClient:
                 await self._backend.sleep(backoff.next_delay(None, unit or "", None))
 
 
-async def _connect_when_there_is_room(path: Path, backend: TrioBackend) -> TrioStream:
+async def _connect_when_there_is_room(path: str, backend: TrioBackend) -> TrioStream:
     """Connect, waiting while the agent's listen backlog is full (EAGAIN), for at most
     CONNECT_TIMEOUT (None: until cancelled)."""
     deadline = None if CONNECT_TIMEOUT is None else backend.clock() + CONNECT_TIMEOUT

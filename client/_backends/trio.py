@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
@@ -99,7 +98,7 @@ class TrioBackend:
         if autostart:
             raise ValueError(NEVER_STARTS)
 
-    async def connect(self, path: Path) -> TrioStream:
+    async def connect(self, path: str) -> TrioStream:
         """Not `trio.open_unix_socket`: it takes a Unix socket's EAGAIN (the listen backlog
         is full) for "in progress" and hands back a socket that is not connected; this
         raises BlockingIOError instead, and the client waits for room."""
@@ -107,7 +106,7 @@ class TrioBackend:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.setblocking(False)
         try:
-            sock.connect(str(path))
+            sock.connect(path)
         except BaseException:
             sock.close()
             raise
@@ -138,7 +137,7 @@ class TrioBackend:
         return False
 
     async def start_agent(
-        self, path: Path, patience: float | None, because: str
+        self, path: str, patience: float | None, because: str
     ) -> Autostarted | None:
         """Never called (`may_start_agent` is False): here so both backends offer one API."""
         raise RuntimeError(f"not starting an agent for {path}: {NEVER_STARTS}")

@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
@@ -64,7 +63,7 @@ from unitsync.wire.errors import (
     Refused,
     UnitsyncError,
 )
-from unitsync.wire.host.paths import default_socket
+from unitsync.wire.host.paths import default_socket, folder_of
 from unitsync.wire.host.peer import peer_of
 from unitsync.wire.protocol import (
     Changed,
@@ -158,14 +157,14 @@ class Connection:
         self._backend = backend
 
     @classmethod
-    def open(cls, path: Path, session: Session, backend: SyncBackend) -> Connection:
+    def open(cls, path: str, session: Session, backend: SyncBackend) -> Connection:
         """A connection to the agent at `path`, trusted before a byte is sent (SPEC §5)."""
         try:
             stream = _connect_when_there_is_room(path, backend)
         except OSError as exc:
             raise unreachable(path, exc) from None
         try:
-            check_trust(path, os.stat(path.parent), peer_of(stream.socket), os.getuid())
+            check_trust(path, os.stat(folder_of(path)), peer_of(stream.socket), os.getuid())
         except OSError as exc:
             stream.close()
             raise unreachable(path, exc) from None
@@ -225,13 +224,14 @@ class Client:
 
     def __init__(
         self,
-        socket_path: str | Path | None = None,
+        socket_path: str | os.PathLike[str] | None = None,
         *,
         name: str = CLIENT_NAME,
         autostart: bool | None = None,
         on_autostart: Callable[[Autostarted], None] | None = None,
     ) -> None:
-        self.path = Path(socket_path) if socket_path else default_socket()
+        self.path = os.fspath(socket_path) if socket_path else default_socket()
+        """The agent's socket (a `str`: see `wire.host.paths`)."""
         self.name = name
         self.on_autostart = on_autostart
         self._backend = SyncBackend(autostart)
@@ -248,7 +248,7 @@ class Client:
 
     @classmethod
     def connect(
-        cls, socket_path: str | Path | None = None, *, name: str = CLIENT_NAME
+        cls, socket_path: str | os.PathLike[str] | None = None, *, name: str = CLIENT_NAME
     ) -> Client:
         """A client whose first connection is open (and trusted): errors surface here."""
         client = cls(socket_path, name=name)
@@ -636,6 +636,8 @@ class Client:
     ) -> Iterator[list[LogLine | LogNote]]:
         """`logs`, as the lists of events each read of the log gives (what was there, then
         each change followed): for a caller that handles 100,000s of lines at once."""
+        from pathlib import Path
+
         from unitsync.wire.host.inotify import POLL, Changes
         from unitsync.wire.runlog.layout import Untrusted, unit_folder
         from unitsync.wire.runlog.reader import LogReader, Selection, filtered, tailed
@@ -706,7 +708,7 @@ class Client:
                 self._backend.sleep(backoff.next_delay(None, unit or "", None))
 
 
-def _connect_when_there_is_room(path: Path, backend: SyncBackend) -> SyncStream:
+def _connect_when_there_is_room(path: str, backend: SyncBackend) -> SyncStream:
     """Connect, waiting while the agent's listen backlog is full (EAGAIN), for at most
     CONNECT_TIMEOUT (None: until cancelled)."""
     deadline = None if CONNECT_TIMEOUT is None else backend.clock() + CONNECT_TIMEOUT

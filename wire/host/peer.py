@@ -10,10 +10,9 @@ finds a listener too busy to take it answers `BUSY`: someone, unnamed.
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import struct
-from pathlib import Path
 from typing import NamedTuple, Protocol
 
 CREDENTIALS = struct.Struct("3i")
@@ -35,7 +34,7 @@ class _Socket(Protocol):  # a socket.socket or a trio socket
 def peer_of(sock: _Socket) -> Peer:
     """The process at the other end of a connected Unix socket, from SO_PEERCRED: the
     kernel's word, fixed when the connection was made."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, CREDENTIALS.size)
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, CREDENTIALS.size)
     return Peer(*CREDENTIALS.unpack(creds))
 
 
@@ -50,6 +49,8 @@ def listener_at(address: str) -> Peer | None:
     """The process listening at the Unix stream `address` (a path, or an abstract name with
     its leading NUL), or None if nobody does (no file, or a dead listener's); `BUSY` if one
     is too busy to take the probe."""
+    import socket  # (`_socket` above: a client's `peer_of` needs no more)
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
         probe.settimeout(PROBE_TIMEOUT)
         try:
@@ -65,15 +66,18 @@ SOCKET_LOCK_PREFIX = "unitsync/socket-lock"
 """The abstract name of the lock an agent holds on its socket path (`socket_lock_name`)."""
 
 
-def socket_lock_name(path: Path) -> str:
+def socket_lock_name(path: str | os.PathLike[str]) -> str:
     """The abstract-namespace name (leading NUL) an agent binds for as long as it serves
     `path`: the user's uid and a hash of the path's real location. The kernel releases it
     when the agent dies, and no removal of the path or its folder can take it away, which a
     lock file beside the socket cannot promise (it goes with the folder)."""
     import hashlib
 
-    folder = os.path.realpath(path.parent)
-    digest = hashlib.sha256(os.fsencode(os.path.join(folder, path.name))).hexdigest()[:32]
+    from .paths import folder_of
+
+    folder = os.path.realpath(folder_of(path))
+    name = os.path.basename(os.fspath(path))
+    digest = hashlib.sha256(os.fsencode(os.path.join(folder, name))).hexdigest()[:32]
     return f"\0{SOCKET_LOCK_PREFIX}/{os.getuid()}/{digest}"
 
 
