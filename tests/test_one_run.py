@@ -156,7 +156,7 @@ def test_a_second_run_of_a_running_service_is_refused_and_rerun_supersedes_the_f
             f"unitsync: unit 'svc' is completed and its run goes on: `unitsync sync run` "
             f"(pid {first.pid}, sh -c 'echo ready; exec sleep 6001'), which still runs; use "
             f"--rerun to start a new run anyway (that `run` then stops its command), or stop "
-            f"that run first (`kill {first.pid}`); not running sh"
+            f"that run first (`unitsync sync stop svc`); not running sh"
         ) in again.err
         assert len(copies("sleep 6001")) == 1  # one copy runs, not two
         assert [h["to"] for h in units(s)["svc"]["history"]] == ["started", "completed"]
@@ -273,6 +273,7 @@ def test_reset_leaves_live_runs_alone_and_force_supersedes_them(
         assert "or use --force to reset it anyway (that `run` then stops its command)" in (
             refused.err
         )
+        assert "stop that run first (`unitsync sync stop db`)" in refused.err  # not `kill`
 
         result = run_cli("sync", "reset", "--all", socket=s)
         assert result.code == 1

@@ -14,6 +14,7 @@ reads as what it does: `graph.complete(name, now=t, force=True)`.
 
 from __future__ import annotations
 
+import shlex
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -747,6 +748,14 @@ def _stopped(owner: OwnerRecord) -> str:
     return " (that `run` then stops its command)" if owner.kind == "run" else ""
 
 
+def _stop_it(name: str, owner: OwnerRecord) -> str:
+    """How to stop `owner`'s run: a `run` is told by `sync stop` (its command ends as a
+    stop ends it, and the unit says so); a script only by a signal."""
+    if owner.kind == "run":
+        return f"`unitsync sync stop {shlex.quote(name)}`"
+    return f"`kill {owner.pid}`"
+
+
 def _describe(owner: OwnerRecord) -> str:
     """An owner as a message names it: `run` or the script, with its pid and command."""
     if owner.kind == "run":
@@ -777,7 +786,7 @@ def _refusal_message(
         return (
             f"unit {name!r} is completed and its run goes on: {_describe(unit.owner)}"
             f"{_still(unit.owner, owner_alive)}; use --rerun to start a new run anyway"
-            f"{_stopped(unit.owner)}, or stop that run first (`kill {unit.owner.pid}`)"
+            f"{_stopped(unit.owner)}, or stop that run first ({_stop_it(name, unit.owner)})"
         )
     if refusal.code == "already_started":
         assert unit is not None
@@ -792,7 +801,8 @@ def _refusal_message(
         assert unit is not None and unit.owner is not None
         return (
             f"unit {name!r} is {unit.status} and its run goes on: {_describe(unit.owner)}"
-            f"{_still(unit.owner, owner_alive)}; stop that run first (`kill {unit.owner.pid}`), "
+            f"{_still(unit.owner, owner_alive)}; stop that run first "
+            f"({_stop_it(name, unit.owner)}), "
             f"or use --force to reset it anyway{_stopped(unit.owner)}"
         )
     if refusal.code == "once_done":
