@@ -55,7 +55,11 @@ def json_lines(out: bytes) -> list[dict[str, object]]:
 
 
 def folder(agent: AgentProcess, unit: str) -> Path:
-    return unit_folder(agent.config.state_dir / LOGS_DIR, unit)
+    return Path(unit_folder(agent.config.state_dir / LOGS_DIR, unit))
+
+
+def files(agent: AgentProcess, unit: str) -> list[tuple[int, int, Path]]:
+    return [(run, part, Path(path)) for run, part, path in log_files(folder(agent, unit))]
 
 
 def spawn(agent: AgentProcess, *args: str) -> subprocess.Popen[bytes]:
@@ -233,9 +237,9 @@ def test_the_limit_drops_the_oldest_runs_then_the_oldest_lines(
             socket=sock(agent_process),
         )
         assert result.code == 0 and result.out.count("\n") == 20000  # all passed through
-    kept = sum(path.stat().st_size for _r, _s, path in log_files(folder(agent_process, "chatty")))
+    kept = sum(path.stat().st_size for _r, _s, path in files(agent_process, "chatty"))
     assert kept <= 256 * 1024
-    assert {run for run, _s, _p in log_files(folder(agent_process, "chatty"))} == {2}
+    assert {run for run, _s, _p in files(agent_process, "chatty")} == {2}
     shown = logs(agent_process, "chatty")
     lines = shown.stdout.decode().splitlines()
     numbers = [int(line.split()[1]) for line in lines]
@@ -363,7 +367,7 @@ def test_a_damaged_log_shows_what_can_be_read_and_says_what_was_skipped(
         """
     )
     run_cli("sync", "run", "hurt", "--", *command, socket=sock(agent_process))
-    [(_run, _segment, path)] = log_files(folder(agent_process, "hurt"))
+    [(_run, _segment, path)] = files(agent_process, "hurt")
     data = bytearray(path.read_bytes())
     at = data.index(b"line 2")
     data[at - 3 : at + 3] = b"garbage!"  # a record in the middle spoilt
@@ -500,7 +504,7 @@ def test_on_etcd_a_forget_removes_the_log_on_every_host(
     host_a = etcd_agents(url, "--host-id", "host-a")
     host_b = etcd_agents(url, "--host-id", "host-b")
     assert host_a.cli("run", "tmp", "--", "echo", "on a").returncode == 0
-    kept = unit_folder(host_a.state_dir / LOGS_DIR, "tmp")
+    kept = Path(unit_folder(host_a.state_dir / LOGS_DIR, "tmp"))
     assert kept.is_dir()
     deadline = time.monotonic() + LIMIT
     while (forgot := host_b.cli("forget", "tmp")).returncode != 0:  # once B's replica has it

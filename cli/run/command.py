@@ -27,7 +27,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import msgspec
 
@@ -286,7 +285,7 @@ def _recorder(client: Client, unit: str, command: Sequence[str], limit: int) -> 
     if not limit or welcome is None or not welcome.logs:
         return None
     return Recorder(
-        Path(welcome.logs),
+        welcome.logs,
         unit,
         limit=limit,
         boot=welcome.boot,

@@ -32,7 +32,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 
 from unitsync.wire.runlog.format import End, Gap, Section, other_record, output_parts
 from unitsync.wire.runlog.layout import Untrusted, file_name, log_files, make_private, unit_folder
@@ -67,7 +66,7 @@ class Recorder:
 
     def __init__(
         self,
-        logs: Path,
+        logs: str,
         unit: str,
         *,
         limit: int = LOG_LIMIT,
@@ -222,7 +221,7 @@ class Recorder:
     # --- internals ------------------------------------------------------------------------
 
     def _open(self, segment: int) -> None:
-        path = self.folder / file_name(self.run, segment)
+        path = os.path.join(self.folder, file_name(self.run, segment))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._fd, self._segment, self._written = fd, segment, 0
         header = Section(
@@ -283,11 +282,11 @@ class Recorder:
     def _drop_oldest(self) -> None:
         current = file_name(self.run, self._segment)
         for _run, _segment, path in log_files(self.folder):
-            if self._total <= self.limit or path.name == current:
+            if self._total <= self.limit or os.path.basename(path) == current:
                 return
             size = _size(path)
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                os.unlink(path)
                 self._total -= size
 
     def _cut_back(self) -> None:
@@ -310,9 +309,9 @@ class Recorder:
             self._fd = -1
 
 
-def _size(path: Path) -> int:
+def _size(path: str) -> int:
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except FileNotFoundError:
         return 0
 

@@ -634,8 +634,6 @@ class AsyncClient:
     ) -> AsyncIterator[list[LogLine | LogNote]]:
         """`logs`, as the lists of events each read of the log gives (what was there, then
         each change followed): for a caller that handles 100,000s of lines at once."""
-        from pathlib import Path
-
         from unitsync.wire.host.inotify import POLL, Changes
         from unitsync.wire.runlog.layout import Untrusted, unit_folder
         from unitsync.wire.runlog.reader import LogReader, Selection, filtered, tailed
@@ -645,7 +643,7 @@ class AsyncClient:
         if welcome is None or not welcome.logs:
             return
         reader = LogReader(
-            unit_folder(Path(welcome.logs), unit), Selection(run, boot, all), follow=follow
+            unit_folder(welcome.logs, unit), Selection(run, boot, all), follow=follow
         )
         try:
             events = await self._backend.in_thread(reader.read)

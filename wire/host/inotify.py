@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 POLL = 0.025
 """Seconds between looks when inotify is missing: half of `logs -f`'s 50 ms budget."""
@@ -26,11 +25,11 @@ _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 
 
 class Changes:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: str) -> None:
         self.folder = folder
         self._fd: int | None = None
         self._libc = None
-        self._watched: set[Path] = set()
+        self._watched: set[str] = set()
         try:
             import ctypes
 
@@ -50,10 +49,10 @@ class Changes:
         """Watch the folder once it exists (and its parent until then)."""
         if self._fd is None or self._libc is None:
             return
-        for path in (self.folder.parent, self.folder):
+        for path in (os.path.dirname(self.folder), self.folder):
             if (
                 path not in self._watched
-                and path.is_dir()
+                and os.path.isdir(path)
                 and self._libc.inotify_add_watch(self._fd, os.fsencode(path), _MASK) >= 0
             ):
                 self._watched.add(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 
@@ -20,7 +19,7 @@ class Problem(NamedTuple):
     """What is wrong, naming the folder: `refusing to use P: it belongs to uid 0, ...`."""
 
 
-def problem(path: Path, info: os.stat_result) -> Problem | None:
+def problem(path: str | os.PathLike[str], info: os.stat_result) -> Problem | None:
     """What makes `path` (whose `lstat` is `info`) unfit to hold private files; None if
     it is a folder of ours that nobody else can write."""
     if not stat.S_ISDIR(info.st_mode):

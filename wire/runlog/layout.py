@@ -12,6 +12,9 @@ UTF-8) gets its own folder of a legal length. Files sort by run, then segment.
 Error rules: a folder owned by another user or writable by others is refused with
 `Untrusted`, whose message names it and what to do, as the agent refuses such a state
 dir (SPEC §5); a folder that does not exist is not an error (no output recorded yet).
+
+Paths are `str` (given: any path-like): `run` reaches this module at each start, and
+`pathlib` is 4 ms of its start-up (see `wire.host.paths`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import contextlib
 import os
 import re
 import zlib
-from pathlib import Path
 
 from unitsync.wire.host.private import problem
+
+PathLike = str | os.PathLike[str]
 
 LOGS_DIR = "logs"
 KEY_PREFIX = 40
@@ -35,8 +39,8 @@ class Untrusted(Exception):
     """A log folder that is not private to us: the message says which and what to do."""
 
 
-def logs_folder(state_dir: str | Path) -> Path:
-    return Path(state_dir) / LOGS_DIR
+def logs_folder(state_dir: PathLike) -> str:
+    return os.path.join(state_dir, LOGS_DIR)
 
 
 def unit_key(unit: str) -> str:
@@ -45,15 +49,15 @@ def unit_key(unit: str) -> str:
     return f"{_UNSAFE.sub('_', unit[:KEY_PREFIX])}.{digest}"
 
 
-def unit_folder(logs: Path, unit: str) -> Path:
-    return logs / unit_key(unit)
+def unit_folder(logs: PathLike, unit: str) -> str:
+    return os.path.join(logs, unit_key(unit))
 
 
 def file_name(run: int, segment: int) -> str:
     return f"{run:06d}.{segment:06d}.log"
 
 
-def log_files(folder: Path) -> list[tuple[int, int, Path]]:
+def log_files(folder: PathLike) -> list[tuple[int, int, str]]:
     """(run, segment, path) of every log file in `folder`, oldest first; [] if none."""
     try:
         names = os.listdir(folder)
@@ -62,7 +66,7 @@ def log_files(folder: Path) -> list[tuple[int, int, Path]]:
     found = []
     for name in names:
         if match := _FILE.match(name):
-            found.append((int(match[1]), int(match[2]), folder / name))
+            found.append((int(match[1]), int(match[2]), os.path.join(folder, name)))
     found.sort()
     return found
 
@@ -75,11 +79,11 @@ ADVICE = {
 """What to do about a log folder that is not private (`wire.host.private`)."""
 
 
-def check_private(path: Path) -> bool:
+def check_private(path: PathLike) -> bool:
     """True if `path` is a folder of ours that others cannot write; False if it does not
     exist; `Untrusted` otherwise."""
     try:
-        info = path.lstat()
+        info = os.lstat(path)
     except FileNotFoundError:
         return False
     found = problem(path, info)
@@ -88,17 +92,17 @@ def check_private(path: Path) -> bool:
     return True
 
 
-def make_private(path: Path) -> None:
+def make_private(path: PathLike) -> None:
     """Create `path` (0700) if it is missing; `Untrusted` if it is there and not ours."""
     with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
+        os.mkdir(path, mode=0o700)
     check_private(path)
 
 
-def remove_unit(logs: Path, unit: str) -> bool:
+def remove_unit(logs: PathLike, unit: str) -> bool:
     """Remove `unit`'s log (forget); True if there was one."""
     folder = unit_folder(logs, unit)
-    if not folder.exists():
+    if not os.path.exists(folder):
         return False
     import shutil
 

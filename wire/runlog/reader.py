@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -81,7 +80,7 @@ class _Run:
 class _File:
     run: int
     segment: int
-    path: Path
+    path: str
     offset: int = 0
 
 
@@ -97,12 +96,12 @@ class Selection:
 class LogReader:
     """Reads one unit's log folder (see module docstring)."""
 
-    def __init__(self, folder: Path, selection: Selection = Selection(), *, follow: bool = False):
+    def __init__(self, folder: str, selection: Selection = Selection(), *, follow: bool = False):
         self.folder = folder
         self.selection = selection
         self.follow = follow
         self._runs: dict[int, _Run] = {}
-        self._done: set[Path] = set()
+        self._done: set[str] = set()
         self._current: _File | None = None
         self._first = True
         self._after = 0
@@ -115,7 +114,7 @@ class LogReader:
     def read(self) -> list[Event]:
         """What is new (see module docstring)."""
         if self._first:
-            check_private(self.folder.parent)
+            check_private(os.path.dirname(self.folder))
             check_private(self.folder)
         files = log_files(self.folder)
         if self._first:
@@ -142,7 +141,7 @@ class LogReader:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _choose(self, files: list[tuple[int, int, Path]]) -> list[int]:
+    def _choose(self, files: list[tuple[int, int, str]]) -> list[int]:
         runs = sorted({run for run, _segment, _path in files})
         selection = self.selection
         if selection.all:
@@ -153,7 +152,7 @@ class LogReader:
             return [run for run in runs if self._boot_of(run, files) == selection.boot]
         return runs[-1:]
 
-    def _boot_of(self, run: int, files: list[tuple[int, int, Path]]) -> int | None:
+    def _boot_of(self, run: int, files: list[tuple[int, int, str]]) -> int | None:
         for number, _segment, path in files:
             if number == run:
                 try:
@@ -312,7 +311,7 @@ def _size(size: int) -> str:
     return f"{size} bytes"
 
 
-def folder_exists(folder: Path) -> bool:
+def folder_exists(folder: str) -> bool:
     return os.path.isdir(folder)
 
 
