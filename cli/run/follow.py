@@ -1,7 +1,7 @@
 """One `run`'s command through its restarts: what each of its ends leads to (SPEC §8).
 
 `Follower` reads the command's events (`supervisor.ServiceRun`) and turns them into the
-agent calls of `command.UnitAgent`, one run of the command after another:
+agent calls of `started.UnitAgent`, one run of the command after another:
 
 - Restart policy (`policy.py`): a command that ended is started again by the same `run`,
   which first reports the unit `started` with why and when (`restarting in 2s after exit
@@ -44,7 +44,7 @@ from .supervisor import (
 )
 
 if TYPE_CHECKING:
-    from .command import UnitAgent
+    from .started import UnitAgent
 
 EXIT_SUPERSEDED = 0
 """`run`'s status once a newer run superseded its run and it stopped its command: as after

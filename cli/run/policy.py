@@ -19,9 +19,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from .children import Ended
+if TYPE_CHECKING:
+    from .children import Ended  # (not imported before `run`'s wait: see `command`)
 
 When = Literal["no", "on-failure", "always"]
 WHENS: tuple[When, ...] = ("no", "on-failure", "always")
