@@ -142,6 +142,13 @@ class Service:
         applied change replaced the run, `stop` and `restart` when one asked for them."""
         self.superseded: OrderedDict[str, str] = OrderedDict()
         """Superseded runs, newest last: token -> by whom."""
+        self.runs_begun: OrderedDict[str, Move] = OrderedDict()
+        """The latest runs begun (here or by another agent), newest last: token -> the move
+        that began it. A start whose attempt may have been made (`MaybeMade`) looks here for
+        its own run once the unit has moved on (`starting`)."""
+        self.rebuilds = 0
+        """How many times the store rebuilt its graph: changes applied across a rebuild were
+        never seen one by one (`runs_begun` may miss them)."""
         self._ignored_reports = Throttle(math.inf, keys_kept=SUPERSEDED_KEPT)
         """Superseded runs (by token) whose first ignored report was logged."""
         self._forgotten, self._forgotten_out = trio.open_memory_channel[str](math.inf)
@@ -199,6 +206,8 @@ class Service:
         else:
             self._stage(seq, [r.unit for r in records], moved=changed)  # type: ignore[union-attr]
         for record in records:
+            if type(record) is Move and record.to == "started" and record.token:
+                self._remember_run(record)
             if type(record) is Move and record.to in ("started", "pending"):
                 held = self.holds.held(record.unit)
                 if held is not None and held[0] != record.token:  # a new run, or none
@@ -213,6 +222,7 @@ class Service:
         """The graph was rebuilt (etcd listed afresh; the journal undid refused changes):
         every waiter checks again; every watcher drops what it had queued (it may never
         have become durable) and gets a full view."""
+        self.rebuilds += 1
         self.waiters.notify_all()
         self.hub.resync()
 
@@ -261,6 +271,12 @@ class Service:
             return
         log.info("%s: telling its `run` to %s its command (asked by %s)", name, what, by)
         held[1].push(Order(name, what, token, by))  # type: ignore[arg-type]
+
+    def _remember_run(self, move: Move) -> None:
+        self.runs_begun[move.token] = move
+        self.runs_begun.move_to_end(move.token)
+        while len(self.runs_begun) > SUPERSEDED_KEPT:
+            self.runs_begun.popitem(last=False)
 
     def _remember_superseded(self, token: str, by: str) -> None:
         self.superseded[token] = by

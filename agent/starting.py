@@ -27,6 +27,11 @@ Rules:
   unaided (etcd unreachable) is waited for, retried every START_RETRY (bounded by the
   client's timeout); a store that needs someone to act (a full disk) refuses the start
   at once, saying so (exit 6).
+- Never two runs for one start: once an attempt may have been made (`MaybeMade`: etcd
+  took it, its answer was lost), the start tries again only while its run cannot have
+  begun unseen. Its run, seen begun (`Service.runs_begun`), is its answer while under way,
+  and `Superseded` once another change ended or replaced it; a graph rebuilt meanwhile
+  (changes applied unseen) ends the start with `NotDurable`, "may or may not".
 
 The graph is read from the service (`service.graph`, the store's) every time: the store
 may replace it while a start waits.
@@ -40,12 +45,14 @@ import trio
 
 from unitsync.wire.errors import DependencyFailed, NotDurable, Refused, Superseded
 from unitsync.wire.protocol import Start, Started, Waiting
+from unitsync.wire.timefmt import timestamp
 
 from .core.graph import WENT_AHEAD
 from .core.records import Move, Record
 from .core.views import owner_record
 from .holds import Holder
 from .service import Service
+from .store.base import MaybeMade
 
 START_RETRY = 1.0
 """A ready start whose change the store could not make durable tries again this often."""
@@ -139,9 +146,13 @@ async def _wait_and_start(
 ) -> Started:
     name = request.unit
     told: tuple[str, ...] | None = None
+    maybe_made: int | None = None
+    """`service.rebuilds` when an attempt to start may have been made (see `MaybeMade`)."""
     while True:
         if (same := same_run(service, request)) is not None:  # see NotDurable below
             return same
+        if maybe_made is not None:
+            _not_begun_unseen(service, request, maybe_made)
         readiness = service.graph.readiness(name)
         try:
             if readiness.failed is not None:
@@ -152,7 +163,9 @@ async def _wait_and_start(
                 return await _start_now(service, request, wait, holder)
         except _Overtaken:
             continue
-        except NotDurable:
+        except NotDurable as exc:
+            if isinstance(exc, MaybeMade) and readiness.ready and maybe_made is None:
+                maybe_made = service.rebuilds
             if service.graph.readiness(name) != readiness:
                 continue  # what made it ready (or failed) was refused too: wait on
             if not service.store.recovers_unaided:
@@ -173,6 +186,30 @@ async def _wait_and_start(
                 await progress(Waiting(name, list(told), since=wait.since(), waited=wait.so_far()))
             with woken:
                 await idle()
+
+
+def _not_begun_unseen(service: Service, request: Start, rebuilds: int) -> None:
+    """Return if the start may try again: its run has not begun, as far as this agent saw
+    every change since its attempt (`rebuilds`); raise if it did begin, or if that cannot
+    be told."""
+    name = request.unit
+    begun = service.runs_begun.get(request.token)
+    if begun is not None:  # and it is no longer under way (`same_run` said so)
+        unit = service.graph.units.get(name)
+        now = f"is now {unit.status}" if unit is not None else "was forgotten"
+        raise Superseded(
+            f"{name}: this start began a run at {timestamp(begun.at)} (etcd's answer was "
+            f"lost on the way), and another change has ended it since: {name} {now}; "
+            "start it again for a new run",
+            unit=name,
+            by="another change",
+        )
+    if service.rebuilds != rebuilds:
+        raise NotDurable(
+            f"{name}: etcd's answer to this start was lost, and the agent has since read the "
+            "graph afresh: the start may or may not have been made; `unitsync sync status` "
+            "shows which"
+        )
 
 
 async def _start_now(

@@ -13,7 +13,8 @@ Two stores implement it: the local journal (`journal.writer.Journal`) and etcd
 between them is a member here, so the service never asks which one it has.
 
 Errors: `commit` raises `Refused` (the command's own refusal) or `NotDurable` (the store
-could not make the change durable: `recovers_unaided` says whether waiting helps).
+could not make the change durable: `recovers_unaided` says whether waiting helps), as
+`MaybeMade` when an attempt reached the store and its answer was lost.
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from unitsync.wire.errors import NotDurable
+
 from ..core.graph import Graph
 from ..core.records import Record
 
 Decide = Callable[[], list[Record]]
 """A command bound to its arguments: the records it makes against the store's graph as it
 stands now (none when there is nothing to do), or `Refused`. It changes nothing."""
+
+
+class MaybeMade(NotDurable):
+    """Not known to be durable, and not known not to be: an attempt reached the store and its
+    answer was lost, so the change may have been made after all. Whoever tries it again must
+    first be able to tell that it was not (a start recognises its own run by its token)."""
 
 
 class Changes(Protocol):

@@ -49,6 +49,7 @@ from unitsync.wire.errors import NotDurable
 from unitsync.wire.host.backoff import Backoff
 
 from ...core.records import Record
+from ..base import MaybeMade
 from .client import EtcdClient, EtcdRefused, EtcdUnavailable
 from .messages import NOT_FOUND, Compare, Op, PutRequest, RangeRequest, TxnRequest, TxnResponse
 
@@ -284,7 +285,7 @@ class Batches:
                 now = trio.current_time()
                 for pending in live:
                     if now + delay > pending.deadline:
-                        pending.finish(NotDurable(self._unreachable(said, sent)))
+                        pending.finish(_not_durable(self._unreachable(said, sent), sent))
                 if not sent:  # nothing can have reached etcd: leave out who gave up
                     batch = [pending for pending in batch if pending.outcome is None]
                 self._warn(f"etcd did not take a change, retrying: {exc}")
@@ -293,7 +294,7 @@ class Batches:
                     if exc.code == NOT_FOUND and "lease" in str(exc) and not sent:
                         pending.finish(LeaseGone())
                     elif sent:
-                        pending.finish(NotDurable(self._unreachable(exc, sent)))
+                        pending.finish(MaybeMade(self._unreachable(exc, sent)))
                     else:
                         message = f"etcd refused the change ({exc}); nothing was changed"
                         pending.finish(NotDurable(message))
@@ -391,3 +392,8 @@ def decode_changes(value: bytes) -> list[list[Record]]:
         return _CHANGES.decode(value)
     except msgspec.ValidationError:
         return [_ONE_CHANGE.decode(value)]
+
+
+def _not_durable(message: str, sent: bool) -> NotDurable:
+    """A change given up: `MaybeMade` if an attempt may have reached etcd."""
+    return MaybeMade(message) if sent else NotDurable(message)
