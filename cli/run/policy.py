@@ -4,7 +4,7 @@
 first (doubled after each restart up to MAX_DELAY, back to the given delay once a run
 stayed up for STEADY); `--restart-limit` restarts within `--restart-window` before `run`
 gives up. `Restarts` keeps the count and decides; it is plain data and a clock, no I/O, so
-`command.py` asks it at each end and the tests ask it without processes.
+`follow.py` asks it at each end and the tests ask it without processes.
 
 A command that ended because `run` was told to end it (a signal `run` forwarded: Ctrl-C,
 SIGTERM; a `sync stop`) is never restarted: the person who asked meant it.

@@ -3,7 +3,7 @@
 `ServiceRun` starts the command, lets one `Detector` (`readiness/`: a probe, an output
 line, sd_notify) tell when it is ready, enforces the ready timeout, passes signals on, and
 reports what happens as events: `Ready`, `StatusText`, `NotReady`, `Exited`. It never
-talks to the agent: `command.py` turns the events into agent calls, in one place.
+talks to the agent: `started.py` turns the events into agent calls, in one place.
 
 Without a detector this is plain `run`: the command inherits `run`'s stdin, and its exit
 is the only event. Its output is passed through (`output.Relay`) to whoever reads along:
@@ -17,7 +17,7 @@ leftovers are stopped the same way (a service that is gone must not go on servin
 failed unit, as systemd's KillMode=control-group has it); a plain command's are left
 alone (a setup step may start a daemon on purpose, as it may from a shell).
 
-A restart policy (`policy.py`, decided in `command.py`) or `sync restart` starts the command
+A restart policy (`policy.py`, decided in `follow.py`) or `sync restart` starts the command
 again in the same `ServiceRun` (`restart_after`): what is left of the old group is stopped
 first, then, after the delay (a timer: `run` sleeps in the kernel meanwhile), the command
 is spawned anew with a fresh detector and ready timeout, and `Respawned` says so: each
