@@ -58,6 +58,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -273,16 +274,10 @@ class Service:
         held[1].push(Order(name, what, token, by))  # type: ignore[arg-type]
 
     def _remember_run(self, move: Move) -> None:
-        self.runs_begun[move.token] = move
-        self.runs_begun.move_to_end(move.token)
-        while len(self.runs_begun) > SUPERSEDED_KEPT:
-            self.runs_begun.popitem(last=False)
+        _keep_newest(self.runs_begun, move.token, move)
 
     def _remember_superseded(self, token: str, by: str) -> None:
-        self.superseded[token] = by
-        self.superseded.move_to_end(token)
-        while len(self.superseded) > SUPERSEDED_KEPT:
-            self.superseded.popitem(last=False)
+        _keep_newest(self.superseded, token, by)
 
     async def _report(self, name: str, token: str, decide: Decide) -> tuple[list[Record], bool]:
         """Commit a run's report (`decide`: the graph ignores a superseded run's); its records,
@@ -779,3 +774,11 @@ def _superseder(move: Move) -> str:
     if move.reason == WORKSPACE_RESTARTED:
         return "a workspace restart"
     return f"the unit going back to pending ({move.reason})"
+
+
+def _keep_newest(table: OrderedDict[str, Any], key: str, value: object) -> None:
+    """`table[key] = value`, newest last, keeping the SUPERSEDED_KEPT newest entries."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > SUPERSEDED_KEPT:
+        table.popitem(last=False)

@@ -165,7 +165,7 @@ async def _wait_and_start(
             continue
         except NotDurable as exc:
             if isinstance(exc, MaybeMade) and readiness.ready and maybe_made is None:
-                maybe_made = service.rebuilds
+                maybe_made = service.rebuilds  # (ready: the start's own attempt, not a fail)
             if service.graph.readiness(name) != readiness:
                 continue  # what made it ready (or failed) was refused too: wait on
             if not service.store.recovers_unaided:
