@@ -30,7 +30,7 @@ from unitsync.cli import hot, shortcut
 from unitsync.cli.app import app
 from unitsync.cli.sizes import log_limit_option
 
-from conftest import AgentProcess
+from conftest import AgentProcess, read_until, run_cli
 
 SEED = 22
 LINES = 4000
@@ -302,3 +302,36 @@ def test_the_hot_commands_never_import_cyclopts_rich_or_trio(
     # The check sees such imports: a line the shortcut declines goes to cyclopts.
     code, modules = _imported(["sync", "start", "s2", "--timeout", "5", "m"], socket)
     assert code == 2 and "cyclopts" in modules
+
+
+def test_a_run_loads_what_runs_its_command_while_it_waits(agent_process: AgentProcess) -> None:
+    """A plain `run` asks for its start before it loads what runs its command (no detector,
+    no `subprocess`: the sooner it asks, the sooner its wait begins), and loads that while
+    its unit waits, not after the dependency ends, where every layer of a start-up would pay
+    for it."""
+    socket = agent_process.config.socket
+    entry = "from unitsync.cli.main import main; main()"
+    argv = ["sync", "run", "late", "--want", "early", "--", "true"]
+    late = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-c", entry, *argv],
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, UNITSYNC_SOCKET=str(socket)),
+    )
+    try:
+        seen = read_until(late.stderr.fileno(), b"late: waiting for early", limit=120)  # type: ignore[union-attr]
+        assert b"late: waiting for early" in seen
+        assert run_cli("sync", "run", "early", "--", "true", socket=socket).code == 0
+        _out, rest = late.communicate(timeout=120)
+    finally:
+        late.kill()
+    assert late.returncode == 0
+    lines = (seen + rest).decode().splitlines()
+    waiting = next(i for i, line in enumerate(lines) if "late: waiting for early" in line)
+    started = next(i for i, line in enumerate(lines) if "late: started" in line)
+    loaded = {
+        line.split("|")[-1].strip(): i
+        for i, line in enumerate(lines)
+        if line.startswith("import time:")
+    }
+    for module in ("subprocess", "unitsync.cli.run.children", "unitsync.cli.run.started"):
+        assert waiting < loaded[module] < started, module

@@ -9,10 +9,11 @@ and reads it through `seen(stream, data)`, a tap on the `ServiceRun`'s `output.R
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..children import Child, Exits
-from ..reactor import Reactor
+if TYPE_CHECKING:  # (for the types only: a plain `run` loads no detector before its wait)
+    from ..children import Child, Exits
+    from ..reactor import Reactor
 
 
 class Listener(Protocol):

@@ -8,9 +8,10 @@ Each detector's module is imported only when its option is given.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from .detector import Detector
+if TYPE_CHECKING:
+    from .detector import Detector
 
 DEFAULT_INTERVAL = 1.0
 """How often `--ready-cmd`'s probe runs unless told: a server is seen up within a second,
