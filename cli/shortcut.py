@@ -19,7 +19,9 @@ Error rules: none of its own. A line it cannot answer exactly as cyclopts would,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
+
+import msgspec
 
 from unitsync.wire.host.paths import SOCKET_ENV
 
@@ -27,7 +29,7 @@ from .durations import parse_duration, parse_interval
 from .sizes import parse_log_limit
 
 
-class Call(NamedTuple):
+class Call(msgspec.Struct, frozen=True):
     command: str
     """The name of the body in `hot` (and of the cyclopts command)."""
     args: tuple[str, ...]
@@ -67,7 +69,7 @@ MANY: Callable[[str], Any] = _many
 SOCKET = {"--socket": _socket_path}
 
 
-class Form(NamedTuple):
+class Form(msgspec.Struct, frozen=True):
     least: int
     """How many positional words (UNIT, DEP...) at least."""
     most: int | None

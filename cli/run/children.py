@@ -1,12 +1,19 @@
 """Child processes of `run`: starting one, learning of its exit without polling, its status.
 
+A child is started with `posix_spawn` (`spawn`), not `subprocess`: importing `subprocess`
+(with `threading`, `selectors` and `locale`) is 2 ms of every `run`, and the start-up of a
+workspace is 50 `run`s at once. What `subprocess.Popen` did for `run` is done here the same
+way: the command is looked up on `$PATH`, gets its own process group, SIGPIPE and SIGXFSZ
+back at their defaults (Python ignores them), and none of the descriptors `run` inherited
+beyond stdin, stdout and stderr (those Python opens are never inherited).
+
 A child's exit reaches the `Reactor` as a readable descriptor: a pidfd (Linux 5.3+,
 `wire.host.exits`), or, where there is none, a SIGCHLD handler writing to a wake-up pipe,
 after which every watched child is asked (`poll`) whether it has ended. Either way nothing
 wakes while children run.
 
 Resource rules: `Exits` owns the pidfds (or the wake-up pipe and the SIGCHLD handler)
-and releases them in `close`; the `Popen` objects stay their spawner's, reaped here
+and releases them in `close`; the `Child` objects stay their spawner's, reaped here
 once they have exited (`wait` after the pidfd fired, `poll` after SIGCHLD).
 """
 
@@ -14,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
-import subprocess
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
 
-from unitsync.wire.host.exits import exit_descriptor
+import msgspec
+
+from unitsync.wire.host.exits import exit_descriptor, watching_exit
 
 from ..words import shell_word
 from .group import signal_group
@@ -35,11 +44,62 @@ FORWARDED = (
 )
 """Signals `run` passes on to its command's group."""
 
-Child = subprocess.Popen  # type: ignore[type-arg]
+DEVNULL = -3
+"""A child's stream read from or written to /dev/null (as `subprocess.DEVNULL`)."""
+SAME_AS_STDOUT = -2
+"""A child's stderr sent where its stdout goes (as `subprocess.STDOUT`)."""
+Stream = int | None
+"""A child's stream: a descriptor of `run`'s, DEVNULL, SAME_AS_STDOUT, or None (`run`'s own)."""
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+"""Signals Python ignores that a command must meet at their defaults (`| head` ends it)."""
+POLL_LONGEST = 0.05
+"""Seconds between asking whether a child has ended, at most, where there are no pidfds."""
 
 
-class Ended(NamedTuple):
-    """How a child ended, from `Popen.returncode` (negative: killed by that signal)."""
+class Child:
+    """A process `run` started: its pid and, once it is reaped, `returncode` (negative: the
+    signal that killed it), as `subprocess.Popen` has them."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Reap it if it has ended; its returncode, or None while it runs."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Its returncode once it has ended; TimeoutError if it has not within `timeout`."""
+        if self.returncode is None and timeout is not None:
+            _ended_within(self.pid, timeout)
+        if self.returncode is None:
+            _pid, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _ended_within(pid: int, timeout: float) -> None:
+    """Return once process `pid` (a child, not reaped) has ended; TimeoutError after
+    `timeout` seconds if it has not."""
+    with watching_exit(pid) as fd:
+        if fd is not None:
+            if not select.select([fd], [], [], timeout)[0]:
+                raise TimeoutError(f"process {pid} still runs")
+            return
+    deadline, pause = time.monotonic() + timeout, 0.0005
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"process {pid} still runs")
+        time.sleep(pause)
+        pause = min(pause * 2, POLL_LONGEST)
+
+
+class Ended(msgspec.Struct, frozen=True):
+    """How a child ended, from `Child.returncode` (negative: killed by that signal)."""
 
     returncode: int
 
@@ -62,16 +122,61 @@ class SpawnFailed(Exception):
         self.reason = reason
 
 
-def spawn(command: Sequence[str], **options: Any) -> Child:
-    """Start `command` in a process group of its own (see `group`); SpawnFailed (127 or
-    126, as a shell says) if it cannot be."""
+def spawn(
+    command: Sequence[str],
+    *,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    env: dict[str, str] | None = None,
+) -> Child:
+    """Start `command` in a process group of its own (see `group`), its streams as given;
+    SpawnFailed (127 or 126, as a shell says) if it cannot be."""
     argv = [os.fsencode(word) for word in command]  # the bytes given, UTF-8 or not
     try:
-        return subprocess.Popen(argv, process_group=0, **options)
+        pid = os.posix_spawnp(
+            argv[0],
+            argv,
+            os.environ if env is None else env,
+            file_actions=_streams(stdin, stdout, stderr) + _closing_inherited(),
+            setpgroup=0,
+            setsigdef=DEFAULT_SIGNALS,
+        )
     except FileNotFoundError:
         raise SpawnFailed(127, f"command not found: {shell_word(command[0])}") from None
     except PermissionError:
         raise SpawnFailed(126, f"permission denied: {shell_word(command[0])}") from None
+    return Child(pid)
+
+
+def _streams(stdin: Stream, stdout: Stream, stderr: Stream) -> list[tuple[object, ...]]:
+    """The file actions that give the child its stdin, stdout and stderr."""
+    actions: list[tuple[object, ...]] = []
+    for target, given in enumerate((stdin, stdout, stderr)):
+        if given == DEVNULL:
+            flags = os.O_RDONLY if target == 0 else os.O_WRONLY
+            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, flags, 0))
+        elif given == SAME_AS_STDOUT:
+            actions.append((os.POSIX_SPAWN_DUP2, 1, target))
+        elif given is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, given, target))
+    return actions
+
+
+def _closing_inherited() -> list[tuple[object, ...]]:
+    """Close actions for the descriptors `run` inherited past 0-2 (what `subprocess`'s
+    `close_fds` closed): they are its caller's, not its command's."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: the few there may be go to the command
+        return []
+    actions: list[tuple[object, ...]] = []
+    for name in names:
+        fd = int(name)
+        with contextlib.suppress(OSError):  # (the listing's own descriptor, closed since)
+            if fd > 2 and os.get_inheritable(fd):
+                actions.append((os.POSIX_SPAWN_CLOSE, fd))
+    return actions
 
 
 class Forwarding:

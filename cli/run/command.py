@@ -100,7 +100,7 @@ def run_unit(
 
 def _loading_while_waiting(update: Progress) -> Progress:
     """`update`, and the first time the unit waits, load what runs a started unit
-    (`started`: its supervisor, output relay and log recorder, with `subprocess`).
+    (`started`: its supervisor, output relay and log recorder).
 
     Loaded during the wait, they are not loaded between the dependencies' end and the
     command's start, where every layer of a start-up pays for them: in the 50-unit start-up

@@ -33,11 +33,11 @@ import os
 import re
 import select
 import signal
-import subprocess
 import termios
 from collections.abc import Callable
 from typing import Any
 
+from .children import SAME_AS_STDOUT
 from .reactor import Reactor
 
 READ_SIZE = 1024 * 1024
@@ -92,11 +92,11 @@ class Relay:
         self._buffer = memoryview(bytearray(READ_SIZE))
 
     def child_options(self) -> dict[str, Any]:
-        """`Popen`'s stdout and stderr for the command."""
+        """`spawn`'s stdout and stderr for the command."""
         out, err = self.outs
         if _same(out, err):
             self.streams = [_Stream(out, BOTH, os.isatty(out))]
-            return {"stdout": self.streams[0].child_fd, "stderr": subprocess.STDOUT}
+            return {"stdout": self.streams[0].child_fd, "stderr": SAME_AS_STDOUT}
         self.streams = [
             _Stream(out, STDOUT, os.isatty(out)),
             _Stream(err, STDERR, os.isatty(err)),

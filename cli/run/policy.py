@@ -19,7 +19,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 if TYPE_CHECKING:
     from .children import Ended  # (not imported before `run`'s wait: see `command`)
@@ -43,7 +45,7 @@ class BadPolicy(ValueError):
     """A restart option that makes no sense; the message says which and what to do."""
 
 
-class Policy(NamedTuple):
+class Policy(msgspec.Struct, frozen=True):
     when: When = "no"
     delay: float = DEFAULT_DELAY
     limit: int = DEFAULT_LIMIT
@@ -99,7 +101,7 @@ def policy_from(
     )
 
 
-class Restart(NamedTuple):
+class Restart(msgspec.Struct, frozen=True):
     """Start the command again after `delay` seconds; it is restart `number` of `limit`."""
 
     delay: float
@@ -114,7 +116,7 @@ class Restart(NamedTuple):
         return f"restarting in {seconds(self.delay)} after {self.after} ({count})"
 
 
-class GiveUp(NamedTuple):
+class GiveUp(msgspec.Struct, frozen=True):
     """The limit is reached: the unit fails with `reason`'s tail."""
 
     restarts: int

@@ -3,7 +3,7 @@
 `run_unit` (`command`) declares the unit and waits; then `run_started` runs the command
 as the unit: `supervisor.ServiceRun` owns its life, `follow.Follower` decides what each end
 leads to, and `UnitAgent` makes every agent call that follows and says what it means.
-Imported only then: a `run` that waits has not paid for `subprocess` and the rest.
+Imported once the unit waits or, if it need not, once it has started (`command`).
 """
 
 from __future__ import annotations

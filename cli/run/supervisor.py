@@ -37,10 +37,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from .children import Child, Ended, Exits, Forwarding, SpawnFailed, spawn
 from .group import Terminal, signal_group, wait_out_group
@@ -56,24 +57,24 @@ STOP_GRACE = 10.0
 docker stop's default, long enough for a server to close its connections and files."""
 
 
-class Ready(NamedTuple):
+class Ready(msgspec.Struct, frozen=True):
     how: str
     """What showed it, for people: "`curl -fs localhost:8000` succeeded on try 3"."""
 
 
-class StatusText(NamedTuple):
+class StatusText(msgspec.Struct, frozen=True):
     text: str
     """What the service says it is doing while it starts (sd_notify's STATUS=)."""
 
 
-class NotReady(NamedTuple):
+class NotReady(msgspec.Struct, frozen=True):
     """The ready timeout passed; the service is being stopped."""
 
     within: float
     waiting_for: str
 
 
-class Exited(NamedTuple):
+class Exited(msgspec.Struct, frozen=True):
     ended: Ended
     was_ready: bool
     told: bool = False
@@ -81,26 +82,26 @@ class Exited(NamedTuple):
     on the terminal `run` lent it: it was asked to end, and is not restarted."""
 
 
-class Respawned(NamedTuple):
+class Respawned(msgspec.Struct, frozen=True):
     """The command was started again (a restart): its new process."""
 
     pid: int
 
 
-class RespawnFailed(NamedTuple):
+class RespawnFailed(msgspec.Struct, frozen=True):
     """The command could not be started again (it was removed meanwhile, say)."""
 
     status: int
     reason: str
 
 
-class Interrupted(NamedTuple):
+class Interrupted(msgspec.Struct, frozen=True):
     """A signal reached `run` while no command ran (it waited to restart it)."""
 
     signum: int
 
 
-class CalledOff(NamedTuple):
+class CalledOff(msgspec.Struct, frozen=True):
     """The restart `run` waited for was called off (`sync stop`, a newer run)."""
 
 
@@ -298,7 +299,7 @@ class ServiceRun:
         assert self.child is not None and self._kill_at is not None
         try:
             self.child.wait(max(self._kill_at - self.reactor.now(), 0.0))
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             signal_group(self.child.pid, signal.SIGKILL)
             self.child.wait()
 

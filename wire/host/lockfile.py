@@ -27,7 +27,8 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+
+import msgspec
 
 from .processes import is_running
 
@@ -38,7 +39,7 @@ RECORD_SIZE = 4096
 """The most of a lock file read for its record: a pid and a socket path."""
 
 
-class LockRecord(NamedTuple):
+class LockRecord(msgspec.Struct, frozen=True):
     """What a holder writes in its lock file: its pid, and the socket it serves."""
 
     pid: int
@@ -49,7 +50,7 @@ class LockRecord(NamedTuple):
         return f"{self.pid}\n{self.serving}\n" if self.serving else f"{self.pid}\n"
 
 
-class Held(NamedTuple):
+class Held(msgspec.Struct, frozen=True):
     """A lock this process holds: the file's descriptor, and whether another held it first."""
 
     fd: int

@@ -29,7 +29,8 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, MutableMapping
-from typing import NamedTuple
+
+import msgspec
 
 from .peer import CREDENTIALS
 
@@ -109,7 +110,7 @@ def receiver(label: str) -> tuple[socket.socket, str]:
     return sock, f"@{name}"
 
 
-class Datagram(NamedTuple):
+class Datagram(msgspec.Struct, frozen=True):
     """One notification, and who sent it."""
 
     sender: int | None

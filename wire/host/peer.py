@@ -13,13 +13,15 @@ from __future__ import annotations
 import _socket
 import os
 import struct
-from typing import NamedTuple, Protocol
+from typing import Protocol
+
+import msgspec
 
 CREDENTIALS = struct.Struct("3i")
 """The kernel's `struct ucred`, as SO_PEERCRED and SCM_CREDENTIALS carry it."""
 
 
-class Peer(NamedTuple):
+class Peer(msgspec.Struct, frozen=True):
     """The process at the other end of a Unix socket."""
 
     pid: int

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Literal, NamedTuple
+from typing import Literal
+
+import msgspec
 
 
-class Problem(NamedTuple):
+class Problem(msgspec.Struct, frozen=True):
     kind: Literal["not a folder", "not ours", "open to others"]
     words: str
     """What is wrong, naming the folder: `refusing to use P: it belongs to uid 0, ...`."""

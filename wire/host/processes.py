@@ -15,13 +15,14 @@ gone, or a /proc that cannot be read, is an answer (None, "", False), never an e
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+
+import msgspec
 
 COMMAND_LIMIT = 200
 """Characters of a command line kept: enough to recognise a script, bounded for a frame."""
 
 
-class Process(NamedTuple):
+class Process(msgspec.Struct, frozen=True):
     """One process, told apart from any later one that gets its pid."""
 
     pid: int

@@ -30,7 +30,7 @@ class Detector(Protocol):
     """One way for a service to say it is ready: a probe, an output line, sd_notify."""
 
     def child_options(self) -> dict[str, Any]:
-        """`Popen` options it needs (`env`, `stdout`, `stderr`), made just before the spawn."""
+        """`spawn` options it needs (`env`, `stdout`, `stderr`), made just before the spawn."""
         ...
 
     def begin(self, reactor: Reactor, exits: Exits, service: Child, listener: Listener) -> None:

@@ -8,7 +8,9 @@ Each detector's module is imported only when its option is given.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -18,7 +20,7 @@ DEFAULT_INTERVAL = 1.0
 for the cost of one short process a second while it starts."""
 
 
-class ReadyOptions(NamedTuple):
+class ReadyOptions(msgspec.Struct, frozen=True):
     """How a service says it is ready, as given on the command line."""
 
     command: str | None = None

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from typing import Any
 
-from ..children import Child, Ended, Exits
+from ..children import DEVNULL, Child, Ended, Exits, spawn
 from ..group import signal_group
 from ..reactor import Reactor, Timer
 from .detector import Listener
@@ -91,12 +90,8 @@ class ProbeReady:
         started = self.reactor.now()
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            self.probe = subprocess.Popen(
-                [SHELL, "-c", self.command],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=write_end,
-                process_group=0,
+            self.probe = spawn(
+                [SHELL, "-c", self.command], stdin=DEVNULL, stdout=DEVNULL, stderr=write_end
             )
         except BaseException:
             os.close(read_end)
