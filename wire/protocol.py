@@ -9,9 +9,11 @@ mismatch is caught before anything else happens. How frames become bytes is
 These types are the wire's alone: the agent's journal has its own record types and
 converts at one seam (`unitsync.agent.core.views`), so changing a frame never changes the
 on-disk format. This module imports only msgspec: the CLI's start-up time depends on it.
-"""
 
-from __future__ import annotations
+Its annotations are objects, not strings (no `from __future__ import annotations`, unlike
+the rest of the code): msgspec reads them when a call first decodes a reply, and reads
+objects in a third of the time it takes to evaluate strings (0.3 ms of every call).
+"""
 
 from typing import Literal
 
