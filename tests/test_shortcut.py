@@ -260,10 +260,20 @@ HOT_LINES = [
     ["sync", "run", "r", "--want", "s", "--", "true"],
 ]
 FORBIDDEN = ("cyclopts", "rich", "trio")
-NEVER_HOT = ("pathlib", "tempfile", "socket", "subprocess", "platformdirs")
+NEVER_HOT = (
+    "pathlib",
+    "tempfile",
+    "socket",
+    "subprocess",
+    "platformdirs",
+    "platform",
+    "inspect",
+)
 """What a hot call never imports either: `pathlib`, `tempfile` and `socket` were 9 ms of a
 40 ms call (issue 22), `subprocess` 2 ms of `run`'s (which starts its command with
-`posix_spawn`)."""
+`posix_spawn`); msgspec's first import is made without `platform` and `typing_extensions`
+(whose `inspect` is the sign: `-X importtime` lists the refused attempt to import
+`typing_extensions` itself): see `cli.main._import_msgspec`."""
 
 
 def _imported(argv: list[str], socket: Path) -> tuple[int, set[str]]:
@@ -335,3 +345,26 @@ def test_a_run_loads_what_runs_its_command_while_it_waits(agent_process: AgentPr
     }
     for module in ("unitsync.cli.run.children", "unitsync.cli.run.started"):
         assert waiting < loaded[module] < started, module
+
+
+def test_what_msgspec_was_imported_without_is_the_real_thing_afterwards() -> None:
+    """The modules hidden while the command line first imports msgspec (`typing_extensions`,
+    `platform`) are imported for real by whoever asks later, and what `uuid` learnt from the
+    stand-in is what `platform` says."""
+    check = (
+        "import sys\n"
+        "from unitsync.cli.main import _import_msgspec\n"
+        "_import_msgspec()\n"
+        "import platform, typing_extensions, uuid, msgspec\n"
+        "assert platform.python_version() and platform.machine()\n"
+        "assert typing_extensions.get_type_hints\n"
+        "assert (uuid._AIX, uuid._LINUX) == (platform.system() == 'AIX', "
+        "platform.system() == 'Linux')\n"
+        "u = uuid.uuid4()\n"
+        "assert msgspec.json.decode(msgspec.json.encode(u), type=uuid.UUID) == u\n"
+        "print('same')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout == "same\n", result.stderr
