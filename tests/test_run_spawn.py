@@ -93,3 +93,22 @@ def test_without_pidfds_a_timed_wait_asks_until_the_child_ends(
     finally:
         os.kill(child.pid, signal.SIGTERM)
     assert child.wait(60) == -signal.SIGTERM
+
+
+def test_a_run_started_with_sigchld_ignored_still_learns_how_its_command_ended(
+    agent_process: AgentProcess,
+) -> None:
+    """A parent may leave SIGCHLD ignored across exec; the kernel would then reap `run`'s
+    command unasked, and its status would be lost (`subprocess` called it 0)."""
+    environ = dict(os.environ, UNITSYNC_SOCKET=str(sock(agent_process)))
+    ended = subprocess.run(
+        [sys.executable, "-m", "unitsync.cli", "sync", "run", "chld", "--", "sh", "-c", "exit 3"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+        timeout=60,
+    )
+    assert ended.returncode == 3, ended.stderr
+    status = run_cli("sync", "status", "chld", socket=sock(agent_process))
+    assert "exit status 3" in status.out

@@ -133,6 +133,8 @@ def spawn(
     """Start `command` in a process group of its own (see `group`), its streams as given;
     SpawnFailed (127 or 126, as a shell says) if it cannot be."""
     argv = [os.fsencode(word) for word in command]  # the bytes given, UTF-8 or not
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:  # inherited so: see _reapable
+        _reapable()
     try:
         pid = os.posix_spawnp(
             argv[0],
@@ -147,6 +149,14 @@ def spawn(
     except PermissionError:
         raise SpawnFailed(126, f"permission denied: {shell_word(command[0])}") from None
     return Child(pid)
+
+
+def _reapable() -> None:
+    """SIGCHLD back at its default: `run` was started with it ignored (a parent's choice
+    that outlives exec), under which the kernel reaps children unasked and their status is
+    lost: `subprocess` then reported every command as exited 0. The command meets the
+    default too, as most commands expect."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _streams(stdin: Stream, stdout: Stream, stderr: Stream) -> list[tuple[object, ...]]:
