@@ -104,3 +104,20 @@ def test_timers_run_in_order_and_cancelled_ones_not_at_all(reactor: Reactor) -> 
             break
         reactor.run_once()
     assert told == ["first", "second", "third"]
+
+
+def test_a_descriptor_closed_while_watched_is_dropped_quietly(
+    reactor: Reactor, pipes: set[int]
+) -> None:
+    """As `epoll` forgets a closed descriptor: its reader is not told (it would read a
+    closed descriptor) and the loop does not spin on it; its owner may still remove it."""
+    closed, _ = _pipe(pipes)
+    told: list[str] = []
+    reactor.add_reader(closed, lambda: told.append("closed"))
+    os.close(closed)
+    pipes.discard(closed)
+    for _ in range(3):
+        reactor.call_later(0.0, lambda: told.append("timer"))
+        reactor.run_once()
+    assert told == ["timer", "timer", "timer"]
+    reactor.remove_reader(closed)

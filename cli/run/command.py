@@ -104,7 +104,7 @@ def _loading_while_waiting(update: Progress) -> Progress:
 
     Loaded during the wait, they are not loaded between the dependencies' end and the
     command's start, where every layer of a start-up pays for them: in the 50-unit start-up
-    (`bench/start_up.py`) that gap fell from 24 to 11 ms a layer. A unit that need not wait
+    (`bench/start_up.py`) that gap fell from 24-29 to 13-18 ms. A unit that need not wait
     loads them after its start, as it must anyway.
     """
 

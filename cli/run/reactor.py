@@ -13,6 +13,7 @@ ready and no timer set, `run_once` sleeps in the kernel: an idle loop costs no C
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -61,7 +62,8 @@ class Reactor:
 
     def remove_reader(self, fd: int) -> None:
         del self._readers[fd]
-        self._poll.unregister(fd)
+        with contextlib.suppress(KeyError):  # (dropped when found closed)
+            self._poll.unregister(fd)
 
     def call_at(self, when: float, callback: Callback) -> Timer:
         timer = Timer(when, callback)
@@ -79,7 +81,10 @@ class Reactor:
         if self._timers:
             timeout = math.ceil(max(self._timers[0][0] - self.now(), 0.0) * 1000)
         watched = dict(self._readers)
-        for fd, _events in self._poll.poll(timeout):  # (POLLHUP, POLLERR: read to learn it)
+        for fd, events in self._poll.poll(timeout):  # (POLLHUP, POLLERR: read to learn it)
+            if events & select.POLLNVAL:  # closed while watched: dropped unsaid, as by epoll
+                self._poll.unregister(fd)
+                continue
             entry = watched.get(fd)
             if entry is not None and self._readers.get(fd) is entry:  # not removed meanwhile
                 entry[0]()
